@@ -1,0 +1,293 @@
+//! The task cache: one entry per (credential fingerprint, task id), holding the upstream's bytes.
+//!
+//! Freshness is decided here, from the entry's class and age, not by moka: moka only bounds memory
+//! (weigher and eviction) and drops entries once no rule can serve them any more. A terminal task is
+//! fresh for ever; an in-progress one for `in_progress_ttl`.
+
+use std::borrow::Borrow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use moka::Expiry;
+use moka::sync::Cache;
+
+use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
+use crate::task::{MAX_ID_LEN, TaskClass, TaskId};
+
+/// Bytes charged per entry on top of its key and body: moka's node, the `Arc`, the header value.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// An owned cache key: the fingerprint's bytes followed by the task id's bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(Box<[u8]>);
+
+impl CacheKey {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        CacheKey(bytes.into())
+    }
+}
+
+impl Borrow<[u8]> for CacheKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = String::from_utf8_lossy(&self.0[FINGERPRINT_LEN..]);
+        write!(f, "CacheKey({id})")
+    }
+}
+
+/// A cache key built on the stack, so a lookup allocates nothing.
+pub struct KeyBuf {
+    bytes: [u8; FINGERPRINT_LEN + MAX_ID_LEN],
+    len: usize,
+}
+
+impl KeyBuf {
+    pub fn new(fingerprint: &CredentialFingerprint, id: TaskId<'_>) -> Self {
+        let id = id.as_str().as_bytes();
+        let mut bytes = [0u8; FINGERPRINT_LEN + MAX_ID_LEN];
+        bytes[..FINGERPRINT_LEN].copy_from_slice(fingerprint.as_bytes());
+        // TaskId guarantees id.len() <= MAX_ID_LEN.
+        bytes[FINGERPRINT_LEN..FINGERPRINT_LEN + id.len()].copy_from_slice(id);
+        KeyBuf {
+            bytes,
+            len: FINGERPRINT_LEN + id.len(),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    pub fn to_key(&self) -> CacheKey {
+        CacheKey::from_bytes(self.as_bytes())
+    }
+}
+
+/// One stored task answer: exactly the upstream's bytes, served without re-parsing.
+#[derive(Debug)]
+pub struct CachedTask {
+    pub body: Bytes,
+    pub content_type: Option<HeaderValue>,
+    pub class: TaskClass,
+    pub stored_at: Instant,
+}
+
+impl CachedTask {
+    pub fn new(body: Bytes, content_type: Option<HeaderValue>, class: TaskClass) -> Self {
+        CachedTask {
+            body,
+            content_type,
+            class,
+            stored_at: Instant::now(),
+        }
+    }
+
+    /// Whole seconds since the upstream produced this answer, for the `Age` header.
+    pub fn age(&self) -> u64 {
+        self.stored_at.elapsed().as_secs()
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// Servable as is. `ttl` is the freshness left, `None` for a terminal task.
+    Fresh {
+        task: Arc<CachedTask>,
+        ttl: Option<Duration>,
+    },
+    /// Present but past its freshness: must be refetched.
+    Expired(Arc<CachedTask>),
+    Miss,
+}
+
+/// The bounded, credential-partitioned task cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskCache {
+    entries: Cache<CacheKey, Arc<CachedTask>>,
+    in_progress_ttl: Duration,
+}
+
+impl TaskCache {
+    pub fn new(max_memory: u64, in_progress_ttl: Duration) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(max_memory)
+            .weigher(|key: &CacheKey, task: &Arc<CachedTask>| {
+                let bytes = key.0.len()
+                    + task.body.len()
+                    + task.content_type.as_ref().map_or(0, HeaderValue::len)
+                    + ENTRY_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .expire_after(Lifetime { in_progress_ttl })
+            .build();
+        TaskCache {
+            entries,
+            in_progress_ttl,
+        }
+    }
+
+    pub fn in_progress_ttl(&self) -> Duration {
+        self.in_progress_ttl
+    }
+
+    pub fn lookup(&self, key: &[u8]) -> Lookup {
+        let Some(task) = self.entries.get(key) else {
+            return Lookup::Miss;
+        };
+        match task.class {
+            TaskClass::Terminal => Lookup::Fresh { task, ttl: None },
+            TaskClass::InProgress => {
+                let age = task.stored_at.elapsed();
+                match self.in_progress_ttl.checked_sub(age) {
+                    Some(left) if !left.is_zero() => Lookup::Fresh {
+                        task,
+                        ttl: Some(left),
+                    },
+                    _ => Lookup::Expired(task),
+                }
+            }
+        }
+    }
+
+    pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) {
+        self.entries.insert(key, task);
+    }
+
+    /// Entries currently held (approximate: moka applies writes in batches).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Bytes currently charged against `cache.max_memory` (approximate, as `entry_count`).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Applies pending writes and evictions now; for tests and metrics.
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
+    }
+}
+
+/// Tells moka when an entry can no longer serve anyone: never for terminal tasks, after the TTL for others.
+struct Lifetime {
+    in_progress_ttl: Duration,
+}
+
+impl Lifetime {
+    fn of(&self, task: &CachedTask) -> Option<Duration> {
+        match task.class {
+            TaskClass::Terminal => None,
+            TaskClass::InProgress => Some(self.in_progress_ttl),
+        }
+    }
+}
+
+impl Expiry<CacheKey, Arc<CachedTask>> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        task: &Arc<CachedTask>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        self.of(task)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        task: &Arc<CachedTask>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        // A task that became terminal must lose the expiry its in-progress answer had.
+        self.of(task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Fingerprinter;
+
+    fn key(cred: &'static str, id: &str) -> KeyBuf {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static(cred));
+        let fp = Fingerprinter::with_key([1; 32]).fingerprint(&h);
+        KeyBuf::new(&fp, TaskId::parse(id).unwrap())
+    }
+
+    fn task(class: TaskClass) -> Arc<CachedTask> {
+        Arc::new(CachedTask::new(Bytes::from_static(b"{}"), None, class))
+    }
+
+    #[test]
+    fn terminal_entries_stay_fresh_and_in_progress_ones_expire() {
+        let cache = TaskCache::new(1 << 20, Duration::from_millis(30));
+        cache.insert(key("a", "done").to_key(), task(TaskClass::Terminal));
+        cache.insert(key("a", "busy").to_key(), task(TaskClass::InProgress));
+        assert!(matches!(
+            cache.lookup(key("a", "busy").as_bytes()),
+            Lookup::Fresh { ttl: Some(_), .. }
+        ));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!matches!(
+            cache.lookup(key("a", "busy").as_bytes()),
+            Lookup::Fresh { .. }
+        ));
+        assert!(matches!(
+            cache.lookup(key("a", "done").as_bytes()),
+            Lookup::Fresh { ttl: None, .. }
+        ));
+    }
+
+    #[test]
+    fn a_task_turning_terminal_loses_its_expiry() {
+        let cache = TaskCache::new(1 << 20, Duration::from_millis(30));
+        cache.insert(key("a", "t").to_key(), task(TaskClass::InProgress));
+        cache.insert(key("a", "t").to_key(), task(TaskClass::Terminal));
+        std::thread::sleep(Duration::from_millis(40));
+        cache.sync();
+        assert!(matches!(
+            cache.lookup(key("a", "t").as_bytes()),
+            Lookup::Fresh { .. }
+        ));
+    }
+
+    #[test]
+    fn credentials_partition_entries() {
+        let cache = TaskCache::new(1 << 20, Duration::from_secs(3));
+        cache.insert(key("a", "t").to_key(), task(TaskClass::Terminal));
+        assert!(matches!(
+            cache.lookup(key("b", "t").as_bytes()),
+            Lookup::Miss
+        ));
+    }
+
+    #[test]
+    fn memory_budget_bounds_the_cache() {
+        let cache = TaskCache::new(256 << 10, Duration::from_secs(3));
+        let body = Bytes::from(vec![b'x'; 1024]);
+        for i in 0..2_000 {
+            let k = key("a", &format!("t{i}")).to_key();
+            cache.insert(
+                k,
+                Arc::new(CachedTask::new(body.clone(), None, TaskClass::Terminal)),
+            );
+        }
+        cache.sync();
+        assert!(
+            cache.weighted_size() <= 256 << 10,
+            "{}",
+            cache.weighted_size()
+        );
+        assert!(cache.entry_count() < 2_000);
+    }
+}

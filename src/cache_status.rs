@@ -1,0 +1,94 @@
+//! The RFC 9211 `Cache-Status` header the gateway adds to cached routes, and the outcome it names, which
+//! also labels logs and metrics.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// How a cached-route request was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the cache. `ttl` is the freshness left, `None` for a terminal task.
+    Hit { ttl: Option<Duration> },
+    /// This request's upstream call produced the answer; `stored` when it went into the cache.
+    Miss {
+        stored: bool,
+        fwd_status: Option<u16>,
+    },
+    /// Another request's upstream call produced the answer.
+    Collapsed,
+    /// A batch served partly from the cache and partly from the upstream.
+    Partial,
+}
+
+impl CacheStatus {
+    /// The outcome as a bounded label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Miss { .. } => "miss",
+            CacheStatus::Collapsed => "collapsed",
+            CacheStatus::Partial => "partial",
+        }
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        match *self {
+            CacheStatus::Hit { ttl: None } => HeaderValue::from_static("mjgate; hit"),
+            CacheStatus::Hit { ttl: Some(ttl) } => {
+                header(format!("mjgate; hit; ttl={}", ttl.as_secs()))
+            }
+            CacheStatus::Miss { stored: true, .. } => {
+                HeaderValue::from_static("mjgate; fwd=uri-miss; stored")
+            }
+            CacheStatus::Miss {
+                stored: false,
+                fwd_status: Some(status),
+            } => header(format!("mjgate; fwd=uri-miss; fwd-status={status}")),
+            CacheStatus::Miss {
+                stored: false,
+                fwd_status: None,
+            } => HeaderValue::from_static("mjgate; fwd=uri-miss"),
+            CacheStatus::Collapsed => HeaderValue::from_static("mjgate; fwd=uri-miss; collapsed"),
+            CacheStatus::Partial => HeaderValue::from_static("mjgate; fwd=partial; stored"),
+        }
+    }
+}
+
+fn header(text: String) -> HeaderValue {
+    // Built from digits and fixed ASCII only, so always a valid header value.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("mjgate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_follow_rfc_9211() {
+        let v = |s: CacheStatus| s.header_value().to_str().unwrap().to_owned();
+        assert_eq!(v(CacheStatus::Hit { ttl: None }), "mjgate; hit");
+        assert_eq!(
+            v(CacheStatus::Hit {
+                ttl: Some(Duration::from_millis(2900))
+            }),
+            "mjgate; hit; ttl=2"
+        );
+        assert_eq!(
+            v(CacheStatus::Miss {
+                stored: true,
+                fwd_status: Some(200)
+            }),
+            "mjgate; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            v(CacheStatus::Miss {
+                stored: false,
+                fwd_status: Some(404)
+            }),
+            "mjgate; fwd=uri-miss; fwd-status=404"
+        );
+        assert_eq!(v(CacheStatus::Collapsed), "mjgate; fwd=uri-miss; collapsed");
+        assert_eq!(v(CacheStatus::Partial), "mjgate; fwd=partial; stored");
+    }
+}

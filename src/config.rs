@@ -1,0 +1,418 @@
+//! Configuration: the TOML file as serde reads it, validated once at start-up into a typed [`Config`].
+//!
+//! Every key is optional in the file and has a default here, so a file may set only what it changes.
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::upstream::UpstreamUrl;
+
+/// The default location of the config file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/mjgate.toml";
+
+/// A config that could not be read or does not validate. The message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub batch: BatchConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: UpstreamUrl,
+    /// TCP (and TLS) connect timeout for one upstream connection.
+    pub connect_timeout: Duration,
+    /// Deadline for a whole cached-route call, body included, and for a passthrough call's response head.
+    pub request_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Largest upstream body accepted on a cached route (task or batch answer).
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// How long a non-terminal task answer is served from the cache.
+    pub in_progress_ttl: Duration,
+    /// Memory budget for cached bodies and keys; moka evicts beyond it.
+    pub max_memory: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Largest `list-by-condition` request body read from a client.
+    pub max_body: u64,
+    /// Most ids one client batch may ask for.
+    pub max_ids: usize,
+    /// Most ids sent in one upstream `list-by-condition` call.
+    pub upstream_chunk: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    pub shutdown_grace: Duration,
+    /// Deadline for a client to send a complete request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Most simultaneous client connections; further ones are closed on accept.
+    pub max_connections: usize,
+    /// Largest request head a client may send.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter used when `RUST_LOG` is unset.
+    pub filter: String,
+}
+
+// ---- the file as serde reads it ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    batch: RawBatch,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pool_idle_timeout: Option<Duration>,
+    pool_max_idle_per_host: Option<usize>,
+    max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default, with = "humantime_serde")]
+    in_progress_ttl: Option<Duration>,
+    max_memory: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_body: Option<ByteSize>,
+    max_ids: Option<usize>,
+    upstream_chunk: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    filter: Option<String>,
+}
+
+/// Overrides from the command line or the environment; they beat the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, then applies `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, overrides)
+    }
+
+    /// Parses and validates a TOML document, then applies `overrides`.
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Self::validate(raw, overrides)
+    }
+
+    /// A config for `upstream` with every other value at its default, for tests and embedding.
+    pub fn for_upstream(upstream: &str) -> Result<Self, ConfigError> {
+        Self::from_toml(
+            "",
+            &Overrides {
+                listen: None,
+                upstream: Some(upstream.to_owned()),
+            },
+        )
+    }
+
+    fn validate(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let listen = overrides
+            .listen
+            .or(raw.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let url_text =
+            overrides
+                .upstream
+                .clone()
+                .or(raw.upstream.url)
+                .ok_or(ConfigError::Invalid {
+                    key: "upstream.url",
+                    reason: "is required (set it in the file, MJGATE_UPSTREAM or --upstream)"
+                        .into(),
+                })?;
+        let url = UpstreamUrl::parse(&url_text).map_err(|e| ConfigError::Invalid {
+            key: "upstream.url",
+            reason: e.to_string(),
+        })?;
+
+        let upstream = UpstreamConfig {
+            url,
+            connect_timeout: positive(
+                "upstream.connect_timeout",
+                raw.upstream.connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            request_timeout: positive(
+                "upstream.request_timeout",
+                raw.upstream.request_timeout,
+                Duration::from_secs(30),
+            )?,
+            pool_idle_timeout: raw
+                .upstream
+                .pool_idle_timeout
+                .unwrap_or(Duration::from_secs(90)),
+            pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host.unwrap_or(64),
+            max_body: at_least(
+                "upstream.max_body",
+                raw.upstream.max_body.map(|b| b.0),
+                8 << 20,
+                1024,
+            )?,
+        };
+        let cache = CacheConfig {
+            in_progress_ttl: positive(
+                "cache.in_progress_ttl",
+                raw.cache.in_progress_ttl,
+                Duration::from_secs(3),
+            )?,
+            max_memory: at_least(
+                "cache.max_memory",
+                raw.cache.max_memory.map(|b| b.0),
+                256 << 20,
+                64 << 10,
+            )?,
+        };
+        let batch = BatchConfig {
+            max_body: at_least(
+                "batch.max_body",
+                raw.batch.max_body.map(|b| b.0),
+                1 << 20,
+                64,
+            )?,
+            max_ids: at_least("batch.max_ids", raw.batch.max_ids, 500, 1)?,
+            upstream_chunk: at_least("batch.upstream_chunk", raw.batch.upstream_chunk, 100, 1)?,
+        };
+        let server = ServerConfig {
+            shutdown_grace: raw.server.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            header_read_timeout: positive(
+                "server.header_read_timeout",
+                raw.server.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            max_connections: at_least(
+                "server.max_connections",
+                raw.server.max_connections,
+                10_000,
+                1,
+            )?,
+            max_header_bytes: at_least(
+                "server.max_header_bytes",
+                raw.server.max_header_bytes.map(|b| b.0 as usize),
+                64 << 10,
+                8 << 10,
+            )?,
+        };
+        let log = LogConfig {
+            format: raw.log.format.unwrap_or_default(),
+            filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
+        };
+        Ok(Config {
+            listen,
+            upstream,
+            cache,
+            batch,
+            server,
+            log,
+        })
+    }
+}
+
+fn positive(
+    key: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(d) if d.is_zero() => Err(ConfigError::Invalid {
+            key,
+            reason: "must be greater than zero".into(),
+        }),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: Option<T>,
+    default: T,
+    minimum: T,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(v) if v < minimum => Err(ConfigError::Invalid {
+            key,
+            reason: format!("must be at least {minimum}"),
+        }),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let c = Config::from_toml(
+            "listen = \"127.0.0.1:9000\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[cache]\nin_progress_ttl = \"750ms\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cache.in_progress_ttl, Duration::from_millis(750));
+        assert_eq!(c.batch.max_ids, 500);
+        assert_eq!(c.batch.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let c = Config::from_toml(
+            "listen = \"127.0.0.1:9000\"\n[upstream]\nurl = \"http://a.example\"\n",
+            &Overrides {
+                listen: Some("127.0.0.1:9001".parse().unwrap()),
+                upstream: Some("http://b.example/api".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.upstream.url.authority(), "b.example");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml(
+            "[upstream]\nurl = \"http://a\"\n[cache]\nin_progres_ttl = \"3s\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("in_progres_ttl"), "{err}");
+    }
+
+    #[test]
+    fn invalid_duration_is_named() {
+        let err = Config::from_toml(
+            "[upstream]\nurl = \"http://a\"\n[cache]\nin_progress_ttl = \"soon\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("in_progress_ttl"), "{err}");
+    }
+
+    #[test]
+    fn zero_ttl_is_refused() {
+        let err = Config::from_toml(
+            "[upstream]\nurl = \"http://a\"\n[cache]\nin_progress_ttl = \"0s\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cache.in_progress_ttl"), "{err}");
+    }
+
+    #[test]
+    fn bad_upstream_scheme_is_named() {
+        let err = Config::from_toml("[upstream]\nurl = \"ftp://a\"\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.url"), "{err}");
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../config/mjgate.toml");
+        let c = Config::from_toml(text, &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.upstream.url.authority(), "crazyrouter.com");
+        assert_eq!(c.cache.in_progress_ttl, Duration::from_secs(3));
+    }
+}

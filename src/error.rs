@@ -1,0 +1,86 @@
+//! Errors at the crate's boundary ([`Error`]) and the per-request failures the gateway answers itself
+//! ([`RequestError`]), each mapped once to an HTTP status and a JSON body in the upstream's own style.
+
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::body::ResponseBody;
+use crate::collapse::Abandoned;
+use crate::config::ConfigError;
+use crate::task::InvalidTaskId;
+use crate::upstream::UpstreamError;
+
+/// Why the gateway could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request the gateway answers itself, without (or instead of) an upstream answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid task id: {0}")]
+    BadTaskId(#[from] InvalidTaskId),
+    #[error("invalid batch query: {0}")]
+    BadBatch(String),
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+    #[error("the gateway is shutting down")]
+    Draining,
+}
+
+impl RequestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::BadTaskId(_)
+            | RequestError::BadBatch(_)
+            | RequestError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::Upstream(e) => e.status(),
+            RequestError::Abandoned(_) => StatusCode::BAD_GATEWAY,
+            RequestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The JSON answer: `{"code": <status>, "description": "...", "type": "mjgate_error"}`.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut response = json_error(status, &self.to_string());
+        if matches!(self, RequestError::Draining) {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A JSON error answer in the shape routers use (`code`, `description`), tagged as the gateway's own.
+pub fn json_error(status: StatusCode, description: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "code": status.as_u16(),
+        "description": description,
+        "type": "mjgate_error",
+    });
+    let mut response = Response::new(ResponseBody::full(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,43 @@
+//! # mjgate
+//!
+//! A caching, collapsing reverse proxy for Midjourney-style task APIs. Clients poll
+//! `GET /mj/task/{id}/fetch`; mjgate answers from a per-credential cache, keeps terminal tasks until
+//! memory runs short and in-progress ones for a few seconds, and turns any number of concurrent polls of
+//! one task into one upstream call. Everything else passes through, streamed.
+//!
+//! # Layout
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | the TOML file as serde reads it, validated into a typed [`Config`] |
+//! | [`server`] | the accept loop, connection limits, graceful drain ([`run`]) |
+//! | [`shutdown`] | the future that resolves on SIGTERM or SIGINT |
+//! | [`gateway`] | request handling: route, cache, collapse, forward |
+//! | [`routes`] | which request is a fetch, a batch, a health check, or passthrough |
+//! | [`task`] | task ids and the class of an upstream answer (terminal or in progress) |
+//! | [`credential`] | the keyed fingerprint of a request's credential headers |
+//! | [`cache`] | the moka cache: keys, stored entries, freshness, memory budget |
+//! | [`cache_status`] | the RFC 9211 `Cache-Status` header and the outcome it names |
+//! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
+//! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
+//! | [`body`] | the response body type: a buffer or an upstream stream |
+//! | [`error`] | the crate's [`Error`] and per-request errors mapped to HTTP |
+//! | [`simulator`] | a faithful in-process task API, for tests and the demo |
+
+pub mod body;
+pub mod cache;
+pub mod cache_status;
+pub mod collapse;
+pub mod config;
+pub mod credential;
+pub mod error;
+pub mod gateway;
+pub mod routes;
+pub mod server;
+pub mod shutdown;
+pub mod simulator;
+pub mod task;
+pub mod upstream;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{Drain, run};

@@ -1,0 +1,89 @@
+//! The `mjgate` binary: parse the command line, set up logging, load the config, bind, and run.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mjgate::config::{self, Config, LogFormat, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// A caching, collapsing reverse proxy for Midjourney-style task APIs.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Defaults to config/mjgate.toml when it exists.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on; beats the file's `listen`.
+    #[arg(long, value_name = "ADDR", env = "MJGATE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Upstream base URL (http or https, may carry a path prefix); beats the file's `[upstream] url`.
+    #[arg(long, value_name = "URL", env = "MJGATE_UPSTREAM")]
+    upstream: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides {
+        listen: args.listen,
+        upstream: args.upstream,
+    };
+    let loaded = match &args.config {
+        Some(path) => Config::load(path, &overrides),
+        None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
+            Config::load(std::path::Path::new(config::DEFAULT_PATH), &overrides)
+        }
+        None => Config::from_toml("", &overrides),
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mjgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mjgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| mjgate::Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        tracing::info!(upstream = %config.upstream.url, "mjgate starting");
+        mjgate::run(listener, config, mjgate::shutdown::signal()).await
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "mjgate stopped");
+            eprintln!("mjgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(log: &config::LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

@@ -1,0 +1,113 @@
+//! The accept loop: connection limits, HTTP/1.1 and HTTP/2 serving, and the graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, ServerConfig};
+use crate::error::Error;
+use crate::gateway::Gateway;
+
+/// How the drain after a shutdown signal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every connection finished its in-flight requests within the grace period.
+    Complete,
+    /// The grace period ran out with connections still open; they are dropped.
+    TimedOut,
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains in-flight requests.
+///
+/// Binding and signal handling are the caller's, so tests run this on `127.0.0.1:0` with a oneshot.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Drain, Error> {
+    let gateway = Arc::new(Gateway::new(&config));
+    serve(listener, gateway, &config.server, shutdown).await
+}
+
+/// The accept loop over an already built gateway.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Drain, Error> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            // Closing at once keeps existing connections healthy; the client sees a reset and retries.
+            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached, refusing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = Arc::clone(&gateway);
+        let service = service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    gateway.start_draining();
+    tracing::info!(grace = ?config.shutdown_grace, "shutdown signal received, draining connections");
+    let drain = match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => Drain::Complete,
+        Err(_) => Drain::TimedOut,
+    };
+    match drain {
+        Drain::Complete => tracing::info!("drain complete"),
+        Drain::TimedOut => tracing::warn!("grace period elapsed with requests still in flight"),
+    }
+    Ok(drain)
+}

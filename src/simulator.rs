@@ -1,0 +1,640 @@
+//! A faithful in-process Midjourney-style task API: the upstream for tests, benchmarks and the demo.
+//!
+//! It speaks the API as `UPSTREAM-API.md` describes it: task objects in midjourney-proxy's shape, tasks
+//! owned by the credential that created them (another credential gets the not-found answer), the three
+//! not-found shapes, `list-by-condition` answering in store order, mode prefixes, and faults on demand
+//! (status codes, 429 with `Retry-After`, latency, a gate that holds task lookups). It counts every call.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// Largest request body the simulator reads.
+const MAX_BODY: usize = 16 << 20;
+/// Requests kept for inspection; older ones are dropped.
+const RECORDED: usize = 4096;
+
+/// How the simulator answers a fetch for an id the caller may not see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFound {
+    /// `404` with `{"code":4,"description":"task_no_found"}` (new-api forks).
+    Status404,
+    /// `400` with new-api's object, trailing space included.
+    Status400,
+    /// `200` with an empty body (novicezk/midjourney-proxy).
+    EmptyBody,
+    /// `204 No Content` (trueai-org/midjourney-proxy).
+    NoContent,
+}
+
+/// A fault the next task lookups answer with instead of the real answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// This status with a router-style JSON error body.
+    Status(u16),
+    /// `429`, with `Retry-After: n` when given.
+    RateLimited { retry_after: Option<u64> },
+}
+
+/// One request as the simulator received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: Method,
+    /// Path and query, as received.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A task's state. Tasks made by a submit follow a timed lifecycle; tasks made by a test stay as set.
+#[derive(Debug, Clone)]
+struct Task {
+    owner: String,
+    action: String,
+    prompt: String,
+    status: String,
+    progress: String,
+    submit_time: u64,
+    fail_reason: String,
+    /// For submitted tasks: when they started and how long they take.
+    lifecycle: Option<(Instant, Duration)>,
+}
+
+#[derive(Default)]
+struct Store {
+    tasks: HashMap<String, Task>,
+    /// Ids in creation order: `list-by-condition` answers in this order, not the request's.
+    order: Vec<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Every request received.
+    total: u64,
+    fetches: HashMap<String, u64>,
+    /// The ids of each `list-by-condition` call, in call order.
+    lists: Vec<Vec<String>>,
+}
+
+struct State {
+    store: Mutex<Store>,
+    counters: Mutex<Counters>,
+    recorded: Mutex<VecDeque<RecordedRequest>>,
+    faults: Mutex<VecDeque<Fault>>,
+    latency: Mutex<Duration>,
+    not_found: Mutex<NotFound>,
+    task_duration: Mutex<Duration>,
+    /// True while a test holds task lookups; they wait until it turns false.
+    held: watch::Sender<bool>,
+    /// Woken on every request, for tests that wait for a call to arrive.
+    arrived: Notify,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running simulator. Stops when dropped.
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+}
+
+/// Holds task lookups (fetch and list) until dropped.
+pub struct Hold(Arc<State>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.held.send_replace(false);
+    }
+}
+
+impl Simulator {
+    /// Starts a simulator on `127.0.0.1:0`.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(TcpListener::bind(("127.0.0.1", 0)).await?)
+    }
+
+    /// Starts a simulator on a bound listener.
+    pub fn start_on(listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            store: Mutex::default(),
+            counters: Mutex::default(),
+            recorded: Mutex::default(),
+            faults: Mutex::default(),
+            latency: Mutex::new(Duration::ZERO),
+            not_found: Mutex::new(NotFound::Status404),
+            task_duration: Mutex::new(Duration::from_secs(60)),
+            held: watch::channel(false).0,
+            arrived: Notify::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
+        Ok(Simulator { addr, state, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to point a gateway at.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates a task owned by `credential` (the `Authorization` or `mj-api-secret` value) with `status`.
+    pub fn create_task(&self, credential: &str, id: &str, status: &str) {
+        let mut store = lock(&self.state.store);
+        if !store.tasks.contains_key(id) {
+            store.order.push(id.to_owned());
+        }
+        store.tasks.insert(
+            id.to_owned(),
+            Task {
+                owner: credential.to_owned(),
+                action: "IMAGINE".into(),
+                prompt: format!("simulated task {id}"),
+                status: status.to_owned(),
+                progress: progress_for(status).into(),
+                submit_time: epoch_ms(),
+                fail_reason: String::new(),
+                lifecycle: None,
+            },
+        );
+    }
+
+    /// Moves a task to `status` (and the progress that goes with it).
+    pub fn set_status(&self, id: &str, status: &str) {
+        if let Some(task) = lock(&self.state.store).tasks.get_mut(id) {
+            task.status = status.to_owned();
+            task.progress = progress_for(status).into();
+            task.lifecycle = None;
+        }
+    }
+
+    /// Sets `progress` of an in-progress task, e.g. `"65%"`.
+    pub fn set_progress(&self, id: &str, progress: &str) {
+        if let Some(task) = lock(&self.state.store).tasks.get_mut(id) {
+            task.progress = progress.to_owned();
+        }
+    }
+
+    /// How long tasks made by a submit take from submit to `SUCCESS`.
+    pub fn set_task_duration(&self, duration: Duration) {
+        *lock(&self.state.task_duration) = duration;
+    }
+
+    /// Delay before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.state.latency) = latency;
+    }
+
+    pub fn set_not_found(&self, style: NotFound) {
+        *lock(&self.state.not_found) = style;
+    }
+
+    /// The next `times` task lookups answer with `fault`.
+    pub fn inject(&self, fault: Fault, times: usize) {
+        lock(&self.state.faults).extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Holds every task lookup (fetch and list) until the returned guard is dropped.
+    pub fn hold(&self) -> Hold {
+        self.state.held.send_replace(true);
+        Hold(Arc::clone(&self.state))
+    }
+
+    /// Every request received, whatever its route.
+    pub fn total_calls(&self) -> u64 {
+        lock(&self.state.counters).total
+    }
+
+    /// `fetch` calls received for `id`.
+    pub fn fetch_calls(&self, id: &str) -> u64 {
+        lock(&self.state.counters)
+            .fetches
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `fetch` calls received, all ids together.
+    pub fn all_fetch_calls(&self) -> u64 {
+        lock(&self.state.counters).fetches.values().sum()
+    }
+
+    /// The ids each `list-by-condition` call asked for, in call order.
+    pub fn list_calls(&self) -> Vec<Vec<String>> {
+        lock(&self.state.counters).lists.clone()
+    }
+
+    /// Upstream lookups of `id`: fetches plus appearances in list calls.
+    pub fn lookups(&self, id: &str) -> u64 {
+        let counters = lock(&self.state.counters);
+        let listed = counters
+            .lists
+            .iter()
+            .flatten()
+            .filter(|listed| listed.as_str() == id)
+            .count() as u64;
+        counters.fetches.get(id).copied().unwrap_or(0) + listed
+    }
+
+    /// The requests received, oldest first (the most recent few thousand).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.recorded).iter().cloned().collect()
+    }
+
+    /// Waits until at least `n` requests in all have arrived.
+    pub async fn wait_for_calls(&self, n: u64) {
+        loop {
+            let notified = self.state.arrived.notified();
+            if self.total_calls() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _) = tokio::select! {
+            () = until_stopped(&mut stopped) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        let builder = Arc::clone(&builder);
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(answer(&state, request).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = until_stopped(&mut stopped) => {}
+            }
+        });
+    }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here rather than hold it in a select.
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, 413, "body too large"),
+    };
+    {
+        let mut recorded = lock(&state.recorded);
+        if recorded.len() == RECORDED {
+            recorded.pop_front();
+        }
+        recorded.push_back(RecordedRequest {
+            method: parts.method.clone(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+    let path = parts.uri.path();
+    let route = strip_mode(path);
+    let fetch_id = route
+        .strip_prefix("/mj/task/")
+        .and_then(|rest| rest.strip_suffix("/fetch"))
+        .filter(|_| parts.method == Method::GET);
+    let is_list = parts.method == Method::POST && route == "/mj/task/list-by-condition";
+    {
+        let mut counters = lock(&state.counters);
+        counters.total += 1;
+        if let Some(id) = fetch_id {
+            *counters.fetches.entry(id.to_owned()).or_default() += 1;
+        }
+        if is_list {
+            counters.lists.push(requested_ids(&body));
+        }
+    }
+    state.arrived.notify_waiters();
+
+    let latency = *lock(&state.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if fetch_id.is_some() || is_list {
+        let mut held = state.held.subscribe();
+        let _ = held.wait_for(|held| !*held).await;
+        if let Some(fault) = lock(&state.faults).pop_front() {
+            return fault_response(fault);
+        }
+    }
+
+    let credential = credential(&parts.headers);
+    if let Some(id) = fetch_id {
+        return fetch(state, id, credential.as_deref());
+    }
+    if is_list {
+        return list(state, &body, credential.as_deref());
+    }
+    if parts.method == Method::POST
+        && let Some(action) = route.strip_prefix("/mj/submit/")
+    {
+        return submit(state, action, &body, credential.as_deref());
+    }
+    if parts.method == Method::GET
+        && let Some(id) = route.strip_prefix("/mj/image/")
+    {
+        return image(id);
+    }
+    error(StatusCode::NOT_FOUND, 404, "not found")
+}
+
+fn fetch(state: &State, id: &str, credential: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(credential) = credential else {
+        return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
+    };
+    let store = lock(&state.store);
+    match store.tasks.get(id).filter(|task| task.owner == credential) {
+        Some(task) => json_response(StatusCode::OK, &task_json(id, task)),
+        None => not_found(*lock(&state.not_found)),
+    }
+}
+
+fn list(state: &State, body: &[u8], credential: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(credential) = credential else {
+        return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
+    };
+    let Ok(query) = serde_json::from_slice::<Value>(body) else {
+        return error(StatusCode::BAD_REQUEST, 400, "invalid json");
+    };
+    let wanted: Vec<&str> = query
+        .get("ids")
+        .and_then(Value::as_array)
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let store = lock(&state.store);
+    let tasks: Vec<Value> = store
+        .order
+        .iter()
+        .filter(|id| wanted.contains(&id.as_str()))
+        .filter_map(|id| {
+            let task = store.tasks.get(id)?;
+            (task.owner == credential).then(|| task_json(id, task))
+        })
+        .collect();
+    json_response(StatusCode::OK, &Value::Array(tasks))
+}
+
+fn submit(
+    state: &State,
+    action: &str,
+    body: &[u8],
+    credential: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let Some(credential) = credential else {
+        return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
+    };
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return error(StatusCode::BAD_REQUEST, 400, "invalid json");
+    };
+    let prompt = request
+        .get("prompt")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let id = format!(
+        "{}{:03}",
+        epoch_ms(),
+        state.next_id.fetch_add(1, Ordering::Relaxed) % 1000
+    );
+    let duration = *lock(&state.task_duration);
+    let mut store = lock(&state.store);
+    store.order.push(id.clone());
+    store.tasks.insert(
+        id.clone(),
+        Task {
+            owner: credential.to_owned(),
+            action: action.to_ascii_uppercase(),
+            prompt,
+            status: "SUBMITTED".into(),
+            progress: "0%".into(),
+            submit_time: epoch_ms(),
+            fail_reason: String::new(),
+            lifecycle: Some((Instant::now(), duration)),
+        },
+    );
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({"code": 1, "description": "Submit success", "result": id, "properties": {}}),
+    );
+    response
+        .headers_mut()
+        .insert("x-simulator", HeaderValue::from_static("submit"));
+    response
+}
+
+fn image(id: &str) -> Response<Full<Bytes>> {
+    // A deterministic 256 KiB "image", large enough to exercise streaming.
+    let seed = id.bytes().fold(0u8, u8::wrapping_add);
+    let bytes: Vec<u8> = (0..256 * 1024)
+        .map(|i| (i as u8).wrapping_add(seed))
+        .collect();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    response
+}
+
+/// The task object as midjourney-proxy serialises it.
+fn task_json(id: &str, task: &Task) -> Value {
+    let (status, progress) = match task.lifecycle {
+        Some((started, duration)) => lifecycle_state(started.elapsed(), duration, &task.prompt),
+        None => (task.status.clone(), task.progress.clone()),
+    };
+    let done = matches!(status.as_str(), "SUCCESS" | "FAILURE" | "CANCEL");
+    let success = status == "SUCCESS";
+    let fail_reason = if status == "FAILURE" && task.fail_reason.is_empty() {
+        "simulated failure".to_owned()
+    } else {
+        task.fail_reason.clone()
+    };
+    json!({
+        "id": id,
+        "action": task.action,
+        "status": status,
+        "prompt": task.prompt,
+        "promptEn": task.prompt,
+        "description": format!("/imagine {}", task.prompt),
+        "state": "",
+        "progress": progress,
+        "submitTime": task.submit_time,
+        "startTime": task.submit_time + 1000,
+        "finishTime": if done { Value::from(task.submit_time + 60_000) } else { Value::Null },
+        "imageUrl": if success { format!("https://cdn.example/{id}.png") } else { String::new() },
+        "failReason": fail_reason,
+        "buttons": if success {
+            json!([{"customId": format!("MJ::JOB::upsample::1::{id}"), "emoji": "", "label": "U1", "style": 2}])
+        } else {
+            json!([])
+        },
+        "properties": {},
+    })
+}
+
+/// Where a submitted task is in its lifecycle: submitted, in progress by percent, then done.
+fn lifecycle_state(elapsed: Duration, duration: Duration, prompt: &str) -> (String, String) {
+    let fraction = elapsed.as_secs_f64() / duration.as_secs_f64().max(0.001);
+    if fraction < 0.1 {
+        ("SUBMITTED".into(), "0%".into())
+    } else if fraction < 1.0 {
+        (
+            "IN_PROGRESS".into(),
+            format!("{}%", (fraction * 100.0) as u32),
+        )
+    } else if prompt.contains("--fail") {
+        ("FAILURE".into(), String::new())
+    } else {
+        ("SUCCESS".into(), "100%".into())
+    }
+}
+
+fn progress_for(status: &str) -> &'static str {
+    match status {
+        "SUCCESS" => "100%",
+        "IN_PROGRESS" => "50%",
+        _ => "0%",
+    }
+}
+
+fn not_found(style: NotFound) -> Response<Full<Bytes>> {
+    match style {
+        NotFound::Status404 => error(StatusCode::NOT_FOUND, 4, "task_no_found"),
+        NotFound::Status400 => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"description": "task_no_found ", "type": "upstream_error", "code": 4}),
+        ),
+        NotFound::EmptyBody => Response::new(Full::new(Bytes::new())),
+        NotFound::NoContent => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+    }
+}
+
+fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
+    match fault {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, i64::from(code), "simulated upstream fault")
+        }
+        Fault::RateLimited { retry_after } => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, 429, "rate limited");
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            response
+        }
+    }
+}
+
+fn requested_ids(body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|query| {
+            let ids = query.get("ids")?.as_array()?;
+            Some(
+                ids.iter()
+                    .filter_map(|id| id.as_str().map(str::to_owned))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The credential as the real APIs read it: `Authorization`, else `mj-api-secret`.
+fn credential(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(AUTHORIZATION)
+        .or_else(|| headers.get("mj-api-secret"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn strip_mode(path: &str) -> &str {
+    if path.starts_with("/mj/") {
+        return path;
+    }
+    let rest = path.trim_start_matches('/');
+    match rest.find('/') {
+        Some(i) if rest[i..].starts_with("/mj/") => &rest[i..],
+        _ => path,
+    }
+}
+
+fn error(status: StatusCode, code: i64, description: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"code": code, "description": description, "result": null}),
+    )
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    response
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

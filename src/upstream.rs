@@ -1,0 +1,399 @@
+//! The upstream: its base URL, the one pooled HTTP client built at start-up, and the two ways the gateway
+//! calls it: buffered (cached routes, whose body must be read) and streamed (passthrough).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+/// Errors of any body the gateway hands to the upstream client.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+/// The request body type of the upstream client: empty, a buffer, or a client's stream.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// The upstream's base URL: scheme, authority, and an optional path prefix that request paths are appended to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    scheme: Scheme,
+    authority: Authority,
+    /// Without a trailing slash; empty when the URL has no path.
+    prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("not a URL: {0}")]
+    Syntax(#[from] http::uri::InvalidUri),
+    #[error("scheme must be http or https")]
+    Scheme,
+    #[error("URL has no host")]
+    Host,
+    #[error("URL must not carry a query string")]
+    Query,
+}
+
+impl UpstreamUrl {
+    pub fn parse(text: &str) -> Result<Self, UrlError> {
+        let uri: Uri = text.trim().parse()?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(UrlError::Scheme),
+        };
+        let authority = uri.authority().cloned().ok_or(UrlError::Host)?;
+        if uri.query().is_some() {
+            return Err(UrlError::Query);
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(UpstreamUrl {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    /// The upstream URI for a client's path and query.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let pq = if self.prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)?
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.prefix, path_and_query))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// Why an upstream call produced no usable answer. Cloneable so one failure can be handed to every
+/// collapsed waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connect, TLS or I/O failure, or a broken response: the client gets 502.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream did not answer within `upstream.request_timeout`: the client gets 504.
+    #[error("upstream timed out after {0:?}")]
+    Timeout(Duration),
+    /// A cached route's answer exceeded `upstream.max_body`: the client gets 502.
+    #[error("upstream body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Unreachable(_) | UpstreamError::BodyTooLarge(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        // The legacy client's Display is terse ("client error (Connect)"); the source chain says why.
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        UpstreamError::Unreachable(text)
+    }
+}
+
+/// An upstream answer read whole: what a cached route needs to classify and store it.
+#[derive(Debug, Clone)]
+pub struct BufferedReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Where the request came from, for the forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+}
+
+/// The pooled upstream client. Cheap to clone; every clone shares one connection pool.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    url: UpstreamUrl,
+    request_timeout: Duration,
+    max_body: u64,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(https);
+        Upstream {
+            client,
+            url: config.url.clone(),
+            request_timeout: config.request_timeout,
+            max_body: config.max_body,
+        }
+    }
+
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.url
+    }
+
+    /// Calls a cached route and reads the whole answer, within `request_timeout` and `max_body`.
+    ///
+    /// `headers` are the client's request headers; they are forwarded as for passthrough, except that an
+    /// identity body is asked for, so the status can be read and one entry serves every client.
+    pub async fn call_buffered(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        client: ClientInfo,
+        body: Bytes,
+    ) -> Result<BufferedReply, UpstreamError> {
+        let mut forwarded = headers.clone();
+        prepare_request_headers(&mut forwarded, client);
+        forwarded.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        forwarded.remove(header::CONTENT_LENGTH);
+        let body: UpstreamBody = if body.is_empty() {
+            Empty::new().map_err(|never| match never {}).boxed()
+        } else {
+            Full::new(body).map_err(|never| match never {}).boxed()
+        };
+        let request = self.build_request(method, path_and_query, forwarded, body)?;
+        let max_body = self.max_body;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(UpstreamError::from_client)?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, max_body as usize)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        UpstreamError::BodyTooLarge(max_body)
+                    } else {
+                        UpstreamError::Unreachable(format!("reading body: {e}"))
+                    }
+                })?
+                .to_bytes();
+            let mut headers = parts.headers;
+            strip_hop_by_hop(&mut headers);
+            Ok(BufferedReply {
+                status: parts.status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+        }
+    }
+
+    /// Forwards a request untouched but for hop-by-hop and forwarding headers; both bodies stream.
+    /// The timeout covers the response head only: a long download is not cut off.
+    pub async fn forward(
+        &self,
+        request: Request<UpstreamBody>,
+        client: ClientInfo,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let (mut parts, body) = request.into_parts();
+        prepare_request_headers(&mut parts.headers, client);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
+        let mut response =
+            match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+                Ok(result) => result.map_err(UpstreamError::from_client)?,
+                Err(_) => return Err(UpstreamError::Timeout(self.request_timeout)),
+            };
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
+    }
+
+    fn build_request(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: UpstreamBody,
+    ) -> Result<Request<UpstreamBody>, UpstreamError> {
+        let uri = self
+            .url
+            .join(path_and_query)
+            .map_err(|e| UpstreamError::Unreachable(format!("bad upstream URI: {e}")))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        // The pooled client negotiates HTTP/2 by ALPN on its own; a client's HTTP/2 must not force it.
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers of a client request as the upstream should see them: hop-by-hop removed, `Host` left for the
+/// client to set from the upstream URI, and the client's address added.
+fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    let ip =
+        HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header");
+    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
+        Some(Ok(prior)) if !prior.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prior}, {}", client.ip)).unwrap_or_else(|_| ip.clone())
+        }
+        _ => ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_REAL_IP.clone(), ip);
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_onto_a_prefix() {
+        let url = UpstreamUrl::parse("https://host.example/api/").unwrap();
+        assert_eq!(
+            url.join("/mj/task/1/fetch?x=1").unwrap().to_string(),
+            "https://host.example/api/mj/task/1/fetch?x=1"
+        );
+        let bare = UpstreamUrl::parse("http://127.0.0.1:9").unwrap();
+        assert_eq!(bare.join("/a").unwrap().to_string(), "http://127.0.0.1:9/a");
+    }
+
+    #[test]
+    fn refuses_other_schemes_and_queries() {
+        assert!(matches!(
+            UpstreamUrl::parse("ftp://x"),
+            Err(UrlError::Scheme)
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://x/?a=b"),
+            Err(UrlError::Query)
+        ));
+        assert!(UpstreamUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_the_client() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gateway"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        prepare_request_headers(
+            &mut h,
+            ClientInfo {
+                ip: "127.0.0.2".parse().unwrap(),
+            },
+        );
+        assert!(!h.contains_key(header::HOST));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
+        assert_eq!(h["x-real-ip"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

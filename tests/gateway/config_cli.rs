@@ -1,0 +1,147 @@
+//! The binary's command line and config handling, run as a user would run it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn mjgate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mjgate"));
+    command
+        .env_remove("MJGATE_LISTEN")
+        .env_remove("MJGATE_UPSTREAM")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+mod tempfile_path {
+    //! A config file in the system temp dir, removed on drop.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "mjgate-test-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).unwrap();
+            TempPath(path)
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn an_unknown_key_stops_start_up_naming_the_key() {
+    let file = write_config(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[cache]\nin_progress_tll = \"3s\"\n",
+    );
+    let out = mjgate().arg("--config").arg(&file.0).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in_progress_tll"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_value_stops_start_up_naming_the_key() {
+    let file = write_config(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[cache]\nin_progress_ttl = \"three\"\n",
+    );
+    let out = mjgate().arg("--config").arg(&file.0).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in_progress_ttl"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let out = mjgate()
+        .args(["--config", "/nonexistent/mjgate.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mjgate.toml"));
+}
+
+/// Starts the binary, waits for its "listening" line, and returns the child and its address.
+fn spawn_listening(command: &mut Command) -> (std::process::Child, String) {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("addr=") {
+                let addr = line[at + 5..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the binary logs its address");
+    (child, addr)
+}
+
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    // SIGTERM, as an orchestrator sends it.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the binary did not exit on SIGTERM");
+}
+
+#[tokio::test]
+async fn flags_beat_env_and_env_beats_the_file_and_sigterm_exits_zero() {
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let file = write_config(
+        "listen = \"127.0.0.1:1\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[cache]\nin_progress_ttl = \"3s\"\n",
+    );
+    // The file's listen address (port 1) would fail to bind; env and flag replace it.
+    let (mut child, addr) = spawn_listening(
+        mjgate()
+            .arg("--config")
+            .arg(&file.0)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("MJGATE_LISTEN", "127.0.0.1:1")
+            .env("MJGATE_UPSTREAM", sim.url()),
+    );
+    let url = format!("http://{addr}/mj/task/t/fetch");
+    let reply = send(request(http::Method::GET, &url, Some(KEY_A), "")).await;
+    assert_eq!(
+        reply.status, 200,
+        "MJGATE_UPSTREAM replaced the file's upstream"
+    );
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,149 @@
+//! Task fetches are served from the cache: terminal answers for ever, in-progress ones for the TTL.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_terminal_task_is_fetched_from_upstream_once_and_then_served_from_cache() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t1", "SUCCESS");
+
+    let first = fetch(&gw, "t1", KEY_A).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.cache_status(), "mjgate; fwd=uri-miss; stored");
+    assert_eq!(first.json()["status"], "SUCCESS");
+
+    let second = fetch(&gw, "t1", KEY_A).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.cache_status(), "mjgate; hit");
+    assert_eq!(second.header("age"), "0");
+    assert_eq!(
+        second.body, first.body,
+        "hits serve the upstream's bytes unchanged"
+    );
+    assert_eq!(sim.fetch_calls("t1"), 1);
+}
+
+#[tokio::test]
+async fn terminal_results_are_never_refetched_even_after_the_ttl() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"100ms\"\n").await;
+    sim.create_task(KEY_A, "done", "FAILURE");
+    assert_eq!(fetch(&gw, "done", KEY_A).await.json()["status"], "FAILURE");
+
+    sim.set_status("done", "SUCCESS"); // the upstream changing its mind must not matter
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = fetch(&gw, "done", KEY_A).await;
+    assert_eq!(later.json()["status"], "FAILURE");
+    assert_eq!(later.cache_status(), "mjgate; hit");
+    let age: u64 = later.header("age").parse().unwrap();
+    assert!(
+        age >= 1,
+        "Age counts whole seconds since the upstream answered, got {age}"
+    );
+    assert_eq!(sim.fetch_calls("done"), 1);
+}
+
+#[tokio::test]
+async fn cancel_is_terminal_too() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"50ms\"\n").await;
+    sim.create_task(KEY_A, "c", "CANCEL");
+    fetch(&gw, "c", KEY_A).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fetch(&gw, "c", KEY_A).await.cache_status(), "mjgate; hit");
+    assert_eq!(sim.fetch_calls("c"), 1);
+}
+
+#[tokio::test]
+async fn an_in_progress_task_is_served_from_cache_until_the_ttl_then_refetched() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"300ms\"\n").await;
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+
+    assert_eq!(fetch(&gw, "busy", KEY_A).await.json()["progress"], "50%");
+    sim.set_progress("busy", "70%");
+    let hit = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(
+        hit.json()["progress"],
+        "50%",
+        "within the TTL the cached answer is served"
+    );
+    assert_eq!(hit.cache_status(), "mjgate; hit; ttl=0");
+    assert_eq!(sim.fetch_calls("busy"), 1);
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refreshed = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(refreshed.json()["progress"], "70%");
+    assert_eq!(refreshed.cache_status(), "mjgate; fwd=uri-miss; stored");
+    assert_eq!(sim.fetch_calls("busy"), 2);
+}
+
+#[tokio::test]
+async fn the_ttl_parameter_counts_down_whole_seconds() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"3s\"\n").await;
+    sim.create_task(KEY_A, "busy", "SUBMITTED");
+    fetch(&gw, "busy", KEY_A).await;
+    let status = fetch(&gw, "busy", KEY_A).await.cache_status().to_owned();
+    let ttl: u64 = status
+        .strip_prefix("mjgate; hit; ttl=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&ttl), "{status}");
+}
+
+#[tokio::test]
+async fn a_task_that_finishes_is_then_kept_for_good() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"100ms\"\n").await;
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    fetch(&gw, "t", KEY_A).await;
+    sim.set_status("t", "SUCCESS");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(fetch(&gw, "t", KEY_A).await.json()["status"], "SUCCESS");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(fetch(&gw, "t", KEY_A).await.cache_status(), "mjgate; hit");
+    assert_eq!(sim.fetch_calls("t"), 2);
+}
+
+#[tokio::test]
+async fn a_mode_prefixed_fetch_shares_the_entry_and_keeps_its_prefix_upstream() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "m1", "SUCCESS");
+
+    let fast = get(&gw, "/mj-fast/mj/task/m1/fetch", KEY_A).await;
+    assert_eq!(fast.cache_status(), "mjgate; fwd=uri-miss; stored");
+    let plain = fetch(&gw, "m1", KEY_A).await;
+    assert_eq!(plain.cache_status(), "mjgate; hit");
+    let relax = get(&gw, "/mj-relax/mj/task/m1/fetch", KEY_A).await;
+    assert_eq!(relax.cache_status(), "mjgate; hit");
+
+    assert_eq!(sim.fetch_calls("m1"), 1);
+    let upstream = sim.requests();
+    assert_eq!(upstream.len(), 1);
+    assert_eq!(upstream[0].uri, "/mj-fast/mj/task/m1/fetch");
+}
+
+#[tokio::test]
+async fn the_upstream_path_prefix_is_kept() {
+    let sim = Simulator::start().await.unwrap();
+    let gw = start_gateway(config(&format!("{}/api", sim.url()), "")).await;
+    sim.create_task(KEY_A, "p", "SUCCESS");
+    assert_eq!(fetch(&gw, "p", KEY_A).await.status, 200);
+    assert_eq!(sim.requests()[0].uri, "/api/mj/task/p/fetch");
+}
+
+#[tokio::test]
+async fn the_cache_asks_the_upstream_for_an_identity_body() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let mut request = request(
+        http::Method::GET,
+        &gw.url("/mj/task/t/fetch"),
+        Some(KEY_A),
+        "",
+    );
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip, br".parse().unwrap());
+    send(request).await;
+    assert_eq!(sim.requests()[0].headers["accept-encoding"], "identity");
+}

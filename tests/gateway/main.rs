@@ -1,0 +1,12 @@
+//! Integration tests: the real gateway on 127.0.0.1:0 in front of the in-process simulator.
+//! One file per behaviour users rely on; `support` starts both and speaks HTTP to them.
+
+mod support;
+
+mod bad_input;
+mod collapsing;
+mod config_cli;
+mod credentials;
+mod fetch_cache;
+mod passthrough;
+mod shutdown;

@@ -1,0 +1,130 @@
+//! Every other request is forwarded untouched, streamed, and never cached.
+
+use http::{Method, Request};
+use http_body_util::Full;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_submit_reaches_the_upstream_with_its_body_headers_and_query() {
+    let (sim, gw) = start("").await;
+    let body = r#"{"prompt":"a red fox --v 6","notifyHook":"https://client.example/hook"}"#;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(gw.url("/mj/submit/imagine?trace=1&x=%20y"))
+        .header("authorization", KEY_A)
+        .header("content-type", "application/json")
+        .header("x-client-tag", "fleet-7")
+        .header("connection", "x-hop-secret")
+        .header("x-hop-secret", "must not pass")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let reply = send(request).await;
+
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["code"], 1);
+    assert_eq!(
+        reply.header("x-simulator"),
+        "submit",
+        "upstream response headers pass"
+    );
+    assert!(
+        reply.headers.get("cache-status").is_none(),
+        "passthrough is not a cache route"
+    );
+
+    let seen = &sim.requests()[0];
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(seen.uri, "/mj/submit/imagine?trace=1&x=%20y");
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.headers["authorization"], KEY_A);
+    assert_eq!(seen.headers["content-type"], "application/json");
+    assert_eq!(seen.headers["x-client-tag"], "fleet-7");
+    assert!(
+        seen.headers.get("x-hop-secret").is_none(),
+        "Connection-named headers are hop-by-hop"
+    );
+    assert_eq!(seen.headers["host"], sim.addr().to_string());
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn submits_are_never_cached() {
+    let (sim, gw) = start("").await;
+    let submit = || {
+        send(request(
+            Method::POST,
+            &gw.url("/mj/submit/imagine"),
+            Some(KEY_A),
+            r#"{"prompt":"same"}"#,
+        ))
+    };
+    let first = submit().await.json();
+    let second = submit().await.json();
+    assert_ne!(
+        first["result"], second["result"],
+        "each submit makes a new task"
+    );
+    assert_eq!(sim.total_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_submitted_task_can_be_polled_through_the_gateway() {
+    let (sim, gw) = start("").await;
+    let submitted = send(request(
+        Method::POST,
+        &gw.url("/mj-fast/mj/submit/imagine"),
+        Some(KEY_A),
+        r#"{"prompt":"a lighthouse"}"#,
+    ))
+    .await
+    .json();
+    let id = submitted["result"].as_str().unwrap().to_owned();
+    let task = fetch(&gw, &id, KEY_A).await;
+    assert_eq!(task.status, 200);
+    assert_eq!(task.json()["status"], "SUBMITTED");
+    assert_eq!(task.json()["prompt"], "a lighthouse");
+    assert_eq!(sim.fetch_calls(&id), 1);
+}
+
+#[tokio::test]
+async fn binary_bodies_stream_through_unchanged() {
+    let (sim, gw) = start("").await;
+    let reply = get(&gw, "/mj/image/abc", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), "image/png");
+    assert_eq!(reply.body.len(), 256 * 1024);
+    let seed = b"abc".iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    assert!(
+        reply
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8).wrapping_add(seed))
+    );
+    assert_eq!(sim.total_calls(), 1);
+}
+
+#[tokio::test]
+async fn other_methods_on_task_routes_pass_through_uncached() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let seed = get(&gw, "/mj/task/t/image-seed", KEY_A).await;
+    assert_eq!(
+        seed.status, 404,
+        "the simulator has no image-seed: passed on as is"
+    );
+    get(&gw, "/mj/task/t/image-seed", KEY_A).await;
+    assert_eq!(sim.total_calls(), 2);
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_without_the_upstream() {
+    let (sim, gw) = start("").await;
+    assert_eq!(get(&gw, "/healthz", KEY_A).await.status, 200);
+    assert_eq!(get(&gw, "/readyz", KEY_A).await.status, 200);
+    assert_eq!(sim.total_calls(), 0);
+}
