@@ -20,9 +20,9 @@ use crate::credential::Fingerprinter;
 use crate::error::RequestError;
 use crate::routes::{self, Route};
 use crate::task::{TaskClass, TaskId, classify_fetch_body};
-use crate::upstream::{BoxError, BufferedReply, ClientInfo, Upstream, UpstreamError};
+use crate::upstream::{BoxError, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError};
 
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The result of one upstream call for one task, as handed to every request collapsed on it.
@@ -35,15 +35,25 @@ pub enum Landed {
     Passed(Arc<BufferedReply>),
     /// No usable upstream answer: the client gets 502 or 504; nothing is stored.
     Failed(UpstreamError),
+    /// A batch call's answer did not include this id (unknown, or not the caller's).
+    NotReturned,
+}
+
+/// Request limits the handlers enforce, copied out of the config.
+pub(crate) struct Limits {
+    pub batch_max_body: u64,
+    pub batch_max_ids: usize,
+    pub batch_upstream_chunk: usize,
 }
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
-    upstream: Upstream,
-    cache: TaskCache,
-    /// Task fetches in the air, by cache key.
-    flights: Arc<Collapser<Landed>>,
-    fingerprinter: Fingerprinter,
+    pub(crate) upstream: Upstream,
+    pub(crate) cache: TaskCache,
+    /// Task lookups in the air, by cache key, whether a fetch or a batch started them.
+    pub(crate) flights: Arc<Collapser<Landed>>,
+    pub(crate) fingerprinter: Fingerprinter,
+    pub(crate) limits: Limits,
     /// Set when shutdown begins, so `/readyz` tells load balancers to stop sending.
     draining: AtomicBool,
 }
@@ -55,6 +65,11 @@ impl Gateway {
             cache: TaskCache::new(config.cache.max_memory, config.cache.in_progress_ttl),
             flights: Collapser::new(),
             fingerprinter: Fingerprinter::random(),
+            limits: Limits {
+                batch_max_body: config.batch.max_body,
+                batch_max_ids: config.batch.max_ids,
+                batch_upstream_chunk: config.batch.upstream_chunk,
+            },
             draining: AtomicBool::new(false),
         }
     }
@@ -83,7 +98,11 @@ impl Gateway {
             Route::Ready => plain(StatusCode::OK, "ready"),
             Route::Fetch(id) => self.fetch(&request, id, client).await,
             Route::BadTaskId(e) => RequestError::BadTaskId(e).into_response(),
-            Route::Batch | Route::Passthrough => self.passthrough(request, client).await,
+            Route::Batch => self.batch(request, client).await,
+            Route::Passthrough => {
+                let request = request.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed());
+                self.forward(request, client).await
+            }
         }
     }
 
@@ -99,41 +118,48 @@ impl Gateway {
         if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
             return task_response(&task, CacheStatus::Hit { ttl }, true);
         }
-        let flight = match self.flights.join(key.as_bytes()) {
-            Role::Follower(landing) => {
-                return match landing.wait().await {
-                    Ok(landed) => landed_response(landed, |_| CacheStatus::Collapsed),
-                    Err(abandoned) => RequestError::from(abandoned).into_response(),
-                };
+        // A flight started by a batch lands `NotReturned` for ids its answer left out; a fetch then asks
+        // the upstream itself, to pass on the upstream's own not-found answer. Twice at most.
+        for _ in 0..2 {
+            let flight = match self.flights.join(key.as_bytes()) {
+                Role::Follower(landing) => match landing.wait().await {
+                    Ok(Landed::NotReturned) => continue,
+                    Ok(landed) => return landed_response(landed, |_| CacheStatus::Collapsed),
+                    Err(abandoned) => return RequestError::from(abandoned).into_response(),
+                },
+                Role::Leader(flight) => flight,
+            };
+            // The previous flight for this key may have landed between our lookup and our join: its
+            // answer is in the cache now, and calling the upstream again would break "one call per TTL".
+            if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
+                flight.land(Landed::Stored(Arc::clone(&task)));
+                return task_response(&task, CacheStatus::Hit { ttl }, true);
             }
-            Role::Leader(flight) => flight,
-        };
-        // The previous flight for this key may have landed between our lookup and our join: its answer is
-        // in the cache now, and calling the upstream again would break "one call per TTL window".
-        if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
-            flight.land(Landed::Stored(Arc::clone(&task)));
-            return task_response(&task, CacheStatus::Hit { ttl }, true);
+            let landing = flight.landing();
+            let gateway = Arc::clone(self);
+            let path = request.uri().path().to_owned();
+            let headers = request.headers().clone();
+            let id = id.as_str().to_owned();
+            // The call runs in a task of its own: if this client goes away, the other waiters still get it.
+            tokio::spawn(async move {
+                let key = flight.key().clone();
+                let landed = gateway
+                    .fetch_upstream(&path, &headers, client, &id, key)
+                    .await;
+                flight.land(landed);
+            });
+            return match landing.wait().await {
+                Ok(landed) => landed_response(landed, |stored| CacheStatus::Miss {
+                    stored,
+                    fwd_status: None,
+                }),
+                Err(abandoned) => RequestError::from(abandoned).into_response(),
+            };
         }
-        let landing = flight.landing();
-        let gateway = Arc::clone(self);
-        let path = request.uri().path().to_owned();
-        let headers = request.headers().clone();
-        let id = id.as_str().to_owned();
-        // The call runs in a task of its own: if this client goes away, the other waiters still get it.
-        tokio::spawn(async move {
-            let key = flight.key().clone();
-            let landed = gateway
-                .fetch_upstream(&path, &headers, client, &id, key)
-                .await;
-            flight.land(landed);
-        });
-        match landing.wait().await {
-            Ok(landed) => landed_response(landed, |stored| CacheStatus::Miss {
-                stored,
-                fwd_status: None,
-            }),
-            Err(abandoned) => RequestError::from(abandoned).into_response(),
-        }
+        RequestError::Upstream(UpstreamError::Unreachable(
+            "the task was not in the upstream's batch answers".into(),
+        ))
+        .into_response()
     }
 
     /// Calls the upstream for one task and stores the answer if it is that task's object.
@@ -179,12 +205,11 @@ impl Gateway {
     }
 
     /// Forwards the request untouched (but for hop-by-hop and forwarding headers), streaming both ways.
-    async fn passthrough(
+    pub(crate) async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Response<ResponseBody> {
-        let request = request.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed());
         match self.upstream.forward(request, client).await {
             Ok(response) => response.map(ResponseBody::Upstream),
             Err(e) => {
@@ -207,14 +232,7 @@ fn landed_response(
             if let CacheStatus::Miss { fwd_status, .. } = &mut status {
                 *fwd_status = Some(reply.status.as_u16());
             }
-            let mut response = Response::new(ResponseBody::full(reply.body.clone()));
-            *response.status_mut() = reply.status;
-            *response.headers_mut() = reply.headers.clone();
-            response.headers_mut().remove(http::header::CONTENT_LENGTH);
-            response
-                .headers_mut()
-                .insert(CACHE_STATUS.clone(), status.header_value());
-            response
+            passed_response(&reply, status)
         }
         Landed::Failed(e) => {
             let mut response = RequestError::Upstream(e).into_response();
@@ -223,7 +241,27 @@ fn landed_response(
                 .insert(CACHE_STATUS.clone(), status_of(false).header_value());
             response
         }
+        // Only batch calls land this, and fetches re-join rather than answer with it.
+        Landed::NotReturned => RequestError::Upstream(UpstreamError::Unreachable(
+            "the task was not in the upstream's answer".into(),
+        ))
+        .into_response(),
     }
+}
+
+/// An upstream answer passed on as it came (status, headers, body), marked with `status`.
+pub(crate) fn passed_response(
+    reply: &BufferedReply,
+    status: CacheStatus,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(reply.body.clone()));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers.clone();
+    response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), status.header_value());
+    response
 }
 
 /// A stored task as a response: the upstream's bytes and content type, plus `Cache-Status` (and `Age`
@@ -244,7 +282,7 @@ fn task_response(task: &CachedTask, status: CacheStatus, with_age: bool) -> Resp
     response
 }
 
-fn is_identity(headers: &HeaderMap) -> bool {
+pub(crate) fn is_identity(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_ENCODING)
         .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))

@@ -12,6 +12,7 @@
 //! | [`server`] | the accept loop, connection limits, graceful drain ([`run`]) |
 //! | [`shutdown`] | the future that resolves on SIGTERM or SIGINT |
 //! | [`gateway`] | request handling: route, cache, collapse, forward |
+//! | [`batch`] | batch queries served from the per-task cache and flights |
 //! | [`routes`] | which request is a fetch, a batch, a health check, or passthrough |
 //! | [`task`] | task ids and the class of an upstream answer (terminal or in progress) |
 //! | [`credential`] | the keyed fingerprint of a request's credential headers |
@@ -23,6 +24,7 @@
 //! | [`error`] | the crate's [`Error`] and per-request errors mapped to HTTP |
 //! | [`simulator`] | a faithful in-process task API, for tests and the demo |
 
+pub mod batch;
 pub mod body;
 pub mod cache;
 pub mod cache_status;

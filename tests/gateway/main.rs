@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod batch;
 mod collapsing;
 mod config_cli;
 mod credentials;

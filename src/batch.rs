@@ -1,0 +1,415 @@
+//! Batch queries (`POST [/{mode}]/mj/task/list-by-condition` with `{"ids": [...]}`) served from the same
+//! per-task cache and flights as single fetches: the upstream is asked only for the ids nobody has.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::value::RawValue;
+
+use crate::body::ResponseBody;
+use crate::cache::{CachedTask, KeyBuf, Lookup};
+use crate::cache_status::CacheStatus;
+use crate::collapse::{Flight, Landing, Role};
+use crate::error::RequestError;
+use crate::gateway::{CACHE_STATUS, Gateway, Landed, is_identity, passed_response};
+use crate::task::{TaskClass, TaskHead, TaskId};
+use crate::upstream::{BoxError, ClientInfo};
+
+/// What a `list-by-condition` body asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchQuery<'a> {
+    /// Only `ids`: served from the cache. Ids are valid task ids, unique, in first-seen order.
+    Ids(Vec<Cow<'a, str>>),
+    /// Other condition fields: passed through uncached.
+    Other,
+}
+
+/// Why a batch body was refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadBatch {
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("`ids` is missing")]
+    MissingIds,
+    #[error("`ids` must be an array of strings")]
+    IdsNotStrings,
+    #[error("`ids` has {count} entries, more than the maximum of {max}")]
+    TooManyIds { count: usize, max: usize },
+    #[error("`ids[{index}]`: {reason}")]
+    BadId {
+        index: usize,
+        reason: crate::task::InvalidTaskId,
+    },
+}
+
+impl<'a> BatchQuery<'a> {
+    /// Parses a batch body; `ids` may hold at most `max_ids` entries (duplicates included).
+    pub fn parse(body: &'a [u8], max_ids: usize) -> Result<Self, BadBatch> {
+        let fields: HashMap<String, &RawValue> = match serde_json::from_slice(body) {
+            Ok(fields) => fields,
+            Err(e) if e.is_data() => return Err(BadBatch::NotAnObject),
+            Err(e) => return Err(BadBatch::Json(e.to_string())),
+        };
+        if fields.keys().any(|key| key != "ids") {
+            return Ok(BatchQuery::Other);
+        }
+        let raw_ids = fields.get("ids").ok_or(BadBatch::MissingIds)?;
+        let Ids(ids) = serde_json::from_str(raw_ids.get()).map_err(|_| BadBatch::IdsNotStrings)?;
+        if ids.len() > max_ids {
+            return Err(BadBatch::TooManyIds {
+                count: ids.len(),
+                max: max_ids,
+            });
+        }
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut unique = Vec::with_capacity(ids.len());
+        for (index, id) in ids.into_iter().enumerate() {
+            TaskId::parse(&id).map_err(|reason| BadBatch::BadId { index, reason })?;
+            if seen.insert(id.clone()) {
+                unique.push(id);
+            }
+        }
+        Ok(BatchQuery::Ids(unique))
+    }
+}
+
+/// `ids` as serde reads it: borrowed from the body unless a string has escapes.
+#[derive(serde::Deserialize)]
+struct Ids<'a>(#[serde(borrow)] Vec<Cow<'a, str>>);
+
+/// How one id of a batch is being answered.
+enum Source {
+    /// From the cache.
+    Cached(Arc<CachedTask>),
+    /// From a flight: this batch's own upstream call or another request's.
+    Flight(Landing<Landed>),
+}
+
+impl Gateway {
+    /// `POST [/{mode}]/mj/task/list-by-condition`.
+    pub(crate) async fn batch(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ResponseBody> {
+        let (parts, body) = request.into_parts();
+        let body = match read_body(&parts.headers, body, self.limits.batch_max_body).await {
+            Ok(body) => body,
+            Err(e) => return e.into_response(),
+        };
+        let query = BatchQuery::parse(&body, self.limits.batch_max_ids);
+        let ids: Vec<TaskId<'_>> = match &query {
+            // Validated by the parser; parsing again only turns them into `TaskId`s.
+            Ok(BatchQuery::Ids(ids)) => {
+                ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect()
+            }
+            Ok(BatchQuery::Other) => {
+                let request = Request::from_parts(
+                    parts,
+                    Full::new(body.clone())
+                        .map_err(|never| -> BoxError { match never {} })
+                        .boxed(),
+                );
+                return self.forward(request, client).await;
+            }
+            Err(e) => return RequestError::BadBatch(e.to_string()).into_response(),
+        };
+
+        let fingerprint = self.fingerprinter.fingerprint(&parts.headers);
+        let mut sources = Vec::with_capacity(ids.len());
+        let parts_path = parts.uri.path();
+        let mut flights: Vec<(TaskId<'_>, Flight<Landed>)> = Vec::new();
+        for &id in &ids {
+            let key = KeyBuf::new(&fingerprint, id);
+            if let Lookup::Fresh { task, .. } = self.cache.lookup(key.as_bytes()) {
+                sources.push(Source::Cached(task));
+                continue;
+            }
+            match self.flights.join(key.as_bytes()) {
+                Role::Follower(landing) => sources.push(Source::Flight(landing)),
+                Role::Leader(flight) => {
+                    // As for a fetch: a flight that landed since our lookup left its answer in the cache.
+                    if let Lookup::Fresh { task, .. } = self.cache.lookup(key.as_bytes()) {
+                        flight.land(Landed::Stored(Arc::clone(&task)));
+                        sources.push(Source::Cached(task));
+                    } else {
+                        sources.push(Source::Flight(flight.landing()));
+                        flights.push((id, flight));
+                    }
+                }
+            }
+        }
+        let cached = sources
+            .iter()
+            .filter(|s| matches!(s, Source::Cached(_)))
+            .count();
+        self.launch_batch_calls(parts_path, &parts.headers, client, flights);
+
+        let mut tasks = Vec::with_capacity(sources.len());
+        for source in sources {
+            let landed = match source {
+                Source::Cached(task) => Landed::Stored(task),
+                Source::Flight(landing) => match landing.wait().await {
+                    Ok(landed) => landed,
+                    Err(abandoned) => return RequestError::from(abandoned).into_response(),
+                },
+            };
+            match landed {
+                Landed::Stored(task) => tasks.push(task),
+                Landed::NotReturned => {}
+                // A not-found answer to a single fetch means the id is not visible: absent, as upstream.
+                Landed::Passed(reply) if is_not_found(reply.status) => {}
+                Landed::Passed(reply) => {
+                    return passed_response(
+                        &reply,
+                        CacheStatus::Miss {
+                            stored: false,
+                            fwd_status: Some(reply.status.as_u16()),
+                        },
+                    );
+                }
+                Landed::Failed(e) => {
+                    let mut response = RequestError::Upstream(e).into_response();
+                    response.headers_mut().insert(
+                        CACHE_STATUS.clone(),
+                        CacheStatus::Miss {
+                            stored: false,
+                            fwd_status: None,
+                        }
+                        .header_value(),
+                    );
+                    return response;
+                }
+            }
+        }
+        let status = if cached == ids.len() {
+            CacheStatus::Hit { ttl: None }
+        } else if cached > 0 {
+            CacheStatus::Partial
+        } else {
+            CacheStatus::Miss {
+                stored: true,
+                fwd_status: None,
+            }
+        };
+        array_response(&tasks, status)
+    }
+
+    /// Sends the ids this batch leads upstream, in concurrent calls of at most `batch.upstream_chunk` ids,
+    /// each in a task of its own so the flights land whatever happens to this client.
+    fn launch_batch_calls(
+        self: &Arc<Self>,
+        path: &str,
+        headers: &HeaderMap,
+        client: ClientInfo,
+        flights: Vec<(TaskId<'_>, Flight<Landed>)>,
+    ) {
+        let mut flights = flights.into_iter().peekable();
+        while flights.peek().is_some() {
+            let chunk: Vec<(String, Flight<Landed>)> = flights
+                .by_ref()
+                .take(self.limits.batch_upstream_chunk)
+                .map(|(id, flight)| (id.as_str().to_owned(), flight))
+                .collect();
+            let gateway = Arc::clone(self);
+            let path = path.to_owned();
+            let headers = headers.clone();
+            tokio::spawn(async move {
+                gateway.batch_call(&path, &headers, client, chunk).await;
+            });
+        }
+    }
+
+    /// One upstream `list-by-condition` call for `chunk`; stores each returned task and lands every flight.
+    async fn batch_call(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        client: ClientInfo,
+        chunk: Vec<(String, Flight<Landed>)>,
+    ) {
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+        let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
+        let mut headers = headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let reply = match self
+            .upstream
+            .call_buffered(Method::POST, path, &headers, client, body)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(error = %e, ids = chunk.len(), "upstream batch failed");
+                for (_, flight) in chunk {
+                    flight.land(Landed::Failed(e.clone()));
+                }
+                return;
+            }
+        };
+        let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
+            .then(|| split_tasks(&reply.body))
+            .flatten();
+        let Some(mut tasks) = tasks else {
+            // Not a task array (an error status or a router's error object): pass it on, store nothing.
+            let reply = Arc::new(reply);
+            for (_, flight) in chunk {
+                flight.land(Landed::Passed(Arc::clone(&reply)));
+            }
+            return;
+        };
+        let content_type = reply.headers.get(CONTENT_TYPE).cloned();
+        for (id, flight) in chunk {
+            match tasks.remove(id.as_str()) {
+                Some((body, class)) => {
+                    let task = Arc::new(CachedTask::new(body, content_type.clone(), class));
+                    self.cache.insert(flight.key().clone(), Arc::clone(&task));
+                    flight.land(Landed::Stored(task));
+                }
+                None => flight.land(Landed::NotReturned),
+            }
+        }
+    }
+}
+
+/// Splits an upstream task array into each task's own bytes and class, by `id`. `None` when the body is
+/// not a JSON array. Elements that are not task objects are skipped.
+fn split_tasks(body: &[u8]) -> Option<HashMap<String, (Bytes, TaskClass)>> {
+    let elements: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
+    let mut tasks = HashMap::with_capacity(elements.len());
+    for element in elements {
+        let Ok(head) = serde_json::from_str::<TaskHead>(element.get()) else {
+            continue;
+        };
+        let Some(id) = head.id else { continue };
+        let class = TaskClass::of_status(head.status.as_deref().unwrap_or(""));
+        // A copy, so a cached task does not pin the whole batch answer in memory.
+        let bytes = Bytes::copy_from_slice(element.get().as_bytes());
+        tasks.insert(id.into_owned(), (bytes, class));
+    }
+    Some(tasks)
+}
+
+/// The upstream's ways of saying "no such task for you", which in a batch mean "absent".
+fn is_not_found(status: StatusCode) -> bool {
+    status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST
+}
+
+/// Reads a client body of at most `max` bytes: 413 beyond, checked against `Content-Length` first.
+async fn read_body(headers: &HeaderMap, body: Incoming, max: u64) -> Result<Bytes, RequestError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(RequestError::BodyTooLarge(max));
+    }
+    match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(RequestError::BodyTooLarge(max))
+        }
+        Err(e) => Err(RequestError::ClientBody(e.to_string())),
+    }
+}
+
+/// A JSON array of the tasks' stored bytes, in order.
+fn array_response(tasks: &[Arc<CachedTask>], status: CacheStatus) -> Response<ResponseBody> {
+    let len = tasks.iter().map(|t| t.body.len() + 1).sum::<usize>() + 2;
+    let mut body = BytesMut::with_capacity(len);
+    body.put_u8(b'[');
+    for (i, task) in tasks.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&task.body);
+    }
+    body.put_u8(b']');
+    let mut response = Response::new(ResponseBody::full(body.freeze()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_STATUS.clone(), status.header_value());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(query: BatchQuery<'_>) -> Vec<String> {
+        match query {
+            BatchQuery::Ids(ids) => ids.into_iter().map(Cow::into_owned).collect(),
+            BatchQuery::Other => panic!("expected ids"),
+        }
+    }
+
+    #[test]
+    fn parses_ids_in_order_without_duplicates() {
+        let q = BatchQuery::parse(br#"{"ids":["b","a","b","c"]}"#, 10).unwrap();
+        assert_eq!(ids(q), ["b", "a", "c"]);
+        assert!(ids(BatchQuery::parse(br#"{"ids":[]}"#, 10).unwrap()).is_empty());
+        assert_eq!(
+            ids(BatchQuery::parse(br#"{"ids":["a\u0062"]}"#, 10).unwrap()),
+            ["ab"],
+            "escaped ids are decoded"
+        );
+    }
+
+    #[test]
+    fn other_conditions_pass_through() {
+        assert_eq!(
+            BatchQuery::parse(br#"{"ids":["a"],"status":"SUCCESS"}"#, 10),
+            Ok(BatchQuery::Other)
+        );
+        assert_eq!(
+            BatchQuery::parse(br#"{"status":"SUCCESS"}"#, 10),
+            Ok(BatchQuery::Other)
+        );
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_body() {
+        let parse = |body: &'static [u8]| BatchQuery::parse(body, 3);
+        assert!(matches!(parse(b"{\"ids\":"), Err(BadBatch::Json(_))));
+        assert!(matches!(parse(b"not json"), Err(BadBatch::Json(_))));
+        assert_eq!(parse(b"[1,2]"), Err(BadBatch::NotAnObject));
+        assert_eq!(parse(b"\"ids\""), Err(BadBatch::NotAnObject));
+        assert_eq!(parse(b"{}"), Err(BadBatch::MissingIds));
+        assert_eq!(parse(br#"{"ids":"a"}"#), Err(BadBatch::IdsNotStrings));
+        assert_eq!(parse(br#"{"ids":[1]}"#), Err(BadBatch::IdsNotStrings));
+        assert_eq!(parse(br#"{"ids":null}"#), Err(BadBatch::IdsNotStrings));
+        assert_eq!(
+            parse(br#"{"ids":["a","b","c","d"]}"#),
+            Err(BadBatch::TooManyIds { count: 4, max: 3 })
+        );
+        assert!(matches!(
+            parse(br#"{"ids":["ok","bad/id"]}"#),
+            Err(BadBatch::BadId { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn splits_an_upstream_array_by_id() {
+        let body = br#"[{"id":"a","status":"SUCCESS"} , {"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]},7,{"no":"id"}]"#;
+        let tasks = split_tasks(body).unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(&tasks["a"].0[..], br#"{"id":"a","status":"SUCCESS"}"#);
+        assert_eq!(tasks["a"].1, TaskClass::Terminal);
+        assert_eq!(
+            &tasks["b"].0[..],
+            br#"{"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]}"#
+        );
+        assert_eq!(tasks["b"].1, TaskClass::InProgress);
+        assert!(split_tasks(br#"{"code":4}"#).is_none());
+    }
+}
