@@ -17,7 +17,8 @@ use crate::cache::{CachedTask, KeyBuf, Lookup};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Flight, Landing, Role};
 use crate::error::RequestError;
-use crate::gateway::{CACHE_STATUS, Gateway, Landed, is_identity, passed_response};
+use crate::gateway::{CACHE_STATUS, Gateway, Landed, Served, is_identity, passed_response};
+use crate::metrics::{Outcome, RouteLabel};
 use crate::task::{TaskClass, TaskHead, TaskId};
 use crate::upstream::{BoxError, ClientInfo};
 
@@ -99,11 +100,11 @@ impl Gateway {
         self: &Arc<Self>,
         request: Request<Incoming>,
         client: ClientInfo,
-    ) -> Response<ResponseBody> {
+    ) -> Served {
         let (parts, body) = request.into_parts();
         let body = match read_body(&parts.headers, body, self.limits.batch_max_body).await {
             Ok(body) => body,
-            Err(e) => return e.into_response(),
+            Err(e) => return Served::bypass(e.into_response()),
         };
         let query = BatchQuery::parse(&body, self.limits.batch_max_ids);
         let ids: Vec<TaskId<'_>> = match &query {
@@ -120,7 +121,7 @@ impl Gateway {
                 );
                 return self.forward(request, client).await;
             }
-            Err(e) => return RequestError::BadBatch(e.to_string()).into_response(),
+            Err(e) => return Served::bypass(RequestError::BadBatch(e.to_string()).into_response()),
         };
 
         let fingerprint = self.fingerprinter.fingerprint(&parts.headers);
@@ -151,15 +152,23 @@ impl Gateway {
             .iter()
             .filter(|s| matches!(s, Source::Cached(_)))
             .count();
+        let led = flights.len();
+        self.metrics.task_lookups(Outcome::Hit, cached as u64);
+        self.metrics.task_lookups(Outcome::Miss, led as u64);
+        self.metrics
+            .task_lookups(Outcome::Collapsed, (sources.len() - cached - led) as u64);
         self.launch_batch_calls(parts_path, &parts.headers, client, flights);
 
+        let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
         let mut tasks = Vec::with_capacity(sources.len());
         for source in sources {
             let landed = match source {
                 Source::Cached(task) => Landed::Stored(task),
                 Source::Flight(landing) => match landing.wait().await {
                     Ok(landed) => landed,
-                    Err(abandoned) => return RequestError::from(abandoned).into_response(),
+                    Err(abandoned) => {
+                        return Served::bypass(RequestError::from(abandoned).into_response());
+                    }
                 },
             };
             match landed {
@@ -168,39 +177,44 @@ impl Gateway {
                 // A not-found answer to a single fetch means the id is not visible: absent, as upstream.
                 Landed::Passed(reply) if is_not_found(reply.status) => {}
                 Landed::Passed(reply) => {
-                    return passed_response(
-                        &reply,
-                        CacheStatus::Miss {
-                            stored: false,
-                            fwd_status: Some(reply.status.as_u16()),
-                        },
-                    );
+                    let status = reply.status.as_u16();
+                    let not_stored = CacheStatus::Miss {
+                        stored: false,
+                        fwd_status: Some(status),
+                    };
+                    let response = passed_response(&reply, not_stored);
+                    return Served::new(response, Outcome::Miss, Some(status));
                 }
                 Landed::Failed(e) => {
+                    let not_stored = CacheStatus::Miss {
+                        stored: false,
+                        fwd_status: None,
+                    };
                     let mut response = RequestError::Upstream(e).into_response();
-                    response.headers_mut().insert(
-                        CACHE_STATUS.clone(),
-                        CacheStatus::Miss {
-                            stored: false,
-                            fwd_status: None,
-                        }
-                        .header_value(),
-                    );
-                    return response;
+                    response
+                        .headers_mut()
+                        .insert(CACHE_STATUS.clone(), not_stored.header_value());
+                    return Served::new(response, Outcome::Miss, None);
                 }
             }
         }
-        let status = if cached == ids.len() {
-            CacheStatus::Hit { ttl: None }
-        } else if cached > 0 {
-            CacheStatus::Partial
-        } else {
-            CacheStatus::Miss {
-                stored: true,
-                fwd_status: None,
-            }
+        drop(waiting);
+        let stored = CacheStatus::Miss {
+            stored: true,
+            fwd_status: None,
         };
-        array_response(&tasks, status)
+        let (status, outcome) = if cached == ids.len() {
+            (CacheStatus::Hit { ttl: None }, Outcome::Hit)
+        } else if cached > 0 {
+            (CacheStatus::Partial, Outcome::Partial)
+        } else if led == 0 {
+            // Every id came from other requests' calls.
+            (stored, Outcome::Collapsed)
+        } else {
+            (stored, Outcome::Miss)
+        };
+        let upstream_status = (led > 0).then_some(200);
+        Served::new(array_response(&tasks, status), outcome, upstream_status)
     }
 
     /// Sends the ids this batch leads upstream, in concurrent calls of at most `batch.upstream_chunk` ids,
@@ -242,7 +256,14 @@ impl Gateway {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let reply = match self
             .upstream
-            .call_buffered(Method::POST, path, &headers, client, body)
+            .call_buffered(
+                RouteLabel::Batch,
+                Method::POST,
+                path,
+                &headers,
+                client,
+                body,
+            )
             .await
         {
             Ok(reply) => reply,

@@ -14,6 +14,7 @@ use moka::Expiry;
 use moka::sync::Cache;
 
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
+use crate::metrics::Metrics;
 use crate::task::{MAX_ID_LEN, TaskClass, TaskId};
 
 /// Bytes charged per entry on top of its key and body: moka's node, the `Arc`, the header value.
@@ -112,24 +113,35 @@ pub enum Lookup {
 pub struct TaskCache {
     entries: Cache<CacheKey, Arc<CachedTask>>,
     in_progress_ttl: Duration,
+    /// Entry counts and bytes by class, kept here on insert and by moka's eviction listener on removal.
+    metrics: Arc<Metrics>,
+}
+
+/// What an entry costs against the memory budget.
+fn weigh(key: &CacheKey, task: &CachedTask) -> u32 {
+    let bytes = key.0.len()
+        + task.body.len()
+        + task.content_type.as_ref().map_or(0, HeaderValue::len)
+        + ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 impl TaskCache {
-    pub fn new(max_memory: u64, in_progress_ttl: Duration) -> Self {
+    pub fn new(max_memory: u64, in_progress_ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        let on_removal = Arc::clone(&metrics);
         let entries = Cache::builder()
             .max_capacity(max_memory)
-            .weigher(|key: &CacheKey, task: &Arc<CachedTask>| {
-                let bytes = key.0.len()
-                    + task.body.len()
-                    + task.content_type.as_ref().map_or(0, HeaderValue::len)
-                    + ENTRY_OVERHEAD;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &CacheKey, task: &Arc<CachedTask>| weigh(key, task))
             .expire_after(Lifetime { in_progress_ttl })
+            // Called for every entry that leaves, replaced ones included, so the class gauges stay exact.
+            .eviction_listener(move |key: Arc<CacheKey>, task: Arc<CachedTask>, _cause| {
+                on_removal.cache_removed(task.class, weigh(&key, &task));
+            })
             .build();
         TaskCache {
             entries,
             in_progress_ttl,
+            metrics,
         }
     }
 
@@ -157,6 +169,7 @@ impl TaskCache {
     }
 
     pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) {
+        self.metrics.cache_added(task.class, weigh(&key, &task));
         self.entries.insert(key, task);
     }
 
@@ -228,9 +241,13 @@ mod tests {
         Arc::new(CachedTask::new(Bytes::from_static(b"{}"), None, class))
     }
 
+    fn cache(max_memory: u64, ttl: Duration) -> TaskCache {
+        TaskCache::new(max_memory, ttl, Arc::new(Metrics::new(max_memory)))
+    }
+
     #[test]
     fn terminal_entries_stay_fresh_and_in_progress_ones_expire() {
-        let cache = TaskCache::new(1 << 20, Duration::from_millis(30));
+        let cache = cache(1 << 20, Duration::from_millis(30));
         cache.insert(key("a", "done").to_key(), task(TaskClass::Terminal));
         cache.insert(key("a", "busy").to_key(), task(TaskClass::InProgress));
         assert!(matches!(
@@ -250,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_task_turning_terminal_loses_its_expiry() {
-        let cache = TaskCache::new(1 << 20, Duration::from_millis(30));
+        let cache = cache(1 << 20, Duration::from_millis(30));
         cache.insert(key("a", "t").to_key(), task(TaskClass::InProgress));
         cache.insert(key("a", "t").to_key(), task(TaskClass::Terminal));
         std::thread::sleep(Duration::from_millis(40));
@@ -263,7 +280,7 @@ mod tests {
 
     #[test]
     fn credentials_partition_entries() {
-        let cache = TaskCache::new(1 << 20, Duration::from_secs(3));
+        let cache = cache(1 << 20, Duration::from_secs(3));
         cache.insert(key("a", "t").to_key(), task(TaskClass::Terminal));
         assert!(matches!(
             cache.lookup(key("b", "t").as_bytes()),
@@ -273,7 +290,7 @@ mod tests {
 
     #[test]
     fn memory_budget_bounds_the_cache() {
-        let cache = TaskCache::new(256 << 10, Duration::from_secs(3));
+        let cache = cache(256 << 10, Duration::from_secs(3));
         let body = Bytes::from(vec![b'x'; 1024]);
         for i in 0..2_000 {
             let k = key("a", &format!("t{i}")).to_key();

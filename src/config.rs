@@ -34,6 +34,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A separate listener for `/metrics`, `/healthz`, `/readyz`; `None` serves them on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub batch: BatchConfig,
@@ -100,6 +102,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `RUST_LOG`-style filter used when `RUST_LOG` is unset.
     pub filter: String,
+    /// One `info` line per request (target `mjgate::access`); otherwise those lines are `debug`.
+    pub access: bool,
 }
 
 // ---- the file as serde reads it ----
@@ -108,6 +112,7 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
     #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
@@ -166,6 +171,7 @@ struct RawServer {
 struct RawLog {
     format: Option<LogFormat>,
     filter: Option<String>,
+    access: Option<bool>,
 }
 
 /// Overrides from the command line or the environment; they beat the file.
@@ -292,9 +298,17 @@ impl Config {
         let log = LogConfig {
             format: raw.log.format.unwrap_or_default(),
             filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
+            access: raw.log.access.unwrap_or(false),
         };
+        if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
+            return Err(ConfigError::Invalid {
+                key: "admin_listen",
+                reason: "must differ from listen".into(),
+            });
+        }
         Ok(Config {
             listen,
+            admin_listen: raw.admin_listen,
             upstream,
             cache,
             batch,

@@ -1,15 +1,18 @@
 //! The gateway's request handling: route a request, serve task fetches from the cache with collapsing,
-//! and forward everything else.
+//! and forward everything else; every request is timed, counted and logged in one span.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AGE, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::body::ResponseBody;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
@@ -17,13 +20,24 @@ use crate::cache_status::CacheStatus;
 use crate::collapse::{Collapser, Role};
 use crate::config::Config;
 use crate::credential::Fingerprinter;
-use crate::error::RequestError;
+use crate::error::{RequestError, json_error};
+use crate::metrics::{Metrics, Outcome, RouteLabel};
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::routes::{self, Route};
 use crate::task::{TaskClass, TaskId, classify_fetch_body};
 use crate::upstream::{BoxError, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError};
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Where clients connect.
+    Main,
+    /// `admin_listen`: `/metrics`, `/healthz`, `/readyz` only.
+    Admin,
+}
 
 /// The result of one upstream call for one task, as handed to every request collapsed on it.
 #[derive(Clone, Debug)]
@@ -37,6 +51,32 @@ pub enum Landed {
     Failed(UpstreamError),
     /// A batch call's answer did not include this id (unknown, or not the caller's).
     NotReturned,
+}
+
+/// A handler's answer and what the request's metrics and log line say about it.
+pub(crate) struct Served {
+    pub response: Response<ResponseBody>,
+    pub outcome: Outcome,
+    /// The status of the upstream answer this response came from, if one did.
+    pub upstream_status: Option<u16>,
+}
+
+impl Served {
+    pub fn new(
+        response: Response<ResponseBody>,
+        outcome: Outcome,
+        upstream_status: Option<u16>,
+    ) -> Self {
+        Served {
+            response,
+            outcome,
+            upstream_status,
+        }
+    }
+
+    pub fn bypass(response: Response<ResponseBody>) -> Self {
+        Served::new(response, Outcome::Bypass, None)
+    }
 }
 
 /// Request limits the handlers enforce, copied out of the config.
@@ -54,15 +94,25 @@ pub struct Gateway {
     pub(crate) flights: Arc<Collapser<Landed>>,
     pub(crate) fingerprinter: Fingerprinter,
     pub(crate) limits: Limits,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Admin routes live on their own listener, so the main one passes those paths through.
+    admin_separate: bool,
+    /// Log every request at `info` (else at `debug`, under the `mjgate::access` target).
+    access_log: bool,
     /// Set when shutdown begins, so `/readyz` tells load balancers to stop sending.
     draining: AtomicBool,
 }
 
 impl Gateway {
     pub fn new(config: &Config) -> Self {
+        let metrics = Arc::new(Metrics::new(config.cache.max_memory));
         Gateway {
-            upstream: Upstream::new(&config.upstream),
-            cache: TaskCache::new(config.cache.max_memory, config.cache.in_progress_ttl),
+            upstream: Upstream::new(&config.upstream, Arc::clone(&metrics)),
+            cache: TaskCache::new(
+                config.cache.max_memory,
+                config.cache.in_progress_ttl,
+                Arc::clone(&metrics),
+            ),
             flights: Collapser::new(),
             fingerprinter: Fingerprinter::random(),
             limits: Limits {
@@ -70,6 +120,9 @@ impl Gateway {
                 batch_max_ids: config.batch.max_ids,
                 batch_upstream_chunk: config.batch.upstream_chunk,
             },
+            metrics,
+            admin_separate: config.admin_listen.is_some(),
+            access_log: config.log.access,
             draining: AtomicBool::new(false),
         }
     }
@@ -78,32 +131,95 @@ impl Gateway {
         &self.cache
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Serves one request: routes it, then counts, times and logs it, and echoes its request id.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
+        listener: Listener,
     ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = request_id::of_request(request.headers());
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let mut route = routes::classify(request.method(), request.uri().path());
+        if self.admin_separate && listener == Listener::Main && route.is_admin() {
+            route = Route::Passthrough;
+        }
+        let label = route.label();
+        let span = tracing::info_span!(
+            "request",
+            id = request_id.to_str().unwrap_or(""),
+            route = label.as_str(),
+            cache = Empty,
+            status = Empty,
+            upstream_status = Empty,
+            duration_ms = Empty,
+        );
         let client = ClientInfo { ip: peer.ip() };
-        let route = routes::classify(request.method(), request.uri().path());
-        tracing::debug!(route = route.label(), method = %request.method(), "request");
-        match route {
-            Route::Health => plain(StatusCode::OK, "ok"),
+        let served = match route {
+            _ if listener == Listener::Admin && !route.is_admin() => Served::bypass(json_error(
+                StatusCode::NOT_FOUND,
+                "the admin listener serves /metrics, /healthz and /readyz only",
+            )),
+            Route::Health => Served::bypass(plain(StatusCode::OK, "ok")),
             Route::Ready if self.draining.load(Ordering::Relaxed) => {
-                RequestError::Draining.into_response()
+                Served::bypass(RequestError::Draining.into_response())
             }
-            Route::Ready => plain(StatusCode::OK, "ready"),
-            Route::Fetch(id) => self.fetch(&request, id, client).await,
-            Route::BadTaskId(e) => RequestError::BadTaskId(e).into_response(),
-            Route::Batch => self.batch(request, client).await,
+            Route::Ready => Served::bypass(plain(StatusCode::OK, "ready")),
+            Route::Metrics => Served::bypass(self.metrics_response()),
+            Route::Fetch(id) => {
+                self.fetch(&request, id, client)
+                    .instrument(span.clone())
+                    .await
+            }
+            Route::BadTaskId(e) => Served::bypass(RequestError::BadTaskId(e).into_response()),
+            Route::Batch => self.batch(request, client).instrument(span.clone()).await,
             Route::Passthrough => {
                 let request = request.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed());
-                self.forward(request, client).await
+                self.forward(request, client).instrument(span.clone()).await
             }
+        };
+
+        let elapsed = started.elapsed();
+        self.metrics.request(label, served.outcome, elapsed);
+        let status = served.response.status().as_u16();
+        span.record("cache", served.outcome.as_str());
+        span.record("status", status);
+        if let Some(upstream_status) = served.upstream_status {
+            span.record("upstream_status", upstream_status);
         }
+        span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
+        span.in_scope(|| {
+            if self.access_log {
+                tracing::info!(target: "mjgate::access", "served");
+            } else {
+                tracing::debug!(target: "mjgate::access", "served");
+            }
+        });
+        let mut response = served.response;
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+        response
+    }
+
+    fn metrics_response(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::full(self.metrics.render()));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call.
@@ -112,54 +228,78 @@ impl Gateway {
         request: &Request<Incoming>,
         id: TaskId<'_>,
         client: ClientInfo,
-    ) -> Response<ResponseBody> {
+    ) -> Served {
         let fingerprint = self.fingerprinter.fingerprint(request.headers());
         let key = KeyBuf::new(&fingerprint, id);
         if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
-            return task_response(&task, CacheStatus::Hit { ttl }, true);
+            self.metrics.task_lookups(Outcome::Hit, 1);
+            return Served::new(
+                task_response(&task, CacheStatus::Hit { ttl }, true),
+                Outcome::Hit,
+                None,
+            );
         }
         // A flight started by a batch lands `NotReturned` for ids its answer left out; a fetch then asks
         // the upstream itself, to pass on the upstream's own not-found answer. Twice at most.
         for _ in 0..2 {
             let flight = match self.flights.join(key.as_bytes()) {
-                Role::Follower(landing) => match landing.wait().await {
-                    Ok(Landed::NotReturned) => continue,
-                    Ok(landed) => return landed_response(landed, |_| CacheStatus::Collapsed),
-                    Err(abandoned) => return RequestError::from(abandoned).into_response(),
-                },
+                Role::Follower(landing) => {
+                    let waiting = self.metrics.collapse_waiter();
+                    let landed = landing.wait().await;
+                    drop(waiting);
+                    match landed {
+                        Ok(Landed::NotReturned) => continue,
+                        Ok(landed) => {
+                            self.metrics.task_lookups(Outcome::Collapsed, 1);
+                            return landed_response(landed, Outcome::Collapsed);
+                        }
+                        Err(abandoned) => {
+                            return Served::bypass(RequestError::from(abandoned).into_response());
+                        }
+                    }
+                }
                 Role::Leader(flight) => flight,
             };
             // The previous flight for this key may have landed between our lookup and our join: its
             // answer is in the cache now, and calling the upstream again would break "one call per TTL".
             if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
                 flight.land(Landed::Stored(Arc::clone(&task)));
-                return task_response(&task, CacheStatus::Hit { ttl }, true);
+                self.metrics.task_lookups(Outcome::Hit, 1);
+                return Served::new(
+                    task_response(&task, CacheStatus::Hit { ttl }, true),
+                    Outcome::Hit,
+                    None,
+                );
             }
+            self.metrics.task_lookups(Outcome::Miss, 1);
             let landing = flight.landing();
             let gateway = Arc::clone(self);
             let path = request.uri().path().to_owned();
             let headers = request.headers().clone();
             let id = id.as_str().to_owned();
-            // The call runs in a task of its own: if this client goes away, the other waiters still get it.
-            tokio::spawn(async move {
-                let key = flight.key().clone();
-                let landed = gateway
-                    .fetch_upstream(&path, &headers, client, &id, key)
-                    .await;
-                flight.land(landed);
-            });
+            // The call runs in a task of its own: if this client goes away, the other waiters still get
+            // it. It keeps this request's span, so its log lines carry the leader's request id.
+            tokio::spawn(
+                async move {
+                    let key = flight.key().clone();
+                    let landed = gateway
+                        .fetch_upstream(&path, &headers, client, &id, key)
+                        .await;
+                    flight.land(landed);
+                }
+                .in_current_span(),
+            );
             return match landing.wait().await {
-                Ok(landed) => landed_response(landed, |stored| CacheStatus::Miss {
-                    stored,
-                    fwd_status: None,
-                }),
-                Err(abandoned) => RequestError::from(abandoned).into_response(),
+                Ok(landed) => landed_response(landed, Outcome::Miss),
+                Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
             };
         }
-        RequestError::Upstream(UpstreamError::Unreachable(
-            "the task was not in the upstream's batch answers".into(),
-        ))
-        .into_response()
+        Served::bypass(
+            RequestError::Upstream(UpstreamError::Unreachable(
+                "the task was not in the upstream's batch answers".into(),
+            ))
+            .into_response(),
+        )
     }
 
     /// Calls the upstream for one task and stores the answer if it is that task's object.
@@ -173,7 +313,14 @@ impl Gateway {
     ) -> Landed {
         let reply = match self
             .upstream
-            .call_buffered(Method::GET, path, headers, client, Bytes::new())
+            .call_buffered(
+                RouteLabel::Fetch,
+                Method::GET,
+                path,
+                headers,
+                client,
+                Bytes::new(),
+            )
             .await
         {
             Ok(reply) => reply,
@@ -209,43 +356,66 @@ impl Gateway {
         &self,
         request: Request<UpstreamBody>,
         client: ClientInfo,
-    ) -> Response<ResponseBody> {
-        match self.upstream.forward(request, client).await {
-            Ok(response) => response.map(ResponseBody::Upstream),
+    ) -> Served {
+        match self
+            .upstream
+            .forward(RouteLabel::Passthrough, request, client)
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                Served::new(
+                    response.map(ResponseBody::Upstream),
+                    Outcome::Bypass,
+                    Some(status),
+                )
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "passthrough failed");
-                RequestError::Upstream(e).into_response()
+                Served::bypass(RequestError::Upstream(e).into_response())
             }
         }
     }
 }
 
-/// The answer for a landed flight; `status_of(stored)` names how this request took part in it.
-fn landed_response(
-    landed: Landed,
-    status_of: impl FnOnce(bool) -> CacheStatus,
-) -> Response<ResponseBody> {
+/// The answer for a landed flight, for a request that took part in it as `outcome` (miss or collapsed).
+fn landed_response(landed: Landed, outcome: Outcome) -> Served {
+    let collapsed = outcome == Outcome::Collapsed;
+    let status_for = |stored: bool, fwd_status: Option<u16>| {
+        if collapsed {
+            CacheStatus::Collapsed
+        } else {
+            CacheStatus::Miss { stored, fwd_status }
+        }
+    };
     match landed {
-        Landed::Stored(task) => task_response(&task, status_of(true), false),
+        Landed::Stored(task) => Served::new(
+            task_response(&task, status_for(true, None), false),
+            outcome,
+            Some(200),
+        ),
         Landed::Passed(reply) => {
-            let mut status = status_of(false);
-            if let CacheStatus::Miss { fwd_status, .. } = &mut status {
-                *fwd_status = Some(reply.status.as_u16());
-            }
-            passed_response(&reply, status)
+            let upstream_status = reply.status.as_u16();
+            Served::new(
+                passed_response(&reply, status_for(false, Some(upstream_status))),
+                outcome,
+                Some(upstream_status),
+            )
         }
         Landed::Failed(e) => {
             let mut response = RequestError::Upstream(e).into_response();
             response
                 .headers_mut()
-                .insert(CACHE_STATUS.clone(), status_of(false).header_value());
-            response
+                .insert(CACHE_STATUS.clone(), status_for(false, None).header_value());
+            Served::new(response, outcome, None)
         }
         // Only batch calls land this, and fetches re-join rather than answer with it.
-        Landed::NotReturned => RequestError::Upstream(UpstreamError::Unreachable(
-            "the task was not in the upstream's answer".into(),
-        ))
-        .into_response(),
+        Landed::NotReturned => Served::bypass(
+            RequestError::Upstream(UpstreamError::Unreachable(
+                "the task was not in the upstream's answer".into(),
+            ))
+            .into_response(),
+        ),
     }
 }
 

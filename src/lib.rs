@@ -19,6 +19,8 @@
 //! | [`cache`] | the moka cache: keys, stored entries, freshness, memory budget |
 //! | [`cache_status`] | the RFC 9211 `Cache-Status` header and the outcome it names |
 //! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
+//! | [`metrics`] | the Prometheus registry and pre-resolved metric handles |
+//! | [`request_id`] | the `x-request-id` taken from the client or generated |
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
 //! | [`body`] | the response body type: a buffer or an upstream stream |
 //! | [`error`] | the crate's [`Error`] and per-request errors mapped to HTTP |
@@ -33,6 +35,8 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

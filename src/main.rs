@@ -63,8 +63,20 @@ fn main() -> ExitCode {
                 addr: config.listen,
                 source,
             })?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| mjgate::Error::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         tracing::info!(upstream = %config.upstream.url, "mjgate starting");
-        mjgate::run(listener, config, mjgate::shutdown::signal()).await
+        let listeners = mjgate::server::Listeners {
+            main: listener,
+            admin,
+        };
+        mjgate::run(listeners, config, mjgate::shutdown::signal()).await
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 use http::Method;
 
+use crate::metrics::RouteLabel;
 use crate::task::{InvalidTaskId, TaskId};
 
 /// The gateway's view of a request, from its method and path alone.
@@ -11,6 +12,8 @@ pub enum Route<'a> {
     Health,
     /// `GET /readyz`: the gateway can serve.
     Ready,
+    /// `GET /metrics`: Prometheus exposition.
+    Metrics,
     /// `GET [/{mode}]/mj/task/{id}/fetch`, served from the task cache.
     Fetch(TaskId<'a>),
     /// `GET [/{mode}]/mj/task/{id}/fetch` with an id that must not reach the upstream.
@@ -22,15 +25,19 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
-    /// A bounded label for logs and metrics: never an id or a raw path.
-    pub fn label(&self) -> &'static str {
+    /// The bounded metric and log label: never an id or a raw path.
+    pub fn label(&self) -> RouteLabel {
         match self {
-            Route::Health => "healthz",
-            Route::Ready => "readyz",
-            Route::Fetch(_) | Route::BadTaskId(_) => "fetch",
-            Route::Batch => "batch",
-            Route::Passthrough => "passthrough",
+            Route::Health | Route::Ready | Route::Metrics => RouteLabel::Admin,
+            Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
+            Route::Batch => RouteLabel::Batch,
+            Route::Passthrough => RouteLabel::Passthrough,
         }
+    }
+
+    /// Whether this is an operator's route, served on `admin_listen` when one is set.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Route::Health | Route::Ready | Route::Metrics)
     }
 }
 
@@ -39,6 +46,7 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     match (method, path) {
         (&Method::GET, "/healthz") => return Route::Health,
         (&Method::GET, "/readyz") => return Route::Ready,
+        (&Method::GET, "/metrics") => return Route::Metrics,
         _ => {}
     }
     let Some(rest) = strip_mode(path) else {
@@ -148,6 +156,7 @@ mod tests {
         );
         assert_eq!(classify(&Method::GET, "/healthz"), Route::Health);
         assert_eq!(classify(&Method::GET, "/readyz"), Route::Ready);
+        assert_eq!(classify(&Method::GET, "/metrics"), Route::Metrics);
         assert_eq!(classify(&Method::GET, "/"), Route::Passthrough);
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, ServerConfig};
 use crate::error::Error;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Listener};
 
 /// How the drain after a shutdown signal ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,25 +25,56 @@ pub enum Drain {
     TimedOut,
 }
 
-/// Serves the gateway on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// The bound sockets the gateway serves: where clients connect, and optionally the admin listener.
+pub struct Listeners {
+    pub main: TcpListener,
+    /// Serves `/metrics`, `/healthz` and `/readyz` only; when set, the main listener does not.
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(main: TcpListener) -> Self {
+        Listeners { main, admin: None }
+    }
+}
+
+/// Serves the gateway until `shutdown` resolves, then drains in-flight requests.
 ///
 /// Binding and signal handling are the caller's, so tests run this on `127.0.0.1:0` with a oneshot.
+/// When `config.admin_listen` is set, `listeners.admin` must be bound to it.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drain, Error> {
+    let mut config = config;
+    let listeners = listeners.into();
+    // The admin routes move off the main listener only when there is an admin listener to take them.
+    if listeners.admin.is_none() {
+        config.admin_listen = None;
+    }
     let gateway = Arc::new(Gateway::new(&config));
-    serve(listener, gateway, &config.server, shutdown).await
+    serve(listeners, gateway, &config.server, shutdown).await
+}
+
+/// Accepts from `listener`, or waits for ever when there is none.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The accept loop over an already built gateway.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     gateway: Arc<Gateway>,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drain, Error> {
+    let Listeners { main, admin } = listeners;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -59,33 +90,42 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %main.local_addr()?, "listening");
+    if let Some(admin) = &admin {
+        tracing::info!(admin_addr = %admin.local_addr()?, "admin listening");
+    }
     loop {
-        let (stream, peer) = tokio::select! {
+        let (accepted, listener) = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = main.accept() => (accepted, Listener::Main),
+            accepted = accept(admin.as_ref()) => (accepted, Listener::Admin),
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             // Closing at once keeps existing connections healthy; the client sees a reset and retries.
+            gateway.metrics().connection_refused();
             tracing::warn!(%peer, limit = config.max_connections, "connection limit reached, refusing");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |request| {
+        let open = gateway.metrics().client_connection();
+        let service = {
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
-        });
+            service_fn(move |request| {
+                let gateway = Arc::clone(&gateway);
+                async move { Ok::<_, Infallible>(gateway.handle(request, peer, listener).await) }
+            })
+        };
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
@@ -94,11 +134,13 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(open);
             drop(permit);
         });
     }
 
-    drop(listener);
+    drop(main);
+    drop(admin);
     gateway.start_draining();
     tracing::info!(grace = ?config.shutdown_grace, "shutdown signal received, draining connections");
     let drain = match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {

@@ -4,6 +4,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
+use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
 
 /// Errors of any body the gateway hands to the upstream client.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -129,6 +131,16 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamResult {
+    fn of(result: Result<StatusCode, &UpstreamError>) -> Self {
+        match result {
+            Ok(status) => UpstreamResult::Status(status.as_u16()),
+            Err(UpstreamError::Timeout(_)) => UpstreamResult::Timeout,
+            Err(_) => UpstreamResult::Error,
+        }
+    }
+}
+
 /// An upstream answer read whole: what a cached route needs to classify and store it.
 #[derive(Debug, Clone)]
 pub struct BufferedReply {
@@ -150,10 +162,11 @@ pub struct Upstream {
     url: UpstreamUrl,
     request_timeout: Duration,
     max_body: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -175,6 +188,7 @@ impl Upstream {
             url: config.url.clone(),
             request_timeout: config.request_timeout,
             max_body: config.max_body,
+            metrics,
         }
     }
 
@@ -188,6 +202,7 @@ impl Upstream {
     /// identity body is asked for, so the status can be read and one entry serves every client.
     pub async fn call_buffered(
         &self,
+        route: RouteLabel,
         method: http::Method,
         path_and_query: &str,
         headers: &HeaderMap,
@@ -234,16 +249,22 @@ impl Upstream {
                 body,
             })
         };
-        match tokio::time::timeout(self.request_timeout, exchange).await {
+        let call = self.metrics.upstream_call(route);
+        let result = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-        }
+        };
+        call.finish(UpstreamResult::of(
+            result.as_ref().map(|reply| reply.status),
+        ));
+        result
     }
 
     /// Forwards a request untouched but for hop-by-hop and forwarding headers; both bodies stream.
     /// The timeout covers the response head only: a long download is not cut off.
     pub async fn forward(
         &self,
+        route: RouteLabel,
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -255,11 +276,14 @@ impl Upstream {
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
         let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
-        let mut response =
+        let call = self.metrics.upstream_call(route);
+        let result =
             match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
-                Ok(result) => result.map_err(UpstreamError::from_client)?,
-                Err(_) => return Err(UpstreamError::Timeout(self.request_timeout)),
+                Ok(result) => result.map_err(UpstreamError::from_client),
+                Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
             };
+        call.finish(UpstreamResult::of(result.as_ref().map(Response::status)));
+        let mut response = result?;
         strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }

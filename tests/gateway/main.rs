@@ -9,5 +9,6 @@ mod collapsing;
 mod config_cli;
 mod credentials;
 mod fetch_cache;
+mod observability;
 mod passthrough;
 mod shutdown;

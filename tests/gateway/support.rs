@@ -62,7 +62,8 @@ pub fn config(upstream: &str, extra: &str) -> Config {
     let text = if extra.contains("[upstream]") {
         extra.replacen("[upstream]\n", &url, 1)
     } else {
-        format!("{url}{extra}")
+        // After `extra`, so its top-level keys stay top-level.
+        format!("{extra}\n{url}")
     };
     Config::from_toml(&text, &Default::default()).expect("test config")
 }
@@ -159,4 +160,100 @@ pub async fn get(gateway: &Gateway, path: &str, credential: &str) -> Reply {
 /// Fetches task `id` through the gateway.
 pub async fn fetch(gateway: &Gateway, id: &str, credential: &str) -> Reply {
     get(gateway, &format!("/mj/task/{id}/fetch"), credential).await
+}
+
+/// Scrapes `/metrics` from `gateway`, checks it is valid exposition text, and returns its samples.
+pub async fn scrape(gateway: &Gateway) -> Scrape {
+    scrape_url(&gateway.url("/metrics")).await
+}
+
+pub async fn scrape_url(url: &str) -> Scrape {
+    let reply = send(request(Method::GET, url, None, "")).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(reply.body.to_vec()).expect("metrics are UTF-8");
+    Scrape::parse(text)
+}
+
+/// A parsed `/metrics` page.
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<prometheus_parse::Sample>,
+}
+
+impl Scrape {
+    /// Parses exposition text, failing the test on anything malformed.
+    pub fn parse(text: String) -> Self {
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split(' ');
+                let name = words.next().unwrap().to_owned();
+                let kind = words.next().unwrap_or("");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "bad TYPE line: {line}"
+                );
+                typed.insert(name);
+            } else if line.starts_with('#') || line.is_empty() {
+                continue;
+            } else {
+                let (series, value) = line
+                    .rsplit_once(' ')
+                    .unwrap_or_else(|| panic!("bad line: {line}"));
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad value in: {line}"));
+                let name = series.split('{').next().unwrap();
+                assert!(
+                    name.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                    "bad metric name: {line}"
+                );
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+                    .unwrap_or(name);
+                assert!(
+                    typed.contains(family),
+                    "sample before its TYPE line: {line}"
+                );
+                if let Some(labels) = series.strip_prefix(name) {
+                    assert!(
+                        labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                        "bad labels: {line}"
+                    );
+                }
+            }
+        }
+        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid exposition format");
+        Scrape {
+            text,
+            samples: parsed.samples,
+        }
+    }
+
+    /// The value of the sample `name` whose labels include every pair in `labels`; 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    pub fn has_family(&self, name: &str) -> bool {
+        self.text.contains(&format!("# TYPE {name} "))
+    }
 }

@@ -1,0 +1,457 @@
+//! The Prometheus registry and typed handles for every metric the gateway exports.
+//!
+//! Every labelled series the request path touches is resolved once here, at start-up, so recording a
+//! cache hit is a few atomic adds, never a label lookup. Labels are bounded: routes and outcomes from
+//! fixed enums, status classes; never a task id, a credential or a raw path.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::task::TaskClass;
+
+/// Routes as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLabel {
+    Fetch = 0,
+    Batch = 1,
+    Passthrough = 2,
+    Admin = 3,
+}
+
+impl RouteLabel {
+    const ALL: [RouteLabel; 4] = [
+        RouteLabel::Fetch,
+        RouteLabel::Batch,
+        RouteLabel::Passthrough,
+        RouteLabel::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::Fetch => "fetch",
+            RouteLabel::Batch => "batch",
+            RouteLabel::Passthrough => "passthrough",
+            RouteLabel::Admin => "admin",
+        }
+    }
+}
+
+/// How a request was served, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Entirely from the cache.
+    Hit = 0,
+    /// This request's upstream call answered it.
+    Miss = 1,
+    /// Another request's upstream call answered it.
+    Collapsed = 2,
+    /// A batch answered partly from the cache.
+    Partial = 3,
+    /// A stale entry served because the upstream failed.
+    Stale = 4,
+    /// Not a cached route, or refused before the cache (bad input, admin, passthrough).
+    Bypass = 5,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Collapsed,
+        Outcome::Partial,
+        Outcome::Stale,
+        Outcome::Bypass,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Collapsed => "collapsed",
+            Outcome::Partial => "partial",
+            Outcome::Stale => "stale",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// Upstream calls by route, as metric labels (admin never calls upstream).
+const UPSTREAM_ROUTES: [RouteLabel; 3] = [
+    RouteLabel::Fetch,
+    RouteLabel::Batch,
+    RouteLabel::Passthrough,
+];
+
+/// How an upstream call ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    Status(u16),
+    /// Connect, TLS or I/O failure.
+    Error,
+    Timeout,
+}
+
+impl UpstreamResult {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamResult::Status(s) if s < 200 => "1xx",
+            UpstreamResult::Status(s) if s < 300 => "2xx",
+            UpstreamResult::Status(s) if s < 400 => "3xx",
+            UpstreamResult::Status(s) if s < 500 => "4xx",
+            UpstreamResult::Status(_) => "5xx",
+            UpstreamResult::Error => "error",
+            UpstreamResult::Timeout => "timeout",
+        }
+    }
+}
+
+const UPSTREAM_RESULTS: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+
+/// Every metric the gateway exports, with its series pre-resolved.
+pub struct Metrics {
+    registry: Registry,
+    /// `[route][outcome]`
+    requests: Vec<Vec<IntCounter>>,
+    /// `[route]`
+    request_duration: Vec<Histogram>,
+    /// Per task id looked up, by outcome (a batch of 50 ids counts 50).
+    task_lookups: Vec<IntCounter>,
+    /// `[upstream route][result]`
+    upstream_requests: Vec<Vec<IntCounter>>,
+    upstream_duration: Vec<Histogram>,
+    upstream_in_flight: IntGauge,
+    /// Requests waiting right now on another request's upstream call.
+    collapse_waiters: IntGauge,
+    client_connections: IntGauge,
+    refused_connections: IntCounter,
+    cache_entries: IntGaugeVec,
+    cache_bytes: IntGaugeVec,
+    /// Live entry counts and weights by class, kept by inserts and moka's eviction listener.
+    class_entries: [AtomicI64; 2],
+    class_bytes: [AtomicI64; 2],
+}
+
+fn class_index(class: TaskClass) -> usize {
+    match class {
+        TaskClass::Terminal => 0,
+        TaskClass::InProgress => 1,
+    }
+}
+
+/// Latency buckets in seconds: cache hits sit in the sub-millisecond ones, upstream calls further up.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new(cache_capacity_bytes: u64) -> Self {
+        let registry = Registry::new();
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "mjgate_requests_total",
+                "Client requests by route and cache outcome.",
+            ),
+            &["route", "cache"],
+        )
+        .expect("valid metric");
+        let requests = RouteLabel::ALL
+            .iter()
+            .map(|route| {
+                Outcome::ALL
+                    .iter()
+                    .map(|o| requests_vec.with_label_values(&[route.as_str(), o.as_str()]))
+                    .collect()
+            })
+            .collect();
+        let duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "mjgate_request_duration_seconds",
+                "Time from request head to response head, by route.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let request_duration = RouteLabel::ALL
+            .iter()
+            .map(|route| duration_vec.with_label_values(&[route.as_str()]))
+            .collect();
+        let lookups_vec = IntCounterVec::new(
+            Opts::new(
+                "mjgate_task_lookups_total",
+                "Task ids looked up by fetches and batches, by outcome (miss = asked of the upstream).",
+            ),
+            &["cache"],
+        )
+        .expect("valid metric");
+        let task_lookups = Outcome::ALL
+            .iter()
+            .map(|o| lookups_vec.with_label_values(&[o.as_str()]))
+            .collect();
+        let upstream_vec = IntCounterVec::new(
+            Opts::new(
+                "mjgate_upstream_requests_total",
+                "Upstream calls by route and result (status class, error or timeout).",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let upstream_requests = UPSTREAM_ROUTES
+            .iter()
+            .map(|route| {
+                UPSTREAM_RESULTS
+                    .iter()
+                    .map(|r| upstream_vec.with_label_values(&[route.as_str(), r]))
+                    .collect()
+            })
+            .collect();
+        let upstream_duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "mjgate_upstream_request_duration_seconds",
+                "Upstream call time to the whole answer (cached routes) or its head (passthrough).",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_duration = UPSTREAM_ROUTES
+            .iter()
+            .map(|route| upstream_duration_vec.with_label_values(&[route.as_str()]))
+            .collect();
+        let upstream_in_flight =
+            IntGauge::new("mjgate_upstream_in_flight", "Upstream calls in progress.")
+                .expect("valid metric");
+        let collapse_waiters = IntGauge::new(
+            "mjgate_collapse_waiters",
+            "Requests waiting on another request's upstream call right now.",
+        )
+        .expect("valid metric");
+        let client_connections =
+            IntGauge::new("mjgate_client_connections", "Open client connections.")
+                .expect("valid metric");
+        let refused_connections = IntCounter::new(
+            "mjgate_client_connections_refused_total",
+            "Client connections closed on accept because server.max_connections was reached.",
+        )
+        .expect("valid metric");
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("mjgate_cache_entries", "Cached task answers by class."),
+            &["class"],
+        )
+        .expect("valid metric");
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "mjgate_cache_weighted_bytes",
+                "Bytes charged against cache.max_memory, by class.",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let capacity = IntGauge::new(
+            "mjgate_cache_capacity_bytes",
+            "The cache's memory budget (cache.max_memory).",
+        )
+        .expect("valid metric");
+        capacity.set(i64::try_from(cache_capacity_bytes).unwrap_or(i64::MAX));
+        let build_info = IntGaugeVec::new(
+            Opts::new("mjgate_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests_vec),
+            Box::new(duration_vec),
+            Box::new(lookups_vec),
+            Box::new(upstream_vec),
+            Box::new(upstream_duration_vec),
+            Box::new(upstream_in_flight.clone()),
+            Box::new(collapse_waiters.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(refused_connections.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(capacity),
+            Box::new(build_info),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // CPU, RSS, open fds, start time: process_* as every Prometheus client exports them.
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            registry
+                .register(Box::new(process))
+                .expect("process metrics register once");
+        }
+
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            task_lookups,
+            upstream_requests,
+            upstream_duration,
+            upstream_in_flight,
+            collapse_waiters,
+            client_connections,
+            refused_connections,
+            cache_entries,
+            cache_bytes,
+            class_entries: [AtomicI64::new(0), AtomicI64::new(0)],
+            class_bytes: [AtomicI64::new(0), AtomicI64::new(0)],
+        }
+    }
+
+    pub fn request(&self, route: RouteLabel, outcome: Outcome, elapsed: Duration) {
+        self.requests[route as usize][outcome as usize].inc();
+        self.request_duration[route as usize].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts `n` task ids looked up with `outcome`.
+    pub fn task_lookups(&self, outcome: Outcome, n: u64) {
+        self.task_lookups[outcome as usize].inc_by(n);
+    }
+
+    /// Marks an upstream call as started; the returned guard records its result and time.
+    pub fn upstream_call(&self, route: RouteLabel) -> UpstreamCall<'_> {
+        self.upstream_in_flight.inc();
+        UpstreamCall {
+            metrics: self,
+            route: UPSTREAM_ROUTES
+                .iter()
+                .position(|r| *r == route)
+                .unwrap_or(0),
+            started: std::time::Instant::now(),
+            result: None,
+        }
+    }
+
+    pub fn collapse_waiter(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.collapse_waiters)
+    }
+
+    pub fn client_connection(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.client_connections)
+    }
+
+    pub fn connection_refused(&self) {
+        self.refused_connections.inc();
+    }
+
+    /// Accounts for an entry entering the cache.
+    pub fn cache_added(&self, class: TaskClass, weight: u32) {
+        let i = class_index(class);
+        self.class_entries[i].fetch_add(1, Ordering::Relaxed);
+        self.class_bytes[i].fetch_add(i64::from(weight), Ordering::Relaxed);
+    }
+
+    /// Accounts for an entry leaving the cache (evicted, expired or replaced).
+    pub fn cache_removed(&self, class: TaskClass, weight: u32) {
+        let i = class_index(class);
+        self.class_entries[i].fetch_sub(1, Ordering::Relaxed);
+        self.class_bytes[i].fetch_sub(i64::from(weight), Ordering::Relaxed);
+    }
+
+    /// The exposition text for `GET /metrics`.
+    pub fn render(&self) -> Vec<u8> {
+        for class in [TaskClass::Terminal, TaskClass::InProgress] {
+            let i = class_index(class);
+            self.cache_entries
+                .with_label_values(&[class.as_str()])
+                .set(self.class_entries[i].load(Ordering::Relaxed));
+            self.cache_bytes
+                .with_label_values(&[class.as_str()])
+                .set(self.class_bytes[i].load(Ordering::Relaxed));
+        }
+        let mut out = Vec::with_capacity(16 << 10);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// An upstream call being timed; records on drop, as `error` if no result was set.
+pub struct UpstreamCall<'a> {
+    metrics: &'a Metrics,
+    route: usize,
+    started: std::time::Instant,
+    result: Option<UpstreamResult>,
+}
+
+impl UpstreamCall<'_> {
+    pub fn finish(mut self, result: UpstreamResult) {
+        self.result = Some(result);
+    }
+}
+
+impl Drop for UpstreamCall<'_> {
+    fn drop(&mut self) {
+        let result = self.result.unwrap_or(UpstreamResult::Error).label();
+        let index = UPSTREAM_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(5);
+        self.metrics.upstream_requests[self.route][index].inc();
+        self.metrics.upstream_duration[self.route].observe(self.started.elapsed().as_secs_f64());
+        self.metrics.upstream_in_flight.dec();
+    }
+}
+
+/// Holds a gauge up by one while alive.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new(1 << 20);
+        m.request(RouteLabel::Fetch, Outcome::Hit, Duration::from_micros(50));
+        m.upstream_call(RouteLabel::Batch)
+            .finish(UpstreamResult::Status(503));
+        m.upstream_call(RouteLabel::Fetch)
+            .finish(UpstreamResult::Timeout);
+        m.cache_added(TaskClass::Terminal, 300);
+        let text = String::from_utf8(m.render()).unwrap();
+        for needle in [
+            "mjgate_requests_total{cache=\"hit\",route=\"fetch\"} 1",
+            "mjgate_upstream_requests_total{route=\"batch\",status=\"5xx\"} 1",
+            "mjgate_upstream_requests_total{route=\"fetch\",status=\"timeout\"} 1",
+            "mjgate_upstream_in_flight 0",
+            "mjgate_cache_entries{class=\"terminal\"} 1",
+            "mjgate_cache_weighted_bytes{class=\"terminal\"} 300",
+            "mjgate_cache_capacity_bytes 1048576",
+            "mjgate_request_duration_seconds_bucket{route=\"fetch\",le=\"0.0001\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
