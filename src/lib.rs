@@ -19,6 +19,7 @@
 //! | [`cache`] | the moka cache: keys, stored entries, freshness, memory budget |
 //! | [`cache_status`] | the RFC 9211 `Cache-Status` header and the outcome it names |
 //! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
+//! | [`healthcheck`] | `mjgate healthcheck`, the probe for container health checks |
 //! | [`metrics`] | the Prometheus registry and pre-resolved metric handles |
 //! | [`request_id`] | the `x-request-id` taken from the client or generated |
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
@@ -35,6 +36,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod gateway;
+pub mod healthcheck;
 pub mod metrics;
 pub mod request_id;
 pub mod routes;

@@ -10,9 +10,13 @@ use mjgate::config::{self, Config, LogFormat, Overrides};
 use tracing_subscriber::EnvFilter;
 
 /// A caching, collapsing reverse proxy for Midjourney-style task APIs.
+///
+/// Without a subcommand, runs the gateway.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Config file (TOML). Defaults to config/mjgate.toml when it exists.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -24,8 +28,23 @@ struct Args {
     upstream: Option<String>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Probe a running gateway (exit 0 when it answers 2xx): for container health checks.
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Healthcheck { url, timeout }) = &args.command {
+        return healthcheck(url, *timeout);
+    }
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
@@ -88,6 +107,26 @@ fn main() -> ExitCode {
     }
 }
 
+fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mjgate healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mjgate::healthcheck::probe(url, timeout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mjgate healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(log: &config::LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let builder = tracing_subscriber::fmt()
@@ -95,7 +134,11 @@ fn init_logging(log: &config::LogConfig) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match log.format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Pretty => builder.init(),
     }
 }

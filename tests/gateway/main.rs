@@ -8,6 +8,7 @@ mod batch;
 mod collapsing;
 mod config_cli;
 mod credentials;
+mod deploy;
 mod fetch_cache;
 mod observability;
 mod passthrough;
