@@ -38,12 +38,38 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Run the simulated task API (the tests' upstream) as a server, for benchmarks and trials.
+    Simulator {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Create this many tasks for each credential: `task-0` .. `task-{N-1}` for a single
+        /// credential, `task-{c}-{i}` for credential number c otherwise (a task has one owner).
+        #[arg(long, default_value_t = 0)]
+        tasks: usize,
+        /// Credentials (Authorization values) owning the seeded tasks.
+        #[arg(long = "credential", default_value = "Bearer sk-bench")]
+        credentials: Vec<String>,
+        /// Seeded tasks finish this long after start; 0s makes them SUCCESS at once.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        task_duration: std::time::Duration,
+        /// Delay before every answer.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        latency: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Healthcheck { url, timeout }) = &args.command {
-        return healthcheck(url, *timeout);
+    match args.command {
+        Some(Command::Healthcheck { url, timeout }) => return healthcheck(&url, timeout),
+        Some(Command::Simulator {
+            listen,
+            tasks,
+            credentials,
+            task_duration,
+            latency,
+        }) => return simulator(listen, tasks, &credentials, task_duration, latency),
+        None => {}
     }
     let overrides = Overrides {
         listen: args.listen,
@@ -125,6 +151,62 @@ fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn simulator(
+    listen: SocketAddr,
+    tasks: usize,
+    credentials: &[String],
+    task_duration: std::time::Duration,
+    latency: std::time::Duration,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mjgate simulator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("mjgate simulator: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let sim = match mjgate::simulator::Simulator::start_on(listener) {
+            Ok(sim) => sim,
+            Err(e) => {
+                eprintln!("mjgate simulator: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        sim.set_latency(latency);
+        for (c, credential) in credentials.iter().enumerate() {
+            for i in 0..tasks {
+                let id = if credentials.len() == 1 {
+                    format!("task-{i}")
+                } else {
+                    format!("task-{c}-{i}")
+                };
+                if task_duration.is_zero() {
+                    sim.create_task(credential, &id, "SUCCESS");
+                } else {
+                    sim.submit_task(credential, &id, task_duration);
+                }
+            }
+        }
+        eprintln!(
+            "mjgate simulator listening on {} ({tasks} tasks per credential)",
+            sim.addr()
+        );
+        mjgate::shutdown::signal().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn init_logging(log: &config::LogConfig) {

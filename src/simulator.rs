@@ -182,6 +182,27 @@ impl Simulator {
         );
     }
 
+    /// Creates a task owned by `credential` that is submitted now and finishes after `duration`.
+    pub fn submit_task(&self, credential: &str, id: &str, duration: Duration) {
+        let mut store = lock(&self.state.store);
+        if !store.tasks.contains_key(id) {
+            store.order.push(id.to_owned());
+        }
+        store.tasks.insert(
+            id.to_owned(),
+            Task {
+                owner: credential.to_owned(),
+                action: "IMAGINE".into(),
+                prompt: format!("simulated task {id}"),
+                status: "SUBMITTED".into(),
+                progress: "0%".into(),
+                submit_time: epoch_ms(),
+                fail_reason: String::new(),
+                lifecycle: Some((Instant::now(), duration)),
+            },
+        );
+    }
+
     /// Moves a task to `status` (and the progress that goes with it).
     pub fn set_status(&self, id: &str, status: &str) {
         if let Some(task) = lock(&self.state.store).tasks.get_mut(id) {
@@ -319,6 +340,10 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 
 async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
+    if parts.method == Method::GET && parts.uri.path() == "/_sim/stats" {
+        // Not an API call: not recorded, not counted.
+        return json_response(StatusCode::OK, &stats(state));
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, 413, "body too large"),
@@ -388,6 +413,18 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         return image(id);
     }
     error(StatusCode::NOT_FOUND, 404, "not found")
+}
+
+/// The counters, for load generators in another process: `GET /_sim/stats`.
+fn stats(state: &State) -> Value {
+    let counters = lock(&state.counters);
+    json!({
+        "total": counters.total,
+        "fetches": counters.fetches.values().sum::<u64>(),
+        "list_calls": counters.lists.len(),
+        "listed_ids": counters.lists.iter().map(Vec::len).sum::<usize>(),
+        "tasks": lock(&state.store).tasks.len(),
+    })
 }
 
 fn fetch(state: &State, id: &str, credential: Option<&str>) -> Response<Full<Bytes>> {
