@@ -16,11 +16,14 @@ use crate::body::ResponseBody;
 use crate::cache::{CachedTask, KeyBuf, Lookup};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Flight, Landing, Role};
+use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
-use crate::gateway::{CACHE_STATUS, Gateway, Landed, Served, is_identity, passed_response};
+use crate::gateway::{
+    CACHE_STATUS, Gateway, Landed, Served, failure_status, is_identity, passed_response,
+};
 use crate::metrics::{Outcome, RouteLabel};
 use crate::task::{TaskClass, TaskHead, TaskId};
-use crate::upstream::{BoxError, ClientInfo};
+use crate::upstream::{BoxError, BufferedCall, ClientInfo};
 
 /// What a `list-by-condition` body asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,24 +128,27 @@ impl Gateway {
         };
 
         let fingerprint = self.fingerprinter.fingerprint(&parts.headers);
-        let mut sources = Vec::with_capacity(ids.len());
-        let parts_path = parts.uri.path();
+        // Per id: where its answer comes from, and the stale answer to fall back on if that fails.
+        let mut sources: Vec<(Source, Option<Arc<CachedTask>>)> = Vec::with_capacity(ids.len());
         let mut flights: Vec<(TaskId<'_>, Flight<Landed>)> = Vec::new();
         for &id in &ids {
             let key = KeyBuf::new(&fingerprint, id);
-            if let Lookup::Fresh { task, .. } = self.cache.lookup(key.as_bytes()) {
-                sources.push(Source::Cached(task));
-                continue;
-            }
+            let stale = match self.cache.lookup(key.as_bytes()) {
+                Lookup::Fresh { task, .. } => {
+                    sources.push((Source::Cached(task), None));
+                    continue;
+                }
+                other => other.stale(),
+            };
             match self.flights.join(key.as_bytes()) {
-                Role::Follower(landing) => sources.push(Source::Flight(landing)),
+                Role::Follower(landing) => sources.push((Source::Flight(landing), stale)),
                 Role::Leader(flight) => {
                     // As for a fetch: a flight that landed since our lookup left its answer in the cache.
                     if let Lookup::Fresh { task, .. } = self.cache.lookup(key.as_bytes()) {
                         flight.land(Landed::Stored(Arc::clone(&task)));
-                        sources.push(Source::Cached(task));
+                        sources.push((Source::Cached(task), None));
                     } else {
-                        sources.push(Source::Flight(flight.landing()));
+                        sources.push((Source::Flight(flight.landing()), stale));
                         flights.push((id, flight));
                     }
                 }
@@ -150,18 +156,25 @@ impl Gateway {
         }
         let cached = sources
             .iter()
-            .filter(|s| matches!(s, Source::Cached(_)))
+            .filter(|(s, _)| matches!(s, Source::Cached(_)))
             .count();
         let led = flights.len();
         self.metrics.task_lookups(Outcome::Hit, cached as u64);
         self.metrics.task_lookups(Outcome::Miss, led as u64);
         self.metrics
             .task_lookups(Outcome::Collapsed, (sources.len() - cached - led) as u64);
-        self.launch_batch_calls(parts_path, &parts.headers, client, flights);
+        self.launch_batch_calls(
+            parts.uri.path(),
+            &parts.headers,
+            fingerprint,
+            client,
+            flights,
+        );
 
         let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
         let mut tasks = Vec::with_capacity(sources.len());
-        for source in sources {
+        let mut stale_status = None;
+        for (source, stale) in sources {
             let landed = match source {
                 Source::Cached(task) => Landed::Stored(task),
                 Source::Flight(landing) => match landing.wait().await {
@@ -171,10 +184,16 @@ impl Gateway {
                     }
                 },
             };
+            if let (Some(status), Some(stale)) = (failure_status(&landed), stale) {
+                stale_status = Some(status);
+                tasks.push(stale);
+                continue;
+            }
             match landed {
+                // A "no such task" answer means the id is not visible: absent, as the upstream does.
+                Landed::Stored(task) if task.class == TaskClass::NotFound => {}
                 Landed::Stored(task) => tasks.push(task),
                 Landed::NotReturned => {}
-                // A not-found answer to a single fetch means the id is not visible: absent, as upstream.
                 Landed::Passed(reply) if is_not_found(reply.status) => {}
                 Landed::Passed(reply) => {
                     let status = reply.status.as_u16();
@@ -203,7 +222,9 @@ impl Gateway {
             stored: true,
             fwd_status: None,
         };
-        let (status, outcome) = if cached == ids.len() {
+        let (status, outcome) = if let Some(fwd_status) = stale_status {
+            (CacheStatus::Stale { fwd_status }, Outcome::Stale)
+        } else if cached == ids.len() {
             (CacheStatus::Hit { ttl: None }, Outcome::Hit)
         } else if cached > 0 {
             (CacheStatus::Partial, Outcome::Partial)
@@ -213,7 +234,7 @@ impl Gateway {
         } else {
             (stored, Outcome::Miss)
         };
-        let upstream_status = (led > 0).then_some(200);
+        let upstream_status = stale_status.or((led > 0).then_some(200));
         Served::new(array_response(&tasks, status), outcome, upstream_status)
     }
 
@@ -223,6 +244,7 @@ impl Gateway {
         self: &Arc<Self>,
         path: &str,
         headers: &HeaderMap,
+        fingerprint: CredentialFingerprint,
         client: ClientInfo,
         flights: Vec<(TaskId<'_>, Flight<Landed>)>,
     ) {
@@ -237,7 +259,9 @@ impl Gateway {
             let path = path.to_owned();
             let headers = headers.clone();
             tokio::spawn(async move {
-                gateway.batch_call(&path, &headers, client, chunk).await;
+                gateway
+                    .batch_call(&path, &headers, fingerprint, client, chunk)
+                    .await;
             });
         }
     }
@@ -247,6 +271,7 @@ impl Gateway {
         &self,
         path: &str,
         headers: &HeaderMap,
+        fingerprint: CredentialFingerprint,
         client: ClientInfo,
         chunk: Vec<(String, Flight<Landed>)>,
     ) {
@@ -256,14 +281,15 @@ impl Gateway {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let reply = match self
             .upstream
-            .call_buffered(
-                RouteLabel::Batch,
-                Method::POST,
-                path,
-                &headers,
+            .call_buffered(BufferedCall {
+                route: RouteLabel::Batch,
+                credential: &fingerprint,
+                method: Method::POST,
+                path_and_query: path,
+                headers: &headers,
                 client,
                 body,
-            )
+            })
             .await
         {
             Ok(reply) => reply,

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 use moka::Expiry;
 use moka::sync::Cache;
 
+use crate::config::CacheConfig;
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::metrics::Metrics;
 use crate::task::{MAX_ID_LEN, TaskClass, TaskId};
@@ -71,9 +72,11 @@ impl KeyBuf {
     }
 }
 
-/// One stored task answer: exactly the upstream's bytes, served without re-parsing.
+/// One stored answer for a task id: exactly the upstream's status and bytes, served without re-parsing.
 #[derive(Debug)]
 pub struct CachedTask {
+    /// `200` for a task object; the upstream's own status for a "no such task" answer.
+    pub status: StatusCode,
     pub body: Bytes,
     pub content_type: Option<HeaderValue>,
     pub class: TaskClass,
@@ -81,11 +84,24 @@ pub struct CachedTask {
 }
 
 impl CachedTask {
+    /// A task object (`200`) of `class`.
     pub fn new(body: Bytes, content_type: Option<HeaderValue>, class: TaskClass) -> Self {
         CachedTask {
+            status: StatusCode::OK,
             body,
             content_type,
             class,
+            stored_at: Instant::now(),
+        }
+    }
+
+    /// The upstream's "no such task" answer, kept as it came.
+    pub fn not_found(status: StatusCode, body: Bytes, content_type: Option<HeaderValue>) -> Self {
+        CachedTask {
+            status,
+            body,
+            content_type,
+            class: TaskClass::NotFound,
             stored_at: Instant::now(),
         }
     }
@@ -103,16 +119,27 @@ pub enum Lookup {
         task: Arc<CachedTask>,
         ttl: Option<Duration>,
     },
-    /// Present but past its freshness: must be refetched.
-    Expired(Arc<CachedTask>),
+    /// An in-progress answer past its TTL but within `cache.max_stale`: refetched, and served in place of
+    /// an upstream error.
+    Stale(Arc<CachedTask>),
     Miss,
+}
+
+impl Lookup {
+    /// The stale answer to fall back on, if any.
+    pub fn stale(self) -> Option<Arc<CachedTask>> {
+        match self {
+            Lookup::Stale(task) => Some(task),
+            _ => None,
+        }
+    }
 }
 
 /// The bounded, credential-partitioned task cache. Cheap to clone.
 #[derive(Clone)]
 pub struct TaskCache {
     entries: Cache<CacheKey, Arc<CachedTask>>,
-    in_progress_ttl: Duration,
+    lifetime: Lifetime,
     /// Entry counts and bytes by class, kept here on insert and by moka's eviction listener on removal.
     metrics: Arc<Metrics>,
 }
@@ -127,12 +154,17 @@ fn weigh(key: &CacheKey, task: &CachedTask) -> u32 {
 }
 
 impl TaskCache {
-    pub fn new(max_memory: u64, in_progress_ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Self {
         let on_removal = Arc::clone(&metrics);
+        let lifetime = Lifetime {
+            in_progress_ttl: config.in_progress_ttl,
+            max_stale: config.max_stale,
+            not_found_ttl: config.not_found_ttl,
+        };
         let entries = Cache::builder()
-            .max_capacity(max_memory)
+            .max_capacity(config.max_memory)
             .weigher(|key: &CacheKey, task: &Arc<CachedTask>| weigh(key, task))
-            .expire_after(Lifetime { in_progress_ttl })
+            .expire_after(lifetime)
             // Called for every entry that leaves, replaced ones included, so the class gauges stay exact.
             .eviction_listener(move |key: Arc<CacheKey>, task: Arc<CachedTask>, _cause| {
                 on_removal.cache_removed(task.class, weigh(&key, &task));
@@ -140,31 +172,32 @@ impl TaskCache {
             .build();
         TaskCache {
             entries,
-            in_progress_ttl,
+            lifetime,
             metrics,
         }
-    }
-
-    pub fn in_progress_ttl(&self) -> Duration {
-        self.in_progress_ttl
     }
 
     pub fn lookup(&self, key: &[u8]) -> Lookup {
         let Some(task) = self.entries.get(key) else {
             return Lookup::Miss;
         };
-        match task.class {
-            TaskClass::Terminal => Lookup::Fresh { task, ttl: None },
-            TaskClass::InProgress => {
-                let age = task.stored_at.elapsed();
-                match self.in_progress_ttl.checked_sub(age) {
-                    Some(left) if !left.is_zero() => Lookup::Fresh {
-                        task,
-                        ttl: Some(left),
-                    },
-                    _ => Lookup::Expired(task),
-                }
+        let fresh_for = match task.class {
+            TaskClass::Terminal => return Lookup::Fresh { task, ttl: None },
+            TaskClass::InProgress => self.lifetime.in_progress_ttl,
+            TaskClass::NotFound => self.lifetime.not_found_ttl,
+        };
+        let age = task.stored_at.elapsed();
+        match fresh_for.checked_sub(age) {
+            Some(left) if !left.is_zero() => Lookup::Fresh {
+                task,
+                ttl: Some(left),
+            },
+            _ if task.class == TaskClass::InProgress
+                && age < fresh_for + self.lifetime.max_stale =>
+            {
+                Lookup::Stale(task)
             }
+            _ => Lookup::Miss,
         }
     }
 
@@ -189,16 +222,21 @@ impl TaskCache {
     }
 }
 
-/// Tells moka when an entry can no longer serve anyone: never for terminal tasks, after the TTL for others.
+/// Tells moka when an entry can no longer serve anyone: never for terminal tasks, after the TTL plus the
+/// stale window for in-progress ones, after the not-found TTL for "no such task" answers.
+#[derive(Debug, Clone, Copy)]
 struct Lifetime {
     in_progress_ttl: Duration,
+    max_stale: Duration,
+    not_found_ttl: Duration,
 }
 
 impl Lifetime {
     fn of(&self, task: &CachedTask) -> Option<Duration> {
         match task.class {
             TaskClass::Terminal => None,
-            TaskClass::InProgress => Some(self.in_progress_ttl),
+            TaskClass::InProgress => Some(self.in_progress_ttl + self.max_stale),
+            TaskClass::NotFound => Some(self.not_found_ttl),
         }
     }
 }
@@ -242,7 +280,13 @@ mod tests {
     }
 
     fn cache(max_memory: u64, ttl: Duration) -> TaskCache {
-        TaskCache::new(max_memory, ttl, Arc::new(Metrics::new(max_memory)))
+        let config = CacheConfig {
+            in_progress_ttl: ttl,
+            max_memory,
+            max_stale: Duration::from_millis(100),
+            not_found_ttl: ttl,
+        };
+        TaskCache::new(&config, Arc::new(Metrics::new(max_memory)))
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum CacheStatus {
     Collapsed,
     /// A batch served partly from the cache and partly from the upstream.
     Partial,
+    /// A stale answer served because refreshing it failed with `fwd_status` (RFC 9211 `fwd=stale`).
+    Stale { fwd_status: u16 },
 }
 
 impl CacheStatus {
@@ -29,6 +31,7 @@ impl CacheStatus {
             CacheStatus::Miss { .. } => "miss",
             CacheStatus::Collapsed => "collapsed",
             CacheStatus::Partial => "partial",
+            CacheStatus::Stale { .. } => "stale",
         }
     }
 
@@ -51,6 +54,9 @@ impl CacheStatus {
             } => HeaderValue::from_static("mjgate; fwd=uri-miss"),
             CacheStatus::Collapsed => HeaderValue::from_static("mjgate; fwd=uri-miss; collapsed"),
             CacheStatus::Partial => HeaderValue::from_static("mjgate; fwd=partial; stored"),
+            CacheStatus::Stale { fwd_status } => {
+                header(format!("mjgate; fwd=stale; fwd-status={fwd_status}"))
+            }
         }
     }
 }
@@ -90,5 +96,9 @@ mod tests {
         );
         assert_eq!(v(CacheStatus::Collapsed), "mjgate; fwd=uri-miss; collapsed");
         assert_eq!(v(CacheStatus::Partial), "mjgate; fwd=partial; stored");
+        assert_eq!(
+            v(CacheStatus::Stale { fwd_status: 503 }),
+            "mjgate; fwd=stale; fwd-status=503"
+        );
     }
 }

@@ -55,6 +55,20 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Largest upstream body accepted on a cached route (task or batch answer).
     pub max_body: u64,
+    /// Most upstream calls in flight, overall and per credential.
+    pub max_in_flight: usize,
+    pub max_in_flight_per_credential: usize,
+    /// Most upstream calls per second, overall and per credential; 0 means no ceiling.
+    pub max_rps: u32,
+    pub max_rps_per_credential: u32,
+    /// How long a call over a ceiling waits for room before it is refused.
+    pub queue_timeout: Duration,
+    /// Backoff after a `429` without `Retry-After`, and the cap on any `Retry-After`.
+    pub retry_after_default: Duration,
+    pub retry_after_max: Duration,
+    /// Consecutive connection failures that open the circuit, and how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +77,10 @@ pub struct CacheConfig {
     pub in_progress_ttl: Duration,
     /// Memory budget for cached bodies and keys; moka evicts beyond it.
     pub max_memory: u64,
+    /// How long past its TTL an in-progress answer may be served when the upstream fails.
+    pub max_stale: Duration,
+    /// How long a "no such task" answer is kept.
+    pub not_found_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +103,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request head a client may send.
     pub max_header_bytes: usize,
+    /// Largest passthrough request body (streamed, counted as it flows).
+    pub max_request_body: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -137,6 +157,19 @@ struct RawUpstream {
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: Option<usize>,
     max_body: Option<ByteSize>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_credential: Option<usize>,
+    max_rps: Option<u32>,
+    max_rps_per_credential: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    queue_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retry_after_default: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retry_after_max: Option<Duration>,
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cooldown: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +178,10 @@ struct RawCache {
     #[serde(default, with = "humantime_serde")]
     in_progress_ttl: Option<Duration>,
     max_memory: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    max_stale: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    not_found_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +201,7 @@ struct RawServer {
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_header_bytes: Option<ByteSize>,
+    max_request_body: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +289,37 @@ impl Config {
                 8 << 20,
                 1024,
             )?,
+            max_in_flight: at_least("upstream.max_in_flight", raw.upstream.max_in_flight, 256, 1)?,
+            max_in_flight_per_credential: at_least(
+                "upstream.max_in_flight_per_credential",
+                raw.upstream.max_in_flight_per_credential,
+                32,
+                1,
+            )?,
+            max_rps: raw.upstream.max_rps.unwrap_or(0),
+            max_rps_per_credential: raw.upstream.max_rps_per_credential.unwrap_or(0),
+            queue_timeout: raw.upstream.queue_timeout.unwrap_or(Duration::from_secs(1)),
+            retry_after_default: positive(
+                "upstream.retry_after_default",
+                raw.upstream.retry_after_default,
+                Duration::from_secs(5),
+            )?,
+            retry_after_max: positive(
+                "upstream.retry_after_max",
+                raw.upstream.retry_after_max,
+                Duration::from_secs(60),
+            )?,
+            breaker_failures: at_least(
+                "upstream.breaker_failures",
+                raw.upstream.breaker_failures,
+                5,
+                1,
+            )?,
+            breaker_cooldown: positive(
+                "upstream.breaker_cooldown",
+                raw.upstream.breaker_cooldown,
+                Duration::from_secs(5),
+            )?,
         };
         let cache = CacheConfig {
             in_progress_ttl: positive(
@@ -264,6 +333,8 @@ impl Config {
                 256 << 20,
                 64 << 10,
             )?,
+            max_stale: raw.cache.max_stale.unwrap_or(Duration::from_secs(300)),
+            not_found_ttl: raw.cache.not_found_ttl.unwrap_or(Duration::from_secs(1)),
         };
         let batch = BatchConfig {
             max_body: at_least(
@@ -293,6 +364,12 @@ impl Config {
                 raw.server.max_header_bytes.map(|b| b.0 as usize),
                 64 << 10,
                 8 << 10,
+            )?,
+            max_request_body: at_least(
+                "server.max_request_body",
+                raw.server.max_request_body.map(|b| b.0),
+                32 << 20,
+                1024,
             )?,
         };
         let log = LogConfig {

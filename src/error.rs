@@ -60,11 +60,16 @@ impl RequestError {
     /// The JSON answer: `{"code": <status>, "description": "...", "type": "mjgate_error"}`.
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
+        let retry_after = match &self {
+            RequestError::Draining => Some(1),
+            RequestError::Upstream(e) => e.retry_after().map(crate::protect::seconds),
+            _ => None,
+        };
         let mut response = json_error(status, &self.to_string());
-        if matches!(self, RequestError::Draining) {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

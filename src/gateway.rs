@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{AGE, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -19,13 +19,15 @@ use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Collapser, Role};
 use crate::config::Config;
-use crate::credential::Fingerprinter;
+use crate::credential::{CredentialFingerprint, Fingerprinter};
 use crate::error::{RequestError, json_error};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::routes::{self, Route};
-use crate::task::{TaskClass, TaskId, classify_fetch_body};
-use crate::upstream::{BoxError, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError};
+use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
+use crate::upstream::{
+    BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
+};
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -84,6 +86,7 @@ pub(crate) struct Limits {
     pub batch_max_body: u64,
     pub batch_max_ids: usize,
     pub batch_upstream_chunk: usize,
+    pub max_request_body: u64,
 }
 
 /// Everything a request needs, shared by all connections.
@@ -107,18 +110,19 @@ impl Gateway {
     pub fn new(config: &Config) -> Self {
         let metrics = Arc::new(Metrics::new(config.cache.max_memory));
         Gateway {
-            upstream: Upstream::new(&config.upstream, Arc::clone(&metrics)),
-            cache: TaskCache::new(
-                config.cache.max_memory,
-                config.cache.in_progress_ttl,
+            upstream: Upstream::new(
+                &config.upstream,
+                config.server.max_request_body,
                 Arc::clone(&metrics),
             ),
+            cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
             flights: Collapser::new(),
             fingerprinter: Fingerprinter::random(),
             limits: Limits {
                 batch_max_body: config.batch.max_body,
                 batch_max_ids: config.batch.max_ids,
                 batch_upstream_chunk: config.batch.upstream_chunk,
+                max_request_body: config.server.max_request_body,
             },
             metrics,
             admin_separate: config.admin_listen.is_some(),
@@ -175,6 +179,12 @@ impl Gateway {
             Route::Ready if self.draining.load(Ordering::Relaxed) => {
                 Served::bypass(RequestError::Draining.into_response())
             }
+            Route::Ready if self.upstream.protection().breaker().is_open() => {
+                Served::bypass(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream unreachable (circuit open)",
+                ))
+            }
             Route::Ready => Served::bypass(plain(StatusCode::OK, "ready")),
             Route::Metrics => Served::bypass(self.metrics_response()),
             Route::Fetch(id) => {
@@ -185,8 +195,9 @@ impl Gateway {
             Route::BadTaskId(e) => Served::bypass(RequestError::BadTaskId(e).into_response()),
             Route::Batch => self.batch(request, client).instrument(span.clone()).await,
             Route::Passthrough => {
-                let request = request.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed());
-                self.forward(request, client).instrument(span.clone()).await
+                self.passthrough(request, client)
+                    .instrument(span.clone())
+                    .await
             }
         };
 
@@ -214,6 +225,8 @@ impl Gateway {
     }
 
     fn metrics_response(&self) -> Response<ResponseBody> {
+        // Apply pending evictions first, so the cache gauges are exact at scrape time.
+        self.cache.sync();
         let mut response = Response::new(ResponseBody::full(self.metrics.render()));
         response.headers_mut().insert(
             CONTENT_TYPE,
@@ -222,7 +235,8 @@ impl Gateway {
         response
     }
 
-    /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call.
+    /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call; a stale
+    /// entry stands in if that call fails.
     async fn fetch(
         self: &Arc<Self>,
         request: &Request<Incoming>,
@@ -231,14 +245,17 @@ impl Gateway {
     ) -> Served {
         let fingerprint = self.fingerprinter.fingerprint(request.headers());
         let key = KeyBuf::new(&fingerprint, id);
-        if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
-            self.metrics.task_lookups(Outcome::Hit, 1);
-            return Served::new(
-                task_response(&task, CacheStatus::Hit { ttl }, true),
-                Outcome::Hit,
-                None,
-            );
-        }
+        let stale = match self.cache.lookup(key.as_bytes()) {
+            Lookup::Fresh { task, ttl } => {
+                self.metrics.task_lookups(Outcome::Hit, 1);
+                return Served::new(
+                    task_response(&task, CacheStatus::Hit { ttl }, true),
+                    Outcome::Hit,
+                    None,
+                );
+            }
+            other => other.stale(),
+        };
         // A flight started by a batch lands `NotReturned` for ids its answer left out; a fetch then asks
         // the upstream itself, to pass on the upstream's own not-found answer. Twice at most.
         for _ in 0..2 {
@@ -251,7 +268,7 @@ impl Gateway {
                         Ok(Landed::NotReturned) => continue,
                         Ok(landed) => {
                             self.metrics.task_lookups(Outcome::Collapsed, 1);
-                            return landed_response(landed, Outcome::Collapsed);
+                            return landed_response(landed, Outcome::Collapsed, stale.as_deref());
                         }
                         Err(abandoned) => {
                             return Served::bypass(RequestError::from(abandoned).into_response());
@@ -283,14 +300,14 @@ impl Gateway {
                 async move {
                     let key = flight.key().clone();
                     let landed = gateway
-                        .fetch_upstream(&path, &headers, client, &id, key)
+                        .fetch_upstream(&path, &headers, fingerprint, client, &id, key)
                         .await;
                     flight.land(landed);
                 }
                 .in_current_span(),
             );
             return match landing.wait().await {
-                Ok(landed) => landed_response(landed, Outcome::Miss),
+                Ok(landed) => landed_response(landed, Outcome::Miss, stale.as_deref()),
                 Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
             };
         }
@@ -302,25 +319,28 @@ impl Gateway {
         )
     }
 
-    /// Calls the upstream for one task and stores the answer if it is that task's object.
+    /// Calls the upstream for one task and stores the answer if it is that task's object, or briefly if
+    /// it says there is no such task.
     async fn fetch_upstream(
         &self,
         path: &str,
         headers: &HeaderMap,
+        fingerprint: CredentialFingerprint,
         client: ClientInfo,
         id: &str,
         key: CacheKey,
     ) -> Landed {
         let reply = match self
             .upstream
-            .call_buffered(
-                RouteLabel::Fetch,
-                Method::GET,
-                path,
+            .call_buffered(BufferedCall {
+                route: RouteLabel::Fetch,
+                credential: &fingerprint,
+                method: Method::GET,
+                path_and_query: path,
                 headers,
                 client,
-                Bytes::new(),
-            )
+                body: Bytes::new(),
+            })
             .await
         {
             Ok(reply) => reply,
@@ -338,17 +358,49 @@ impl Gateway {
         }
     }
 
-    /// The cache entry for `reply` if it is a storable answer for task `id`.
+    /// The cache entry for `reply` if it is a storable answer for task `id`: that task's object, or one
+    /// of the upstream's "no such task" answers.
     fn store_if_task(&self, reply: &BufferedReply, id: &str) -> Option<Arc<CachedTask>> {
-        if reply.status != StatusCode::OK || !is_identity(&reply.headers) {
+        if !is_identity(&reply.headers) {
             return None;
         }
-        let class: TaskClass = classify_fetch_body(&reply.body, id)?;
-        Some(Arc::new(CachedTask::new(
-            reply.body.clone(),
-            reply.headers.get(CONTENT_TYPE).cloned(),
-            class,
-        )))
+        let content_type = reply.headers.get(CONTENT_TYPE).cloned();
+        if reply.status == StatusCode::OK
+            && let Some(class) = classify_fetch_body(&reply.body, id)
+        {
+            return Some(Arc::new(CachedTask::new(
+                reply.body.clone(),
+                content_type,
+                class,
+            )));
+        }
+        is_not_found_answer(reply.status.as_u16(), &reply.body).then(|| {
+            Arc::new(CachedTask::not_found(
+                reply.status,
+                reply.body.clone(),
+                content_type,
+            ))
+        })
+    }
+
+    /// Passthrough: bounds the request body, then forwards it.
+    async fn passthrough(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
+        let max = self.limits.max_request_body;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Served::bypass(RequestError::BodyTooLarge(max).into_response());
+        }
+        // Counted as it streams: a chunked body that grows too large aborts the upstream call (413).
+        let request = request.map(|body| {
+            Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+                .map_err(|e| e as BoxError)
+                .boxed()
+        });
+        self.forward(request, client).await
     }
 
     /// Forwards the request untouched (but for hop-by-hop and forwarding headers), streaming both ways.
@@ -357,9 +409,10 @@ impl Gateway {
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Served {
+        let fingerprint = self.fingerprinter.fingerprint(request.headers());
         match self
             .upstream
-            .forward(RouteLabel::Passthrough, request, client)
+            .forward(RouteLabel::Passthrough, &fingerprint, request, client)
             .await
         {
             Ok(response) => {
@@ -379,7 +432,15 @@ impl Gateway {
 }
 
 /// The answer for a landed flight, for a request that took part in it as `outcome` (miss or collapsed).
-fn landed_response(landed: Landed, outcome: Outcome) -> Served {
+/// When the flight failed and `stale` holds an answer within `cache.max_stale`, that answer is served.
+fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>) -> Served {
+    if let (Some(fwd_status), Some(stale)) = (failure_status(&landed), stale) {
+        return Served::new(
+            task_response(stale, CacheStatus::Stale { fwd_status }, true),
+            Outcome::Stale,
+            Some(fwd_status),
+        );
+    }
     let collapsed = outcome == Outcome::Collapsed;
     let status_for = |stored: bool, fwd_status: Option<u16>| {
         if collapsed {
@@ -392,7 +453,7 @@ fn landed_response(landed: Landed, outcome: Outcome) -> Served {
         Landed::Stored(task) => Served::new(
             task_response(&task, status_for(true, None), false),
             outcome,
-            Some(200),
+            Some(task.status.as_u16()),
         ),
         Landed::Passed(reply) => {
             let upstream_status = reply.status.as_u16();
@@ -419,6 +480,17 @@ fn landed_response(landed: Landed, outcome: Outcome) -> Served {
     }
 }
 
+/// The status a failed flight stands for, when a stale answer should replace it: the gateway's own
+/// error status, or an upstream `429` or `5xx`.
+pub(crate) fn failure_status(landed: &Landed) -> Option<u16> {
+    match landed {
+        Landed::Failed(e) => Some(e.status().as_u16()),
+        Landed::Passed(reply) if reply.status == StatusCode::TOO_MANY_REQUESTS => Some(429),
+        Landed::Passed(reply) if reply.status.is_server_error() => Some(reply.status.as_u16()),
+        _ => None,
+    }
+}
+
 /// An upstream answer passed on as it came (status, headers, body), marked with `status`.
 pub(crate) fn passed_response(
     reply: &BufferedReply,
@@ -438,13 +510,16 @@ pub(crate) fn passed_response(
 /// when it comes from the cache).
 fn task_response(task: &CachedTask, status: CacheStatus, with_age: bool) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(task.body.clone()));
+    *response.status_mut() = task.status;
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        task.content_type
-            .clone()
-            .unwrap_or_else(|| APPLICATION_JSON.clone()),
-    );
+    if task.status != StatusCode::NO_CONTENT {
+        headers.insert(
+            CONTENT_TYPE,
+            task.content_type
+                .clone()
+                .unwrap_or_else(|| APPLICATION_JSON.clone()),
+        );
+    }
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     if with_age {
         headers.insert(AGE, HeaderValue::from(task.age()));

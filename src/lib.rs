@@ -21,6 +21,7 @@
 //! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
 //! | [`healthcheck`] | `mjgate healthcheck`, the probe for container health checks |
 //! | [`metrics`] | the Prometheus registry and pre-resolved metric handles |
+//! | [`protect`] | upstream ceilings, 429 backoff per credential, the circuit breaker |
 //! | [`request_id`] | the `x-request-id` taken from the client or generated |
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
 //! | [`body`] | the response body type: a buffer or an upstream stream |
@@ -38,6 +39,7 @@ pub mod error;
 pub mod gateway;
 pub mod healthcheck;
 pub mod metrics;
+pub mod protect;
 pub mod request_id;
 pub mod routes;
 pub mod server;

@@ -132,14 +132,24 @@ pub struct Metrics {
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
     /// Live entry counts and weights by class, kept by inserts and moka's eviction listener.
-    class_entries: [AtomicI64; 2],
-    class_bytes: [AtomicI64; 2],
+    class_entries: [AtomicI64; 3],
+    class_bytes: [AtomicI64; 3],
+    /// Upstream calls refused before they were sent, by reason.
+    upstream_refused: IntCounterVec,
+    circuit_open: IntGauge,
 }
+
+const CLASSES: [TaskClass; 3] = [
+    TaskClass::Terminal,
+    TaskClass::InProgress,
+    TaskClass::NotFound,
+];
 
 fn class_index(class: TaskClass) -> usize {
     match class {
         TaskClass::Terminal => 0,
         TaskClass::InProgress => 1,
+        TaskClass::NotFound => 2,
     }
 }
 
@@ -268,7 +278,25 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let upstream_refused = IntCounterVec::new(
+            Opts::new(
+                "mjgate_upstream_refused_total",
+                "Upstream calls not sent: 429 backoff, open circuit, or a ceiling reached.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in ["backoff", "circuit_open", "overloaded"] {
+            upstream_refused.with_label_values(&[reason]);
+        }
+        let circuit_open = IntGauge::new(
+            "mjgate_upstream_circuit_open",
+            "1 while the circuit breaker fails upstream calls fast, else 0.",
+        )
+        .expect("valid metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(upstream_refused.clone()),
+            Box::new(circuit_open.clone()),
             Box::new(requests_vec),
             Box::new(duration_vec),
             Box::new(lookups_vec),
@@ -310,8 +338,10 @@ impl Metrics {
             refused_connections,
             cache_entries,
             cache_bytes,
-            class_entries: [AtomicI64::new(0), AtomicI64::new(0)],
-            class_bytes: [AtomicI64::new(0), AtomicI64::new(0)],
+            class_entries: Default::default(),
+            class_bytes: Default::default(),
+            upstream_refused,
+            circuit_open,
         }
     }
 
@@ -365,9 +395,17 @@ impl Metrics {
         self.class_bytes[i].fetch_sub(i64::from(weight), Ordering::Relaxed);
     }
 
+    pub fn upstream_refused(&self, reason: &'static str) {
+        self.upstream_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_circuit_open(&self, open: bool) {
+        self.circuit_open.set(i64::from(open));
+    }
+
     /// The exposition text for `GET /metrics`.
     pub fn render(&self) -> Vec<u8> {
-        for class in [TaskClass::Terminal, TaskClass::InProgress] {
+        for class in CLASSES {
             let i = class_index(class);
             self.cache_entries
                 .with_label_values(&[class.as_str()])

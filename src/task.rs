@@ -44,13 +44,15 @@ impl<'a> TaskId<'a> {
     }
 }
 
-/// How long a task answer may be cached, decided by its `status`.
+/// How long an upstream answer for a task id may be cached: by the task's `status`, or as "no such task".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskClass {
     /// `SUCCESS`, `FAILURE` or `CANCEL`: the answer will not change; kept until evicted.
     Terminal,
-    /// Any other status, known or not: kept for `cache.in_progress_ttl`.
+    /// Any other status, known or not: fresh for `cache.in_progress_ttl`, servable stale after.
     InProgress,
+    /// The upstream's "no such task" answer: kept for `cache.not_found_ttl`, never served stale.
+    NotFound,
 }
 
 impl TaskClass {
@@ -65,7 +67,25 @@ impl TaskClass {
         match self {
             TaskClass::Terminal => "terminal",
             TaskClass::InProgress => "in_progress",
+            TaskClass::NotFound => "not_found",
         }
+    }
+}
+
+/// Whether an upstream answer to a fetch is one of the API's ways of saying "no such task (for you)":
+/// `404`, `204`, `200` with an empty body (midjourney-proxy), or `200`/`400` with new-api's
+/// `task_no_found`.
+pub fn is_not_found_answer(status: u16, body: &[u8]) -> bool {
+    match status {
+        404 | 204 => true,
+        200 | 400 => {
+            body.iter().all(u8::is_ascii_whitespace)
+                || body
+                    .windows(b"task_no_found".len())
+                    .take(4096)
+                    .any(|w| w == b"task_no_found")
+        }
+        _ => false,
     }
 }
 
@@ -120,6 +140,30 @@ mod tests {
         ] {
             assert_eq!(TaskClass::of_status(s), TaskClass::InProgress);
         }
+    }
+
+    #[test]
+    fn recognises_every_not_found_shape() {
+        assert!(is_not_found_answer(
+            404,
+            br#"{"code":4,"description":"task_no_found"}"#
+        ));
+        assert!(is_not_found_answer(
+            400,
+            br#"{"description":"task_no_found ","type":"upstream_error","code":4}"#
+        ));
+        assert!(is_not_found_answer(200, b""));
+        assert!(is_not_found_answer(204, b""));
+        assert!(!is_not_found_answer(
+            200,
+            br#"{"id":"t","status":"SUCCESS"}"#
+        ));
+        assert!(!is_not_found_answer(
+            400,
+            br#"{"code":400,"description":"bad request"}"#
+        ));
+        assert!(!is_not_found_answer(500, b""));
+        assert!(!is_not_found_answer(429, b""));
     }
 
     #[test]

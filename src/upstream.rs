@@ -20,7 +20,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
+use crate::credential::CredentialFingerprint;
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
+use crate::protect::{CallEnd, Protection, Refusal};
 
 /// Errors of any body the gateway hands to the upstream client.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -106,6 +108,12 @@ pub enum UpstreamError {
     /// A cached route's answer exceeded `upstream.max_body`: the client gets 502.
     #[error("upstream body exceeds {0} bytes")]
     BodyTooLarge(u64),
+    /// Not sent: backoff after a 429 (429), circuit open (502), or a ceiling reached (503).
+    #[error("{0}")]
+    Refused(Refusal),
+    /// A passthrough request body grew past `server.max_request_body` while streaming: 413.
+    #[error("request body exceeds {0} bytes")]
+    ClientBodyTooLarge(u64),
 }
 
 impl UpstreamError {
@@ -115,10 +123,36 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) | UpstreamError::BodyTooLarge(_) => {
                 StatusCode::BAD_GATEWAY
             }
+            UpstreamError::Refused(Refusal::Backoff(_)) => StatusCode::TOO_MANY_REQUESTS,
+            UpstreamError::Refused(Refusal::CircuitOpen(_)) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Refused(Refusal::Overloaded(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::ClientBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
-    fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+    /// How long the client should wait before trying again, for refusals.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::Refused(refusal) => Some(refusal.retry_after()),
+            _ => None,
+        }
+    }
+
+    fn call_end(&self) -> CallEnd {
+        match self {
+            UpstreamError::Unreachable(_) => CallEnd::Unreachable,
+            _ => CallEnd::Other,
+        }
+    }
+
+    fn from_client(err: hyper_util::client::legacy::Error, max_request_body: u64) -> Self {
+        let mut source = err.source();
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return UpstreamError::ClientBodyTooLarge(max_request_body);
+            }
+            source = s.source();
+        }
         // The legacy client's Display is terse ("client error (Connect)"); the source chain says why.
         let mut text = err.to_string();
         let mut source = err.source();
@@ -149,6 +183,19 @@ pub struct BufferedReply {
     pub body: Bytes,
 }
 
+/// One call on a cached route, read whole.
+pub struct BufferedCall<'a> {
+    pub route: RouteLabel,
+    /// Whose call it is, for the per-credential ceilings and backoff.
+    pub credential: &'a CredentialFingerprint,
+    pub method: http::Method,
+    pub path_and_query: &'a str,
+    /// The client's request headers, forwarded as for passthrough.
+    pub headers: &'a HeaderMap,
+    pub client: ClientInfo,
+    pub body: Bytes,
+}
+
 /// Where the request came from, for the forwarding headers.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
@@ -162,11 +209,14 @@ pub struct Upstream {
     url: UpstreamUrl,
     request_timeout: Duration,
     max_body: u64,
+    /// `server.max_request_body`, to name it when a passthrough body overflows.
+    max_request_body: u64,
     metrics: Arc<Metrics>,
+    protection: Arc<Protection>,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &UpstreamConfig, max_request_body: u64, metrics: Arc<Metrics>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -188,8 +238,38 @@ impl Upstream {
             url: config.url.clone(),
             request_timeout: config.request_timeout,
             max_body: config.max_body,
+            max_request_body,
             metrics,
+            protection: Arc::new(Protection::new(config)),
         }
+    }
+
+    pub fn protection(&self) -> &Protection {
+        &self.protection
+    }
+
+    /// Admits a call through the ceilings, backoff and breaker, counting refusals.
+    async fn admit(
+        &self,
+        credential: &CredentialFingerprint,
+    ) -> Result<crate::protect::Admitted, UpstreamError> {
+        self.protection.admit(credential).await.map_err(|refusal| {
+            self.metrics.upstream_refused(refusal.label());
+            UpstreamError::Refused(refusal)
+        })
+    }
+
+    /// Reports an admitted call's end to the breaker and the backoff table.
+    fn record(
+        &self,
+        admitted: crate::protect::Admitted,
+        credential: &CredentialFingerprint,
+        end: CallEnd,
+        headers: Option<&HeaderMap>,
+    ) {
+        self.protection.record(admitted, credential, end, headers);
+        self.metrics
+            .set_circuit_open(self.protection.breaker().is_open());
     }
 
     pub fn url(&self) -> &UpstreamUrl {
@@ -202,13 +282,17 @@ impl Upstream {
     /// identity body is asked for, so the status can be read and one entry serves every client.
     pub async fn call_buffered(
         &self,
-        route: RouteLabel,
-        method: http::Method,
-        path_and_query: &str,
-        headers: &HeaderMap,
-        client: ClientInfo,
-        body: Bytes,
+        call: BufferedCall<'_>,
     ) -> Result<BufferedReply, UpstreamError> {
+        let BufferedCall {
+            route,
+            credential,
+            method,
+            path_and_query,
+            headers,
+            client,
+            body,
+        } = call;
         let mut forwarded = headers.clone();
         prepare_request_headers(&mut forwarded, client);
         forwarded.insert(
@@ -222,13 +306,14 @@ impl Upstream {
             Full::new(body).map_err(|never| match never {}).boxed()
         };
         let request = self.build_request(method, path_and_query, forwarded, body)?;
+        let admitted = self.admit(credential).await?;
         let max_body = self.max_body;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(UpstreamError::from_client)?;
+                .map_err(|e| UpstreamError::from_client(e, self.max_request_body))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, max_body as usize)
                 .collect()
@@ -257,6 +342,15 @@ impl Upstream {
         call.finish(UpstreamResult::of(
             result.as_ref().map(|reply| reply.status),
         ));
+        match &result {
+            Ok(reply) => self.record(
+                admitted,
+                credential,
+                CallEnd::Answered(reply.status.as_u16()),
+                Some(&reply.headers),
+            ),
+            Err(e) => self.record(admitted, credential, e.call_end(), None),
+        }
         result
     }
 
@@ -265,6 +359,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         route: RouteLabel,
+        credential: &CredentialFingerprint,
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -276,13 +371,24 @@ impl Upstream {
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
         let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
+        let admitted = self.admit(credential).await?;
         let call = self.metrics.upstream_call(route);
-        let result =
-            match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
-                Ok(result) => result.map_err(UpstreamError::from_client),
-                Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            };
+        let result = match tokio::time::timeout(self.request_timeout, self.client.request(request))
+            .await
+        {
+            Ok(result) => result.map_err(|e| UpstreamError::from_client(e, self.max_request_body)),
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+        };
         call.finish(UpstreamResult::of(result.as_ref().map(Response::status)));
+        match &result {
+            Ok(response) => self.record(
+                admitted,
+                credential,
+                CallEnd::Answered(response.status().as_u16()),
+                Some(response.headers()),
+            ),
+            Err(e) => self.record(admitted, credential, e.call_end(), None),
+        }
         let mut response = result?;
         strip_hop_by_hop(response.headers_mut());
         Ok(response)

@@ -12,4 +12,5 @@ mod deploy;
 mod fetch_cache;
 mod observability;
 mod passthrough;
+mod resilience;
 mod shutdown;

@@ -1,0 +1,471 @@
+//! Whatever the upstream does, clients get the best answer available; whatever clients do, the upstream
+//! sees a bounded, polite load. Each fault is injected and removed inside its test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn upstream_5xx_serves_the_stale_answer_marked_until_the_staleness_limit() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"100ms\"\nmax_stale = \"700ms\"\n").await;
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    sim.create_task(KEY_B, "other", "IN_PROGRESS");
+    let fresh = fetch(&gw, "busy", KEY_A).await;
+    fetch(&gw, "other", KEY_B).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    sim.inject(Fault::Status(500), 1000);
+    let stale = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.cache_status(), "mjgate; fwd=stale; fwd-status=500");
+    assert_eq!(stale.body, fresh.body);
+    assert!(stale.headers.contains_key("age"));
+    // The stale answer is served to its own credential only.
+    assert_eq!(fetch(&gw, "other", KEY_B).await.json()["id"], "other");
+    assert_eq!(
+        fetch(&gw, "busy", KEY_B).await.status,
+        500,
+        "key B never had it: the error passes"
+    );
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let expired = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(expired.status, 500, "past max_stale the error is passed on");
+    assert_eq!(
+        expired.cache_status(),
+        "mjgate; fwd=uri-miss; fwd-status=500"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_serves_stale_too_and_terminal_tasks_never_wait_on_the_upstream() {
+    let (sim, gw) =
+        start("[upstream]\nrequest_timeout = \"300ms\"\n[cache]\nin_progress_ttl = \"100ms\"\n")
+            .await;
+    sim.create_task(KEY_A, "done", "SUCCESS");
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    sim.create_task(KEY_A, "new", "IN_PROGRESS");
+    fetch(&gw, "done", KEY_A).await;
+    fetch(&gw, "busy", KEY_A).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    sim.set_latency(Duration::from_secs(30)); // the upstream hangs
+    let calls = sim.total_calls();
+    let done = fetch(&gw, "done", KEY_A).await;
+    assert_eq!(done.cache_status(), "mjgate; hit");
+    assert_eq!(
+        sim.total_calls(),
+        calls,
+        "a terminal hit does not touch the upstream"
+    );
+    let busy = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(busy.status, 200);
+    assert_eq!(busy.cache_status(), "mjgate; fwd=stale; fwd-status=504");
+    let new = fetch(&gw, "new", KEY_A).await;
+    assert_eq!(
+        new.status, 504,
+        "nothing to serve: the timeout is passed on"
+    );
+    assert_eq!(new.json()["code"], 504);
+    sim.set_latency(Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_stops_upstream_calls_for_that_credential_however_hard_clients_poll()
+{
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"50ms\"\n").await;
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    sim.create_task(KEY_B, "b", "IN_PROGRESS");
+    fetch(&gw, "busy", KEY_A).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+
+    sim.inject(
+        Fault::RateLimited {
+            retry_after: Some(2),
+        },
+        1,
+    );
+    let limited_at = Instant::now();
+    let first = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(first.cache_status(), "mjgate; fwd=stale; fwd-status=429");
+    let calls = sim.total_calls();
+
+    let gw = Arc::new(gw);
+    let mut polls = 0;
+    while limited_at.elapsed() < Duration::from_millis(1700) {
+        let batch: Vec<_> = (0..20)
+            .map(|i| {
+                let gw = Arc::clone(&gw);
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        fetch(&gw, "busy", KEY_A).await
+                    } else {
+                        fetch(&gw, "never-cached", KEY_A).await
+                    }
+                })
+            })
+            .collect();
+        for reply in join_all(batch).await {
+            let reply = reply.unwrap();
+            if reply.status == 200 {
+                assert_eq!(reply.cache_status(), "mjgate; fwd=stale; fwd-status=429");
+            } else {
+                assert_eq!(reply.status, 429);
+                let retry: u64 = reply.header("retry-after").parse().unwrap();
+                assert!((1..=2).contains(&retry), "{retry}");
+            }
+            polls += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(polls >= 100, "{polls}");
+    assert_eq!(
+        sim.total_calls(),
+        calls,
+        "no upstream call during the backoff"
+    );
+    // Another credential is not held back.
+    assert_eq!(fetch(&gw, "b", KEY_B).await.status, 200);
+
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(limited_at.elapsed())).await;
+    let after = fetch(&gw, "busy", KEY_A).await;
+    assert_eq!(after.cache_status(), "mjgate; fwd=uri-miss; stored");
+    let m = scrape(&gw).await;
+    assert!(m.value("mjgate_upstream_refused_total", &[("reason", "backoff")]) >= 1.0);
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_backs_off_for_the_default() {
+    let (sim, gw) = start("[upstream]\nretry_after_default = \"300ms\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    sim.inject(Fault::RateLimited { retry_after: None }, 1);
+    assert_eq!(fetch(&gw, "t", KEY_A).await.status, 429);
+    let refused = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), "1");
+    assert_eq!(sim.fetch_calls("t"), 1);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(fetch(&gw, "t", KEY_A).await.status, 200);
+}
+
+#[tokio::test]
+async fn connection_refused_opens_the_breaker_which_closes_when_the_upstream_is_back() {
+    let sim = Simulator::start().await.unwrap();
+    let addr = sim.addr();
+    let gw = start_gateway(config(
+        &sim.url(),
+        "[upstream]\nbreaker_failures = 3\nbreaker_cooldown = \"300ms\"\n",
+    ))
+    .await;
+    drop(sim);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    for _ in 0..3 {
+        let reply = fetch(&gw, "t", KEY_A).await;
+        assert_eq!(reply.status, 502);
+        assert!(
+            reply.json()["description"]
+                .as_str()
+                .unwrap()
+                .contains("unreachable")
+        );
+    }
+    let fast = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(fast.status, 502);
+    assert!(
+        fast.json()["description"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open")
+    );
+    assert!(fast.headers.contains_key("retry-after"));
+    assert_eq!(
+        get(&gw, "/readyz", KEY_A).await.status,
+        503,
+        "/readyz reflects the open circuit"
+    );
+    assert_eq!(get(&gw, "/healthz", KEY_A).await.status, 200);
+    let m = scrape(&gw).await;
+    assert_eq!(m.value("mjgate_upstream_circuit_open", &[]), 1.0);
+    assert!(
+        m.value(
+            "mjgate_upstream_refused_total",
+            &[("reason", "circuit_open")]
+        ) >= 1.0
+    );
+
+    // The upstream comes back on the same address.
+    let sim = Simulator::start_on(tokio::net::TcpListener::bind(addr).await.unwrap()).unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        fetch(&gw, "t", KEY_A).await.status,
+        200,
+        "the probe goes through and closes it"
+    );
+    assert_eq!(get(&gw, "/readyz", KEY_A).await.status, 200);
+    assert_eq!(
+        scrape(&gw).await.value("mjgate_upstream_circuit_open", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_storm_of_polls_for_an_unknown_id_costs_one_call_per_not_found_ttl() {
+    // Longer than the storm lasts: 200 simultaneous connects can overflow the accept backlog, and a
+    // dropped SYN is retried after a second.
+    let (sim, gw) = start("[cache]\nnot_found_ttl = \"10s\"\n").await;
+    let gw = Arc::new(gw);
+    let storm: Vec<_> = (0..200)
+        .map(|_| {
+            let gw = Arc::clone(&gw);
+            tokio::spawn(async move { fetch(&gw, "no-such-task", KEY_A).await })
+        })
+        .collect();
+    for reply in join_all(storm).await {
+        assert_eq!(reply.unwrap().status, 404);
+    }
+    assert_eq!(sim.fetch_calls("no-such-task"), 1);
+}
+
+#[tokio::test]
+async fn calls_over_the_in_flight_ceiling_wait_briefly_then_get_503_with_retry_after() {
+    let (sim, gw) =
+        start("[upstream]\nmax_in_flight_per_credential = 1\nqueue_timeout = \"100ms\"\n").await;
+    for id in ["x", "y"] {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    sim.create_task(KEY_B, "z", "SUCCESS");
+    let hold = sim.hold();
+    let gw = Arc::new(gw);
+    let first = {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move { fetch(&gw, "x", KEY_A).await })
+    };
+    sim.wait_for_calls(1).await;
+    let over = fetch(&gw, "y", KEY_A).await;
+    assert_eq!(over.status, 503);
+    assert!(over.headers.contains_key("retry-after"));
+    let other_key = {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move { fetch(&gw, "z", KEY_B).await })
+    };
+    sim.wait_for_calls(2).await; // key B has its own slots
+    drop(hold);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(other_key.await.unwrap().status, 200);
+    assert_eq!(sim.fetch_calls("y"), 0);
+    assert_eq!(fetch(&gw, "y", KEY_A).await.status, 200, "room again");
+}
+
+#[tokio::test]
+async fn the_rate_ceiling_holds_under_a_flood_of_distinct_ids() {
+    let (sim, gw) = start("[upstream]\nmax_rps = 20\nqueue_timeout = \"200ms\"\n").await;
+    let gw = Arc::new(gw);
+    let started = Instant::now();
+    let flood: Vec<_> = (0..100)
+        .map(|i| {
+            let gw = Arc::clone(&gw);
+            tokio::spawn(async move { fetch(&gw, &format!("id-{i}"), KEY_A).await.status })
+        })
+        .collect();
+    let statuses: Vec<u16> = join_all(flood)
+        .await
+        .into_iter()
+        .map(|s| s.unwrap().as_u16())
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = sim.all_fetch_calls() as f64;
+    // A burst of 20, then 20 per second: never more than that over the flood's span.
+    assert!(
+        sent <= 20.0 + 20.0 * elapsed + 1.0,
+        "{sent} calls in {elapsed}s"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 404 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&503));
+}
+
+#[tokio::test]
+async fn idle_half_open_connections_do_not_stop_normal_requests_and_are_closed() {
+    let (sim, gw) = start("[server]\nheader_read_timeout = \"500ms\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(b"GET /mj/task/t/fetch HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        idle.push(stream);
+    }
+    let reply = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    // Each half-sent head is dropped after header_read_timeout.
+    let mut closed = 0;
+    for mut stream in idle {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => closed += 1,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, 300);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_while_existing_ones_keep_working() {
+    let (sim, gw) = start("[server]\nmax_connections = 2\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let mut a = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let refused = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+    assert!(
+        matches!(refused, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection is closed"
+    );
+
+    let head =
+        format!("GET /mj/task/t/fetch HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\n\r\n");
+    a.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(scrape_after_close(&gw, a).await >= 1.0);
+}
+
+/// Frees a connection slot, then reads the refused-connections counter.
+async fn scrape_after_close(gw: &Gateway, stream: tokio::net::TcpStream) -> f64 {
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    scrape(gw)
+        .await
+        .value("mjgate_client_connections_refused_total", &[])
+}
+
+#[tokio::test]
+async fn passthrough_bodies_over_the_limit_get_413() {
+    let (sim, gw) = start("[server]\nmax_request_body = \"4KiB\"\n").await;
+    let big = format!("{{\"prompt\":\"{}\"}}", "x".repeat(8192));
+    let declared = send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        &big,
+    ))
+    .await;
+    assert_eq!(declared.status, 413);
+    assert_eq!(sim.total_calls(), 0);
+
+    // Chunked: the limit is enforced as the body streams.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /mj/submit/imagine HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        let chunk = "y".repeat(2048);
+        let _ = stream
+            .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .await;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let small = send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        "{\"prompt\":\"ok\"}",
+    ))
+    .await;
+    assert_eq!(small.status, 200);
+}
+
+#[tokio::test]
+async fn ten_thousand_distinct_ids_across_credentials_keep_the_cache_within_budget() {
+    let (sim, gw) = start("[cache]\nmax_memory = \"512KiB\"\n").await;
+    let keys: Vec<String> = (0..5).map(|k| format!("Bearer sk-flood-{k}")).collect();
+    for (k, key) in keys.iter().enumerate() {
+        for i in 0..2000 {
+            sim.create_task(key, &format!("k{k}-t{i}"), "SUCCESS");
+        }
+    }
+    for (k, key) in keys.iter().enumerate() {
+        for chunk in 0..4 {
+            let ids: Vec<String> = (chunk * 500..(chunk + 1) * 500)
+                .map(|i| format!("k{k}-t{i}"))
+                .collect();
+            let body = serde_json::json!({ "ids": ids }).to_string();
+            let reply = send(request(
+                Method::POST,
+                &gw.url("/mj/task/list-by-condition"),
+                Some(key),
+                &body,
+            ))
+            .await;
+            assert_eq!(reply.json().as_array().unwrap().len(), 500);
+        }
+    }
+    let m = scrape(&gw).await;
+    let used = m.value("mjgate_cache_weighted_bytes", &[]);
+    let budget = m.value("mjgate_cache_capacity_bytes", &[]);
+    assert_eq!(budget, 512.0 * 1024.0);
+    assert!(used <= budget, "{used} > {budget}");
+    assert!(
+        used > budget / 2.0,
+        "the cache is used, not emptied: {used}"
+    );
+    let entries = m.value("mjgate_cache_entries", &[]);
+    assert!(entries < 10_000.0 && entries > 500.0, "{entries}");
+    // Whatever was evicted, nothing mixed: every answer is the asking key's own task.
+    let reply = fetch(&gw, "k3-t1999", &keys[3]).await;
+    assert_eq!(reply.json()["id"], "k3-t1999");
+    assert_eq!(fetch(&gw, "k3-t1999", &keys[4]).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_batch_serves_stale_answers_when_its_upstream_call_fails() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"100ms\"\n").await;
+    sim.create_task(KEY_A, "done", "SUCCESS");
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    let body = r#"{"ids":["busy","done"]}"#;
+    let list = || {
+        send(request(
+            Method::POST,
+            &gw.url("/mj/task/list-by-condition"),
+            Some(KEY_A),
+            body,
+        ))
+    };
+    list().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sim.inject(Fault::Status(503), 1);
+    let stale = list().await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.cache_status(), "mjgate; fwd=stale; fwd-status=503");
+    let tasks = stale.json();
+    let ids: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["busy", "done"]);
+    assert_eq!(sim.list_calls().len(), 2);
+}
