@@ -328,11 +328,11 @@ impl Gateway {
 
 /// Splits an upstream task array into each task's own bytes and class, by `id`. `None` when the body is
 /// not a JSON array. Elements that are not task objects are skipped.
-fn split_tasks(body: &[u8]) -> Option<HashMap<String, (Bytes, TaskClass)>> {
+pub fn split_tasks(body: &[u8]) -> Option<HashMap<String, (Bytes, TaskClass)>> {
     let elements: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
     let mut tasks = HashMap::with_capacity(elements.len());
     for element in elements {
-        let Ok(head) = serde_json::from_str::<TaskHead>(element.get()) else {
+        let Some(head) = TaskHead::parse(element.get().as_bytes()) else {
             continue;
         };
         let Some(id) = head.id else { continue };
@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn splits_an_upstream_array_by_id() {
-        let body = br#"[{"id":"a","status":"SUCCESS"} , {"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]},7,{"no":"id"}]"#;
+        let body = br#"[{"id":"a","status":"SUCCESS"} , {"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]},7,{"no":"id"},["c","SUCCESS"]]"#;
         let tasks = split_tasks(body).unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(&tasks["a"].0[..], br#"{"id":"a","status":"SUCCESS"}"#);

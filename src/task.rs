@@ -98,10 +98,22 @@ pub struct TaskHead<'a> {
     pub status: Option<Cow<'a, str>>,
 }
 
+impl<'a> TaskHead<'a> {
+    /// Reads `id` and `status` from a JSON object; `None` for anything else. (serde's derived
+    /// `Deserialize` would also take a JSON array such as `["t1","SUCCESS"]` for a struct.)
+    pub fn parse(json: &'a [u8]) -> Option<Self> {
+        let start = json.iter().position(|b| !b.is_ascii_whitespace())?;
+        if json[start] != b'{' {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
+}
+
 /// Classifies a `200` body fetched for `expected_id`, or `None` when it is not that task's object
 /// (an empty body, a router's `{"code":4,...}` error, another task, or not JSON at all).
 pub fn classify_fetch_body(body: &[u8], expected_id: &str) -> Option<TaskClass> {
-    let head: TaskHead = serde_json::from_slice(body).ok()?;
+    let head = TaskHead::parse(body)?;
     if head.id.as_deref() != Some(expected_id) {
         return None;
     }
@@ -187,6 +199,15 @@ mod tests {
         );
         assert_eq!(classify_fetch_body(b"[1,2]", "t1"), None);
         assert_eq!(classify_fetch_body(b"null", "t1"), None);
+        assert_eq!(
+            classify_fetch_body(br#"["t1","SUCCESS"]"#, "t1"),
+            None,
+            "an array is not a task, whatever serde would make of it"
+        );
+        assert_eq!(
+            classify_fetch_body(b" \n{\"id\":\"t1\",\"status\":\"SUCCESS\"}", "t1"),
+            Some(TaskClass::Terminal)
+        );
         assert_eq!(
             classify_fetch_body(br#"{"id":"t\u0031","status":"SUCCESS"}"#, "t1"),
             Some(TaskClass::Terminal),
