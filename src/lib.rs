@@ -26,7 +26,10 @@
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
 //! | [`body`] | the response body type: a buffer or an upstream stream |
 //! | [`error`] | the crate's [`Error`] and per-request errors mapped to HTTP |
-//! | [`simulator`] | a faithful in-process task API, for tests and the demo |
+//! | [`simulator`] | a faithful in-process task API, for tests, benchmarks and the demo |
+//! | [`load`] | the load generator behind `mjgate bench` and `mjgate demo` |
+//! | [`demo`] | `mjgate demo`: simulator, gateway and polling clients in one process |
+//! | [`fixed_body`] | the benchmarks' ceiling: a bare server answering one fixed body |
 
 pub mod batch;
 pub mod body;
@@ -35,9 +38,12 @@ pub mod cache_status;
 pub mod collapse;
 pub mod config;
 pub mod credential;
+pub mod demo;
 pub mod error;
+pub mod fixed_body;
 pub mod gateway;
 pub mod healthcheck;
+pub mod load;
 pub mod metrics;
 pub mod protect;
 pub mod request_id;

@@ -55,6 +55,61 @@ enum Command {
         /// Delay before every answer.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         latency: std::time::Duration,
+        /// Cycle through faults, one phase per period: normal, 500s, 429 with Retry-After: 2, 2 s
+        /// latency (for soak tests).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        chaos: Option<std::time::Duration>,
+    },
+    /// See it work: a simulated upstream, mjgate in front of it and a swarm of polling clients, all in
+    /// this process, then a table of what mjgate saved.
+    Demo {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        tasks: usize,
+        /// Each client's poll interval.
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Load generator: polling clients against any HTTP gateway (mjgate, nginx, Varnish, ...).
+    Bench {
+        /// Base URL of the gateway under test.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Tasks per credential (`task-0` .. as `mjgate simulator --tasks` seeds them).
+        #[arg(long, default_value_t = 50)]
+        tasks: usize,
+        /// Each client's poll interval; 0s sends the next request as soon as the answer is in.
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Poll with list-by-condition batches of this many ids instead of single fetches.
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Authorization values; clients take them in turn.
+        #[arg(long = "credential", default_value = "Bearer sk-bench")]
+        credentials: Vec<String>,
+        /// Every client sends one request, all at once (a cold burst).
+        #[arg(long)]
+        burst: bool,
+        #[arg(long, default_value = "task-")]
+        id_prefix: String,
+        /// The simulator's /_sim/stats URL, to count the upstream calls the run caused.
+        #[arg(long)]
+        sim_stats: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The benchmarks' ceiling: a bare server answering every request with one fixed task body.
+    FixedBody {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
     },
 }
 
@@ -68,7 +123,50 @@ fn main() -> ExitCode {
             credentials,
             task_duration,
             latency,
-        }) => return simulator(listen, tasks, &credentials, task_duration, latency),
+            chaos,
+        }) => return simulator(listen, tasks, &credentials, task_duration, latency, chaos),
+        Some(Command::Demo {
+            clients,
+            tasks,
+            interval,
+            duration,
+        }) => {
+            let spec = mjgate::demo::DemoSpec {
+                clients,
+                tasks,
+                interval,
+                duration,
+                redraw: std::io::stderr().is_terminal(),
+            };
+            return demo(&spec);
+        }
+        Some(Command::Bench {
+            target,
+            clients,
+            tasks,
+            interval,
+            duration,
+            batch,
+            credentials,
+            burst,
+            id_prefix,
+            sim_stats,
+            json,
+        }) => {
+            let spec = mjgate::load::LoadSpec {
+                target,
+                clients: clients.max(1),
+                tasks: tasks.max(1),
+                interval,
+                duration,
+                mode: batch.map_or(mjgate::load::Mode::Fetch, mjgate::load::Mode::Batch),
+                credentials,
+                burst,
+                id_prefix,
+            };
+            return bench(&spec, sim_stats.as_deref(), json);
+        }
+        Some(Command::FixedBody { listen }) => return fixed_body(listen),
         None => {}
     }
     let overrides = Overrides {
@@ -153,22 +251,108 @@ fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
     }
 }
 
+/// A multi-threaded runtime, or the reason there is none.
+fn runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("mjgate {command}: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn demo(spec: &mjgate::demo::DemoSpec) -> ExitCode {
+    let runtime = match runtime("demo") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let mut stderr = std::io::stderr();
+    match runtime.block_on(mjgate::demo::run(spec, &mut stderr)) {
+        Ok(report) => {
+            println!("{}", mjgate::demo::table(&report, spec));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mjgate demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(spec: &mjgate::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> ExitCode {
+    let runtime = match runtime("bench") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let before = match sim_stats {
+            Some(url) => mjgate::load::upstream_stats(url).await,
+            None => None,
+        };
+        let report = mjgate::load::run(spec, Default::default()).await;
+        let upstream = match (sim_stats, before) {
+            (Some(url), Some(before)) => {
+                mjgate::load::upstream_stats(url).await.map(|after| after - before)
+            }
+            _ => None,
+        };
+        if json {
+            let value = serde_json::json!({ "load": report, "upstream": upstream });
+            println!("{value}");
+        } else {
+            let l = &report.latency_ms;
+            println!(
+                "requests {}  errors {}  throughput {:.0}/s  latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+                report.requests, report.errors, report.throughput, l.p50, l.p90, l.p99, l.p999, l.max
+            );
+            println!("statuses {:?}", report.statuses);
+            if let Some(u) = upstream {
+                println!(
+                    "upstream calls {} (fetches {}, list calls {} for {} ids)",
+                    u.total, u.fetches, u.list_calls, u.listed_ids
+                );
+            }
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn fixed_body(listen: SocketAddr) -> ExitCode {
+    let runtime = match runtime("fixed-body") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("mjgate fixed-body: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("mjgate fixed-body listening on {listen}");
+        match mjgate::fixed_body::serve(listener, mjgate::shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mjgate fixed-body: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 fn simulator(
     listen: SocketAddr,
     tasks: usize,
     credentials: &[String],
     task_duration: std::time::Duration,
     latency: std::time::Duration,
+    chaos: Option<std::time::Duration>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime("simulator") {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("mjgate simulator: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -204,6 +388,30 @@ fn simulator(
             "mjgate simulator listening on {} ({tasks} tasks per credential)",
             sim.addr()
         );
+        let sim = std::sync::Arc::new(sim);
+        if let Some(period) = chaos {
+            let sim = std::sync::Arc::clone(&sim);
+            tokio::spawn(async move {
+                use mjgate::simulator::Fault;
+                for phase in (0..4).cycle() {
+                    sim.clear_faults();
+                    sim.set_latency(latency);
+                    match phase {
+                        1 => sim.inject(Fault::Status(500), usize::MAX / 2),
+                        2 => sim.inject(
+                            Fault::RateLimited {
+                                retry_after: Some(2),
+                            },
+                            usize::MAX / 2,
+                        ),
+                        3 => sim.set_latency(std::time::Duration::from_secs(2)),
+                        _ => {}
+                    }
+                    eprintln!("mjgate simulator: chaos phase {phase}");
+                    tokio::time::sleep(period).await;
+                }
+            });
+        }
         mjgate::shutdown::signal().await;
         ExitCode::SUCCESS
     })

@@ -238,6 +238,11 @@ impl Simulator {
         lock(&self.state.faults).extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Drops every fault not yet served.
+    pub fn clear_faults(&self) {
+        lock(&self.state.faults).clear();
+    }
+
     /// Holds every task lookup (fetch and list) until the returned guard is dropped.
     pub fn hold(&self) -> Hold {
         self.state.held.send_replace(true);

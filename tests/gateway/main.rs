@@ -8,6 +8,7 @@ mod batch;
 mod collapsing;
 mod config_cli;
 mod credentials;
+mod demo_and_load;
 mod deploy;
 mod fetch_cache;
 mod observability;

@@ -1,0 +1,98 @@
+//! `mjgate demo` and the load generator behind `mjgate bench` work end to end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mjgate::demo::{self, DemoSpec};
+use mjgate::load::{self, LoadSpec, Mode, Progress};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_and_reports_what_the_gateway_saved() {
+    let spec = DemoSpec {
+        clients: 40,
+        tasks: 5,
+        interval: Duration::from_millis(100),
+        duration: Duration::from_secs(2),
+        redraw: false,
+    };
+    let mut progress = Vec::new();
+    let report = demo::run(&spec, &mut progress).await.unwrap();
+    assert_eq!(report.client_errors, 0);
+    assert!(report.client_requests >= 400, "{report:?}");
+    // In progress, at most one call per task per 3 s TTL window (plus one when each finishes).
+    assert!(report.upstream_requests <= 5 * 2, "{report:?}");
+    assert!(report.calls_saved() > 20.0, "{report:?}");
+    assert!(report.hit_ratio > 0.9, "{report:?}");
+    let table = demo::table(&report, &spec);
+    for row in [
+        "client requests",
+        "upstream requests",
+        "calls saved",
+        "hit ratio",
+        "p50 / p99",
+        "task-minute",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+    assert!(
+        String::from_utf8(progress)
+            .unwrap()
+            .contains("client requests")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
+    let (sim, gw) = start("").await;
+    sim.create_task("Bearer sk-bench", "task-0", "IN_PROGRESS");
+    let spec = LoadSpec {
+        target: gw.url(""),
+        clients: 300,
+        tasks: 1,
+        interval: Duration::ZERO,
+        duration: Duration::from_secs(1),
+        mode: Mode::Fetch,
+        credentials: vec!["Bearer sk-bench".into()],
+        burst: true,
+        id_prefix: "task-".into(),
+    };
+    let stats = format!("{}/_sim/stats", sim.url());
+    let before = load::upstream_stats(&stats).await.unwrap();
+    let report = load::run(&spec, Arc::new(Progress::default())).await;
+    let upstream = load::upstream_stats(&stats).await.unwrap() - before;
+    assert_eq!(report.requests, 300);
+    assert_eq!(report.errors, 0, "{:?}", report.statuses);
+    assert_eq!(upstream.fetches, 1);
+    assert!(report.latency_ms.p99 >= report.latency_ms.p50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_load_is_counted_per_id_upstream() {
+    let (sim, gw) = start("").await;
+    for i in 0..20 {
+        sim.create_task("Bearer sk-bench", &format!("task-{i}"), "SUCCESS");
+    }
+    let spec = LoadSpec {
+        target: gw.url(""),
+        clients: 10,
+        tasks: 20,
+        interval: Duration::from_millis(50),
+        duration: Duration::from_millis(500),
+        mode: Mode::Batch(10),
+        credentials: vec!["Bearer sk-bench".into()],
+        burst: false,
+        id_prefix: "task-".into(),
+    };
+    let report = load::run(&spec, Arc::new(Progress::default())).await;
+    assert_eq!(report.errors, 0, "{:?}", report.statuses);
+    assert!(report.requests >= 50);
+    for i in 0..20 {
+        assert_eq!(
+            sim.lookups(&format!("task-{i}")),
+            1,
+            "terminal: looked up once ever"
+        );
+    }
+}
