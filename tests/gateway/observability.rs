@@ -233,15 +233,26 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// Every log line of this test binary. One global subscriber, not a per-test `set_default`: tracing
+/// caches each callsite's interest globally, and a thread-local subscriber can miss events whose
+/// callsites other test threads registered first.
+fn captured_logs() -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("mjgate=trace")
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}
+
 #[tokio::test]
 async fn no_credential_appears_in_logs_or_metrics() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
 
     const SECRET: &str = "Bearer sk-never-log-me-0123456789";
     const MJ_SECRET: &str = "mj-secret-never-log-me";
