@@ -1,6 +1,7 @@
 //! The RFC 9211 `Cache-Status` header the gateway adds to cached routes, and the outcome it names, which
 //! also labels logs and metrics.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -38,9 +39,10 @@ impl CacheStatus {
     pub fn header_value(&self) -> HeaderValue {
         match *self {
             CacheStatus::Hit { ttl: None } => HeaderValue::from_static("mjgate; hit"),
-            CacheStatus::Hit { ttl: Some(ttl) } => {
-                header(format!("mjgate; hit; ttl={}", ttl.as_secs()))
-            }
+            CacheStatus::Hit { ttl: Some(ttl) } => match HIT_TTL.get(ttl.as_secs() as usize) {
+                Some(value) => value.clone(),
+                None => header(format!("mjgate; hit; ttl={}", ttl.as_secs())),
+            },
             CacheStatus::Miss { stored: true, .. } => {
                 HeaderValue::from_static("mjgate; fwd=uri-miss; stored")
             }
@@ -58,6 +60,24 @@ impl CacheStatus {
                 header(format!("mjgate; fwd=stale; fwd-status={fwd_status}"))
             }
         }
+    }
+}
+
+/// Values built once, so the hit path clones a shared buffer instead of formatting and allocating.
+const PREBUILT: usize = 3600;
+static HIT_TTL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+    (0..PREBUILT)
+        .map(|ttl| header(format!("mjgate; hit; ttl={ttl}")))
+        .collect()
+});
+static AGES: LazyLock<Vec<HeaderValue>> =
+    LazyLock::new(|| (0..PREBUILT as u64).map(HeaderValue::from).collect());
+
+/// The `Age` header for `seconds`.
+pub fn age_header(seconds: u64) -> HeaderValue {
+    match AGES.get(seconds as usize) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(seconds),
     }
 }
 
@@ -96,6 +116,16 @@ mod tests {
         );
         assert_eq!(v(CacheStatus::Collapsed), "mjgate; fwd=uri-miss; collapsed");
         assert_eq!(v(CacheStatus::Partial), "mjgate; fwd=partial; stored");
+        assert_eq!(
+            v(CacheStatus::Hit {
+                ttl: Some(Duration::from_secs(7200))
+            }),
+            "mjgate; hit; ttl=7200",
+            "beyond the prebuilt values"
+        );
+        assert_eq!(age_header(0), "0");
+        assert_eq!(age_header(3599), "3599");
+        assert_eq!(age_header(86_400), "86400");
         assert_eq!(
             v(CacheStatus::Stale { fwd_status: 503 }),
             "mjgate; fwd=stale; fwd-status=503"

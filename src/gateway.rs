@@ -1,9 +1,13 @@
 //! The gateway's request handling: route a request, serve task fetches from the cache with collapsing,
 //! and forward everything else; every request is timed, counted and logged in one span.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,6 +35,26 @@ use crate::upstream::{
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The future a request is served by: ready at once for a cache hit, boxed otherwise.
+pub enum Serving {
+    Ready(Option<Response<ResponseBody>>),
+    Pending(Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>),
+}
+
+impl Future for Serving {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Serving::Ready(response) => Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                // hyper never polls a finished future; answer sanely rather than panic if it did.
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "response already sent")
+            }))),
+            Serving::Pending(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +159,12 @@ impl Gateway {
         &self.cache
     }
 
+    /// Stores `task` as the answer for `id` under the credential in `headers` (to pre-warm the cache).
+    pub fn store(&self, headers: &HeaderMap, id: TaskId<'_>, task: Arc<CachedTask>) {
+        let key = KeyBuf::new(&self.fingerprinter.fingerprint(headers), id);
+        self.cache.insert(key.to_key(), task);
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -143,7 +173,59 @@ impl Gateway {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Serves one request: routes it, then counts, times and logs it, and echoes its request id.
+    /// Serves one request. A cache hit is answered here and now, with a ready future: it neither
+    /// allocates nor moves the slow path's state machine (batch, passthrough, upstream calls), which is
+    /// boxed for everything else.
+    pub fn serve(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        listener: Listener,
+    ) -> Serving {
+        match self.try_hit(&request, listener) {
+            Some(response) => Serving::Ready(Some(response)),
+            None => Serving::Pending(Box::pin(Arc::clone(self).handle(request, peer, listener))),
+        }
+    }
+
+    /// The hit path: a fetch whose answer is fresh in the cache. `None` sends the request down the slow
+    /// path, which looks again (a miss is far costlier than a second lookup).
+    pub fn try_hit<B>(
+        &self,
+        request: &Request<B>,
+        listener: Listener,
+    ) -> Option<Response<ResponseBody>> {
+        if listener == Listener::Admin {
+            return None;
+        }
+        let started = Instant::now();
+        let Route::Fetch(id) = routes::classify(request.method(), request.uri().path()) else {
+            return None;
+        };
+        let fingerprint = self.fingerprinter.fingerprint(request.headers());
+        let key = KeyBuf::new(&fingerprint, id);
+        let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) else {
+            return None;
+        };
+        let mut response = task_response(&task, CacheStatus::Hit { ttl }, true);
+        let request_id = request_id::of_request(request.headers());
+        let elapsed = started.elapsed();
+        self.metrics.task_lookups(Outcome::Hit, 1);
+        self.metrics
+            .request(RouteLabel::Fetch, Outcome::Hit, elapsed);
+        // An event, not a span: nothing to carry into other work, and nothing at all when disabled.
+        if self.access_log {
+            tracing::info!(target: "mjgate::access", id = request_id.to_str().unwrap_or(""), route = "fetch", cache = "hit", status = task.status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "served");
+        } else {
+            tracing::debug!(target: "mjgate::access", id = request_id.to_str().unwrap_or(""), route = "fetch", cache = "hit", status = task.status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "served");
+        }
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+        Some(response)
+    }
+
+    /// The slow path: routes a request, then counts, times and logs it, and echoes its request id.
     pub async fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
@@ -522,7 +604,7 @@ fn task_response(task: &CachedTask, status: CacheStatus, with_age: bool) -> Resp
     }
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     if with_age {
-        headers.insert(AGE, HeaderValue::from(task.age()));
+        headers.insert(AGE, crate::cache_status::age_header(task.age()));
     }
     response
 }

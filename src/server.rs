@@ -1,6 +1,5 @@
 //! The accept loop: connection limits, HTTP/1.1 and HTTP/2 serving, and the graceful drain on shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,10 +120,7 @@ pub async fn serve(
         let open = gateway.metrics().client_connection();
         let service = {
             let gateway = Arc::clone(&gateway);
-            service_fn(move |request| {
-                let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, Infallible>(gateway.handle(request, peer, listener).await) }
-            })
+            service_fn(move |request| gateway.serve(request, peer, listener))
         };
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -1,0 +1,79 @@
+//! Micro-benchmarks of the cache-hit path: credential fingerprint, cache lookup and response build,
+//! and reading a task's status from an upstream body.
+//!
+//!   cargo bench --bench hot_path
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Request};
+use mjgate::cache::CachedTask;
+use mjgate::credential::Fingerprinter;
+use mjgate::fixed_body::TASK_BODY;
+use mjgate::gateway::{Gateway, Listener};
+use mjgate::routes;
+use mjgate::task::{TaskClass, TaskId, classify_fetch_body};
+
+fn credential_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer sk-0123456789abcdef0123456789abcdef"),
+    );
+    headers.insert(
+        "user-agent",
+        HeaderValue::from_static("python-requests/2.31"),
+    );
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    headers
+}
+
+fn hot_path(c: &mut Criterion) {
+    let headers = credential_headers();
+    let fingerprinter = Fingerprinter::with_key([7; 32]);
+    c.bench_function("fingerprint credential headers", |b| {
+        b.iter(|| fingerprinter.fingerprint(black_box(&headers)))
+    });
+
+    c.bench_function("route a fetch path", |b| {
+        b.iter(|| {
+            routes::classify(
+                &http::Method::GET,
+                black_box("/mj-fast/mj/task/1709123456000123/fetch"),
+            )
+        })
+    });
+
+    let body = TASK_BODY.as_bytes();
+    c.bench_function("classify an upstream task body", |b| {
+        b.iter(|| classify_fetch_body(black_box(body), "task-1"))
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let config = mjgate::Config::for_upstream("http://127.0.0.1:9").unwrap();
+    let gateway = Gateway::new(&config);
+    let task = Arc::new(CachedTask::new(
+        Bytes::from_static(TASK_BODY.as_bytes()),
+        Some(HeaderValue::from_static("application/json")),
+        TaskClass::Terminal,
+    ));
+    gateway.store(&headers, TaskId::parse("task-1").unwrap(), task);
+    let mut request = Request::get("/mj/task/task-1/fetch").body(()).unwrap();
+    *request.headers_mut() = headers.clone();
+    c.bench_function("cache hit: route, fingerprint, lookup, response", |b| {
+        b.iter(|| {
+            let response = gateway.try_hit(black_box(&request), Listener::Main);
+            assert!(response.is_some());
+            response
+        })
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
