@@ -19,7 +19,8 @@ use crate::collapse::{Flight, Landing, Role};
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
 use crate::gateway::{
-    CACHE_STATUS, Gateway, Landed, Served, failure_status, is_identity, passed_response,
+    CACHE_STATUS, Gateway, Landed, Served, compact_header, failure_status, is_identity,
+    passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
 use crate::task::{TaskClass, TaskHead, TaskId};
@@ -312,7 +313,7 @@ impl Gateway {
             }
             return;
         };
-        let content_type = reply.headers.get(CONTENT_TYPE).cloned();
+        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
         for (id, flight) in chunk {
             match tasks.remove(id.as_str()) {
                 Some((body, class)) => {

@@ -99,6 +99,7 @@ pub async fn run(
         mode: Mode::Fetch,
         credentials: vec![CREDENTIAL.to_owned()],
         burst: false,
+        sweep: false,
         id_prefix: "task-".into(),
     };
     writeln!(

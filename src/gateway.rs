@@ -446,22 +446,18 @@ impl Gateway {
         if !is_identity(&reply.headers) {
             return None;
         }
-        let content_type = reply.headers.get(CONTENT_TYPE).cloned();
+        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
+        // Copies, not slices: the upstream's bytes may share a connection's read buffer, which a
+        // long-lived entry would otherwise pin (and the memory budget would not see).
         if reply.status == StatusCode::OK
             && let Some(class) = classify_fetch_body(&reply.body, id)
         {
-            return Some(Arc::new(CachedTask::new(
-                reply.body.clone(),
-                content_type,
-                class,
-            )));
+            let body = Bytes::copy_from_slice(&reply.body);
+            return Some(Arc::new(CachedTask::new(body, content_type, class)));
         }
         is_not_found_answer(reply.status.as_u16(), &reply.body).then(|| {
-            Arc::new(CachedTask::not_found(
-                reply.status,
-                reply.body.clone(),
-                content_type,
-            ))
+            let body = Bytes::copy_from_slice(&reply.body);
+            Arc::new(CachedTask::not_found(reply.status, body, content_type))
         })
     }
 
@@ -607,6 +603,21 @@ fn task_response(task: &CachedTask, status: CacheStatus, with_age: bool) -> Resp
         headers.insert(AGE, crate::cache_status::age_header(task.age()));
     }
     response
+}
+
+/// A header value that owns its bytes (the common JSON types are shared statics), for cache entries.
+pub(crate) fn compact_header(value: &HeaderValue) -> HeaderValue {
+    const SHARED: [&str; 3] = [
+        "application/json",
+        "application/json;charset=UTF-8",
+        "application/json; charset=utf-8",
+    ];
+    match SHARED.iter().find(|s| s.as_bytes() == value.as_bytes()) {
+        Some(shared) => HeaderValue::from_static(shared),
+        None => {
+            HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| APPLICATION_JSON.clone())
+        }
+    }
 }
 
 pub(crate) fn is_identity(headers: &HeaderMap) -> bool {

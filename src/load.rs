@@ -40,6 +40,9 @@ pub struct LoadSpec {
     pub credentials: Vec<String>,
     /// Each client sends exactly one request, all at once (a cold burst), instead of polling.
     pub burst: bool,
+    /// Each request asks for a task no request asked for before (client `i` takes tasks `i`,
+    /// `i + clients`, ...), and the run ends when every task was asked for once: fills a cache.
+    pub sweep: bool,
     /// Task ids are `{prefix}{i}` for one credential, `{prefix}{c}-{i}` for several (as the simulator
     /// seeds them).
     pub id_prefix: String,
@@ -125,6 +128,17 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
                 .interval
                 .mul_f64(index as f64 / spec.clients.max(1) as f64);
             tokio::time::sleep(offset).await;
+            if spec.sweep {
+                let credentials = spec.credentials.len().max(1);
+                let mut task = index;
+                while task < spec.tasks * credentials && Instant::now() < deadline {
+                    let plan = ClientPlan::for_task(&spec, task % credentials, task / credentials);
+                    let status = plan.send(&client, &mut histogram).await;
+                    count(&progress, &mut statuses, status);
+                    task += spec.clients;
+                }
+                return (histogram, statuses);
+            }
             let mut next = Instant::now();
             while Instant::now() < deadline {
                 let status = plan.send(&client, &mut histogram).await;
@@ -195,11 +209,16 @@ struct ClientPlan {
 impl ClientPlan {
     fn new(spec: &LoadSpec, index: usize) -> Self {
         let credential_index = index % spec.credentials.len().max(1);
+        let first = (index / spec.credentials.len().max(1)) % spec.tasks.max(1);
+        Self::for_task(spec, credential_index, first)
+    }
+
+    /// The request for task `first` (and, in batch mode, the ones after it) of one credential.
+    fn for_task(spec: &LoadSpec, credential_index: usize, first: usize) -> Self {
         let credential = spec
             .credentials
             .get(credential_index)
             .and_then(|c| http::HeaderValue::from_str(c).ok());
-        let first = (index / spec.credentials.len().max(1)) % spec.tasks.max(1);
         let base = spec.target.trim_end_matches('/');
         let (method, path, body) = match spec.mode {
             Mode::Fetch => (
@@ -316,6 +335,7 @@ mod tests {
             mode: Mode::Fetch,
             credentials: vec!["a".into()],
             burst: false,
+            sweep: false,
             id_prefix: "task-".into(),
         };
         assert_eq!(spec.task_id(0, 3), "task-3");

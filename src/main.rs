@@ -102,6 +102,9 @@ enum Command {
         /// Every client sends one request, all at once (a cold burst).
         #[arg(long)]
         burst: bool,
+        /// Ask for every task exactly once, each request a new id, then stop (fills a cache).
+        #[arg(long)]
+        sweep: bool,
         #[arg(long, default_value = "task-")]
         id_prefix: String,
         /// The simulator's /_sim/stats URL, to count the upstream calls the run caused.
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
             batch,
             credentials,
             burst,
+            sweep,
             id_prefix,
             sim_stats,
             json,
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
                 mode: batch.map_or(mjgate::load::Mode::Fetch, mjgate::load::Mode::Batch),
                 credentials,
                 burst,
+                sweep,
                 id_prefix,
             };
             return bench(&spec, sim_stats.as_deref(), json);

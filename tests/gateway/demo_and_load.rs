@@ -56,6 +56,7 @@ async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
         mode: Mode::Fetch,
         credentials: vec!["Bearer sk-bench".into()],
         burst: true,
+        sweep: false,
         id_prefix: "task-".into(),
     };
     let stats = format!("{}/_sim/stats", sim.url());
@@ -83,6 +84,7 @@ async fn batch_load_is_counted_per_id_upstream() {
         mode: Mode::Batch(10),
         credentials: vec!["Bearer sk-bench".into()],
         burst: false,
+        sweep: false,
         id_prefix: "task-".into(),
     };
     let report = load::run(&spec, Arc::new(Progress::default())).await;
