@@ -60,11 +60,16 @@ pids+=($!)
 wait_port "$SIM"
 wait_port "$GW"
 
-# 400 clients, each polling one of 5 x TASKS ids every 100 ms, spread over all credentials.
+# 400 clients, each polling its own task every 100 ms, spread over all credentials.
 "$BIN" bench --target "http://$GW" --clients 400 --tasks "$TASKS" --interval 100ms --duration "${SOAK_SECS}s" \
     "${creds[@]}" --sim-stats "http://$SIM/_sim/stats" --json >"$WORK/load.json" &
 LOAD=$!
 pids+=("$LOAD")
+# Meanwhile 20 clients sweep through all 5 x TASKS ids, a new one every 100 ms each: the cache fills up
+# and keeps evicting.
+"$BIN" bench --target "http://$GW" --clients 20 --tasks "$TASKS" --interval 100ms --duration "${SOAK_SECS}s" \
+    "${creds[@]}" --sweep --json >"$WORK/sweep.json" &
+pids+=($!)
 
 metric() { curl -s "http://$GW/metrics" | awk -v name="$1" '$1 ~ "^"name"($|\\{)" { s += $2 } END { printf "%.0f", s }'; }
 echo "| t (s) | RSS MiB | cache entries | cache MiB | upstream calls | refused | client 5xx/429 seen | stale served |"

@@ -41,7 +41,8 @@ pub struct LoadSpec {
     /// Each client sends exactly one request, all at once (a cold burst), instead of polling.
     pub burst: bool,
     /// Each request asks for a task no request asked for before (client `i` takes tasks `i`,
-    /// `i + clients`, ...), and the run ends when every task was asked for once: fills a cache.
+    /// `i + clients`, ...), pausing `interval` between them, and the run ends when every task was
+    /// asked for once: fills a cache.
     pub sweep: bool,
     /// Task ids are `{prefix}{i}` for one credential, `{prefix}{c}-{i}` for several (as the simulator
     /// seeds them).
@@ -136,6 +137,9 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
                     let status = plan.send(&client, &mut histogram).await;
                     count(&progress, &mut statuses, status);
                     task += spec.clients;
+                    if !spec.interval.is_zero() {
+                        tokio::time::sleep(spec.interval).await;
+                    }
                 }
                 return (histogram, statuses);
             }

@@ -328,18 +328,23 @@ fn bench(spec: &mjgate::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> 
     })
 }
 
+/// Binds `addr` for a subcommand, or says why it cannot.
+async fn bind(command: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, ExitCode> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!("mjgate {command}: cannot listen on {addr}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn fixed_body(listen: SocketAddr) -> ExitCode {
     let runtime = match runtime("fixed-body") {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match bind("fixed-body", listen).await {
             Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("mjgate fixed-body: cannot listen on {listen}: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         eprintln!("mjgate fixed-body listening on {listen}");
         match mjgate::fixed_body::serve(listener, mjgate::shutdown::signal()).await {
@@ -365,12 +370,9 @@ fn simulator(
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match bind("simulator", listen).await {
             Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("mjgate simulator: cannot listen on {listen}: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         let sim = match mjgate::simulator::Simulator::start_on(listener) {
             Ok(sim) => sim,
@@ -407,13 +409,10 @@ fn simulator(
                     sim.clear_faults();
                     sim.set_latency(latency);
                     match phase {
-                        1 => sim.inject(Fault::Status(500), usize::MAX / 2),
-                        2 => sim.inject(
-                            Fault::RateLimited {
-                                retry_after: Some(2),
-                            },
-                            usize::MAX / 2,
-                        ),
+                        1 => sim.set_fault(Some(Fault::Status(500))),
+                        2 => sim.set_fault(Some(Fault::RateLimited {
+                            retry_after: Some(2),
+                        })),
                         3 => sim.set_latency(std::time::Duration::from_secs(2)),
                         _ => {}
                     }

@@ -75,6 +75,21 @@ struct Task {
     lifecycle: Option<(Instant, Duration)>,
 }
 
+impl Task {
+    fn new(owner: &str, id: &str, status: &str, lifecycle: Option<(Instant, Duration)>) -> Self {
+        Task {
+            owner: owner.to_owned(),
+            action: "IMAGINE".into(),
+            prompt: format!("simulated task {id}"),
+            status: status.to_owned(),
+            progress: progress_for(status).into(),
+            submit_time: epoch_ms(),
+            fail_reason: String::new(),
+            lifecycle,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Store {
     tasks: HashMap<String, Task>,
@@ -96,6 +111,8 @@ struct State {
     counters: Mutex<Counters>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     faults: Mutex<VecDeque<Fault>>,
+    /// A fault every task lookup answers with until cleared (after the queued ones).
+    standing_fault: Mutex<Option<Fault>>,
     latency: Mutex<Duration>,
     not_found: Mutex<NotFound>,
     task_duration: Mutex<Duration>,
@@ -140,6 +157,7 @@ impl Simulator {
             counters: Mutex::default(),
             recorded: Mutex::default(),
             faults: Mutex::default(),
+            standing_fault: Mutex::default(),
             latency: Mutex::new(Duration::ZERO),
             not_found: Mutex::new(NotFound::Status404),
             task_duration: Mutex::new(Duration::from_secs(60)),
@@ -163,44 +181,21 @@ impl Simulator {
 
     /// Creates a task owned by `credential` (the `Authorization` or `mj-api-secret` value) with `status`.
     pub fn create_task(&self, credential: &str, id: &str, status: &str) {
-        let mut store = lock(&self.state.store);
-        if !store.tasks.contains_key(id) {
-            store.order.push(id.to_owned());
-        }
-        store.tasks.insert(
-            id.to_owned(),
-            Task {
-                owner: credential.to_owned(),
-                action: "IMAGINE".into(),
-                prompt: format!("simulated task {id}"),
-                status: status.to_owned(),
-                progress: progress_for(status).into(),
-                submit_time: epoch_ms(),
-                fail_reason: String::new(),
-                lifecycle: None,
-            },
-        );
+        self.insert(id, Task::new(credential, id, status, None));
     }
 
     /// Creates a task owned by `credential` that is submitted now and finishes after `duration`.
     pub fn submit_task(&self, credential: &str, id: &str, duration: Duration) {
+        let lifecycle = Some((Instant::now(), duration));
+        self.insert(id, Task::new(credential, id, "SUBMITTED", lifecycle));
+    }
+
+    fn insert(&self, id: &str, task: Task) {
         let mut store = lock(&self.state.store);
         if !store.tasks.contains_key(id) {
             store.order.push(id.to_owned());
         }
-        store.tasks.insert(
-            id.to_owned(),
-            Task {
-                owner: credential.to_owned(),
-                action: "IMAGINE".into(),
-                prompt: format!("simulated task {id}"),
-                status: "SUBMITTED".into(),
-                progress: "0%".into(),
-                submit_time: epoch_ms(),
-                fail_reason: String::new(),
-                lifecycle: Some((Instant::now(), duration)),
-            },
-        );
+        store.tasks.insert(id.to_owned(), task);
     }
 
     /// Moves a task to `status` (and the progress that goes with it).
@@ -238,9 +233,15 @@ impl Simulator {
         lock(&self.state.faults).extend(std::iter::repeat_n(fault, times));
     }
 
-    /// Drops every fault not yet served.
+    /// Every task lookup answers with `fault` until this is called again with `None`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *lock(&self.state.standing_fault) = fault;
+    }
+
+    /// Drops every fault not yet served, queued or standing.
     pub fn clear_faults(&self) {
         lock(&self.state.faults).clear();
+        self.set_fault(None);
     }
 
     /// Holds every task lookup (fetch and list) until the returned guard is dropped.
@@ -395,7 +396,10 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     if fetch_id.is_some() || is_list {
         let mut held = state.held.subscribe();
         let _ = held.wait_for(|held| !*held).await;
-        if let Some(fault) = lock(&state.faults).pop_front() {
+        let fault = lock(&state.faults)
+            .pop_front()
+            .or(*lock(&state.standing_fault));
+        if let Some(fault) = fault {
             return fault_response(fault);
         }
     }
@@ -556,13 +560,22 @@ fn task_json(id: &str, task: &Task) -> Value {
         "finishTime": if done { Value::from(task.submit_time + 60_000) } else { Value::Null },
         "imageUrl": if success { format!("https://cdn.example/{id}.png") } else { String::new() },
         "failReason": fail_reason,
-        "buttons": if success {
-            json!([{"customId": format!("MJ::JOB::upsample::1::{id}"), "emoji": "", "label": "U1", "style": 2}])
-        } else {
-            json!([])
-        },
+        "buttons": if success { buttons(id) } else { json!([]) },
         "properties": {},
     })
+}
+
+/// The buttons a finished imagine carries in midjourney-proxy: upscale 1-4, reroll, vary 1-4.
+fn buttons(id: &str) -> Value {
+    let mut buttons = Vec::with_capacity(9);
+    for i in 1..=4 {
+        buttons.push(json!({"customId": format!("MJ::JOB::upsample::{i}::{id}"), "emoji": "", "label": format!("U{i}"), "type": 2, "style": 2}));
+    }
+    buttons.push(json!({"customId": format!("MJ::JOB::reroll::0::{id}::SOLO"), "emoji": "🔄", "label": "", "type": 2, "style": 2}));
+    for i in 1..=4 {
+        buttons.push(json!({"customId": format!("MJ::JOB::variation::{i}::{id}"), "emoji": "", "label": format!("V{i}"), "type": 2, "style": 2}));
+    }
+    Value::Array(buttons)
 }
 
 /// Where a submitted task is in its lifecycle: submitted, in progress by percent, then done.
