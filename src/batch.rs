@@ -132,6 +132,7 @@ impl Gateway {
         // Per id: where its answer comes from, and the stale answer to fall back on if that fails.
         let mut sources: Vec<(Source, Option<Arc<CachedTask>>)> = Vec::with_capacity(ids.len());
         let mut flights: Vec<(TaskId<'_>, Flight<Landed>)> = Vec::new();
+        let mut held = Vec::new();
         for &id in &ids {
             let key = KeyBuf::new(&fingerprint, id);
             let stale = match self.cache.lookup(key.as_bytes()) {
@@ -141,6 +142,14 @@ impl Gateway {
                 }
                 other => other.stale(),
             };
+            if let Some(stale) = &stale
+                && let Some(status) = self.cache.refresh_held(key.as_bytes())
+            {
+                // A refresh failed moments ago: the stale answer stands in without a new call.
+                held.push(status);
+                sources.push((Source::Cached(Arc::clone(stale)), None));
+                continue;
+            }
             match self.flights.join(key.as_bytes()) {
                 Role::Follower(landing) => sources.push((Source::Flight(landing), stale)),
                 Role::Leader(flight) => {
@@ -174,8 +183,8 @@ impl Gateway {
 
         let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
         let mut tasks = Vec::with_capacity(sources.len());
-        let mut stale_status = None;
-        for (source, stale) in sources {
+        let mut stale_status = held.first().copied();
+        for (index, (source, stale)) in sources.into_iter().enumerate() {
             let landed = match source {
                 Source::Cached(task) => Landed::Stored(task),
                 Source::Flight(landing) => match landing.wait().await {
@@ -186,6 +195,8 @@ impl Gateway {
                 },
             };
             if let (Some(status), Some(stale)) = (failure_status(&landed), stale) {
+                let key = KeyBuf::new(&fingerprint, ids[index]);
+                self.hold_if_failed(key.as_bytes(), &landed, true);
                 stale_status = Some(status);
                 tasks.push(stale);
                 continue;

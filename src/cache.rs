@@ -142,6 +142,10 @@ impl Lookup {
 #[derive(Clone)]
 pub struct TaskCache {
     entries: Cache<CacheKey, Arc<CachedTask>>,
+    /// Keys whose refresh just failed while a stale answer stood in, with the failure's status: their
+    /// next refresh waits one in-progress TTL, so a failing upstream still sees at most one call per
+    /// task per TTL window however often clients poll.
+    refresh_held: Cache<CacheKey, u16>,
     lifetime: Lifetime,
     /// Entry counts and bytes by class, kept here on insert and by moka's eviction listener on removal.
     metrics: Arc<Metrics>,
@@ -173,8 +177,13 @@ impl TaskCache {
                 on_removal.cache_removed(task.class, weigh(&key, &task));
             })
             .build();
+        let refresh_held = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.in_progress_ttl)
+            .build();
         TaskCache {
             entries,
+            refresh_held,
             lifetime,
             metrics,
         }
@@ -204,8 +213,19 @@ impl TaskCache {
         }
     }
 
+    /// Holds off refreshing `key` for one in-progress TTL after a refresh failed with `status`.
+    pub fn hold_refresh(&self, key: &[u8], status: u16) {
+        self.refresh_held.insert(CacheKey::from_bytes(key), status);
+    }
+
+    /// The status of the failure holding off a refresh of `key`, if one is.
+    pub fn refresh_held(&self, key: &[u8]) -> Option<u16> {
+        self.refresh_held.get(key)
+    }
+
     pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) {
         self.metrics.cache_added(task.class, weigh(&key, &task));
+        self.refresh_held.invalidate(&key);
         self.entries.insert(key, task);
     }
 

@@ -338,6 +338,11 @@ impl Gateway {
             }
             other => other.stale(),
         };
+        if let Some(stale) = &stale
+            && let Some(fwd_status) = self.cache.refresh_held(key.as_bytes())
+        {
+            return serve_stale(stale, fwd_status);
+        }
         // A flight started by a batch lands `NotReturned` for ids its answer left out; a fetch then asks
         // the upstream itself, to pass on the upstream's own not-found answer. Twice at most.
         for _ in 0..2 {
@@ -350,6 +355,7 @@ impl Gateway {
                         Ok(Landed::NotReturned) => continue,
                         Ok(landed) => {
                             self.metrics.task_lookups(Outcome::Collapsed, 1);
+                            self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
                             return landed_response(landed, Outcome::Collapsed, stale.as_deref());
                         }
                         Err(abandoned) => {
@@ -389,7 +395,10 @@ impl Gateway {
                 .in_current_span(),
             );
             return match landing.wait().await {
-                Ok(landed) => landed_response(landed, Outcome::Miss, stale.as_deref()),
+                Ok(landed) => {
+                    self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
+                    landed_response(landed, Outcome::Miss, stale.as_deref())
+                }
                 Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
             };
         }
@@ -399,6 +408,13 @@ impl Gateway {
             ))
             .into_response(),
         )
+    }
+
+    /// After a failed refresh with a stale answer to stand in, holds off the next refresh for one TTL.
+    pub(crate) fn hold_if_failed(&self, key: &[u8], landed: &Landed, has_stale: bool) {
+        if has_stale && let Some(status) = failure_status(landed) {
+            self.cache.hold_refresh(key, status);
+        }
     }
 
     /// Calls the upstream for one task and stores the answer if it is that task's object, or briefly if
@@ -513,11 +529,7 @@ impl Gateway {
 /// When the flight failed and `stale` holds an answer within `cache.max_stale`, that answer is served.
 fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>) -> Served {
     if let (Some(fwd_status), Some(stale)) = (failure_status(&landed), stale) {
-        return Served::new(
-            task_response(stale, CacheStatus::Stale { fwd_status }, true),
-            Outcome::Stale,
-            Some(fwd_status),
-        );
+        return serve_stale(stale, fwd_status);
     }
     let collapsed = outcome == Outcome::Collapsed;
     let status_for = |stored: bool, fwd_status: Option<u16>| {
@@ -556,6 +568,15 @@ fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>)
             .into_response(),
         ),
     }
+}
+
+/// A stale answer standing in for a failed refresh, marked RFC 9211 `fwd=stale`.
+fn serve_stale(stale: &CachedTask, fwd_status: u16) -> Served {
+    Served::new(
+        task_response(stale, CacheStatus::Stale { fwd_status }, true),
+        Outcome::Stale,
+        Some(fwd_status),
+    )
 }
 
 /// The status a failed flight stands for, when a stale answer should replace it: the gateway's own

@@ -469,3 +469,37 @@ async fn a_batch_serves_stale_answers_when_its_upstream_call_fails() {
     assert_eq!(ids, ["busy", "done"]);
     assert_eq!(sim.list_calls().len(), 2);
 }
+
+#[tokio::test]
+async fn a_failing_upstream_sees_at_most_one_refresh_per_task_per_ttl_however_often_clients_poll() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"200ms\"\n").await;
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    fetch(&gw, "busy", KEY_A).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    sim.set_fault(Some(Fault::Status(500)));
+    let started = Instant::now();
+    let before = sim.fetch_calls("busy");
+    let mut polls = 0;
+    while started.elapsed() < Duration::from_millis(1000) {
+        let reply = fetch(&gw, "busy", KEY_A).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.cache_status(), "mjgate; fwd=stale; fwd-status=500");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let calls = sim.fetch_calls("busy") - before;
+    let windows = (started.elapsed().as_millis() / 200) as u64 + 1;
+    assert!(polls >= 20, "{polls}");
+    assert!(
+        calls <= windows,
+        "{calls} upstream calls for {polls} polls in {windows} TTL windows"
+    );
+
+    sim.set_fault(None);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        fetch(&gw, "busy", KEY_A).await.cache_status(),
+        "mjgate; fwd=uri-miss; stored"
+    );
+}
