@@ -30,7 +30,7 @@ if ((${#need[@]})); then
 fi
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
-ulimit -n 65536 || true
+ulimit -n 65536 2>/dev/null || true
 
 WORK=$(mktemp -d /tmp/mjgate-compare.XXXXXX)
 chmod 755 "$WORK"
