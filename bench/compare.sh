@@ -21,6 +21,8 @@ CONNS=${CONNS:-256}
 BURST=${BURST:-1000}
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v varnishd >/dev/null || need+=(varnish)
@@ -52,14 +54,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2
-    return 1
-}
 
 # The ceiling server first: nginx's fixed-body server answers the very same bytes.
 "$BIN" fixed-body --listen "$FIXED" 2>/dev/null &

@@ -16,6 +16,8 @@ CACHE=${CACHE:-16MiB}
 TASKS=${TASKS:-20000}
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
 WORK=$(mktemp -d /tmp/mjgate-soak.XXXXXX)
@@ -28,13 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 creds=()
 for k in 0 1 2 3 4; do creds+=(--credential "Bearer sk-soak-$k"); done
@@ -59,6 +54,8 @@ EOF
 pids+=($!)
 wait_port "$SIM"
 wait_port "$GW"
+# The simulator listens before it has seeded every task: wait for all of them.
+until curl -s "http://$SIM/_sim/stats" | grep -q "\"tasks\":$((5 * TASKS))"; do sleep 0.2; done
 
 # 400 clients, each polling its own task every 100 ms, spread over all credentials.
 "$BIN" bench --target "http://$GW" --clients 400 --tasks "$TASKS" --interval 100ms --duration "${SOAK_SECS}s" \

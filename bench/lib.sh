@@ -1,0 +1,11 @@
+# Shared by the bench scripts: source it, do not run it.
+
+# Waits up to 10 s for something to listen on HOST:PORT.
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1" >&2
+    return 1
+}
