@@ -347,13 +347,19 @@ async fn connections_over_the_limit_are_refused_while_existing_ones_keep_working
     assert!(scrape_after_close(&gw, a).await >= 1.0);
 }
 
-/// Frees a connection slot, then reads the refused-connections counter.
+/// Frees a connection slot, then reads the refused-connections counter (once the server has noticed the
+/// close and the slot is free again).
 async fn scrape_after_close(gw: &Gateway, stream: tokio::net::TcpStream) -> f64 {
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    scrape(gw)
-        .await
-        .value("mjgate_client_connections_refused_total", &[])
+    for _ in 0..100 {
+        let request = request(Method::GET, &gw.url("/metrics"), None, "");
+        if let Ok(reply) = try_send(request).await {
+            let text = String::from_utf8(reply.body.to_vec()).unwrap();
+            return Scrape::parse(text).value("mjgate_client_connections_refused_total", &[]);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the freed connection slot never became available");
 }
 
 #[tokio::test]

@@ -16,10 +16,16 @@ async fn shutdown_drains_an_in_flight_request() {
     sim.wait_for_calls(1).await;
 
     gw.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // New connections are no longer accepted while the old one drains.
-    let refused = tokio::net::TcpStream::connect(gw.addr).await;
-    assert!(refused.is_err(), "the listener is closed during the drain");
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(gw.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener is closed during the drain");
     drop(hold);
 
     let reply = in_flight.await.unwrap();
