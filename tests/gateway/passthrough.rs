@@ -128,3 +128,46 @@ async fn health_endpoints_answer_without_the_upstream() {
     assert_eq!(get(&gw, "/readyz", KEY_A).await.status, 200);
     assert_eq!(sim.total_calls(), 0);
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let h2: Client<HttpConnector, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    for expected in ["mjgate; fwd=uri-miss; stored", "mjgate; hit"] {
+        let response = h2
+            .request(request(
+                Method::GET,
+                &gw.url("/mj/task/t/fetch"),
+                Some(KEY_A),
+                "",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.headers()["cache-status"], expected);
+    }
+    let submit = h2
+        .request(request(
+            Method::POST,
+            &gw.url("/mj/submit/imagine"),
+            Some(KEY_A),
+            r#"{"prompt":"h2"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(submit.status(), 200);
+    assert_eq!(sim.fetch_calls("t"), 1);
+    // The upstream is reached over HTTP/1.1 whatever the client spoke.
+    assert!(
+        sim.requests()
+            .iter()
+            .all(|r| r.headers.get("host").is_some())
+    );
+}
