@@ -23,8 +23,8 @@ use crate::gateway::{
     passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
-use crate::task::{TaskClass, TaskHead, TaskId};
-use crate::upstream::{BoxError, BufferedCall, ClientInfo};
+use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
+use crate::upstream::{BoxError, BufferedCall, BufferedReply, ClientInfo};
 
 /// What a `list-by-condition` body asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -206,7 +206,7 @@ impl Gateway {
                 Landed::Stored(task) if task.class == TaskClass::NotFound => {}
                 Landed::Stored(task) => tasks.push(task),
                 Landed::NotReturned => {}
-                Landed::Passed(reply) if is_not_found(reply.status) => {}
+                Landed::Passed(reply) if means_absent(&reply) => {}
                 Landed::Passed(reply) => {
                     let status = reply.status.as_u16();
                     let not_stored = CacheStatus::Miss {
@@ -356,9 +356,11 @@ pub fn split_tasks(body: &[u8]) -> Option<HashMap<String, (Bytes, TaskClass)>> {
     Some(tasks)
 }
 
-/// The upstream's ways of saying "no such task for you", which in a batch mean "absent".
-fn is_not_found(status: StatusCode) -> bool {
-    status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST
+/// Whether a passed-on answer for one id means "absent" in a batch: the upstream's "no such task"
+/// shapes (as fetches recognise them), or a 2xx that is not that task's object. Anything else, a real
+/// `400` among them, is an error the batch passes on.
+fn means_absent(reply: &BufferedReply) -> bool {
+    reply.status.is_success() || is_not_found_answer(reply.status.as_u16(), &reply.body)
 }
 
 /// Reads a client body of at most `max` bytes: 413 beyond, checked against `Content-Length` first.

@@ -155,10 +155,6 @@ impl Gateway {
         }
     }
 
-    pub fn cache(&self) -> &TaskCache {
-        &self.cache
-    }
-
     /// Stores `task` as the answer for `id` under the credential in `headers` (to pre-warm the cache).
     pub fn store(&self, headers: &HeaderMap, id: TaskId<'_>, task: Arc<CachedTask>) {
         let key = KeyBuf::new(&self.fingerprinter.fingerprint(headers), id);
@@ -402,12 +398,7 @@ impl Gateway {
                 Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
             };
         }
-        Served::bypass(
-            RequestError::Upstream(UpstreamError::Unreachable(
-                "the task was not in the upstream's batch answers".into(),
-            ))
-            .into_response(),
-        )
+        not_returned()
     }
 
     /// After a failed refresh with a stale answer to stand in, holds off the next refresh for one TTL.
@@ -561,13 +552,18 @@ fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>)
             Served::new(response, outcome, None)
         }
         // Only batch calls land this, and fetches re-join rather than answer with it.
-        Landed::NotReturned => Served::bypass(
-            RequestError::Upstream(UpstreamError::Unreachable(
-                "the task was not in the upstream's answer".into(),
-            ))
-            .into_response(),
-        ),
+        Landed::NotReturned => not_returned(),
     }
+}
+
+/// A fetch that only ever found its task missing from batch answers: 502, as an unusable upstream answer.
+fn not_returned() -> Served {
+    Served::bypass(
+        RequestError::Upstream(UpstreamError::Unreachable(
+            "the task was not in the upstream's answer".into(),
+        ))
+        .into_response(),
+    )
 }
 
 /// A stale answer standing in for a failed refresh, marked RFC 9211 `fwd=stale`.

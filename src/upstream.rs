@@ -272,10 +272,6 @@ impl Upstream {
             .set_circuit_open(self.protection.breaker().is_open());
     }
 
-    pub fn url(&self) -> &UpstreamUrl {
-        &self.url
-    }
-
     /// Calls a cached route and reads the whole answer, within `request_timeout` and `max_body`.
     ///
     /// `headers` are the client's request headers; they are forwarded as for passthrough, except that an

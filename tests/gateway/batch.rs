@@ -334,3 +334,18 @@ async fn an_empty_id_list_answers_an_empty_array() {
     assert_eq!(reply.json(), json!([]));
     assert_eq!(sim.total_calls(), 0);
 }
+
+#[tokio::test]
+async fn an_upstream_400_that_is_not_a_not_found_answer_is_passed_on_not_swallowed() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    sim.inject(Fault::Status(400), 1);
+    let reply = batch(&gw, KEY_A, &["t"]).await;
+    assert_eq!(reply.status, 400, "an upstream error, not an empty answer");
+    assert_eq!(reply.json()["description"], "simulated upstream fault");
+    assert_eq!(
+        ids_of(&batch(&gw, KEY_A, &["t"]).await),
+        ["t"],
+        "nothing was stored from it"
+    );
+}

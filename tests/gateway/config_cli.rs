@@ -145,3 +145,46 @@ async fn flags_beat_env_and_env_beats_the_file_and_sigterm_exits_zero() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let file = write_config(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[log]\nformat = \"json\"\n",
+    );
+    let mut child = mjgate()
+        .arg("--config")
+        .arg(&file.0)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut messages = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let message = value["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        messages.push(message.clone());
+        if message == "listening" {
+            assert!(
+                value["fields"]["addr"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("127.0.0.1:")
+            );
+            break;
+        }
+    }
+    assert!(messages.iter().any(|m| m == "listening"), "{messages:?}");
+    assert!(terminate(&mut child).success());
+}

@@ -509,3 +509,21 @@ async fn a_failing_upstream_sees_at_most_one_refresh_per_task_per_ttl_however_of
         "mjgate; fwd=uri-miss; stored"
     );
 }
+
+#[tokio::test]
+async fn request_heads_over_the_header_limit_are_refused_and_the_gateway_keeps_serving() {
+    let (sim, gw) = start("[server]\nmax_header_bytes = \"8KiB\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "GET /mj/task/t/fetch HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\nx-padding: {}\r\n\r\n",
+        "p".repeat(32 * 1024)
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(sim.total_calls(), 0);
+    assert_eq!(fetch(&gw, "t", KEY_A).await.status, 200);
+}
