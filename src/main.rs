@@ -210,6 +210,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let stop = mjgate::shutdown::signal();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| mjgate::Error::Bind {
@@ -229,7 +230,7 @@ fn main() -> ExitCode {
             main: listener,
             admin,
         };
-        mjgate::run(listeners, config, mjgate::shutdown::signal()).await
+        mjgate::run(listeners, config, stop).await
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -342,12 +343,13 @@ fn fixed_body(listen: SocketAddr) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async {
+        let stop = mjgate::shutdown::signal();
         let listener = match bind("fixed-body", listen).await {
             Ok(listener) => listener,
             Err(code) => return code,
         };
         eprintln!("mjgate fixed-body listening on {listen}");
-        match mjgate::fixed_body::serve(listener, mjgate::shutdown::signal()).await {
+        match mjgate::fixed_body::serve(listener, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mjgate fixed-body: {e}");
@@ -370,6 +372,7 @@ fn simulator(
         Err(code) => return code,
     };
     runtime.block_on(async {
+        let stop = mjgate::shutdown::signal();
         let listener = match bind("simulator", listen).await {
             Ok(listener) => listener,
             Err(code) => return code,
@@ -421,7 +424,7 @@ fn simulator(
                 }
             });
         }
-        mjgate::shutdown::signal().await;
+        stop.await;
         ExitCode::SUCCESS
     })
 }

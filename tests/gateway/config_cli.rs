@@ -186,5 +186,7 @@ fn json_log_format_writes_one_json_object_per_line() {
         }
     }
     assert!(messages.iter().any(|m| m == "listening"), "{messages:?}");
-    assert!(terminate(&mut child).success());
+    // SIGTERM right after "listening": the handler must already be installed.
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status:?}");
 }
