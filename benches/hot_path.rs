@@ -57,7 +57,7 @@ fn hot_path(c: &mut Criterion) {
         .unwrap();
     let _guard = runtime.enter();
     let config = mjgate::Config::for_upstream("http://127.0.0.1:9").unwrap();
-    let gateway = Gateway::new(&config);
+    let gateway = Gateway::new(&config).expect("gateway builds");
     let task = Arc::new(CachedTask::new(
         Bytes::from_static(TASK_BODY.as_bytes()),
         Some(HeaderValue::from_static("application/json")),

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 
 use crate::body::ResponseBody;
-use crate::cache::{CachedTask, KeyBuf, Lookup};
+use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Flight, Landing, Role};
 use crate::credential::CredentialFingerprint;
@@ -23,6 +23,7 @@ use crate::gateway::{
     passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
+use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
 use crate::upstream::{BoxError, BufferedCall, BufferedReply, ClientInfo};
 
@@ -183,6 +184,8 @@ impl Gateway {
 
         let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
         let mut tasks = Vec::with_capacity(sources.len());
+        // Ids this batch led that another replica's answer (in the shared tier) settled.
+        let mut shared = 0;
         let mut stale_status = held.first().copied();
         for (index, (source, stale)) in sources.into_iter().enumerate() {
             let landed = match source {
@@ -203,8 +206,13 @@ impl Gateway {
             }
             match landed {
                 // A "no such task" answer means the id is not visible: absent, as the upstream does.
-                Landed::Stored(task) if task.class == TaskClass::NotFound => {}
+                Landed::Stored(task) | Landed::Shared(task)
+                    if task.class == TaskClass::NotFound => {}
                 Landed::Stored(task) => tasks.push(task),
+                Landed::Shared(task) => {
+                    shared += 1;
+                    tasks.push(task);
+                }
                 Landed::NotReturned => {}
                 Landed::Passed(reply) if means_absent(&reply) => {}
                 Landed::Passed(reply) => {
@@ -238,7 +246,9 @@ impl Gateway {
             (CacheStatus::Stale { fwd_status }, Outcome::Stale)
         } else if cached == ids.len() {
             (CacheStatus::Hit { ttl: None }, Outcome::Hit)
-        } else if cached > 0 {
+        } else if cached + shared == ids.len() {
+            (CacheStatus::Shared, Outcome::Shared)
+        } else if cached + shared > 0 {
             (CacheStatus::Partial, Outcome::Partial)
         } else if led == 0 {
             // Every id came from other requests' calls.
@@ -246,7 +256,7 @@ impl Gateway {
         } else {
             (stored, Outcome::Miss)
         };
-        let upstream_status = stale_status.or((led > 0).then_some(200));
+        let upstream_status = stale_status.or((led > shared).then_some(200));
         Served::new(array_response(&tasks, status), outcome, upstream_status)
     }
 
@@ -278,7 +288,8 @@ impl Gateway {
         }
     }
 
-    /// One upstream `list-by-condition` call for `chunk`; stores each returned task and lands every flight.
+    /// Settles `chunk` from the shared tier where another replica has the answer, then makes one
+    /// upstream `list-by-condition` call for the rest, under their leases.
     async fn batch_call(
         &self,
         path: &str,
@@ -287,54 +298,106 @@ impl Gateway {
         client: ClientInfo,
         chunk: Vec<(String, Flight<Landed>)>,
     ) {
+        let Some(shared) = &self.shared else {
+            return self
+                .batch_upstream(path, headers, fingerprint, client, chunk, Vec::new())
+                .await;
+        };
+        let keys: Vec<CacheKey> = chunk.iter().map(|(_, f)| f.key().clone()).collect();
+        let claims = shared.claim_many(&keys).await;
+        let mut remaining = Vec::with_capacity(chunk.len());
+        let mut leases = Vec::new();
+        for ((id, flight), claim) in chunk.into_iter().zip(claims) {
+            match claim {
+                Claim::Found(task) => {
+                    self.cache.insert(flight.key().clone(), Arc::clone(&task));
+                    flight.land(Landed::Shared(task));
+                }
+                Claim::Lead(lease) => {
+                    leases.extend(lease);
+                    remaining.push((id, flight));
+                }
+            }
+        }
+        if !remaining.is_empty() {
+            self.batch_upstream(path, headers, fingerprint, client, remaining, leases)
+                .await;
+        }
+    }
+
+    /// One upstream `list-by-condition` call for `chunk`; stores (and shares) each returned task, lands
+    /// every flight, then gives up `leases`.
+    async fn batch_upstream(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        fingerprint: CredentialFingerprint,
+        client: ClientInfo,
+        chunk: Vec<(String, Flight<Landed>)>,
+        leases: Vec<Lease>,
+    ) {
         let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
         let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
         let mut headers = headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let reply = match self
-            .upstream
-            .call_buffered(BufferedCall {
-                route: RouteLabel::Batch,
-                credential: &fingerprint,
-                method: Method::POST,
-                path_and_query: path,
-                headers: &headers,
-                client,
-                body,
-            })
-            .await
-        {
-            Ok(reply) => reply,
+        let call = self.upstream.call_buffered(BufferedCall {
+            route: RouteLabel::Batch,
+            credential: &fingerprint,
+            method: Method::POST,
+            path_and_query: path,
+            headers: &headers,
+            client,
+            body,
+        });
+        let reply = shared::hold(&leases, call).await;
+        let mut stored = Vec::new();
+        match reply {
             Err(e) => {
                 tracing::warn!(error = %e, ids = chunk.len(), "upstream batch failed");
                 for (_, flight) in chunk {
                     flight.land(Landed::Failed(e.clone()));
                 }
-                return;
             }
-        };
-        let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
-            .then(|| split_tasks(&reply.body))
-            .flatten();
-        let Some(mut tasks) = tasks else {
-            // Not a task array (an error status or a router's error object): pass it on, store nothing.
-            let reply = Arc::new(reply);
-            for (_, flight) in chunk {
-                flight.land(Landed::Passed(Arc::clone(&reply)));
-            }
-            return;
-        };
-        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
-        for (id, flight) in chunk {
-            match tasks.remove(id.as_str()) {
-                Some((body, class)) => {
-                    let task = Arc::new(CachedTask::new(body, content_type.clone(), class));
-                    self.cache.insert(flight.key().clone(), Arc::clone(&task));
-                    flight.land(Landed::Stored(task));
+            Ok(reply) => {
+                let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
+                    .then(|| split_tasks(&reply.body))
+                    .flatten();
+                match tasks {
+                    // Not a task array (an error status or a router's error object): pass it on, store
+                    // nothing.
+                    None => {
+                        let reply = Arc::new(reply);
+                        for (_, flight) in chunk {
+                            flight.land(Landed::Passed(Arc::clone(&reply)));
+                        }
+                    }
+                    Some(mut tasks) => {
+                        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
+                        for (id, flight) in chunk {
+                            match tasks.remove(id.as_str()) {
+                                Some((body, class)) => {
+                                    let task = Arc::new(CachedTask::new(
+                                        body,
+                                        content_type.clone(),
+                                        class,
+                                    ));
+                                    self.cache.insert(flight.key().clone(), Arc::clone(&task));
+                                    stored.push((flight.key().clone(), Arc::clone(&task)));
+                                    flight.land(Landed::Stored(task));
+                                }
+                                None => flight.land(Landed::NotReturned),
+                            }
+                        }
+                    }
                 }
-                None => flight.land(Landed::NotReturned),
             }
         }
+        if let Some(shared) = &self.shared {
+            let answers: Vec<(&CacheKey, &CachedTask)> =
+                stored.iter().map(|(key, task)| (key, &**task)).collect();
+            shared.publish(&answers).await;
+        }
+        futures_util::future::join_all(leases.into_iter().map(Lease::release)).await;
     }
 }
 

@@ -109,6 +109,24 @@ impl CachedTask {
         }
     }
 
+    /// An answer the upstream produced `age` ago (read back from the shared tier).
+    pub fn restored(
+        status: StatusCode,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+        class: TaskClass,
+        age: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        CachedTask {
+            status,
+            body,
+            content_type,
+            class,
+            stored_at: now.checked_sub(age).unwrap_or(now),
+        }
+    }
+
     /// Whole seconds since the upstream produced this answer, for the `Age` header.
     pub fn age(&self) -> u64 {
         self.stored_at.elapsed().as_secs()

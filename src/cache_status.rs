@@ -11,6 +11,9 @@ use http::HeaderValue;
 pub enum CacheStatus {
     /// Served from the cache. `ttl` is the freshness left, `None` for a terminal task.
     Hit { ttl: Option<Duration> },
+    /// Missing here, served from the shared tier (another replica's upstream call): RFC 9211 `hit`
+    /// with `detail=shared`.
+    Shared,
     /// This request's upstream call produced the answer; `stored` when it went into the cache.
     Miss {
         stored: bool,
@@ -29,6 +32,7 @@ impl CacheStatus {
     pub fn as_str(&self) -> &'static str {
         match self {
             CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Shared => "shared",
             CacheStatus::Miss { .. } => "miss",
             CacheStatus::Collapsed => "collapsed",
             CacheStatus::Partial => "partial",
@@ -43,6 +47,7 @@ impl CacheStatus {
                 Some(value) => value.clone(),
                 None => header(format!("mjgate; hit; ttl={}", ttl.as_secs())),
             },
+            CacheStatus::Shared => HeaderValue::from_static("mjgate; hit; detail=shared"),
             CacheStatus::Miss { stored: true, .. } => {
                 HeaderValue::from_static("mjgate; fwd=uri-miss; stored")
             }
@@ -123,6 +128,7 @@ mod tests {
             "mjgate; hit; ttl=7200",
             "beyond the prebuilt values"
         );
+        assert_eq!(v(CacheStatus::Shared), "mjgate; hit; detail=shared");
         assert_eq!(age_header(0), "0");
         assert_eq!(age_header(3599), "3599");
         assert_eq!(age_header(86_400), "86400");

@@ -41,6 +41,8 @@ pub struct Config {
     pub batch: BatchConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// The Redis tier replicas share; `None` runs a single instance with its in-process cache only.
+    pub shared_cache: Option<SharedCacheConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +109,52 @@ pub struct ServerConfig {
     pub max_request_body: u64,
 }
 
+/// `[shared_cache]`: the Redis tier. Its `Debug` leaves out the URL's password and the secret.
+#[derive(Clone)]
+pub struct SharedCacheConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub redis_url: String,
+    /// Prepended to every key and channel name, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// The secret every replica keys credential fingerprints with, so they agree on key names.
+    pub fingerprint_secret: String,
+    /// Redis expiry of a terminal task's answer (`maxmemory-policy allkeys-lru` bounds memory).
+    pub terminal_ttl: Duration,
+    /// Deadline for one Redis command; past it the request goes on local-only.
+    pub timeout: Duration,
+    /// How long a replica's claim to call the upstream for a key lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// How often a replica waiting on another's lease looks for the answer when no notice arrives.
+    pub poll_interval: Duration,
+    /// While Redis is unreachable, how often it is probed.
+    pub retry_interval: Duration,
+}
+
+impl std::fmt::Debug for SharedCacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCacheConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("fingerprint_secret", &"<redacted>")
+            .field("terminal_ttl", &self.terminal_ttl)
+            .field("timeout", &self.timeout)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("poll_interval", &self.poll_interval)
+            .field("retry_interval", &self.retry_interval)
+            .finish()
+    }
+}
+
+/// `url` with any `user:password@` replaced, safe to log.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -143,6 +191,7 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     log: RawLog,
+    shared_cache: Option<RawSharedCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,11 +261,33 @@ struct RawLog {
     access: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSharedCache {
+    redis_url: Option<String>,
+    key_prefix: Option<String>,
+    fingerprint_secret: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    terminal_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    lease_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retry_interval: Option<Duration>,
+}
+
 /// Overrides from the command line or the environment; they beat the file.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub upstream: Option<String>,
+    /// `MJGATE_REDIS_URL` / `--redis-url`: turns the shared tier on (or points it elsewhere).
+    pub redis_url: Option<String>,
+    /// `MJGATE_FINGERPRINT_SECRET`: kept out of files and process lists.
+    pub fingerprint_secret: Option<String>,
 }
 
 impl Config {
@@ -240,8 +311,8 @@ impl Config {
         Self::from_toml(
             "",
             &Overrides {
-                listen: None,
                 upstream: Some(upstream.to_owned()),
+                ..Overrides::default()
             },
         )
     }
@@ -377,6 +448,7 @@ impl Config {
             filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
             access: raw.log.access.unwrap_or(false),
         };
+        let shared_cache = shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?;
         if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
             return Err(ConfigError::Invalid {
                 key: "admin_listen",
@@ -391,8 +463,91 @@ impl Config {
             batch,
             server,
             log,
+            shared_cache,
         })
     }
+}
+
+/// Validates `[shared_cache]`: absent unless a Redis URL is given (file, env or flag).
+fn shared_cache(
+    raw: Option<RawSharedCache>,
+    overrides: &Overrides,
+    in_progress_ttl: Duration,
+) -> Result<Option<SharedCacheConfig>, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let Some(redis_url) = overrides.redis_url.clone().or(raw.redis_url) else {
+        return Ok(None);
+    };
+    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.redis_url",
+            reason: format!(
+                "`{}` is not a redis:// or rediss:// URL",
+                redact_url(&redis_url)
+            ),
+        });
+    }
+    let fingerprint_secret = overrides
+        .fingerprint_secret
+        .clone()
+        .or(raw.fingerprint_secret)
+        .ok_or(ConfigError::Invalid {
+            key: "shared_cache.fingerprint_secret",
+            reason:
+                "is required with a redis_url, the same on every replica, so they agree on key \
+                     names (set it in the file or MJGATE_FINGERPRINT_SECRET)"
+                    .into(),
+        })?;
+    if fingerprint_secret.len() < 16 {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.fingerprint_secret",
+            reason: "must be at least 16 characters".into(),
+        });
+    }
+    let lease_ttl = positive(
+        "shared_cache.lease_ttl",
+        raw.lease_ttl,
+        Duration::from_secs(5),
+    )?;
+    if lease_ttl < Duration::from_millis(100) {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.lease_ttl",
+            reason: "must be at least 100ms (it is renewed at a third of its length)".into(),
+        });
+    }
+    let terminal_ttl = positive(
+        "shared_cache.terminal_ttl",
+        raw.terminal_ttl,
+        Duration::from_secs(7 * 24 * 3600),
+    )?;
+    if terminal_ttl < in_progress_ttl {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.terminal_ttl",
+            reason: "must not be shorter than cache.in_progress_ttl".into(),
+        });
+    }
+    Ok(Some(SharedCacheConfig {
+        redis_url,
+        key_prefix: raw.key_prefix.unwrap_or_else(|| "mjgate:".to_owned()),
+        fingerprint_secret,
+        terminal_ttl,
+        timeout: positive(
+            "shared_cache.timeout",
+            raw.timeout,
+            Duration::from_millis(250),
+        )?,
+        lease_ttl,
+        poll_interval: positive(
+            "shared_cache.poll_interval",
+            raw.poll_interval,
+            Duration::from_millis(100),
+        )?,
+        retry_interval: positive(
+            "shared_cache.retry_interval",
+            raw.retry_interval,
+            Duration::from_secs(1),
+        )?,
+    }))
 }
 
 fn positive(
@@ -450,11 +605,53 @@ mod tests {
             &Overrides {
                 listen: Some("127.0.0.1:9001".parse().unwrap()),
                 upstream: Some("http://b.example/api".into()),
+                ..Overrides::default()
             },
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9001);
         assert_eq!(c.upstream.url.authority(), "b.example");
+    }
+
+    #[test]
+    fn the_shared_tier_is_off_without_a_redis_url_and_needs_a_secret_with_one() {
+        let off = Config::from_toml("[upstream]\nurl = \"http://a\"\n", &Overrides::default());
+        assert!(off.unwrap().shared_cache.is_none());
+        let no_secret =
+            "[upstream]\nurl = \"http://a\"\n[shared_cache]\nredis_url = \"redis://r:6379\"\n";
+        let err = Config::from_toml(no_secret, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared_cache.fingerprint_secret"), "{err}");
+        let from_env = Overrides {
+            fingerprint_secret: Some("0123456789abcdef0123".into()),
+            ..Overrides::default()
+        };
+        let on = Config::from_toml(no_secret, &from_env).unwrap();
+        let shared = on.shared_cache.unwrap();
+        assert_eq!(shared.terminal_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(shared.key_prefix, "mjgate:");
+        let bad_url =
+            "[upstream]\nurl = \"http://a\"\n[shared_cache]\nredis_url = \"http://u:pw@r\"\n";
+        let err = Config::from_toml(bad_url, &from_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shared_cache.redis_url") && !err.contains("pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_redis_password_and_the_secret_stay_out_of_debug_output() {
+        let text = "[upstream]\nurl = \"http://a\"\n[shared_cache]\nredis_url = \"redis://:hunter2@r:6379\"\nfingerprint_secret = \"swordfish-swordfish\"\n";
+        let c = Config::from_toml(text, &Overrides::default()).unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("swordfish"),
+            "{debug}"
+        );
+        assert!(debug.contains("redis://***@r:6379"), "{debug}");
     }
 
     #[test]

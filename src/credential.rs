@@ -48,6 +48,13 @@ impl Fingerprinter {
         }
     }
 
+    /// A fingerprinter every replica configured with `secret` agrees with (for the shared tier's keys).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Fingerprinter {
+            key: blake3::derive_key("mjgate 2026-11 credential fingerprint", secret),
+        }
+    }
+
     pub fn with_key(key: [u8; 32]) -> Self {
         Fingerprinter { key }
     }

@@ -23,6 +23,8 @@ pub enum Error {
     },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("shared cache: {0}")]
+    SharedCache(#[from] redis::RedisError),
 }
 
 /// A request the gateway answers itself, without (or instead of) an upstream answer.

@@ -28,6 +28,7 @@ use crate::error::{RequestError, json_error};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::routes::{self, Route};
+use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::{
     BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
@@ -77,6 +78,8 @@ pub enum Landed {
     Failed(UpstreamError),
     /// A batch call's answer did not include this id (unknown, or not the caller's).
     NotReturned,
+    /// Another replica's answer, found in the shared tier; it is in the cache now too.
+    Shared(Arc<CachedTask>),
 }
 
 /// A handler's answer and what the request's metrics and log line say about it.
@@ -122,6 +125,8 @@ pub struct Gateway {
     pub(crate) fingerprinter: Fingerprinter,
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
+    /// The Redis tier between the cache and the upstream, when `[shared_cache]` is configured.
+    pub(crate) shared: Option<SharedCache>,
     /// Admin routes live on their own listener, so the main one passes those paths through.
     admin_separate: bool,
     /// Log every request at `info` (else at `debug`, under the `mjgate::access` target).
@@ -131,9 +136,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Self {
+    /// Builds the gateway for `config`. With a shared tier it needs a Tokio runtime (for the tier's
+    /// listener and probe) and fails only on a Redis URL the client cannot parse.
+    pub fn new(config: &Config) -> Result<Self, crate::Error> {
         let metrics = Arc::new(Metrics::new(config.cache.max_memory));
-        Gateway {
+        let (shared, fingerprinter) = match &config.shared_cache {
+            Some(shared_config) => {
+                let freshness = Freshness {
+                    terminal: shared_config.terminal_ttl,
+                    in_progress: config.cache.in_progress_ttl,
+                    not_found: config.cache.not_found_ttl,
+                };
+                // A lease holder's call may queue, then run to its deadline; waiting any longer
+                // than that (plus one lease, for a dead holder's to expire) means something is wrong.
+                let max_wait = config.upstream.queue_timeout
+                    + config.upstream.request_timeout
+                    + shared_config.lease_ttl;
+                let shared =
+                    SharedCache::new(shared_config, freshness, max_wait, Arc::clone(&metrics))?;
+                let fingerprinter =
+                    Fingerprinter::from_secret(shared_config.fingerprint_secret.as_bytes());
+                (Some(shared), fingerprinter)
+            }
+            None => (None, Fingerprinter::random()),
+        };
+        Ok(Gateway {
             upstream: Upstream::new(
                 &config.upstream,
                 config.server.max_request_body,
@@ -141,7 +168,7 @@ impl Gateway {
             ),
             cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
             flights: Collapser::new(),
-            fingerprinter: Fingerprinter::random(),
+            fingerprinter,
             limits: Limits {
                 batch_max_body: config.batch.max_body,
                 batch_max_ids: config.batch.max_ids,
@@ -149,10 +176,11 @@ impl Gateway {
                 max_request_body: config.server.max_request_body,
             },
             metrics,
+            shared,
             admin_separate: config.admin_listen.is_some(),
             access_log: config.log.access,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Stores `task` as the answer for `id` under the credential in `headers` (to pre-warm the cache).
@@ -408,8 +436,8 @@ impl Gateway {
         }
     }
 
-    /// Calls the upstream for one task and stores the answer if it is that task's object, or briefly if
-    /// it says there is no such task.
+    /// Asks the shared tier for one task, else calls the upstream (under the tier's lease) and stores
+    /// the answer if it is that task's object, or briefly if it says there is no such task.
     async fn fetch_upstream(
         &self,
         path: &str,
@@ -419,32 +447,46 @@ impl Gateway {
         id: &str,
         key: CacheKey,
     ) -> Landed {
-        let reply = match self
-            .upstream
-            .call_buffered(BufferedCall {
-                route: RouteLabel::Fetch,
-                credential: &fingerprint,
-                method: Method::GET,
-                path_and_query: path,
-                headers,
-                client,
-                body: Bytes::new(),
-            })
-            .await
-        {
-            Ok(reply) => reply,
+        let lease = match &self.shared {
+            Some(shared) => match shared.claim(&key).await {
+                Claim::Found(task) => {
+                    self.cache.insert(key, Arc::clone(&task));
+                    return Landed::Shared(task);
+                }
+                Claim::Lead(lease) => lease,
+            },
+            None => None,
+        };
+        let call = self.upstream.call_buffered(BufferedCall {
+            route: RouteLabel::Fetch,
+            credential: &fingerprint,
+            method: Method::GET,
+            path_and_query: path,
+            headers,
+            client,
+            body: Bytes::new(),
+        });
+        let reply = shared::hold(lease.as_slice(), call).await;
+        let landed = match reply {
             Err(e) => {
                 tracing::warn!(error = %e, "upstream fetch failed");
-                return Landed::Failed(e);
+                Landed::Failed(e)
             }
+            Ok(reply) => match self.store_if_task(&reply, id) {
+                Some(task) => {
+                    self.cache.insert(key.clone(), Arc::clone(&task));
+                    if let Some(shared) = &self.shared {
+                        shared.publish(&[(&key, &task)]).await;
+                    }
+                    Landed::Stored(task)
+                }
+                None => Landed::Passed(Arc::new(reply)),
+            },
         };
-        match self.store_if_task(&reply, id) {
-            Some(task) => {
-                self.cache.insert(key, Arc::clone(&task));
-                Landed::Stored(task)
-            }
-            None => Landed::Passed(Arc::new(reply)),
+        if let Some(lease) = lease {
+            lease.release().await;
         }
+        landed
     }
 
     /// The cache entry for `reply` if it is a storable answer for task `id`: that task's object, or one
@@ -535,6 +577,16 @@ fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>)
             task_response(&task, status_for(true, None), false),
             outcome,
             Some(task.status.as_u16()),
+        ),
+        Landed::Shared(task) if !collapsed => Served::new(
+            task_response(&task, CacheStatus::Shared, true),
+            Outcome::Shared,
+            None,
+        ),
+        Landed::Shared(task) => Served::new(
+            task_response(&task, CacheStatus::Collapsed, true),
+            outcome,
+            None,
         ),
         Landed::Passed(reply) => {
             let upstream_status = reply.status.as_u16();

@@ -17,6 +17,7 @@
 //! | [`task`] | task ids and the class of an upstream answer (terminal or in progress) |
 //! | [`credential`] | the keyed fingerprint of a request's credential headers |
 //! | [`cache`] | the moka cache: keys, stored entries, freshness, memory budget |
+//! | [`shared`] | the Redis tier replicas share: lookups, leases across replicas, local-only fallback |
 //! | [`cache_status`] | the RFC 9211 `Cache-Status` header and the outcome it names |
 //! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
 //! | [`healthcheck`] | `mjgate healthcheck`, the probe for container health checks |
@@ -49,6 +50,7 @@ pub mod protect;
 pub mod request_id;
 pub mod routes;
 pub mod server;
+pub mod shared;
 pub mod shutdown;
 pub mod simulator;
 pub mod task;

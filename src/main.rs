@@ -31,6 +31,15 @@ struct Args {
     /// Upstream base URL (http or https, may carry a path prefix); beats the file's `[upstream] url`.
     #[arg(long, value_name = "URL", env = "MJGATE_UPSTREAM")]
     upstream: Option<String>,
+    /// Redis URL of the cache replicas share; beats `[shared_cache] redis_url`. The fingerprint
+    /// secret it needs is read from MJGATE_FINGERPRINT_SECRET (or the file), never from a flag.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MJGATE_REDIS_URL",
+        hide_env_values = true
+    )]
+    redis_url: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -182,6 +191,8 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
+        redis_url: args.redis_url,
+        fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
     };
     let loaded = match &args.config {
         Some(path) => Config::load(path, &overrides),

@@ -56,16 +56,19 @@ pub enum Outcome {
     Stale = 4,
     /// Not a cached route, or refused before the cache (bad input, admin, passthrough).
     Bypass = 5,
+    /// Missing here, found in the shared (Redis) tier: another replica's upstream call answered it.
+    Shared = 6,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 7] = [
         Outcome::Hit,
         Outcome::Miss,
         Outcome::Collapsed,
         Outcome::Partial,
         Outcome::Stale,
         Outcome::Bypass,
+        Outcome::Shared,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Outcome {
             Outcome::Partial => "partial",
             Outcome::Stale => "stale",
             Outcome::Bypass => "bypass",
+            Outcome::Shared => "shared",
         }
     }
 }
@@ -137,6 +141,141 @@ pub struct Metrics {
     /// Upstream calls refused before they were sent, by reason.
     upstream_refused: IntCounterVec,
     circuit_open: IntGauge,
+    /// The Redis tier's counters (registered whether or not it is configured).
+    pub shared: SharedMetrics,
+}
+
+/// What a shared-tier (Redis) lookup found, per task id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedLookup {
+    /// Another replica's fresh answer.
+    Hit = 0,
+    Miss = 1,
+    /// Not asked: Redis is marked unreachable and the request went on local-only.
+    Skipped = 2,
+}
+
+/// How a replica came to call the upstream for a key, or not to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// It took the lease at once and made the call.
+    Won = 0,
+    /// Another replica held it; that replica's answer arrived in Redis and was used.
+    Waited = 1,
+    /// It waited, then took the lease (the holder's call failed or the holder died).
+    TakenOver = 2,
+    /// It waited past the bound, or Redis failed meanwhile, and called the upstream without a lease.
+    GaveUp = 3,
+}
+
+/// Why a Redis command counted as an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedError {
+    /// Connection refused, reset, or an error reply.
+    Error = 0,
+    /// No answer within `shared_cache.timeout`.
+    Timeout = 1,
+    /// A stored value this version cannot read.
+    Corrupt = 2,
+}
+
+/// Counters and the state gauge of the shared tier.
+pub struct SharedMetrics {
+    lookups: [IntCounter; 3],
+    leases: [IntCounter; 4],
+    errors: [IntCounter; 3],
+    writes: IntCounter,
+    up: IntGauge,
+    state_changes: IntCounter,
+}
+
+impl SharedMetrics {
+    fn new(registry: &Registry) -> Self {
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "mjgate_shared_cache_lookups_total",
+                "Task ids looked up in Redis after missing the local cache, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let leases = IntCounterVec::new(
+            Opts::new(
+                "mjgate_shared_cache_leases_total",
+                "Cross-replica collapse: how each local miss not found in Redis was resolved.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "mjgate_shared_cache_errors_total",
+                "Redis commands that failed, by kind; each sends its request on local-only.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let writes = IntCounter::new(
+            "mjgate_shared_cache_writes_total",
+            "Upstream answers written to Redis for other replicas.",
+        )
+        .expect("valid metric");
+        let up = IntGauge::new(
+            "mjgate_shared_cache_up",
+            "1 while Redis is configured and reachable; 0 when serving local-only.",
+        )
+        .expect("valid metric");
+        let state_changes = IntCounter::new(
+            "mjgate_shared_cache_state_changes_total",
+            "Times Redis went from reachable to unreachable or back.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leases.clone()),
+            Box::new(errors.clone()),
+            Box::new(writes.clone()),
+            Box::new(up.clone()),
+            Box::new(state_changes.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        SharedMetrics {
+            lookups: ["hit", "miss", "skipped"].map(|r| lookups.with_label_values(&[r])),
+            leases: ["won", "waited", "taken_over", "gave_up"]
+                .map(|r| leases.with_label_values(&[r])),
+            errors: ["error", "timeout", "corrupt"].map(|k| errors.with_label_values(&[k])),
+            writes,
+            up,
+            state_changes,
+        }
+    }
+
+    pub fn lookups(&self, result: SharedLookup, n: u64) {
+        self.lookups[result as usize].inc_by(n);
+    }
+
+    pub fn lease(&self, outcome: LeaseOutcome) {
+        self.leases[outcome as usize].inc();
+    }
+
+    pub fn error(&self, kind: SharedError) {
+        self.errors[kind as usize].inc();
+    }
+
+    pub fn write(&self, n: u64) {
+        self.writes.inc_by(n);
+    }
+
+    /// Sets the state gauge; `changed` counts a transition (not the initial state).
+    pub fn set_up(&self, up: bool, changed: bool) {
+        self.up.set(i64::from(up));
+        if changed {
+            self.state_changes.inc();
+        }
+    }
 }
 
 const CLASSES: [TaskClass; 3] = [
@@ -195,7 +334,7 @@ impl Metrics {
         let lookups_vec = IntCounterVec::new(
             Opts::new(
                 "mjgate_task_lookups_total",
-                "Task ids looked up by fetches and batches, by outcome (miss = asked of the upstream).",
+                "Task ids looked up by fetches and batches in this replica's cache, by outcome (miss = asked of Redis when configured, then the upstream).",
             ),
             &["cache"],
         )
@@ -325,7 +464,9 @@ impl Metrics {
                 .expect("process metrics register once");
         }
 
+        let shared = SharedMetrics::new(&registry);
         Metrics {
+            shared,
             registry,
             requests,
             request_duration,

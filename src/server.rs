@@ -52,7 +52,7 @@ pub async fn run(
     if listeners.admin.is_none() {
         config.admin_listen = None;
     }
-    let gateway = Arc::new(Gateway::new(&config));
+    let gateway = Arc::new(Gateway::new(&config)?);
     serve(listeners, gateway, &config.server, shutdown).await
 }
 

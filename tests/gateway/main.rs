@@ -14,4 +14,5 @@ mod fetch_cache;
 mod observability;
 mod passthrough;
 mod resilience;
+mod shared_cache;
 mod shutdown;

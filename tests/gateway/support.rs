@@ -16,6 +16,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use mjgate::simulator::{Fault, NotFound, Simulator};
+pub use redis_server::RedisServer;
+
+mod redis_server;
 
 pub const KEY_A: &str = "Bearer sk-key-a";
 pub const KEY_B: &str = "Bearer sk-key-b";

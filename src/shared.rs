@@ -1,0 +1,716 @@
+//! The shared tier: task answers kept in Redis for every replica, and leases so that one replica at a
+//! time calls the upstream for a key.
+//!
+//! Lookup order is in-process cache → Redis → upstream. A replica that misses locally and in Redis
+//! takes a lease on the key (`SET lease NX PX`) before calling the upstream, renews it while the call
+//! runs, writes the answer (`SET value PX`), announces it on one pub/sub channel, and releases the lease
+//! with a compare-and-delete script, so only its owner can. Replicas that lose the race wait for the
+//! announcement (or look every `poll_interval`, should it be missed) and take the lease over if it
+//! disappears without an answer: its owner's call failed, or the owner died and the lease expired.
+//!
+//! Redis trouble never fails a request: every command has a deadline (`shared_cache.timeout`); the
+//! first failure marks Redis down (logged once), requests then skip it and run local-only, and a
+//! background probe pings it every `retry_interval` until it answers, which marks it up again (logged
+//! once too).
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, Script};
+use tokio::sync::{Notify, watch};
+
+use crate::cache::{CacheKey, CachedTask};
+use crate::config::{SharedCacheConfig, redact_url};
+use crate::credential::FINGERPRINT_LEN;
+use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
+use crate::task::TaskClass;
+
+/// Releases a lease only if the caller still owns it (its token is the value).
+const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/// Extends a lease only if the caller still owns it.
+const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+
+/// How long each kind of answer may be served, which is also its Redis expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub terminal: Duration,
+    pub in_progress: Duration,
+    pub not_found: Duration,
+}
+
+impl Freshness {
+    fn of(&self, class: TaskClass) -> Duration {
+        match class {
+            TaskClass::Terminal => self.terminal,
+            TaskClass::InProgress => self.in_progress,
+            TaskClass::NotFound => self.not_found,
+        }
+    }
+}
+
+/// What the shared tier says about a key missing locally.
+pub enum Claim {
+    /// Another replica's fresh answer: store it locally and serve it; no upstream call.
+    Found(Arc<CachedTask>),
+    /// Call the upstream, holding `Some(lease)` while doing so, then [`SharedCache::publish`] the answer.
+    /// `None` when Redis is unavailable or the wait gave up: the call goes ahead local-only.
+    Lead(Option<Lease>),
+}
+
+/// The Redis tier. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One multiplexed connection, re-established by the manager when it breaks.
+    connection: ConnectionManager,
+    prefix: Vec<u8>,
+    /// `{prefix}landed`: every replica publishes the task key it wrote, and listens.
+    channel: Vec<u8>,
+    freshness: Freshness,
+    timeout: Duration,
+    lease_ttl: Duration,
+    poll_interval: Duration,
+    /// Longest a replica waits on another's lease before calling the upstream itself.
+    max_wait: Duration,
+    /// Whether Redis answered the last command; `false` sends requests local-only until the probe
+    /// gets an answer.
+    up: AtomicBool,
+    /// Waiters on another replica's call, by task key: woken when the landing is announced. Entries are
+    /// removed by the last waiter's [`LandingWatch`] drop.
+    landings: Mutex<HashMap<Vec<u8>, Weak<Notify>>>,
+    release: Script,
+    renew: Script,
+    metrics: Arc<Metrics>,
+    /// Dropped with the tier: the listener and the probe see it and stop.
+    _stop: watch::Sender<()>,
+}
+
+impl SharedCache {
+    /// Builds the tier and starts its listener and probe. Connects lazily: a Redis that is down at
+    /// start-up is a local-only start, not a failed one. Needs a Tokio runtime.
+    pub fn new(
+        config: &SharedCacheConfig,
+        freshness: Freshness,
+        max_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(config.retry_interval);
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let prefix = config.key_prefix.as_bytes().to_vec();
+        let mut channel = prefix.clone();
+        channel.extend_from_slice(b"landed");
+        let (stop, stopped) = watch::channel(());
+        let inner = Arc::new(Inner {
+            connection,
+            prefix,
+            channel: channel.clone(),
+            freshness,
+            timeout: config.timeout,
+            lease_ttl: config.lease_ttl,
+            poll_interval: config.poll_interval,
+            max_wait,
+            up: AtomicBool::new(true),
+            landings: Mutex::new(HashMap::new()),
+            release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
+            metrics,
+            _stop: stop,
+        });
+        inner.metrics.shared.set_up(true, false);
+        tracing::info!(redis = %redact_url(&config.redis_url), "shared cache enabled");
+        tokio::spawn(listen(
+            Arc::downgrade(&inner),
+            client,
+            channel,
+            stopped.clone(),
+            config.retry_interval,
+        ));
+        tokio::spawn(probe(
+            Arc::downgrade(&inner),
+            stopped,
+            config.retry_interval,
+        ));
+        Ok(SharedCache { inner })
+    }
+
+    /// Whether Redis is in use right now (not marked down).
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Looks `key` up in Redis, then takes its lease or waits on the replica that holds it.
+    pub async fn claim(&self, key: &CacheKey) -> Claim {
+        if !self.is_up() {
+            self.inner.metrics.shared.lookups(SharedLookup::Skipped, 1);
+            return Claim::Lead(None);
+        }
+        let names = self.inner.names(key);
+        match self.get(&names).await {
+            Some(Some(task)) => Claim::Found(task),
+            Some(None) => self.lead_or_wait(&names).await,
+            None => Claim::Lead(None),
+        }
+    }
+
+    /// [`claim`](Self::claim) for many keys at once, with one `MGET` for the lookups.
+    pub async fn claim_many(&self, keys: &[CacheKey]) -> Vec<Claim> {
+        let lead_all = || keys.iter().map(|_| Claim::Lead(None)).collect();
+        if !self.is_up() {
+            self.inner
+                .metrics
+                .shared
+                .lookups(SharedLookup::Skipped, keys.len() as u64);
+            return lead_all();
+        }
+        let names: Vec<Names> = keys.iter().map(|key| self.inner.names(key)).collect();
+        let task_keys: Vec<&[u8]> = names.iter().map(|n| n.task.as_slice()).collect();
+        let mut connection = self.inner.connection.clone();
+        let Some(values) = self
+            .run(connection.mget::<_, Vec<Option<Vec<u8>>>>(&task_keys))
+            .await
+        else {
+            return lead_all();
+        };
+        let claims = names.iter().zip(values).map(|(names, value)| async move {
+            match value.and_then(|value| self.inner.decode_fresh(&value)) {
+                Some(task) => {
+                    self.inner.metrics.shared.lookups(SharedLookup::Hit, 1);
+                    Claim::Found(task)
+                }
+                None => {
+                    self.inner.metrics.shared.lookups(SharedLookup::Miss, 1);
+                    self.lead_or_wait(names).await
+                }
+            }
+        });
+        futures_util::future::join_all(claims).await
+    }
+
+    /// Writes upstream answers for other replicas (each expiring when it stops being fresh) and
+    /// announces them, in one round trip. Call before releasing the keys' leases, so a waiter never
+    /// finds neither.
+    pub async fn publish(&self, answers: &[(&CacheKey, &CachedTask)]) {
+        if !self.is_up() || answers.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut written = 0;
+        for (key, task) in answers {
+            let age = task.stored_at.elapsed();
+            let left = self.inner.freshness.of(task.class).saturating_sub(age);
+            if left < Duration::from_millis(1) {
+                continue;
+            }
+            let names = self.inner.names(key);
+            pipe.cmd("SET")
+                .arg(&names.task)
+                .arg(encode(task))
+                .arg("PX")
+                .arg(millis(left))
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&self.inner.channel)
+                .arg(&names.task)
+                .ignore();
+            written += 1;
+        }
+        let mut connection = self.inner.connection.clone();
+        if written > 0
+            && self
+                .run(pipe.query_async::<()>(&mut connection))
+                .await
+                .is_some()
+        {
+            self.inner.metrics.shared.write(written);
+        }
+    }
+
+    /// `GET` of one task key: `None` when Redis failed, `Some(None)` for no fresh answer.
+    async fn get(&self, names: &Names) -> Option<Option<Arc<CachedTask>>> {
+        let mut connection = self.inner.connection.clone();
+        let value = self
+            .run(connection.get::<_, Option<Vec<u8>>>(&names.task))
+            .await?;
+        let task = value.and_then(|value| self.inner.decode_fresh(&value));
+        let result = if task.is_some() {
+            SharedLookup::Hit
+        } else {
+            SharedLookup::Miss
+        };
+        self.inner.metrics.shared.lookups(result, 1);
+        Some(task)
+    }
+
+    /// Takes the lease, or waits on whoever holds it.
+    async fn lead_or_wait(&self, names: &Names) -> Claim {
+        // Watch before trying, so an announcement between a lost race and the wait is not missed.
+        let watch = self.inner.watch(&names.task);
+        match self.try_lease(names).await {
+            None => Claim::Lead(None),
+            Some(Some(lease)) => {
+                self.inner.metrics.shared.lease(LeaseOutcome::Won);
+                Claim::Lead(Some(lease))
+            }
+            Some(None) => self.wait(names, watch).await,
+        }
+    }
+
+    /// Waits for the lease holder's answer; takes the lease over if it goes away without one.
+    async fn wait(&self, names: &Names, watch: LandingWatch) -> Claim {
+        let deadline = Instant::now() + self.inner.max_wait;
+        let gave_up = || {
+            self.inner.metrics.shared.lease(LeaseOutcome::GaveUp);
+            Claim::Lead(None)
+        };
+        loop {
+            let notified = watch.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(self.inner.poll_interval) => {}
+            }
+            match self.get(names).await {
+                Some(Some(task)) => {
+                    self.inner.metrics.shared.lease(LeaseOutcome::Waited);
+                    return Claim::Found(task);
+                }
+                Some(None) => {}
+                None => return gave_up(),
+            }
+            match self.try_lease(names).await {
+                Some(Some(lease)) => {
+                    self.inner.metrics.shared.lease(LeaseOutcome::TakenOver);
+                    return Claim::Lead(Some(lease));
+                }
+                Some(None) => {}
+                None => return gave_up(),
+            }
+            if Instant::now() >= deadline {
+                return gave_up();
+            }
+        }
+    }
+
+    /// `SET lease token NX PX ttl`: `Some(Some(lease))` when taken, `Some(None)` when someone holds it,
+    /// `None` when Redis failed.
+    async fn try_lease(&self, names: &Names) -> Option<Option<Lease>> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut connection = self.inner.connection.clone();
+        let taken: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&names.lease)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(self.inner.lease_ttl))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Some(taken.map(|_| Lease {
+            inner: Arc::clone(&self.inner),
+            key: names.lease.clone(),
+            token,
+            released: false,
+        }))
+    }
+
+    /// Runs one Redis command under the deadline; a failure marks Redis down and yields `None`.
+    async fn run<T>(&self, command: impl Future<Output = Result<T, RedisError>>) -> Option<T> {
+        self.inner.run(command).await
+    }
+}
+
+impl Inner {
+    async fn run<T>(&self, command: impl Future<Output = Result<T, RedisError>>) -> Option<T> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                self.metrics.shared.error(SharedError::Error);
+                self.mark_down(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.metrics.shared.error(SharedError::Timeout);
+                self.mark_down("timed out");
+                None
+            }
+        }
+    }
+
+    fn mark_down(&self, reason: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.metrics.shared.set_up(false, true);
+            tracing::warn!(
+                error = reason,
+                "shared cache unreachable: serving local-only until it answers again"
+            );
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.metrics.shared.set_up(true, true);
+            tracing::info!("shared cache reachable again: sharing resumed");
+        }
+    }
+
+    /// The Redis names of `key`: `{prefix}task:{fingerprint hex}:{id}` and `{prefix}lease:...`.
+    fn names(&self, key: &CacheKey) -> Names {
+        let bytes: &[u8] = key.borrow();
+        let (fingerprint, id) = bytes.split_at(FINGERPRINT_LEN.min(bytes.len()));
+        let name = |kind: &[u8]| {
+            let mut name = Vec::with_capacity(self.prefix.len() + 6 + 33 + id.len());
+            name.extend_from_slice(&self.prefix);
+            name.extend_from_slice(kind);
+            for b in fingerprint {
+                name.extend_from_slice(format!("{b:02x}").as_bytes());
+            }
+            name.push(b':');
+            name.extend_from_slice(id);
+            name
+        };
+        Names {
+            task: name(b"task:"),
+            lease: name(b"lease:"),
+        }
+    }
+
+    /// A stored value, if it decodes and is still fresh by this replica's rules.
+    fn decode_fresh(&self, value: &[u8]) -> Option<Arc<CachedTask>> {
+        let Some(task) = decode(value) else {
+            self.metrics.shared.error(SharedError::Corrupt);
+            return None;
+        };
+        (task.stored_at.elapsed() < self.freshness.of(task.class)).then(|| Arc::new(task))
+    }
+
+    /// Registers interest in the announcement of `task_key`.
+    fn watch(self: &Arc<Self>, task_key: &[u8]) -> LandingWatch {
+        let mut landings = self.landings.lock().unwrap_or_else(PoisonError::into_inner);
+        let notify = match landings.get(task_key).and_then(Weak::upgrade) {
+            Some(notify) => notify,
+            None => {
+                let notify = Arc::new(Notify::new());
+                landings.insert(task_key.to_vec(), Arc::downgrade(&notify));
+                notify
+            }
+        };
+        LandingWatch {
+            inner: Arc::clone(self),
+            task_key: task_key.to_vec(),
+            notify,
+        }
+    }
+
+    /// An announcement arrived: wake whoever waits on that key here.
+    fn landed(&self, task_key: &[u8]) {
+        let notify = self
+            .landings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(task_key)
+            .and_then(Weak::upgrade);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// The Redis key names of one cache key.
+struct Names {
+    task: Vec<u8>,
+    lease: Vec<u8>,
+}
+
+/// A waiter's registration for one key's announcement; the last one to go removes the entry.
+struct LandingWatch {
+    inner: Arc<Inner>,
+    task_key: Vec<u8>,
+    notify: Arc<Notify>,
+}
+
+impl Drop for LandingWatch {
+    fn drop(&mut self) {
+        let mut landings = self
+            .inner
+            .landings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Ours is the last strong reference: nobody else waits on this key.
+        if Arc::strong_count(&self.notify) == 1 {
+            landings.remove(&self.task_key);
+        }
+    }
+}
+
+/// The right to call the upstream for one key, across replicas. Renewed while the call runs
+/// ([`hold`]); released by [`Lease::release`], or on drop if the holder forgot or
+/// panicked. A holder that dies leaves it to expire after `shared_cache.lease_ttl`.
+pub struct Lease {
+    inner: Arc<Inner>,
+    key: Vec<u8>,
+    /// Random per lease: only the holder can renew or release it.
+    token: String,
+    released: bool,
+}
+
+/// Runs `work` while holding `leases`, renewing each every third of its TTL until `work` finishes.
+pub async fn hold<F: Future>(leases: &[Lease], work: F) -> F::Output {
+    if leases.is_empty() {
+        return work.await;
+    }
+    let renew_all = futures_util::future::join_all(leases.iter().map(Lease::keep));
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        output = &mut work => output,
+        // Renewing never ends; were it to, the work still finishes.
+        _ = renew_all => work.await,
+    }
+}
+
+impl Lease {
+    /// Renews the lease every third of its TTL, for ever; stops renewing once it is lost.
+    async fn keep(&self) {
+        loop {
+            tokio::time::sleep(self.inner.lease_ttl / 3).await;
+            let mut connection = self.inner.connection.clone();
+            let renewed: Option<i64> = self
+                .inner
+                .run(
+                    self.inner
+                        .renew
+                        .key(&self.key)
+                        .arg(&self.token)
+                        .arg(millis(self.inner.lease_ttl))
+                        .invoke_async(&mut connection),
+                )
+                .await;
+            if renewed != Some(1) {
+                // Lost (expired and taken, or Redis gone): nothing left to renew.
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Gives the lease up (only if still ours).
+    pub async fn release(mut self) {
+        self.released = true;
+        release(
+            Arc::clone(&self.inner),
+            self.key.clone(),
+            self.token.clone(),
+        )
+        .await;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release(
+                Arc::clone(&self.inner),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            ));
+        }
+    }
+}
+
+async fn release(inner: Arc<Inner>, key: Vec<u8>, token: String) {
+    let mut connection = inner.connection.clone();
+    let _: Option<i64> = inner
+        .run(
+            inner
+                .release
+                .key(&key)
+                .arg(&token)
+                .invoke_async(&mut connection),
+        )
+        .await;
+}
+
+/// Listens for landing announcements, reconnecting after failures; ends with the tier.
+async fn listen(
+    inner: Weak<Inner>,
+    client: redis::Client,
+    channel: Vec<u8>,
+    mut stop: watch::Receiver<()>,
+    retry: Duration,
+) {
+    loop {
+        let session = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Some(inner) = inner.upgrade() else {
+                    return Ok(());
+                };
+                inner.landed(message.get_payload_bytes());
+            }
+            Ok::<(), RedisError>(())
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            ended = session => {
+                // Polling covers the gap; the probe, not this, decides whether Redis is up.
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "shared cache subscription lost");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// While Redis is marked down, pings it every `retry`; the first answer marks it up.
+async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duration) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.up.load(Ordering::Relaxed) {
+            continue;
+        }
+        let mut connection = inner.connection.clone();
+        let ping = redis::cmd("PING");
+        let answer =
+            tokio::time::timeout(inner.timeout, ping.query_async::<String>(&mut connection));
+        if let Ok(Ok(_)) = answer.await {
+            inner.mark_up();
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The stored value: a fixed header the gateway reads, then the upstream's bytes untouched.
+///
+/// `MJG1` | class (1 byte) | HTTP status (u16) | fetched at, Unix ms (u64) | content-type length (u16) |
+/// content type | body. Fetched-at lets every replica give the same `Age` and the same remaining TTL.
+const MAGIC: &[u8; 4] = b"MJG1";
+const HEADER_LEN: usize = 4 + 1 + 2 + 8 + 2;
+
+fn encode(task: &CachedTask) -> Vec<u8> {
+    let content_type = task.content_type.as_ref().map_or(&[][..], |v| v.as_bytes());
+    let content_type = &content_type[..content_type.len().min(usize::from(u16::MAX))];
+    let fetched_at =
+        unix_millis(SystemTime::now()).saturating_sub(millis(task.stored_at.elapsed()));
+    let mut value = Vec::with_capacity(HEADER_LEN + content_type.len() + task.body.len());
+    value.extend_from_slice(MAGIC);
+    value.push(match task.class {
+        TaskClass::Terminal => 0,
+        TaskClass::InProgress => 1,
+        TaskClass::NotFound => 2,
+    });
+    value.extend_from_slice(&task.status.as_u16().to_be_bytes());
+    value.extend_from_slice(&fetched_at.to_be_bytes());
+    value.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
+    value.extend_from_slice(content_type);
+    value.extend_from_slice(&task.body);
+    value
+}
+
+fn decode(value: &[u8]) -> Option<CachedTask> {
+    let header = value.get(..HEADER_LEN)?;
+    if &header[..4] != MAGIC {
+        return None;
+    }
+    let class = match header[4] {
+        0 => TaskClass::Terminal,
+        1 => TaskClass::InProgress,
+        2 => TaskClass::NotFound,
+        _ => return None,
+    };
+    let status = StatusCode::from_u16(u16::from_be_bytes([header[5], header[6]])).ok()?;
+    let fetched_at = u64::from_be_bytes(header[7..15].try_into().ok()?);
+    let content_type_len = usize::from(u16::from_be_bytes([header[15], header[16]]));
+    let rest = &value[HEADER_LEN..];
+    let content_type = rest.get(..content_type_len)?;
+    let body = Bytes::copy_from_slice(&rest[content_type_len..]);
+    let content_type = if content_type.is_empty() {
+        None
+    } else {
+        Some(HeaderValue::from_bytes(content_type).ok()?)
+    };
+    // A clock ahead of ours makes the age 0, never negative.
+    let age = Duration::from_millis(unix_millis(SystemTime::now()).saturating_sub(fetched_at));
+    Some(CachedTask::restored(status, body, content_type, class, age))
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_round_trips_with_its_age() {
+        let mut task = CachedTask::new(
+            Bytes::from_static(br#"{"id":"t","status":"SUCCESS"}"#),
+            Some(HeaderValue::from_static("application/json")),
+            TaskClass::Terminal,
+        );
+        task.stored_at -= Duration::from_secs(42);
+        let back = decode(&encode(&task)).unwrap();
+        assert_eq!(back.body, task.body);
+        assert_eq!(back.class, TaskClass::Terminal);
+        assert_eq!(back.status, StatusCode::OK);
+        assert_eq!(back.content_type, task.content_type);
+        assert_eq!(back.age(), 42);
+    }
+
+    #[test]
+    fn a_not_found_answer_keeps_its_status_and_no_content_type() {
+        let task = CachedTask::not_found(StatusCode::NOT_FOUND, Bytes::new(), None);
+        let back = decode(&encode(&task)).unwrap();
+        assert_eq!(back.status, StatusCode::NOT_FOUND);
+        assert_eq!(back.class, TaskClass::NotFound);
+        assert!(back.content_type.is_none() && back.body.is_empty());
+    }
+
+    #[test]
+    fn foreign_or_truncated_values_are_refused() {
+        let task = CachedTask::new(Bytes::from_static(b"{}"), None, TaskClass::InProgress);
+        let value = encode(&task);
+        assert!(decode(&value[..HEADER_LEN - 1]).is_none());
+        assert!(decode(b"{\"id\":\"t\"}").is_none());
+        let mut bad_class = value.clone();
+        bad_class[4] = 9;
+        assert!(decode(&bad_class).is_none());
+    }
+}

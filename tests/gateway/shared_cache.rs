@@ -1,0 +1,337 @@
+//! Replicas share one cache on Redis: upstream calls do not grow with the replica count, restarts
+//! cost finished tasks nothing, and Redis going away fails no request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use http::HeaderMap;
+use mjgate::credential::Fingerprinter;
+
+use crate::support::*;
+
+const SECRET: &str = "test-fingerprint-secret-0123456789";
+
+fn shared_config(sim: &Simulator, redis: &RedisServer, extra: &str) -> mjgate::Config {
+    config(
+        &sim.url(),
+        &format!(
+            "[shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"{SECRET}\"\nkey_prefix = \"test:\"\n{extra}",
+            redis.url()
+        ),
+    )
+}
+
+/// `n` gateways in front of `sim`, sharing `redis`.
+async fn replicas(sim: &Simulator, redis: &RedisServer, n: usize) -> Vec<Arc<Gateway>> {
+    let mut gateways = Vec::new();
+    for _ in 0..n {
+        gateways.push(Arc::new(start_gateway(shared_config(sim, redis, "")).await));
+    }
+    gateways
+}
+
+/// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
+async fn wait_for_shared_state(gateway: &Gateway, up: bool) {
+    for _ in 0..200 {
+        if (scrape(gateway).await.value("mjgate_shared_cache_up", &[]) == 1.0) == up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mjgate_shared_cache_up never became {}", u8::from(up));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_fetches_spread_over_three_replicas_cost_one_upstream_call() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "hot", "IN_PROGRESS");
+    sim.set_latency(Duration::from_millis(300));
+    let gateways = replicas(&sim, &redis, 3).await;
+
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let gateway = Arc::clone(&gateways[i % 3]);
+            tokio::spawn(async move { fetch(&gateway, "hot", KEY_A).await })
+        })
+        .collect();
+    for reply in join_all(clients).await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["id"], "hot");
+    }
+    assert_eq!(sim.fetch_calls("hot"), 1);
+    let waited: f64 = join_all(gateways.iter().map(|g| scrape(g)))
+        .await
+        .iter()
+        .map(|s| s.value("mjgate_shared_cache_leases_total", &[("result", "waited")]))
+        .sum::<f64>();
+    let shared_hits: f64 = join_all(gateways.iter().map(|g| scrape(g)))
+        .await
+        .iter()
+        .map(|s| s.value("mjgate_shared_cache_lookups_total", &[("result", "hit")]))
+        .sum::<f64>();
+    assert!(
+        waited + shared_hits >= 2.0,
+        "the two replicas that did not call got the answer through Redis"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_task_fetched_through_one_replica_is_served_by_another_without_an_upstream_call()
+{
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "done", "SUCCESS");
+    let gateways = replicas(&sim, &redis, 2).await;
+
+    let first = fetch(&gateways[0], "done", KEY_A).await;
+    assert_eq!(first.cache_status(), "mjgate; fwd=uri-miss; stored");
+    let second = fetch(&gateways[1], "done", KEY_A).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body, first.body, "the upstream's bytes, untouched");
+    assert_eq!(second.cache_status(), "mjgate; hit; detail=shared");
+    assert!(second.headers.contains_key("age"));
+    let third = fetch(&gateways[1], "done", KEY_A).await;
+    assert_eq!(
+        third.cache_status(),
+        "mjgate; hit",
+        "then from its own memory"
+    );
+    assert_eq!(sim.fetch_calls("done"), 1);
+}
+
+#[tokio::test]
+async fn an_in_progress_answer_is_shared_for_its_ttl_only() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let config = shared_config(&sim, &redis, "[cache]\nin_progress_ttl = \"400ms\"\n");
+        gateways.push(start_gateway(config).await);
+    }
+    fetch(&gateways[0], "busy", KEY_A).await;
+    assert_eq!(
+        fetch(&gateways[1], "busy", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
+    assert_eq!(sim.fetch_calls("busy"), 1);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.set_status("busy", "SUCCESS");
+    let refreshed = fetch(&gateways[1], "busy", KEY_A).await;
+    assert_eq!(
+        refreshed.json()["status"],
+        "SUCCESS",
+        "expired in Redis too"
+    );
+    assert_eq!(sim.fetch_calls("busy"), 2);
+    assert_eq!(
+        fetch(&gateways[0], "busy", KEY_A).await.json()["status"],
+        "SUCCESS",
+        "the other replica gets the refreshed answer"
+    );
+    assert_eq!(sim.fetch_calls("busy"), 2);
+}
+
+#[tokio::test]
+async fn a_restarted_replica_serves_finished_tasks_from_redis() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    for id in ["t1", "t2", "t3"] {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    let before = start_gateway(shared_config(&sim, &redis, "")).await;
+    for id in ["t1", "t2", "t3"] {
+        fetch(&before, id, KEY_A).await;
+    }
+    before.shutdown().await;
+
+    let after = start_gateway(shared_config(&sim, &redis, "")).await;
+    for id in ["t1", "t2", "t3"] {
+        let reply = fetch(&after, id, KEY_A).await;
+        assert_eq!(reply.cache_status(), "mjgate; hit; detail=shared");
+        assert_eq!(sim.fetch_calls(id), 1, "{id} was not asked again");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_takes_ids_from_redis_and_asks_the_upstream_only_for_the_rest() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    for id in ["b1", "b2", "b3"] {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    let gateways = replicas(&sim, &redis, 2).await;
+    fetch(&gateways[0], "b1", KEY_A).await;
+    fetch(&gateways[0], "b2", KEY_A).await;
+
+    let url = gateways[1].url("/mj/task/list-by-condition");
+    let body = r#"{"ids":["b1","b2","b3"]}"#;
+    let reply = send(request(http::Method::POST, &url, Some(KEY_A), body)).await;
+    assert_eq!(reply.status, 200);
+    let ids: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["b1", "b2", "b3"]);
+    assert_eq!(reply.cache_status(), "mjgate; fwd=partial; stored");
+    assert_eq!(sim.list_calls(), vec![vec!["b3".to_owned()]]);
+    for id in ["b1", "b2", "b3"] {
+        assert_eq!(sim.lookups(id), 1, "{id}");
+    }
+    // And the batch's own answer is shared back.
+    assert_eq!(
+        fetch(&gateways[0], "b3", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
+}
+
+#[tokio::test]
+async fn credentials_stay_partitioned_across_replicas_and_keys_name_no_credential() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "mine", "SUCCESS");
+    let gateways = replicas(&sim, &redis, 2).await;
+    assert_eq!(fetch(&gateways[0], "mine", KEY_A).await.status, 200);
+
+    let other = fetch(&gateways[1], "mine", KEY_B).await;
+    assert_eq!(other.status, 404, "key B does not see key A's task");
+    assert!(!other.cache_status().contains("hit"));
+
+    let mut connection = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        assert!(key.starts_with("test:"), "{key}");
+        assert!(!key.contains("sk-key"), "a key names a credential: {key}");
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&value);
+        assert!(
+            !text.contains("sk-key"),
+            "a value holds a credential: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_fails_no_request_and_sharing_resumes_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    for id in ["before", "during", "after"] {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    let gateways = replicas(&sim, &redis, 2).await;
+    fetch(&gateways[0], "before", KEY_A).await;
+
+    redis.stop();
+    // Every request is answered; each replica still collapses its own concurrent misses.
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            let gateway = Arc::clone(&gateways[i % 2]);
+            tokio::spawn(async move { fetch(&gateway, "during", KEY_A).await })
+        })
+        .collect();
+    for reply in join_all(clients).await {
+        assert_eq!(reply.unwrap().status, 200);
+    }
+    assert!(
+        sim.fetch_calls("during") <= 2,
+        "at most one call per replica, got {}",
+        sim.fetch_calls("during")
+    );
+    let before = fetch(&gateways[1], "before", KEY_A).await;
+    assert_eq!(before.status, 200, "a miss with Redis down goes upstream");
+    wait_for_shared_state(&gateways[0], false).await;
+    let metrics = scrape(&gateways[0]).await;
+    assert!(metrics.value("mjgate_shared_cache_errors_total", &[]) >= 1.0);
+
+    redis.restart();
+    wait_for_shared_state(&gateways[0], true).await;
+    wait_for_shared_state(&gateways[1], true).await;
+    fetch(&gateways[0], "after", KEY_A).await;
+    assert_eq!(
+        fetch(&gateways[1], "after", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared",
+        "sharing resumed"
+    );
+    assert_eq!(sim.fetch_calls("after"), 1);
+    assert!(
+        scrape(&gateways[0])
+            .await
+            .value("mjgate_shared_cache_state_changes_total", &[])
+            >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn a_lease_left_by_a_dead_replica_expires_and_is_taken_over() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "orphan", "SUCCESS");
+    let gateway = start_gateway(shared_config(&sim, &redis, "lease_ttl = \"300ms\"\n")).await;
+
+    // A replica took the lease and died: its lease stays until it expires.
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", KEY_A.parse().unwrap());
+    let fingerprint = Fingerprinter::from_secret(SECRET.as_bytes()).fingerprint(&headers);
+    let hex: String = fingerprint
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("test:lease:{hex}:orphan"))
+        .arg("dead-replica")
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let reply = fetch(&gateway, "orphan", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.cache_status(), "mjgate; fwd=uri-miss; stored");
+    assert_eq!(sim.fetch_calls("orphan"), 1);
+    let metrics = scrape(&gateway).await;
+    assert_eq!(
+        metrics.value(
+            "mjgate_shared_cache_leases_total",
+            &[("result", "taken_over")]
+        ),
+        1.0
+    );
+    // Its own lease is gone once the answer is written.
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg("test:lease:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "{leases:?}");
+}
+
+#[tokio::test]
+async fn without_a_redis_url_each_instance_keeps_its_own_cache() {
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "solo", "SUCCESS");
+    let a = start_gateway(config(&sim.url(), "")).await;
+    let b = start_gateway(config(&sim.url(), "")).await;
+    fetch(&a, "solo", KEY_A).await;
+    fetch(&b, "solo", KEY_A).await;
+    assert_eq!(sim.fetch_calls("solo"), 2);
+    assert_eq!(scrape(&a).await.value("mjgate_shared_cache_up", &[]), 0.0);
+}
