@@ -23,6 +23,17 @@ fn yaml(path: &str) -> serde_norway::Value {
     serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("deploy/{path} is not YAML: {e}"))
 }
 
+/// Every document of a multi-document YAML file.
+fn yaml_documents(path: &str) -> Vec<serde_norway::Value> {
+    let text = read(path);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| {
+            serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("deploy/{path} is not YAML: {e}"))
+        })
+        .collect()
+}
+
 /// Metric names a PromQL expression uses.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -194,5 +205,132 @@ fn metric_names_are_found_in_promql() {
     assert_eq!(
         metric_names("sum(rate(mjgate_a_total[5m])) / process_b{job=\"x_mjgate_c\"}"),
         ["mjgate_a_total", "process_b"]
+    );
+}
+
+#[test]
+fn the_scale_out_compose_runs_three_replicas_on_one_redis_behind_a_hashing_balancer() {
+    let compose = yaml("scale-out/docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    let replicas = ["mjgate-1", "mjgate-2", "mjgate-3"];
+    for name in replicas {
+        let env = &compose["services"][name]["environment"];
+        assert_eq!(env["MJGATE_REDIS_URL"], "redis://redis:6379", "{name}");
+        assert!(
+            env["MJGATE_FINGERPRINT_SECRET"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("${MJGATE_FINGERPRINT_SECRET:?")),
+            "{name}: the secret comes from the environment and is required"
+        );
+        let dockerfile = compose["services"][name]["build"]["dockerfile"]
+            .as_str()
+            .unwrap();
+        assert!(deploy(&format!("../{dockerfile}")).exists(), "{dockerfile}");
+    }
+    let redis = compose["services"]["redis"]["command"]
+        .as_sequence()
+        .unwrap();
+    let args: Vec<&str> = redis.iter().filter_map(|a| a.as_str()).collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--maxmemory-policy", "allkeys-lru"])
+    );
+    for service in services.values() {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let host = volume.as_str().unwrap().split(':').next().unwrap();
+            assert!(
+                deploy(&format!("scale-out/{host}")).exists(),
+                "compose mounts {host}, which does not exist"
+            );
+        }
+    }
+    let nginx = read("scale-out/nginx.conf");
+    assert!(nginx.contains("hash $request_uri consistent;"));
+    for name in replicas {
+        assert!(
+            nginx.contains(&format!("server {name}:8080")),
+            "{name} is balanced"
+        );
+    }
+    let prometheus = yaml("scale-out/prometheus.yml");
+    let targets = &prometheus["scrape_configs"][0]["static_configs"][0]["targets"];
+    assert_eq!(targets.as_sequence().unwrap().len(), 3);
+}
+
+#[test]
+fn the_kubernetes_scale_out_overlay_adds_redis_a_shared_secret_and_a_hashing_ingress() {
+    let base = yaml("k8s/kustomization.yaml");
+    for resource in base["resources"].as_sequence().unwrap() {
+        yaml(&format!("k8s/{}", resource.as_str().unwrap()));
+    }
+    let overlay = yaml("k8s/scale-out/kustomization.yaml");
+    let resources: Vec<&str> = overlay["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(resources.contains(&"../"));
+    for resource in resources.iter().filter(|r| **r != "../") {
+        let documents = yaml_documents(&format!("k8s/scale-out/{resource}"));
+        assert!(
+            documents.iter().all(|d| d["kind"].is_string()),
+            "{resource}"
+        );
+    }
+    let patch_path = overlay["patches"][0]["path"].as_str().unwrap();
+    let patch = yaml(&format!("k8s/scale-out/{patch_path}"));
+    let deployment = yaml("k8s/deployment.yaml");
+    assert_eq!(patch["metadata"]["name"], deployment["metadata"]["name"]);
+    assert_eq!(patch["spec"]["replicas"].as_u64(), Some(3));
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["name"],
+        deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+    );
+    let env = container["env"].as_sequence().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned().unwrap();
+    assert_eq!(
+        var("MJGATE_REDIS_URL")["value"],
+        "redis://mjgate-redis:6379"
+    );
+    assert!(var("MJGATE_FINGERPRINT_SECRET")["valueFrom"]["secretKeyRef"].is_mapping());
+
+    // The base ConfigMap plus the patch's environment is a valid shared-tier config.
+    let configmap = yaml("k8s/configmap.yaml");
+    let toml = configmap["data"]["mjgate.toml"].as_str().unwrap();
+    let overrides = mjgate::config::Overrides {
+        redis_url: Some("redis://mjgate-redis:6379".into()),
+        fingerprint_secret: Some("0123456789abcdef0123456789abcdef".into()),
+        ..Default::default()
+    };
+    let config = Config::from_toml(toml, &overrides).expect("valid with the overlay's env");
+    assert!(config.shared_cache.is_some());
+
+    let redis = yaml_documents("k8s/scale-out/redis.yaml");
+    let args: Vec<&str> = redis[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--maxmemory-policy", "allkeys-lru"])
+    );
+    assert_eq!(redis[1]["kind"], "Service");
+    assert_eq!(
+        redis[1]["metadata"]["name"], "mjgate-redis",
+        "the URL's host"
+    );
+    let ingress = yaml("k8s/scale-out/ingress.yaml");
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"],
+        "$request_uri"
+    );
+    let service = yaml("k8s/service.yaml");
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        service["metadata"]["name"]
     );
 }
