@@ -190,3 +190,28 @@ fn json_log_format_writes_one_json_object_per_line() {
     let status = terminate(&mut child);
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn the_shipped_shared_cache_section_is_valid_once_uncommented() {
+    let shipped = include_str!("../../config/mjgate.toml");
+    let start = shipped
+        .find("# [shared_cache]")
+        .expect("the section is documented");
+    let mut text = shipped[..start].to_owned();
+    for line in shipped[start..].lines() {
+        // Keys are `# key = ...`; their comments are `# # ...`.
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        if !line.starts_with('#') {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let config = mjgate::Config::from_toml(&text, &Default::default()).expect("valid");
+    let shared = config.shared_cache.expect("on once uncommented");
+    assert_eq!(shared.terminal_ttl, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(shared.lease_ttl, Duration::from_secs(5));
+    assert_eq!(shared.timeout, Duration::from_millis(250));
+    assert_eq!(shared.poll_interval, Duration::from_millis(100));
+    assert_eq!(shared.retry_interval, Duration::from_secs(1));
+    assert_eq!(shared.key_prefix, "mjgate:");
+}

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Upstream calls with 1 and with 3 mjgate replicas, on 127.0.0.1 only: the same client load through an
+# nginx balancer, with and without consistent hashing, with and without the shared Redis tier.
+#
+#   bench/replicas.sh                 # about 5 minutes
+#   POLL_SECS=15 bench/replicas.sh    # a quick look
+#
+# For each setup, from a fresh simulator (50 tasks finishing TASK_SECS after it starts) and empty caches:
+#   poll:    200 clients poll the 50 tasks every 250 ms for POLL_SECS (the tasks finish midway)
+#   restart: every replica is restarted, then 200 clients poll the finished tasks for 5 s
+# and the simulator counts the upstream calls each phase caused.
+set -euo pipefail
+
+POLL_SECS=${POLL_SECS:-30}
+TASK_SECS=${TASK_SECS:-$((POLL_SECS * 2 / 3))}
+
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then
+    apt-get install -y "${need[@]}" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
+fi
+cargo build --release --quiet
+BIN=$PWD/target/release/mjgate
+ulimit -n 65536 2>/dev/null || true
+
+WORK=$(mktemp -d /tmp/mjgate-replicas.XXXXXX)
+chmod 755 "$WORK"
+SIM=127.0.0.1:19000
+REDIS_PORT=19500
+LB=127.0.0.1:19600
+REPLICAS=(127.0.0.1:19601 127.0.0.1:19602 127.0.0.1:19603)
+KEY="Bearer sk-bench"
+SECRET=bench-fingerprint-secret-0123456789
+sim_pid="" redis_pid="" replica_pids=()
+
+cleanup() {
+    for pid in $sim_pid $redis_pid "${replica_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    sleep 0.5
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --maxmemory 256mb --maxmemory-policy allkeys-lru >/dev/null &
+redis_pid=$!
+wait_port "127.0.0.1:$REDIS_PORT"
+
+start_sim() {
+    [ -n "$sim_pid" ] && { kill "$sim_pid"; wait "$sim_pid" 2>/dev/null || true; }
+    "$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" --task-duration "${TASK_SECS}s" 2>/dev/null &
+    sim_pid=$!
+    wait_port "$SIM"
+}
+
+# start_replicas COUNT SHARED(yes|no)
+start_replicas() {
+    local count=$1 shared=$2
+    for ((i = 0; i < count; i++)); do
+        local conf="$WORK/mjgate-$i.toml"
+        cat >"$conf" <<EOF
+listen = "${REPLICAS[$i]}"
+[upstream]
+url = "http://$SIM"
+[cache]
+in_progress_ttl = "3s"
+[log]
+filter = "warn"
+EOF
+        if [ "$shared" = yes ]; then
+            printf '[shared_cache]\nredis_url = "redis://127.0.0.1:%s"\nfingerprint_secret = "%s"\n' \
+                "$REDIS_PORT" "$SECRET" >>"$conf"
+        fi
+        "$BIN" --config "$conf" 2>>"$WORK/mjgate.log" &
+        replica_pids+=($!)
+        wait_port "${REPLICAS[$i]}"
+    done
+}
+
+stop_replicas() {
+    for pid in "${replica_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${replica_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    replica_pids=()
+}
+
+# start_balancer COUNT POLICY(hash|round-robin)
+start_balancer() {
+    local count=$1 policy=$2 servers=""
+    for ((i = 0; i < count; i++)); do servers+="server ${REPLICAS[$i]};"; done
+    local balance=""
+    [ "$policy" = hash ] && balance="hash \$request_uri consistent;"
+    [ -f "$WORK/nginx.pid" ] && { kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; sleep 0.3; }
+    cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    upstream mjgate { $balance $servers keepalive 64; }
+    server {
+        listen $LB;
+        location / {
+            proxy_pass http://mjgate;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    nginx -c "$WORK/nginx.conf"
+    wait_port "$LB"
+}
+
+poll() { # poll SECONDS OUT
+    "$BIN" bench --target "http://$LB" --clients 200 --tasks 50 --interval 250ms --duration "$1" \
+        --credential "$KEY" --sim-stats "http://$SIM/_sim/stats" --json >"$2"
+}
+
+# setup NAME COUNT POLICY SHARED
+setup() {
+    local name=$1
+    echo "== $name: ${POLL_SECS}s polling, then a restart of every replica" >&2
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    start_sim
+    start_replicas "$2" "$4"
+    start_balancer "$2" "$3"
+    poll "${POLL_SECS}s" "$WORK/$name-poll.json"
+    stop_replicas
+    start_replicas "$2" "$4"
+    poll 5s "$WORK/$name-restart.json"
+    stop_replicas
+}
+
+setup one 1 hash no
+setup three-round-robin 3 round-robin no
+setup three-hash 3 hash no
+setup three-round-robin-redis 3 round-robin yes
+setup three-hash-redis 3 hash yes
+
+python3 - "$WORK" "$POLL_SECS" "$TASK_SECS" <<'EOF'
+import json, sys
+work, poll_secs, task_secs = sys.argv[1:]
+rows = [("one", "1 replica"), ("three-round-robin", "3 replicas, round robin"),
+        ("three-hash", "3 replicas, consistent hash"), ("three-round-robin-redis", "3 replicas, round robin + Redis"),
+        ("three-hash-redis", "3 replicas, consistent hash + Redis")]
+print(f"\n200 clients polling 50 tasks every 250 ms for {poll_secs}s (tasks finish after {task_secs}s), in_progress_ttl 3s;")
+print("then every replica restarted and the finished tasks polled for 5 s\n")
+print("| setup | client requests | upstream calls | calls per task | after restart: upstream calls | errors |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for name, label in rows:
+    p, r = (json.load(open(f"{work}/{name}-{x}.json")) for x in ("poll", "restart"))
+    errors = p["load"]["errors"] + r["load"]["errors"]
+    calls = p["upstream"]["fetches"]
+    print(f"| {label} | {p['load']['requests']:,} | {calls:,} | {calls / 50:.1f} | {r['upstream']['fetches']} | {errors} |")
+EOF
