@@ -343,7 +343,13 @@ impl Inner {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
-                self.metrics.shared.error(SharedError::Error);
+                // The connection's own response deadline (the same `timeout`) may fire first.
+                let kind = if e.is_timeout() {
+                    SharedError::Timeout
+                } else {
+                    SharedError::Error
+                };
+                self.metrics.shared.error(kind);
                 self.mark_down(&e.to_string());
                 None
             }

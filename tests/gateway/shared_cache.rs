@@ -277,6 +277,44 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes_when_it_returns()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_costs_one_timeout_then_requests_skip_it_until_it_answers() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    for id in ["slow-1", "slow-2", "later"] {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    let gateways = replicas(&sim, &redis, 2).await;
+    fetch(&gateways[0], "later", KEY_A).await; // connected and working
+
+    redis.pause();
+    let reply = fetch(&gateways[0], "slow-1", KEY_A).await;
+    assert_eq!(
+        reply.status, 200,
+        "answered from the upstream after the Redis deadline"
+    );
+    let metrics = scrape(&gateways[0]).await;
+    assert!(metrics.value("mjgate_shared_cache_errors_total", &[("kind", "timeout")]) >= 1.0);
+    assert_eq!(metrics.value("mjgate_shared_cache_up", &[]), 0.0);
+    let reply = fetch(&gateways[0], "slow-2", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    let metrics = scrape(&gateways[0]).await;
+    assert!(
+        metrics.value(
+            "mjgate_shared_cache_lookups_total",
+            &[("result", "skipped")]
+        ) >= 1.0,
+        "once marked down, Redis is not asked"
+    );
+
+    redis.resume();
+    wait_for_shared_state(&gateways[0], true).await;
+    assert_eq!(
+        fetch(&gateways[1], "later", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
+}
+
 #[tokio::test]
 async fn a_lease_left_by_a_dead_replica_expires_and_is_taken_over() {
     let redis = RedisServer::start();
