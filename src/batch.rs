@@ -16,6 +16,7 @@ use crate::body::ResponseBody;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Flight, Landing, Role};
+use crate::conditional::etag_of;
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
 use crate::gateway::{
@@ -459,9 +460,13 @@ fn array_response(tasks: &[Arc<CachedTask>], status: CacheStatus) -> Response<Re
         body.put_slice(&task.body);
     }
     body.put_u8(b']');
-    let mut response = Response::new(ResponseBody::full(body.freeze()));
+    let body = body.freeze();
+    // A tag over the returned tasks: unchanged while every one of them is.
+    let etag = etag_of(&body);
+    let mut response = Response::new(ResponseBody::full(body));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::ETAG, etag);
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     response
 }

@@ -1,5 +1,6 @@
-//! The body of every response the gateway sends: a buffer it owns (cache hits, errors) or an upstream
-//! stream (passthrough). An enum rather than a boxed trait object, so a cache hit costs no allocation here.
+//! The body of every response the gateway sends: a buffer it owns (cache hits, errors), an upstream
+//! stream (passthrough), or a task's server-sent events. An enum rather than a boxed trait object, so
+//! a cache hit costs no allocation here.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,6 +14,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// An upstream body, streamed as it arrives.
     Upstream(Incoming),
+    /// Server-sent events, written by the stream's task as they happen; ends when it drops its sender.
+    Events(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl ResponseBody {
@@ -37,6 +40,9 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ResponseBody::Events(events) => events
+                .poll_recv(cx)
+                .map(|event| event.map(|bytes| Ok(Frame::data(bytes)))),
         }
     }
 
@@ -44,6 +50,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
             ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseBody::Events(_) => false,
         }
     }
 
@@ -53,6 +60,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Upstream(incoming) => incoming.size_hint(),
+            ResponseBody::Events(_) => SizeHint::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use http::{HeaderValue, StatusCode};
 use moka::Expiry;
 use moka::sync::Cache;
 
+use crate::conditional::etag_of;
 use crate::config::CacheConfig;
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::metrics::Metrics;
@@ -84,6 +85,8 @@ pub struct CachedTask {
     pub content_type: Option<HeaderValue>,
     pub class: TaskClass,
     pub stored_at: Instant,
+    /// The strong tag of `body`, computed once when stored, sent with every answer.
+    pub etag: HeaderValue,
 }
 
 impl CachedTask {
@@ -91,6 +94,7 @@ impl CachedTask {
     pub fn new(body: Bytes, content_type: Option<HeaderValue>, class: TaskClass) -> Self {
         CachedTask {
             status: StatusCode::OK,
+            etag: etag_of(&body),
             body,
             content_type,
             class,
@@ -102,6 +106,7 @@ impl CachedTask {
     pub fn not_found(status: StatusCode, body: Bytes, content_type: Option<HeaderValue>) -> Self {
         CachedTask {
             status,
+            etag: etag_of(&body),
             body,
             content_type,
             class: TaskClass::NotFound,
@@ -120,6 +125,7 @@ impl CachedTask {
         let now = Instant::now();
         CachedTask {
             status,
+            etag: etag_of(&body),
             body,
             content_type,
             class,
@@ -174,6 +180,7 @@ fn weigh(key: &CacheKey, task: &CachedTask) -> u32 {
     let bytes = key.0.len()
         + task.body.len()
         + task.content_type.as_ref().map_or(0, HeaderValue::len)
+        + task.etag.len()
         + ENTRY_OVERHEAD;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
@@ -229,6 +236,30 @@ impl TaskCache {
             }
             _ => Lookup::Miss,
         }
+    }
+
+    /// The answer held for `key`, fresh or stale, with how long it stays fresh (`Duration::MAX` for a
+    /// terminal task, zero once stale): what a watcher has to go on between polls.
+    pub fn current(&self, key: &[u8]) -> Option<(Arc<CachedTask>, Duration)> {
+        match self.lookup(key) {
+            Lookup::Fresh { task, ttl } => Some((task, ttl.unwrap_or(Duration::MAX))),
+            Lookup::Stale(task) => Some((task, Duration::ZERO)),
+            Lookup::Miss => None,
+        }
+    }
+
+    /// How long `task` stays fresh from now: `None` for a terminal task (as `Lookup::Fresh` says it).
+    pub fn fresh_left(&self, task: &CachedTask) -> Option<Duration> {
+        let fresh_for = match task.class {
+            TaskClass::Terminal => return None,
+            TaskClass::InProgress => self.lifetime.in_progress_ttl,
+            TaskClass::NotFound => self.lifetime.not_found_ttl,
+        };
+        Some(fresh_for.saturating_sub(task.stored_at.elapsed()))
+    }
+
+    pub fn in_progress_ttl(&self) -> Duration {
+        self.lifetime.in_progress_ttl
     }
 
     /// Holds off refreshing `key` for one in-progress TTL after a refresh failed with `status`.

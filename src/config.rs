@@ -43,6 +43,20 @@ pub struct Config {
     pub log: LogConfig,
     /// The Redis tier replicas share; `None` runs a single instance with its in-process cache only.
     pub shared_cache: Option<SharedCacheConfig>,
+    pub watch: WatchConfig,
+}
+
+/// `[watch]`: long-polls (`fetch?wait=`) and event streams (`/events`).
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The longest a long-poll is held, whatever `wait` asks.
+    pub max_wait: Duration,
+    /// Most long-polls and streams open at once, all credentials together.
+    pub max_open: usize,
+    /// Most long-polls and streams open at once for one credential.
+    pub max_open_per_credential: usize,
+    /// How often an idle event stream gets a comment line, so proxies do not close it.
+    pub heartbeat: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +206,19 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     shared_cache: Option<RawSharedCache>,
+    #[serde(default)]
+    watch: RawWatch,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default, with = "humantime_serde")]
+    max_wait: Option<Duration>,
+    max_open: Option<usize>,
+    max_open_per_credential: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -449,6 +476,17 @@ impl Config {
             access: raw.log.access.unwrap_or(false),
         };
         let shared_cache = shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?;
+        let watch = WatchConfig {
+            max_wait: positive("watch.max_wait", raw.watch.max_wait, Duration::from_secs(60))?,
+            max_open: at_least("watch.max_open", raw.watch.max_open, 10_000, 1)?,
+            max_open_per_credential: at_least(
+                "watch.max_open_per_credential",
+                raw.watch.max_open_per_credential,
+                1_000,
+                1,
+            )?,
+            heartbeat: positive("watch.heartbeat", raw.watch.heartbeat, Duration::from_secs(15))?,
+        };
         if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
             return Err(ConfigError::Invalid {
                 key: "admin_listen",
@@ -464,6 +502,7 @@ impl Config {
             server,
             log,
             shared_cache,
+            watch,
         })
     }
 }

@@ -44,6 +44,10 @@ pub enum RequestError {
     Abandoned(#[from] Abandoned),
     #[error("the gateway is shutting down")]
     Draining,
+    #[error("too many open long-polls and streams ({0}); retry later or poll")]
+    TooManyWatches(&'static str),
+    #[error("invalid wait: {0}")]
+    BadWait(String),
 }
 
 impl RequestError {
@@ -51,7 +55,9 @@ impl RequestError {
         match self {
             RequestError::BadTaskId(_)
             | RequestError::BadBatch(_)
-            | RequestError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            | RequestError::ClientBody(_)
+            | RequestError::BadWait(_) => StatusCode::BAD_REQUEST,
+            RequestError::TooManyWatches(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::Upstream(e) => e.status(),
             RequestError::Abandoned(_) => StatusCode::BAD_GATEWAY,
@@ -64,6 +70,7 @@ impl RequestError {
         let status = self.status();
         let retry_after = match &self {
             RequestError::Draining => Some(1),
+            RequestError::TooManyWatches(_) => Some(5),
             RequestError::Upstream(e) => e.retry_after().map(crate::protect::seconds),
             _ => None,
         };

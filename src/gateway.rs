@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{
+    AGE, CONTENT_ENCODING, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -22,6 +24,9 @@ use crate::body::ResponseBody;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Collapser, Role};
+use crate::conditional;
+use crate::long_poll;
+use crate::watch::Watchers;
 use crate::config::Config;
 use crate::credential::{CredentialFingerprint, Fingerprinter};
 use crate::error::{RequestError, json_error};
@@ -125,6 +130,8 @@ pub struct Gateway {
     pub(crate) fingerprinter: Fingerprinter,
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
+    /// Pollers behind long-polls and event streams, and the bounds on them.
+    pub(crate) watchers: Watchers,
     /// The Redis tier between the cache and the upstream, when `[shared_cache]` is configured.
     pub(crate) shared: Option<SharedCache>,
     /// Admin routes live on their own listener, so the main one passes those paths through.
@@ -176,6 +183,7 @@ impl Gateway {
                 max_request_body: config.server.max_request_body,
             },
             metrics,
+            watchers: Watchers::new(&config.watch),
             shared,
             admin_separate: config.admin_listen.is_some(),
             access_log: config.log.access,
@@ -195,6 +203,7 @@ impl Gateway {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.watchers.start_draining();
     }
 
     /// Serves one request. A cache hit is answered here and now, with a ready future: it neither
@@ -226,12 +235,19 @@ impl Gateway {
         let Route::Fetch(id) = routes::classify(request.method(), request.uri().path()) else {
             return None;
         };
+        // A long-poll may have to wait: the slow path decides (and validates `wait`).
+        if request.uri().query().is_some_and(long_poll::asks_to_wait) {
+            return None;
+        }
         let fingerprint = self.fingerprinter.fingerprint(request.headers());
         let key = KeyBuf::new(&fingerprint, id);
         let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) else {
             return None;
         };
         let mut response = task_response(&task, CacheStatus::Hit { ttl }, true);
+        if request.headers().contains_key(IF_NONE_MATCH) {
+            response = self.conditional(request.headers(), response, RouteLabel::Fetch);
+        }
         let request_id = request_id::of_request(request.headers());
         let elapsed = started.elapsed();
         self.metrics.task_lookups(Outcome::Hit, 1);
@@ -265,7 +281,13 @@ impl Gateway {
         if self.admin_separate && listener == Listener::Main && route.is_admin() {
             route = Route::Passthrough;
         }
-        let label = route.label();
+        let mut label = route.label();
+        if label == RouteLabel::Fetch && request.uri().query().is_some_and(long_poll::asks_to_wait)
+        {
+            label = RouteLabel::LongPoll;
+        }
+        // `If-None-Match` is checked once the answer is known; batches consume the request.
+        let if_none_match = conditional::if_none_match(request.headers());
         let span = tracing::info_span!(
             "request",
             id = request_id.to_str().unwrap_or(""),
@@ -293,8 +315,18 @@ impl Gateway {
             }
             Route::Ready => Served::bypass(plain(StatusCode::OK, "ready")),
             Route::Metrics => Served::bypass(self.metrics_response()),
+            Route::Fetch(id) if label == RouteLabel::LongPoll => {
+                self.long_poll(&request, id, client)
+                    .instrument(span.clone())
+                    .await
+            }
             Route::Fetch(id) => {
-                self.fetch(&request, id, client)
+                self.fetch(request.uri().path(), request.headers(), id, client)
+                    .instrument(span.clone())
+                    .await
+            }
+            Route::Events(id) => {
+                self.events(&request, id, client)
                     .instrument(span.clone())
                     .await
             }
@@ -307,6 +339,15 @@ impl Gateway {
             }
         };
 
+        let mut served = served;
+        if let Some(if_none_match) = &if_none_match
+            && matches!(
+                label,
+                RouteLabel::Fetch | RouteLabel::Batch | RouteLabel::LongPoll
+            )
+        {
+            served.response = self.conditional(if_none_match, served.response, label);
+        }
         let elapsed = started.elapsed();
         self.metrics.request(label, served.outcome, elapsed);
         let status = served.response.status().as_u16();
@@ -330,6 +371,20 @@ impl Gateway {
         response
     }
 
+    /// `response` as `304 Not Modified` when the request's `If-None-Match` names its `ETag`.
+    pub(crate) fn conditional(
+        &self,
+        request: &HeaderMap,
+        response: Response<ResponseBody>,
+        route: RouteLabel,
+    ) -> Response<ResponseBody> {
+        let (response, not_modified) = conditional::not_modified_if_unchanged(request, response);
+        if not_modified {
+            self.metrics.watch.not_modified(route);
+        }
+        response
+    }
+
     fn metrics_response(&self) -> Response<ResponseBody> {
         // Apply pending evictions first, so the cache gauges are exact at scrape time.
         self.cache.sync();
@@ -343,13 +398,14 @@ impl Gateway {
 
     /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call; a stale
     /// entry stands in if that call fails.
-    async fn fetch(
+    pub(crate) async fn fetch(
         self: &Arc<Self>,
-        request: &Request<Incoming>,
+        path: &str,
+        headers: &HeaderMap,
         id: TaskId<'_>,
         client: ClientInfo,
     ) -> Served {
-        let fingerprint = self.fingerprinter.fingerprint(request.headers());
+        let fingerprint = self.fingerprinter.fingerprint(headers);
         let key = KeyBuf::new(&fingerprint, id);
         let stale = match self.cache.lookup(key.as_bytes()) {
             Lookup::Fresh { task, ttl } => {
@@ -403,8 +459,8 @@ impl Gateway {
             self.metrics.task_lookups(Outcome::Miss, 1);
             let landing = flight.landing();
             let gateway = Arc::clone(self);
-            let path = request.uri().path().to_owned();
-            let headers = request.headers().clone();
+            let path = path.to_owned();
+            let headers = headers.clone();
             let id = id.as_str().to_owned();
             // The call runs in a task of its own: if this client goes away, the other waiters still get
             // it. It keeps this request's span, so its log lines carry the leader's request id.
@@ -655,7 +711,11 @@ pub(crate) fn passed_response(
 
 /// A stored task as a response: the upstream's bytes and content type, plus `Cache-Status` (and `Age`
 /// when it comes from the cache).
-fn task_response(task: &CachedTask, status: CacheStatus, with_age: bool) -> Response<ResponseBody> {
+pub(crate) fn task_response(
+    task: &CachedTask,
+    status: CacheStatus,
+    with_age: bool,
+) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(task.body.clone()));
     *response.status_mut() = task.status;
     let headers = response.headers_mut();
@@ -666,6 +726,9 @@ fn task_response(task: &CachedTask, status: CacheStatus, with_age: bool) -> Resp
                 .clone()
                 .unwrap_or_else(|| APPLICATION_JSON.clone()),
         );
+    }
+    if task.status == StatusCode::OK {
+        headers.insert(ETAG, task.etag.clone());
     }
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     if with_age {

@@ -18,6 +18,10 @@
 //! | [`credential`] | the keyed fingerprint of a request's credential headers |
 //! | [`cache`] | the moka cache: keys, stored entries, freshness, memory budget |
 //! | [`shared`] | the Redis tier replicas share: lookups, leases across replicas, local-only fallback |
+//! | [`conditional`] | strong `ETag`s and `If-None-Match` → `304 Not Modified` |
+//! | [`watch`] | one poller per watched task, shared by long-polls and streams; their bounds |
+//! | [`long_poll`] | `fetch?wait=`: answer at once, or hold until the task changes |
+//! | [`events`] | `/events`: a task's changes as server-sent events |
 //! | [`cache_status`] | the RFC 9211 `Cache-Status` header and the outcome it names |
 //! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
 //! | [`healthcheck`] | `mjgate healthcheck`, the probe for container health checks |
@@ -37,14 +41,17 @@ pub mod body;
 pub mod cache;
 pub mod cache_status;
 pub mod collapse;
+pub mod conditional;
 pub mod config;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod fixed_body;
 pub mod gateway;
 pub mod healthcheck;
 pub mod load;
+pub mod long_poll;
 pub mod metrics;
 pub mod protect;
 pub mod request_id;
@@ -55,6 +62,7 @@ pub mod shutdown;
 pub mod simulator;
 pub mod task;
 pub mod upstream;
+pub mod watch;
 
 pub use config::Config;
 pub use error::Error;

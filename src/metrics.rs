@@ -21,14 +21,20 @@ pub enum RouteLabel {
     Batch = 1,
     Passthrough = 2,
     Admin = 3,
+    /// A fetch with `?wait=`: its duration is the time it was held.
+    LongPoll = 4,
+    /// `GET .../events`: its duration is the time to the stream's head.
+    Events = 5,
 }
 
 impl RouteLabel {
-    const ALL: [RouteLabel; 4] = [
+    const ALL: [RouteLabel; 6] = [
         RouteLabel::Fetch,
         RouteLabel::Batch,
         RouteLabel::Passthrough,
         RouteLabel::Admin,
+        RouteLabel::LongPoll,
+        RouteLabel::Events,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +43,8 @@ impl RouteLabel {
             RouteLabel::Batch => "batch",
             RouteLabel::Passthrough => "passthrough",
             RouteLabel::Admin => "admin",
+            RouteLabel::LongPoll => "long_poll",
+            RouteLabel::Events => "events",
         }
     }
 }
@@ -143,6 +151,133 @@ pub struct Metrics {
     circuit_open: IntGauge,
     /// The Redis tier's counters (registered whether or not it is configured).
     pub shared: SharedMetrics,
+    /// Long-polls, event streams and the watchers behind them.
+    pub watch: WatchMetrics,
+}
+
+/// An event sent on a task's event stream, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Status = 0,
+    Progress = 1,
+    End = 2,
+    Shutdown = 3,
+    Error = 4,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Progress => "progress",
+            EventKind::End => "end",
+            EventKind::Shutdown => "shutdown",
+            EventKind::Error => "error",
+        }
+    }
+}
+
+/// Conditional requests, long-polls and event streams.
+pub struct WatchMetrics {
+    /// `[route]`
+    not_modified: Vec<IntCounter>,
+    watchers: IntGauge,
+    long_polls: IntGauge,
+    streams: IntGauge,
+    events: [IntCounter; 5],
+    refused: IntCounter,
+}
+
+impl WatchMetrics {
+    fn new(registry: &Registry) -> Self {
+        let not_modified = IntCounterVec::new(
+            Opts::new(
+                "mjgate_not_modified_total",
+                "304 Not Modified answers (If-None-Match named the current ETag), by route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let watchers = IntGauge::new(
+            "mjgate_watchers",
+            "Tasks watched right now: one poller per (credential, task) however many long-polls and streams.",
+        )
+        .expect("valid metric");
+        let long_polls = IntGauge::new(
+            "mjgate_open_long_polls",
+            "Long-polls (fetch with ?wait=) held right now.",
+        )
+        .expect("valid metric");
+        let streams = IntGauge::new("mjgate_open_streams", "Event streams open right now.")
+            .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "mjgate_events_sent_total",
+                "Server-sent events written to streams, by event.",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        let refused = IntCounter::new(
+            "mjgate_watch_refused_total",
+            "Long-polls and streams refused with 429: watch.max_open or watch.max_open_per_credential reached.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(not_modified.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(watchers.clone()),
+            Box::new(long_polls.clone()),
+            Box::new(streams.clone()),
+            Box::new(events.clone()),
+            Box::new(refused.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        WatchMetrics {
+            not_modified: RouteLabel::ALL
+                .iter()
+                .map(|route| not_modified.with_label_values(&[route.as_str()]))
+                .collect(),
+            watchers,
+            long_polls,
+            streams,
+            events: [
+                EventKind::Status,
+                EventKind::Progress,
+                EventKind::End,
+                EventKind::Shutdown,
+                EventKind::Error,
+            ]
+            .map(|kind| events.with_label_values(&[kind.as_str()])),
+            refused,
+        }
+    }
+
+    pub fn not_modified(&self, route: RouteLabel) {
+        self.not_modified[route as usize].inc();
+    }
+
+    pub fn watcher(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.watchers)
+    }
+
+    pub fn long_poll(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.long_polls)
+    }
+
+    pub fn stream(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.streams)
+    }
+
+    pub fn event(&self, kind: EventKind) {
+        self.events[kind as usize].inc();
+    }
+
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
 }
 
 /// What a shared-tier (Redis) lookup found, per task id.
@@ -465,8 +600,10 @@ impl Metrics {
         }
 
         let shared = SharedMetrics::new(&registry);
+        let watch = WatchMetrics::new(&registry);
         Metrics {
             shared,
+            watch,
             registry,
             requests,
             request_duration,

@@ -16,7 +16,9 @@ pub enum Route<'a> {
     Metrics,
     /// `GET [/{mode}]/mj/task/{id}/fetch`, served from the task cache.
     Fetch(TaskId<'a>),
-    /// `GET [/{mode}]/mj/task/{id}/fetch` with an id that must not reach the upstream.
+    /// `GET [/{mode}]/mj/task/{id}/events`: the task's changes as server-sent events (mjgate's own).
+    Events(TaskId<'a>),
+    /// A fetch or events path with an id that must not reach the upstream.
     BadTaskId(InvalidTaskId),
     /// `POST [/{mode}]/mj/task/list-by-condition`, served from the task cache when it asks by `ids`.
     Batch,
@@ -30,6 +32,7 @@ impl Route<'_> {
         match self {
             Route::Health | Route::Ready | Route::Metrics => RouteLabel::Admin,
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
+            Route::Events(_) => RouteLabel::Events,
             Route::Batch => RouteLabel::Batch,
             Route::Passthrough => RouteLabel::Passthrough,
         }
@@ -58,15 +61,20 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     if *method != Method::GET {
         return Route::Passthrough;
     }
-    let Some(id) = rest
-        .strip_prefix("/mj/task/")
-        .and_then(|r| r.strip_suffix("/fetch"))
-    else {
+    let Some(task_path) = rest.strip_prefix("/mj/task/") else {
+        return Route::Passthrough;
+    };
+    let (id, events) = if let Some(id) = task_path.strip_suffix("/fetch") {
+        (id, false)
+    } else if let Some(id) = task_path.strip_suffix("/events") {
+        (id, true)
+    } else {
         return Route::Passthrough;
     };
     // `/mj/task/a/b/fetch` is a fetch-shaped path with a bad id, not another endpoint: refuse it here
     // rather than let an id with a slash reach the upstream.
     match TaskId::parse(id) {
+        Ok(id) if events => Route::Events(id),
         Ok(id) => Route::Fetch(id),
         Err(e) => Route::BadTaskId(e),
     }
@@ -125,6 +133,22 @@ mod tests {
         assert_eq!(
             classify(&Method::GET, "/mj/task/a/b/fetch"),
             Route::BadTaskId(InvalidTaskId::BadCharacter)
+        );
+    }
+
+    #[test]
+    fn event_streams_are_the_gateways_own() {
+        assert_eq!(
+            classify(&Method::GET, "/mj-fast/mj/task/123/events"),
+            Route::Events(TaskId::parse("123").unwrap())
+        );
+        assert_eq!(
+            classify(&Method::GET, "/mj/task/a/b/events"),
+            Route::BadTaskId(InvalidTaskId::BadCharacter)
+        );
+        assert_eq!(
+            classify(&Method::POST, "/mj/task/123/events"),
+            Route::Passthrough
         );
     }
 

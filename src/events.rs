@@ -1,0 +1,258 @@
+//! Server-sent events: `GET [/{mode}]/mj/task/{id}/events` streams a task's changes (RFC-less, per the
+//! WHATWG EventSource format). The current state goes out at once, then one event per change
+//! (`event: status` when the status changed, `event: progress` otherwise; the task JSON as data, its
+//! ETag as the event id), then `event: end` when the task is terminal, and the stream closes.
+//! `Last-Event-ID` on reconnect skips what the client already has; reconnecting after the end gets
+//! `204 No Content`, which tells an EventSource to stop.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use crate::body::ResponseBody;
+use crate::cache::KeyBuf;
+use crate::gateway::{Gateway, Served};
+use crate::metrics::{EventKind, Outcome};
+use crate::task::{TaskClass, TaskHead, TaskId};
+use crate::upstream::ClientInfo;
+use crate::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
+
+static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// Asks nginx-style proxies not to buffer the stream.
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// Events written ahead of a slow client before the writer waits for it.
+const BACKLOG: usize = 16;
+
+impl Gateway {
+    pub(crate) async fn events(
+        self: &Arc<Self>,
+        request: &Request<Incoming>,
+        id: TaskId<'_>,
+        client: ClientInfo,
+    ) -> Served {
+        let headers = request.headers();
+        let fingerprint = self.fingerprinter.fingerprint(headers);
+        // Refused before any work: a client over the bound costs nothing upstream.
+        let permit = match self
+            .watchers
+            .admit(fingerprint, WatchKind::Stream, &self.metrics)
+        {
+            Ok(permit) => permit,
+            Err(e) => return Served::bypass(e.into_response()),
+        };
+        let path = request.uri().path();
+        let fetch_path = format!("{}/fetch", path.strip_suffix("/events").unwrap_or(path));
+        let served = self.fetch(&fetch_path, headers, id, client).await;
+        let key = KeyBuf::new(&fingerprint, id);
+        // Not a task the client may see (unknown, another key's, an upstream error): that answer,
+        // as a fetch would give it, instead of a stream.
+        let current = match self.cache.current(key.as_bytes()) {
+            Some((task, _))
+                if served.response.status() == StatusCode::OK && task.status == StatusCode::OK =>
+            {
+                task
+            }
+            _ => return served,
+        };
+        let last_event_id = headers.get(&LAST_EVENT_ID).cloned();
+        if current.class == TaskClass::Terminal && last_event_id.as_ref() == Some(&current.etag) {
+            return Served::new(no_content(), Outcome::Hit, None);
+        }
+        let (events, body) = mpsc::channel(BACKLOG);
+        let target = WatchTarget {
+            key: key.to_key(),
+            path: fetch_path,
+            headers: headers.clone(),
+            id: id.as_str().to_owned(),
+            client,
+        };
+        let stream = Stream {
+            gateway: Arc::clone(self),
+            events,
+            _permit: permit,
+        };
+        tokio::spawn(stream.run(target, current, last_event_id));
+        Served::new(stream_head(body), served.outcome, served.upstream_status)
+    }
+}
+
+/// One open stream: the writer's end of the body, and its place under the bounds.
+struct Stream {
+    gateway: Arc<Gateway>,
+    events: mpsc::Sender<Bytes>,
+    _permit: WatchPermit,
+}
+
+/// Why a stream stopped writing.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The task is terminal (or vanished): the last events are out.
+    Finished,
+}
+
+impl Stream {
+    async fn run(
+        mut self,
+        target: WatchTarget,
+        current: Snapshot,
+        last_event_id: Option<HeaderValue>,
+    ) {
+        let mut sent = Arc::clone(&current);
+        if last_event_id.as_ref() != Some(&current.etag)
+            && self.send(EventKind::Status, &current).await.is_err()
+        {
+            return;
+        }
+        if self.finish_if_over(&current).await.is_err() {
+            return;
+        }
+        let mut changes = self.gateway.watch(target, current);
+        let mut draining = self.gateway.watchers.draining();
+        let period = self.gateway.watchers.config().heartbeat;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            let latest = Arc::clone(&changes.borrow_and_update());
+            if latest.etag != sent.etag {
+                if self.write_change(&sent, &latest).await.is_err() {
+                    return;
+                }
+                sent = latest;
+                continue;
+            }
+            if *draining.borrow() {
+                let _ = self
+                    .write(EventKind::Shutdown, Bytes::from_static(SHUTDOWN))
+                    .await;
+                return;
+            }
+            tokio::select! {
+                () = self.events.closed() => return,
+                changed = changes.changed() => if changed.is_err() {
+                    // The poller ended (the task is over): write what it knew last, then close.
+                    let latest = Arc::clone(&changes.borrow());
+                    if latest.etag != sent.etag {
+                        let _ = self.write_change(&sent, &latest).await;
+                    }
+                    return;
+                },
+                _ = heartbeat.tick() => {
+                    if self.events.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                _ = draining.changed() => {}
+            }
+        }
+    }
+
+    /// Writes the event for a change from `before` to `after`; `Finished` once the task is over.
+    async fn write_change(&mut self, before: &Snapshot, after: &Snapshot) -> Result<(), Stop> {
+        if after.status != StatusCode::OK {
+            // The task vanished (the upstream now says it does not exist).
+            self.send(EventKind::Error, after).await?;
+            return Err(Stop::Finished);
+        }
+        let kind = if status_of(after) == status_of(before) {
+            EventKind::Progress
+        } else {
+            EventKind::Status
+        };
+        self.send(kind, after).await?;
+        self.finish_if_over(after).await
+    }
+
+    /// After a terminal state: `event: end`, and the stream closes.
+    async fn finish_if_over(&mut self, task: &Snapshot) -> Result<(), Stop> {
+        if task.class == TaskClass::InProgress {
+            return Ok(());
+        }
+        let data = serde_json::json!({ "status": status_of(task) }).to_string();
+        self.write(EventKind::End, event("end", Some(&task.etag), data.as_bytes()))
+            .await?;
+        Err(Stop::Finished)
+    }
+
+    async fn send(&mut self, kind: EventKind, task: &Snapshot) -> Result<(), Stop> {
+        self.write(kind, event(kind.as_str(), Some(&task.etag), &task.body))
+            .await
+    }
+
+    async fn write(&mut self, kind: EventKind, bytes: Bytes) -> Result<(), Stop> {
+        self.events.send(bytes).await.map_err(|_| Stop::Gone)?;
+        self.gateway.metrics.watch.event(kind);
+        Ok(())
+    }
+}
+
+/// The event at shutdown: reconnect in a second (to a replica that is not stopping).
+const SHUTDOWN: &[u8] = b"event: shutdown\nretry: 1000\ndata: {}\n\n";
+
+/// One event in the EventSource wire format; every line of `data` gets its own `data:` field.
+pub fn event(name: &str, id: Option<&HeaderValue>, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 64);
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_u8(b'\n');
+    if let Some(id) = id {
+        out.put_slice(b"id: ");
+        out.put_slice(id.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in data.split(|b| *b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+fn status_of(task: &Snapshot) -> String {
+    TaskHead::parse(&task.body)
+        .and_then(|head| head.status)
+        .map(|status| status.into_owned())
+        .unwrap_or_default()
+}
+
+fn stream_head(body: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Events(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+    response
+}
+
+fn no_content() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_follow_the_eventsource_format() {
+        let id = HeaderValue::from_static("\"t1\"");
+        assert_eq!(
+            event("status", Some(&id), b"{\"a\":1}"),
+            "event: status\nid: \"t1\"\ndata: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            event("progress", None, b"{\r\n\"a\":1\n}"),
+            "event: progress\ndata: {\ndata: \"a\":1\ndata: }\n\n",
+            "each line of a pretty-printed body is its own data field"
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Long-poll: `GET [/{mode}]/mj/task/{id}/fetch?wait=30s` answers at once when the task is terminal or
+//! differs from the client's `If-None-Match` (or the client sent none), and otherwise holds the request
+//! until the task changes or the wait ends. Clients that never send `wait` see a plain fetch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use http::header::IF_NONE_MATCH;
+use hyper::body::Incoming;
+
+use crate::cache::KeyBuf;
+use crate::cache_status::CacheStatus;
+use crate::conditional::none_match_hits;
+use crate::error::RequestError;
+use crate::gateway::{Gateway, Served, task_response};
+use crate::metrics::Outcome;
+use crate::task::{TaskClass, TaskId};
+use crate::upstream::ClientInfo;
+use crate::watch::{WatchKind, WatchTarget};
+
+/// Whether a query string asks to wait (`wait=...`; a bare `wait` is refused later as invalid).
+pub fn asks_to_wait(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair == "wait" || pair.starts_with("wait="))
+}
+
+/// The `wait` a query asks for: whole seconds (`30`) or a humantime duration (`30s`, `1m`, `1500ms`).
+pub fn requested_wait(query: &str) -> Result<Duration, RequestError> {
+    let value = query
+        .split('&')
+        .find_map(|pair| match pair {
+            "wait" => Some(""),
+            _ => pair.strip_prefix("wait="),
+        })
+        .unwrap_or("");
+    let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u64>().ok().map(Duration::from_secs)
+    } else {
+        humantime::parse_duration(value).ok()
+    };
+    parsed.ok_or_else(|| {
+        RequestError::BadWait(format!(
+            "`{}` is not a duration (`30s`, `1500ms`, or whole seconds)",
+            value.escape_default()
+        ))
+    })
+}
+
+impl Gateway {
+    /// A fetch with `?wait=`: the ordinary fetch first, then, if the client already holds that answer
+    /// and the task is still in progress, a wait on the task's poller.
+    pub(crate) async fn long_poll(
+        self: &Arc<Self>,
+        request: &Request<Incoming>,
+        id: TaskId<'_>,
+        client: ClientInfo,
+    ) -> Served {
+        let wait = match requested_wait(request.uri().query().unwrap_or("")) {
+            Ok(wait) => wait.min(self.watchers.config().max_wait),
+            Err(e) => return Served::bypass(e.into_response()),
+        };
+        let (path, headers) = (request.uri().path(), request.headers());
+        let served = self.fetch(path, headers, id, client).await;
+        let fingerprint = self.fingerprinter.fingerprint(headers);
+        let key = KeyBuf::new(&fingerprint, id);
+        let Some((current, _)) = self.cache.current(key.as_bytes()) else {
+            return served;
+        };
+        let held_by_client = headers.contains_key(IF_NONE_MATCH)
+            && none_match_hits(headers, &current.etag)
+            && served.response.headers().get(http::header::ETAG) == Some(&current.etag);
+        if current.class != TaskClass::InProgress || !held_by_client {
+            return served;
+        }
+        let _permit = match self
+            .watchers
+            .admit(fingerprint, WatchKind::LongPoll, &self.metrics)
+        {
+            Ok(permit) => permit,
+            Err(e) => return Served::bypass(e.into_response()),
+        };
+        let target = WatchTarget {
+            key: key.to_key(),
+            path: path.to_owned(),
+            headers: headers.clone(),
+            id: id.as_str().to_owned(),
+            client,
+        };
+        let mut changes = self.watch(target, Arc::clone(&current));
+        let mut draining = self.watchers.draining();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        while changes.borrow_and_update().etag == current.etag && !*draining.borrow() {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                () = &mut deadline => break,
+                _ = draining.changed() => {}
+            }
+        }
+        let latest = Arc::clone(&changes.borrow());
+        let status = CacheStatus::Hit {
+            ttl: self.cache.fresh_left(&latest),
+        };
+        // Unchanged: the handler's `If-None-Match` check turns this into `304`.
+        Served::new(task_response(&latest, status, true), Outcome::Hit, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_takes_seconds_or_humantime() {
+        assert!(asks_to_wait("wait=30s") && asks_to_wait("a=1&wait=5") && asks_to_wait("wait"));
+        assert!(!asks_to_wait("waiter=1") && !asks_to_wait("t=1"));
+        assert_eq!(requested_wait("wait=30").unwrap(), Duration::from_secs(30));
+        assert_eq!(requested_wait("x=1&wait=1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(requested_wait("wait=1m").unwrap(), Duration::from_secs(60));
+        for bad in ["wait", "wait=", "wait=soon", "wait=-3"] {
+            assert!(requested_wait(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Watching tasks for long-polls and event streams: one poller per (credential fingerprint, task id),
+//! however many clients watch it, and the bounds on how many may watch.
+//!
+//! A poller refreshes its task through the ordinary fetch path (cache, collapse, rate ceilings, 429
+//! backoff), so it costs the upstream what one polling client would: at most one call per
+//! `in_progress_ttl`, shared with plain pollers of the same task. It publishes each new answer on a
+//! `tokio::sync::watch` channel, stops when the task is terminal (or not found), and retires the moment
+//! its last subscriber goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio::sync::watch;
+
+use crate::cache::{CacheKey, CachedTask};
+use crate::config::WatchConfig;
+use crate::credential::CredentialFingerprint;
+use crate::error::RequestError;
+use crate::gateway::Gateway;
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::task::{TaskClass, TaskId};
+use crate::upstream::ClientInfo;
+
+/// The latest answer a poller knows for its task.
+pub type Snapshot = Arc<CachedTask>;
+
+/// What a long-poll or a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    LongPoll,
+    Stream,
+}
+
+/// The pollers, the open-watch counts and the drain signal, shared by all connections.
+pub struct Watchers {
+    /// Pollers by cache key. Each poller task owns its sender; entries are added by subscribers and
+    /// removed by the poller as it retires, both under this lock, so nobody subscribes to a poller
+    /// that is leaving.
+    pollers: Mutex<HashMap<CacheKey, Weak<watch::Sender<Snapshot>>>>,
+    open: Arc<Mutex<OpenCounts>>,
+    config: WatchConfig,
+    /// Turns `true` when shutdown begins: held long-polls answer, streams end.
+    draining: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct OpenCounts {
+    total: usize,
+    by_credential: HashMap<CredentialFingerprint, usize>,
+}
+
+/// A long-poll's or stream's place under the bounds; given back on drop.
+pub struct WatchPermit {
+    open: Arc<Mutex<OpenCounts>>,
+    fingerprint: CredentialFingerprint,
+    _gauge: GaugeGuard,
+}
+
+/// What a poller needs to refresh its task as the client that started it would.
+pub struct WatchTarget {
+    pub key: CacheKey,
+    /// The fetch path (`[/{mode}]/mj/task/{id}/fetch`) and the starting request's headers.
+    pub path: String,
+    pub headers: HeaderMap,
+    pub id: String,
+    pub client: ClientInfo,
+}
+
+impl Watchers {
+    pub fn new(config: &WatchConfig) -> Self {
+        Watchers {
+            pollers: Mutex::new(HashMap::new()),
+            open: Arc::new(Mutex::new(OpenCounts::default())),
+            config: config.clone(),
+            draining: watch::channel(false).0,
+        }
+    }
+
+    pub fn config(&self) -> &WatchConfig {
+        &self.config
+    }
+
+    /// Takes a place for one more long-poll or stream of `fingerprint`, or says which bound is reached.
+    pub fn admit(
+        &self,
+        fingerprint: CredentialFingerprint,
+        kind: WatchKind,
+        metrics: &Metrics,
+    ) -> Result<WatchPermit, RequestError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = open.by_credential.get(&fingerprint).copied().unwrap_or(0);
+        let refused = if open.total >= self.config.max_open {
+            Some("watch.max_open")
+        } else if mine >= self.config.max_open_per_credential {
+            Some("watch.max_open_per_credential")
+        } else {
+            None
+        };
+        if let Some(bound) = refused {
+            metrics.watch.refused();
+            return Err(RequestError::TooManyWatches(bound));
+        }
+        open.total += 1;
+        *open.by_credential.entry(fingerprint).or_default() += 1;
+        let gauge = match kind {
+            WatchKind::LongPoll => metrics.watch.long_poll(),
+            WatchKind::Stream => metrics.watch.stream(),
+        };
+        Ok(WatchPermit {
+            open: Arc::clone(&self.open),
+            fingerprint,
+            _gauge: gauge,
+        })
+    }
+
+    /// A receiver that sees `true` once shutdown has begun.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Removes `sender`'s entry if nobody subscribes to it any more; `false` when someone does.
+    fn retire(&self, key: &CacheKey, sender: &Arc<watch::Sender<Snapshot>>) -> bool {
+        let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        if pollers
+            .get(key)
+            .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(sender)))
+        {
+            pollers.remove(key);
+        }
+        true
+    }
+
+    /// Pollers running now.
+    pub fn pollers(&self) -> usize {
+        self.pollers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.total = open.total.saturating_sub(1);
+        if let Some(mine) = open.by_credential.get_mut(&self.fingerprint) {
+            *mine -= 1;
+            if *mine == 0 {
+                open.by_credential.remove(&self.fingerprint);
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Subscribes to the poller of `target`'s task, starting one if none runs. `current` is the
+    /// answer the caller holds: a newer one than the poller's moves every subscriber forward. Compare
+    /// the receiver's value with what the client has, not only its change notices: the poller may
+    /// already know something newer than `current`.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        target: WatchTarget,
+        current: Snapshot,
+    ) -> watch::Receiver<Snapshot> {
+        let mut pollers = self
+            .watchers
+            .pollers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = pollers.get(&target.key).and_then(Weak::upgrade) {
+            sender.send_if_modified(|known| {
+                let newer = known.etag != current.etag && current.stored_at > known.stored_at;
+                if newer {
+                    *known = Arc::clone(&current);
+                }
+                newer
+            });
+            return sender.subscribe();
+        }
+        let (sender, receiver) = watch::channel(current);
+        let sender = Arc::new(sender);
+        pollers.insert(target.key.clone(), Arc::downgrade(&sender));
+        drop(pollers);
+        tokio::spawn(Arc::clone(self).poll_watched(target, sender));
+        receiver
+    }
+
+    /// The poller: refreshes the task each time its answer goes stale, while anyone watches.
+    async fn poll_watched(self: Arc<Self>, target: WatchTarget, sender: Arc<watch::Sender<Snapshot>>) {
+        let _gauge = self.metrics.watch.watcher();
+        let Ok(id) = TaskId::parse(&target.id) else {
+            self.watchers.retire(&target.key, &sender);
+            return;
+        };
+        loop {
+            let known = Arc::clone(&sender.borrow());
+            if known.class != TaskClass::InProgress {
+                // Terminal or gone: nothing more will change. Subscribers keep the last value.
+                let mut pollers = self
+                    .watchers
+                    .pollers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if pollers
+                    .get(&target.key)
+                    .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(&sender)))
+                {
+                    pollers.remove(&target.key);
+                }
+                return;
+            }
+            let cached = self.cache.current(std::borrow::Borrow::borrow(&target.key));
+            if let Some((latest, _)) = &cached
+                && latest.etag != known.etag
+                && latest.stored_at >= known.stored_at
+            {
+                // Someone else refreshed it (a plain poll, a batch, another replica via Redis).
+                sender.send_replace(Arc::clone(latest));
+                continue;
+            }
+            let fresh_for = cached.map_or(Duration::ZERO, |(_, left)| left);
+            // A stale or missing entry: the refresh just failed or was refused; try again in one TTL.
+            let wait = if fresh_for.is_zero() {
+                self.cache.in_progress_ttl()
+            } else {
+                fresh_for
+            };
+            tokio::select! {
+                () = sender.closed() => {
+                    if self.watchers.retire(&target.key, &sender) {
+                        return;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            if sender.receiver_count() == 0 && self.watchers.retire(&target.key, &sender) {
+                return;
+            }
+            // Errors are the fetch path's to handle (stale answers, backoff); the poller only reads
+            // what that left in the cache.
+            let _ = self
+                .fetch(&target.path, &target.headers, id, target.client)
+                .await;
+        }
+    }
+}
