@@ -86,7 +86,10 @@ mod tests {
         assert_eq!(a, etag_of(br#"{"id":"t","progress":"10%"}"#));
         assert_ne!(a, etag_of(br#"{"id":"t","progress":"11%"}"#));
         let text = a.to_str().unwrap();
-        assert!(text.starts_with('"') && text.ends_with('"') && text.len() == 26, "{text}");
+        assert!(
+            text.starts_with('"') && text.ends_with('"') && text.len() == 26,
+            "{text}"
+        );
     }
 
     #[test]

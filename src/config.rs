@@ -477,7 +477,11 @@ impl Config {
         };
         let shared_cache = shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?;
         let watch = WatchConfig {
-            max_wait: positive("watch.max_wait", raw.watch.max_wait, Duration::from_secs(60))?,
+            max_wait: positive(
+                "watch.max_wait",
+                raw.watch.max_wait,
+                Duration::from_secs(60),
+            )?,
             max_open: at_least("watch.max_open", raw.watch.max_open, 10_000, 1)?,
             max_open_per_credential: at_least(
                 "watch.max_open_per_credential",
@@ -485,7 +489,11 @@ impl Config {
                 1_000,
                 1,
             )?,
-            heartbeat: positive("watch.heartbeat", raw.watch.heartbeat, Duration::from_secs(15))?,
+            heartbeat: positive(
+                "watch.heartbeat",
+                raw.watch.heartbeat,
+                Duration::from_secs(15),
+            )?,
         };
         if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
             return Err(ConfigError::Invalid {

@@ -173,8 +173,11 @@ impl Stream {
             return Ok(());
         }
         let data = serde_json::json!({ "status": status_of(task) }).to_string();
-        self.write(EventKind::End, event("end", Some(&task.etag), data.as_bytes()))
-            .await?;
+        self.write(
+            EventKind::End,
+            event("end", Some(&task.etag), data.as_bytes()),
+        )
+        .await?;
         Err(Stop::Finished)
     }
 

@@ -25,11 +25,10 @@ use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
 use crate::cache_status::CacheStatus;
 use crate::collapse::{Collapser, Role};
 use crate::conditional;
-use crate::long_poll;
-use crate::watch::Watchers;
 use crate::config::Config;
 use crate::credential::{CredentialFingerprint, Fingerprinter};
 use crate::error::{RequestError, json_error};
+use crate::long_poll;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::routes::{self, Route};
@@ -38,6 +37,7 @@ use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::{
     BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
 };
+use crate::watch::Watchers;
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -117,7 +117,10 @@ mod tests {
         assert!(asks_to_wait("wait=30s") && asks_to_wait("a=1&wait=5") && asks_to_wait("wait"));
         assert!(!asks_to_wait("waiter=1") && !asks_to_wait("t=1"));
         assert_eq!(requested_wait("wait=30").unwrap(), Duration::from_secs(30));
-        assert_eq!(requested_wait("x=1&wait=1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            requested_wait("x=1&wait=1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(requested_wait("wait=1m").unwrap(), Duration::from_secs(60));
         for bad in ["wait", "wait=", "wait=soon", "wait=-3"] {
             assert!(requested_wait(bad).is_err(), "{bad}");

@@ -195,7 +195,11 @@ impl Gateway {
     }
 
     /// The poller: refreshes the task each time its answer goes stale, while anyone watches.
-    async fn poll_watched(self: Arc<Self>, target: WatchTarget, sender: Arc<watch::Sender<Snapshot>>) {
+    async fn poll_watched(
+        self: Arc<Self>,
+        target: WatchTarget,
+        sender: Arc<watch::Sender<Snapshot>>,
+    ) {
         let _gauge = self.metrics.watch.watcher();
         let Ok(id) = TaskId::parse(&target.id) else {
             self.watchers.retire(&target.key, &sender);
