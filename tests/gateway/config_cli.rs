@@ -215,3 +215,21 @@ fn the_shipped_shared_cache_section_is_valid_once_uncommented() {
     assert_eq!(shared.retry_interval, Duration::from_secs(1));
     assert_eq!(shared.key_prefix, "mjgate:");
 }
+
+#[test]
+fn the_shipped_config_sets_the_watch_defaults() {
+    let shipped = mjgate::Config::from_toml(
+        include_str!("../../config/mjgate.toml"),
+        &Default::default(),
+    )
+    .unwrap();
+    let defaults = mjgate::Config::for_upstream("http://127.0.0.1:1").unwrap();
+    assert_eq!(shipped.watch.max_wait, defaults.watch.max_wait);
+    assert_eq!(shipped.watch.max_open, defaults.watch.max_open);
+    assert_eq!(
+        shipped.watch.max_open_per_credential,
+        defaults.watch.max_open_per_credential
+    );
+    assert_eq!(shipped.watch.heartbeat, defaults.watch.heartbeat);
+    assert!(shipped.shared_cache.is_none(), "the shipped config runs one instance");
+}
