@@ -231,5 +231,8 @@ fn the_shipped_config_sets_the_watch_defaults() {
         defaults.watch.max_open_per_credential
     );
     assert_eq!(shipped.watch.heartbeat, defaults.watch.heartbeat);
-    assert!(shipped.shared_cache.is_none(), "the shipped config runs one instance");
+    assert!(
+        shipped.shared_cache.is_none(),
+        "the shipped config runs one instance"
+    );
 }
