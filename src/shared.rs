@@ -92,6 +92,8 @@ struct Inner {
     release: Script,
     renew: Script,
     metrics: Arc<Metrics>,
+    /// The Redis URL without its password, for log lines.
+    redis: String,
     /// Dropped with the tier: the listener and the probe see it and stop.
     _stop: watch::Sender<()>,
 }
@@ -130,10 +132,11 @@ impl SharedCache {
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
             metrics,
+            redis: redact_url(&config.redis_url),
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
-        tracing::info!(redis = %redact_url(&config.redis_url), "shared cache enabled");
+        tracing::info!(redis = %inner.redis, "shared cache enabled");
         tokio::spawn(listen(
             Arc::downgrade(&inner),
             client,
@@ -365,6 +368,7 @@ impl Inner {
         if self.up.swap(false, Ordering::Relaxed) {
             self.metrics.shared.set_up(false, true);
             tracing::warn!(
+                redis = %self.redis,
                 error = reason,
                 "shared cache unreachable: serving local-only until it answers again"
             );
@@ -374,7 +378,7 @@ impl Inner {
     fn mark_up(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
             self.metrics.shared.set_up(true, true);
-            tracing::info!("shared cache reachable again: sharing resumed");
+            tracing::info!(redis = %self.redis, "shared cache reachable again: sharing resumed");
         }
     }
 

@@ -214,7 +214,7 @@ async fn the_request_id_round_trips_to_the_client_and_the_upstream() {
 
 /// A log sink the test can read.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -223,6 +223,13 @@ impl std::io::Write for Captured {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
@@ -236,7 +243,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 /// Every log line of this test binary. One global subscriber, not a per-test `set_default`: tracing
 /// caches each callsite's interest globally, and a thread-local subscriber can miss events whose
 /// callsites other test threads registered first.
-fn captured_logs() -> &'static Captured {
+pub fn captured_logs() -> &'static Captured {
     static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = Captured::default();

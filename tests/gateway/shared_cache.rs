@@ -229,6 +229,7 @@ async fn credentials_stay_partitioned_across_replicas_and_keys_name_no_credentia
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_fails_no_request_and_sharing_resumes_when_it_returns() {
+    let logs = crate::observability::captured_logs();
     let mut redis = RedisServer::start();
     let sim = Simulator::start().await.unwrap();
     for id in ["before", "during", "after"] {
@@ -275,6 +276,16 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes_when_it_returns()
             .value("mjgate_shared_cache_state_changes_total", &[])
             >= 2.0
     );
+    // Logged once per state change and replica, not once per failed command.
+    let address = redis.url().replace("redis://", "");
+    let text = logs.text();
+    let lines = |needle: &str| {
+        text.lines()
+            .filter(|l| l.contains(needle) && l.contains(&address))
+            .count()
+    };
+    assert_eq!(lines("shared cache unreachable"), 2, "{text}");
+    assert_eq!(lines("shared cache reachable again"), 2, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
