@@ -143,6 +143,7 @@ impl SharedCache {
             channel,
             stopped.clone(),
             config.retry_interval,
+            config.timeout.max(Duration::from_secs(1)),
         ));
         tokio::spawn(probe(
             Arc::downgrade(&inner),
@@ -568,10 +569,15 @@ async fn listen(
     channel: Vec<u8>,
     mut stop: watch::Receiver<()>,
     retry: Duration,
+    connect_timeout: Duration,
 ) {
     loop {
         let session = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            // A blackholed Redis must not park the listener for the OS's connect timeout.
+            let connect = tokio::time::timeout(connect_timeout, client.get_async_pubsub());
+            let mut pubsub = connect.await.map_err(|_| {
+                RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
+            })??;
             pubsub.subscribe(&channel).await?;
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
