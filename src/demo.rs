@@ -101,6 +101,8 @@ pub async fn run(
         burst: false,
         sweep: false,
         id_prefix: "task-".into(),
+        conditional: false,
+        wait: None,
     };
     writeln!(
         progress_out,

@@ -47,6 +47,10 @@ pub struct LoadSpec {
     /// Task ids are `{prefix}{i}` for one credential, `{prefix}{c}-{i}` for several (as the simulator
     /// seeds them).
     pub id_prefix: String,
+    /// Each client sends `If-None-Match` with the last `ETag` it got (a `304` counts as success).
+    pub conditional: bool,
+    /// Long-poll: fetches ask `?wait=` this long (with `If-None-Match`, as `conditional`).
+    pub wait: Option<Duration>,
 }
 
 impl LoadSpec {
@@ -65,6 +69,7 @@ impl LoadSpec {
 pub struct Progress {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    pub body_bytes: AtomicU64,
 }
 
 /// What a run measured.
@@ -78,6 +83,8 @@ pub struct LoadReport {
     pub elapsed_secs: f64,
     pub throughput: f64,
     pub latency_ms: Latency,
+    /// Response body bytes received, all requests together.
+    pub body_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,11 +123,14 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
         let barrier = Arc::clone(&barrier);
         workers.push(tokio::spawn(async move {
             let plan = ClientPlan::new(&spec, index);
+            let mut etag = None;
             let mut histogram = new_histogram();
             let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
             if spec.burst {
                 barrier.wait().await;
-                let status = plan.send(&client, &mut histogram).await;
+                let status = plan
+                    .send(&client, &mut histogram, &progress, &mut etag)
+                    .await;
                 count(&progress, &mut statuses, status);
                 return (histogram, statuses);
             }
@@ -134,7 +144,9 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
                 let mut task = index;
                 while task < spec.tasks * credentials && Instant::now() < deadline {
                     let plan = ClientPlan::for_task(&spec, task % credentials, task / credentials);
-                    let status = plan.send(&client, &mut histogram).await;
+                    let status = plan
+                        .send(&client, &mut histogram, &progress, &mut None)
+                        .await;
                     count(&progress, &mut statuses, status);
                     task += spec.clients;
                     if !spec.interval.is_zero() {
@@ -145,7 +157,9 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
             }
             let mut next = Instant::now();
             while Instant::now() < deadline {
-                let status = plan.send(&client, &mut histogram).await;
+                let status = plan
+                    .send(&client, &mut histogram, &progress, &mut etag)
+                    .await;
                 count(&progress, &mut statuses, status);
                 if !spec.interval.is_zero() {
                     next += spec.interval;
@@ -174,7 +188,7 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
     let requests: u64 = statuses.values().sum();
     let errors = statuses
         .iter()
-        .filter(|(status, _)| !(200..300).contains(*status))
+        .filter(|(status, _)| !succeeded(**status))
         .map(|(_, n)| n)
         .sum();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
@@ -191,12 +205,18 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
             p999: ms(0.999),
             max: histogram.max() as f64 / 1000.0,
         },
+        body_bytes: progress.body_bytes.load(Ordering::Relaxed),
     }
+}
+
+/// A 2xx, or the `304` a conditional request hopes for.
+fn succeeded(status: u16) -> bool {
+    (200..300).contains(&status) || status == 304
 }
 
 fn count(progress: &Progress, statuses: &mut std::collections::BTreeMap<u16, u64>, status: u16) {
     progress.requests.fetch_add(1, Ordering::Relaxed);
-    if !(200..300).contains(&status) {
+    if !succeeded(status) {
         progress.errors.fetch_add(1, Ordering::Relaxed);
     }
     *statuses.entry(status).or_default() += 1;
@@ -208,6 +228,7 @@ struct ClientPlan {
     uri: http::Uri,
     credential: Option<http::HeaderValue>,
     body: Bytes,
+    conditional: bool,
 }
 
 impl ClientPlan {
@@ -228,8 +249,11 @@ impl ClientPlan {
             Mode::Fetch => (
                 Method::GET,
                 format!(
-                    "{base}/mj/task/{}/fetch",
-                    spec.task_id(credential_index, first)
+                    "{base}/mj/task/{}/fetch{}",
+                    spec.task_id(credential_index, first),
+                    spec.wait
+                        .map(|wait| format!("?wait={}ms", wait.as_millis()))
+                        .unwrap_or_default()
                 ),
                 Bytes::new(),
             ),
@@ -249,14 +273,18 @@ impl ClientPlan {
             uri: path.parse().unwrap_or_default(),
             credential,
             body,
+            conditional: spec.conditional || spec.wait.is_some(),
         }
     }
 
     /// Sends one request and reads the whole answer; returns its status (0 for a transport failure).
+    /// A conditional client sends the `ETag` it last got in `etag`, and keeps the new one there.
     async fn send(
         &self,
         client: &Client<HttpConnector, Full<Bytes>>,
         histogram: &mut Histogram<u64>,
+        progress: &Progress,
+        etag: &mut Option<http::HeaderValue>,
     ) -> u16 {
         let mut request = Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
@@ -266,6 +294,13 @@ impl ClientPlan {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, credential.clone());
         }
+        if self.conditional
+            && let Some(etag) = etag.as_ref()
+        {
+            request
+                .headers_mut()
+                .insert(http::header::IF_NONE_MATCH, etag.clone());
+        }
         if self.method == Method::POST {
             request.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -273,17 +308,33 @@ impl ClientPlan {
             );
         }
         let started = Instant::now();
-        let status =
-            match tokio::time::timeout(Duration::from_secs(30), client.request(request)).await {
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    match response.into_body().collect().await {
-                        Ok(_) => status,
-                        Err(_) => StatusCode::from_u16(599).unwrap_or(status),
-                    }
-                }
-                _ => return 0,
+        // A long-poll may be held up to its wait; anything else gets 30 s.
+        let deadline = Duration::from_secs(30)
+            + if self.conditional {
+                Duration::from_secs(90)
+            } else {
+                Duration::ZERO
             };
+        let status = match tokio::time::timeout(deadline, client.request(request)).await {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if self.conditional
+                    && status == StatusCode::OK
+                    && let Some(tag) = response.headers().get(http::header::ETAG)
+                {
+                    *etag = Some(tag.clone());
+                }
+                match response.into_body().collect().await {
+                    Ok(body) => {
+                        let len = body.to_bytes().len() as u64;
+                        progress.body_bytes.fetch_add(len, Ordering::Relaxed);
+                        status
+                    }
+                    Err(_) => StatusCode::from_u16(599).unwrap_or(status),
+                }
+            }
+            _ => return 0,
+        };
         let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
         let _ = histogram.record(micros);
         status.as_u16()
@@ -341,6 +392,8 @@ mod tests {
             burst: false,
             sweep: false,
             id_prefix: "task-".into(),
+            conditional: false,
+            wait: None,
         };
         assert_eq!(spec.task_id(0, 3), "task-3");
         spec.credentials.push("b".into());

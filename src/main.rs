@@ -116,6 +116,12 @@ enum Command {
         sweep: bool,
         #[arg(long, default_value = "task-")]
         id_prefix: String,
+        /// Send If-None-Match with the last ETag each client got (304s count as successes).
+        #[arg(long)]
+        conditional: bool,
+        /// Long-poll: fetch with ?wait= this long (and If-None-Match); use with --interval 0s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
         /// The simulator's /_sim/stats URL, to count the upstream calls the run caused.
         #[arg(long)]
         sim_stats: Option<String>,
@@ -168,6 +174,8 @@ fn main() -> ExitCode {
             burst,
             sweep,
             id_prefix,
+            conditional,
+            wait,
             sim_stats,
             json,
         }) => {
@@ -182,6 +190,8 @@ fn main() -> ExitCode {
                 burst,
                 sweep,
                 id_prefix,
+                conditional,
+                wait,
             };
             return bench(&spec, sim_stats.as_deref(), json);
         }
@@ -325,8 +335,8 @@ fn bench(spec: &mjgate::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> 
         } else {
             let l = &report.latency_ms;
             println!(
-                "requests {}  errors {}  throughput {:.0}/s  latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
-                report.requests, report.errors, report.throughput, l.p50, l.p90, l.p99, l.p999, l.max
+                "requests {}  errors {}  throughput {:.0}/s  latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}  body bytes {}",
+                report.requests, report.errors, report.throughput, l.p50, l.p90, l.p99, l.p999, l.max, report.body_bytes
             );
             println!("statuses {:?}", report.statuses);
             if let Some(u) = upstream {

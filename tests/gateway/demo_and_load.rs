@@ -58,6 +58,8 @@ async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
         burst: true,
         sweep: false,
         id_prefix: "task-".into(),
+        conditional: false,
+        wait: None,
     };
     let stats = format!("{}/_sim/stats", sim.url());
     let before = load::upstream_stats(&stats).await.unwrap();
@@ -86,6 +88,8 @@ async fn batch_load_is_counted_per_id_upstream() {
         burst: false,
         sweep: false,
         id_prefix: "task-".into(),
+        conditional: false,
+        wait: None,
     };
     let report = load::run(&spec, Arc::new(Progress::default())).await;
     assert_eq!(report.errors, 0, "{:?}", report.statuses);
@@ -99,4 +103,46 @@ async fn batch_load_is_counted_per_id_upstream() {
         );
     }
     assert_eq!(sim.lookups("task-19"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_and_long_poll_load_get_304s_and_few_bytes() {
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"200ms\"\n").await;
+    sim.create_task("Bearer sk-bench", "task-0", "SUCCESS");
+    sim.create_task("Bearer sk-bench", "task-1", "IN_PROGRESS");
+    let mut spec = LoadSpec {
+        target: gw.url(""),
+        clients: 10,
+        tasks: 1,
+        interval: Duration::from_millis(20),
+        duration: Duration::from_millis(500),
+        mode: Mode::Fetch,
+        credentials: vec!["Bearer sk-bench".into()],
+        burst: false,
+        sweep: false,
+        id_prefix: "task-".into(),
+        conditional: true,
+        wait: None,
+    };
+    let polled = load::run(&spec, Arc::new(Progress::default())).await;
+    assert_eq!(polled.errors, 0, "{:?}", polled.statuses);
+    let by_status: std::collections::HashMap<u16, u64> = polled.statuses.iter().copied().collect();
+    assert_eq!(by_status[&200], 10, "one full answer per client");
+    assert_eq!(by_status[&304], polled.requests - 10, "then only 304s");
+    let body_len = fetch(&gw, "task-0", "Bearer sk-bench").await.body.len() as u64;
+    assert_eq!(polled.body_bytes, 10 * body_len);
+
+    // Long-poll an in-progress task that does not change: each request is held for its wait.
+    spec.interval = Duration::ZERO;
+    spec.wait = Some(Duration::from_millis(300));
+    spec.tasks = 2;
+    spec.clients = 2; // client 0 polls task-0 (terminal), client 1 task-1 (in progress)
+    let held = load::run(&spec, Arc::new(Progress::default())).await;
+    assert_eq!(held.errors, 0, "{:?}", held.statuses);
+    assert!(
+        held.requests > 10,
+        "the terminal task's long-polls answer at once: {}",
+        held.requests
+    );
+    assert!(held.latency_ms.max >= 250.0, "the in-progress one was held");
 }
