@@ -15,6 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 
+use crate::task::{TaskClass, TaskHead};
+
 /// How clients ask for their tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -161,6 +163,11 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
                     .send(&client, &mut histogram, &progress, &mut etag)
                     .await;
                 count(&progress, &mut statuses, status);
+                // A long-polling client is done once its task is: it would otherwise be answered
+                // at once, again and again.
+                if plan.long_poll && plan.finished.load(Ordering::Relaxed) {
+                    break;
+                }
                 if !spec.interval.is_zero() {
                     next += spec.interval;
                     let now = Instant::now();
@@ -209,6 +216,13 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
     }
 }
 
+/// Whether a task answer says the task is over.
+fn is_terminal(body: &[u8]) -> bool {
+    TaskHead::parse(body).is_some_and(|head| {
+        TaskClass::of_status(head.status.as_deref().unwrap_or("")) == TaskClass::Terminal
+    })
+}
+
 /// A 2xx, or the `304` a conditional request hopes for.
 fn succeeded(status: u16) -> bool {
     (200..300).contains(&status) || status == 304
@@ -229,6 +243,9 @@ struct ClientPlan {
     credential: Option<http::HeaderValue>,
     body: Bytes,
     conditional: bool,
+    long_poll: bool,
+    /// Set when an answer showed the task terminal (read only for long-polling clients).
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl ClientPlan {
@@ -274,6 +291,8 @@ impl ClientPlan {
             credential,
             body,
             conditional: spec.conditional || spec.wait.is_some(),
+            long_poll: spec.wait.is_some() && spec.mode == Mode::Fetch,
+            finished: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -326,8 +345,13 @@ impl ClientPlan {
                 }
                 match response.into_body().collect().await {
                     Ok(body) => {
-                        let len = body.to_bytes().len() as u64;
-                        progress.body_bytes.fetch_add(len, Ordering::Relaxed);
+                        let body = body.to_bytes();
+                        progress
+                            .body_bytes
+                            .fetch_add(body.len() as u64, Ordering::Relaxed);
+                        if self.long_poll && status == StatusCode::OK && is_terminal(&body) {
+                            self.finished.store(true, Ordering::Relaxed);
+                        }
                         status
                     }
                     Err(_) => StatusCode::from_u16(599).unwrap_or(status),

@@ -139,9 +139,10 @@ async fn conditional_and_long_poll_load_get_304s_and_few_bytes() {
     spec.clients = 2; // client 0 polls task-0 (terminal), client 1 task-1 (in progress)
     let held = load::run(&spec, Arc::new(Progress::default())).await;
     assert_eq!(held.errors, 0, "{:?}", held.statuses);
+    // Client 0 stops at its task's terminal answer; client 1 is held ~300 ms per request.
     assert!(
-        held.requests > 10,
-        "the terminal task's long-polls answer at once: {}",
+        (2..=5).contains(&held.requests),
+        "one answer for the finished task, a few held ones for the other: {}",
         held.requests
     );
     assert!(held.latency_ms.max >= 250.0, "the in-progress one was held");
