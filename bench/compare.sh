@@ -23,13 +23,7 @@ BURST=${BURST:-1000}
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v varnishd >/dev/null || need+=(varnish)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-    apt-get install -y "${need[@]}" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
-fi
+ensure nginx:nginx-light varnishd:varnish wrk:wrk
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
 ulimit -n 65536 2>/dev/null || true

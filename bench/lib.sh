@@ -9,3 +9,15 @@ wait_port() {
     echo "nothing listens on $1" >&2
     return 1
 }
+
+# Installs the Debian package of each missing command: ensure nginx:nginx-light wrk:wrk
+ensure() {
+    local need=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+    done
+    if ((${#need[@]})); then
+        apt-get install -y "${need[@]}" >/dev/null 2>&1 \
+            || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
+    fi
+}

@@ -17,12 +17,7 @@ TASK_SECS=${TASK_SECS:-$((POLL_SECS * 2 / 3))}
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v redis-server >/dev/null || need+=(redis-server)
-if ((${#need[@]})); then
-    apt-get install -y "${need[@]}" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
-fi
+ensure nginx:nginx-light redis-server:redis-server
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
 ulimit -n 65536 2>/dev/null || true
