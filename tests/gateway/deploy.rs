@@ -245,7 +245,13 @@ fn the_scale_out_compose_runs_three_replicas_on_one_redis_behind_a_hashing_balan
         }
     }
     let nginx = read("scale-out/nginx.conf");
-    assert!(nginx.contains("hash $request_uri consistent;"));
+    assert!(nginx.contains("hash $mjgate_route consistent;"));
+    // Fetches, long-polls and streams of one task share a route key: its id.
+    let pattern = nginx
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"~").and_then(|l| l.split('"').next()))
+        .expect("the task-id map");
+    assert!(pattern.contains("/mj/task/(?<task>") && pattern.contains("(fetch|events)$"));
     for name in replicas {
         assert!(
             nginx.contains(&format!("server {name}:8080")),
@@ -326,7 +332,7 @@ fn the_kubernetes_scale_out_overlay_adds_redis_a_shared_secret_and_a_hashing_ing
     let ingress = yaml("k8s/scale-out/ingress.yaml");
     assert_eq!(
         ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"],
-        "$request_uri"
+        "$uri"
     );
     let service = yaml("k8s/service.yaml");
     assert_eq!(
