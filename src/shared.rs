@@ -638,7 +638,8 @@ fn millis(duration: Duration) -> u64 {
 const MAGIC: &[u8; 4] = b"MJG1";
 const HEADER_LEN: usize = 4 + 1 + 2 + 8 + 2;
 
-fn encode(task: &CachedTask) -> Vec<u8> {
+/// The stored value of `task` (public for the fuzz target).
+pub fn encode(task: &CachedTask) -> Vec<u8> {
     let content_type = task.content_type.as_ref().map_or(&[][..], |v| v.as_bytes());
     let content_type = &content_type[..content_type.len().min(usize::from(u16::MAX))];
     let fetched_at =
@@ -658,7 +659,9 @@ fn encode(task: &CachedTask) -> Vec<u8> {
     value
 }
 
-fn decode(value: &[u8]) -> Option<CachedTask> {
+/// Reads a stored value back; `None` for anything this version did not write (a value in Redis may
+/// come from another version, or anyone who can write there). Public for the fuzz target.
+pub fn decode(value: &[u8]) -> Option<CachedTask> {
     let header = value.get(..HEADER_LEN)?;
     if &header[..4] != MAGIC {
         return None;

@@ -1,0 +1,31 @@
+//! What clients and other replicas hand the watch and shared-tier code: `If-None-Match` values,
+//! `?wait=` queries, and values read back from Redis. None may panic; a stored value that decodes
+//! must survive a round trip unchanged.
+#![no_main]
+
+use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
+use libfuzzer_sys::fuzz_target;
+use mjgate::conditional::{etag_of, none_match_hits};
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(task) = mjgate::shared::decode(data) {
+        let again = mjgate::shared::decode(&mjgate::shared::encode(&task)).expect("round trip");
+        assert_eq!(again.status, task.status);
+        assert_eq!(again.class, task.class);
+        assert_eq!(again.body, task.body);
+        assert_eq!(again.content_type, task.content_type);
+        assert_eq!(again.etag, task.etag);
+    }
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        let mut headers = HeaderMap::new();
+        headers.insert(IF_NONE_MATCH, value);
+        let tag = etag_of(data);
+        let _ = none_match_hits(&headers, &tag);
+        // Its own tag always matches.
+        headers.insert(IF_NONE_MATCH, tag.clone());
+        assert!(none_match_hits(&headers, &tag));
+    }
+    if let Ok(query) = std::str::from_utf8(data) {
+        let _ = mjgate::long_poll::requested_wait(query);
+    }
+});
