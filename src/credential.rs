@@ -76,6 +76,49 @@ impl Fingerprinter {
     }
 }
 
+/// The credential a connection sent last and its fingerprint. Clients send the same credential on
+/// every request of a connection, so the hit path compares bytes instead of hashing them again. Owned
+/// copies, not `HeaderValue`s: those would pin the connection's whole read buffer.
+#[derive(Default)]
+pub struct FingerprintMemo {
+    authorization: Option<Box<[u8]>>,
+    secret: Option<Box<[u8]>>,
+    fingerprint: Option<CredentialFingerprint>,
+}
+
+impl Fingerprinter {
+    /// [`fingerprint`](Self::fingerprint), answered from `memo` when the credential headers are the
+    /// ones it holds. Requests with a header repeated are hashed every time.
+    pub fn fingerprint_memo(
+        &self,
+        headers: &HeaderMap,
+        memo: &mut FingerprintMemo,
+    ) -> CredentialFingerprint {
+        let single = |name: &HeaderName| {
+            let mut values = headers.get_all(name).iter();
+            let first = values.next();
+            values.next().is_none().then_some(first)
+        };
+        let (Some(authorization), Some(secret)) = (single(&AUTHORIZATION), single(&MJ_API_SECRET))
+        else {
+            return self.fingerprint(headers);
+        };
+        let authorization = authorization.map(|v| v.as_bytes());
+        let secret = secret.map(|v| v.as_bytes());
+        if let Some(fingerprint) = memo.fingerprint
+            && memo.authorization.as_deref() == authorization
+            && memo.secret.as_deref() == secret
+        {
+            return fingerprint;
+        }
+        let fingerprint = self.fingerprint(headers);
+        memo.authorization = authorization.map(Box::from);
+        memo.secret = secret.map(Box::from);
+        memo.fingerprint = Some(fingerprint);
+        fingerprint
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +158,31 @@ mod tests {
             Fingerprinter::with_key([1; 32]).fingerprint(&h),
             Fingerprinter::with_key([2; 32]).fingerprint(&h)
         );
+    }
+
+    #[test]
+    fn a_connections_memo_gives_what_hashing_gives() {
+        let f = Fingerprinter::with_key([7; 32]);
+        let mut memo = FingerprintMemo::default();
+        let sequence = [
+            headers(&[("authorization", "Bearer sk-a")]),
+            headers(&[("authorization", "Bearer sk-a")]),
+            headers(&[("authorization", "Bearer sk-b")]),
+            headers(&[("mj-api-secret", "Bearer sk-b")]),
+            headers(&[("authorization", "Bearer sk-b"), ("mj-api-secret", "s")]),
+            headers(&[]),
+            headers(&[
+                ("authorization", "Bearer sk-a"),
+                ("authorization", "Bearer sk-b"),
+            ]),
+            headers(&[("authorization", "Bearer sk-a")]),
+        ];
+        for request in &sequence {
+            assert_eq!(
+                f.fingerprint_memo(request, &mut memo),
+                f.fingerprint(request)
+            );
+        }
     }
 
     #[test]

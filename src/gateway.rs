@@ -1,6 +1,7 @@
 //! The gateway's request handling: route a request, serve task fetches from the cache with collapsing,
 //! and forward everything else; every request is timed, counted and logged in one span.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use crate::cache_status::CacheStatus;
 use crate::collapse::{Collapser, Role};
 use crate::conditional;
 use crate::config::Config;
-use crate::credential::{CredentialFingerprint, Fingerprinter};
+use crate::credential::{CredentialFingerprint, FingerprintMemo, Fingerprinter};
 use crate::error::{RequestError, json_error};
 use crate::long_poll;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
@@ -214,8 +215,13 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
         listener: Listener,
+        memo: &RefCell<FingerprintMemo>,
     ) -> Serving {
-        match self.try_hit(&request, listener) {
+        let hit = match memo.try_borrow_mut() {
+            Ok(mut memo) => self.try_hit(&request, listener, &mut memo),
+            Err(_) => self.try_hit(&request, listener, &mut FingerprintMemo::default()),
+        };
+        match hit {
             Some(response) => Serving::Ready(Some(response)),
             None => Serving::Pending(Box::pin(Arc::clone(self).handle(request, peer, listener))),
         }
@@ -227,6 +233,7 @@ impl Gateway {
         &self,
         request: &Request<B>,
         listener: Listener,
+        memo: &mut FingerprintMemo,
     ) -> Option<Response<ResponseBody>> {
         if listener == Listener::Admin {
             return None;
@@ -239,7 +246,7 @@ impl Gateway {
         if request.uri().query().is_some_and(long_poll::asks_to_wait) {
             return None;
         }
-        let fingerprint = self.fingerprinter.fingerprint(request.headers());
+        let fingerprint = self.fingerprinter.fingerprint_memo(request.headers(), memo);
         let key = KeyBuf::new(&fingerprint, id);
         let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) else {
             return None;

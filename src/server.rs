@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ServerConfig};
+use crate::credential::FingerprintMemo;
 use crate::error::Error;
 use crate::gateway::{Gateway, Listener};
 
@@ -120,7 +121,9 @@ pub async fn serve(
         let open = gateway.metrics().client_connection();
         let service = {
             let gateway = Arc::clone(&gateway);
-            service_fn(move |request| gateway.serve(request, peer, listener))
+            // Per connection: the credential it sent last, so hits need not hash it again.
+            let memo = std::cell::RefCell::new(FingerprintMemo::default());
+            service_fn(move |request| gateway.serve(request, peer, listener, &memo))
         };
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

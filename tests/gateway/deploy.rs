@@ -249,7 +249,11 @@ fn the_scale_out_compose_runs_three_replicas_on_one_redis_behind_a_hashing_balan
     // Fetches, long-polls and streams of one task share a route key: its id.
     let pattern = nginx
         .lines()
-        .find_map(|l| l.trim().strip_prefix("\"~").and_then(|l| l.split('"').next()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("\"~")
+                .and_then(|l| l.split('"').next())
+        })
         .expect("the task-id map");
     assert!(pattern.contains("/mj/task/(?<task>") && pattern.contains("(fetch|events)$"));
     for name in replicas {
