@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::cache::{CacheKey, CachedTask};
 use crate::config::{SharedCacheConfig, redact_url};
@@ -86,9 +86,9 @@ struct Inner {
     /// Whether Redis answered the last command; `false` sends requests local-only until the probe
     /// gets an answer.
     up: AtomicBool,
-    /// Waiters on another replica's call, by task key: woken when the landing is announced. Entries are
-    /// removed by the last waiter's [`LandingWatch`] drop.
-    landings: Mutex<HashMap<Vec<u8>, Weak<Notify>>>,
+    /// Waiters on another replica's call, by task key: each announcement bumps the key's counter.
+    /// Entries are removed by the last waiter's [`LandingWatch`] drop.
+    landings: Mutex<HashMap<Vec<u8>, Weak<watch::Sender<u64>>>>,
     release: Script,
     renew: Script,
     metrics: Arc<Metrics>,
@@ -282,12 +282,11 @@ impl SharedCache {
             self.inner.metrics.shared.lease(LeaseOutcome::GaveUp);
             Claim::Lead(None)
         };
+        let mut announced = watch.announced;
         loop {
-            let notified = watch.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // The receiver dates from before the lease was tried: no announcement since is missed.
             tokio::select! {
-                () = notified => {}
+                _ = announced.changed() => {}
                 () = tokio::time::sleep(self.inner.poll_interval) => {}
             }
             match self.get(names).await {
@@ -416,31 +415,34 @@ impl Inner {
     /// Registers interest in the announcement of `task_key`.
     fn watch(self: &Arc<Self>, task_key: &[u8]) -> LandingWatch {
         let mut landings = self.landings.lock().unwrap_or_else(PoisonError::into_inner);
-        let notify = match landings.get(task_key).and_then(Weak::upgrade) {
-            Some(notify) => notify,
+        let sender = match landings.get(task_key).and_then(Weak::upgrade) {
+            Some(sender) => sender,
             None => {
-                let notify = Arc::new(Notify::new());
-                landings.insert(task_key.to_vec(), Arc::downgrade(&notify));
-                notify
+                let sender = Arc::new(watch::channel(0u64).0);
+                landings.insert(task_key.to_vec(), Arc::downgrade(&sender));
+                sender
             }
         };
         LandingWatch {
-            inner: Arc::clone(self),
-            task_key: task_key.to_vec(),
-            notify,
+            announced: sender.subscribe(),
+            _registration: Registration {
+                inner: Arc::clone(self),
+                task_key: task_key.to_vec(),
+                sender,
+            },
         }
     }
 
     /// An announcement arrived: wake whoever waits on that key here.
     fn landed(&self, task_key: &[u8]) {
-        let notify = self
+        let sender = self
             .landings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(task_key)
             .and_then(Weak::upgrade);
-        if let Some(notify) = notify {
-            notify.notify_waiters();
+        if let Some(sender) = sender {
+            sender.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
 }
@@ -451,14 +453,21 @@ struct Names {
     lease: Vec<u8>,
 }
 
-/// A waiter's registration for one key's announcement; the last one to go removes the entry.
+/// A waiter's view of one key's announcements, from the moment it registered.
 struct LandingWatch {
-    inner: Arc<Inner>,
-    task_key: Vec<u8>,
-    notify: Arc<Notify>,
+    announced: watch::Receiver<u64>,
+    /// Held for its `Drop`.
+    _registration: Registration,
 }
 
-impl Drop for LandingWatch {
+/// A waiter's place in the registry; the last one to go removes the key's entry.
+struct Registration {
+    inner: Arc<Inner>,
+    task_key: Vec<u8>,
+    sender: Arc<watch::Sender<u64>>,
+}
+
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut landings = self
             .inner
@@ -466,7 +475,7 @@ impl Drop for LandingWatch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Ours is the last strong reference: nobody else waits on this key.
-        if Arc::strong_count(&self.notify) == 1 {
+        if Arc::strong_count(&self.sender) == 1 {
             landings.remove(&self.task_key);
         }
     }

@@ -384,3 +384,45 @@ async fn without_a_redis_url_each_instance_keeps_its_own_cache() {
     assert_eq!(sim.fetch_calls("solo"), 2);
     assert_eq!(scrape(&a).await.value("mjgate_shared_cache_up", &[]), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_replica_is_woken_by_the_announcement_not_by_polling() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    sim.set_latency(Duration::from_millis(300));
+    // Polling Redis once a minute: only the pub/sub notice can wake the waiter within the client's
+    // 20-second timeout.
+    let slow_polls = "poll_interval = \"60s\"\n";
+    let a = Arc::new(start_gateway(shared_config(&sim, &redis, slow_polls)).await);
+    let b = Arc::new(start_gateway(shared_config(&sim, &redis, slow_polls)).await);
+    // Both replicas listen on the announcement channel before the race starts.
+    let mut connection = redis.connection().await;
+    for _ in 0..200 {
+        let (_, listeners): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("test:landed")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if listeners == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let first = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move { fetch(&a, "t", KEY_A).await }
+    });
+    sim.wait_for_calls(1).await;
+    let second = fetch(&b, "t", KEY_A).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(sim.fetch_calls("t"), 1);
+    assert_eq!(
+        scrape(&b)
+            .await
+            .value("mjgate_shared_cache_leases_total", &[("result", "waited")]),
+        1.0
+    );
+}
