@@ -11,6 +11,7 @@ mod config_cli;
 mod credentials;
 mod demo_and_load;
 mod deploy;
+mod docs;
 mod fetch_cache;
 mod observability;
 mod passthrough;
