@@ -482,3 +482,19 @@ async fn shutdown_ends_streams_with_a_final_event_and_answers_held_long_polls() 
     );
     assert_eq!(gw.join().await, mjgate::Drain::Complete);
 }
+
+#[tokio::test]
+async fn a_long_poller_that_hangs_up_frees_its_place_and_its_watcher() {
+    let (sim, gw) = start(TTL).await;
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    let tag = fetch(&gw, "t", KEY_A).await.header("etag").to_owned();
+    let held = long_poll(&gw, "t", KEY_A, &tag, "30s");
+    // The client gives up after a moment and closes its connection.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), held)
+            .await
+            .is_err()
+    );
+    wait_for_metric(&gw, "mjgate_open_long_polls", 0.0).await;
+    wait_for_metric(&gw, "mjgate_watchers", 0.0).await;
+}
