@@ -130,21 +130,28 @@ impl Watchers {
         if sender.receiver_count() > 0 {
             return false;
         }
-        if pollers
-            .get(key)
-            .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(sender)))
-        {
-            pollers.remove(key);
-        }
+        remove_own_entry(&mut pollers, key, sender);
         true
     }
 
-    /// Pollers running now.
-    pub fn pollers(&self) -> usize {
-        self.pollers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    /// Removes `sender`'s entry whoever still subscribes: its task is over.
+    fn finish(&self, key: &CacheKey, sender: &Arc<watch::Sender<Snapshot>>) {
+        let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+        remove_own_entry(&mut pollers, key, sender);
+    }
+}
+
+/// Removes the entry for `key` if it is `sender`'s (a newer poller may have taken the key since).
+fn remove_own_entry(
+    pollers: &mut HashMap<CacheKey, Weak<watch::Sender<Snapshot>>>,
+    key: &CacheKey,
+    sender: &Arc<watch::Sender<Snapshot>>,
+) {
+    if pollers
+        .get(key)
+        .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(sender)))
+    {
+        pollers.remove(key);
     }
 }
 
@@ -209,17 +216,7 @@ impl Gateway {
             let known = Arc::clone(&sender.borrow());
             if known.class != TaskClass::InProgress {
                 // Terminal or gone: nothing more will change. Subscribers keep the last value.
-                let mut pollers = self
-                    .watchers
-                    .pollers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if pollers
-                    .get(&target.key)
-                    .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(&sender)))
-                {
-                    pollers.remove(&target.key);
-                }
+                self.watchers.finish(&target.key, &sender);
                 return;
             }
             let cached = self.cache.current(std::borrow::Borrow::borrow(&target.key));
