@@ -19,11 +19,12 @@ use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::metrics::Metrics;
 use crate::task::{MAX_ID_LEN, TaskClass, TaskId};
 
-/// Bytes charged per entry on top of its key and body: moka's own bookkeeping (entry info, deque nodes,
-/// hash-table slot), the `Arc<CachedTask>`, the shared-buffer header of the body. Measured: a cache of
-/// 100,000 terminal tasks grew the process by 536 bytes per entry above the bodies (README, Memory), so
-/// `cache.max_memory` bounds real memory, not just payload.
-const ENTRY_OVERHEAD: usize = 500;
+/// Bytes charged per entry on top of its key, body and ETag text: moka's own bookkeeping (entry info,
+/// deque nodes, hash-table slot), the `Arc<CachedTask>`, the shared-buffer headers of the body and the
+/// ETag. Measured: a cache of 100,000 terminal tasks of 1,158 bytes grew the process by 1,846 bytes per
+/// entry (README, Memory); this charges 1,850, so `cache.max_memory` bounds real memory, not just
+/// payload.
+const ENTRY_OVERHEAD: usize = 556;
 
 /// An owned cache key: the fingerprint's bytes followed by the task id's bytes.
 #[derive(Clone, PartialEq, Eq, Hash)]
