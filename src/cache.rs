@@ -219,10 +219,8 @@ impl TaskCache {
         let Some(task) = self.entries.get(key) else {
             return Lookup::Miss;
         };
-        let fresh_for = match task.class {
-            TaskClass::Terminal => return Lookup::Fresh { task, ttl: None },
-            TaskClass::InProgress => self.lifetime.in_progress_ttl,
-            TaskClass::NotFound => self.lifetime.not_found_ttl,
+        let Some(fresh_for) = self.lifetime.fresh_for(task.class) else {
+            return Lookup::Fresh { task, ttl: None };
         };
         let age = task.stored_at.elapsed();
         match fresh_for.checked_sub(age) {
@@ -251,11 +249,7 @@ impl TaskCache {
 
     /// How long `task` stays fresh from now: `None` for a terminal task (as `Lookup::Fresh` says it).
     pub fn fresh_left(&self, task: &CachedTask) -> Option<Duration> {
-        let fresh_for = match task.class {
-            TaskClass::Terminal => return None,
-            TaskClass::InProgress => self.lifetime.in_progress_ttl,
-            TaskClass::NotFound => self.lifetime.not_found_ttl,
-        };
+        let fresh_for = self.lifetime.fresh_for(task.class)?;
         Some(fresh_for.saturating_sub(task.stored_at.elapsed()))
     }
 
@@ -305,6 +299,15 @@ struct Lifetime {
 }
 
 impl Lifetime {
+    /// How long an answer of `class` is fresh; `None` for a terminal task, fresh for ever.
+    fn fresh_for(&self, class: TaskClass) -> Option<Duration> {
+        match class {
+            TaskClass::Terminal => None,
+            TaskClass::InProgress => Some(self.in_progress_ttl),
+            TaskClass::NotFound => Some(self.not_found_ttl),
+        }
+    }
+
     fn of(&self, task: &CachedTask) -> Option<Duration> {
         match task.class {
             TaskClass::Terminal => None,
