@@ -10,13 +10,21 @@ use crate::body::ResponseBody;
 /// of the upstream's bytes (status, progress, image URL) changes it.
 pub fn etag_of(body: &[u8]) -> HeaderValue {
     let hash = blake3::hash(body);
-    let mut tag = String::with_capacity(26);
-    tag.push('"');
-    for byte in &hash.as_bytes()[..12] {
-        tag.push_str(&format!("{byte:02x}"));
+    let mut tag = Vec::with_capacity(26);
+    tag.push(b'"');
+    push_hex(&mut tag, &hash.as_bytes()[..12]);
+    tag.push(b'"');
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(tag))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+/// Appends `bytes` as lowercase hex, without a formatter per byte.
+pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0x0f)]);
     }
-    tag.push('"');
-    HeaderValue::try_from(tag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// Whether `If-None-Match` (every instance of it in `headers`) names `etag`: `*`, or a list member equal

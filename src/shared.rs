@@ -28,6 +28,7 @@ use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::watch;
 
 use crate::cache::{CacheKey, CachedTask};
+use crate::conditional::push_hex;
 use crate::config::{SharedCacheConfig, redact_url};
 use crate::credential::FINGERPRINT_LEN;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
@@ -390,9 +391,7 @@ impl Inner {
             let mut name = Vec::with_capacity(self.prefix.len() + 6 + 33 + id.len());
             name.extend_from_slice(&self.prefix);
             name.extend_from_slice(kind);
-            for b in fingerprint {
-                name.extend_from_slice(format!("{b:02x}").as_bytes());
-            }
+            push_hex(&mut name, fingerprint);
             name.push(b':');
             name.extend_from_slice(id);
             name
