@@ -74,31 +74,38 @@ impl EventStream {
 
     /// The next event (heartbeat comments skipped); `None` once the stream has closed.
     async fn next(&mut self) -> Option<Event> {
+        loop {
+            let text = self.next_block().await?;
+            let mut event = Event {
+                name: String::new(),
+                id: None,
+                data: String::new(),
+            };
+            let mut data = Vec::new();
+            for line in text.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    event.name = name.to_owned();
+                } else if let Some(id) = line.strip_prefix("id: ") {
+                    event.id = Some(id.to_owned());
+                } else if let Some(line) = line.strip_prefix("data: ") {
+                    data.push(line);
+                }
+            }
+            if event.name.is_empty() {
+                continue; // a comment (heartbeat)
+            }
+            event.data = data.join("\n");
+            return Some(event);
+        }
+    }
+
+    /// The next block up to a blank line, as sent: an event or a comment.
+    async fn next_block(&mut self) -> Option<String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let block = self.buffer.split_to(end + 2);
-                let text = String::from_utf8(block.to_vec()).unwrap();
-                let mut event = Event {
-                    name: String::new(),
-                    id: None,
-                    data: String::new(),
-                };
-                let mut data = Vec::new();
-                for line in text.lines() {
-                    if let Some(name) = line.strip_prefix("event: ") {
-                        event.name = name.to_owned();
-                    } else if let Some(id) = line.strip_prefix("id: ") {
-                        event.id = Some(id.to_owned());
-                    } else if let Some(line) = line.strip_prefix("data: ") {
-                        data.push(line);
-                    }
-                }
-                if event.name.is_empty() {
-                    continue; // a comment (heartbeat)
-                }
-                event.data = data.join("\n");
-                return Some(event);
+                return Some(String::from_utf8(block.to_vec()).unwrap());
             }
             let frame = tokio::time::timeout_at(deadline, self.body.frame())
                 .await
@@ -497,4 +504,23 @@ async fn a_long_poller_that_hangs_up_frees_its_place_and_its_watcher() {
     );
     wait_for_metric(&gw, "mjgate_open_long_polls", 0.0).await;
     wait_for_metric(&gw, "mjgate_watchers", 0.0).await;
+}
+
+#[tokio::test]
+async fn an_idle_stream_gets_heartbeat_comments() {
+    let (sim, gw) = start("[watch]\nheartbeat = \"100ms\"\n").await;
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    let client = h1();
+    let mut stream = EventStream::open(&client, &gw, "t", KEY_A, None).await;
+    assert!(
+        stream
+            .next_block()
+            .await
+            .unwrap()
+            .starts_with("event: status")
+    );
+    // Nothing changes (in_progress_ttl is 3 s): the next blocks are comments, which EventSource ignores.
+    for _ in 0..2 {
+        assert_eq!(stream.next_block().await.unwrap(), ": keep-alive\n\n");
+    }
 }
