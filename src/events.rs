@@ -88,13 +88,9 @@ struct Stream {
     _permit: WatchPermit,
 }
 
-/// Why a stream stopped writing.
-enum Stop {
-    /// The client went away.
-    Gone,
-    /// The task is terminal (or vanished): the last events are out.
-    Finished,
-}
+/// The stream is over: the client went away, or the task's last events are out. Either way the
+/// writer stops.
+struct Stop;
 
 impl Stream {
     async fn run(
@@ -156,7 +152,7 @@ impl Stream {
         if after.status != StatusCode::OK {
             // The task vanished (the upstream now says it does not exist).
             self.send(EventKind::Error, after).await?;
-            return Err(Stop::Finished);
+            return Err(Stop);
         }
         let kind = if status_of(after) == status_of(before) {
             EventKind::Progress
@@ -178,7 +174,7 @@ impl Stream {
             event("end", Some(&task.etag), data.as_bytes()),
         )
         .await?;
-        Err(Stop::Finished)
+        Err(Stop)
     }
 
     async fn send(&mut self, kind: EventKind, task: &Snapshot) -> Result<(), Stop> {
@@ -187,7 +183,7 @@ impl Stream {
     }
 
     async fn write(&mut self, kind: EventKind, bytes: Bytes) -> Result<(), Stop> {
-        self.events.send(bytes).await.map_err(|_| Stop::Gone)?;
+        self.events.send(bytes).await.map_err(|_| Stop)?;
         self.gateway.metrics.watch.event(kind);
         Ok(())
     }
