@@ -31,6 +31,19 @@ async fn replicas(sim: &Simulator, redis: &RedisServer, n: usize) -> Vec<Arc<Gat
     gateways
 }
 
+/// The Redis name of the lease on task `id` of `credential`, as replicas configured with `SECRET` use.
+fn lease_key(credential: &str, id: &str) -> String {
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", credential.parse().unwrap());
+    let fingerprint = Fingerprinter::from_secret(SECRET.as_bytes()).fingerprint(&headers);
+    let hex: String = fingerprint
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("test:lease:{hex}:{id}")
+}
+
 /// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
 async fn wait_for_shared_state(gateway: &Gateway, up: bool) {
     for _ in 0..200 {
@@ -334,17 +347,9 @@ async fn a_lease_left_by_a_dead_replica_expires_and_is_taken_over() {
     let gateway = start_gateway(shared_config(&sim, &redis, "lease_ttl = \"300ms\"\n")).await;
 
     // A replica took the lease and died: its lease stays until it expires.
-    let mut headers = HeaderMap::new();
-    headers.insert("authorization", KEY_A.parse().unwrap());
-    let fingerprint = Fingerprinter::from_secret(SECRET.as_bytes()).fingerprint(&headers);
-    let hex: String = fingerprint
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let mut connection = redis.connection().await;
     let _: () = redis::cmd("SET")
-        .arg(format!("test:lease:{hex}:orphan"))
+        .arg(lease_key(KEY_A, "orphan"))
         .arg("dead-replica")
         .arg("PX")
         .arg(300)
@@ -424,5 +429,41 @@ async fn a_waiting_replica_is_woken_by_the_announcement_not_by_polling() {
             .await
             .value("mjgate_shared_cache_leases_total", &[("result", "waited")]),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn a_replica_releases_only_its_own_lease() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let gateway = start_gateway(shared_config(&sim, &redis, "")).await;
+    let hold = sim.hold();
+    let reply = tokio::spawn({
+        let url = gateway.url("/mj/task/t/fetch");
+        async move { send(request(http::Method::GET, &url, Some(KEY_A), "")).await }
+    });
+    sim.wait_for_calls(1).await;
+    // Meanwhile its lease lapsed and another replica took the key (another token in its place).
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(lease_key(KEY_A, "t"))
+        .arg("another-replica")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    drop(hold);
+    assert_eq!(reply.await.unwrap().status, 200);
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(lease_key(KEY_A, "t"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some("another-replica"),
+        "the release deleted someone else's lease"
     );
 }
