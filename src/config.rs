@@ -24,10 +24,23 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid config: {0}")]
-    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {}{source}", key_prefix(key))]
+    Parse {
+        /// The dotted path of the offending key (`cache.in_progress_ttl`); empty for a syntax error.
+        key: String,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid config: `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
 }
 
 /// The validated configuration the gateway runs with.
@@ -329,7 +342,11 @@ impl Config {
 
     /// Parses and validates a TOML document, then applies `overrides`.
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let parse_error = |key: String, source| ConfigError::Parse { key, source };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| parse_error(e.path().to_string(), e.into_inner()))?;
         Self::validate(raw, overrides)
     }
 

@@ -51,7 +51,7 @@ fn an_unknown_key_stops_start_up_naming_the_key() {
     let out = mjgate().arg("--config").arg(&file.0).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("in_progress_tll"), "{stderr}");
+    assert!(stderr.contains("`cache.in_progress_tll`"), "{stderr}");
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn an_invalid_value_stops_start_up_naming_the_key() {
     let out = mjgate().arg("--config").arg(&file.0).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("in_progress_ttl"), "{stderr}");
+    assert!(stderr.contains("`cache.in_progress_ttl`"), "{stderr}");
 }
 
 #[test]
