@@ -29,6 +29,7 @@
 //! | [`protect`] | upstream ceilings, 429 backoff per credential, the circuit breaker |
 //! | [`request_id`] | the `x-request-id` taken from the client or generated |
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
+//! | [`content_coding`] | gzip, deflate and br bodies a CDN sent despite `identity`, decoded |
 //! | [`body`] | the response body type: a buffer or an upstream stream |
 //! | [`error`] | the crate's [`Error`] and per-request errors mapped to HTTP |
 //! | [`simulator`] | a faithful in-process task API, for tests, benchmarks and the demo |
@@ -43,6 +44,7 @@ pub mod cache_status;
 pub mod collapse;
 pub mod conditional;
 pub mod config;
+pub mod content_coding;
 pub mod credential;
 pub mod demo;
 pub mod error;

@@ -8,12 +8,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use http::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -116,6 +118,9 @@ struct State {
     latency: Mutex<Duration>,
     not_found: Mutex<NotFound>,
     task_duration: Mutex<Duration>,
+    /// Gzip task-lookup answers whatever the caller accepts, as a CDN that ignores
+    /// `Accept-Encoding: identity` does.
+    gzip_lookups: AtomicBool,
     /// True while a test holds task lookups; they wait until it turns false.
     held: watch::Sender<bool>,
     /// Woken on every request, for tests that wait for a call to arrive.
@@ -161,6 +166,7 @@ impl Simulator {
             latency: Mutex::new(Duration::ZERO),
             not_found: Mutex::new(NotFound::Status404),
             task_duration: Mutex::new(Duration::from_secs(60)),
+            gzip_lookups: AtomicBool::new(false),
             held: watch::channel(false).0,
             arrived: Notify::new(),
             next_id: AtomicU64::new(1),
@@ -217,6 +223,11 @@ impl Simulator {
     /// How long tasks made by a submit take from submit to `SUCCESS`.
     pub fn set_task_duration(&self, duration: Duration) {
         *lock(&self.state.task_duration) = duration;
+    }
+
+    /// Gzips every task-lookup answer (fetch and list) regardless of `Accept-Encoding`.
+    pub fn set_gzip_lookups(&self, on: bool) {
+        self.state.gzip_lookups.store(on, Ordering::Relaxed);
     }
 
     /// Delay before every answer.
@@ -405,11 +416,16 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     let credential = credential(&parts.headers);
-    if let Some(id) = fetch_id {
-        return fetch(state, id, credential.as_deref());
-    }
-    if is_list {
-        return list(state, &body, credential.as_deref());
+    if fetch_id.is_some() || is_list {
+        let response = match fetch_id {
+            Some(id) => fetch(state, id, credential.as_deref()),
+            None => list(state, &body, credential.as_deref()),
+        };
+        return if state.gzip_lookups.load(Ordering::Relaxed) {
+            gzipped(response).await
+        } else {
+            response
+        };
     }
     if parts.method == Method::POST
         && let Some(action) = route.strip_prefix("/mj/submit/")
@@ -676,6 +692,20 @@ fn error(status: StatusCode, code: i64, description: &str) -> Response<Full<Byte
         status,
         &json!({"code": code, "description": description, "result": null}),
     )
+}
+
+async fn gzipped(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    use std::io::Write;
+    let (mut parts, body) = response.into_parts();
+    let Ok(plain) = body.collect().await.map(|collected| collected.to_bytes());
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(&plain);
+    let compressed = encoder.finish().unwrap_or_default();
+    parts
+        .headers
+        .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    Response::from_parts(parts, Full::new(Bytes::from(compressed)))
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
+use crate::content_coding::{self, DecodeError};
 use crate::credential::CredentialFingerprint;
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
 use crate::protect::{CallEnd, Protection, Refusal};
@@ -324,6 +325,13 @@ impl Upstream {
                 .to_bytes();
             let mut headers = parts.headers;
             strip_hop_by_hop(&mut headers);
+            let body =
+                content_coding::decode(&mut headers, body, max_body).map_err(|e| match e {
+                    DecodeError::TooLarge(limit) => UpstreamError::BodyTooLarge(limit),
+                    DecodeError::Corrupt(_) => {
+                        UpstreamError::Unreachable(format!("reading body: {e}"))
+                    }
+                })?;
             Ok(BufferedReply {
                 status: parts.status,
                 headers,

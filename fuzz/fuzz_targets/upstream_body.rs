@@ -1,9 +1,11 @@
-//! Upstream answers: task bodies, batch arrays, not-found shapes and `Retry-After` values must never
-//! panic, and a split batch only yields tasks whose bytes parse as JSON objects.
+//! Upstream answers: task bodies, batch arrays, not-found shapes, `Retry-After` values and encoded
+//! bodies must never panic, a split batch only yields tasks whose bytes parse as JSON objects, and
+//! decoding never yields more than its limit.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mjgate::batch::split_tasks;
+use mjgate::content_coding;
 use mjgate::protect::retry_after;
 use mjgate::task::{classify_fetch_body, is_not_found_answer};
 
@@ -14,6 +16,17 @@ fuzz_target!(|data: &[u8]| {
     if let Some(tasks) = split_tasks(data) {
         for (bytes, _) in tasks.values() {
             assert!(bytes.first() == Some(&b'{'));
+        }
+    }
+    for coding in ["gzip", "deflate", "br", "gzip, br"] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static(coding),
+        );
+        let body = bytes::Bytes::copy_from_slice(data);
+        if let Ok(decoded) = content_coding::decode(&mut headers, body, 64 * 1024) {
+            assert!(decoded.len() <= 64 * 1024);
         }
     }
     if let Ok(value) = http::HeaderValue::from_bytes(data) {

@@ -349,3 +349,20 @@ async fn an_upstream_400_that_is_not_a_not_found_answer_is_passed_on_not_swallow
         "nothing was stored from it"
     );
 }
+
+#[tokio::test]
+async fn a_gzipped_batch_answer_is_decoded_and_split_into_the_cache() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "z1", "SUCCESS");
+    sim.create_task(KEY_A, "z2", "FAILURE");
+    sim.set_gzip_lookups(true);
+
+    let reply = batch(&gw, KEY_A, &["z1", "z2"]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(ids_of(&reply), ["z1", "z2"]);
+    assert_eq!(reply.cache_status(), "mjgate; fwd=uri-miss; stored");
+
+    assert_eq!(fetch(&gw, "z2", KEY_A).await.cache_status(), "mjgate; hit");
+    assert_eq!(sim.list_calls().len(), 1);
+    assert_eq!(sim.fetch_calls("z2"), 0);
+}

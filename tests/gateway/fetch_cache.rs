@@ -147,3 +147,21 @@ async fn the_cache_asks_the_upstream_for_an_identity_body() {
     send(request).await;
     assert_eq!(sim.requests()[0].headers["accept-encoding"], "identity");
 }
+
+#[tokio::test]
+async fn a_gzipped_answer_from_a_cdn_that_ignores_identity_is_decoded_and_cached() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "zipped", "SUCCESS");
+    sim.set_gzip_lookups(true);
+
+    let first = fetch(&gw, "zipped", KEY_A).await;
+    assert_eq!(first.status, 200);
+    assert!(first.headers.get("content-encoding").is_none());
+    assert_eq!(first.json()["status"], "SUCCESS");
+    assert_eq!(first.cache_status(), "mjgate; fwd=uri-miss; stored");
+
+    let second = fetch(&gw, "zipped", KEY_A).await;
+    assert_eq!(second.cache_status(), "mjgate; hit");
+    assert_eq!(second.body, first.body);
+    assert_eq!(sim.fetch_calls("zipped"), 1);
+}
