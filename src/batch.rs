@@ -354,7 +354,7 @@ impl Gateway {
         let mut stored = Vec::new();
         match reply {
             Err(e) => {
-                tracing::warn!(error = %e, ids = chunk.len(), "upstream batch failed");
+                e.log();
                 for (_, flight) in chunk {
                     flight.land(Landed::Failed(e.clone()));
                 }

@@ -532,7 +532,7 @@ impl Gateway {
         let reply = shared::hold(lease.as_slice(), call).await;
         let landed = match reply {
             Err(e) => {
-                tracing::warn!(error = %e, "upstream fetch failed");
+                e.log();
                 Landed::Failed(e)
             }
             Ok(reply) => match self.store_if_task(&reply, id) {
@@ -614,7 +614,7 @@ impl Gateway {
                 )
             }
             Err(e) => {
-                tracing::warn!(error = %e, "passthrough failed");
+                e.log();
                 Served::bypass(RequestError::Upstream(e).into_response())
             }
         }

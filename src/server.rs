@@ -94,6 +94,7 @@ pub async fn serve(
     if let Some(admin) = &admin {
         tracing::info!(admin_addr = %admin.local_addr()?, "admin listening");
     }
+    let mut refusals = RefusalLog::default();
     loop {
         let (accepted, listener) = tokio::select! {
             biased;
@@ -113,7 +114,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             // Closing at once keeps existing connections healthy; the client sees a reset and retries.
             gateway.metrics().connection_refused();
-            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached, refusing");
+            refusals.refused(peer, config.max_connections);
             drop(stream);
             continue;
         };
@@ -151,4 +152,33 @@ pub async fn serve(
         Drain::TimedOut => tracing::warn!("grace period elapsed with requests still in flight"),
     }
     Ok(drain)
+}
+
+/// Connection-limit refusals, logged at most once a second: a connection storm would otherwise turn
+/// into a storm of log lines (each refusal is counted in `mjgate_client_connections_refused_total`).
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, peer: std::net::SocketAddr, limit: usize) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            limit,
+            also_refused = self.unlogged,
+            "connection limit reached, refusing"
+        );
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
 }

@@ -131,6 +131,17 @@ impl UpstreamError {
         }
     }
 
+    /// Logs a call that failed. A refusal is the gateway's own protection at work (counted in
+    /// `mjgate_upstream_refused_total`) and costs the upstream nothing, so it is a debug line: at warn,
+    /// a client hammering through a backoff would write a line per poll.
+    pub fn log(&self) {
+        if matches!(self, UpstreamError::Refused(_)) {
+            tracing::debug!(error = %self, "upstream call refused");
+        } else {
+            tracing::warn!(error = %self, "upstream call failed");
+        }
+    }
+
     /// How long the client should wait before trying again, for refusals.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -302,7 +302,7 @@ async fn no_credential_appears_in_logs_or_metrics() {
         "the request span carries the id:\n{logs}"
     );
     assert!(
-        logs.contains("upstream fetch failed"),
+        logs.contains("upstream call failed"),
         "the timeout was logged:\n{logs}"
     );
     for secret in ["sk-never-log-me", MJ_SECRET] {
@@ -315,6 +315,45 @@ async fn no_credential_appears_in_logs_or_metrics() {
             "a credential leaked into /metrics"
         );
     }
+}
+
+#[tokio::test]
+async fn polls_refused_during_a_backoff_write_no_warning_each() {
+    let logs = captured_logs();
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "limited", "IN_PROGRESS");
+    sim.inject(
+        Fault::RateLimited {
+            retry_after: Some(30),
+        },
+        1,
+    );
+    assert_eq!(fetch(&gw, "limited", KEY_A).await.status, 429);
+
+    for n in 0..20 {
+        let mut poll = request(
+            Method::GET,
+            &gw.url("/mj/task/limited/fetch"),
+            Some(KEY_A),
+            "",
+        );
+        poll.headers_mut()
+            .insert("x-request-id", format!("hammer-{n}").parse().unwrap());
+        assert_eq!(send(poll).await.status, 429);
+    }
+    assert_eq!(sim.fetch_calls("limited"), 1);
+
+    let text = logs.text();
+    let hammer: Vec<&str> = text.lines().filter(|l| l.contains("hammer-")).collect();
+    assert!(
+        hammer.iter().any(|l| l.contains("upstream call refused")),
+        "refusals are still logged, at debug:\n{text}"
+    );
+    assert!(
+        hammer.iter().all(|l| !l.contains("WARN")),
+        "a refused poll wrote a warning:\n{}",
+        hammer.join("\n")
+    );
 }
 
 #[tokio::test]
