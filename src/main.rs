@@ -218,7 +218,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    // Held to the end of `main`: dropping it flushes the log lines still queued.
+    let _log_writer = init_logging(&config.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -450,12 +451,24 @@ fn simulator(
     })
 }
 
-fn init_logging(log: &config::LogConfig) {
+/// Logs go to stderr through a writer thread, so a request never waits on a slow or stopped log
+/// consumer (a full pipe, a stalled journald): when the queue is full, lines are dropped and counted
+/// in `mjgate_log_lines_dropped_total` instead.
+fn init_logging(log: &config::LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+    const QUEUED_LINES: usize = 16 * 1024;
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED_LINES)
+        .lossy(true)
+        .thread_name("mjgate-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    mjgate::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(ansi);
     match log.format {
         LogFormat::Json => builder
             .json()
@@ -464,4 +477,5 @@ fn init_logging(log: &config::LogConfig) {
             .init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
 }

@@ -4,6 +4,7 @@
 //! cache hit is a few atomic adds, never a label lookup. Labels are bounded: routes and outcomes from
 //! fixed enums, status classes; never a task id, a credential or a raw path.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -13,6 +14,15 @@ use prometheus::{
 };
 
 use crate::task::TaskClass;
+
+/// How many log lines the process's log writer dropped so far; installed once by the binary, which
+/// owns the writer (tests and embedders log however they like, and this stays unset).
+static DROPPED_LOG_LINES: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+
+/// Makes `mjgate_log_lines_dropped_total` report `dropped`, read at every scrape.
+pub fn count_dropped_log_lines(dropped: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = DROPPED_LOG_LINES.set(Box::new(dropped));
+}
 
 /// Routes as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +151,7 @@ pub struct Metrics {
     collapse_waiters: IntGauge,
     client_connections: IntGauge,
     refused_connections: IntCounter,
+    log_lines_dropped: IntCounter,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
     /// Live entry counts and weights by class, kept by inserts and moka's eviction listener.
@@ -524,6 +535,11 @@ impl Metrics {
             "Client connections closed on accept because server.max_connections was reached.",
         )
         .expect("valid metric");
+        let log_lines_dropped = IntCounter::new(
+            "mjgate_log_lines_dropped_total",
+            "Log lines dropped because the log output (stderr) fell behind; requests never wait on it.",
+        )
+        .expect("valid metric");
         let cache_entries = IntGaugeVec::new(
             Opts::new("mjgate_cache_entries", "Cached task answers by class."),
             &["class"],
@@ -580,6 +596,7 @@ impl Metrics {
             Box::new(collapse_waiters.clone()),
             Box::new(client_connections.clone()),
             Box::new(refused_connections.clone()),
+            Box::new(log_lines_dropped.clone()),
             Box::new(cache_entries.clone()),
             Box::new(cache_bytes.clone()),
             Box::new(capacity),
@@ -614,6 +631,7 @@ impl Metrics {
             collapse_waiters,
             client_connections,
             refused_connections,
+            log_lines_dropped,
             cache_entries,
             cache_bytes,
             class_entries: Default::default(),
@@ -691,6 +709,10 @@ impl Metrics {
             self.cache_bytes
                 .with_label_values(&[class.as_str()])
                 .set(self.class_bytes[i].load(Ordering::Relaxed));
+        }
+        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+            let behind = dropped().saturating_sub(self.log_lines_dropped.get());
+            self.log_lines_dropped.inc_by(behind);
         }
         let mut out = Vec::with_capacity(16 << 10);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -236,3 +236,75 @@ fn the_shipped_config_sets_the_watch_defaults() {
         "the shipped config runs one instance"
     );
 }
+
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_stalls_no_request_and_dropped_lines_are_counted() {
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let file = write_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[log]\naccess = true\n",
+        sim.url()
+    ));
+    let mut child = mjgate()
+        .arg("--config")
+        .arg(&file.0)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read up to the address, then hold the pipe open without reading: a stuck log consumer.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "no address logged"
+            );
+            if let Some(at) = line.find("addr=") {
+                let addr = line[at + 5..].split_whitespace().next().unwrap().to_owned();
+                return (addr, stderr);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (addr, unread) = addr;
+
+    // One access line per request: far more than the pipe (64 KiB) and the writer's queue
+    // (16,384 lines) hold.
+    let url = format!("http://{addr}/mj/task/t/fetch");
+    let client = client();
+    let requests = futures_util::future::join_all((0..8).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut ok = 0;
+            for _ in 0..2_500 {
+                let reply = client
+                    .request(request(http::Method::GET, &url, Some(KEY_A), ""))
+                    .await
+                    .unwrap();
+                ok += usize::from(reply.status() == 200);
+                http_body_util::BodyExt::collect(reply.into_body())
+                    .await
+                    .unwrap();
+            }
+            ok
+        }
+    }));
+    // Generous: a gateway that waits on its log pipe never finishes at all.
+    let answered = tokio::time::timeout(Duration::from_secs(60), requests)
+        .await
+        .expect("requests stalled behind the log pipe");
+    assert_eq!(answered.iter().sum::<usize>(), 20_000);
+
+    let metrics = scrape_url(&format!("http://{addr}/metrics")).await;
+    assert!(metrics.value("mjgate_log_lines_dropped_total", &[]) > 0.0);
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(unread);
+}
