@@ -75,31 +75,42 @@ fn a_missing_config_file_is_an_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mjgate.toml"));
 }
 
-/// Starts the binary, waits for its "listening" line, and returns the child and its address.
-fn spawn_listening(command: &mut Command) -> (std::process::Child, String) {
+/// Starts the binary and reads its log up to the "listening" line. Returns the child, its address and
+/// the rest of its stderr, unread: the caller drains it or, to play a stuck log consumer, does not.
+fn spawn_logging(
+    command: &mut Command,
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStderr>,
+) {
     let mut child = command
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("addr=") {
-                let addr = line[at + 5..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                let _ = tx.send(addr);
-            }
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the binary exited without logging its address");
         }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the binary logs its address");
+        if let Some(at) = line.find("addr=") {
+            let addr = line[at + 5..].split_whitespace().next().unwrap().to_owned();
+            return (child, addr, stderr);
+        }
+    }
+}
+
+/// Starts the binary, waits for its "listening" line, and returns the child and its address; the
+/// rest of its log is drained in the background.
+fn spawn_listening(command: &mut Command) -> (std::process::Child, String) {
+    let (child, addr, stderr) = spawn_logging(command);
+    std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(drop));
     (child, addr)
 }
 
@@ -245,33 +256,13 @@ async fn a_log_reader_that_stops_reading_stalls_no_request_and_dropped_lines_are
         "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[log]\naccess = true\n",
         sim.url()
     ));
-    let mut child = mjgate()
-        .arg("--config")
-        .arg(&file.0)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Read up to the address, then hold the pipe open without reading: a stuck log consumer.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "no address logged"
-            );
-            if let Some(at) = line.find("addr=") {
-                let addr = line[at + 5..].split_whitespace().next().unwrap().to_owned();
-                return (addr, stderr);
-            }
-        }
-    })
-    .await
-    .unwrap();
-    let (addr, unread) = addr;
+    let mut command = mjgate();
+    command.arg("--config").arg(&file.0);
+    let (mut child, addr, unread) =
+        tokio::task::spawn_blocking(move || spawn_logging(&mut command))
+            .await
+            .unwrap();
 
     // One access line per request: far more than the pipe (64 KiB) and the writer's queue
     // (16,384 lines) hold.
