@@ -91,17 +91,20 @@ fn spawn_logging(
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = read_listening_addr(&mut stderr);
+    (child, addr, stderr)
+}
+
+fn read_listening_addr(stderr: &mut impl BufRead) -> String {
     let mut line = String::new();
     loop {
         line.clear();
-        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the binary exited without logging its address");
-        }
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the binary exited without logging its address"
+        );
         if let Some(at) = line.find("addr=") {
-            let addr = line[at + 5..].split_whitespace().next().unwrap().to_owned();
-            return (child, addr, stderr);
+            return line[at + 5..].split_whitespace().next().unwrap().to_owned();
         }
     }
 }
