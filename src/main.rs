@@ -129,6 +129,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the config as the gateway would read it (file, environment, flags), print what it
+    /// would run with, and exit: 0 when valid, 2 with the offending key otherwise. Like `nginx -t`, for
+    /// deploy pipelines and `ExecStartPre=`.
+    CheckConfig,
     /// The benchmarks' ceiling: a bare server answering every request with one fixed task body.
     FixedBody {
         #[arg(long, default_value = "127.0.0.1:9100")]
@@ -196,8 +200,9 @@ fn main() -> ExitCode {
             return bench(&spec, sim_stats.as_deref(), json);
         }
         Some(Command::FixedBody { listen }) => return fixed_body(listen),
-        None => {}
+        Some(Command::CheckConfig) | None => {}
     }
+    let check_only = matches!(args.command, Some(Command::CheckConfig));
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
@@ -218,6 +223,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        println!("{}", config_summary(&config));
+        return ExitCode::SUCCESS;
+    }
     // Held to the end of `main`: dropping it flushes the log lines still queued.
     let _log_writer = init_logging(&config.log);
 
@@ -449,6 +458,30 @@ fn simulator(
         stop.await;
         ExitCode::SUCCESS
     })
+}
+
+/// What `mjgate check-config` prints: the settings an operator most often gets wrong, secrets left out.
+fn config_summary(config: &Config) -> String {
+    let shared = config.shared_cache.as_ref().map_or_else(
+        || "off".to_owned(),
+        |shared| config::redact_url(&shared.redis_url),
+    );
+    format!(
+        "config ok\n\
+         listen          {}\n\
+         admin_listen    {}\n\
+         upstream        {}\n\
+         in_progress_ttl {}\n\
+         max_memory      {}\n\
+         shared cache    {shared}",
+        config.listen,
+        config
+            .admin_listen
+            .map_or_else(|| "(main listener)".to_owned(), |a| a.to_string()),
+        config.upstream.url,
+        humantime::format_duration(config.cache.in_progress_ttl),
+        bytesize::ByteSize(config.cache.max_memory),
+    )
 }
 
 /// Logs go to stderr through a writer thread, so a request never waits on a slow or stopped log

@@ -302,3 +302,42 @@ async fn a_log_reader_that_stops_reading_stalls_no_request_and_dropped_lines_are
     assert!(status.success(), "{status:?}");
     drop(unread);
 }
+
+#[test]
+fn check_config_prints_what_the_gateway_would_run_with_and_hides_secrets() {
+    let out = mjgate()
+        .args(["--config", "config/mjgate.toml", "check-config"])
+        .env(
+            "MJGATE_REDIS_URL",
+            "redis://user:hunter2-pass@127.0.0.1:6379/0",
+        )
+        .env("MJGATE_FINGERPRINT_SECRET", "fingerprint-secret-0123456789")
+        .env("MJGATE_LISTEN", "127.0.0.1:18080")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("config ok"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:18080"), "env applies: {stdout}");
+    assert!(stdout.contains("https://crazyrouter.com"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:6379"), "{stdout}");
+    for secret in ["hunter2-pass", "fingerprint-secret-0123456789"] {
+        assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
+    }
+}
+
+#[test]
+fn check_config_fails_on_a_bad_file_naming_the_key() {
+    let file =
+        write_config("[upstream]\nurl = \"http://127.0.0.1:1\"\n[batch]\nmax_ids = \"many\"\n");
+    let out = mjgate()
+        .arg("--config")
+        .arg(&file.0)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`batch.max_ids`"), "{stderr}");
+}

@@ -344,3 +344,18 @@ fn the_kubernetes_scale_out_overlay_adds_redis_a_shared_secret_and_a_hashing_ing
         service["metadata"]["name"]
     );
 }
+
+#[test]
+fn systemd_checks_the_config_it_then_runs() {
+    let unit = read("systemd/mjgate.service");
+    let line = |prefix: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line"))
+            .to_owned()
+    };
+    assert_eq!(
+        line("ExecStartPre="),
+        format!("{} check-config", line("ExecStart="))
+    );
+}
