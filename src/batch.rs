@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::value::RawValue;
 
@@ -24,6 +24,7 @@ use crate::gateway::{
     passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
+use crate::request_body;
 use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
 use crate::upstream::{BoxError, BufferedCall, BufferedReply, ClientInfo};
@@ -108,7 +109,7 @@ impl Gateway {
         client: ClientInfo,
     ) -> Served {
         let (parts, body) = request.into_parts();
-        let body = match read_body(&parts.headers, body, self.limits.batch_max_body).await {
+        let body = match read_body(&parts.headers, body, &self.limits).await {
             Ok(body) => body,
             Err(e) => return Served::bypass(e.into_response()),
         };
@@ -427,8 +428,14 @@ fn means_absent(reply: &BufferedReply) -> bool {
     reply.status.is_success() || is_not_found_answer(reply.status.as_u16(), &reply.body)
 }
 
-/// Reads a client body of at most `max` bytes: 413 beyond, checked against `Content-Length` first.
-async fn read_body(headers: &HeaderMap, body: Incoming, max: u64) -> Result<Bytes, RequestError> {
+/// Reads a client body of at most `batch.max_body` bytes: 413 beyond, checked against `Content-Length`
+/// first; 408 when it stalls for `server.body_read_timeout`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limits: &crate::gateway::Limits,
+) -> Result<Bytes, RequestError> {
+    let max = limits.batch_max_body;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -436,7 +443,7 @@ async fn read_body(headers: &HeaderMap, body: Incoming, max: u64) -> Result<Byte
     if declared.is_some_and(|len| len > max) {
         return Err(RequestError::BodyTooLarge(max));
     }
-    match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+    match request_body::bounded(body, max, limits.body_read_timeout)
         .collect()
         .await
     {
@@ -444,7 +451,10 @@ async fn read_body(headers: &HeaderMap, body: Incoming, max: u64) -> Result<Byte
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(RequestError::BodyTooLarge(max))
         }
-        Err(e) => Err(RequestError::ClientBody(e.to_string())),
+        Err(e) => match request_body::idle_in(&*e) {
+            Some(idle) => Err(RequestError::BodyIdle(idle)),
+            None => Err(RequestError::ClientBody(e.to_string())),
+        },
     }
 }
 

@@ -134,6 +134,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest passthrough request body (streamed, counted as it flows).
     pub max_request_body: u64,
+    /// Longest a request body may go without sending a byte (slow-body guard); 408 past it.
+    pub body_read_timeout: Duration,
 }
 
 /// `[shared_cache]`: the Redis tier. Its `Debug` leaves out the URL's password and the secret.
@@ -291,6 +293,8 @@ struct RawServer {
     max_connections: Option<usize>,
     max_header_bytes: Option<ByteSize>,
     max_request_body: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    body_read_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -485,6 +489,11 @@ impl Config {
                 raw.server.max_request_body.map(|b| b.0),
                 32 << 20,
                 1024,
+            )?,
+            body_read_timeout: positive(
+                "server.body_read_timeout",
+                raw.server.body_read_timeout,
+                Duration::from_secs(30),
             )?,
         };
         let log = LogConfig {

@@ -38,6 +38,8 @@ pub enum RequestError {
     BodyTooLarge(u64),
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
+    #[error("the request body sent nothing for {0:?}")]
+    BodyIdle(std::time::Duration),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -59,6 +61,7 @@ impl RequestError {
             | RequestError::BadWait(_) => StatusCode::BAD_REQUEST,
             RequestError::TooManyWatches(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
             RequestError::Upstream(e) => e.status(),
             RequestError::Abandoned(_) => StatusCode::BAD_GATEWAY,
             RequestError::Draining => StatusCode::SERVICE_UNAVAILABLE,

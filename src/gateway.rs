@@ -16,7 +16,6 @@ use http::header::{
     AGE, CONTENT_ENCODING, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH,
 };
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -31,12 +30,13 @@ use crate::credential::{CredentialFingerprint, FingerprintMemo, Fingerprinter};
 use crate::error::{RequestError, json_error};
 use crate::long_poll;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
+use crate::request_body;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::routes::{self, Route};
 use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::{
-    BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
+    BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
 };
 use crate::watch::Watchers;
 
@@ -120,6 +120,7 @@ pub(crate) struct Limits {
     pub batch_max_ids: usize,
     pub batch_upstream_chunk: usize,
     pub max_request_body: u64,
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Everything a request needs, shared by all connections.
@@ -182,6 +183,7 @@ impl Gateway {
                 batch_max_ids: config.batch.max_ids,
                 batch_upstream_chunk: config.batch.upstream_chunk,
                 max_request_body: config.server.max_request_body,
+                body_read_timeout: config.server.body_read_timeout,
             },
             metrics,
             watchers: Watchers::new(&config.watch),
@@ -584,12 +586,10 @@ impl Gateway {
         if declared.is_some_and(|len| len > max) {
             return Served::bypass(RequestError::BodyTooLarge(max).into_response());
         }
-        // Counted as it streams: a chunked body that grows too large aborts the upstream call (413).
-        let request = request.map(|body| {
-            Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
-                .map_err(|e| e as BoxError)
-                .boxed()
-        });
+        // Counted and timed as it streams: a chunked body that grows too large (413) or stalls (408)
+        // aborts the upstream call.
+        let idle = self.limits.body_read_timeout;
+        let request = request.map(|body| request_body::bounded(body, max, idle));
         self.forward(request, client).await
     }
 

@@ -27,6 +27,7 @@
 //! | [`healthcheck`] | `mjgate healthcheck`, the probe for container health checks |
 //! | [`metrics`] | the Prometheus registry and pre-resolved metric handles |
 //! | [`protect`] | upstream ceilings, 429 backoff per credential, the circuit breaker |
+//! | [`request_body`] | client request bodies bounded in size and in idle time (slow-body guard) |
 //! | [`request_id`] | the `x-request-id` taken from the client or generated |
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
 //! | [`content_coding`] | gzip, deflate and br bodies a CDN sent despite `identity`, decoded |
@@ -56,6 +57,7 @@ pub mod load;
 pub mod long_poll;
 pub mod metrics;
 pub mod protect;
+pub mod request_body;
 pub mod request_id;
 pub mod routes;
 pub mod server;

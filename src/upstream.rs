@@ -24,6 +24,7 @@ use crate::content_coding::{self, DecodeError};
 use crate::credential::CredentialFingerprint;
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
 use crate::protect::{CallEnd, Protection, Refusal};
+use crate::request_body;
 
 /// Errors of any body the gateway hands to the upstream client.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -115,6 +116,9 @@ pub enum UpstreamError {
     /// A passthrough request body grew past `server.max_request_body` while streaming: 413.
     #[error("request body exceeds {0} bytes")]
     ClientBodyTooLarge(u64),
+    /// A passthrough request body stalled for `server.body_read_timeout`: 408.
+    #[error("the request body sent nothing for {0:?}")]
+    ClientBodyIdle(Duration),
 }
 
 impl UpstreamError {
@@ -128,6 +132,7 @@ impl UpstreamError {
             UpstreamError::Refused(Refusal::CircuitOpen(_)) => StatusCode::BAD_GATEWAY,
             UpstreamError::Refused(Refusal::Overloaded(_)) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::ClientBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamError::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -162,6 +167,9 @@ impl UpstreamError {
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {
                 return UpstreamError::ClientBodyTooLarge(max_request_body);
+            }
+            if let Some(idle) = request_body::idle_in(s) {
+                return UpstreamError::ClientBodyIdle(idle);
             }
             source = s.source();
         }

@@ -404,6 +404,50 @@ async fn passthrough_bodies_over_the_limit_get_413() {
 }
 
 #[tokio::test]
+async fn a_request_body_that_stalls_gets_408_and_frees_its_connection() {
+    let (sim, gw) = start("[server]\nbody_read_timeout = \"300ms\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    for path in ["/mj/task/list-by-condition", "/mj/submit/imagine"] {
+        // A head announcing 100 bytes, then 7 of them, then nothing.
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"ids\":"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the gateway waited on the stalled body for ever")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("\"description\":"), "{path}: {answer}");
+    }
+    assert_eq!(sim.list_calls().len(), 0, "no batch reached the upstream");
+
+    // A body that keeps coming, however slowly, is not cut off.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = br#"{"ids":["t"]}"#;
+    let head = format!(
+        "POST /mj/task/list-by-condition HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for byte in body {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"id\":\"t\""), "{answer}");
+}
+
+#[tokio::test]
 async fn ten_thousand_distinct_ids_across_credentials_keep_the_cache_within_budget() {
     let (sim, gw) = start("[cache]\nmax_memory = \"2MiB\"\n").await;
     let keys: Vec<String> = (0..5).map(|k| format!("Bearer sk-flood-{k}")).collect();
