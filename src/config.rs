@@ -136,6 +136,8 @@ pub struct ServerConfig {
     pub max_request_body: u64,
     /// Longest a request body may go without sending a byte (slow-body guard); 408 past it.
     pub body_read_timeout: Duration,
+    /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
+    pub idle_timeout: Duration,
 }
 
 /// `[shared_cache]`: the Redis tier. Its `Debug` leaves out the URL's password and the secret.
@@ -295,6 +297,8 @@ struct RawServer {
     max_request_body: Option<ByteSize>,
     #[serde(default, with = "humantime_serde")]
     body_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,6 +498,11 @@ impl Config {
                 "server.body_read_timeout",
                 raw.server.body_read_timeout,
                 Duration::from_secs(30),
+            )?,
+            idle_timeout: positive(
+                "server.idle_timeout",
+                raw.server.idle_timeout,
+                Duration::from_secs(60),
             )?,
         };
         let log = LogConfig {

@@ -2,14 +2,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, ServerConfig};
 use crate::credential::FingerprintMemo;
@@ -82,12 +82,18 @@ pub async fn serve(
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
         .keep_alive(true);
+    // HTTP/2 peers are pinged when quiet and dropped when they do not answer: a client that opens
+    // a connection and then ignores it (or vanished without a FIN) is gone within two idle timeouts,
+    // while a live one answers pings on its own and keeps its streams.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(config.idle_timeout))
+        .keep_alive_timeout(config.idle_timeout.min(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let connections = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish what it is serving and close: the drain.
+    let (closing, _) = watch::channel(false);
     tokio::pin!(shutdown);
 
     tracing::info!(addr = %main.local_addr()?, "listening");
@@ -120,18 +126,50 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let open = gateway.metrics().client_connection();
+        // Set by every request, cleared by the idle check: a connection that went a whole
+        // `idle_timeout` without one is closed.
+        let active = Arc::new(AtomicBool::new(true));
         let service = {
             let gateway = Arc::clone(&gateway);
+            let active = Arc::clone(&active);
             // Per connection: the credential it sent last, so hits need not hash it again.
             let memo = std::cell::RefCell::new(FingerprintMemo::default());
-            service_fn(move |request| gateway.serve(request, peer, listener, &memo))
+            service_fn(move |request| {
+                active.store(true, Ordering::Relaxed);
+                gateway.serve(request, peer, listener, &memo)
+            })
         };
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let mut closing = closing.subscribe();
+        let idle_timeout = config.idle_timeout;
+        // Served until it ends. On the drain signal, or when a whole `idle_timeout` passes without a
+        // new request, it is shut down gracefully: HTTP/1 finishes the response in flight and closes,
+        // HTTP/2 sends GOAWAY and lets its open streams finish. `header_read_timeout` closes idle
+        // HTTP/1 connections sooner; this is what closes idle HTTP/2 ones, which would otherwise hold
+        // a connection slot for as long as the client likes.
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let start = tokio::time::Instant::now() + idle_timeout;
+            let mut idle_check = tokio::time::interval_at(start, idle_timeout);
+            let mut closed = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = closing.wait_for(|closing| *closing), if !closed => {
+                        connection.as_mut().graceful_shutdown();
+                        closed = true;
+                    }
+                    _ = idle_check.tick(), if !closed => {
+                        if !active.swap(false, Ordering::Relaxed) {
+                            connection.as_mut().graceful_shutdown();
+                            closed = true;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(open);
@@ -143,10 +181,14 @@ pub async fn serve(
     drop(admin);
     gateway.start_draining();
     tracing::info!(grace = ?config.shutdown_grace, "shutdown signal received, draining connections");
-    let drain = match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
-        Ok(()) => Drain::Complete,
-        Err(_) => Drain::TimedOut,
-    };
+    closing.send_replace(true);
+    // Every connection holds a permit until it is gone: all of them back means the drain is done.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let drain =
+        match tokio::time::timeout(config.shutdown_grace, connections.acquire_many(all)).await {
+            Ok(_) => Drain::Complete,
+            Err(_) => Drain::TimedOut,
+        };
     match drain {
         Drain::Complete => tracing::info!("drain complete"),
         Drain::TimedOut => tracing::warn!("grace period elapsed with requests still in flight"),

@@ -524,3 +524,21 @@ async fn an_idle_stream_gets_heartbeat_comments() {
         assert_eq!(stream.next_block().await.unwrap(), ": keep-alive\n\n");
     }
 }
+
+#[tokio::test]
+async fn an_event_stream_outlives_its_connections_idle_timeout() {
+    // The connection sees no new request while the stream runs: it is closed gracefully (GOAWAY),
+    // which must not cut the stream that is open on it, over HTTP/2 or HTTP/1.
+    let config = "[cache]\nin_progress_ttl = \"100ms\"\n[server]\nidle_timeout = \"200ms\"\n";
+    let (sim, gw) = start(config).await;
+    for (client, id) in [(h2(), "over-h2"), (h1(), "over-h1")] {
+        sim.create_task(KEY_A, id, "IN_PROGRESS");
+        let mut stream = EventStream::open(&client, &gw, id, KEY_A, None).await;
+        assert_eq!(stream.next().await.unwrap().json()["status"], "IN_PROGRESS");
+        tokio::time::sleep(Duration::from_millis(1000)).await; // five idle timeouts
+        sim.set_status(id, "SUCCESS");
+        let change = stream.next().await.expect("the stream is still open");
+        assert_eq!(change.json()["status"], "SUCCESS");
+        assert_eq!(stream.next().await.unwrap().name, "end");
+    }
+}

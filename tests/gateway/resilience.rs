@@ -448,6 +448,53 @@ async fn a_request_body_that_stalls_gets_408_and_frees_its_connection() {
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_kept() {
+    let (sim, gw) = start("[server]\nidle_timeout = \"300ms\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+
+    // Busy: one HTTP/2 connection fetching every 100 ms for 1.5 s, five idle timeouts.
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let reply = sender
+            .send_request(request(
+                Method::GET,
+                &gw.url("/mj/task/t/fetch"),
+                Some(KEY_A),
+                "",
+            ))
+            .await
+            .expect("a busy connection stays open");
+        assert_eq!(reply.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then idle: the gateway sends GOAWAY and the connection ends cleanly.
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("an idle HTTP/2 connection is never closed")
+        .unwrap()
+        .unwrap();
+
+    // A client that only opens the connection (preface and SETTINGS) and sends nothing is closed too.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut sent))
+        .await
+        .expect("a silent HTTP/2 connection is never closed")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn ten_thousand_distinct_ids_across_credentials_keep_the_cache_within_budget() {
     let (sim, gw) = start("[cache]\nmax_memory = \"2MiB\"\n").await;
     let keys: Vec<String> = (0..5).map(|k| format!("Bearer sk-flood-{k}")).collect();
