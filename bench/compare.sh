@@ -49,8 +49,13 @@ cleanup() {
 trap cleanup EXIT
 
 
-# The ceiling server first: nginx's fixed-body server answers the very same bytes.
-"$BIN" fixed-body --listen "$FIXED" 2>/dev/null &
+# The ceilings answer the very bytes the gateways serve from cache: the simulator's finished task-1.
+"$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" 2>/dev/null &
+body_sim=$!
+wait_port "$SIM"
+curl -s -H "Authorization: $KEY" "http://$SIM/mj/task/task-1/fetch" >"$WORK/task-1.json"
+kill "$body_sim"; wait "$body_sim" 2>/dev/null || true
+"$BIN" fixed-body --listen "$FIXED" --body-file "$WORK/task-1.json" 2>/dev/null &
 pids+=($!)
 wait_port "$FIXED"
 TASK_BODY=$(curl -s "http://$FIXED/")

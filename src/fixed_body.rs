@@ -16,12 +16,12 @@ use tokio::net::TcpListener;
 /// A finished task as the upstream serves it, the size of a real answer.
 pub const TASK_BODY: &str = r#"{"id":"task-1","action":"IMAGINE","status":"SUCCESS","prompt":"a beautiful sunset over the ocean --ar 16:9 --v 6","promptEn":"a beautiful sunset over the ocean --ar 16:9 --v 6","description":"/imagine a beautiful sunset over the ocean --ar 16:9 --v 6","state":"","progress":"100%","submitTime":1709123456000,"startTime":1709123457000,"finishTime":1709123520000,"imageUrl":"https://cdn.example/task-1.png","failReason":"","buttons":[{"customId":"MJ::JOB::upsample::1::task-1","emoji":"","label":"U1","style":2}],"properties":{}}"#;
 
-/// Serves `TASK_BODY` on `listener` until `shutdown` resolves.
+/// Serves `body` (as JSON) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    body: Bytes,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let body = Bytes::from_static(TASK_BODY.as_bytes());
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {

@@ -137,6 +137,10 @@ enum Command {
     FixedBody {
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: SocketAddr,
+        /// Serve this file's bytes instead of the built-in finished task, e.g. the very body the
+        /// gateway under test serves, so the ceiling writes as many bytes as it does.
+        #[arg(long, value_name = "PATH")]
+        body_file: Option<PathBuf>,
     },
 }
 
@@ -199,7 +203,19 @@ fn main() -> ExitCode {
             };
             return bench(&spec, sim_stats.as_deref(), json);
         }
-        Some(Command::FixedBody { listen }) => return fixed_body(listen),
+        Some(Command::FixedBody { listen, body_file }) => {
+            let body = match body_file {
+                Some(path) => match std::fs::read(&path) {
+                    Ok(bytes) => bytes::Bytes::from(bytes),
+                    Err(e) => {
+                        eprintln!("mjgate fixed-body: cannot read {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => bytes::Bytes::from_static(mjgate::fixed_body::TASK_BODY.as_bytes()),
+            };
+            return fixed_body(listen, body);
+        }
         Some(Command::CheckConfig) | None => {}
     }
     let check_only = matches!(args.command, Some(Command::CheckConfig));
@@ -368,7 +384,7 @@ async fn bind(command: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener
     })
 }
 
-fn fixed_body(listen: SocketAddr) -> ExitCode {
+fn fixed_body(listen: SocketAddr, body: bytes::Bytes) -> ExitCode {
     let runtime = match runtime("fixed-body") {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -380,7 +396,7 @@ fn fixed_body(listen: SocketAddr) -> ExitCode {
             Err(code) => return code,
         };
         eprintln!("mjgate fixed-body listening on {listen}");
-        match mjgate::fixed_body::serve(listener, stop).await {
+        match mjgate::fixed_body::serve(listener, body, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mjgate fixed-body: {e}");

@@ -151,18 +151,23 @@ pub async fn serve(
         // a connection slot for as long as the client likes.
         tokio::spawn(async move {
             tokio::pin!(connection);
-            let start = tokio::time::Instant::now() + idle_timeout;
-            let mut idle_check = tokio::time::interval_at(start, idle_timeout);
+            // Built once, not per wake-up: this loop runs on every read and write of the connection.
+            let drain = closing.wait_for(|closing| *closing);
+            let idle_check = tokio::time::sleep(idle_timeout);
+            tokio::pin!(drain, idle_check);
             let mut closed = false;
             let result = loop {
                 tokio::select! {
+                    biased;
                     result = connection.as_mut() => break result,
-                    _ = closing.wait_for(|closing| *closing), if !closed => {
+                    _ = &mut drain, if !closed => {
                         connection.as_mut().graceful_shutdown();
                         closed = true;
                     }
-                    _ = idle_check.tick(), if !closed => {
-                        if !active.swap(false, Ordering::Relaxed) {
+                    () = &mut idle_check, if !closed => {
+                        if active.swap(false, Ordering::Relaxed) {
+                            idle_check.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                        } else {
                             connection.as_mut().graceful_shutdown();
                             closed = true;
                         }
