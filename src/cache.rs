@@ -198,6 +198,10 @@ impl TaskCache {
             .max_capacity(config.max_memory)
             .weigher(|key: &CacheKey, task: &Arc<CachedTask>| weigh(key, task))
             .expire_after(lifetime)
+            // TinyLFU (moka's default, named so it stays): a new entry gets in only when it is asked
+            // for more often than the entries it would push out, so a flood of one-off ids cannot evict
+            // the tasks clients keep polling.
+            .eviction_policy(moka::policy::EvictionPolicy::tiny_lfu())
             // Called for every entry that leaves, replaced ones included, so the class gauges stay exact.
             .eviction_listener(move |key: Arc<CacheKey>, task: Arc<CachedTask>, _cause| {
                 on_removal.cache_removed(task.class, weigh(&key, &task));
@@ -426,5 +430,56 @@ mod tests {
             cache.weighted_size()
         );
         assert!(cache.entry_count() < 2_000);
+    }
+
+    #[test]
+    fn a_flood_of_one_off_ids_does_not_evict_the_tasks_clients_keep_polling() {
+        let cache = cache(256 << 10, Duration::from_secs(3));
+        let body = Bytes::from(vec![b'x'; 1024]);
+        let finished = || Arc::new(CachedTask::new(body.clone(), None, TaskClass::Terminal));
+        let mut n = 0;
+        let mut one_off = |cache: &TaskCache| {
+            let k = key("b", &format!("cold{n}"));
+            n += 1;
+            cache.insert(k.to_key(), finished());
+            let _ = cache.lookup(k.as_bytes());
+        };
+        // Ten clients polling twenty tasks, as the gateway serves them: a miss is fetched and stored.
+        let hot: Vec<KeyBuf> = (0..20).map(|i| key("a", &format!("hot{i}"))).collect();
+        let poll_hot = |cache: &TaskCache| {
+            let mut fetched = 0;
+            for k in &hot {
+                for _client in 0..10 {
+                    if matches!(cache.lookup(k.as_bytes()), Lookup::Miss) {
+                        cache.insert(k.to_key(), finished());
+                        fetched += 1;
+                    }
+                }
+            }
+            cache.sync();
+            fetched
+        };
+        // A full cache (about 160 entries fit), then the hot tasks polled for a while.
+        for _ in 0..300 {
+            one_off(&cache);
+        }
+        for _ in 0..10 {
+            poll_hot(&cache);
+            for _ in 0..20 {
+                one_off(&cache);
+            }
+        }
+        // Then a flood: fifteen times the cache in ids asked for once, the hot tasks polled once per
+        // 200 new ids. That is more ids than the cache holds, so recency alone would not keep the hot
+        // tasks (an LRU cache refetches all twenty every round); their frequency does.
+        let mut refetched = 0;
+        for i in 1..=2_500 {
+            one_off(&cache);
+            if i % 200 == 0 {
+                refetched += poll_hot(&cache);
+            }
+        }
+        assert!(cache.weighted_size() <= 256 << 10);
+        assert_eq!(refetched, 0, "hot tasks were evicted by one-off ids");
     }
 }
