@@ -441,6 +441,7 @@ impl Upstream {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -451,14 +452,23 @@ fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     headers.remove(header::HOST);
     let ip =
         HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header");
-    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
-        Some(Ok(prior)) if !prior.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prior}, {}", client.ip)).unwrap_or_else(|_| ip.clone())
-        }
-        _ => ip.clone(),
-    };
+    // Every prior hop, however many header lines carried them, then this client.
+    let mut chain: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let client_ip = client.ip.to_string();
+    chain.push(&client_ip);
+    let xff = HeaderValue::from_str(&chain.join(", ")).unwrap_or_else(|_| ip.clone());
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    // The single-address headers upstreams rate-limit by (trueai-org's midjourney-proxy reads both)
+    // name the connection's peer, never what the client claims, so a client cannot borrow another
+    // address's quota.
+    headers.insert(TRUE_CLIENT_IP.clone(), ip.clone());
     headers.insert(X_REAL_IP.clone(), ip);
 }
 
@@ -537,7 +547,10 @@ mod tests {
     fn forwarding_headers_append_the_client() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("gateway"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.7"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("true-client-ip", HeaderValue::from_static("6.6.6.6"));
         prepare_request_headers(
             &mut h,
             ClientInfo {
@@ -545,8 +558,13 @@ mod tests {
             },
         );
         assert!(!h.contains_key(header::HOST));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
-        assert_eq!(h["x-real-ip"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.7, 127.0.0.2");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-real-ip"], "127.0.0.2", "a client's claim is replaced");
+        assert_eq!(
+            h["true-client-ip"], "127.0.0.2",
+            "a client's claim is replaced"
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
     }
 }

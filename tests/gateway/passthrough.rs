@@ -49,6 +49,7 @@ async fn a_submit_reaches_the_upstream_with_its_body_headers_and_query() {
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen.headers["true-client-ip"], "127.0.0.1");
 }
 
 #[tokio::test]
