@@ -476,11 +476,16 @@ impl Config {
                 raw.server.header_read_timeout,
                 Duration::from_secs(10),
             )?,
-            max_connections: at_least(
+            max_connections: at_most(
                 "server.max_connections",
-                raw.server.max_connections,
-                10_000,
-                1,
+                at_least(
+                    "server.max_connections",
+                    raw.server.max_connections,
+                    10_000,
+                    1,
+                )?,
+                // Each is a file descriptor; the drain counts them back as semaphore permits (u32).
+                1_000_000,
             )?,
             max_header_bytes: at_least(
                 "server.max_header_bytes",
@@ -663,6 +668,20 @@ fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
+fn at_most<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    maximum: T,
+) -> Result<T, ConfigError> {
+    if value > maximum {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("must be at most {maximum}"),
+        });
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,6 +786,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("cache.in_progress_ttl"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_are_bounded_both_ways() {
+        for (value, bound) in [("0", "at least 1"), ("2000000", "at most 1000000")] {
+            let err = Config::from_toml(
+                &format!("[upstream]\nurl = \"http://a\"\n[server]\nmax_connections = {value}\n"),
+                &Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("server.max_connections"), "{err}");
+            assert!(err.contains(bound), "{err}");
+        }
     }
 
     #[test]
