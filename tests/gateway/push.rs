@@ -526,7 +526,7 @@ async fn an_idle_stream_gets_heartbeat_comments() {
 }
 
 #[tokio::test]
-async fn an_event_stream_outlives_its_connections_idle_timeout() {
+async fn streams_and_long_polls_outlive_their_connections_idle_timeout() {
     // The connection sees no new request while the stream runs: it is closed gracefully (GOAWAY),
     // which must not cut the stream that is open on it, over HTTP/2 or HTTP/1.
     let config = "[cache]\nin_progress_ttl = \"100ms\"\n[server]\nidle_timeout = \"200ms\"\n";
@@ -541,4 +541,15 @@ async fn an_event_stream_outlives_its_connections_idle_timeout() {
         assert_eq!(change.json()["status"], "SUCCESS");
         assert_eq!(stream.next().await.unwrap().name, "end");
     }
+
+    // A long-poll held for five idle timeouts is answered, not cut off.
+    sim.create_task(KEY_A, "held", "IN_PROGRESS");
+    let tag = fetch(&gw, "held", KEY_A).await.header("etag").to_owned();
+    let changer = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        sim.set_status("held", "SUCCESS");
+    };
+    let (reply, ()) = tokio::join!(long_poll(&gw, "held", KEY_A, &tag, "10s"), changer);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["status"], "SUCCESS");
 }
