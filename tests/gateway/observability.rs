@@ -46,6 +46,12 @@ async fn metrics_count_a_known_sequence_of_hits_misses_and_collapses() {
     get(&gw, "/mj/task/bad$id/fetch", KEY_A).await;
 
     let m = scrape(&gw).await;
+    // Kept for `.ci/run`, which lints it with Prometheus's own `promtool check metrics`.
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mjgate-metrics.prom"),
+        &m.text,
+    )
+    .unwrap();
     let requests = |route, cache| {
         m.value(
             "mjgate_requests_total",
