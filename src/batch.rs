@@ -20,7 +20,7 @@ use crate::conditional::etag_of;
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
 use crate::gateway::{
-    CACHE_STATUS, Gateway, Landed, Served, compact_header, failure_status, is_identity,
+    CACHE_STATUS, Gateway, Landed, PRIVATE, Served, compact_header, failure_status, is_identity,
     passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
@@ -477,6 +477,7 @@ fn array_response(tasks: &[Arc<CachedTask>], status: CacheStatus) -> Response<Re
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(http::header::ETAG, etag);
+    headers.insert(http::header::CACHE_CONTROL, PRIVATE.clone());
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     response
 }

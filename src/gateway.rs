@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    AGE, CONTENT_ENCODING, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH,
+    AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue,
+    IF_NONE_MATCH,
 };
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -42,6 +43,10 @@ use crate::watch::Watchers;
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// On every answer from the credential-partitioned cache. A shared cache between mjgate and its clients
+/// must not store it: RFC 9111 already keeps such caches off answers to requests with `Authorization`,
+/// but not off those to `mj-api-secret` ones, which it would then serve to every other secret.
+pub(crate) static PRIVATE: HeaderValue = HeaderValue::from_static("private");
 
 /// The future a request is served by: ready at once for a cache hit, boxed otherwise.
 pub enum Serving {
@@ -737,6 +742,7 @@ pub(crate) fn task_response(
     if task.status == StatusCode::OK {
         headers.insert(ETAG, task.etag.clone());
     }
+    headers.insert(CACHE_CONTROL, PRIVATE.clone());
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     if with_age {
         headers.insert(AGE, crate::cache_status::age_header(task.age()));

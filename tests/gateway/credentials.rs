@@ -51,3 +51,32 @@ async fn requests_without_a_credential_do_not_see_credentialed_entries() {
     assert_eq!(anonymous.status, 401);
     assert_eq!(sim.fetch_calls("t"), 2);
 }
+
+#[tokio::test]
+async fn cached_answers_tell_shared_caches_downstream_not_to_store_them() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let miss = fetch(&gw, "t", KEY_A).await;
+    let hit = fetch(&gw, "t", KEY_A).await;
+    let batch = send(request(
+        Method::POST,
+        &gw.url("/mj/task/list-by-condition"),
+        Some(KEY_A),
+        r#"{"ids":["t"]}"#,
+    ))
+    .await;
+    let mut conditional = request(Method::GET, &gw.url("/mj/task/t/fetch"), Some(KEY_A), "");
+    conditional
+        .headers_mut()
+        .insert("if-none-match", hit.header("etag").parse().unwrap());
+    let not_modified = send(conditional).await;
+    assert_eq!(not_modified.status, 304);
+    for (what, reply) in [
+        ("miss", &miss),
+        ("hit", &hit),
+        ("batch", &batch),
+        ("304", &not_modified),
+    ] {
+        assert_eq!(reply.header("cache-control"), "private", "{what}");
+    }
+}
