@@ -101,6 +101,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
     use http_body_util::{Full, StreamBody};
 
     use super::*;
@@ -111,8 +112,6 @@ mod tests {
                 .chain(futures_util::stream::pending());
         StreamBody::new(frames)
     }
-
-    use futures_util::StreamExt;
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_sending_fails_after_the_idle_timeout() {
