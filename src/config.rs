@@ -803,6 +803,19 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_url_with_credentials_is_refused_without_echoing_them() {
+        let err = Config::from_toml(
+            "[upstream]\nurl = \"https://user:s3cret@example.com/api\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("upstream.url"), "{err}");
+        assert!(err.contains("credentials"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
     fn bad_upstream_scheme_is_named() {
         let err = Config::from_toml("[upstream]\nurl = \"ftp://a\"\n", &Overrides::default())
             .unwrap_err()

@@ -50,6 +50,12 @@ pub enum UrlError {
     Host,
     #[error("URL must not carry a query string")]
     Query,
+    /// `user:password@host`: never sent (each client's own credential headers are forwarded), and it
+    /// would be printed wherever the URL is.
+    #[error(
+        "URL must not carry credentials (user:password@); clients' own credential headers are forwarded"
+    )]
+    Credentials,
 }
 
 impl UpstreamUrl {
@@ -61,6 +67,9 @@ impl UpstreamUrl {
             _ => return Err(UrlError::Scheme),
         };
         let authority = uri.authority().cloned().ok_or(UrlError::Host)?;
+        if authority.as_str().contains('@') {
+            return Err(UrlError::Credentials);
+        }
         if uri.query().is_some() {
             return Err(UrlError::Query);
         }
