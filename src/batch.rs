@@ -24,7 +24,7 @@ use crate::gateway::{
     passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
-use crate::request_body;
+use crate::request_body::{self, BodyFault};
 use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
 use crate::upstream::{BoxError, BufferedCall, BufferedReply, ClientInfo};
@@ -111,7 +111,7 @@ impl Gateway {
         let (parts, body) = request.into_parts();
         let body = match read_body(&parts.headers, body, &self.limits).await {
             Ok(body) => body,
-            Err(e) => return Served::bypass(e.into_response()),
+            Err(fault) => return self.client_fault(fault),
         };
         let query = BatchQuery::parse(&body, self.limits.batch_max_ids);
         let ids: Vec<TaskId<'_>> = match &query {
@@ -429,33 +429,25 @@ fn means_absent(reply: &BufferedReply) -> bool {
 }
 
 /// Reads a client body of at most `batch.max_body` bytes: 413 beyond, checked against `Content-Length`
-/// first; 408 when it stalls for `server.body_read_timeout`.
+/// first; 408 when it stalls for `server.body_read_timeout`; 400 when it is malformed or cut short.
 async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     limits: &crate::gateway::Limits,
-) -> Result<Bytes, RequestError> {
+) -> Result<Bytes, BodyFault> {
     let max = limits.batch_max_body;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max) {
-        return Err(RequestError::BodyTooLarge(max));
+        return Err(BodyFault::TooLarge(max));
     }
-    match request_body::bounded(body, max, limits.body_read_timeout)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(RequestError::BodyTooLarge(max))
-        }
-        Err(e) => match request_body::idle_in(&*e) {
-            Some(idle) => Err(RequestError::BodyIdle(idle)),
-            None => Err(RequestError::ClientBody(e.to_string())),
-        },
-    }
+    request_body::read(
+        request_body::bounded(body, max, limits.body_read_timeout),
+        max,
+    )
+    .await
 }
 
 /// A JSON array of the tasks' stored bytes, in order.

@@ -87,6 +87,8 @@ pub struct UpstreamConfig {
     /// Most upstream calls in flight, overall and per credential.
     pub max_in_flight: usize,
     pub max_in_flight_per_credential: usize,
+    /// Passthrough's share of `max_in_flight`: the rest is kept for task fetches and batches.
+    pub max_in_flight_passthrough: usize,
     /// Most upstream calls per second, overall and per credential; 0 means no ceiling.
     pub max_rps: u32,
     pub max_rps_per_credential: u32,
@@ -134,6 +136,11 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest passthrough request body (streamed, counted as it flows).
     pub max_request_body: u64,
+    /// A passthrough body up to this size is read whole before an upstream slot is taken, so a client
+    /// that trickles it holds no slot; larger ones stream. 0 streams every body.
+    pub passthrough_buffer: u64,
+    /// All passthrough bodies being buffered at once, together; past it, bodies stream.
+    pub passthrough_buffer_total: u64,
     /// Longest a request body may go without sending a byte (slow-body guard); 408 past it.
     pub body_read_timeout: Duration,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
@@ -252,6 +259,7 @@ struct RawUpstream {
     max_body: Option<ByteSize>,
     max_in_flight: Option<usize>,
     max_in_flight_per_credential: Option<usize>,
+    max_in_flight_passthrough: Option<usize>,
     max_rps: Option<u32>,
     max_rps_per_credential: Option<u32>,
     #[serde(default, with = "humantime_serde")]
@@ -295,6 +303,8 @@ struct RawServer {
     max_connections: Option<usize>,
     max_header_bytes: Option<ByteSize>,
     max_request_body: Option<ByteSize>,
+    passthrough_buffer: Option<ByteSize>,
+    passthrough_buffer_total: Option<ByteSize>,
     #[serde(default, with = "humantime_serde")]
     body_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -389,6 +399,7 @@ impl Config {
             reason: e.to_string(),
         })?;
 
+        let max_in_flight = at_least("upstream.max_in_flight", raw.upstream.max_in_flight, 256, 1)?;
         let upstream = UpstreamConfig {
             url,
             connect_timeout: positive(
@@ -412,7 +423,17 @@ impl Config {
                 8 << 20,
                 1024,
             )?,
-            max_in_flight: at_least("upstream.max_in_flight", raw.upstream.max_in_flight, 256, 1)?,
+            max_in_flight,
+            max_in_flight_passthrough: at_most(
+                "upstream.max_in_flight_passthrough",
+                at_least(
+                    "upstream.max_in_flight_passthrough",
+                    raw.upstream.max_in_flight_passthrough,
+                    max_in_flight.div_ceil(2),
+                    1,
+                )?,
+                max_in_flight,
+            )?,
             max_in_flight_per_credential: at_least(
                 "upstream.max_in_flight_per_credential",
                 raw.upstream.max_in_flight_per_credential,
@@ -469,6 +490,16 @@ impl Config {
             max_ids: at_least("batch.max_ids", raw.batch.max_ids, 500, 1)?,
             upstream_chunk: at_least("batch.upstream_chunk", raw.batch.upstream_chunk, 100, 1)?,
         };
+        let passthrough_buffer_total = raw
+            .server
+            .passthrough_buffer_total
+            .map_or(64 << 20, |b| b.0);
+        // Each buffer is one reservation of the total, counted as semaphore permits (u32).
+        let passthrough_buffer = at_most(
+            "server.passthrough_buffer",
+            raw.server.passthrough_buffer.map_or(64 << 10, |b| b.0),
+            passthrough_buffer_total.min(u64::from(u32::MAX)),
+        )?;
         let server = ServerConfig {
             shutdown_grace: raw.server.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             header_read_timeout: positive(
@@ -499,6 +530,8 @@ impl Config {
                 32 << 20,
                 1024,
             )?,
+            passthrough_buffer,
+            passthrough_buffer_total,
             body_read_timeout: positive(
                 "server.body_read_timeout",
                 raw.server.body_read_timeout,

@@ -5,9 +5,8 @@
 //! precomputed or reversed from a dump of the cache.
 
 use http::HeaderMap;
-use http::header::{AUTHORIZATION, HeaderName};
 
-static MJ_API_SECRET: HeaderName = HeaderName::from_static("mj-api-secret");
+use crate::admission::{CREDENTIAL_HEADERS, Credential};
 
 /// Length of a fingerprint in bytes.
 pub const FINGERPRINT_LEN: usize = 16;
@@ -59,64 +58,69 @@ impl Fingerprinter {
         Fingerprinter { key }
     }
 
+    /// The fingerprint of every credential header in `headers`. For an admitted request (one
+    /// credential header at most, see [`crate::admission`]) it equals [`of`](Self::of) its credential.
     pub fn fingerprint(&self, headers: &HeaderMap) -> CredentialFingerprint {
+        let values = CREDENTIAL_HEADERS
+            .iter()
+            .zip([b'A', b'S'])
+            .flat_map(|(name, tag)| {
+                headers
+                    .get_all(*name)
+                    .iter()
+                    .map(move |v| (tag, v.as_bytes()))
+            });
+        self.hash(values)
+    }
+
+    /// The fingerprint of one admitted credential.
+    pub fn of(&self, credential: Credential<'_>) -> CredentialFingerprint {
+        self.hash(credential.tagged())
+    }
+
+    fn hash<'v>(&self, values: impl IntoIterator<Item = (u8, &'v [u8])>) -> CredentialFingerprint {
         let mut hasher = blake3::Hasher::new_keyed(&self.key);
-        // Each header is framed by a tag and each value by its length, so no two different sets of
+        // Each value is framed by its header's tag and its length, so no two different sets of
         // credential headers hash the same input (`Authorization: a` vs `mj-api-secret: a`).
-        for (tag, name) in [(b'A', &AUTHORIZATION), (b'S', &MJ_API_SECRET)] {
-            for value in headers.get_all(name) {
-                hasher.update(&[tag]);
-                hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(value.as_bytes());
-            }
+        for (tag, value) in values {
+            hasher.update(&[tag]);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value);
         }
         let mut out = [0u8; FINGERPRINT_LEN];
         hasher.finalize_xof().fill(&mut out);
         CredentialFingerprint(out)
     }
-}
 
-/// The credential a connection sent last and its fingerprint. Clients send the same credential on
-/// every request of a connection, so the hit path compares bytes instead of hashing them again. Owned
-/// copies, not `HeaderValue`s: those would pin the connection's whole read buffer.
-#[derive(Default)]
-pub struct FingerprintMemo {
-    authorization: Option<Box<[u8]>>,
-    secret: Option<Box<[u8]>>,
-    fingerprint: Option<CredentialFingerprint>,
-}
-
-impl Fingerprinter {
-    /// [`fingerprint`](Self::fingerprint), answered from `memo` when the credential headers are the
-    /// ones it holds. Requests with a header repeated are hashed every time.
-    pub fn fingerprint_memo(
+    /// [`of`](Self::of), answered from `memo` when the credential is the one it holds.
+    pub fn of_memo(
         &self,
-        headers: &HeaderMap,
+        credential: Credential<'_>,
         memo: &mut FingerprintMemo,
     ) -> CredentialFingerprint {
-        let single = |name: &HeaderName| {
-            let mut values = headers.get_all(name).iter();
-            let first = values.next();
-            values.next().is_none().then_some(first)
-        };
-        let (Some(authorization), Some(secret)) = (single(&AUTHORIZATION), single(&MJ_API_SECRET))
-        else {
-            return self.fingerprint(headers);
-        };
-        let authorization = authorization.map(|v| v.as_bytes());
-        let secret = secret.map(|v| v.as_bytes());
+        let tagged = credential.tagged();
         if let Some(fingerprint) = memo.fingerprint
-            && memo.authorization.as_deref() == authorization
-            && memo.secret.as_deref() == secret
+            && memo.tag == tagged.map(|(tag, _)| tag)
+            && memo.value.as_deref() == tagged.map(|(_, value)| value)
         {
             return fingerprint;
         }
-        let fingerprint = self.fingerprint(headers);
-        memo.authorization = authorization.map(Box::from);
-        memo.secret = secret.map(Box::from);
+        let fingerprint = self.of(credential);
+        memo.tag = tagged.map(|(tag, _)| tag);
+        memo.value = tagged.map(|(_, value)| Box::from(value));
         memo.fingerprint = Some(fingerprint);
         fingerprint
     }
+}
+
+/// The credential a connection sent last and its fingerprint. Clients send the same credential on
+/// every request of a connection, so the hit path compares bytes instead of hashing them again. An
+/// owned copy, not a `HeaderValue`: that would pin the connection's whole read buffer.
+#[derive(Default)]
+pub struct FingerprintMemo {
+    tag: Option<u8>,
+    value: Option<Box<[u8]>>,
+    fingerprint: Option<CredentialFingerprint>,
 }
 
 #[cfg(test)]
@@ -169,19 +173,18 @@ mod tests {
             headers(&[("authorization", "Bearer sk-a")]),
             headers(&[("authorization", "Bearer sk-b")]),
             headers(&[("mj-api-secret", "Bearer sk-b")]),
-            headers(&[("authorization", "Bearer sk-b"), ("mj-api-secret", "s")]),
             headers(&[]),
-            headers(&[
-                ("authorization", "Bearer sk-a"),
-                ("authorization", "Bearer sk-b"),
-            ]),
+            headers(&[("mj-api-secret", "")]),
+            headers(&[("authorization", "")]),
             headers(&[("authorization", "Bearer sk-a")]),
         ];
+        let uri = http::Uri::from_static("/mj/task/1/fetch");
         for request in &sequence {
-            assert_eq!(
-                f.fingerprint_memo(request, &mut memo),
-                f.fingerprint(request)
-            );
+            let credential =
+                crate::admission::admit(&http::Method::GET, &uri, http::Version::HTTP_2, request)
+                    .unwrap();
+            assert_eq!(f.of_memo(credential, &mut memo), f.fingerprint(request));
+            assert_eq!(f.of(credential), f.fingerprint(request));
         }
     }
 

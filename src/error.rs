@@ -4,9 +4,11 @@
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
+use crate::admission::Refused;
 use crate::body::ResponseBody;
 use crate::collapse::Abandoned;
 use crate::config::ConfigError;
+use crate::request_body::BodyFault;
 use crate::task::InvalidTaskId;
 use crate::upstream::UpstreamError;
 
@@ -34,12 +36,10 @@ pub enum RequestError {
     BadTaskId(#[from] InvalidTaskId),
     #[error("invalid batch query: {0}")]
     BadBatch(String),
-    #[error("request body exceeds {0} bytes")]
-    BodyTooLarge(u64),
-    #[error("reading the request body failed: {0}")]
-    ClientBody(String),
-    #[error("the request body sent nothing for {0:?}")]
-    BodyIdle(std::time::Duration),
+    #[error(transparent)]
+    ClientBody(#[from] BodyFault),
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -55,13 +55,12 @@ pub enum RequestError {
 impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RequestError::BadTaskId(_)
-            | RequestError::BadBatch(_)
-            | RequestError::ClientBody(_)
-            | RequestError::BadWait(_) => StatusCode::BAD_REQUEST,
+            RequestError::BadTaskId(_) | RequestError::BadBatch(_) | RequestError::BadWait(_) => {
+                StatusCode::BAD_REQUEST
+            }
             RequestError::TooManyWatches(_) => StatusCode::TOO_MANY_REQUESTS,
-            RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            RequestError::BodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::ClientBody(fault) => fault.status(),
+            RequestError::Refused(refused) => refused.status(),
             RequestError::Upstream(e) => e.status(),
             RequestError::Abandoned(_) => StatusCode::BAD_GATEWAY,
             RequestError::Draining => StatusCode::SERVICE_UNAVAILABLE,

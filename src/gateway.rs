@@ -17,10 +17,12 @@ use http::header::{
     IF_NONE_MATCH,
 };
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::admission;
 use crate::body::ResponseBody;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
 use crate::cache_status::CacheStatus;
@@ -31,13 +33,13 @@ use crate::credential::{CredentialFingerprint, FingerprintMemo, Fingerprinter};
 use crate::error::{RequestError, json_error};
 use crate::long_poll;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
-use crate::request_body;
+use crate::request_body::{self, BodyFault, Prefetched};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::routes::{self, Route};
 use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::{
-    BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
+    BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
 };
 use crate::watch::Watchers;
 
@@ -125,6 +127,7 @@ pub(crate) struct Limits {
     pub batch_max_ids: usize,
     pub batch_upstream_chunk: usize,
     pub max_request_body: u64,
+    pub passthrough_buffer: u64,
     pub body_read_timeout: std::time::Duration,
 }
 
@@ -141,6 +144,9 @@ pub struct Gateway {
     pub(crate) watchers: Watchers,
     /// The Redis tier between the cache and the upstream, when `[shared_cache]` is configured.
     pub(crate) shared: Option<SharedCache>,
+    /// Bytes of passthrough bodies being read whole before their upstream call
+    /// (`server.passthrough_buffer_total`), one reservation of `passthrough_buffer` per request.
+    passthrough_buffers: Arc<tokio::sync::Semaphore>,
     /// Admin routes live on their own listener, so the main one passes those paths through.
     admin_separate: bool,
     /// Log every request at `info` (else at `debug`, under the `mjgate::access` target).
@@ -188,11 +194,17 @@ impl Gateway {
                 batch_max_ids: config.batch.max_ids,
                 batch_upstream_chunk: config.batch.upstream_chunk,
                 max_request_body: config.server.max_request_body,
+                passthrough_buffer: config.server.passthrough_buffer,
                 body_read_timeout: config.server.body_read_timeout,
             },
             metrics,
             watchers: Watchers::new(&config.watch),
             shared,
+            passthrough_buffers: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.server.passthrough_buffer_total)
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             admin_separate: config.admin_listen.is_some(),
             access_log: config.log.access,
             draining: AtomicBool::new(false),
@@ -253,7 +265,15 @@ impl Gateway {
         if request.uri().query().is_some_and(long_poll::asks_to_wait) {
             return None;
         }
-        let fingerprint = self.fingerprinter.fingerprint_memo(request.headers(), memo);
+        // A refused request is answered (and counted) by the slow path.
+        let credential = admission::admit(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+        )
+        .ok()?;
+        let fingerprint = self.fingerprinter.of_memo(credential, memo);
         let key = KeyBuf::new(&fingerprint, id);
         let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) else {
             return None;
@@ -312,7 +332,20 @@ impl Gateway {
             duration_ms = Empty,
         );
         let client = ClientInfo { ip: peer.ip() };
+        if let Err(refused) = admission::admit(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+        ) {
+            route = Route::Refused(refused);
+        }
         let served = match route {
+            Route::Refused(refused) => {
+                tracing::debug!(parent: &span, reason = %refused, "request refused");
+                self.metrics.client_error(refused.label());
+                Served::bypass(RequestError::Refused(refused).into_response())
+            }
             _ if listener == Listener::Admin && !route.is_admin() => Served::bypass(json_error(
                 StatusCode::NOT_FOUND,
                 "the admin listener serves /metrics, /healthz and /readyz only",
@@ -580,7 +613,8 @@ impl Gateway {
         })
     }
 
-    /// Passthrough: bounds the request body, then forwards it.
+    /// Passthrough: bounds the request body, reads it whole when it is small (so a client trickling
+    /// its upload holds no upstream slot meanwhile), then forwards it.
     async fn passthrough(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
         let max = self.limits.max_request_body;
         let declared = request
@@ -589,13 +623,43 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > max) {
-            return Served::bypass(RequestError::BodyTooLarge(max).into_response());
+            return self.client_fault(BodyFault::TooLarge(max));
         }
-        // Counted and timed as it streams: a chunked body that grows too large (413) or stalls (408)
-        // aborts the upstream call.
+        // Counted and timed as it streams: a chunked body that grows too large (413), stalls (408) or
+        // breaks (400) aborts the upstream call, and is the client's error.
         let idle = self.limits.body_read_timeout;
-        let request = request.map(|body| request_body::bounded(body, max, idle));
-        self.forward(request, client).await
+        let (parts, body) = request.into_parts();
+        let body = request_body::bounded(body, max, idle);
+        let buffer = self.limits.passthrough_buffer;
+        // Only what the budget allows is buffered: past it, bodies stream as they always could.
+        let reservation = match u32::try_from(buffer) {
+            Ok(bytes) if bytes > 0 && declared.is_none_or(|len| len <= buffer) => {
+                Arc::clone(&self.passthrough_buffers)
+                    .try_acquire_many_owned(bytes)
+                    .ok()
+            }
+            _ => None,
+        };
+        let body = match reservation {
+            None => body,
+            Some(_) => match request_body::prefetch(body, buffer as usize, max).await {
+                Ok(Prefetched::Whole(bytes)) => Full::new(bytes)
+                    .map_err(|never| -> BoxError { match never {} })
+                    .boxed(),
+                Ok(Prefetched::Streaming(body)) => body,
+                Err(fault) => return self.client_fault(fault),
+            },
+        };
+        let served = self.forward(Request::from_parts(parts, body), client).await;
+        drop(reservation);
+        served
+    }
+
+    /// A request whose body the client broke: its own 4xx, counted apart from upstream failures.
+    pub(crate) fn client_fault(&self, fault: BodyFault) -> Served {
+        tracing::debug!(error = %fault, "client request body failed");
+        self.metrics.client_error(fault.label());
+        Served::bypass(RequestError::ClientBody(fault).into_response())
     }
 
     /// Forwards the request untouched (but for hop-by-hop and forwarding headers), streaming both ways.
@@ -618,6 +682,7 @@ impl Gateway {
                     Some(status),
                 )
             }
+            Err(UpstreamError::ClientBody(fault)) => self.client_fault(fault),
             Err(e) => {
                 e.log();
                 Served::bypass(RequestError::Upstream(e).into_response())
@@ -679,8 +744,9 @@ fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>)
 /// A fetch that only ever found its task missing from batch answers: 502, as an unusable upstream answer.
 fn not_returned() -> Served {
     Served::bypass(
-        RequestError::Upstream(UpstreamError::Unreachable(
-            "the task was not in the upstream's answer".into(),
+        RequestError::Upstream(UpstreamError::unreachable(
+            "the task was not in the upstream's answer",
+            "a batch answer left the id out",
         ))
         .into_response(),
     )

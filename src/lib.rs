@@ -13,6 +13,7 @@
 //! | [`shutdown`] | the future that resolves on SIGTERM or SIGINT |
 //! | [`gateway`] | request handling: route, cache, collapse, forward |
 //! | [`batch`] | batch queries served from the per-task cache and flights |
+//! | [`admission`] | what a request must look like to be served; the one credential it carries |
 //! | [`routes`] | which request is a fetch, a batch, a health check, or passthrough |
 //! | [`task`] | task ids and the class of an upstream answer (terminal or in progress) |
 //! | [`credential`] | the keyed fingerprint of a request's credential headers |
@@ -38,6 +39,7 @@
 //! | [`demo`] | `mjgate demo`: simulator, gateway and polling clients in one process |
 //! | [`fixed_body`] | the benchmarks' ceiling: a bare server answering one fixed body |
 
+pub mod admission;
 pub mod batch;
 pub mod body;
 pub mod cache;

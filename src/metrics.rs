@@ -116,6 +116,8 @@ pub enum UpstreamResult {
     /// Connect, TLS or I/O failure.
     Error,
     Timeout,
+    /// The client's request body failed while it was forwarded: no verdict on the upstream.
+    ClientBody,
 }
 
 impl UpstreamResult {
@@ -128,11 +130,35 @@ impl UpstreamResult {
             UpstreamResult::Status(_) => "5xx",
             UpstreamResult::Error => "error",
             UpstreamResult::Timeout => "timeout",
+            UpstreamResult::ClientBody => "client_body",
         }
     }
 }
 
-const UPSTREAM_RESULTS: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+const UPSTREAM_RESULTS: [&str; 8] = [
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "error",
+    "timeout",
+    "client_body",
+];
+
+/// The `reason` labels of `mjgate_client_errors_total`: admission refusals
+/// ([`crate::admission::Refused::label`]) and request-body faults
+/// ([`crate::request_body::BodyFault::label`]).
+pub const CLIENT_ERRORS: [&str; 8] = [
+    "host",
+    "target",
+    "dot_segment",
+    "method",
+    "credentials",
+    "body_too_large",
+    "body_idle",
+    "body_broken",
+];
 
 /// Every metric the gateway exports, with its series pre-resolved.
 pub struct Metrics {
@@ -159,6 +185,8 @@ pub struct Metrics {
     class_bytes: [AtomicI64; 3],
     /// Upstream calls refused before they were sent, by reason.
     upstream_refused: IntCounterVec,
+    /// Requests refused for the client's own fault, by reason.
+    client_errors: IntCounterVec,
     circuit_open: IntGauge,
     /// The Redis tier's counters (registered whether or not it is configured).
     pub shared: SharedMetrics,
@@ -579,6 +607,17 @@ impl Metrics {
         for reason in ["backoff", "circuit_open", "overloaded"] {
             upstream_refused.with_label_values(&[reason]);
         }
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "mjgate_client_errors_total",
+                "Requests refused for the client's own fault (never counted against the upstream): a request the gateway does not admit, or a request body too large, stalled, or malformed or cut short.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in CLIENT_ERRORS {
+            client_errors.with_label_values(&[reason]);
+        }
         let circuit_open = IntGauge::new(
             "mjgate_upstream_circuit_open",
             "1 while the circuit breaker fails upstream calls fast, else 0.",
@@ -586,6 +625,7 @@ impl Metrics {
         .expect("valid metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(upstream_refused.clone()),
+            Box::new(client_errors.clone()),
             Box::new(circuit_open.clone()),
             Box::new(requests_vec),
             Box::new(duration_vec),
@@ -637,6 +677,7 @@ impl Metrics {
             class_entries: Default::default(),
             class_bytes: Default::default(),
             upstream_refused,
+            client_errors,
             circuit_open,
         }
     }
@@ -693,6 +734,11 @@ impl Metrics {
 
     pub fn upstream_refused(&self, reason: &'static str) {
         self.upstream_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a request refused for the client's own fault; `reason` is one of [`CLIENT_ERRORS`].
+    pub fn client_error(&self, reason: &'static str) {
+        self.client_errors.with_label_values(&[reason]).inc();
     }
 
     pub fn set_circuit_open(&self, open: bool) {

@@ -61,12 +61,31 @@ pub enum CallEnd {
     Answered(u16),
     /// No connection could be made, or it broke: counts toward opening the breaker.
     Unreachable,
-    /// Anything else (a timeout, a client's body failing): neither success nor a connection failure.
+    /// No answer within `upstream.request_timeout`: not counted while the circuit is closed (a slow
+    /// upstream is not a down one), but a probe that times out reopens it.
+    TimedOut,
+    /// The client's own request body failed: says nothing about the upstream, so it never counts
+    /// toward opening the breaker, and a probe that ends this way is handed to the next call.
+    ClientFault,
+    /// Anything else (an answer too large to cache): neither success nor a connection failure.
     Other,
+}
+
+/// Which budget of upstream slots a call draws on. Passthrough calls stream a client's body and may be
+/// held by a client that sends slowly, so they have a budget of their own below the global ceiling:
+/// however passthrough traffic behaves, task fetches and batches (what the gateway is for) keep
+/// `max_in_flight - max_in_flight_passthrough` slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Fetches, batches, watch polls: answers the cache needs.
+    Cached,
+    /// Everything forwarded untouched.
+    Passthrough,
 }
 
 /// Permission to make one upstream call; frees its slots when dropped.
 pub struct Admitted {
+    _lane: Option<OwnedSemaphorePermit>,
     _global: OwnedSemaphorePermit,
     _credential: OwnedSemaphorePermit,
     /// This call is the breaker's probe: its end decides whether the circuit closes.
@@ -180,10 +199,20 @@ impl Breaker {
                     until: now + self.cooldown,
                 };
             }
+            (CallEnd::TimedOut, _) if probe => {
+                *state = BreakerState::Open {
+                    until: now + self.cooldown,
+                };
+            }
             (CallEnd::Answered(_), BreakerState::Closed { failures }) => *failures = 0,
             (CallEnd::Answered(_), _) if probe => {
                 tracing::info!("upstream answered the probe: circuit closed");
                 *state = BreakerState::Closed { failures: 0 };
+            }
+            // A probe that says nothing about the upstream: the next call probes instead. Left
+            // half-open, the circuit would refuse every call for ever.
+            (CallEnd::ClientFault | CallEnd::Other, BreakerState::HalfOpen) if probe => {
+                *state = BreakerState::Open { until: now };
             }
             _ => {}
         }
@@ -210,6 +239,8 @@ impl Breaker {
 /// Upstream protection, shared by every call.
 pub struct Protection {
     in_flight: Arc<Semaphore>,
+    /// Passthrough's own share of `in_flight` (see [`Lane`]).
+    passthrough_in_flight: Arc<Semaphore>,
     per_credential_in_flight: usize,
     credential_slots: Mutex<HashMap<CredentialFingerprint, Arc<Semaphore>>>,
     rate: Option<Rate>,
@@ -233,6 +264,7 @@ impl Protection {
         let now = Instant::now();
         Protection {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            passthrough_in_flight: Arc::new(Semaphore::new(config.max_in_flight_passthrough)),
             per_credential_in_flight: config.max_in_flight_per_credential,
             credential_slots: Mutex::default(),
             rate: Rate::per_second(config.max_rps),
@@ -255,8 +287,13 @@ impl Protection {
         &self.breaker
     }
 
-    /// Admits one call for `credential`, waiting at most `upstream.queue_timeout` for a ceiling.
-    pub async fn admit(&self, credential: &CredentialFingerprint) -> Result<Admitted, Refusal> {
+    /// Admits one call for `credential` on `lane`, waiting at most `upstream.queue_timeout` for a
+    /// ceiling.
+    pub async fn admit(
+        &self,
+        credential: &CredentialFingerprint,
+        lane: Lane,
+    ) -> Result<Admitted, Refusal> {
         let now = Instant::now();
         let probe = self.breaker.admit(now)?;
         // From here on a refusal must give the probe back, which dropping `probe_guard` does.
@@ -289,8 +326,21 @@ impl Protection {
             tokio::time::sleep(wait).await;
         }
         let credential_slots = self.credential_semaphore(credential);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let overloaded = Refusal::Overloaded(Duration::from_secs(1));
+        let lane = match lane {
+            Lane::Cached => None,
+            Lane::Passthrough => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let slots = Arc::clone(&self.passthrough_in_flight).acquire_owned();
+                Some(
+                    tokio::time::timeout(remaining, slots)
+                        .await
+                        .map_err(|_| overloaded)?
+                        .map_err(|_| overloaded)?,
+                )
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let global = tokio::time::timeout(remaining, Arc::clone(&self.in_flight).acquire_owned())
             .await
             .map_err(|_| overloaded)?
@@ -301,6 +351,7 @@ impl Protection {
             .map_err(|_| overloaded)?
             .map_err(|_| overloaded)?;
         Ok(Admitted {
+            _lane: lane,
             _global: global,
             _credential: credential,
             probe: probe_guard.into_inner(),
@@ -425,11 +476,11 @@ mod tests {
     #[tokio::test]
     async fn a_429_backs_off_only_that_credential_and_caps_the_delay() {
         let p = protection("retry_after_max = \"10s\"\n");
-        let admitted = p.admit(&fp(1)).await.unwrap();
+        let admitted = p.admit(&fp(1), Lane::Cached).await.unwrap();
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("999999"));
         p.record(admitted, &fp(1), CallEnd::Answered(429), Some(&h));
-        match p.admit(&fp(1)).await {
+        match p.admit(&fp(1), Lane::Cached).await {
             Err(Refusal::Backoff(d)) => {
                 assert!(d <= Duration::from_secs(10) && d > Duration::from_secs(9))
             }
@@ -437,7 +488,7 @@ mod tests {
             Ok(_) => panic!("admitted during backoff"),
         }
         assert!(
-            p.admit(&fp(2)).await.is_ok(),
+            p.admit(&fp(2), Lane::Cached).await.is_ok(),
             "other credentials are not affected"
         );
     }
@@ -446,60 +497,70 @@ mod tests {
     async fn the_breaker_opens_after_repeated_failures_and_closes_on_a_good_probe() {
         let p = protection("breaker_failures = 3\nbreaker_cooldown = \"50ms\"\n");
         for _ in 0..3 {
-            let a = p.admit(&fp(1)).await.unwrap();
+            let a = p.admit(&fp(1), Lane::Cached).await.unwrap();
             p.record(a, &fp(1), CallEnd::Unreachable, None);
         }
         assert!(matches!(
-            p.admit(&fp(1)).await,
+            p.admit(&fp(1), Lane::Cached).await,
             Err(Refusal::CircuitOpen(_))
         ));
         assert!(p.breaker().is_open());
         tokio::time::sleep(Duration::from_millis(60)).await;
-        let probe = p.admit(&fp(1)).await.unwrap();
+        let probe = p.admit(&fp(1), Lane::Cached).await.unwrap();
         assert!(
-            matches!(p.admit(&fp(2)).await, Err(Refusal::CircuitOpen(_))),
+            matches!(
+                p.admit(&fp(2), Lane::Cached).await,
+                Err(Refusal::CircuitOpen(_))
+            ),
             "one probe at a time"
         );
         p.record(probe, &fp(1), CallEnd::Answered(200), None);
-        assert!(p.admit(&fp(2)).await.is_ok());
+        assert!(p.admit(&fp(2), Lane::Cached).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_failed_probe_reopens_and_an_abandoned_one_frees_the_next() {
         let p = protection("breaker_failures = 1\nbreaker_cooldown = \"30ms\"\n");
-        let a = p.admit(&fp(1)).await.unwrap();
+        let a = p.admit(&fp(1), Lane::Cached).await.unwrap();
         p.record(a, &fp(1), CallEnd::Unreachable, None);
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let probe = p.admit(&fp(1)).await.unwrap();
+        let probe = p.admit(&fp(1), Lane::Cached).await.unwrap();
         p.record(probe, &fp(1), CallEnd::Unreachable, None);
         assert!(matches!(
-            p.admit(&fp(1)).await,
+            p.admit(&fp(1), Lane::Cached).await,
             Err(Refusal::CircuitOpen(_))
         ));
         tokio::time::sleep(Duration::from_millis(40)).await;
-        drop(p.admit(&fp(1)).await.unwrap()); // the probe's caller went away
-        assert!(p.admit(&fp(1)).await.is_ok(), "the next call probes");
+        drop(p.admit(&fp(1), Lane::Cached).await.unwrap()); // the probe's caller went away
+        assert!(
+            p.admit(&fp(1), Lane::Cached).await.is_ok(),
+            "the next call probes"
+        );
     }
 
     #[tokio::test]
     async fn in_flight_ceilings_wait_briefly_then_refuse() {
         let p = protection("max_in_flight_per_credential = 2\nqueue_timeout = \"50ms\"\n");
-        let a = p.admit(&fp(1)).await.unwrap();
-        let _b = p.admit(&fp(1)).await.unwrap();
-        assert!(matches!(p.admit(&fp(1)).await, Err(Refusal::Overloaded(_))));
+        let a = p.admit(&fp(1), Lane::Cached).await.unwrap();
+        let _b = p.admit(&fp(1), Lane::Cached).await.unwrap();
+        assert!(matches!(
+            p.admit(&fp(1), Lane::Cached).await,
+            Err(Refusal::Overloaded(_))
+        ));
         assert!(
-            p.admit(&fp(2)).await.is_ok(),
+            p.admit(&fp(2), Lane::Cached).await.is_ok(),
             "another credential has its own slots"
         );
         drop(a);
-        assert!(p.admit(&fp(1)).await.is_ok());
+        assert!(p.admit(&fp(1), Lane::Cached).await.is_ok());
     }
 
     #[tokio::test]
     async fn the_rate_ceiling_spaces_calls_and_refuses_beyond_the_wait() {
         let p = protection("max_rps = 10\nqueue_timeout = \"150ms\"\n");
         let key = fp(1);
-        let results = futures_util::future::join_all((0..20).map(|_| p.admit(&key))).await;
+        let results =
+            futures_util::future::join_all((0..20).map(|_| p.admit(&key, Lane::Cached))).await;
         let admitted = results.iter().filter(|r| r.is_ok()).count();
         let refused = results
             .iter()
@@ -508,5 +569,57 @@ mod tests {
         // A burst of 10, then one more per 100 ms that fits in the 150 ms wait; the rest refused.
         assert_eq!(admitted, 11);
         assert_eq!(refused, 9);
+    }
+
+    #[tokio::test]
+    async fn client_faults_never_open_the_breaker() {
+        let p = protection("breaker_failures = 2\n");
+        for _ in 0..50 {
+            let a = p.admit(&fp(1), Lane::Passthrough).await.unwrap();
+            p.record(a, &fp(1), CallEnd::ClientFault, None);
+        }
+        assert!(!p.breaker().is_open());
+        assert!(p.admit(&fp(2), Lane::Cached).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_times_out_reopens_and_one_the_client_broke_is_handed_on() {
+        let p = protection("breaker_failures = 1\nbreaker_cooldown = \"30ms\"\n");
+        let a = p.admit(&fp(1), Lane::Cached).await.unwrap();
+        p.record(a, &fp(1), CallEnd::Unreachable, None);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let probe = p.admit(&fp(1), Lane::Cached).await.unwrap();
+        p.record(probe, &fp(1), CallEnd::TimedOut, None);
+        assert!(p.breaker().is_open(), "no answer to the probe: open again");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let probe = p.admit(&fp(1), Lane::Passthrough).await.unwrap();
+        p.record(probe, &fp(1), CallEnd::ClientFault, None);
+        let next = p.admit(&fp(2), Lane::Cached).await;
+        assert!(
+            next.is_ok(),
+            "the next call probes, the circuit is not stuck half-open"
+        );
+        p.record(next.unwrap(), &fp(2), CallEnd::Answered(200), None);
+        assert!(p.admit(&fp(3), Lane::Cached).await.is_ok(), "closed");
+    }
+
+    #[tokio::test]
+    async fn passthrough_cannot_take_the_slots_cached_routes_need() {
+        let p = protection(
+            "max_in_flight = 4\nmax_in_flight_passthrough = 2\nqueue_timeout = \"30ms\"\n",
+        );
+        // Each under its own invented credential, as an attacker would.
+        let _held: Vec<_> = [fp(1), fp(2)]
+            .iter()
+            .map(|c| p.admit(c, Lane::Passthrough))
+            .collect::<futures_util::future::JoinAll<_>>()
+            .await;
+        assert!(matches!(
+            p.admit(&fp(3), Lane::Passthrough).await,
+            Err(Refusal::Overloaded(_))
+        ));
+        let a = p.admit(&fp(4), Lane::Cached).await;
+        let b = p.admit(&fp(5), Lane::Cached).await;
+        assert!(a.is_ok() && b.is_ok(), "cached routes keep their share");
     }
 }

@@ -1,20 +1,25 @@
-//! Client request bodies, bounded in size and in idle time.
+//! Client request bodies, bounded in size and in idle time, and every way reading one can fail.
 //!
 //! `header_read_timeout` guards the request head only. A client that sends a head announcing a body and
 //! then stalls (a slow-body slowloris) would otherwise hold its connection, and a batch or passthrough
 //! request, for as long as it likes. Every body the gateway reads or forwards goes through [`bounded`]:
-//! more than `max` bytes fails with [`http_body_util::LengthLimitError`] (413), and no new bytes for
-//! `idle` fails with [`BodyIdle`] (408).
+//! more than `max` bytes fails with [`http_body_util::LengthLimitError`] (413), no new bytes for `idle`
+//! fails with [`BodyIdle`] (408), and any error of the client's own stream (a malformed chunk, a
+//! connection reset half way) is wrapped in [`BodyBroken`] (400). [`fault_in`] finds which, wherever the
+//! error surfaces (in the batch reader, or inside the upstream client's error while forwarding), so a
+//! client's broken body is always the client's error and never counts against the upstream's health.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 use tokio::time::{Instant, Sleep};
 
 use crate::upstream::BoxError;
@@ -24,7 +29,44 @@ use crate::upstream::BoxError;
 #[error("request body idle for {0:?}")]
 pub struct BodyIdle(pub Duration);
 
-/// `body` limited to `max` bytes and to `idle` between two of its frames.
+/// The client's body stream failed: a malformed chunk, or the connection closed before the body ended.
+/// The source (hyper's own words) goes to the debug log, never to the client.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was malformed or cut short")]
+pub struct BodyBroken(#[source] BoxError);
+
+/// Why a client's request body could not be read: always the client's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyFault {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("the request body sent nothing for {0:?}")]
+    Idle(Duration),
+    #[error("the request body was malformed or cut short")]
+    Broken,
+}
+
+impl BodyFault {
+    pub fn status(self) -> StatusCode {
+        match self {
+            BodyFault::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyFault::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyFault::Broken => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of `mjgate_client_errors_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            BodyFault::TooLarge(_) => "body_too_large",
+            BodyFault::Idle(_) => "body_idle",
+            BodyFault::Broken => "body_broken",
+        }
+    }
+}
+
+/// `body` limited to `max` bytes and to `idle` between two of its frames, its own errors tagged as
+/// [`BodyBroken`].
 pub fn bounded<B>(body: B, max: u64, idle: Duration) -> BoxBody<Bytes, BoxError>
 where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -34,16 +76,78 @@ where
     Limited::new(IdleTimeout::new(body, idle), max).boxed()
 }
 
-/// Whether `error`, or an error it wraps, is a body that went idle; its timeout if so.
-pub fn idle_in(error: &(dyn StdError + 'static)) -> Option<Duration> {
+/// The client-body fault `error` stands for, if it (or an error it wraps) is one; `max` is the size
+/// limit [`bounded`] was given, to name it.
+pub fn fault_in(error: &(dyn StdError + 'static), max: u64) -> Option<BodyFault> {
     let mut source = Some(error);
     while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Some(BodyFault::TooLarge(max));
+        }
         if let Some(idle) = e.downcast_ref::<BodyIdle>() {
-            return Some(idle.0);
+            return Some(BodyFault::Idle(idle.0));
+        }
+        if e.is::<BodyBroken>() {
+            return Some(BodyFault::Broken);
         }
         source = e.source();
     }
     None
+}
+
+/// Reads a [`bounded`] body whole.
+pub async fn read(body: BoxBody<Bytes, BoxError>, max: u64) -> Result<Bytes, BodyFault> {
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(classify(&*e, max)),
+    }
+}
+
+/// A client body after the gateway read as much of it as it buffers before calling the upstream.
+pub enum Prefetched {
+    /// The whole body arrived within the buffer: the upstream call holds no slot while a slow client
+    /// trickles it in.
+    Whole(Bytes),
+    /// Larger than the buffer: what was read, then the rest, streamed.
+    Streaming(BoxBody<Bytes, BoxError>),
+}
+
+/// Reads up to `buffer` bytes of a [`bounded`] body: the whole of it if it fits.
+pub async fn prefetch(
+    mut body: BoxBody<Bytes, BoxError>,
+    buffer: usize,
+    max: u64,
+) -> Result<Prefetched, BodyFault> {
+    let mut read = BytesMut::new();
+    while read.len() <= buffer {
+        let frame = match body.frame().await {
+            None => return Ok(Prefetched::Whole(read.freeze())),
+            Some(Err(e)) => return Err(classify(&*e, max)),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => read.extend_from_slice(&data),
+            // Trailers end a body: pass them on after what was read.
+            Err(trailers) => {
+                let frames = [Ok(Frame::data(read.freeze())), Ok(trailers)];
+                let stream = futures_util::stream::iter(frames);
+                return Ok(Prefetched::Streaming(BodyExt::boxed(StreamBody::new(
+                    stream,
+                ))));
+            }
+        }
+    }
+    let first = futures_util::stream::iter([Ok(Frame::data(read.freeze()))]);
+    let frames = first.chain(BodyStream::new(body));
+    Ok(Prefetched::Streaming(BodyExt::boxed(StreamBody::new(
+        frames,
+    ))))
+}
+
+/// A body error as the fault it stands for. Errors [`bounded`] produces are always one of the three;
+/// anything else is treated as a broken body.
+fn classify(error: &(dyn StdError + 'static), max: u64) -> BodyFault {
+    fault_in(error, max).unwrap_or(BodyFault::Broken)
 }
 
 /// A body that fails when its inner body yields nothing for `timeout`. The deadline restarts on
@@ -81,7 +185,9 @@ where
             Poll::Ready(frame) => {
                 let deadline = Instant::now() + this.timeout;
                 this.deadline.as_mut().reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(
+                    frame.map(|f| f.map_err(|e| -> BoxError { Box::new(BodyBroken(e.into())) })),
+                )
             }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(this.timeout))))),
@@ -118,7 +224,10 @@ mod tests {
         let body = IdleTimeout::new(stalled_after(b"{\"ids\":"), Duration::from_secs(5));
         let started = Instant::now();
         let error = body.collect().await.expect_err("the body never ends");
-        assert_eq!(idle_in(&*error), Some(Duration::from_secs(5)));
+        assert_eq!(
+            fault_in(&*error, 0),
+            Some(BodyFault::Idle(Duration::from_secs(5)))
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
@@ -146,6 +255,41 @@ mod tests {
         );
         let error = body.collect().await.unwrap_err();
         assert!(error.is::<http_body_util::LengthLimitError>());
-        assert_eq!(idle_in(&*error), None);
+        assert_eq!(fault_in(&*error, 4), Some(BodyFault::TooLarge(4)));
+    }
+
+    #[tokio::test]
+    async fn an_error_of_the_clients_own_stream_is_a_broken_body() {
+        let frames = futures_util::stream::iter([
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"{"))),
+            Err("invalid chunk size".into()),
+        ]);
+        let body = bounded(StreamBody::new(frames), 1 << 20, Duration::from_secs(5));
+        assert_eq!(read(body, 1 << 20).await, Err(BodyFault::Broken));
+    }
+
+    #[tokio::test]
+    async fn a_small_body_is_read_whole_and_a_large_one_streams_on_intact() {
+        let chunks = |n: usize| {
+            let frames =
+                (0..n).map(|i| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![i as u8; 10]))));
+            bounded(
+                StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>())),
+                1 << 20,
+                Duration::from_secs(5),
+            )
+        };
+        match prefetch(chunks(3), 64, 1 << 20).await {
+            Ok(Prefetched::Whole(bytes)) => assert_eq!(bytes.len(), 30),
+            _ => panic!("30 bytes fit a 64-byte buffer"),
+        }
+        match prefetch(chunks(20), 64, 1 << 20).await {
+            Ok(Prefetched::Streaming(rest)) => {
+                let bytes = read(rest, 1 << 20).await.unwrap();
+                let expected: Vec<u8> = (0..20u8).flat_map(|i| [i; 10]).collect();
+                assert_eq!(bytes, expected, "every byte, in order");
+            }
+            _ => panic!("200 bytes do not fit a 64-byte buffer"),
+        }
     }
 }

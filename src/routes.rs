@@ -2,6 +2,7 @@
 
 use http::Method;
 
+use crate::admission::Refused;
 use crate::metrics::RouteLabel;
 use crate::task::{InvalidTaskId, TaskId};
 
@@ -24,6 +25,9 @@ pub enum Route<'a> {
     Batch,
     /// Everything else, forwarded untouched.
     Passthrough,
+    /// Refused by [`crate::admission`] before routing mattered (set by the gateway, never by
+    /// [`classify`]).
+    Refused(Refused),
 }
 
 impl Route<'_> {
@@ -34,7 +38,7 @@ impl Route<'_> {
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
             Route::Events(_) => RouteLabel::Events,
             Route::Batch => RouteLabel::Batch,
-            Route::Passthrough => RouteLabel::Passthrough,
+            Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
         }
     }
 

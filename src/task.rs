@@ -20,6 +20,9 @@ pub enum InvalidTaskId {
     TooLong,
     #[error("task id may only contain A-Z, a-z, 0-9, '.', '_', ':' and '-'")]
     BadCharacter,
+    /// `.` or `..`: a path's dot segment, never an id.
+    #[error("task id cannot be '.' or '..'")]
+    DotSegment,
 }
 
 impl<'a> TaskId<'a> {
@@ -35,6 +38,9 @@ impl<'a> TaskId<'a> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if !valid {
             return Err(InvalidTaskId::BadCharacter);
+        }
+        if text == "." || text == ".." {
+            return Err(InvalidTaskId::DotSegment);
         }
         Ok(TaskId(text))
     }

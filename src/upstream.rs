@@ -23,8 +23,8 @@ use crate::config::UpstreamConfig;
 use crate::content_coding::{self, DecodeError};
 use crate::credential::CredentialFingerprint;
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
-use crate::protect::{CallEnd, Protection, Refusal};
-use crate::request_body;
+use crate::protect::{CallEnd, Lane, Protection, Refusal};
+use crate::request_body::{self, BodyFault};
 
 /// Errors of any body the gateway hands to the upstream client.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -107,12 +107,18 @@ impl fmt::Display for UpstreamUrl {
 }
 
 /// Why an upstream call produced no usable answer. Cloneable so one failure can be handed to every
-/// collapsed waiter.
+/// collapsed waiter. Its `Display` is what the client is told: the gateway's words, never the source
+/// chain (which names hyper's internals and may name internal hosts); that goes to the log.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// Connect, TLS or I/O failure, or a broken response: the client gets 502.
-    #[error("upstream unreachable: {0}")]
-    Unreachable(String),
+    #[error("upstream unreachable: {reason}")]
+    Unreachable {
+        /// What the client is told.
+        reason: &'static str,
+        /// The source chain, for the log only.
+        detail: String,
+    },
     /// The upstream did not answer within `upstream.request_timeout`: the client gets 504.
     #[error("upstream timed out after {0:?}")]
     Timeout(Duration),
@@ -122,37 +128,47 @@ pub enum UpstreamError {
     /// Not sent: backoff after a 429 (429), circuit open (502), or a ceiling reached (503).
     #[error("{0}")]
     Refused(Refusal),
-    /// A passthrough request body grew past `server.max_request_body` while streaming: 413.
-    #[error("request body exceeds {0} bytes")]
-    ClientBodyTooLarge(u64),
-    /// A passthrough request body stalled for `server.body_read_timeout`: 408.
-    #[error("the request body sent nothing for {0:?}")]
-    ClientBodyIdle(Duration),
+    /// The client's own request body failed while it was forwarded (too large, stalled, malformed or
+    /// cut short): the client's error (413, 408, 400), never the upstream's.
+    #[error(transparent)]
+    ClientBody(BodyFault),
 }
 
 impl UpstreamError {
+    pub fn unreachable(reason: &'static str, detail: impl fmt::Display) -> Self {
+        UpstreamError::Unreachable {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Unreachable(_) | UpstreamError::BodyTooLarge(_) => {
+            UpstreamError::Unreachable { .. } | UpstreamError::BodyTooLarge(_) => {
                 StatusCode::BAD_GATEWAY
             }
             UpstreamError::Refused(Refusal::Backoff(_)) => StatusCode::TOO_MANY_REQUESTS,
             UpstreamError::Refused(Refusal::CircuitOpen(_)) => StatusCode::BAD_GATEWAY,
             UpstreamError::Refused(Refusal::Overloaded(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamError::ClientBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamError::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            UpstreamError::ClientBody(fault) => fault.status(),
         }
     }
 
     /// Logs a call that failed. A refusal is the gateway's own protection at work (counted in
-    /// `mjgate_upstream_refused_total`) and costs the upstream nothing, so it is a debug line: at warn,
-    /// a client hammering through a backoff would write a line per poll.
+    /// `mjgate_upstream_refused_total`) and a client's broken body is the client's doing (counted in
+    /// `mjgate_client_errors_total`); neither costs the upstream anything, so they are debug lines: at
+    /// warn, one client could write a line per request.
     pub fn log(&self) {
-        if matches!(self, UpstreamError::Refused(_)) {
-            tracing::debug!(error = %self, "upstream call refused");
-        } else {
-            tracing::warn!(error = %self, "upstream call failed");
+        match self {
+            UpstreamError::Refused(_) => tracing::debug!(error = %self, "upstream call refused"),
+            UpstreamError::ClientBody(_) => {
+                tracing::debug!(error = %self, "client request body failed")
+            }
+            UpstreamError::Unreachable { detail, .. } => {
+                tracing::warn!(error = %self, %detail, "upstream call failed")
+            }
+            _ => tracing::warn!(error = %self, "upstream call failed"),
         }
     }
 
@@ -166,31 +182,31 @@ impl UpstreamError {
 
     fn call_end(&self) -> CallEnd {
         match self {
-            UpstreamError::Unreachable(_) => CallEnd::Unreachable,
+            UpstreamError::Unreachable { .. } => CallEnd::Unreachable,
+            UpstreamError::Timeout(_) => CallEnd::TimedOut,
+            UpstreamError::ClientBody(_) => CallEnd::ClientFault,
             _ => CallEnd::Other,
         }
     }
 
     fn from_client(err: hyper_util::client::legacy::Error, max_request_body: u64) -> Self {
-        let mut source = err.source();
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return UpstreamError::ClientBodyTooLarge(max_request_body);
-            }
-            if let Some(idle) = request_body::idle_in(s) {
-                return UpstreamError::ClientBodyIdle(idle);
-            }
-            source = s.source();
+        if let Some(fault) = request_body::fault_in(&err, max_request_body) {
+            return UpstreamError::ClientBody(fault);
         }
         // The legacy client's Display is terse ("client error (Connect)"); the source chain says why.
-        let mut text = err.to_string();
+        let mut detail = err.to_string();
         let mut source = err.source();
         while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
             source = s.source();
         }
-        UpstreamError::Unreachable(text)
+        let reason = if err.is_connect() {
+            "could not connect"
+        } else {
+            "the connection failed before a complete answer"
+        };
+        UpstreamError::Unreachable { reason, detail }
     }
 }
 
@@ -199,6 +215,7 @@ impl UpstreamResult {
         match result {
             Ok(status) => UpstreamResult::Status(status.as_u16()),
             Err(UpstreamError::Timeout(_)) => UpstreamResult::Timeout,
+            Err(UpstreamError::ClientBody(_)) => UpstreamResult::ClientBody,
             Err(_) => UpstreamResult::Error,
         }
     }
@@ -281,11 +298,15 @@ impl Upstream {
     async fn admit(
         &self,
         credential: &CredentialFingerprint,
+        lane: Lane,
     ) -> Result<crate::protect::Admitted, UpstreamError> {
-        self.protection.admit(credential).await.map_err(|refusal| {
-            self.metrics.upstream_refused(refusal.label());
-            UpstreamError::Refused(refusal)
-        })
+        self.protection
+            .admit(credential, lane)
+            .await
+            .map_err(|refusal| {
+                self.metrics.upstream_refused(refusal.label());
+                UpstreamError::Refused(refusal)
+            })
     }
 
     /// Reports an admitted call's end to the breaker and the backoff table.
@@ -319,19 +340,14 @@ impl Upstream {
             body,
         } = call;
         let mut forwarded = headers.clone();
-        prepare_request_headers(&mut forwarded, client);
-        forwarded.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        forwarded.remove(header::CONTENT_LENGTH);
+        prepare_cached_request_headers(&mut forwarded, client);
         let body: UpstreamBody = if body.is_empty() {
             Empty::new().map_err(|never| match never {}).boxed()
         } else {
             Full::new(body).map_err(|never| match never {}).boxed()
         };
         let request = self.build_request(method, path_and_query, forwarded, body)?;
-        let admitted = self.admit(credential).await?;
+        let admitted = self.admit(credential, Lane::Cached).await?;
         let max_body = self.max_body;
         let exchange = async {
             let response = self
@@ -347,7 +363,7 @@ impl Upstream {
                     if e.is::<http_body_util::LengthLimitError>() {
                         UpstreamError::BodyTooLarge(max_body)
                     } else {
-                        UpstreamError::Unreachable(format!("reading body: {e}"))
+                        UpstreamError::unreachable("the answer's body broke off", e)
                     }
                 })?
                 .to_bytes();
@@ -357,7 +373,7 @@ impl Upstream {
                 content_coding::decode(&mut headers, body, max_body).map_err(|e| match e {
                     DecodeError::TooLarge(limit) => UpstreamError::BodyTooLarge(limit),
                     DecodeError::Corrupt(_) => {
-                        UpstreamError::Unreachable(format!("reading body: {e}"))
+                        UpstreamError::unreachable("the answer's body could not be decoded", e)
                     }
                 })?;
             Ok(BufferedReply {
@@ -403,7 +419,7 @@ impl Upstream {
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
         let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
-        let admitted = self.admit(credential).await?;
+        let admitted = self.admit(credential, Lane::Passthrough).await?;
         let call = self.metrics.upstream_call(route);
         let result = match tokio::time::timeout(self.request_timeout, self.client.request(request))
             .await
@@ -433,10 +449,9 @@ impl Upstream {
         headers: HeaderMap,
         body: UpstreamBody,
     ) -> Result<Request<UpstreamBody>, UpstreamError> {
-        let uri = self
-            .url
-            .join(path_and_query)
-            .map_err(|e| UpstreamError::Unreachable(format!("bad upstream URI: {e}")))?;
+        let uri = self.url.join(path_and_query).map_err(|e| {
+            UpstreamError::unreachable("the request path cannot be sent upstream", e)
+        })?;
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
@@ -454,9 +469,39 @@ static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Headers a client may send that would make one client's upstream answer unfit for the others
+/// collapsed on it: a `206` for one client's `Range`, a `304` for one client's validators. Cached
+/// routes call the upstream unconditionally and for the whole answer; the gateway answers validators
+/// itself, from its own `ETag`s. `Expect` goes too: the body is already in hand.
+const PER_CLIENT: [HeaderName; 8] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::EXPECT,
+    header::CONTENT_LENGTH,
+];
+
+/// Headers of a request on a cached route (fetch, batch, a watch's poll) as the upstream sees them:
+/// as for passthrough, less anything one client could make the shared answer depend on, and asking
+/// for a plain JSON body so the status can be read and one entry serves every client.
+pub fn prepare_cached_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
+    prepare_request_headers(headers, client);
+    for name in &PER_CLIENT {
+        headers.remove(name);
+    }
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
 /// Headers of a client request as the upstream should see them: hop-by-hop removed, `Host` left for the
 /// client to set from the upstream URI, and the client's address added.
-fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
+pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     let ip =

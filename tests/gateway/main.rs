@@ -13,6 +13,7 @@ mod demo_and_load;
 mod deploy;
 mod docs;
 mod fetch_cache;
+mod hardening;
 mod observability;
 mod passthrough;
 mod push;

@@ -265,3 +265,41 @@ impl Scrape {
         self.text.contains(&format!("# TYPE {name} "))
     }
 }
+
+/// Sends `request` as raw bytes on a new connection and returns the answer: up to the end of its body
+/// by `Content-Length`, or what came before the gateway closed the connection (10 s at most).
+pub async fn raw(gateway: &Gateway, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if complete(&answer) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Whether `answer` holds a whole response head and as much body as its `Content-Length` says.
+fn complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|length| body.len() >= length)
+}

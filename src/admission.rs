@@ -1,0 +1,342 @@
+//! Request admission: what a request must look like before the gateway serves or forwards it, and the
+//! one credential it carries.
+//!
+//! Every request passes here first, hits and misses alike, so that what the cache is partitioned by is
+//! exactly what the upstream will see:
+//! - **One credential header, once.** An upstream reads one of `Authorization` and `mj-api-secret`
+//!   (the simulator, like new-api, reads `Authorization` first); a request carrying both, or either
+//!   twice, would be fingerprinted (for the cache, the 429 backoff, the ceilings and the watch limits)
+//!   differently from the credential the upstream acts on. Such requests are refused.
+//! - **No credential named in `Connection`.** Headers listed there are hop-by-hop and never forwarded,
+//!   so the upstream would answer for no credential while the cache files the answer under one.
+//! - **An origin-form path without dot segments.** `..` (plain or percent-encoded) would climb out of
+//!   the upstream URL's path prefix; `*` and authority-form targets have no path to forward.
+//! - **Exactly one `Host` on HTTP/1.1** (RFC 9112 §3.2), at most one elsewhere.
+//! - **No `CONNECT` or `TRACE`**: the gateway tunnels nothing, and `TRACE` would echo the forwarded
+//!   credential back.
+//!
+//! The checks are byte scans and a few header lookups: they run on the hit path too.
+
+use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+pub static MJ_API_SECRET: HeaderName = HeaderName::from_static("mj-api-secret");
+
+/// The credential headers, in the order an upstream reads them.
+pub const CREDENTIAL_HEADERS: [&HeaderName; 2] = [&AUTHORIZATION, &MJ_API_SECRET];
+
+/// Why a request was refused before anything else looked at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("an HTTP/1.1 request must carry a Host header")]
+    NoHost,
+    #[error("a request must carry at most one Host header")]
+    SeveralHosts,
+    #[error("the request target must be an absolute path (origin-form)")]
+    Target,
+    #[error("the request path must not contain '.' or '..' segments")]
+    DotSegment,
+    #[error("{0} requests are not served")]
+    Method(&'static str),
+    #[error("send one credential: a single Authorization or a single mj-api-secret header")]
+    SeveralCredentials,
+    #[error("a credential header cannot be named in Connection (it would not be forwarded)")]
+    HopByHopCredential,
+}
+
+impl Refused {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refused::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of `mjgate_client_errors_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NoHost | Refused::SeveralHosts => "host",
+            Refused::Target => "target",
+            Refused::DotSegment => "dot_segment",
+            Refused::Method(_) => "method",
+            Refused::SeveralCredentials | Refused::HopByHopCredential => "credentials",
+        }
+    }
+}
+
+/// The credential a request carries, as it will be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    Anonymous,
+    Authorization(&'a HeaderValue),
+    Secret(&'a HeaderValue),
+}
+
+impl<'a> Credential<'a> {
+    /// The header's tag in the fingerprint's input and its value (`None` when anonymous).
+    pub fn tagged(self) -> Option<(u8, &'a [u8])> {
+        match self {
+            Credential::Anonymous => None,
+            Credential::Authorization(v) => Some((b'A', v.as_bytes())),
+            Credential::Secret(v) => Some((b'S', v.as_bytes())),
+        }
+    }
+}
+
+/// Admits a request, returning the credential it carries.
+pub fn admit<'a>(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &'a HeaderMap,
+) -> Result<Credential<'a>, Refused> {
+    if method == Method::CONNECT {
+        return Err(Refused::Method("CONNECT"));
+    }
+    if method == Method::TRACE {
+        return Err(Refused::Method("TRACE"));
+    }
+    check_path(uri.path())?;
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => return Err(Refused::NoHost),
+        (Some(_), Some(_)) => return Err(Refused::SeveralHosts),
+        _ => {}
+    }
+    let credential = credential(headers)?;
+    // Anonymous requests have nothing a `Connection` header could strip from the partition.
+    if credential != Credential::Anonymous
+        && headers.get_all(CONNECTION).iter().any(names_a_credential)
+    {
+        return Err(Refused::HopByHopCredential);
+    }
+    Ok(credential)
+}
+
+/// The one credential header, if any; two or more are refused.
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Refused> {
+    let mut found = Credential::Anonymous;
+    for name in CREDENTIAL_HEADERS {
+        for value in headers.get_all(name) {
+            if found != Credential::Anonymous {
+                return Err(Refused::SeveralCredentials);
+            }
+            found = if name == AUTHORIZATION {
+                Credential::Authorization(value)
+            } else {
+                Credential::Secret(value)
+            };
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a `Connection` value lists a credential header.
+fn names_a_credential(connection: &HeaderValue) -> bool {
+    connection
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(|token| token.trim_ascii())
+        .any(|token| {
+            CREDENTIAL_HEADERS
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        })
+}
+
+/// An origin-form path with no `.` or `..` segment, plain or percent-encoded (`%2e`), nor one hidden
+/// behind an encoded separator (`..%2f`, `..%5c`), which an upstream that decodes before it resolves
+/// would climb out of its prefix with.
+fn check_path(path: &str) -> Result<(), Refused> {
+    if !path.starts_with('/') {
+        return Err(Refused::Target);
+    }
+    let bytes = path.as_bytes();
+    // The common case (`/mj/task/1234/fetch`) has neither, and is done in one scan.
+    if !bytes.iter().any(|&b| b == b'.' || b == b'%' || b == b'\\') {
+        return Ok(());
+    }
+    let decoded = percent_decode(bytes);
+    let dot_segment = decoded
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|segment| segment == b"." || segment == b"..");
+    if dot_segment {
+        return Err(Refused::DotSegment);
+    }
+    Ok(())
+}
+
+/// `%XX` sequences decoded once; malformed ones kept as they are.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn admit_get(path: &str, pairs: &[(&'static str, &'static str)]) -> Result<(), Refused> {
+        let uri: Uri = path.parse().unwrap();
+        let h = headers(pairs);
+        admit(&Method::GET, &uri, Version::HTTP_11, &h).map(|_| ())
+    }
+
+    #[test]
+    fn http_1_1_needs_exactly_one_host() {
+        assert_eq!(admit_get("/mj/task/1/fetch", &[("host", "g")]), Ok(()));
+        assert_eq!(admit_get("/mj/task/1/fetch", &[]), Err(Refused::NoHost));
+        assert_eq!(
+            admit_get("/mj/task/1/fetch", &[("host", "g"), ("host", "h")]),
+            Err(Refused::SeveralHosts)
+        );
+        let uri: Uri = "/x".parse().unwrap();
+        for version in [Version::HTTP_10, Version::HTTP_2] {
+            assert_eq!(
+                admit(&Method::GET, &uri, version, &HeaderMap::new()),
+                Ok(Credential::Anonymous),
+                "{version:?} may leave Host out"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_however_they_are_spelled() {
+        for path in [
+            "/mj/../admin/secret",
+            "/mj/task/../fetch",
+            "/mj/task/./fetch",
+            "/..",
+            "/mj/%2e%2e/admin",
+            "/mj/%2E./admin",
+            "/mj/.%2e/admin",
+            "/mj/..%2fadmin",
+            "/mj/..%5cadmin",
+            "/mj/task/%2e/fetch",
+        ] {
+            assert_eq!(
+                admit_get(path, &[("host", "g")]),
+                Err(Refused::DotSegment),
+                "{path}"
+            );
+        }
+        for path in [
+            "/mj/task/1.2/fetch",
+            "/mj/task/.../fetch",
+            "/v1/files/a.png",
+            "/mj/task/a%20b/fetch",
+            "/mj/%zz",
+            "/.well-known/x",
+        ] {
+            assert_eq!(admit_get(path, &[("host", "g")]), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn asterisk_connect_and_trace_are_refused() {
+        let h = headers(&[("host", "g")]);
+        let star: Uri = "*".parse().unwrap();
+        assert_eq!(
+            admit(&Method::OPTIONS, &star, Version::HTTP_11, &h),
+            Err(Refused::Target)
+        );
+        let authority: Uri = "example.com:443".parse().unwrap();
+        assert_eq!(
+            admit(&Method::CONNECT, &authority, Version::HTTP_11, &h),
+            Err(Refused::Method("CONNECT"))
+        );
+        let path: Uri = "/mj/task/1/fetch".parse().unwrap();
+        assert_eq!(
+            admit(&Method::TRACE, &path, Version::HTTP_11, &h),
+            Err(Refused::Method("TRACE"))
+        );
+    }
+
+    #[test]
+    fn one_credential_header_at_most() {
+        let a = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = vec![("host", "g")];
+            all.extend_from_slice(pairs);
+            admit_get("/mj/task/1/fetch", &all)
+        };
+        assert_eq!(a(&[("authorization", "Bearer a")]), Ok(()));
+        assert_eq!(a(&[("mj-api-secret", "s")]), Ok(()));
+        assert_eq!(
+            a(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+            Err(Refused::SeveralCredentials)
+        );
+        assert_eq!(
+            a(&[("authorization", "Bearer a"), ("mj-api-secret", "junk")]),
+            Err(Refused::SeveralCredentials)
+        );
+        assert_eq!(
+            a(&[("mj-api-secret", "a"), ("mj-api-secret", "b")]),
+            Err(Refused::SeveralCredentials)
+        );
+    }
+
+    #[test]
+    fn a_credential_named_hop_by_hop_is_refused() {
+        let a = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = vec![("host", "g")];
+            all.extend_from_slice(pairs);
+            admit_get("/mj/task/1/fetch", &all)
+        };
+        for connection in [
+            "close, authorization",
+            "Authorization",
+            " keep-alive ,AUTHORIZATION ",
+            "mj-api-secret",
+        ] {
+            let refused = a(&[("authorization", "Bearer a"), ("connection", connection)]);
+            let secret = a(&[("mj-api-secret", "s"), ("connection", connection)]);
+            assert_eq!(refused, Err(Refused::HopByHopCredential), "{connection}");
+            assert_eq!(secret, Err(Refused::HopByHopCredential), "{connection}");
+        }
+        assert_eq!(
+            a(&[
+                ("authorization", "Bearer a"),
+                ("connection", "keep-alive"),
+                ("connection", "authorization"),
+            ]),
+            Err(Refused::HopByHopCredential),
+            "on a second Connection line too"
+        );
+        assert_eq!(
+            a(&[
+                ("authorization", "Bearer a"),
+                ("connection", "close, x-trace")
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            a(&[("connection", "authorization")]),
+            Ok(()),
+            "nothing to strip: anonymous either way"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! What an adversarial client can and cannot do: broken bodies are the client's error, slow uploads
+//! cannot starve task fetches, a request is cached under exactly the credential the upstream sees, one
+//! client's validators never reach a shared upstream call, and requests HTTP forbids are refused.
+//! Raw sockets where the bytes on the wire are the point.
+
+use std::time::Duration;
+
+use http::Method;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::*;
+
+/// `{"code": 400, "description": ..., "type": "mjgate_error"}` in a raw HTTP/1.1 answer, or the panic
+/// names the answer.
+fn assert_json_error(answer: &str, status: u16) -> String {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "expected {status}: {answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"));
+    assert_eq!(json["code"], status, "{answer}");
+    assert_eq!(json["type"], "mjgate_error", "{answer}");
+    json["description"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn broken_and_abandoned_upload_bodies_are_the_clients_error_and_never_open_the_breaker() {
+    // `passthrough_buffer = 0` streams every body through the upstream client, where the failure
+    // surfaces inside its error; the default reads small bodies first. Both must hold.
+    for buffer in ["0", "\"64KiB\""] {
+        let (sim, gw) = start(&format!(
+            "[upstream]\nbreaker_failures = 2\n[server]\npassthrough_buffer = {buffer}\n"
+        ))
+        .await;
+        sim.create_task(KEY_A, "t", "SUCCESS");
+        for _ in 0..6 {
+            // A chunk size that is not hex.
+            let answer = raw(
+                &gw,
+                &format!(
+                    "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: {KEY_A}\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{{\"a\":\r\nzz\r\nxx\r\n"
+                ),
+            )
+            .await;
+            let description = assert_json_error(&answer, 400);
+            assert!(
+                !description.contains("Body stream") && !description.contains("chunk"),
+                "the gateway's words, not hyper's: {description}"
+            );
+            // An upload abandoned half way: the client closes after 10 of 100 bytes.
+            let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let head = format!(
+                "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: {KEY_A}\r\ncontent-length: 100\r\n\r\n{{\"prompt\":"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            drop(stream);
+        }
+        // Let the abandoned uploads be noticed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ready = get(&gw, "/readyz", KEY_A).await;
+        assert_eq!(ready.status, 200, "buffer {buffer}: {:?}", ready.body);
+        assert_eq!(fetch(&gw, "t", KEY_A).await.status, 200, "buffer {buffer}");
+        let submit = send(request(
+            Method::POST,
+            &gw.url("/mj/submit/imagine"),
+            Some(KEY_A),
+            "{\"prompt\":\"ok\"}",
+        ))
+        .await;
+        assert_eq!(submit.status, 200, "buffer {buffer}");
+        let metrics = scrape(&gw).await;
+        assert_eq!(metrics.value("mjgate_upstream_circuit_open", &[]), 0.0);
+        assert!(
+            metrics.value("mjgate_client_errors_total", &[("reason", "body_broken")]) >= 6.0,
+            "buffer {buffer}: {}",
+            metrics.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_uploads_under_invented_credentials_cannot_starve_task_fetches() {
+    // Streaming bodies (no buffer): trickling uploads fill passthrough's share, never the rest.
+    let (sim, gw) = start(
+        "[upstream]\nmax_in_flight = 4\nmax_in_flight_per_credential = 4\nqueue_timeout = \"100ms\"\n[server]\npassthrough_buffer = 0\n",
+    )
+    .await;
+    let mut trickles = Vec::new();
+    for n in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: Bearer invented-{n}\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        trickles.push(stream);
+    }
+    // Passthrough's share (half of 4) is taken by the trickles.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while scrape(&gw).await.value("mjgate_upstream_in_flight", &[]) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the uploads never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..8 {
+        sim.create_task(KEY_A, &format!("t{n}"), "IN_PROGRESS");
+        let reply = fetch(&gw, &format!("t{n}"), KEY_A).await;
+        assert_eq!(reply.status, 200, "fetch {n}: {:?}", reply.body);
+    }
+    drop(trickles);
+
+    // With the default buffer, a trickling small body takes no upstream slot at all.
+    let (sim, gw) = start(
+        "[upstream]\nmax_in_flight = 2\nmax_in_flight_per_credential = 2\nqueue_timeout = \"100ms\"\n",
+    )
+    .await;
+    let mut trickles = Vec::new();
+    for n in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: Bearer invented-{n}\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        trickles.push(stream);
+    }
+    for n in 0..8 {
+        sim.create_task(KEY_A, &format!("t{n}"), "IN_PROGRESS");
+        assert_eq!(fetch(&gw, &format!("t{n}"), KEY_A).await.status, 200);
+    }
+    let submit = send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_B),
+        "{\"prompt\":\"ok\"}",
+    ))
+    .await;
+    assert_eq!(submit.status, 200, "other submits still go through");
+    let submits = sim
+        .requests()
+        .iter()
+        .filter(|r| r.uri.contains("/submit/"))
+        .count();
+    assert_eq!(submits, 1, "no trickling upload reached the upstream");
+    drop(trickles);
+}
+
+#[tokio::test]
+async fn a_credential_named_in_connection_is_refused_not_filed_under_another_partition() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    for (header, value) in [("authorization", KEY_A), ("mj-api-secret", "secret-a")] {
+        for connection in [
+            "close, authorization",
+            "close, Authorization, mj-api-secret",
+        ] {
+            let answer = raw(
+                &gw,
+                &format!(
+                    "GET /mj/task/t/fetch HTTP/1.1\r\nhost: g\r\n{header}: {value}\r\nconnection: {connection}\r\n\r\n"
+                ),
+            )
+            .await;
+            assert_json_error(&answer, 400);
+        }
+    }
+    assert_eq!(sim.total_calls(), 0);
+    let reply = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json()["id"],
+        "t",
+        "A's own task, not an anonymous answer"
+    );
+    // Connection naming other headers is as before.
+    let answer = raw(
+        &gw,
+        &format!(
+            "GET /mj/task/t/fetch HTTP/1.1\r\nhost: g\r\nauthorization: {KEY_A}\r\nconnection: close, x-trace\r\nx-trace: 1\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
+async fn cached_routes_call_the_upstream_without_one_clients_range_or_validators() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    sim.create_task(KEY_A, "u", "SUCCESS");
+    let per_client = [
+        ("range", "bytes=0-3"),
+        ("if-range", "\"abc\""),
+        ("if-none-match", "\"abc\""),
+        ("if-match", "\"abc\""),
+        ("if-modified-since", "Sun, 29 Nov 2026 10:00:00 GMT"),
+        ("if-unmodified-since", "Sun, 29 Nov 2026 10:00:00 GMT"),
+        ("accept", "text/event-stream"),
+    ];
+    let with_headers = |method: Method, path: &str, body: &str| {
+        let mut request = request(method, &gw.url(path), Some(KEY_A), body);
+        for (name, value) in per_client {
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        request
+    };
+    let fetched = send(with_headers(Method::GET, "/mj/task/t/fetch", "")).await;
+    assert_eq!(fetched.status, 200, "the whole answer, whatever was asked");
+    assert_eq!(fetched.json()["id"], "t");
+    let batch = send(with_headers(
+        Method::POST,
+        "/mj/task/list-by-condition",
+        r#"{"ids":["u"]}"#,
+    ))
+    .await;
+    assert_eq!(batch.status, 200);
+    let upstream = sim.requests();
+    assert_eq!(upstream.len(), 2);
+    for call in &upstream {
+        for (name, _) in per_client.iter().filter(|(n, _)| *n != "accept") {
+            assert!(
+                !call.headers.contains_key(*name),
+                "{} carried {name}",
+                call.uri
+            );
+        }
+        assert_eq!(call.headers["accept"], "application/json", "{}", call.uri);
+    }
+}
+
+#[tokio::test]
+async fn several_credential_headers_are_refused_on_every_route_even_during_a_backoff() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    sim.inject(
+        Fault::RateLimited {
+            retry_after: Some(30),
+        },
+        1,
+    );
+    assert_eq!(fetch(&gw, "t", KEY_A).await.status, 429);
+    let calls = sim.total_calls();
+    for (second, value) in [
+        ("authorization", KEY_B),
+        ("mj-api-secret", "junk"),
+        ("mj-api-secret", ""),
+    ] {
+        for (method, path, body) in [
+            (Method::GET, "/mj/task/t/fetch", ""),
+            (Method::GET, "/mj/task/t/fetch?wait=1s", ""),
+            (Method::GET, "/mj/task/t/events", ""),
+            (
+                Method::POST,
+                "/mj/task/list-by-condition",
+                r#"{"ids":["t"]}"#,
+            ),
+            (Method::POST, "/mj/submit/imagine", "{}"),
+        ] {
+            let mut request = request(method, &gw.url(path), Some(KEY_A), body);
+            request.headers_mut().append(second, value.parse().unwrap());
+            let reply = send(request).await;
+            assert_eq!(reply.status, 400, "{path} with a second {second}");
+            assert!(
+                reply.json()["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("one credential"),
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(sim.total_calls(), calls, "none reached the upstream");
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value("mjgate_client_errors_total", &[("reason", "credentials")]),
+        15.0
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_asterisk_and_connect_never_reach_the_upstream() {
+    let sim = Simulator::start().await.unwrap();
+    let gw = start_gateway(config(&format!("{}/api", sim.url()), "")).await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    for target in [
+        "GET /mj/../admin/secret",
+        "GET /mj/task/../fetch",
+        "GET /mj/task/./fetch",
+        "GET /../mj/task/t/fetch",
+        "GET /mj/%2e%2e/admin",
+        "GET /mj/%2E%2E%2fadmin",
+        "POST /mj/submit/../../admin",
+        "GET /mj/task/..%5c..%5cadmin/fetch",
+        "OPTIONS *",
+    ] {
+        let answer = raw(
+            &gw,
+            &format!("{target} HTTP/1.1\r\nhost: g\r\nauthorization: {KEY_A}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"),
+        )
+        .await;
+        assert_json_error(&answer, 400);
+    }
+    let answer = raw(
+        &gw,
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_json_error(&answer, 405);
+    let answer = raw(
+        &gw,
+        &format!("TRACE /mj/task/t/fetch HTTP/1.1\r\nhost: g\r\nauthorization: {KEY_A}\r\nconnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_json_error(&answer, 405);
+    assert_eq!(sim.total_calls(), 0);
+    // Dots inside a segment are no dot segment.
+    assert_eq!(fetch(&gw, "t", KEY_A).await.status, 200);
+    assert_eq!(get(&gw, "/mj/task/a.b/fetch", KEY_A).await.status, 404);
+}
+
+#[tokio::test]
+async fn http_1_1_without_host_or_with_two_is_refused_even_for_a_cached_task() {
+    let (sim, gw) = start("").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    assert_eq!(fetch(&gw, "t", KEY_A).await.status, 200);
+    for hosts in ["", "host: a\r\nhost: b\r\n"] {
+        for path in ["/mj/task/t/fetch", "/mj/submit/imagine"] {
+            let answer = raw(
+                &gw,
+                &format!(
+                    "GET {path} HTTP/1.1\r\n{hosts}authorization: {KEY_A}\r\nconnection: close\r\n\r\n"
+                ),
+            )
+            .await;
+            let description = assert_json_error(&answer, 400);
+            assert!(description.contains("Host"), "{description}");
+        }
+    }
+    // HTTP/1.0 may leave it out, and the cached task is a hit.
+    let answer = raw(
+        &gw,
+        &format!("GET /mj/task/t/fetch HTTP/1.0\r\nauthorization: {KEY_A}\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+    assert!(answer.contains("cache-status: mjgate; hit"), "{answer}");
+    assert_eq!(sim.total_calls(), 1);
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value("mjgate_client_errors_total", &[("reason", "host")]),
+        4.0
+    );
+}
