@@ -4,12 +4,13 @@
 //! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::tls::{self, ListenerTls, Roots, TlsError};
 use crate::upstream::UpstreamUrl;
 
 /// The default location of the config file, relative to the working directory.
@@ -56,6 +57,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The Redis tier replicas share; `None` runs a single instance with its in-process cache only.
     pub shared_cache: Option<SharedCacheConfig>,
+    /// `[tls]`: the main listener serves TLS with this certificate; `None` serves cleartext.
+    pub tls: Option<ListenerTls>,
     pub watch: WatchConfig,
 }
 
@@ -75,6 +78,10 @@ pub struct WatchConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub url: UpstreamUrl,
+    /// The built-in roots an `https` upstream's certificate is checked against.
+    pub roots: Roots,
+    /// Extra roots (a private CA), trusted in addition to `roots`.
+    pub ca_file: Option<PathBuf>,
     /// TCP (and TLS) connect timeout for one upstream connection.
     pub connect_timeout: Duration,
     /// Deadline for a whole cached-route call, body included, and for a passthrough call's response head.
@@ -232,6 +239,16 @@ struct RawConfig {
     shared_cache: Option<RawSharedCache>,
     #[serde(default)]
     watch: RawWatch,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    reload_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +266,8 @@ struct RawWatch {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     url: Option<String>,
+    roots: Option<Roots>,
+    ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -400,8 +419,15 @@ impl Config {
         })?;
 
         let max_in_flight = at_least("upstream.max_in_flight", raw.upstream.max_in_flight, 256, 1)?;
+        let roots = raw.upstream.roots.unwrap_or_default();
+        // Only an https upstream uses them, but a bad bundle is a bad config whatever the scheme.
+        if roots != Roots::Webpki || raw.upstream.ca_file.is_some() {
+            upstream_roots(roots, raw.upstream.ca_file.as_deref())?;
+        }
         let upstream = UpstreamConfig {
             url,
+            roots,
+            ca_file: raw.upstream.ca_file,
             connect_timeout: positive(
                 "upstream.connect_timeout",
                 raw.upstream.connect_timeout,
@@ -549,6 +575,7 @@ impl Config {
             access: raw.log.access.unwrap_or(false),
         };
         let shared_cache = shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?;
+        let tls = listener_tls(raw.tls)?;
         let watch = WatchConfig {
             max_wait: positive(
                 "watch.max_wait",
@@ -584,8 +611,59 @@ impl Config {
             log,
             shared_cache,
             watch,
+            tls,
         })
     }
+}
+
+/// Validates the upstream's TLS roots by building the client configuration they make.
+fn upstream_roots(roots: Roots, ca_file: Option<&Path>) -> Result<(), ConfigError> {
+    tls::client_config(roots, ca_file)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid {
+            key: if ca_file.is_some() {
+                "upstream.ca_file"
+            } else {
+                "upstream.roots"
+            },
+            reason: e.to_string(),
+        })
+}
+
+/// Validates `[tls]`: both files given, readable, and a certificate with its own key.
+fn listener_tls(raw: Option<RawTls>) -> Result<Option<ListenerTls>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let missing = |key| ConfigError::Invalid {
+        key,
+        reason: "is required in [tls]".into(),
+    };
+    let files = ListenerTls {
+        cert_file: raw.cert_file.ok_or_else(|| missing("tls.cert_file"))?,
+        key_file: raw.key_file.ok_or_else(|| missing("tls.key_file"))?,
+        reload_interval: positive(
+            "tls.reload_interval",
+            raw.reload_interval,
+            Duration::from_secs(10),
+        )?,
+    };
+    tls::load_certified_key(&files.cert_file, &files.key_file).map_err(|e| {
+        let names_key = match &e {
+            TlsError::Key { .. } => true,
+            TlsError::Read { path, .. } | TlsError::Pem { path, .. } => *path == files.key_file,
+            _ => false,
+        };
+        ConfigError::Invalid {
+            key: if names_key {
+                "tls.key_file"
+            } else {
+                "tls.cert_file"
+            },
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(Some(files))
 }
 
 /// Validates `[shared_cache]`: absent unless a Redis URL is given (file, env or flag).

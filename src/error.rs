@@ -27,6 +27,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("shared cache: {0}")]
     SharedCache(#[from] redis::RedisError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A request the gateway answers itself, without (or instead of) an upstream answer.

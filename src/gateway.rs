@@ -185,7 +185,7 @@ impl Gateway {
                 &config.upstream,
                 config.server.max_request_body,
                 Arc::clone(&metrics),
-            ),
+            )?,
             cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
             flights: Collapser::new(),
             fingerprinter,

@@ -30,6 +30,7 @@
 //! | [`protect`] | upstream ceilings, 429 backoff per credential, the circuit breaker |
 //! | [`request_body`] | client request bodies bounded in size and in idle time (slow-body guard) |
 //! | [`request_id`] | the `x-request-id` taken from the client or generated |
+//! | [`tls`] | upstream roots and CA bundle, the listener's reloadable certificate, certificate faults |
 //! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
 //! | [`content_coding`] | gzip, deflate and br bodies a CDN sent despite `identity`, decoded |
 //! | [`body`] | the response body type: a buffer or an upstream stream |
@@ -67,6 +68,7 @@ pub mod shared;
 pub mod shutdown;
 pub mod simulator;
 pub mod task;
+pub mod tls;
 pub mod upstream;
 pub mod watch;
 

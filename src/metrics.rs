@@ -187,6 +187,11 @@ pub struct Metrics {
     upstream_refused: IntCounterVec,
     /// Requests refused for the client's own fault, by reason.
     client_errors: IntCounterVec,
+    /// Upstream TLS certificates refused, by cause.
+    upstream_tls_errors: IntCounterVec,
+    /// `[ok, error]`: listener TLS handshakes, and certificate reloads.
+    tls_handshakes: [IntCounter; 2],
+    tls_reloads: [IntCounter; 2],
     circuit_open: IntGauge,
     /// The Redis tier's counters (registered whether or not it is configured).
     pub shared: SharedMetrics,
@@ -618,6 +623,35 @@ impl Metrics {
         for reason in CLIENT_ERRORS {
             client_errors.with_label_values(&[reason]);
         }
+        let upstream_tls_errors = IntCounterVec::new(
+            Opts::new(
+                "mjgate_upstream_tls_errors_total",
+                "Upstream connections whose TLS certificate was refused, by cause.",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        for fault in crate::tls::CertificateFault::ALL {
+            upstream_tls_errors.with_label_values(&[fault.label()]);
+        }
+        let tls_handshakes_vec = IntCounterVec::new(
+            Opts::new(
+                "mjgate_tls_handshakes_total",
+                "TLS handshakes on the main listener, by result (error includes a handshake not done within server.header_read_timeout).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let tls_reloads_vec = IntCounterVec::new(
+            Opts::new(
+                "mjgate_tls_reloads_total",
+                "Listener certificate reloads after its files changed or SIGHUP, by result (error: the old certificate keeps serving).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let tls_handshakes = ["ok", "error"].map(|r| tls_handshakes_vec.with_label_values(&[r]));
+        let tls_reloads = ["ok", "error"].map(|r| tls_reloads_vec.with_label_values(&[r]));
         let circuit_open = IntGauge::new(
             "mjgate_upstream_circuit_open",
             "1 while the circuit breaker fails upstream calls fast, else 0.",
@@ -626,6 +660,9 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(upstream_refused.clone()),
             Box::new(client_errors.clone()),
+            Box::new(upstream_tls_errors.clone()),
+            Box::new(tls_handshakes_vec),
+            Box::new(tls_reloads_vec),
             Box::new(circuit_open.clone()),
             Box::new(requests_vec),
             Box::new(duration_vec),
@@ -678,6 +715,9 @@ impl Metrics {
             class_bytes: Default::default(),
             upstream_refused,
             client_errors,
+            upstream_tls_errors,
+            tls_handshakes,
+            tls_reloads,
             circuit_open,
         }
     }
@@ -739,6 +779,19 @@ impl Metrics {
     /// Counts a request refused for the client's own fault; `reason` is one of [`CLIENT_ERRORS`].
     pub fn client_error(&self, reason: &'static str) {
         self.client_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts an upstream certificate refused for `cause`.
+    pub fn upstream_tls_error(&self, cause: &'static str) {
+        self.upstream_tls_errors.with_label_values(&[cause]).inc();
+    }
+
+    pub fn tls_handshake(&self, ok: bool) {
+        self.tls_handshakes[usize::from(!ok)].inc();
+    }
+
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads[usize::from(!ok)].inc();
     }
 
     pub fn set_circuit_open(&self, open: bool) {

@@ -125,6 +125,9 @@ struct State {
     held: watch::Sender<bool>,
     /// Woken on every request, for tests that wait for a call to arrive.
     arrived: Notify,
+    /// TLS handshakes completed, and those that chose HTTP/2.
+    handshakes: AtomicU64,
+    h2_handshakes: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -135,6 +138,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A running simulator. Stops when dropped.
 pub struct Simulator {
     addr: SocketAddr,
+    /// Serving https (with a certificate for `localhost`) rather than http.
+    tls: bool,
     state: Arc<State>,
     stop: watch::Sender<bool>,
 }
@@ -156,6 +161,20 @@ impl Simulator {
 
     /// Starts a simulator on a bound listener.
     pub fn start_on(listener: TcpListener) -> std::io::Result<Self> {
+        Self::serve(listener, None)
+    }
+
+    /// Starts a simulator on `127.0.0.1:0` serving https with `tls` (whose certificate should name
+    /// `localhost`, the host [`url`](Self::url) gives), HTTP/2 or HTTP/1.1 by ALPN as it offers.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::serve(listener, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             store: Mutex::default(),
@@ -170,10 +189,34 @@ impl Simulator {
             held: watch::channel(false).0,
             arrived: Notify::new(),
             next_id: AtomicU64::new(1),
+            handshakes: AtomicU64::new(0),
+            h2_handshakes: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
-        Ok(Simulator { addr, state, stop })
+        let is_tls = tls.is_some();
+        tokio::spawn(accept_loop(listener, tls, Arc::clone(&state), stopped));
+        Ok(Simulator {
+            addr,
+            tls: is_tls,
+            state,
+            stop,
+        })
+    }
+
+    /// TLS handshakes completed (https only): one per connection the gateway opened.
+    pub fn tls_handshakes(&self) -> u64 {
+        self.state.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the ones that negotiated HTTP/2 by ALPN.
+    pub fn h2_handshakes(&self) -> u64 {
+        self.state.h2_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// The base URL with `host` in place of the name the certificate is for (to test name checks).
+    pub fn url_with_host(&self, host: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", self.addr.port())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -182,7 +225,11 @@ impl Simulator {
 
     /// The base URL to point a gateway at.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            self.url_with_host("localhost")
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Creates a task owned by `credential` (the `Authorization` or `mj-api-secret` value) with `status`.
@@ -320,7 +367,12 @@ impl Drop for Simulator {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<State>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, _) = tokio::select! {
@@ -335,18 +387,41 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: watc
         };
         let state = Arc::clone(&state);
         let builder = Arc::clone(&builder);
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(&state, request).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                () = until_stopped(&mut stopped) => {}
+            let Some(tls) = tls else {
+                return serve_connection(&builder, stream, state, stopped).await;
+            };
+            // A client that refuses the certificate ends here, as a real server sees it.
+            let Ok(stream) = tls.accept(stream).await else {
+                return;
+            };
+            state.handshakes.fetch_add(1, Ordering::Relaxed);
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                state.h2_handshakes.fetch_add(1, Ordering::Relaxed);
             }
+            serve_connection(&builder, stream, state, stopped).await;
         });
+    }
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: I,
+    state: Arc<State>,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        () = until_stopped(&mut stopped) => {}
     }
 }
 

@@ -25,6 +25,7 @@ use crate::credential::CredentialFingerprint;
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
 use crate::protect::{CallEnd, Lane, Protection, Refusal};
 use crate::request_body::{self, BodyFault};
+use crate::tls::{self, CertificateFault, FaultLog, TlsError};
 
 /// Errors of any body the gateway hands to the upstream client.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -119,6 +120,11 @@ pub enum UpstreamError {
         /// The source chain, for the log only.
         detail: String,
     },
+    /// The upstream's TLS certificate was refused: the client gets 502 saying why in plain words. It
+    /// counts toward opening the breaker (so a broken certificate is not retried in a tight loop) and
+    /// is logged once a minute per cause by the [`FaultLog`], counted per cause in the metrics.
+    #[error("upstream unreachable: {}", .0.reason())]
+    Certificate(CertificateFault),
     /// The upstream did not answer within `upstream.request_timeout`: the client gets 504.
     #[error("upstream timed out after {0:?}")]
     Timeout(Duration),
@@ -145,9 +151,9 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Unreachable { .. } | UpstreamError::BodyTooLarge(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Certificate(_)
+            | UpstreamError::BodyTooLarge(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::Refused(Refusal::Backoff(_)) => StatusCode::TOO_MANY_REQUESTS,
             UpstreamError::Refused(Refusal::CircuitOpen(_)) => StatusCode::BAD_GATEWAY,
             UpstreamError::Refused(Refusal::Overloaded(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -162,6 +168,7 @@ impl UpstreamError {
     pub fn log(&self) {
         match self {
             UpstreamError::Refused(_) => tracing::debug!(error = %self, "upstream call refused"),
+            UpstreamError::Certificate(_) => tracing::debug!(error = %self, "upstream call failed"),
             UpstreamError::ClientBody(_) => {
                 tracing::debug!(error = %self, "client request body failed")
             }
@@ -182,31 +189,13 @@ impl UpstreamError {
 
     fn call_end(&self) -> CallEnd {
         match self {
-            UpstreamError::Unreachable { .. } => CallEnd::Unreachable,
+            UpstreamError::Unreachable { .. } | UpstreamError::Certificate(_) => {
+                CallEnd::Unreachable
+            }
             UpstreamError::Timeout(_) => CallEnd::TimedOut,
             UpstreamError::ClientBody(_) => CallEnd::ClientFault,
             _ => CallEnd::Other,
         }
-    }
-
-    fn from_client(err: hyper_util::client::legacy::Error, max_request_body: u64) -> Self {
-        if let Some(fault) = request_body::fault_in(&err, max_request_body) {
-            return UpstreamError::ClientBody(fault);
-        }
-        // The legacy client's Display is terse ("client error (Connect)"); the source chain says why.
-        let mut detail = err.to_string();
-        let mut source = err.source();
-        while let Some(s) = source {
-            detail.push_str(": ");
-            detail.push_str(&s.to_string());
-            source = s.source();
-        }
-        let reason = if err.is_connect() {
-            "could not connect"
-        } else {
-            "the connection failed before a complete answer"
-        };
-        UpstreamError::Unreachable { reason, detail }
     }
 }
 
@@ -259,16 +248,25 @@ pub struct Upstream {
     max_request_body: u64,
     metrics: Arc<Metrics>,
     protection: Arc<Protection>,
+    certificate_faults: Arc<FaultLog>,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, max_request_body: u64, metrics: Arc<Metrics>) -> Self {
+    /// The pooled client for `config`; fails only when its TLS roots cannot be loaded.
+    pub fn new(
+        config: &UpstreamConfig,
+        max_request_body: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
+        // SNI is on by default; ALPN (h2, then http/1.1) is set by the builder from the protocols
+        // enabled below, so an upstream that speaks HTTP/2 gets it.
+        let tls = tls::client_config(config.roots, config.ca_file.as_deref())?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -279,7 +277,7 @@ impl Upstream {
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(https);
-        Upstream {
+        Ok(Upstream {
             client,
             url: config.url.clone(),
             request_timeout: config.request_timeout,
@@ -287,7 +285,35 @@ impl Upstream {
             max_request_body,
             metrics,
             protection: Arc::new(Protection::new(config)),
+            certificate_faults: Arc::default(),
+        })
+    }
+
+    /// A client error as the gateway reports it: the client's own body, a refused certificate, or an
+    /// upstream that could not be reached.
+    fn client_error(&self, err: hyper_util::client::legacy::Error) -> UpstreamError {
+        if let Some(fault) = request_body::fault_in(&err, self.max_request_body) {
+            return UpstreamError::ClientBody(fault);
         }
+        // The legacy client's Display is terse ("client error (Connect)"); the source chain says why.
+        let mut detail = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        if let Some(fault) = CertificateFault::find(&err) {
+            self.metrics.upstream_tls_error(fault.label());
+            self.certificate_faults.log(fault, &detail);
+            return UpstreamError::Certificate(fault);
+        }
+        let reason = if err.is_connect() {
+            "could not connect"
+        } else {
+            "the connection failed before a complete answer"
+        };
+        UpstreamError::Unreachable { reason, detail }
     }
 
     pub fn protection(&self) -> &Protection {
@@ -354,7 +380,7 @@ impl Upstream {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| UpstreamError::from_client(e, self.max_request_body))?;
+                .map_err(|e| self.client_error(e))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, max_body as usize)
                 .collect()
@@ -421,12 +447,11 @@ impl Upstream {
         let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
         let admitted = self.admit(credential, Lane::Passthrough).await?;
         let call = self.metrics.upstream_call(route);
-        let result = match tokio::time::timeout(self.request_timeout, self.client.request(request))
-            .await
-        {
-            Ok(result) => result.map_err(|e| UpstreamError::from_client(e, self.max_request_body)),
-            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-        };
+        let result =
+            match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+                Ok(result) => result.map_err(|e| self.client_error(e)),
+                Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+            };
         call.finish(UpstreamResult::of(result.as_ref().map(Response::status)));
         match &result {
             Ok(response) => self.record(

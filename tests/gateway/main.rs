@@ -20,3 +20,4 @@ mod push;
 mod resilience;
 mod shared_cache;
 mod shutdown;
+mod tls;

@@ -16,8 +16,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use mjgate::simulator::{Fault, NotFound, Simulator};
+pub use pki::{Leaf, Pki, toml_path};
 pub use redis_server::RedisServer;
 
+mod pki;
 mod redis_server;
 
 pub const KEY_A: &str = "Bearer sk-key-a";
