@@ -435,6 +435,8 @@ async fn read_body(
     body: Incoming,
     limits: &crate::gateway::Limits,
 ) -> Result<Bytes, BodyFault> {
+    request_body::check_framing(&Method::POST, headers, false)?;
+    request_body::check_identity(headers)?;
     let max = limits.batch_max_body;
     let declared = headers
         .get(CONTENT_LENGTH)

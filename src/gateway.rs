@@ -17,6 +17,7 @@ use http::header::{
     IF_NONE_MATCH,
 };
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -616,6 +617,11 @@ impl Gateway {
     /// Passthrough: bounds the request body, reads it whole when it is small (so a client trickling
     /// its upload holds no upstream slot meanwhile), then forwards it.
     async fn passthrough(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
+        let empty = request.body().is_end_stream();
+        if let Err(fault) = request_body::check_framing(request.method(), request.headers(), empty)
+        {
+            return self.client_fault(fault);
+        }
         let max = self.limits.max_request_body;
         let declared = request
             .headers()

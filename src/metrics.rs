@@ -149,7 +149,7 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 /// The `reason` labels of `mjgate_client_errors_total`: admission refusals
 /// ([`crate::admission::Refused::label`]) and request-body faults
 /// ([`crate::request_body::BodyFault::label`]).
-pub const CLIENT_ERRORS: [&str; 8] = [
+pub const CLIENT_ERRORS: [&str; 10] = [
     "host",
     "target",
     "dot_segment",
@@ -158,6 +158,8 @@ pub const CLIENT_ERRORS: [&str; 8] = [
     "body_too_large",
     "body_idle",
     "body_broken",
+    "body_not_allowed",
+    "body_coding",
 ];
 
 /// Every metric the gateway exports, with its series pre-resolved.

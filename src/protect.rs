@@ -59,11 +59,14 @@ pub fn seconds(delay: Duration) -> u64 {
 pub enum CallEnd {
     /// The upstream answered with this status.
     Answered(u16),
-    /// No connection could be made, or it broke: counts toward opening the breaker.
+    /// No connection could be made (refused, connect timeout, TLS certificate refused): counts toward
+    /// opening the breaker, the one thing it exists for.
     Unreachable,
-    /// No answer within `upstream.request_timeout`: not counted while the circuit is closed (a slow
-    /// upstream is not a down one), but a probe that times out reopens it.
-    TimedOut,
+    /// A connection was made but no complete answer came: a timeout, or the connection closed or
+    /// broke mid-call. Not counted while the circuit is closed: one path of the upstream that hangs
+    /// up (an early `413` to a large upload, say) is no outage, and a client could trigger it at will.
+    /// A probe that ends this way reopens the circuit.
+    NoAnswer,
     /// The client's own request body failed: says nothing about the upstream, so it never counts
     /// toward opening the breaker, and a probe that ends this way is handed to the next call.
     ClientFault,
@@ -199,7 +202,7 @@ impl Breaker {
                     until: now + self.cooldown,
                 };
             }
-            (CallEnd::TimedOut, _) if probe => {
+            (CallEnd::NoAnswer, _) if probe => {
                 *state = BreakerState::Open {
                     until: now + self.cooldown,
                 };
@@ -589,7 +592,7 @@ mod tests {
         p.record(a, &fp(1), CallEnd::Unreachable, None);
         tokio::time::sleep(Duration::from_millis(40)).await;
         let probe = p.admit(&fp(1), Lane::Cached).await.unwrap();
-        p.record(probe, &fp(1), CallEnd::TimedOut, None);
+        p.record(probe, &fp(1), CallEnd::NoAnswer, None);
         assert!(p.breaker().is_open(), "no answer to the probe: open again");
         tokio::time::sleep(Duration::from_millis(40)).await;
         let probe = p.admit(&fp(1), Lane::Passthrough).await.unwrap();

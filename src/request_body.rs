@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::StatusCode;
+use http::header::{CONTENT_ENCODING, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
@@ -44,6 +45,16 @@ pub enum BodyFault {
     Idle(Duration),
     #[error("the request body was malformed or cut short")]
     Broken,
+    /// A body on a method whose body has no defined meaning (RFC 9110 §9.3): an upstream that does not
+    /// read it would take it for the next request on a pooled connection (request smuggling).
+    #[error("a {0} request cannot carry a body")]
+    NotAllowed(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1: 501), which hyper would not decode.
+    #[error("only the chunked transfer coding is supported")]
+    TransferCoding,
+    /// A content coding on a body the gateway must read itself (a batch query).
+    #[error("the request body must not be content-encoded")]
+    ContentCoding,
 }
 
 impl BodyFault {
@@ -51,7 +62,9 @@ impl BodyFault {
         match self {
             BodyFault::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyFault::Idle(_) => StatusCode::REQUEST_TIMEOUT,
-            BodyFault::Broken => StatusCode::BAD_REQUEST,
+            BodyFault::Broken | BodyFault::NotAllowed(_) => StatusCode::BAD_REQUEST,
+            BodyFault::TransferCoding => StatusCode::NOT_IMPLEMENTED,
+            BodyFault::ContentCoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -61,7 +74,50 @@ impl BodyFault {
             BodyFault::TooLarge(_) => "body_too_large",
             BodyFault::Idle(_) => "body_idle",
             BodyFault::Broken => "body_broken",
+            BodyFault::NotAllowed(_) => "body_not_allowed",
+            BodyFault::TransferCoding | BodyFault::ContentCoding => "body_coding",
         }
+    }
+}
+
+/// Checks how a request's body is framed before anything reads or forwards it: no body on `GET`,
+/// `HEAD`, `DELETE` or `OPTIONS` (`empty` says whether the body is known to be empty: HTTP/2 can send
+/// data without a `Content-Length`), and no transfer coding but `chunked`.
+pub fn check_framing(method: &Method, headers: &HeaderMap, empty: bool) -> Result<(), BodyFault> {
+    let no_body_method = match *method {
+        Method::GET => Some("GET"),
+        Method::HEAD => Some("HEAD"),
+        Method::DELETE => Some("DELETE"),
+        Method::OPTIONS => Some("OPTIONS"),
+        _ => None,
+    };
+    if let Some(method) = no_body_method
+        && !empty
+    {
+        return Err(BodyFault::NotAllowed(method));
+    }
+    let only_chunked = headers.get_all(TRANSFER_ENCODING).iter().all(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    });
+    if !only_chunked {
+        return Err(BodyFault::TransferCoding);
+    }
+    Ok(())
+}
+
+/// Checks that a body the gateway parses itself is not content-encoded.
+pub fn check_identity(headers: &HeaderMap) -> Result<(), BodyFault> {
+    let identity = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if identity {
+        Ok(())
+    } else {
+        Err(BodyFault::ContentCoding)
     }
 }
 

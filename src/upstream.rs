@@ -112,13 +112,15 @@ impl fmt::Display for UpstreamUrl {
 /// chain (which names hyper's internals and may name internal hosts); that goes to the log.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
-    /// Connect, TLS or I/O failure, or a broken response: the client gets 502.
+    /// No connection could be made, or one broke before a complete answer: the client gets 502.
     #[error("upstream unreachable: {reason}")]
     Unreachable {
         /// What the client is told.
         reason: &'static str,
         /// The source chain, for the log only.
         detail: String,
+        /// No connection could be made at all: only this counts toward opening the breaker.
+        connect: bool,
     },
     /// The upstream's TLS certificate was refused: the client gets 502 saying why in plain words. It
     /// counts toward opening the breaker (so a broken certificate is not retried in a tight loop) and
@@ -141,10 +143,12 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A call that reached the upstream but got no usable answer (never counted by the breaker).
     pub fn unreachable(reason: &'static str, detail: impl fmt::Display) -> Self {
         UpstreamError::Unreachable {
             reason,
             detail: detail.to_string(),
+            connect: false,
         }
     }
 
@@ -189,10 +193,12 @@ impl UpstreamError {
 
     fn call_end(&self) -> CallEnd {
         match self {
-            UpstreamError::Unreachable { .. } | UpstreamError::Certificate(_) => {
+            UpstreamError::Unreachable { connect: true, .. } | UpstreamError::Certificate(_) => {
                 CallEnd::Unreachable
             }
-            UpstreamError::Timeout(_) => CallEnd::TimedOut,
+            UpstreamError::Unreachable { connect: false, .. } | UpstreamError::Timeout(_) => {
+                CallEnd::NoAnswer
+            }
             UpstreamError::ClientBody(_) => CallEnd::ClientFault,
             _ => CallEnd::Other,
         }
@@ -308,12 +314,17 @@ impl Upstream {
             self.certificate_faults.log(fault, &detail);
             return UpstreamError::Certificate(fault);
         }
-        let reason = if err.is_connect() {
+        let connect = err.is_connect();
+        let reason = if connect {
             "could not connect"
         } else {
             "the connection failed before a complete answer"
         };
-        UpstreamError::Unreachable { reason, detail }
+        UpstreamError::Unreachable {
+            reason,
+            detail,
+            connect,
+        }
     }
 
     pub fn protection(&self) -> &Protection {
@@ -527,28 +538,46 @@ pub fn prepare_cached_request_headers(headers: &mut HeaderMap, client: ClientInf
 /// Headers of a client request as the upstream should see them: hop-by-hop removed, `Host` left for the
 /// client to set from the upstream URI, and the client's address added.
 pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
+    // The gateway's own header: a client naming it in `Connection` must not strip it.
+    let request_id = headers.get(&crate::request_id::X_REQUEST_ID).cloned();
     strip_hop_by_hop(headers);
+    if let Some(request_id) = request_id {
+        headers.insert(crate::request_id::X_REQUEST_ID.clone(), request_id);
+    }
     headers.remove(header::HOST);
     let ip =
         HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header");
     // Every prior hop, however many header lines carried them, then this client.
-    let mut chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
     let client_ip = client.ip.to_string();
-    chain.push(&client_ip);
-    let xff = HeaderValue::from_str(&chain.join(", ")).unwrap_or_else(|_| ip.clone());
+    let xff = joined(headers, &X_FORWARDED_FOR, &client_ip).unwrap_or_else(|| ip.clone());
     headers.insert(X_FORWARDED_FOR.clone(), xff);
+    // RFC 7239 likewise: prior elements kept, this hop's appended (IPv6 quoted and bracketed).
+    let element = match client.ip {
+        IpAddr::V4(v4) => format!("for={v4};proto=http"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+    };
+    if let Some(forwarded) = joined(headers, &header::FORWARDED, &element) {
+        headers.insert(header::FORWARDED, forwarded);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     // The single-address headers upstreams rate-limit by (trueai-org's midjourney-proxy reads both)
     // name the connection's peer, never what the client claims, so a client cannot borrow another
     // address's quota.
     headers.insert(TRUE_CLIENT_IP.clone(), ip.clone());
     headers.insert(X_REAL_IP.clone(), ip);
+}
+
+/// Every line of the list header `name`, then `last`, as one value (`None` if that is no valid value).
+fn joined(headers: &HeaderMap, name: &HeaderName, last: &str) -> Option<HeaderValue> {
+    let mut list: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    list.push(last);
+    HeaderValue::from_str(&list.join(", ")).ok()
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those the `Connection` header names.
@@ -645,5 +674,22 @@ mod tests {
             "a client's claim is replaced"
         );
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["forwarded"], "for=127.0.0.2;proto=http");
+    }
+
+    #[test]
+    fn forwarded_keeps_prior_hops_and_the_request_id_survives_connection() {
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-request-id"));
+        prepare_request_headers(
+            &mut h,
+            ClientInfo {
+                ip: "::1".parse().unwrap(),
+            },
+        );
+        assert_eq!(h["forwarded"], "for=6.6.6.6, for=\"[::1]\";proto=http");
+        assert_eq!(h["x-request-id"], "abc");
     }
 }

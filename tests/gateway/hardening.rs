@@ -353,3 +353,95 @@ async fn http_1_1_without_host_or_with_two_is_refused_even_for_a_cached_task() {
         4.0
     );
 }
+
+#[tokio::test]
+async fn a_body_on_get_is_refused_so_nothing_can_be_smuggled_onto_a_pooled_connection() {
+    let (sim, gw) = start("").await;
+    // A GET whose body is a whole second request: an upstream that does not read GET bodies would
+    // take it for the next request on the connection, and answer another client with it.
+    let smuggled = "POST /mj/submit/imagine HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-eve\r\ncontent-length: 200\r\n\r\n{\"prompt\":\"";
+    for method in ["GET", "HEAD", "DELETE", "OPTIONS"] {
+        let answer = raw(
+            &gw,
+            &format!(
+                "{method} /mj/echo HTTP/1.1\r\nhost: g\r\nauthorization: Bearer sk-eve\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+        )
+        .await;
+        if method == "HEAD" {
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        } else {
+            let description = assert_json_error(&answer, 400);
+            assert!(description.contains("cannot carry a body"), "{description}");
+        }
+    }
+    // Over HTTP/2 a body needs no Content-Length.
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let mut get = request(Method::GET, &gw.url("/mj/echo"), Some(KEY_A), smuggled);
+    get.headers_mut().remove("content-length");
+    let response = h2.request(get).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(sim.total_calls(), 0);
+    // An empty body is no body.
+    let answer = raw(
+        &gw,
+        "GET /mj/echo HTTP/1.1\r\nhost: g\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!answer.starts_with("HTTP/1.1 400 "), "{answer}");
+}
+
+#[tokio::test]
+async fn transfer_and_content_codings_the_gateway_cannot_decode_are_refused() {
+    let (sim, gw) = start("").await;
+    let answer = raw(
+        &gw,
+        "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_json_error(&answer, 501);
+    let mut batch = request(
+        Method::POST,
+        &gw.url("/mj/task/list-by-condition"),
+        Some(KEY_A),
+        r#"{"ids":["t"]}"#,
+    );
+    batch
+        .headers_mut()
+        .insert("content-encoding", "br".parse().unwrap());
+    assert_eq!(send(batch).await.status, 415);
+    assert_eq!(sim.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_hanging_up_mid_call_is_a_502_but_never_opens_the_breaker() {
+    // An upstream path that closes the connection without an answer (as some answer a large upload
+    // with an early 413 and close): any client can trigger it, so it must not take the gateway out.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            let mut head = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut head).await;
+            drop(stream);
+        }
+    });
+    let gw = start_gateway(config(&url, "[upstream]\nbreaker_failures = 2\n")).await;
+    for _ in 0..6 {
+        let reply = send(request(
+            Method::POST,
+            &gw.url("/mj/upload"),
+            Some(KEY_A),
+            "{}",
+        ))
+        .await;
+        assert_eq!(reply.status, 502);
+    }
+    assert_eq!(get(&gw, "/readyz", KEY_A).await.status, 200);
+    let metrics = scrape(&gw).await;
+    assert_eq!(metrics.value("mjgate_upstream_circuit_open", &[]), 0.0);
+}
