@@ -18,6 +18,8 @@ use mjgate::task::{TaskClass, TaskId, classify_fetch_body};
 
 fn credential_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
+    // An HTTP/1.1 request without it is refused (RFC 9112 §3.2), not served from the cache.
+    headers.insert("host", HeaderValue::from_static("mjgate.internal:8080"));
     headers.insert(
         "authorization",
         HeaderValue::from_static("Bearer sk-0123456789abcdef0123456789abcdef"),

@@ -1,6 +1,7 @@
 //! The `mjgate` binary: parse the command line, set up logging, load the config, bind, and run.
 
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -240,7 +241,9 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!("{}", config_summary(&config));
+        // Not `println!`: a reader that closes early (`| head`, `| grep -q`) must not turn a valid
+        // config into a panic and exit 101.
+        let _ = writeln!(std::io::stdout().lock(), "{}", config_summary(&config));
         return ExitCode::SUCCESS;
     }
     // Held to the end of `main`: dropping it flushes the log lines still queued.

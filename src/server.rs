@@ -149,8 +149,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let open = gateway.metrics().client_connection();
         // Set by every request, cleared by the idle check: a connection that went a whole
-        // `idle_timeout` without one is closed.
-        let active = Arc::new(AtomicBool::new(true));
+        // `idle_timeout` without one is closed. Unset until the first request arrives.
+        let active = Arc::new(AtomicBool::new(false));
         let service = {
             let gateway = Arc::clone(&gateway);
             let active = Arc::clone(&active);
@@ -204,12 +204,25 @@ pub async fn serve(
             // Built once, not per wake-up: this loop runs on every read and write of the connection.
             let drain = closing.wait_for(|closing| *closing);
             let idle_check = tokio::time::sleep(idle_timeout);
-            tokio::pin!(drain, idle_check);
+            // hyper's own head timeout starts with the first byte, and nothing times the read that
+            // tells HTTP/1 from HTTP/2: a client that connects (and shakes hands) but never sends a
+            // request would hold its slot until the idle check. Like nginx's client_header_timeout,
+            // the first request must arrive within `header_read_timeout` of the connection.
+            let first_request = tokio::time::sleep(handshake_timeout);
+            tokio::pin!(drain, idle_check, first_request);
             let mut closed = false;
+            let mut first_seen = false;
             let result = loop {
                 tokio::select! {
                     biased;
                     result = connection.as_mut() => break result,
+                    () = &mut first_request, if !first_seen => {
+                        if !active.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "no request within header_read_timeout: closed");
+                            break Ok(());
+                        }
+                        first_seen = true;
+                    }
                     _ = &mut drain, if !closed => {
                         connection.as_mut().graceful_shutdown();
                         closed = true;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -46,7 +46,7 @@ pub enum TlsError {
     Pem { path: PathBuf, what: String },
     #[error("{}: no PEM certificate in it", path.display())]
     NoCertificate { path: PathBuf },
-    #[error("{}: the private key does not fit the certificate ({source})", path.display())]
+    #[error("{}: {}", path.display(), key_problem(source))]
     Key {
         path: PathBuf,
         #[source]
@@ -58,6 +58,13 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+fn key_problem(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InconsistentKeys(_) => "the private key does not fit the certificate".into(),
+        other => format!("not a private key rustls can use ({other})"),
+    }
+}
+
 /// Every certificate of a PEM file.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path)?;
@@ -65,7 +72,7 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
-            what: e.to_string(),
+            what: pem_error(&e),
         })?;
     if certificates.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -73,6 +80,20 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         });
     }
     Ok(certificates)
+}
+
+/// A PEM parse error in words: rustls's own `Display` prints some markers as byte arrays.
+fn pem_error(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no `{}` line (a truncated file?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { .. } => "a malformed `-----BEGIN` line".to_owned(),
+        pem::Error::Base64Decode(_) => "a PEM section is not valid base64".to_owned(),
+        pem::Error::NoItemsFound => "no PEM item in it".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -106,7 +127,7 @@ pub fn client_config(
         for certificate in read_certificates(path)? {
             store.add(certificate).map_err(|e| TlsError::Pem {
                 path: path.to_owned(),
-                what: format!("not a usable CA certificate: {e}"),
+                what: format!("a certificate rustls cannot use as a root: {e}"),
             })?;
         }
     }
@@ -123,7 +144,10 @@ pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Certified
     let key_bytes = read(key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Pem {
         path: key_file.to_owned(),
-        what: format!("no usable private key: {e}"),
+        what: match e {
+            pem::Error::NoItemsFound => "no PEM private key in it".to_owned(),
+            e => pem_error(&e),
+        },
     })?;
     CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::Key {
         path: key_file.to_owned(),

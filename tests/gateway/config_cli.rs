@@ -327,6 +327,21 @@ fn check_config_prints_what_the_gateway_would_run_with_and_hides_secrets() {
 }
 
 #[test]
+fn check_config_answers_by_its_exit_code_even_when_its_reader_is_gone() {
+    // `mjgate check-config | grep -q ...` in a pipeline: stdout closed before anything is written.
+    let mut child = mjgate()
+        .args(["--config", "config/mjgate.toml", "check-config"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
 fn check_config_fails_on_a_bad_file_naming_the_key() {
     let file =
         write_config("[upstream]\nurl = \"http://127.0.0.1:1\"\n[batch]\nmax_ids = \"many\"\n");

@@ -80,6 +80,20 @@ async fn broken_and_abandoned_upload_bodies_are_the_clients_error_and_never_open
     }
 }
 
+/// `n` uploads of 1,000 bytes, each under an invented credential, that send one byte and stop there.
+async fn start_uploads(gw: &Gateway, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut uploads = Vec::new();
+    for n in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: Bearer invented-{n}\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        uploads.push(stream);
+    }
+    uploads
+}
+
 #[tokio::test]
 async fn slow_uploads_under_invented_credentials_cannot_starve_task_fetches() {
     // Streaming bodies (no buffer): trickling uploads fill passthrough's share, never the rest.
@@ -87,15 +101,7 @@ async fn slow_uploads_under_invented_credentials_cannot_starve_task_fetches() {
         "[upstream]\nmax_in_flight = 4\nmax_in_flight_per_credential = 4\nqueue_timeout = \"100ms\"\n[server]\npassthrough_buffer = 0\n",
     )
     .await;
-    let mut trickles = Vec::new();
-    for n in 0..6 {
-        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let head = format!(
-            "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: Bearer invented-{n}\r\ncontent-length: 1000\r\n\r\n{{"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        trickles.push(stream);
-    }
+    let trickles = start_uploads(&gw, 6).await;
     // Passthrough's share (half of 4) is taken by the trickles.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while scrape(&gw).await.value("mjgate_upstream_in_flight", &[]) < 2.0 {
@@ -117,15 +123,7 @@ async fn slow_uploads_under_invented_credentials_cannot_starve_task_fetches() {
         "[upstream]\nmax_in_flight = 2\nmax_in_flight_per_credential = 2\nqueue_timeout = \"100ms\"\n",
     )
     .await;
-    let mut trickles = Vec::new();
-    for n in 0..20 {
-        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let head = format!(
-            "POST /mj/submit/imagine HTTP/1.1\r\nhost: g\r\nauthorization: Bearer invented-{n}\r\ncontent-length: 1000\r\n\r\n{{"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        trickles.push(stream);
-    }
+    let trickles = start_uploads(&gw, 20).await;
     for n in 0..8 {
         sim.create_task(KEY_A, &format!("t{n}"), "IN_PROGRESS");
         assert_eq!(fetch(&gw, &format!("t{n}"), KEY_A).await.status, 200);
@@ -444,4 +442,34 @@ async fn an_upstream_hanging_up_mid_call_is_a_502_but_never_opens_the_breaker() 
     assert_eq!(get(&gw, "/readyz", KEY_A).await.status, 200);
     let metrics = scrape(&gw).await;
     assert_eq!(metrics.value("mjgate_upstream_circuit_open", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_head_timeout() {
+    // Two slots, two silent clients: hyper's head timer starts with the first byte, so without the
+    // gateway's own deadline they would hold both slots until the idle check (two idle timeouts).
+    let (sim, gw) = start(
+        "[server]\nmax_connections = 2\nheader_read_timeout = \"300ms\"\nidle_timeout = \"1h\"\n",
+    )
+    .await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    for mut stream in silent {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+        )
+        .await
+        .expect("closed well before the idle timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    assert_eq!(
+        fetch(&gw, "t", KEY_A).await.status,
+        200,
+        "the slots are free"
+    );
 }

@@ -185,6 +185,35 @@ async fn the_listener_serves_tls_over_http_1_1_and_http_2_chosen_by_alpn() {
     );
 }
 
+#[tokio::test]
+async fn a_client_that_shakes_hands_and_then_says_nothing_is_closed_after_the_head_timeout() {
+    let pki = Pki::new("silent");
+    let leaf = pki.leaf();
+    let cert = pki.write("cert.pem", &leaf.cert_pem);
+    let key = pki.write("key.pem", &leaf.key_pem);
+    let (_sim, gw) = start(&format!(
+        "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"1h\"\n[tls]\ncert_file = {}\nkey_file = {}\n",
+        toml_path(&cert),
+        toml_path(&key)
+    ))
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[b"h2"])));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("handshake");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut tls, &mut buf),
+    )
+    .await
+    .expect("closed well before the idle timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
 /// `/metrics` over TLS.
 async fn scrape_tls(pki: &Pki, gw: &Gateway) -> Scrape {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
