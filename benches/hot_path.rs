@@ -11,10 +11,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 use mjgate::cache::CachedTask;
 use mjgate::credential::{FingerprintMemo, Fingerprinter};
-use mjgate::fixed_body::TASK_BODY;
 use mjgate::gateway::{Gateway, Listener};
-use mjgate::routes;
+use mjgate::request::routes;
 use mjgate::task::{TaskClass, TaskId, classify_fetch_body};
+use mjgate::tools::fixed_body::TASK_BODY;
 
 fn credential_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();

@@ -13,10 +13,10 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 
 use crate::body::ResponseBody;
+use crate::cache::conditional::etag_of;
+use crate::cache::status::CacheStatus;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup};
-use crate::cache_status::CacheStatus;
 use crate::collapse::{Flight, Landing, Role};
-use crate::conditional::etag_of;
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
 use crate::gateway::{
@@ -24,7 +24,7 @@ use crate::gateway::{
     passed_response,
 };
 use crate::metrics::{Outcome, RouteLabel};
-use crate::request_body::{self, BodyFault};
+use crate::request::body::{self as request_body, BodyFault};
 use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
 use crate::upstream::{BoxError, BufferedCall, BufferedReply, ClientInfo};

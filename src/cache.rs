@@ -4,6 +4,9 @@
 //! (weigher and eviction) and drops entries once no rule can serve them any more. A terminal task is
 //! fresh for ever; an in-progress one for `in_progress_ttl`.
 
+pub mod conditional;
+pub mod status;
+
 use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use http::{HeaderValue, StatusCode};
 use moka::Expiry;
 use moka::sync::Cache;
 
-use crate::conditional::etag_of;
+use crate::cache::conditional::etag_of;
 use crate::config::CacheConfig;
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::metrics::Metrics;

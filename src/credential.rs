@@ -6,7 +6,7 @@
 
 use http::HeaderMap;
 
-use crate::admission::{CREDENTIAL_HEADERS, Credential};
+use crate::request::admission::{CREDENTIAL_HEADERS, Credential};
 
 /// Length of a fingerprint in bytes.
 pub const FINGERPRINT_LEN: usize = 16;
@@ -59,7 +59,7 @@ impl Fingerprinter {
     }
 
     /// The fingerprint of every credential header in `headers`. For an admitted request (one
-    /// credential header at most, see [`crate::admission`]) it equals [`of`](Self::of) its credential.
+    /// credential header at most, see [`crate::request::admission`]) it equals [`of`](Self::of) its credential.
     pub fn fingerprint(&self, headers: &HeaderMap) -> CredentialFingerprint {
         let values = CREDENTIAL_HEADERS
             .iter()
@@ -126,7 +126,7 @@ pub struct FingerprintMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::tests::headers;
+    use crate::request::admission::tests::headers;
 
     #[test]
     fn partitions_by_either_header() {
@@ -172,9 +172,13 @@ mod tests {
         ];
         let uri = http::Uri::from_static("/mj/task/1/fetch");
         for request in &sequence {
-            let credential =
-                crate::admission::admit(&http::Method::GET, &uri, http::Version::HTTP_2, request)
-                    .unwrap();
+            let credential = crate::request::admission::admit(
+                &http::Method::GET,
+                &uri,
+                http::Version::HTTP_2,
+                request,
+            )
+            .unwrap();
             assert_eq!(f.of_memo(credential, &mut memo), f.fingerprint(request));
             assert_eq!(f.of(credential), f.fingerprint(request));
         }

@@ -4,11 +4,11 @@
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use crate::admission::Refused;
 use crate::body::ResponseBody;
 use crate::collapse::Abandoned;
 use crate::config::ConfigError;
-use crate::request_body::BodyFault;
+use crate::request::admission::Refused;
+use crate::request::body::BodyFault;
 use crate::task::InvalidTaskId;
 use crate::upstream::UpstreamError;
 
@@ -75,7 +75,7 @@ impl RequestError {
         let retry_after = match &self {
             RequestError::Draining => Some(1),
             RequestError::TooManyWatches(_) => Some(5),
-            RequestError::Upstream(e) => e.retry_after().map(crate::protect::seconds),
+            RequestError::Upstream(e) => e.retry_after().map(crate::upstream::protect::seconds),
             _ => None,
         };
         let mut response = json_error(status, &self.to_string());

@@ -23,26 +23,26 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::admission;
 use crate::body::ResponseBody;
+use crate::cache::conditional;
+use crate::cache::status::CacheStatus;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
-use crate::cache_status::CacheStatus;
 use crate::collapse::{Collapser, Role};
-use crate::conditional;
 use crate::config::Config;
 use crate::credential::{CredentialFingerprint, FingerprintMemo, Fingerprinter};
 use crate::error::{RequestError, json_error};
-use crate::long_poll;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
-use crate::request_body::{self, BodyFault, Prefetched};
-use crate::request_id::{self, X_REQUEST_ID};
-use crate::routes::{self, Route};
+use crate::push::long_poll;
+use crate::push::watch::Watchers;
+use crate::request::admission;
+use crate::request::body::{self as request_body, BodyFault, Prefetched};
+use crate::request::id::{self as request_id, X_REQUEST_ID};
+use crate::request::routes::{self, Route};
 use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::{
     BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
 };
-use crate::watch::Watchers;
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -817,7 +817,7 @@ pub(crate) fn task_response(
     headers.insert(CACHE_CONTROL, PRIVATE.clone());
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     if with_age {
-        headers.insert(AGE, crate::cache_status::age_header(task.age()));
+        headers.insert(AGE, crate::cache::status::age_header(task.age()));
     }
     response
 }

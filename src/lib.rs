@@ -6,71 +6,43 @@
 //! one task into one upstream call. Everything else passes through, streamed.
 //!
 //! # Layout
+//! The product, by concern (each folder's `foo.rs` says what its parts own):
+//!
 //! | module | owns |
 //! | --- | --- |
-//! | [`config`] | the TOML file as serde reads it, validated into a typed [`Config`] |
-//! | [`server`] | the accept loop, connection limits, graceful drain ([`run`]) |
-//! | [`shutdown`] | the future that resolves on SIGTERM or SIGINT |
-//! | [`gateway`] | request handling: route, cache, collapse, forward |
-//! | [`batch`] | batch queries served from the per-task cache and flights |
-//! | [`admission`] | what a request must look like to be served; the one credential it carries |
-//! | [`routes`] | which request is a fetch, a batch, a health check, or passthrough |
-//! | [`task`] | task ids and the class of an upstream answer (terminal or in progress) |
-//! | [`credential`] | the keyed fingerprint of a request's credential headers |
-//! | [`cache`] | the moka cache: keys, stored entries, freshness, memory budget |
-//! | [`shared`] | the Redis tier replicas share: lookups, leases across replicas, local-only fallback |
-//! | [`conditional`] | strong `ETag`s and `If-None-Match` → `304 Not Modified` |
-//! | [`watch`] | one poller per watched task, shared by long-polls and streams; their bounds |
-//! | [`long_poll`] | `fetch?wait=`: answer at once, or hold until the task changes |
-//! | [`events`] | `/events`: a task's changes as server-sent events |
-//! | [`cache_status`] | the RFC 9211 `Cache-Status` header and the outcome it names |
+//! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain; the signal future |
+//! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
+//! | [`gateway`], [`batch`] | request handling: route, cache, collapse, forward; batch queries per id |
+//! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status` |
 //! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
-//! | [`healthcheck`] | `mjgate healthcheck`, the probe for container health checks |
-//! | [`metrics`] | the Prometheus registry and pre-resolved metric handles |
-//! | [`protect`] | upstream ceilings, 429 backoff per credential, the circuit breaker |
-//! | [`request_body`] | client request bodies bounded in size and in idle time (slow-body guard) |
-//! | [`request_id`] | the `x-request-id` taken from the client or generated |
-//! | [`tls`] | upstream roots and CA bundle, the listener's reloadable certificate, certificate faults |
-//! | [`upstream`] | the pooled client, URI rewrite, hop-by-hop and forwarding headers |
-//! | [`content_coding`] | gzip, deflate and br bodies a CDN sent despite `identity`, decoded |
-//! | [`body`] | the response body type: a buffer or an upstream stream |
-//! | [`error`] | the crate's [`Error`] and per-request errors mapped to HTTP |
-//! | [`simulator`] | a faithful in-process task API, for tests, benchmarks and the demo |
-//! | [`load`] | the load generator behind `mjgate bench` and `mjgate demo` |
-//! | [`demo`] | `mjgate demo`: simulator, gateway and polling clients in one process |
-//! | [`fixed_body`] | the benchmarks' ceiling: a bare server answering one fixed body |
+//! | [`shared`] | the Redis tier replicas share |
+//! | [`upstream`] | the pooled client and URL, protection (ceilings, backoff, breaker), content coding |
+//! | [`push`] | watchers (one poller per task), long-poll, event streams |
+//! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
+//! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
+//! | [`config`], [`metrics`], [`error`], [`body`] | typed config; Prometheus registry; errors mapped to HTTP; the response body |
+//!
+//! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
+//! healthcheck probe); no product module imports it.
 
-pub mod admission;
 pub mod batch;
 pub mod body;
 pub mod cache;
-pub mod cache_status;
 pub mod collapse;
-pub mod conditional;
 pub mod config;
-pub mod content_coding;
 pub mod credential;
-pub mod demo;
 pub mod error;
-pub mod events;
-pub mod fixed_body;
 pub mod gateway;
-pub mod healthcheck;
-pub mod load;
-pub mod long_poll;
 pub mod metrics;
-pub mod protect;
-pub mod request_body;
-pub mod request_id;
-pub mod routes;
+pub mod push;
+pub mod request;
 pub mod server;
 pub mod shared;
 pub mod shutdown;
-pub mod simulator;
 pub mod task;
 pub mod tls;
+pub mod tools;
 pub mod upstream;
-pub mod watch;
 
 pub use config::Config;
 pub use error::Error;

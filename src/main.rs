@@ -163,7 +163,7 @@ fn main() -> ExitCode {
             interval,
             duration,
         }) => {
-            let spec = mjgate::demo::DemoSpec {
+            let spec = mjgate::tools::demo::DemoSpec {
                 clients,
                 tasks,
                 interval,
@@ -188,13 +188,16 @@ fn main() -> ExitCode {
             sim_stats,
             json,
         }) => {
-            let spec = mjgate::load::LoadSpec {
+            let spec = mjgate::tools::load::LoadSpec {
                 target,
                 clients: clients.max(1),
                 tasks: tasks.max(1),
                 interval,
                 duration,
-                mode: batch.map_or(mjgate::load::Mode::Fetch, mjgate::load::Mode::Batch),
+                mode: batch.map_or(
+                    mjgate::tools::load::Mode::Fetch,
+                    mjgate::tools::load::Mode::Batch,
+                ),
                 credentials,
                 burst,
                 sweep,
@@ -213,7 +216,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 },
-                None => bytes::Bytes::from_static(mjgate::fixed_body::TASK_BODY.as_bytes()),
+                None => bytes::Bytes::from_static(mjgate::tools::fixed_body::TASK_BODY.as_bytes()),
             };
             return fixed_body(listen, body);
         }
@@ -303,7 +306,7 @@ fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mjgate::healthcheck::probe(url, timeout)) {
+    match runtime.block_on(mjgate::tools::healthcheck::probe(url, timeout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mjgate healthcheck: {url}: {e}");
@@ -323,15 +326,15 @@ fn runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn demo(spec: &mjgate::demo::DemoSpec) -> ExitCode {
+fn demo(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
     let runtime = match runtime("demo") {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     let mut stderr = std::io::stderr();
-    match runtime.block_on(mjgate::demo::run(spec, &mut stderr)) {
+    match runtime.block_on(mjgate::tools::demo::run(spec, &mut stderr)) {
         Ok(report) => {
-            println!("{}", mjgate::demo::table(&report, spec));
+            println!("{}", mjgate::tools::demo::table(&report, spec));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -341,20 +344,20 @@ fn demo(spec: &mjgate::demo::DemoSpec) -> ExitCode {
     }
 }
 
-fn bench(spec: &mjgate::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> ExitCode {
+fn bench(spec: &mjgate::tools::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> ExitCode {
     let runtime = match runtime("bench") {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async {
         let before = match sim_stats {
-            Some(url) => mjgate::load::upstream_stats(url).await,
+            Some(url) => mjgate::tools::load::upstream_stats(url).await,
             None => None,
         };
-        let report = mjgate::load::run(spec, Default::default()).await;
+        let report = mjgate::tools::load::run(spec, Default::default()).await;
         let upstream = match (sim_stats, before) {
             (Some(url), Some(before)) => {
-                mjgate::load::upstream_stats(url).await.map(|after| after - before)
+                mjgate::tools::load::upstream_stats(url).await.map(|after| after - before)
             }
             _ => None,
         };
@@ -399,7 +402,7 @@ fn fixed_body(listen: SocketAddr, body: bytes::Bytes) -> ExitCode {
             Err(code) => return code,
         };
         eprintln!("mjgate fixed-body listening on {listen}");
-        match mjgate::fixed_body::serve(listener, body, stop).await {
+        match mjgate::tools::fixed_body::serve(listener, body, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mjgate fixed-body: {e}");
@@ -427,7 +430,7 @@ fn simulator(
             Ok(listener) => listener,
             Err(code) => return code,
         };
-        let sim = match mjgate::simulator::Simulator::start_on(listener) {
+        let sim = match mjgate::tools::simulator::Simulator::start_on(listener) {
             Ok(sim) => sim,
             Err(e) => {
                 eprintln!("mjgate simulator: {e}");
@@ -457,7 +460,7 @@ fn simulator(
         if let Some(period) = chaos {
             let sim = std::sync::Arc::clone(&sim);
             tokio::spawn(async move {
-                use mjgate::simulator::Fault;
+                use mjgate::tools::simulator::Fault;
                 for phase in (0..4).cycle() {
                     sim.clear_faults();
                     sim.set_latency(latency);

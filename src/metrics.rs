@@ -147,8 +147,8 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 ];
 
 /// The `reason` labels of `mjgate_client_errors_total`: admission refusals
-/// ([`crate::admission::Refused::label`]) and request-body faults
-/// ([`crate::request_body::BodyFault::label`]).
+/// ([`crate::request::admission::Refused::label`]) and request-body faults
+/// ([`crate::request::body::BodyFault::label`]).
 pub const CLIENT_ERRORS: [&str; 10] = [
     "host",
     "target",

@@ -27,8 +27,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::watch;
 
+use crate::cache::conditional::push_hex;
 use crate::cache::{CacheKey, CachedTask};
-use crate::conditional::push_hex;
 use crate::config::{SharedCacheConfig, redact_url};
 use crate::credential::FINGERPRINT_LEN;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};

@@ -1,6 +1,9 @@
 //! The upstream: its base URL, the one pooled HTTP client built at start-up, and the two ways the gateway
 //! calls it: buffered (cached routes, whose body must be read) and streamed (passthrough).
 
+pub mod content_coding;
+pub mod protect;
+
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::IpAddr;
@@ -20,12 +23,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
-use crate::content_coding::{self, DecodeError};
 use crate::credential::CredentialFingerprint;
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
-use crate::protect::{CallEnd, Lane, Protection, Refusal};
-use crate::request_body::{self, BodyFault};
+use crate::request::body::{self as request_body, BodyFault};
 use crate::tls::{self, CertificateFault, FaultLog, TlsError};
+use content_coding::DecodeError;
+use protect::{CallEnd, Lane, Protection, Refusal};
 
 /// Errors of any body the gateway hands to the upstream client.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -336,7 +339,7 @@ impl Upstream {
         &self,
         credential: &CredentialFingerprint,
         lane: Lane,
-    ) -> Result<crate::protect::Admitted, UpstreamError> {
+    ) -> Result<crate::upstream::protect::Admitted, UpstreamError> {
         self.protection
             .admit(credential, lane)
             .await
@@ -349,7 +352,7 @@ impl Upstream {
     /// Reports an admitted call's end to the breaker and the backoff table.
     fn record(
         &self,
-        admitted: crate::protect::Admitted,
+        admitted: crate::upstream::protect::Admitted,
         credential: &CredentialFingerprint,
         end: CallEnd,
         headers: Option<&HeaderMap>,
@@ -539,10 +542,10 @@ pub fn prepare_cached_request_headers(headers: &mut HeaderMap, client: ClientInf
 /// client to set from the upstream URI, and the client's address added.
 pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     // The gateway's own header: a client naming it in `Connection` must not strip it.
-    let request_id = headers.get(&crate::request_id::X_REQUEST_ID).cloned();
+    let request_id = headers.get(&crate::request::id::X_REQUEST_ID).cloned();
     strip_hop_by_hop(headers);
     if let Some(request_id) = request_id {
-        headers.insert(crate::request_id::X_REQUEST_ID.clone(), request_id);
+        headers.insert(crate::request::id::X_REQUEST_ID.clone(), request_id);
     }
     headers.remove(header::HOST);
     let ip =

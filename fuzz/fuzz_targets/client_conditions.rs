@@ -5,7 +5,7 @@
 
 use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use libfuzzer_sys::fuzz_target;
-use mjgate::conditional::{etag_of, none_match_hits};
+use mjgate::cache::conditional::{etag_of, none_match_hits};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(task) = mjgate::shared::decode(data) {
@@ -26,6 +26,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(none_match_hits(&headers, &tag));
     }
     if let Ok(query) = std::str::from_utf8(data) {
-        let _ = mjgate::long_poll::requested_wait(query);
+        let _ = mjgate::push::long_poll::requested_wait(query);
     }
 });

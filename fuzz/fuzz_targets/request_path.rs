@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mjgate::routes::{Route, classify};
+use mjgate::request::routes::{Route, classify};
 
 fuzz_target!(|data: &[u8]| {
     let (method, path) = data.split_at(data.len().min(1));

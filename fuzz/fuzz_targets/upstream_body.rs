@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use mjgate::batch::split_tasks;
-use mjgate::content_coding;
-use mjgate::protect::retry_after;
+use mjgate::upstream::content_coding;
+use mjgate::upstream::protect::retry_after;
 use mjgate::task::{classify_fetch_body, is_not_found_answer};
 
 fuzz_target!(|data: &[u8]| {

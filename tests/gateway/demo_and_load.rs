@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mjgate::demo::{self, DemoSpec};
-use mjgate::load::{self, LoadSpec, Mode, Progress};
+use mjgate::tools::demo::{self, DemoSpec};
+use mjgate::tools::load::{self, LoadSpec, Mode, Progress};
 
 use crate::support::*;
 

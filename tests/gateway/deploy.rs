@@ -190,9 +190,10 @@ fn systemd_waits_for_the_drain_before_killing() {
 async fn the_healthcheck_subcommand_probes_a_running_gateway() {
     let (_sim, gw) = start("").await;
     let ok =
-        mjgate::healthcheck::probe(&gw.url("/readyz"), std::time::Duration::from_secs(5)).await;
+        mjgate::tools::healthcheck::probe(&gw.url("/readyz"), std::time::Duration::from_secs(5))
+            .await;
     assert!(ok.is_ok(), "{ok:?}");
-    let bad = mjgate::healthcheck::probe(
+    let bad = mjgate::tools::healthcheck::probe(
         "http://127.0.0.1:1/healthz",
         std::time::Duration::from_secs(5),
     )

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use mjgate::simulator::{Fault, NotFound, Simulator};
+pub use mjgate::tools::simulator::{Fault, NotFound, Simulator};
 pub use pki::{Leaf, Pki, toml_path};
 pub use redis_server::RedisServer;
 

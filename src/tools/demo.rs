@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::load::{self, LoadSpec, Mode, Progress};
-use crate::simulator::Simulator;
+use crate::tools::load::{self, LoadSpec, Mode, Progress};
+use crate::tools::simulator::Simulator;
 
 const CREDENTIAL: &str = "Bearer sk-demo";
 

@@ -2,8 +2,8 @@
 
 use http::Method;
 
-use crate::admission::Refused;
 use crate::metrics::RouteLabel;
+use crate::request::admission::Refused;
 use crate::task::{InvalidTaskId, TaskId};
 
 /// The gateway's view of a request, from its method and path alone.
@@ -25,7 +25,7 @@ pub enum Route<'a> {
     Batch,
     /// Everything else, forwarded untouched.
     Passthrough,
-    /// Refused by [`crate::admission`] before routing mattered (set by the gateway, never by
+    /// Refused by [`crate::request::admission`] before routing mattered (set by the gateway, never by
     /// [`classify`]).
     Refused(Refused),
 }

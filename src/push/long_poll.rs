@@ -10,14 +10,14 @@ use http::header::IF_NONE_MATCH;
 use hyper::body::Incoming;
 
 use crate::cache::KeyBuf;
-use crate::cache_status::CacheStatus;
-use crate::conditional::none_match_hits;
+use crate::cache::conditional::none_match_hits;
+use crate::cache::status::CacheStatus;
 use crate::error::RequestError;
 use crate::gateway::{Gateway, Served, task_response};
 use crate::metrics::Outcome;
+use crate::push::watch::{WatchKind, WatchTarget};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::ClientInfo;
-use crate::watch::{WatchKind, WatchTarget};
 
 /// Whether a query string asks to wait (`wait=...`; a bare `wait` is refused later as invalid).
 pub fn asks_to_wait(query: &str) -> bool {

@@ -17,9 +17,9 @@ use crate::body::ResponseBody;
 use crate::cache::KeyBuf;
 use crate::gateway::{Gateway, Served};
 use crate::metrics::{EventKind, Outcome};
+use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
 use crate::task::{TaskClass, TaskHead, TaskId};
 use crate::upstream::ClientInfo;
-use crate::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
 
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Asks nginx-style proxies not to buffer the stream.
