@@ -9,6 +9,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+/// Errors of any body the gateway reads or hands on (a client's, the upstream client's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub enum ResponseBody {
     /// A complete body; `None` once sent (or when empty).
     Full(Option<Bytes>),

@@ -3,6 +3,10 @@
 //! Every key is optional in the file and has a default here, so a file may set only what it changes.
 //! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
 
+mod url;
+
+pub use url::{UpstreamUrl, UrlError};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +15,6 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::tls::{self, ListenerTls, Roots, TlsError};
-use crate::upstream::UpstreamUrl;
 
 /// The default location of the config file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "config/mjgate.toml";

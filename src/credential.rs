@@ -5,8 +5,31 @@
 //! precomputed or reversed from a dump of the cache.
 
 use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 
-use crate::request::admission::{CREDENTIAL_HEADERS, Credential};
+pub static MJ_API_SECRET: HeaderName = HeaderName::from_static("mj-api-secret");
+
+/// The credential headers, in the order an upstream reads them.
+pub const CREDENTIAL_HEADERS: [&HeaderName; 2] = [&AUTHORIZATION, &MJ_API_SECRET];
+
+/// The credential a request carries, as it will be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    Anonymous,
+    Authorization(&'a HeaderValue),
+    Secret(&'a HeaderValue),
+}
+
+impl<'a> Credential<'a> {
+    /// The header's tag in the fingerprint's input and its value (`None` when anonymous).
+    pub fn tagged(self) -> Option<(u8, &'a [u8])> {
+        match self {
+            Credential::Anonymous => None,
+            Credential::Authorization(v) => Some((b'A', v.as_bytes())),
+            Credential::Secret(v) => Some((b'S', v.as_bytes())),
+        }
+    }
+}
 
 /// Length of a fingerprint in bytes.
 pub const FINGERPRINT_LEN: usize = 16;
@@ -23,7 +46,7 @@ impl CredentialFingerprint {
 
     /// A short hex prefix, safe to log: it identifies a partition without revealing the credential.
     pub fn short(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::to_hex(&self.0[..4])
     }
 }
 

@@ -20,7 +20,7 @@
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |
 //! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
 //! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
-//! | [`config`], [`metrics`], [`error`], [`body`] | typed config; Prometheus registry; errors mapped to HTTP; the response body |
+//! | [`config`], [`metrics`], [`error`], [`body`], [`hex`] | typed config; Prometheus registry; errors mapped to HTTP; bodies; hex digits |
 //!
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
 //! healthcheck probe); no product module imports it.
@@ -33,6 +33,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod gateway;
+pub mod hex;
 pub mod metrics;
 pub mod push;
 pub mod request;

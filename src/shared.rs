@@ -27,10 +27,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::watch;
 
-use crate::cache::conditional::push_hex;
 use crate::cache::{CacheKey, CachedTask};
 use crate::config::{SharedCacheConfig, redact_url};
 use crate::credential::FINGERPRINT_LEN;
+use crate::hex::push_hex;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
 use crate::task::TaskClass;
 

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::AUTHORIZATION;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
@@ -22,93 +23,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::UpstreamConfig;
-use crate::credential::CredentialFingerprint;
+pub use crate::body::BoxError;
+use crate::config::{UpstreamConfig, UpstreamUrl};
+use crate::credential::{Credential, CredentialFingerprint, Fingerprinter, MJ_API_SECRET};
 use crate::metrics::{Metrics, RouteLabel, UpstreamResult};
+use crate::request::admission::{self, Refused};
 use crate::request::body::{self as request_body, BodyFault};
 use crate::tls::{self, CertificateFault, FaultLog, TlsError};
 use content_coding::DecodeError;
 use protect::{CallEnd, Lane, Protection, Refusal};
 
-/// Errors of any body the gateway hands to the upstream client.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// The request body type of the upstream client: empty, a buffer, or a client's stream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-
-/// The upstream's base URL: scheme, authority, and an optional path prefix that request paths are appended to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    scheme: Scheme,
-    authority: Authority,
-    /// Without a trailing slash; empty when the URL has no path.
-    prefix: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UrlError {
-    #[error("not a URL: {0}")]
-    Syntax(#[from] http::uri::InvalidUri),
-    #[error("scheme must be http or https")]
-    Scheme,
-    #[error("URL has no host")]
-    Host,
-    #[error("URL must not carry a query string")]
-    Query,
-    /// `user:password@host`: never sent (each client's own credential headers are forwarded), and it
-    /// would be printed wherever the URL is.
-    #[error(
-        "URL must not carry credentials (user:password@); clients' own credential headers are forwarded"
-    )]
-    Credentials,
-}
-
-impl UpstreamUrl {
-    pub fn parse(text: &str) -> Result<Self, UrlError> {
-        let uri: Uri = text.trim().parse()?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
-            Some("https") => Scheme::HTTPS,
-            _ => return Err(UrlError::Scheme),
-        };
-        let authority = uri.authority().cloned().ok_or(UrlError::Host)?;
-        if authority.as_str().contains('@') {
-            return Err(UrlError::Credentials);
-        }
-        if uri.query().is_some() {
-            return Err(UrlError::Query);
-        }
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(UpstreamUrl {
-            scheme,
-            authority,
-            prefix,
-        })
-    }
-
-    pub fn authority(&self) -> &str {
-        self.authority.as_str()
-    }
-
-    /// The upstream URI for a client's path and query.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let pq = if self.prefix.is_empty() {
-            PathAndQuery::try_from(path_and_query)?
-        } else {
-            PathAndQuery::try_from(format!("{}{}", self.prefix, path_and_query))?
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-    }
-}
-
-impl fmt::Display for UpstreamUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
-    }
-}
 
 /// Why an upstream call produced no usable answer. Cloneable so one failure can be handed to every
 /// collapsed waiter. Its `Display` is what the client is told: the gateway's words, never the source
@@ -583,6 +509,38 @@ fn joined(headers: &HeaderMap, name: &HeaderName, last: &str) -> Option<HeaderVa
     HeaderValue::from_str(&list.join(", ")).ok()
 }
 
+/// The property request admission exists for, checked by the unit tests and the `admission` fuzz target:
+/// for an admitted request, the partition (the fingerprint of its credential) equals the fingerprint
+/// of the headers the upstream receives, on passthrough and on cached routes alike, and the credential
+/// the upstream reads (`Authorization`, else `mj-api-secret`) is that same credential. `Ok(false)`
+/// would be a cross-partition bug; `Err` is a refused request.
+#[doc(hidden)]
+pub fn partition_is_what_is_forwarded(
+    fingerprinter: &Fingerprinter,
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<bool, Refused> {
+    let credential = admission::admit(method, uri, version, headers)?;
+    let partition = fingerprinter.of(credential);
+    let client = ClientInfo {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let mut passthrough = headers.clone();
+    prepare_request_headers(&mut passthrough, client);
+    let mut cached = headers.clone();
+    prepare_cached_request_headers(&mut cached, client);
+    Ok([passthrough, cached].iter().all(|forwarded| {
+        let read = forwarded
+            .get(AUTHORIZATION)
+            .map(Credential::Authorization)
+            .or_else(|| forwarded.get(&MJ_API_SECRET).map(Credential::Secret))
+            .unwrap_or(Credential::Anonymous);
+        fingerprinter.fingerprint(forwarded) == partition && fingerprinter.of(read) == partition
+    }))
+}
+
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -611,30 +569,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn joins_paths_onto_a_prefix() {
-        let url = UpstreamUrl::parse("https://host.example/api/").unwrap();
-        assert_eq!(
-            url.join("/mj/task/1/fetch?x=1").unwrap().to_string(),
-            "https://host.example/api/mj/task/1/fetch?x=1"
-        );
-        let bare = UpstreamUrl::parse("http://127.0.0.1:9").unwrap();
-        assert_eq!(bare.join("/a").unwrap().to_string(), "http://127.0.0.1:9/a");
-    }
-
-    #[test]
-    fn refuses_other_schemes_and_queries() {
-        assert!(matches!(
-            UpstreamUrl::parse("ftp://x"),
-            Err(UrlError::Scheme)
-        ));
-        assert!(matches!(
-            UpstreamUrl::parse("http://x/?a=b"),
-            Err(UrlError::Query)
-        ));
-        assert!(UpstreamUrl::parse("not a url").is_err());
-    }
 
     #[test]
     fn strips_connection_named_headers() {
@@ -694,5 +628,76 @@ mod tests {
         );
         assert_eq!(h["forwarded"], "for=6.6.6.6, for=\"[::1]\";proto=http");
         assert_eq!(h["x-request-id"], "abc");
+    }
+
+    /// Random requests built from the headers that matter (credentials in any case, `Connection`
+    /// naming them or not, hop-by-hop headers, `Host`): every admitted one is partitioned by exactly
+    /// what is forwarded.
+    #[test]
+    fn whatever_the_headers_the_partition_is_the_fingerprint_of_what_is_forwarded() {
+        use rand::{Rng, SeedableRng};
+        const NAMES: [&str; 12] = [
+            "authorization",
+            "Authorization",
+            "mj-api-secret",
+            "MJ-API-SECRET",
+            "connection",
+            "host",
+            "te",
+            "keep-alive",
+            "upgrade",
+            "proxy-connection",
+            "range",
+            "x-other",
+        ];
+        const VALUES: [&str; 10] = [
+            "Bearer a",
+            "Bearer b",
+            "",
+            "close",
+            "close, authorization",
+            "keep-alive, MJ-API-Secret",
+            "x-other, te",
+            "authorization ,mj-api-secret",
+            "upgrade",
+            "Bearer a, Bearer b",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let fingerprinter = Fingerprinter::with_key([3; 32]);
+        let uri = Uri::from_static("/mj/task/1/fetch");
+        let (mut admitted, mut with_credential) = (0, 0);
+        for _ in 0..20_000 {
+            let mut headers = HeaderMap::new();
+            for _ in 0..rng.random_range(0..6) {
+                let name =
+                    HeaderName::from_bytes(NAMES[rng.random_range(0..NAMES.len())].as_bytes());
+                let value = HeaderValue::from_static(VALUES[rng.random_range(0..VALUES.len())]);
+                headers.append(name.unwrap(), value);
+            }
+            let version =
+                [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][rng.random_range(0..3)];
+            let checked = partition_is_what_is_forwarded(
+                &fingerprinter,
+                &Method::GET,
+                &uri,
+                version,
+                &headers,
+            );
+            if let Ok(holds) = checked {
+                assert!(
+                    holds,
+                    "partition differs from what is forwarded: {headers:?}"
+                );
+                admitted += 1;
+                with_credential += usize::from(
+                    admission::admit(&Method::GET, &uri, version, &headers)
+                        != Ok(Credential::Anonymous),
+                );
+            }
+        }
+        assert!(
+            admitted > 2_000 && with_credential > 1_000,
+            "{admitted} / {with_credential}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use mjgate::request::admission::partition_is_what_is_forwarded;
+use mjgate::upstream::partition_is_what_is_forwarded;
 use mjgate::credential::Fingerprinter;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,7 @@ use http::header::{ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::hex::push_hex;
 
 /// The strong tag of a body: 96 bits of its BLAKE3 hash, quoted. Equal bytes, equal tag; any change
 /// of the upstream's bytes (status, progress, image URL) changes it.
@@ -16,15 +17,6 @@ pub fn etag_of(body: &[u8]) -> HeaderValue {
     tag.push(b'"');
     HeaderValue::from_maybe_shared(bytes::Bytes::from(tag))
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
-}
-
-/// Appends `bytes` as lowercase hex, without a formatter per byte.
-pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0x0f)]);
-    }
 }
 
 /// Whether `If-None-Match` (every instance of it in `headers`) names `etag`: `*`, or a list member equal

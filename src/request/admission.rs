@@ -17,16 +17,10 @@
 //!
 //! The checks are byte scans and a few header lookups: they run on the hit path too.
 
-use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::credential::Fingerprinter;
-use crate::upstream::{self, ClientInfo};
-
-pub static MJ_API_SECRET: HeaderName = HeaderName::from_static("mj-api-secret");
-
-/// The credential headers, in the order an upstream reads them.
-pub const CREDENTIAL_HEADERS: [&HeaderName; 2] = [&AUTHORIZATION, &MJ_API_SECRET];
+pub use crate::credential::{CREDENTIAL_HEADERS, Credential, MJ_API_SECRET};
 
 /// Why a request was refused before anything else looked at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -67,25 +61,6 @@ impl Refused {
     }
 }
 
-/// The credential a request carries, as it will be forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential<'a> {
-    Anonymous,
-    Authorization(&'a HeaderValue),
-    Secret(&'a HeaderValue),
-}
-
-impl<'a> Credential<'a> {
-    /// The header's tag in the fingerprint's input and its value (`None` when anonymous).
-    pub fn tagged(self) -> Option<(u8, &'a [u8])> {
-        match self {
-            Credential::Anonymous => None,
-            Credential::Authorization(v) => Some((b'A', v.as_bytes())),
-            Credential::Secret(v) => Some((b'S', v.as_bytes())),
-        }
-    }
-}
-
 /// Admits a request, returning the credential it carries.
 pub fn admit<'a>(
     method: &Method,
@@ -114,38 +89,6 @@ pub fn admit<'a>(
         return Err(Refused::HopByHopCredential);
     }
     Ok(credential)
-}
-
-/// The property the rules above exist for, checked by the unit tests and the `admission` fuzz target:
-/// for an admitted request, the partition (the fingerprint of its credential) equals the fingerprint
-/// of the headers the upstream receives, on passthrough and on cached routes alike, and the credential
-/// the upstream reads (`Authorization`, else `mj-api-secret`) is that same credential. `Ok(false)`
-/// would be a cross-partition bug; `Err` is a refused request.
-#[doc(hidden)]
-pub fn partition_is_what_is_forwarded(
-    fingerprinter: &Fingerprinter,
-    method: &Method,
-    uri: &Uri,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<bool, Refused> {
-    let credential = admit(method, uri, version, headers)?;
-    let partition = fingerprinter.of(credential);
-    let client = ClientInfo {
-        ip: std::net::Ipv4Addr::LOCALHOST.into(),
-    };
-    let mut passthrough = headers.clone();
-    upstream::prepare_request_headers(&mut passthrough, client);
-    let mut cached = headers.clone();
-    upstream::prepare_cached_request_headers(&mut cached, client);
-    Ok([passthrough, cached].iter().all(|forwarded| {
-        let read = forwarded
-            .get(AUTHORIZATION)
-            .map(Credential::Authorization)
-            .or_else(|| forwarded.get(&MJ_API_SECRET).map(Credential::Secret))
-            .unwrap_or(Credential::Anonymous);
-        fingerprinter.fingerprint(forwarded) == partition && fingerprinter.of(read) == partition
-    }))
 }
 
 /// The one credential header, if any; two or more are refused.
@@ -373,74 +316,6 @@ pub(crate) mod tests {
             a(&[("connection", "authorization")]),
             Ok(()),
             "nothing to strip: anonymous either way"
-        );
-    }
-
-    /// Random requests built from the headers that matter (credentials in any case, `Connection`
-    /// naming them or not, hop-by-hop headers, `Host`): every admitted one is partitioned by exactly
-    /// what is forwarded.
-    #[test]
-    fn whatever_the_headers_the_partition_is_the_fingerprint_of_what_is_forwarded() {
-        use rand::{Rng, SeedableRng};
-        const NAMES: [&str; 12] = [
-            "authorization",
-            "Authorization",
-            "mj-api-secret",
-            "MJ-API-SECRET",
-            "connection",
-            "host",
-            "te",
-            "keep-alive",
-            "upgrade",
-            "proxy-connection",
-            "range",
-            "x-other",
-        ];
-        const VALUES: [&str; 10] = [
-            "Bearer a",
-            "Bearer b",
-            "",
-            "close",
-            "close, authorization",
-            "keep-alive, MJ-API-Secret",
-            "x-other, te",
-            "authorization ,mj-api-secret",
-            "upgrade",
-            "Bearer a, Bearer b",
-        ];
-        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        let fingerprinter = Fingerprinter::with_key([3; 32]);
-        let uri = Uri::from_static("/mj/task/1/fetch");
-        let (mut admitted, mut with_credential) = (0, 0);
-        for _ in 0..20_000 {
-            let mut headers = HeaderMap::new();
-            for _ in 0..rng.random_range(0..6) {
-                let name =
-                    HeaderName::from_bytes(NAMES[rng.random_range(0..NAMES.len())].as_bytes());
-                let value = HeaderValue::from_static(VALUES[rng.random_range(0..VALUES.len())]);
-                headers.append(name.unwrap(), value);
-            }
-            let version =
-                [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][rng.random_range(0..3)];
-            let checked = partition_is_what_is_forwarded(
-                &fingerprinter,
-                &Method::GET,
-                &uri,
-                version,
-                &headers,
-            );
-            if let Ok(holds) = checked {
-                assert!(
-                    holds,
-                    "partition differs from what is forwarded: {headers:?}"
-                );
-                admitted += 1;
-                with_credential += usize::from(credential(&headers) != Ok(Credential::Anonymous));
-            }
-        }
-        assert!(
-            admitted > 2_000 && with_credential > 1_000,
-            "{admitted} / {with_credential}"
         );
     }
 }

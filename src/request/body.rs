@@ -23,7 +23,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::BoxError;
+use crate::body::BoxError;
 
 /// The client sent nothing of its request body for this long.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

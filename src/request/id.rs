@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
-use crate::cache::conditional::push_hex;
+use crate::hex::push_hex;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
