@@ -5,8 +5,8 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
-use crate::collapse::Abandoned;
 use crate::config::ConfigError;
+use crate::fetch::collapse::Abandoned;
 use crate::request::admission::Refused;
 use crate::request::body::BodyFault;
 use crate::task::InvalidTaskId;

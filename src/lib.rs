@@ -12,9 +12,9 @@
 //! | --- | --- |
 //! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain; the signal future |
 //! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
-//! | [`gateway`], [`batch`] | request handling: route, cache, collapse, forward; batch queries per id |
+//! | [`gateway`] | request handling: the per-request envelope, routing to the handlers, passthrough |
+//! | [`fetch`] | the fetch core: cache, collapse, shared tier, upstream, classify, store; batches per id |
 //! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status` |
-//! | [`collapse`] | flights in the air: one upstream call per key, every outcome named |
 //! | [`shared`] | the Redis tier replicas share |
 //! | [`upstream`] | the pooled client and URL, protection (ceilings, backoff, breaker), content coding |
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |
@@ -25,13 +25,12 @@
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
 //! healthcheck probe); no product module imports it.
 
-pub mod batch;
 pub mod body;
 pub mod cache;
-pub mod collapse;
 pub mod config;
 pub mod credential;
 pub mod error;
+pub mod fetch;
 pub mod gateway;
 pub mod hex;
 pub mod metrics;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mjgate::batch::BatchQuery;
+use mjgate::fetch::batch::BatchQuery;
 use mjgate::task::TaskId;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mjgate::batch::split_tasks;
+use mjgate::fetch::batch::split_tasks;
 use mjgate::upstream::content_coding;
 use mjgate::upstream::protect::retry_after;
 use mjgate::task::{classify_fetch_body, is_not_found_answer};

@@ -16,9 +16,9 @@ use crate::body::ResponseBody;
 use crate::cache::conditional::etag_of;
 use crate::cache::status::CacheStatus;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup};
-use crate::collapse::{Flight, Landing, Role};
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
+use crate::fetch::collapse::{Flight, Landing, Role};
 use crate::gateway::{
     CACHE_STATUS, Gateway, Landed, PRIVATE, Served, compact_header, failure_status, is_identity,
     passed_response,
