@@ -5,6 +5,7 @@
 //! fresh for ever; an in-progress one for `in_progress_ttl`.
 
 pub mod conditional;
+pub mod response;
 pub mod status;
 
 use std::borrow::Borrow;

@@ -5,3 +5,399 @@
 
 pub mod batch;
 pub mod collapse;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap};
+use http::{Method, Response, StatusCode};
+use tracing::Instrument;
+
+use crate::body::ResponseBody;
+use crate::cache::response::{compact_header, task_response};
+use crate::cache::status::{CACHE_STATUS, CacheStatus};
+use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
+use crate::config::Config;
+use crate::credential::{CredentialFingerprint, Fingerprinter};
+use crate::error::RequestError;
+use crate::metrics::{Metrics, Outcome, RouteLabel};
+use crate::shared::{self, Claim, Freshness, SharedCache};
+use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
+use crate::upstream::content_coding::is_identity;
+use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
+use collapse::{Collapser, Role};
+
+/// The result of one upstream call for one task, as handed to every request collapsed on it.
+#[derive(Clone, Debug)]
+pub enum Landed {
+    /// The upstream's task object for that id; it is in the cache.
+    Stored(Arc<CachedTask>),
+    /// An upstream answer that is not that task's object (404, empty body, router error, ...): passed on
+    /// as is, never stored.
+    Passed(Arc<BufferedReply>),
+    /// No usable upstream answer: the client gets 502 or 504; nothing is stored.
+    Failed(UpstreamError),
+    /// A batch call's answer did not include this id (unknown, or not the caller's).
+    NotReturned,
+    /// Another replica's answer, found in the shared tier; it is in the cache now too.
+    Shared(Arc<CachedTask>),
+}
+
+/// A handler's answer and what the request's metrics and log line say about it.
+pub struct Served {
+    pub response: Response<ResponseBody>,
+    pub outcome: Outcome,
+    /// The status of the upstream answer this response came from, if one did.
+    pub upstream_status: Option<u16>,
+}
+
+impl Served {
+    pub fn new(
+        response: Response<ResponseBody>,
+        outcome: Outcome,
+        upstream_status: Option<u16>,
+    ) -> Self {
+        Served {
+            response,
+            outcome,
+            upstream_status,
+        }
+    }
+
+    pub fn bypass(response: Response<ResponseBody>) -> Self {
+        Served::new(response, Outcome::Bypass, None)
+    }
+}
+
+/// The fetch core's state, shared by every request, batch and watch poller.
+pub struct Fetcher {
+    upstream: Upstream,
+    cache: TaskCache,
+    /// Task lookups in the air, by cache key, whether a fetch or a batch started them.
+    flights: Arc<Collapser<Landed>>,
+    fingerprinter: Fingerprinter,
+    /// The Redis tier between the cache and the upstream, when `[shared_cache]` is configured.
+    shared: Option<SharedCache>,
+    metrics: Arc<Metrics>,
+    /// Most ids sent in one upstream batch call (`batch.upstream_chunk`).
+    upstream_chunk: usize,
+}
+
+impl Fetcher {
+    /// Builds the core for `config`. With a shared tier it needs a Tokio runtime (for the tier's
+    /// listener and probe) and fails only on a Redis URL the client cannot parse or TLS roots that
+    /// cannot be loaded.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, crate::Error> {
+        let (shared, fingerprinter) = match &config.shared_cache {
+            Some(shared_config) => {
+                let freshness = Freshness {
+                    terminal: shared_config.terminal_ttl,
+                    in_progress: config.cache.in_progress_ttl,
+                    not_found: config.cache.not_found_ttl,
+                };
+                // A lease holder's call may queue, then run to its deadline; waiting any longer
+                // than that (plus one lease, for a dead holder's to expire) means something is wrong.
+                let max_wait = config.upstream.queue_timeout
+                    + config.upstream.request_timeout
+                    + shared_config.lease_ttl;
+                let shared =
+                    SharedCache::new(shared_config, freshness, max_wait, Arc::clone(&metrics))?;
+                let fingerprinter =
+                    Fingerprinter::from_secret(shared_config.fingerprint_secret.as_bytes());
+                (Some(shared), fingerprinter)
+            }
+            None => (None, Fingerprinter::random()),
+        };
+        Ok(Fetcher {
+            upstream: Upstream::new(
+                &config.upstream,
+                config.server.max_request_body,
+                Arc::clone(&metrics),
+            )?,
+            cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
+            flights: Collapser::new(),
+            fingerprinter,
+            shared,
+            metrics,
+            upstream_chunk: config.batch.upstream_chunk,
+        })
+    }
+
+    pub fn cache(&self) -> &TaskCache {
+        &self.cache
+    }
+
+    pub fn fingerprinter(&self) -> &Fingerprinter {
+        &self.fingerprinter
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call; a stale
+    /// entry stands in if that call fails.
+    pub(crate) async fn fetch(
+        self: &Arc<Self>,
+        path: &str,
+        headers: &HeaderMap,
+        id: TaskId<'_>,
+        client: ClientInfo,
+    ) -> Served {
+        let fingerprint = self.fingerprinter.fingerprint(headers);
+        let key = KeyBuf::new(&fingerprint, id);
+        let stale = match self.cache.lookup(key.as_bytes()) {
+            Lookup::Fresh { task, ttl } => {
+                self.metrics.task_lookups(Outcome::Hit, 1);
+                return Served::new(
+                    task_response(&task, CacheStatus::Hit { ttl }, true),
+                    Outcome::Hit,
+                    None,
+                );
+            }
+            other => other.stale(),
+        };
+        if let Some(stale) = &stale
+            && let Some(fwd_status) = self.cache.refresh_held(key.as_bytes())
+        {
+            return serve_stale(stale, fwd_status);
+        }
+        // A flight started by a batch lands `NotReturned` for ids its answer left out; a fetch then asks
+        // the upstream itself, to pass on the upstream's own not-found answer. Twice at most.
+        for _ in 0..2 {
+            let flight = match self.flights.join(key.as_bytes()) {
+                Role::Follower(landing) => {
+                    let waiting = self.metrics.collapse_waiter();
+                    let landed = landing.wait().await;
+                    drop(waiting);
+                    match landed {
+                        Ok(Landed::NotReturned) => continue,
+                        Ok(landed) => {
+                            self.metrics.task_lookups(Outcome::Collapsed, 1);
+                            self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
+                            return landed_response(landed, Outcome::Collapsed, stale.as_deref());
+                        }
+                        Err(abandoned) => {
+                            return Served::bypass(RequestError::from(abandoned).into_response());
+                        }
+                    }
+                }
+                Role::Leader(flight) => flight,
+            };
+            // The previous flight for this key may have landed between our lookup and our join: its
+            // answer is in the cache now, and calling the upstream again would break "one call per TTL".
+            if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
+                flight.land(Landed::Stored(Arc::clone(&task)));
+                self.metrics.task_lookups(Outcome::Hit, 1);
+                return Served::new(
+                    task_response(&task, CacheStatus::Hit { ttl }, true),
+                    Outcome::Hit,
+                    None,
+                );
+            }
+            self.metrics.task_lookups(Outcome::Miss, 1);
+            let landing = flight.landing();
+            let gateway = Arc::clone(self);
+            let path = path.to_owned();
+            let headers = headers.clone();
+            let id = id.as_str().to_owned();
+            // The call runs in a task of its own: if this client goes away, the other waiters still get
+            // it. It keeps this request's span, so its log lines carry the leader's request id.
+            tokio::spawn(
+                async move {
+                    let key = flight.key().clone();
+                    let landed = gateway
+                        .fetch_upstream(&path, &headers, fingerprint, client, &id, key)
+                        .await;
+                    flight.land(landed);
+                }
+                .in_current_span(),
+            );
+            return match landing.wait().await {
+                Ok(landed) => {
+                    self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
+                    landed_response(landed, Outcome::Miss, stale.as_deref())
+                }
+                Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
+            };
+        }
+        not_returned()
+    }
+
+    /// After a failed refresh with a stale answer to stand in, holds off the next refresh for one TTL.
+    pub(crate) fn hold_if_failed(&self, key: &[u8], landed: &Landed, has_stale: bool) {
+        if has_stale && let Some(status) = failure_status(landed) {
+            self.cache.hold_refresh(key, status);
+        }
+    }
+
+    /// Asks the shared tier for one task, else calls the upstream (under the tier's lease) and stores
+    /// the answer if it is that task's object, or briefly if it says there is no such task.
+    async fn fetch_upstream(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        fingerprint: CredentialFingerprint,
+        client: ClientInfo,
+        id: &str,
+        key: CacheKey,
+    ) -> Landed {
+        let lease = match &self.shared {
+            Some(shared) => match shared.claim(&key).await {
+                Claim::Found(task) => {
+                    self.cache.insert(key, Arc::clone(&task));
+                    return Landed::Shared(task);
+                }
+                Claim::Lead(lease) => lease,
+            },
+            None => None,
+        };
+        let call = self.upstream.call_buffered(BufferedCall {
+            route: RouteLabel::Fetch,
+            credential: &fingerprint,
+            method: Method::GET,
+            path_and_query: path,
+            headers,
+            client,
+            body: Bytes::new(),
+        });
+        let reply = shared::hold(lease.as_slice(), call).await;
+        let landed = match reply {
+            Err(e) => {
+                e.log();
+                Landed::Failed(e)
+            }
+            Ok(reply) => match self.entry_for(&reply, id) {
+                Some(task) => {
+                    self.cache.insert(key.clone(), Arc::clone(&task));
+                    if let Some(shared) = &self.shared {
+                        shared.publish(&[(&key, &task)]).await;
+                    }
+                    Landed::Stored(task)
+                }
+                None => Landed::Passed(Arc::new(reply)),
+            },
+        };
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        landed
+    }
+
+    /// The cache entry `reply` makes, if it is a storable answer for task `id`: that task's object, or
+    /// one of the upstream's "no such task" answers.
+    fn entry_for(&self, reply: &BufferedReply, id: &str) -> Option<Arc<CachedTask>> {
+        if !is_identity(&reply.headers) {
+            return None;
+        }
+        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
+        // Copies, not slices: the upstream's bytes may share a connection's read buffer, which a
+        // long-lived entry would otherwise pin (and the memory budget would not see).
+        if reply.status == StatusCode::OK
+            && let Some(class) = classify_fetch_body(&reply.body, id)
+        {
+            let body = Bytes::copy_from_slice(&reply.body);
+            return Some(Arc::new(CachedTask::new(body, content_type, class)));
+        }
+        is_not_found_answer(reply.status.as_u16(), &reply.body).then(|| {
+            let body = Bytes::copy_from_slice(&reply.body);
+            Arc::new(CachedTask::not_found(reply.status, body, content_type))
+        })
+    }
+}
+
+/// The answer for a landed flight, for a request that took part in it as `outcome` (miss or collapsed).
+/// When the flight failed and `stale` holds an answer within `cache.max_stale`, that answer is served.
+fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>) -> Served {
+    if let (Some(fwd_status), Some(stale)) = (failure_status(&landed), stale) {
+        return serve_stale(stale, fwd_status);
+    }
+    let collapsed = outcome == Outcome::Collapsed;
+    let status_for = |stored: bool, fwd_status: Option<u16>| {
+        if collapsed {
+            CacheStatus::Collapsed
+        } else {
+            CacheStatus::Miss { stored, fwd_status }
+        }
+    };
+    match landed {
+        Landed::Stored(task) => Served::new(
+            task_response(&task, status_for(true, None), false),
+            outcome,
+            Some(task.status.as_u16()),
+        ),
+        Landed::Shared(task) if !collapsed => Served::new(
+            task_response(&task, CacheStatus::Shared, true),
+            Outcome::Shared,
+            None,
+        ),
+        Landed::Shared(task) => Served::new(
+            task_response(&task, CacheStatus::Collapsed, true),
+            outcome,
+            None,
+        ),
+        Landed::Passed(reply) => {
+            let upstream_status = reply.status.as_u16();
+            Served::new(
+                passed_response(&reply, status_for(false, Some(upstream_status))),
+                outcome,
+                Some(upstream_status),
+            )
+        }
+        Landed::Failed(e) => {
+            let mut response = RequestError::Upstream(e).into_response();
+            response
+                .headers_mut()
+                .insert(CACHE_STATUS.clone(), status_for(false, None).header_value());
+            Served::new(response, outcome, None)
+        }
+        // Only batch calls land this, and fetches re-join rather than answer with it.
+        Landed::NotReturned => not_returned(),
+    }
+}
+
+/// A fetch that only ever found its task missing from batch answers: 502, as an unusable upstream answer.
+fn not_returned() -> Served {
+    Served::bypass(
+        RequestError::Upstream(UpstreamError::unreachable(
+            "the task was not in the upstream's answer",
+            "a batch answer left the id out",
+        ))
+        .into_response(),
+    )
+}
+
+/// A stale answer standing in for a failed refresh, marked RFC 9211 `fwd=stale`.
+fn serve_stale(stale: &CachedTask, fwd_status: u16) -> Served {
+    Served::new(
+        task_response(stale, CacheStatus::Stale { fwd_status }, true),
+        Outcome::Stale,
+        Some(fwd_status),
+    )
+}
+
+/// The status a failed flight stands for, when a stale answer should replace it: the gateway's own
+/// error status, or an upstream `429` or `5xx`.
+pub(crate) fn failure_status(landed: &Landed) -> Option<u16> {
+    match landed {
+        Landed::Failed(e) => Some(e.status().as_u16()),
+        Landed::Passed(reply) if reply.status == StatusCode::TOO_MANY_REQUESTS => Some(429),
+        Landed::Passed(reply) if reply.status.is_server_error() => Some(reply.status.as_u16()),
+        _ => None,
+    }
+}
+
+/// An upstream answer passed on as it came (status, headers, body), marked with `status`.
+pub(crate) fn passed_response(
+    reply: &BufferedReply,
+    status: CacheStatus,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(reply.body.clone()));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers.clone();
+    response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), status.header_value());
+    response
+}

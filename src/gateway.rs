@@ -12,10 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue,
-    IF_NONE_MATCH,
-};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
@@ -23,33 +20,23 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::body::ResponseBody;
-use crate::cache::conditional;
+use crate::body::{BoxError, ResponseBody};
+use crate::cache::response::task_response;
 use crate::cache::status::CacheStatus;
-use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
+use crate::cache::{CachedTask, KeyBuf, Lookup, conditional};
 use crate::config::Config;
-use crate::credential::{CredentialFingerprint, FingerprintMemo, Fingerprinter};
+use crate::credential::FingerprintMemo;
 use crate::error::{RequestError, json_error};
-use crate::fetch::collapse::{Collapser, Role};
+use crate::fetch::batch::BatchQuery;
+use crate::fetch::{Fetcher, Served};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
-use crate::push::long_poll;
-use crate::push::watch::Watchers;
+use crate::push::{Push, long_poll};
 use crate::request::admission;
 use crate::request::body::{self as request_body, BodyFault, Prefetched};
 use crate::request::id::{self as request_id, X_REQUEST_ID};
 use crate::request::routes::{self, Route};
-use crate::shared::{self, Claim, Freshness, SharedCache};
-use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
-use crate::upstream::{
-    BoxError, BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamBody, UpstreamError,
-};
-
-pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-/// On every answer from the credential-partitioned cache. A shared cache between mjgate and its clients
-/// must not store it: RFC 9111 already keeps such caches off answers to requests with `Authorization`,
-/// but not off those to `mj-api-secret` ones, which it would then serve to every other secret.
-pub(crate) static PRIVATE: HeaderValue = HeaderValue::from_static("private");
+use crate::task::TaskId;
+use crate::upstream::{ClientInfo, UpstreamBody, UpstreamError};
 
 /// The future a request is served by: ready at once for a cache hit, boxed otherwise.
 pub enum Serving {
@@ -80,71 +67,23 @@ pub enum Listener {
     Admin,
 }
 
-/// The result of one upstream call for one task, as handed to every request collapsed on it.
-#[derive(Clone, Debug)]
-pub enum Landed {
-    /// The upstream's task object for that id; it is in the cache.
-    Stored(Arc<CachedTask>),
-    /// An upstream answer that is not that task's object (404, empty body, router error, ...): passed on
-    /// as is, never stored.
-    Passed(Arc<BufferedReply>),
-    /// No usable upstream answer: the client gets 502 or 504; nothing is stored.
-    Failed(UpstreamError),
-    /// A batch call's answer did not include this id (unknown, or not the caller's).
-    NotReturned,
-    /// Another replica's answer, found in the shared tier; it is in the cache now too.
-    Shared(Arc<CachedTask>),
-}
-
-/// A handler's answer and what the request's metrics and log line say about it.
-pub(crate) struct Served {
-    pub response: Response<ResponseBody>,
-    pub outcome: Outcome,
-    /// The status of the upstream answer this response came from, if one did.
-    pub upstream_status: Option<u16>,
-}
-
-impl Served {
-    pub fn new(
-        response: Response<ResponseBody>,
-        outcome: Outcome,
-        upstream_status: Option<u16>,
-    ) -> Self {
-        Served {
-            response,
-            outcome,
-            upstream_status,
-        }
-    }
-
-    pub fn bypass(response: Response<ResponseBody>) -> Self {
-        Served::new(response, Outcome::Bypass, None)
-    }
-}
-
 /// Request limits the handlers enforce, copied out of the config.
-pub(crate) struct Limits {
-    pub batch_max_body: u64,
-    pub batch_max_ids: usize,
-    pub batch_upstream_chunk: usize,
-    pub max_request_body: u64,
-    pub passthrough_buffer: u64,
-    pub body_read_timeout: std::time::Duration,
+struct Limits {
+    batch_max_body: u64,
+    batch_max_ids: usize,
+    max_request_body: u64,
+    passthrough_buffer: u64,
+    body_read_timeout: std::time::Duration,
 }
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
-    pub(crate) upstream: Upstream,
-    pub(crate) cache: TaskCache,
-    /// Task lookups in the air, by cache key, whether a fetch or a batch started them.
-    pub(crate) flights: Arc<Collapser<Landed>>,
-    pub(crate) fingerprinter: Fingerprinter,
-    pub(crate) limits: Limits,
-    pub(crate) metrics: Arc<Metrics>,
-    /// Pollers behind long-polls and event streams, and the bounds on them.
-    pub(crate) watchers: Watchers,
-    /// The Redis tier between the cache and the upstream, when `[shared_cache]` is configured.
-    pub(crate) shared: Option<SharedCache>,
+    /// The fetch core: the only way to a task's answer.
+    fetcher: Arc<Fetcher>,
+    /// Long-polls and event streams, over the fetch core.
+    push: Arc<Push>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
     /// Bytes of passthrough bodies being read whole before their upstream call
     /// (`server.passthrough_buffer_total`), one reservation of `passthrough_buffer` per request.
     passthrough_buffers: Arc<tokio::sync::Semaphore>,
@@ -161,46 +100,22 @@ impl Gateway {
     /// listener and probe) and fails only on a Redis URL the client cannot parse.
     pub fn new(config: &Config) -> Result<Self, crate::Error> {
         let metrics = Arc::new(Metrics::new(config.cache.max_memory));
-        let (shared, fingerprinter) = match &config.shared_cache {
-            Some(shared_config) => {
-                let freshness = Freshness {
-                    terminal: shared_config.terminal_ttl,
-                    in_progress: config.cache.in_progress_ttl,
-                    not_found: config.cache.not_found_ttl,
-                };
-                // A lease holder's call may queue, then run to its deadline; waiting any longer
-                // than that (plus one lease, for a dead holder's to expire) means something is wrong.
-                let max_wait = config.upstream.queue_timeout
-                    + config.upstream.request_timeout
-                    + shared_config.lease_ttl;
-                let shared =
-                    SharedCache::new(shared_config, freshness, max_wait, Arc::clone(&metrics))?;
-                let fingerprinter =
-                    Fingerprinter::from_secret(shared_config.fingerprint_secret.as_bytes());
-                (Some(shared), fingerprinter)
-            }
-            None => (None, Fingerprinter::random()),
-        };
+        let fetcher = Arc::new(Fetcher::new(config, Arc::clone(&metrics))?);
         Ok(Gateway {
-            upstream: Upstream::new(
-                &config.upstream,
-                config.server.max_request_body,
+            push: Arc::new(Push::new(
+                &config.watch,
+                Arc::clone(&fetcher),
                 Arc::clone(&metrics),
-            )?,
-            cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
-            flights: Collapser::new(),
-            fingerprinter,
+            )),
+            fetcher,
             limits: Limits {
                 batch_max_body: config.batch.max_body,
                 batch_max_ids: config.batch.max_ids,
-                batch_upstream_chunk: config.batch.upstream_chunk,
                 max_request_body: config.server.max_request_body,
                 passthrough_buffer: config.server.passthrough_buffer,
                 body_read_timeout: config.server.body_read_timeout,
             },
             metrics,
-            watchers: Watchers::new(&config.watch),
-            shared,
             passthrough_buffers: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(config.server.passthrough_buffer_total)
                     .unwrap_or(usize::MAX)
@@ -214,8 +129,8 @@ impl Gateway {
 
     /// Stores `task` as the answer for `id` under the credential in `headers` (to pre-warm the cache).
     pub fn store(&self, headers: &HeaderMap, id: TaskId<'_>, task: Arc<CachedTask>) {
-        let key = KeyBuf::new(&self.fingerprinter.fingerprint(headers), id);
-        self.cache.insert(key.to_key(), task);
+        let key = KeyBuf::new(&self.fetcher.fingerprinter().fingerprint(headers), id);
+        self.fetcher.cache().insert(key.to_key(), task);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -224,7 +139,7 @@ impl Gateway {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        self.watchers.start_draining();
+        self.push.start_draining();
     }
 
     /// Serves one request. A cache hit is answered here and now, with a ready future: it neither
@@ -274,9 +189,9 @@ impl Gateway {
             request.headers(),
         )
         .ok()?;
-        let fingerprint = self.fingerprinter.of_memo(credential, memo);
+        let fingerprint = self.fetcher.fingerprinter().of_memo(credential, memo);
         let key = KeyBuf::new(&fingerprint, id);
-        let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) else {
+        let Lookup::Fresh { task, ttl } = self.fetcher.cache().lookup(key.as_bytes()) else {
             return None;
         };
         let mut response = task_response(&task, CacheStatus::Hit { ttl }, true);
@@ -355,7 +270,7 @@ impl Gateway {
             Route::Ready if self.draining.load(Ordering::Relaxed) => {
                 Served::bypass(RequestError::Draining.into_response())
             }
-            Route::Ready if self.upstream.protection().breaker().is_open() => {
+            Route::Ready if self.fetcher.upstream().protection().breaker().is_open() => {
                 Served::bypass(json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream unreachable (circuit open)",
@@ -364,17 +279,20 @@ impl Gateway {
             Route::Ready => Served::bypass(plain(StatusCode::OK, "ready")),
             Route::Metrics => Served::bypass(self.metrics_response()),
             Route::Fetch(id) if label == RouteLabel::LongPoll => {
-                self.long_poll(&request, id, client)
+                self.push
+                    .long_poll(&request, id, client)
                     .instrument(span.clone())
                     .await
             }
             Route::Fetch(id) => {
-                self.fetch(request.uri().path(), request.headers(), id, client)
+                self.fetcher
+                    .fetch(request.uri().path(), request.headers(), id, client)
                     .instrument(span.clone())
                     .await
             }
             Route::Events(id) => {
-                self.events(&request, id, client)
+                self.push
+                    .events(&request, id, client)
                     .instrument(span.clone())
                     .await
             }
@@ -420,7 +338,7 @@ impl Gateway {
     }
 
     /// `response` as `304 Not Modified` when the request's `If-None-Match` names its `ETag`.
-    pub(crate) fn conditional(
+    fn conditional(
         &self,
         request: &HeaderMap,
         response: Response<ResponseBody>,
@@ -435,7 +353,7 @@ impl Gateway {
 
     fn metrics_response(&self) -> Response<ResponseBody> {
         // Apply pending evictions first, so the cache gauges are exact at scrape time.
-        self.cache.sync();
+        self.fetcher.cache().sync();
         let mut response = Response::new(ResponseBody::full(self.metrics.render()));
         response.headers_mut().insert(
             CONTENT_TYPE,
@@ -444,174 +362,33 @@ impl Gateway {
         response
     }
 
-    /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call; a stale
-    /// entry stands in if that call fails.
-    pub(crate) async fn fetch(
-        self: &Arc<Self>,
-        path: &str,
-        headers: &HeaderMap,
-        id: TaskId<'_>,
-        client: ClientInfo,
-    ) -> Served {
-        let fingerprint = self.fingerprinter.fingerprint(headers);
-        let key = KeyBuf::new(&fingerprint, id);
-        let stale = match self.cache.lookup(key.as_bytes()) {
-            Lookup::Fresh { task, ttl } => {
-                self.metrics.task_lookups(Outcome::Hit, 1);
-                return Served::new(
-                    task_response(&task, CacheStatus::Hit { ttl }, true),
-                    Outcome::Hit,
-                    None,
+    /// `POST [/{mode}]/mj/task/list-by-condition`.
+    async fn batch(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
+        let (parts, body) = request.into_parts();
+        let body = match read_body(&parts.headers, body, &self.limits).await {
+            Ok(body) => body,
+            Err(fault) => return self.client_fault(fault),
+        };
+        let query = BatchQuery::parse(&body, self.limits.batch_max_ids);
+        let ids: Vec<TaskId<'_>> = match &query {
+            // Validated by the parser; parsing again only turns them into `TaskId`s.
+            Ok(BatchQuery::Ids(ids)) => {
+                ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect()
+            }
+            Ok(BatchQuery::Other) => {
+                let request = Request::from_parts(
+                    parts,
+                    Full::new(body.clone())
+                        .map_err(|never| -> BoxError { match never {} })
+                        .boxed(),
                 );
+                return self.forward(request, client).await;
             }
-            other => other.stale(),
+            Err(e) => return Served::bypass(RequestError::BadBatch(e.to_string()).into_response()),
         };
-        if let Some(stale) = &stale
-            && let Some(fwd_status) = self.cache.refresh_held(key.as_bytes())
-        {
-            return serve_stale(stale, fwd_status);
-        }
-        // A flight started by a batch lands `NotReturned` for ids its answer left out; a fetch then asks
-        // the upstream itself, to pass on the upstream's own not-found answer. Twice at most.
-        for _ in 0..2 {
-            let flight = match self.flights.join(key.as_bytes()) {
-                Role::Follower(landing) => {
-                    let waiting = self.metrics.collapse_waiter();
-                    let landed = landing.wait().await;
-                    drop(waiting);
-                    match landed {
-                        Ok(Landed::NotReturned) => continue,
-                        Ok(landed) => {
-                            self.metrics.task_lookups(Outcome::Collapsed, 1);
-                            self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
-                            return landed_response(landed, Outcome::Collapsed, stale.as_deref());
-                        }
-                        Err(abandoned) => {
-                            return Served::bypass(RequestError::from(abandoned).into_response());
-                        }
-                    }
-                }
-                Role::Leader(flight) => flight,
-            };
-            // The previous flight for this key may have landed between our lookup and our join: its
-            // answer is in the cache now, and calling the upstream again would break "one call per TTL".
-            if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
-                flight.land(Landed::Stored(Arc::clone(&task)));
-                self.metrics.task_lookups(Outcome::Hit, 1);
-                return Served::new(
-                    task_response(&task, CacheStatus::Hit { ttl }, true),
-                    Outcome::Hit,
-                    None,
-                );
-            }
-            self.metrics.task_lookups(Outcome::Miss, 1);
-            let landing = flight.landing();
-            let gateway = Arc::clone(self);
-            let path = path.to_owned();
-            let headers = headers.clone();
-            let id = id.as_str().to_owned();
-            // The call runs in a task of its own: if this client goes away, the other waiters still get
-            // it. It keeps this request's span, so its log lines carry the leader's request id.
-            tokio::spawn(
-                async move {
-                    let key = flight.key().clone();
-                    let landed = gateway
-                        .fetch_upstream(&path, &headers, fingerprint, client, &id, key)
-                        .await;
-                    flight.land(landed);
-                }
-                .in_current_span(),
-            );
-            return match landing.wait().await {
-                Ok(landed) => {
-                    self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
-                    landed_response(landed, Outcome::Miss, stale.as_deref())
-                }
-                Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
-            };
-        }
-        not_returned()
-    }
-
-    /// After a failed refresh with a stale answer to stand in, holds off the next refresh for one TTL.
-    pub(crate) fn hold_if_failed(&self, key: &[u8], landed: &Landed, has_stale: bool) {
-        if has_stale && let Some(status) = failure_status(landed) {
-            self.cache.hold_refresh(key, status);
-        }
-    }
-
-    /// Asks the shared tier for one task, else calls the upstream (under the tier's lease) and stores
-    /// the answer if it is that task's object, or briefly if it says there is no such task.
-    async fn fetch_upstream(
-        &self,
-        path: &str,
-        headers: &HeaderMap,
-        fingerprint: CredentialFingerprint,
-        client: ClientInfo,
-        id: &str,
-        key: CacheKey,
-    ) -> Landed {
-        let lease = match &self.shared {
-            Some(shared) => match shared.claim(&key).await {
-                Claim::Found(task) => {
-                    self.cache.insert(key, Arc::clone(&task));
-                    return Landed::Shared(task);
-                }
-                Claim::Lead(lease) => lease,
-            },
-            None => None,
-        };
-        let call = self.upstream.call_buffered(BufferedCall {
-            route: RouteLabel::Fetch,
-            credential: &fingerprint,
-            method: Method::GET,
-            path_and_query: path,
-            headers,
-            client,
-            body: Bytes::new(),
-        });
-        let reply = shared::hold(lease.as_slice(), call).await;
-        let landed = match reply {
-            Err(e) => {
-                e.log();
-                Landed::Failed(e)
-            }
-            Ok(reply) => match self.store_if_task(&reply, id) {
-                Some(task) => {
-                    self.cache.insert(key.clone(), Arc::clone(&task));
-                    if let Some(shared) = &self.shared {
-                        shared.publish(&[(&key, &task)]).await;
-                    }
-                    Landed::Stored(task)
-                }
-                None => Landed::Passed(Arc::new(reply)),
-            },
-        };
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
-        landed
-    }
-
-    /// The cache entry for `reply` if it is a storable answer for task `id`: that task's object, or one
-    /// of the upstream's "no such task" answers.
-    fn store_if_task(&self, reply: &BufferedReply, id: &str) -> Option<Arc<CachedTask>> {
-        if !is_identity(&reply.headers) {
-            return None;
-        }
-        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
-        // Copies, not slices: the upstream's bytes may share a connection's read buffer, which a
-        // long-lived entry would otherwise pin (and the memory budget would not see).
-        if reply.status == StatusCode::OK
-            && let Some(class) = classify_fetch_body(&reply.body, id)
-        {
-            let body = Bytes::copy_from_slice(&reply.body);
-            return Some(Arc::new(CachedTask::new(body, content_type, class)));
-        }
-        is_not_found_answer(reply.status.as_u16(), &reply.body).then(|| {
-            let body = Bytes::copy_from_slice(&reply.body);
-            Arc::new(CachedTask::not_found(reply.status, body, content_type))
-        })
+        self.fetcher
+            .batch(parts.uri.path(), &parts.headers, &ids, client)
+            .await
     }
 
     /// Passthrough: bounds the request body, reads it whole when it is small (so a client trickling
@@ -674,9 +451,10 @@ impl Gateway {
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Served {
-        let fingerprint = self.fingerprinter.fingerprint(request.headers());
+        let fingerprint = self.fetcher.fingerprinter().fingerprint(request.headers());
         match self
-            .upstream
+            .fetcher
+            .upstream()
             .forward(RouteLabel::Passthrough, &fingerprint, request, client)
             .await
         {
@@ -697,150 +475,28 @@ impl Gateway {
     }
 }
 
-/// The answer for a landed flight, for a request that took part in it as `outcome` (miss or collapsed).
-/// When the flight failed and `stale` holds an answer within `cache.max_stale`, that answer is served.
-fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>) -> Served {
-    if let (Some(fwd_status), Some(stale)) = (failure_status(&landed), stale) {
-        return serve_stale(stale, fwd_status);
+/// Reads a client body of at most `batch.max_body` bytes: 413 beyond, checked against `Content-Length`
+/// first; 408 when it stalls for `server.body_read_timeout`; 400 when it is malformed or cut short.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limits: &Limits,
+) -> Result<Bytes, BodyFault> {
+    request_body::check_framing(&Method::POST, headers, false)?;
+    request_body::check_identity(headers)?;
+    let max = limits.batch_max_body;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(BodyFault::TooLarge(max));
     }
-    let collapsed = outcome == Outcome::Collapsed;
-    let status_for = |stored: bool, fwd_status: Option<u16>| {
-        if collapsed {
-            CacheStatus::Collapsed
-        } else {
-            CacheStatus::Miss { stored, fwd_status }
-        }
-    };
-    match landed {
-        Landed::Stored(task) => Served::new(
-            task_response(&task, status_for(true, None), false),
-            outcome,
-            Some(task.status.as_u16()),
-        ),
-        Landed::Shared(task) if !collapsed => Served::new(
-            task_response(&task, CacheStatus::Shared, true),
-            Outcome::Shared,
-            None,
-        ),
-        Landed::Shared(task) => Served::new(
-            task_response(&task, CacheStatus::Collapsed, true),
-            outcome,
-            None,
-        ),
-        Landed::Passed(reply) => {
-            let upstream_status = reply.status.as_u16();
-            Served::new(
-                passed_response(&reply, status_for(false, Some(upstream_status))),
-                outcome,
-                Some(upstream_status),
-            )
-        }
-        Landed::Failed(e) => {
-            let mut response = RequestError::Upstream(e).into_response();
-            response
-                .headers_mut()
-                .insert(CACHE_STATUS.clone(), status_for(false, None).header_value());
-            Served::new(response, outcome, None)
-        }
-        // Only batch calls land this, and fetches re-join rather than answer with it.
-        Landed::NotReturned => not_returned(),
-    }
-}
-
-/// A fetch that only ever found its task missing from batch answers: 502, as an unusable upstream answer.
-fn not_returned() -> Served {
-    Served::bypass(
-        RequestError::Upstream(UpstreamError::unreachable(
-            "the task was not in the upstream's answer",
-            "a batch answer left the id out",
-        ))
-        .into_response(),
+    request_body::read(
+        request_body::bounded(body, max, limits.body_read_timeout),
+        max,
     )
-}
-
-/// A stale answer standing in for a failed refresh, marked RFC 9211 `fwd=stale`.
-fn serve_stale(stale: &CachedTask, fwd_status: u16) -> Served {
-    Served::new(
-        task_response(stale, CacheStatus::Stale { fwd_status }, true),
-        Outcome::Stale,
-        Some(fwd_status),
-    )
-}
-
-/// The status a failed flight stands for, when a stale answer should replace it: the gateway's own
-/// error status, or an upstream `429` or `5xx`.
-pub(crate) fn failure_status(landed: &Landed) -> Option<u16> {
-    match landed {
-        Landed::Failed(e) => Some(e.status().as_u16()),
-        Landed::Passed(reply) if reply.status == StatusCode::TOO_MANY_REQUESTS => Some(429),
-        Landed::Passed(reply) if reply.status.is_server_error() => Some(reply.status.as_u16()),
-        _ => None,
-    }
-}
-
-/// An upstream answer passed on as it came (status, headers, body), marked with `status`.
-pub(crate) fn passed_response(
-    reply: &BufferedReply,
-    status: CacheStatus,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(reply.body.clone()));
-    *response.status_mut() = reply.status;
-    *response.headers_mut() = reply.headers.clone();
-    response.headers_mut().remove(http::header::CONTENT_LENGTH);
-    response
-        .headers_mut()
-        .insert(CACHE_STATUS.clone(), status.header_value());
-    response
-}
-
-/// A stored task as a response: the upstream's bytes and content type, plus `Cache-Status` (and `Age`
-/// when it comes from the cache).
-pub(crate) fn task_response(
-    task: &CachedTask,
-    status: CacheStatus,
-    with_age: bool,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(task.body.clone()));
-    *response.status_mut() = task.status;
-    let headers = response.headers_mut();
-    if task.status != StatusCode::NO_CONTENT {
-        headers.insert(
-            CONTENT_TYPE,
-            task.content_type
-                .clone()
-                .unwrap_or_else(|| APPLICATION_JSON.clone()),
-        );
-    }
-    if task.status == StatusCode::OK {
-        headers.insert(ETAG, task.etag.clone());
-    }
-    headers.insert(CACHE_CONTROL, PRIVATE.clone());
-    headers.insert(CACHE_STATUS.clone(), status.header_value());
-    if with_age {
-        headers.insert(AGE, crate::cache::status::age_header(task.age()));
-    }
-    response
-}
-
-/// A header value that owns its bytes (the common JSON types are shared statics), for cache entries.
-pub(crate) fn compact_header(value: &HeaderValue) -> HeaderValue {
-    const SHARED: [&str; 3] = [
-        "application/json",
-        "application/json;charset=UTF-8",
-        "application/json; charset=utf-8",
-    ];
-    match SHARED.iter().find(|s| s.as_bytes() == value.as_bytes()) {
-        Some(shared) => HeaderValue::from_static(shared),
-        None => {
-            HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| APPLICATION_JSON.clone())
-        }
-    }
-}
-
-pub(crate) fn is_identity(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_ENCODING)
-        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    .await
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+/// The RFC 9211 header every answer from a cached route carries.
+pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 /// How a cached-route request was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {

@@ -6,28 +6,25 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
 use serde_json::value::RawValue;
 
 use crate::body::ResponseBody;
 use crate::cache::conditional::etag_of;
+use crate::cache::response::{PRIVATE, compact_header};
+use crate::cache::status::CACHE_STATUS;
 use crate::cache::status::CacheStatus;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup};
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
 use crate::fetch::collapse::{Flight, Landing, Role};
-use crate::gateway::{
-    CACHE_STATUS, Gateway, Landed, PRIVATE, Served, compact_header, failure_status, is_identity,
-    passed_response,
-};
+use crate::fetch::{Fetcher, Landed, Served, failure_status, passed_response};
 use crate::metrics::{Outcome, RouteLabel};
-use crate::request::body::{self as request_body, BodyFault};
 use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
-use crate::upstream::{BoxError, BufferedCall, BufferedReply, ClientInfo};
+use crate::upstream::content_coding::is_identity;
+use crate::upstream::{BufferedCall, BufferedReply, ClientInfo};
 
 /// What a `list-by-condition` body asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,42 +98,23 @@ enum Source {
     Flight(Landing<Landed>),
 }
 
-impl Gateway {
-    /// `POST [/{mode}]/mj/task/list-by-condition`.
-    pub(crate) async fn batch(
+impl Fetcher {
+    /// The tasks of a `list-by-condition` query by `ids`, each from the cache or a flight, the ids
+    /// nobody has asked of the upstream in calls of at most `batch.upstream_chunk`: one envelope back,
+    /// in request order. `path` and `headers` are the client's, forwarded on those calls.
+    pub async fn batch(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        path: &str,
+        headers: &HeaderMap,
+        ids: &[TaskId<'_>],
         client: ClientInfo,
     ) -> Served {
-        let (parts, body) = request.into_parts();
-        let body = match read_body(&parts.headers, body, &self.limits).await {
-            Ok(body) => body,
-            Err(fault) => return self.client_fault(fault),
-        };
-        let query = BatchQuery::parse(&body, self.limits.batch_max_ids);
-        let ids: Vec<TaskId<'_>> = match &query {
-            // Validated by the parser; parsing again only turns them into `TaskId`s.
-            Ok(BatchQuery::Ids(ids)) => {
-                ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect()
-            }
-            Ok(BatchQuery::Other) => {
-                let request = Request::from_parts(
-                    parts,
-                    Full::new(body.clone())
-                        .map_err(|never| -> BoxError { match never {} })
-                        .boxed(),
-                );
-                return self.forward(request, client).await;
-            }
-            Err(e) => return Served::bypass(RequestError::BadBatch(e.to_string()).into_response()),
-        };
-
-        let fingerprint = self.fingerprinter.fingerprint(&parts.headers);
+        let fingerprint = self.fingerprinter.fingerprint(headers);
         // Per id: where its answer comes from, and the stale answer to fall back on if that fails.
         let mut sources: Vec<(Source, Option<Arc<CachedTask>>)> = Vec::with_capacity(ids.len());
         let mut flights: Vec<(TaskId<'_>, Flight<Landed>)> = Vec::new();
         let mut held = Vec::new();
-        for &id in &ids {
+        for &id in ids {
             let key = KeyBuf::new(&fingerprint, id);
             let stale = match self.cache.lookup(key.as_bytes()) {
                 Lookup::Fresh { task, .. } => {
@@ -176,13 +154,7 @@ impl Gateway {
         self.metrics.task_lookups(Outcome::Miss, led as u64);
         self.metrics
             .task_lookups(Outcome::Collapsed, (sources.len() - cached - led) as u64);
-        self.launch_batch_calls(
-            parts.uri.path(),
-            &parts.headers,
-            fingerprint,
-            client,
-            flights,
-        );
+        self.launch_batch_calls(path, headers, fingerprint, client, flights);
 
         let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
         let mut tasks = Vec::with_capacity(sources.len());
@@ -276,14 +248,14 @@ impl Gateway {
         while flights.peek().is_some() {
             let chunk: Vec<(String, Flight<Landed>)> = flights
                 .by_ref()
-                .take(self.limits.batch_upstream_chunk)
+                .take(self.upstream_chunk)
                 .map(|(id, flight)| (id.as_str().to_owned(), flight))
                 .collect();
-            let gateway = Arc::clone(self);
+            let fetcher = Arc::clone(self);
             let path = path.to_owned();
             let headers = headers.clone();
             tokio::spawn(async move {
-                gateway
+                fetcher
                     .batch_call(&path, &headers, fingerprint, client, chunk)
                     .await;
             });
@@ -426,30 +398,6 @@ pub fn split_tasks(body: &[u8]) -> Option<HashMap<String, (Bytes, TaskClass)>> {
 /// `400` among them, is an error the batch passes on.
 fn means_absent(reply: &BufferedReply) -> bool {
     reply.status.is_success() || is_not_found_answer(reply.status.as_u16(), &reply.body)
-}
-
-/// Reads a client body of at most `batch.max_body` bytes: 413 beyond, checked against `Content-Length`
-/// first; 408 when it stalls for `server.body_read_timeout`; 400 when it is malformed or cut short.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Incoming,
-    limits: &crate::gateway::Limits,
-) -> Result<Bytes, BodyFault> {
-    request_body::check_framing(&Method::POST, headers, false)?;
-    request_body::check_identity(headers)?;
-    let max = limits.batch_max_body;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return Err(BodyFault::TooLarge(max));
-    }
-    request_body::read(
-        request_body::bounded(body, max, limits.body_read_timeout),
-        max,
-    )
-    .await
 }
 
 /// A JSON array of the tasks' stored bytes, in order.

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::body::ResponseBody;
 use crate::cache::KeyBuf;
-use crate::gateway::{Gateway, Served};
+use crate::fetch::Served;
 use crate::metrics::{EventKind, Outcome};
+use crate::push::Push;
 use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
 use crate::task::{TaskClass, TaskHead, TaskId};
 use crate::upstream::ClientInfo;
@@ -28,7 +29,7 @@ static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-bufferin
 /// Events written ahead of a slow client before the writer waits for it.
 const BACKLOG: usize = 16;
 
-impl Gateway {
+impl Push {
     pub(crate) async fn events(
         self: &Arc<Self>,
         request: &Request<Incoming>,
@@ -36,7 +37,7 @@ impl Gateway {
         client: ClientInfo,
     ) -> Served {
         let headers = request.headers();
-        let fingerprint = self.fingerprinter.fingerprint(headers);
+        let fingerprint = self.fetcher.fingerprinter().fingerprint(headers);
         // Refused before any work: a client over the bound costs nothing upstream.
         let permit = match self
             .watchers
@@ -47,11 +48,11 @@ impl Gateway {
         };
         let path = request.uri().path();
         let fetch_path = format!("{}/fetch", path.strip_suffix("/events").unwrap_or(path));
-        let served = self.fetch(&fetch_path, headers, id, client).await;
+        let served = self.fetcher.fetch(&fetch_path, headers, id, client).await;
         let key = KeyBuf::new(&fingerprint, id);
         // Not a task the client may see (unknown, another key's, an upstream error): that answer,
         // as a fetch would give it, instead of a stream.
-        let current = match self.cache.current(key.as_bytes()) {
+        let current = match self.fetcher.cache().current(key.as_bytes()) {
             Some((task, _))
                 if served.response.status() == StatusCode::OK && task.status == StatusCode::OK =>
             {
@@ -72,7 +73,7 @@ impl Gateway {
             client,
         };
         let stream = Stream {
-            gateway: Arc::clone(self),
+            push: Arc::clone(self),
             events,
             _permit: permit,
         };
@@ -83,7 +84,7 @@ impl Gateway {
 
 /// One open stream: the writer's end of the body, and its place under the bounds.
 struct Stream {
-    gateway: Arc<Gateway>,
+    push: Arc<Push>,
     events: mpsc::Sender<Bytes>,
     _permit: WatchPermit,
 }
@@ -108,9 +109,9 @@ impl Stream {
         if self.finish_if_over(&current).await.is_err() {
             return;
         }
-        let mut changes = self.gateway.watch(target, current);
-        let mut draining = self.gateway.watchers.draining();
-        let period = self.gateway.watchers.config().heartbeat;
+        let mut changes = self.push.watch(target, current);
+        let mut draining = self.push.watchers.draining();
+        let period = self.push.watchers.config().heartbeat;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             let latest = Arc::clone(&changes.borrow_and_update());
@@ -184,7 +185,7 @@ impl Stream {
 
     async fn write(&mut self, kind: EventKind, bytes: Bytes) -> Result<(), Stop> {
         self.events.send(bytes).await.map_err(|_| Stop)?;
-        self.gateway.metrics.watch.event(kind);
+        self.push.metrics.watch.event(kind);
         Ok(())
     }
 }

@@ -11,10 +11,12 @@ use hyper::body::Incoming;
 
 use crate::cache::KeyBuf;
 use crate::cache::conditional::none_match_hits;
+use crate::cache::response::task_response;
 use crate::cache::status::CacheStatus;
 use crate::error::RequestError;
-use crate::gateway::{Gateway, Served, task_response};
+use crate::fetch::Served;
 use crate::metrics::Outcome;
+use crate::push::Push;
 use crate::push::watch::{WatchKind, WatchTarget};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::ClientInfo;
@@ -48,7 +50,7 @@ pub fn requested_wait(query: &str) -> Result<Duration, RequestError> {
     })
 }
 
-impl Gateway {
+impl Push {
     /// A fetch with `?wait=`: the ordinary fetch first, then, if the client already holds that answer
     /// and the task is still in progress, a wait on the task's poller.
     pub(crate) async fn long_poll(
@@ -62,10 +64,10 @@ impl Gateway {
             Err(e) => return Served::bypass(e.into_response()),
         };
         let (path, headers) = (request.uri().path(), request.headers());
-        let served = self.fetch(path, headers, id, client).await;
-        let fingerprint = self.fingerprinter.fingerprint(headers);
+        let served = self.fetcher.fetch(path, headers, id, client).await;
+        let fingerprint = self.fetcher.fingerprinter().fingerprint(headers);
         let key = KeyBuf::new(&fingerprint, id);
-        let Some((current, _)) = self.cache.current(key.as_bytes()) else {
+        let Some((current, _)) = self.fetcher.cache().current(key.as_bytes()) else {
             return served;
         };
         let held_by_client = headers.contains_key(IF_NONE_MATCH)
@@ -101,7 +103,7 @@ impl Gateway {
         }
         let latest = Arc::clone(&changes.borrow());
         let status = CacheStatus::Hit {
-            ttl: self.cache.fresh_left(&latest),
+            ttl: self.fetcher.cache().fresh_left(&latest),
         };
         // Unchanged: the handler's `If-None-Match` check turns this into `304`.
         Served::new(task_response(&latest, status, true), Outcome::Hit, None)

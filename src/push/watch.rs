@@ -18,8 +18,8 @@ use crate::cache::{CacheKey, CachedTask};
 use crate::config::WatchConfig;
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
-use crate::gateway::Gateway;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::push::Push;
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::ClientInfo;
 
@@ -168,7 +168,7 @@ impl Drop for WatchPermit {
     }
 }
 
-impl Gateway {
+impl Push {
     /// Subscribes to the poller of `target`'s task, starting one if none runs. `current` is the
     /// answer the caller holds: a newer one than the poller's moves every subscriber forward. Compare
     /// the receiver's value with what the client has, not only its change notices: the poller may
@@ -219,7 +219,10 @@ impl Gateway {
                 self.watchers.finish(&target.key, &sender);
                 return;
             }
-            let cached = self.cache.current(std::borrow::Borrow::borrow(&target.key));
+            let cached = self
+                .fetcher
+                .cache()
+                .current(std::borrow::Borrow::borrow(&target.key));
             if let Some((latest, _)) = &cached
                 && latest.etag != known.etag
                 && latest.stored_at >= known.stored_at
@@ -231,7 +234,7 @@ impl Gateway {
             let fresh_for = cached.map_or(Duration::ZERO, |(_, left)| left);
             // A stale or missing entry: the refresh just failed or was refused; try again in one TTL.
             let wait = if fresh_for.is_zero() {
-                self.cache.in_progress_ttl()
+                self.fetcher.cache().in_progress_ttl()
             } else {
                 fresh_for
             };
@@ -250,6 +253,7 @@ impl Gateway {
             // Errors are the fetch path's to handle (stale answers, backoff); the poller only reads
             // what that left in the cache.
             let _ = self
+                .fetcher
                 .fetch(&target.path, &target.headers, id, target.client)
                 .await;
         }

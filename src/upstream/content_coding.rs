@@ -109,6 +109,13 @@ pub fn decode(headers: &mut HeaderMap, body: Bytes, limit: u64) -> Result<Bytes,
     Ok(decoded)
 }
 
+/// Whether a message's body carries no content coding.
+pub fn is_identity(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

@@ -14,6 +14,7 @@ mod deploy;
 mod docs;
 mod fetch_cache;
 mod hardening;
+mod layout;
 mod observability;
 mod passthrough;
 mod push;

@@ -1,0 +1,60 @@
+//! A stored task as an HTTP answer: the upstream's bytes and content type, `ETag`, `Cache-Control:
+//! private`, `Cache-Status` and `Age`.
+
+use http::Response;
+use http::StatusCode;
+use http::header::{AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue};
+
+use crate::body::ResponseBody;
+use crate::cache::CachedTask;
+use crate::cache::status::{CACHE_STATUS, CacheStatus};
+
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// On every answer from the credential-partitioned cache. A shared cache between mjgate and its clients
+/// must not store it: RFC 9111 already keeps such caches off answers to requests with `Authorization`,
+/// but not off those to `mj-api-secret` ones, which it would then serve to every other secret.
+pub static PRIVATE: HeaderValue = HeaderValue::from_static("private");
+
+/// A stored task as a response: the upstream's bytes and content type, plus `Cache-Status` (and `Age`
+/// when it comes from the cache).
+pub fn task_response(
+    task: &CachedTask,
+    status: CacheStatus,
+    with_age: bool,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(task.body.clone()));
+    *response.status_mut() = task.status;
+    let headers = response.headers_mut();
+    if task.status != StatusCode::NO_CONTENT {
+        headers.insert(
+            CONTENT_TYPE,
+            task.content_type
+                .clone()
+                .unwrap_or_else(|| APPLICATION_JSON.clone()),
+        );
+    }
+    if task.status == StatusCode::OK {
+        headers.insert(ETAG, task.etag.clone());
+    }
+    headers.insert(CACHE_CONTROL, PRIVATE.clone());
+    headers.insert(CACHE_STATUS.clone(), status.header_value());
+    if with_age {
+        headers.insert(AGE, crate::cache::status::age_header(task.age()));
+    }
+    response
+}
+
+/// A header value that owns its bytes (the common JSON types are shared statics), for cache entries.
+pub fn compact_header(value: &HeaderValue) -> HeaderValue {
+    const SHARED: [&str; 3] = [
+        "application/json",
+        "application/json;charset=UTF-8",
+        "application/json; charset=utf-8",
+    ];
+    match SHARED.iter().find(|s| s.as_bytes() == value.as_bytes()) {
+        Some(shared) => HeaderValue::from_static(shared),
+        None => {
+            HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| APPLICATION_JSON.clone())
+        }
+    }
+}
