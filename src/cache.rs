@@ -26,7 +26,7 @@ use crate::task::{MAX_ID_LEN, TaskClass, TaskId};
 /// Bytes charged per entry on top of its key, body and ETag text: moka's own bookkeeping (entry info,
 /// deque nodes, hash-table slot), the `Arc<CachedTask>`, the shared-buffer headers of the body and the
 /// ETag. Measured: a cache of 100,000 terminal tasks of 1,158 bytes grew the process by 1,846 bytes per
-/// entry (README, Memory); this charges 1,850, so `cache.max_memory` bounds real memory, not just
+/// entry (docs/benchmarks.md, Memory); this charges 1,850, so `cache.max_memory` bounds real memory, not just
 /// payload.
 const ENTRY_OVERHEAD: usize = 556;
 

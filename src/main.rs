@@ -11,7 +11,7 @@ use mjgate::config::{self, Config, LogFormat, Overrides};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: a request allocates a handful of small, short-lived blocks (header maps, buffers), which
-/// glibc's allocator serves noticeably slower (see the README's benchmark notes).
+/// glibc's allocator serves noticeably slower (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
