@@ -235,52 +235,30 @@ pub struct WatchMetrics {
 }
 
 impl WatchMetrics {
-    fn new(registry: &Registry) -> Self {
-        let not_modified = IntCounterVec::new(
-            Opts::new(
-                "mjgate_not_modified_total",
-                "304 Not Modified answers (If-None-Match named the current ETag), by route.",
-            ),
+    fn new(r: &Registrar<'_>) -> Self {
+        let not_modified = r.counters(
+            "mjgate_not_modified_total",
+            "304 Not Modified answers (If-None-Match named the current ETag), by route.",
             &["route"],
-        )
-        .expect("valid metric");
-        let watchers = IntGauge::new(
+        );
+        let watchers = r.gauge(
             "mjgate_watchers",
             "Tasks watched right now: one poller per (credential, task) however many long-polls and streams.",
-        )
-        .expect("valid metric");
-        let long_polls = IntGauge::new(
+        );
+        let long_polls = r.gauge(
             "mjgate_open_long_polls",
             "Long-polls (fetch with ?wait=) held right now.",
-        )
-        .expect("valid metric");
-        let streams = IntGauge::new("mjgate_open_streams", "Event streams open right now.")
-            .expect("valid metric");
-        let events = IntCounterVec::new(
-            Opts::new(
-                "mjgate_events_sent_total",
-                "Server-sent events written to streams, by event.",
-            ),
+        );
+        let streams = r.gauge("mjgate_open_streams", "Event streams open right now.");
+        let events = r.counters(
+            "mjgate_events_sent_total",
+            "Server-sent events written to streams, by event.",
             &["event"],
-        )
-        .expect("valid metric");
-        let refused = IntCounter::new(
+        );
+        let refused = r.counter(
             "mjgate_watch_refused_total",
             "Long-polls and streams refused with 429: watch.max_open or watch.max_open_per_credential reached.",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(not_modified.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(watchers.clone()),
-            Box::new(long_polls.clone()),
-            Box::new(streams.clone()),
-            Box::new(events.clone()),
-            Box::new(refused.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        );
         WatchMetrics {
             not_modified: RouteLabel::ALL
                 .iter()
@@ -371,58 +349,34 @@ pub struct SharedMetrics {
 }
 
 impl SharedMetrics {
-    fn new(registry: &Registry) -> Self {
-        let lookups = IntCounterVec::new(
-            Opts::new(
-                "mjgate_shared_cache_lookups_total",
-                "Task ids looked up in Redis after missing the local cache, by result.",
-            ),
+    fn new(r: &Registrar<'_>) -> Self {
+        let lookups = r.counters(
+            "mjgate_shared_cache_lookups_total",
+            "Task ids looked up in Redis after missing the local cache, by result.",
             &["result"],
-        )
-        .expect("valid metric");
-        let leases = IntCounterVec::new(
-            Opts::new(
-                "mjgate_shared_cache_leases_total",
-                "Cross-replica collapse: how each local miss not found in Redis was resolved.",
-            ),
+        );
+        let leases = r.counters(
+            "mjgate_shared_cache_leases_total",
+            "Cross-replica collapse: how each local miss not found in Redis was resolved.",
             &["result"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "mjgate_shared_cache_errors_total",
-                "Redis commands that failed, by kind; each sends its request on local-only.",
-            ),
+        );
+        let errors = r.counters(
+            "mjgate_shared_cache_errors_total",
+            "Redis commands that failed, by kind; each sends its request on local-only.",
             &["kind"],
-        )
-        .expect("valid metric");
-        let writes = IntCounter::new(
+        );
+        let writes = r.counter(
             "mjgate_shared_cache_writes_total",
             "Upstream answers written to Redis for other replicas.",
-        )
-        .expect("valid metric");
-        let up = IntGauge::new(
+        );
+        let up = r.gauge(
             "mjgate_shared_cache_up",
             "1 while Redis is configured and reachable; 0 when serving local-only.",
-        )
-        .expect("valid metric");
-        let state_changes = IntCounter::new(
+        );
+        let state_changes = r.counter(
             "mjgate_shared_cache_state_changes_total",
             "Times Redis went from reachable to unreachable or back.",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(leases.clone()),
-            Box::new(errors.clone()),
-            Box::new(writes.clone()),
-            Box::new(up.clone()),
-            Box::new(state_changes.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        );
         SharedMetrics {
             lookups: ["hit", "miss", "skipped"].map(|r| lookups.with_label_values(&[r])),
             leases: ["won", "waited", "taken_over", "gave_up"]
@@ -473,6 +427,49 @@ fn class_index(class: TaskClass) -> usize {
     }
 }
 
+/// `vec` with a series for each of `labels` made up front, so every one is exported (as 0) from the
+/// first scrape.
+fn labelled<const N: usize>(vec: IntCounterVec, labels: [&str; N]) -> IntCounterVec {
+    for label in labels {
+        vec.with_label_values(&[label]);
+    }
+    vec
+}
+
+/// Creates metrics and registers them in one step: the names are this file's constants, so a failure
+/// is a programming error caught by every test that builds a gateway.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, metric: C) -> C {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("metric names are valid and unique");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histograms(&self, name: &str, help: &str, label: &str) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, &[label]).expect("valid metric"))
+    }
+}
+
 /// Latency buckets in seconds: cache hits sit in the sub-millisecond ones, upstream calls further up.
 const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -482,210 +479,54 @@ const BUCKETS: [f64; 16] = [
 impl Metrics {
     pub fn new(cache_capacity_bytes: u64) -> Self {
         let registry = Registry::new();
-        let requests_vec = IntCounterVec::new(
-            Opts::new(
-                "mjgate_requests_total",
-                "Client requests by route and cache outcome.",
-            ),
+        let r = Registrar(&registry);
+        let requests = r.counters(
+            "mjgate_requests_total",
+            "Client requests by route and cache outcome.",
             &["route", "cache"],
-        )
-        .expect("valid metric");
-        let requests = RouteLabel::ALL
-            .iter()
-            .map(|route| {
-                Outcome::ALL
-                    .iter()
-                    .map(|o| requests_vec.with_label_values(&[route.as_str(), o.as_str()]))
-                    .collect()
-            })
-            .collect();
-        let duration_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "mjgate_request_duration_seconds",
-                "Time from request head to response head, by route.",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid metric");
-        let request_duration = RouteLabel::ALL
-            .iter()
-            .map(|route| duration_vec.with_label_values(&[route.as_str()]))
-            .collect();
-        let lookups_vec = IntCounterVec::new(
-            Opts::new(
-                "mjgate_task_lookups_total",
-                "Task ids looked up by fetches and batches in this replica's cache, by outcome (miss = asked of Redis when configured, then the upstream).",
-            ),
+        );
+        let duration = r.histograms(
+            "mjgate_request_duration_seconds",
+            "Time from request head to response head, by route.",
+            "route",
+        );
+        let lookups = r.counters(
+            "mjgate_task_lookups_total",
+            "Task ids looked up by fetches and batches in this replica's cache, by outcome (miss = asked of Redis when configured, then the upstream).",
             &["cache"],
-        )
-        .expect("valid metric");
-        let task_lookups = Outcome::ALL
-            .iter()
-            .map(|o| lookups_vec.with_label_values(&[o.as_str()]))
-            .collect();
-        let upstream_vec = IntCounterVec::new(
-            Opts::new(
-                "mjgate_upstream_requests_total",
-                "Upstream calls by route and result (status class, error or timeout).",
-            ),
+        );
+        let upstream = r.counters(
+            "mjgate_upstream_requests_total",
+            "Upstream calls by route and result (status class, error or timeout).",
             &["route", "status"],
-        )
-        .expect("valid metric");
-        let upstream_requests = UPSTREAM_ROUTES
-            .iter()
-            .map(|route| {
-                UPSTREAM_RESULTS
-                    .iter()
-                    .map(|r| upstream_vec.with_label_values(&[route.as_str(), r]))
-                    .collect()
-            })
-            .collect();
-        let upstream_duration_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "mjgate_upstream_request_duration_seconds",
-                "Upstream call time to the whole answer (cached routes) or its head (passthrough).",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid metric");
-        let upstream_duration = UPSTREAM_ROUTES
-            .iter()
-            .map(|route| upstream_duration_vec.with_label_values(&[route.as_str()]))
-            .collect();
-        let upstream_in_flight =
-            IntGauge::new("mjgate_upstream_in_flight", "Upstream calls in progress.")
-                .expect("valid metric");
-        let collapse_waiters = IntGauge::new(
-            "mjgate_collapse_waiters",
-            "Requests waiting on another request's upstream call right now.",
-        )
-        .expect("valid metric");
-        let client_connections =
-            IntGauge::new("mjgate_client_connections", "Open client connections.")
-                .expect("valid metric");
-        let refused_connections = IntCounter::new(
-            "mjgate_client_connections_refused_total",
-            "Client connections closed on accept because server.max_connections was reached.",
-        )
-        .expect("valid metric");
-        let log_lines_dropped = IntCounter::new(
-            "mjgate_log_lines_dropped_total",
-            "Log lines dropped because the log output (stderr) fell behind; requests never wait on it.",
-        )
-        .expect("valid metric");
-        let cache_entries = IntGaugeVec::new(
-            Opts::new("mjgate_cache_entries", "Cached task answers by class."),
-            &["class"],
-        )
-        .expect("valid metric");
-        let cache_bytes = IntGaugeVec::new(
-            Opts::new(
-                "mjgate_cache_weighted_bytes",
-                "Bytes charged against cache.max_memory, by class.",
-            ),
-            &["class"],
-        )
-        .expect("valid metric");
-        let capacity = IntGauge::new(
+        );
+        let upstream_duration = r.histograms(
+            "mjgate_upstream_request_duration_seconds",
+            "Upstream call time to the whole answer (cached routes) or its head (passthrough).",
+            "route",
+        );
+        let capacity = r.gauge(
             "mjgate_cache_capacity_bytes",
             "The cache's memory budget (cache.max_memory).",
-        )
-        .expect("valid metric");
+        );
         capacity.set(i64::try_from(cache_capacity_bytes).unwrap_or(i64::MAX));
-        let build_info = IntGaugeVec::new(
-            Opts::new("mjgate_build_info", "Always 1; the version is a label."),
+        let handshakes = r.counters(
+            "mjgate_tls_handshakes_total",
+            "TLS handshakes on the main listener, by result (error includes a handshake not done within server.header_read_timeout).",
+            &["result"],
+        );
+        let reloads = r.counters(
+            "mjgate_tls_reloads_total",
+            "Listener certificate reloads after its files changed or SIGHUP, by result (error: the old certificate keeps serving).",
+            &["result"],
+        );
+        r.gauges(
+            "mjgate_build_info",
+            "Always 1; the version is a label.",
             &["version"],
         )
-        .expect("valid metric");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-
-        let upstream_refused = IntCounterVec::new(
-            Opts::new(
-                "mjgate_upstream_refused_total",
-                "Upstream calls not sent: 429 backoff, open circuit, or a ceiling reached.",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        for reason in ["backoff", "circuit_open", "overloaded"] {
-            upstream_refused.with_label_values(&[reason]);
-        }
-        let client_errors = IntCounterVec::new(
-            Opts::new(
-                "mjgate_client_errors_total",
-                "Requests refused for the client's own fault (never counted against the upstream): a request the gateway does not admit, or a request body too large, stalled, or malformed or cut short.",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        for reason in CLIENT_ERRORS {
-            client_errors.with_label_values(&[reason]);
-        }
-        let upstream_tls_errors = IntCounterVec::new(
-            Opts::new(
-                "mjgate_upstream_tls_errors_total",
-                "Upstream connections whose TLS certificate was refused, by cause.",
-            ),
-            &["cause"],
-        )
-        .expect("valid metric");
-        for fault in crate::tls::CertificateFault::ALL {
-            upstream_tls_errors.with_label_values(&[fault.label()]);
-        }
-        let tls_handshakes_vec = IntCounterVec::new(
-            Opts::new(
-                "mjgate_tls_handshakes_total",
-                "TLS handshakes on the main listener, by result (error includes a handshake not done within server.header_read_timeout).",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let tls_reloads_vec = IntCounterVec::new(
-            Opts::new(
-                "mjgate_tls_reloads_total",
-                "Listener certificate reloads after its files changed or SIGHUP, by result (error: the old certificate keeps serving).",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let tls_handshakes = ["ok", "error"].map(|r| tls_handshakes_vec.with_label_values(&[r]));
-        let tls_reloads = ["ok", "error"].map(|r| tls_reloads_vec.with_label_values(&[r]));
-        let circuit_open = IntGauge::new(
-            "mjgate_upstream_circuit_open",
-            "1 while the circuit breaker fails upstream calls fast, else 0.",
-        )
-        .expect("valid metric");
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(upstream_refused.clone()),
-            Box::new(client_errors.clone()),
-            Box::new(upstream_tls_errors.clone()),
-            Box::new(tls_handshakes_vec),
-            Box::new(tls_reloads_vec),
-            Box::new(circuit_open.clone()),
-            Box::new(requests_vec),
-            Box::new(duration_vec),
-            Box::new(lookups_vec),
-            Box::new(upstream_vec),
-            Box::new(upstream_duration_vec),
-            Box::new(upstream_in_flight.clone()),
-            Box::new(collapse_waiters.clone()),
-            Box::new(client_connections.clone()),
-            Box::new(refused_connections.clone()),
-            Box::new(log_lines_dropped.clone()),
-            Box::new(cache_entries.clone()),
-            Box::new(cache_bytes.clone()),
-            Box::new(capacity),
-            Box::new(build_info),
-        ];
-        for collector in collectors {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         #[cfg(target_os = "linux")]
         {
             // CPU, RSS, open fds, start time: process_* as every Prometheus client exports them.
@@ -694,33 +535,96 @@ impl Metrics {
                 .register(Box::new(process))
                 .expect("process metrics register once");
         }
-
-        let shared = SharedMetrics::new(&registry);
-        let watch = WatchMetrics::new(&registry);
         Metrics {
-            shared,
-            watch,
-            registry,
-            requests,
-            request_duration,
-            task_lookups,
-            upstream_requests,
-            upstream_duration,
-            upstream_in_flight,
-            collapse_waiters,
-            client_connections,
-            refused_connections,
-            log_lines_dropped,
-            cache_entries,
-            cache_bytes,
+            requests: RouteLabel::ALL
+                .iter()
+                .map(|route| {
+                    Outcome::ALL
+                        .iter()
+                        .map(|o| requests.with_label_values(&[route.as_str(), o.as_str()]))
+                        .collect()
+                })
+                .collect(),
+            request_duration: RouteLabel::ALL
+                .iter()
+                .map(|route| duration.with_label_values(&[route.as_str()]))
+                .collect(),
+            task_lookups: Outcome::ALL
+                .iter()
+                .map(|o| lookups.with_label_values(&[o.as_str()]))
+                .collect(),
+            upstream_requests: UPSTREAM_ROUTES
+                .iter()
+                .map(|route| {
+                    UPSTREAM_RESULTS
+                        .iter()
+                        .map(|result| upstream.with_label_values(&[route.as_str(), result]))
+                        .collect()
+                })
+                .collect(),
+            upstream_duration: UPSTREAM_ROUTES
+                .iter()
+                .map(|route| upstream_duration.with_label_values(&[route.as_str()]))
+                .collect(),
+            upstream_in_flight: r.gauge("mjgate_upstream_in_flight", "Upstream calls in progress."),
+            collapse_waiters: r.gauge(
+                "mjgate_collapse_waiters",
+                "Requests waiting on another request's upstream call right now.",
+            ),
+            client_connections: r.gauge("mjgate_client_connections", "Open client connections."),
+            refused_connections: r.counter(
+                "mjgate_client_connections_refused_total",
+                "Client connections closed on accept because server.max_connections was reached.",
+            ),
+            log_lines_dropped: r.counter(
+                "mjgate_log_lines_dropped_total",
+                "Log lines dropped because the log output (stderr) fell behind; requests never wait on it.",
+            ),
+            cache_entries: r.gauges(
+                "mjgate_cache_entries",
+                "Cached task answers by class.",
+                &["class"],
+            ),
+            cache_bytes: r.gauges(
+                "mjgate_cache_weighted_bytes",
+                "Bytes charged against cache.max_memory, by class.",
+                &["class"],
+            ),
             class_entries: Default::default(),
             class_bytes: Default::default(),
-            upstream_refused,
-            client_errors,
-            upstream_tls_errors,
-            tls_handshakes,
-            tls_reloads,
-            circuit_open,
+            upstream_refused: labelled(
+                r.counters(
+                    "mjgate_upstream_refused_total",
+                    "Upstream calls not sent: 429 backoff, open circuit, or a ceiling reached.",
+                    &["reason"],
+                ),
+                ["backoff", "circuit_open", "overloaded"],
+            ),
+            client_errors: labelled(
+                r.counters(
+                    "mjgate_client_errors_total",
+                    "Requests refused for the client's own fault (never counted against the upstream): a request the gateway does not admit, or a request body too large, stalled, or malformed or cut short.",
+                    &["reason"],
+                ),
+                CLIENT_ERRORS,
+            ),
+            upstream_tls_errors: labelled(
+                r.counters(
+                    "mjgate_upstream_tls_errors_total",
+                    "Upstream connections whose TLS certificate was refused, by cause.",
+                    &["cause"],
+                ),
+                crate::tls::CertificateFault::ALL.map(|fault| fault.label()),
+            ),
+            tls_handshakes: ["ok", "error"].map(|result| handshakes.with_label_values(&[result])),
+            tls_reloads: ["ok", "error"].map(|result| reloads.with_label_values(&[result])),
+            circuit_open: r.gauge(
+                "mjgate_upstream_circuit_open",
+                "1 while the circuit breaker fails upstream calls fast, else 0.",
+            ),
+            shared: SharedMetrics::new(&r),
+            watch: WatchMetrics::new(&r),
+            registry,
         }
     }
 
