@@ -1,6 +1,7 @@
 //! The accept loop: connection limits, HTTP/1.1 and HTTP/2 serving, and the graceful drain on shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -96,23 +97,7 @@ pub async fn serve(
         }
         None => (None, None),
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .keep_alive(true);
-    // HTTP/2 peers are pinged when quiet and dropped when they do not answer: a client that opens
-    // a connection and then ignores it (or vanished without a FIN) is gone within two idle timeouts,
-    // while a live one answers pings on its own and keeps its streams.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(config.idle_timeout))
-        .keep_alive_timeout(config.idle_timeout.min(Duration::from_secs(20)))
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(config));
     let connections = Arc::new(Semaphore::new(config.max_connections));
     // Tells every connection to finish what it is serving and close: the drain.
     let (closing, _) = watch::channel(false);
@@ -147,99 +132,19 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let open = gateway.metrics().client_connection();
-        // Set by every request, cleared by the idle check: a connection that went a whole
-        // `idle_timeout` without one is closed. Unset until the first request arrives.
-        let active = Arc::new(AtomicBool::new(false));
-        let service = {
-            let gateway = Arc::clone(&gateway);
-            let active = Arc::clone(&active);
-            // Per connection: the credential it sent last, so hits need not hash it again.
-            let memo = std::cell::RefCell::new(FingerprintMemo::default());
-            service_fn(move |request| {
-                active.store(true, Ordering::Relaxed);
-                gateway.serve(request, peer, listener, &memo)
-            })
+        let connection = Connection {
+            gateway: Arc::clone(&gateway),
+            builder: Arc::clone(&builder),
+            tls: acceptor.clone().filter(|_| listener == Listener::Main),
+            closing: closing.subscribe(),
+            head_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            peer,
+            listener,
         };
-        let mut closing = closing.subscribe();
-        let idle_timeout = config.idle_timeout;
-        let handshake_timeout = config.header_read_timeout;
-        let acceptor = acceptor.clone().filter(|_| listener == Listener::Main);
-        let builder = Arc::clone(&builder);
-        let metrics_gateway = Arc::clone(&gateway);
-        // Served until it ends. On the drain signal, or when a whole `idle_timeout` passes without a
-        // new request, it is shut down gracefully: HTTP/1 finishes the response in flight and closes,
-        // HTTP/2 sends GOAWAY and lets its open streams finish. `header_read_timeout` closes idle
-        // HTTP/1 connections sooner; this is what closes idle HTTP/2 ones, which would otherwise hold
-        // a connection slot for as long as the client likes.
         tokio::spawn(async move {
-            let stream = match acceptor {
-                None => ClientStream::Plain(stream),
-                // The handshake runs here, not in the accept loop, under the head's deadline: a
-                // client that connects and never says hello holds nothing but its own slot.
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            metrics_gateway.metrics().tls_handshake(true);
-                            ClientStream::Tls(Box::new(stream))
-                        }
-                        failed => {
-                            metrics_gateway.metrics().tls_handshake(false);
-                            let error = match failed {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "timed out".to_owned(),
-                            };
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            drop(open);
-                            drop(permit);
-                            return;
-                        }
-                    }
-                }
-            };
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            // Built once, not per wake-up: this loop runs on every read and write of the connection.
-            let drain = closing.wait_for(|closing| *closing);
-            let idle_check = tokio::time::sleep(idle_timeout);
-            // hyper's own head timeout starts with the first byte, and nothing times the read that
-            // tells HTTP/1 from HTTP/2: a client that connects (and shakes hands) but never sends a
-            // request would hold its slot until the idle check. Like nginx's client_header_timeout,
-            // the first request must arrive within `header_read_timeout` of the connection.
-            let first_request = tokio::time::sleep(handshake_timeout);
-            tokio::pin!(drain, idle_check, first_request);
-            let mut closed = false;
-            let mut first_seen = false;
-            let result = loop {
-                tokio::select! {
-                    biased;
-                    result = connection.as_mut() => break result,
-                    () = &mut first_request, if !first_seen => {
-                        if !active.load(Ordering::Relaxed) {
-                            tracing::debug!(%peer, "no request within header_read_timeout: closed");
-                            break Ok(());
-                        }
-                        first_seen = true;
-                    }
-                    _ = &mut drain, if !closed => {
-                        connection.as_mut().graceful_shutdown();
-                        closed = true;
-                    }
-                    () = &mut idle_check, if !closed => {
-                        if active.swap(false, Ordering::Relaxed) {
-                            idle_check.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                        } else {
-                            connection.as_mut().graceful_shutdown();
-                            closed = true;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let open = connection.gateway.metrics().client_connection();
+            connection.serve(stream).await;
             drop(open);
             drop(permit);
         });
@@ -249,6 +154,36 @@ pub async fn serve(
     drop(admin);
     drop(reloader);
     gateway.start_draining();
+    Ok(drain(&closing, &connections, config).await)
+}
+
+/// The HTTP/1.1 and HTTP/2 settings every connection is served with.
+fn http_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    // HTTP/2 peers are pinged when quiet and dropped when they do not answer: a client that opens
+    // a connection and then ignores it (or vanished without a FIN) is gone within two idle timeouts,
+    // while a live one answers pings on its own and keeps its streams.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(config.idle_timeout))
+        .keep_alive_timeout(config.idle_timeout.min(Duration::from_secs(20)))
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Tells every connection to finish and close, then waits for them, `shutdown_grace` at most.
+async fn drain(
+    closing: &watch::Sender<bool>,
+    connections: &Semaphore,
+    config: &ServerConfig,
+) -> Drain {
     tracing::info!(grace = ?config.shutdown_grace, "shutdown signal received, draining connections");
     closing.send_replace(true);
     // Every connection holds a permit until it is gone: all of them back means the drain is done.
@@ -262,7 +197,116 @@ pub async fn serve(
         Drain::Complete => tracing::info!("drain complete"),
         Drain::TimedOut => tracing::warn!("grace period elapsed with requests still in flight"),
     }
-    Ok(drain)
+    drain
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Set on the main listener when it serves TLS.
+    tls: Option<TlsAcceptor>,
+    /// Turns true when the drain begins.
+    closing: watch::Receiver<bool>,
+    head_timeout: Duration,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+    listener: Listener,
+}
+
+impl Connection {
+    /// Serves the connection until it ends. On the drain signal, or when a whole `idle_timeout`
+    /// passes without a new request, it is shut down gracefully: HTTP/1 finishes the response in
+    /// flight and closes, HTTP/2 sends GOAWAY and lets its open streams finish. `header_read_timeout`
+    /// closes idle HTTP/1 connections sooner; the idle check is what closes idle HTTP/2 ones, which
+    /// would otherwise hold a connection slot for as long as the client likes.
+    async fn serve(mut self, stream: TcpStream) {
+        let Some(stream) = self.handshake(stream).await else {
+            return;
+        };
+        let peer = self.peer;
+        // Set by every request, cleared by the idle check: a connection that went a whole
+        // `idle_timeout` without one is closed. Unset until the first request arrives.
+        let active = Arc::new(AtomicBool::new(false));
+        let service = {
+            let gateway = Arc::clone(&self.gateway);
+            let active = Arc::clone(&active);
+            let listener = self.listener;
+            // Per connection: the credential it sent last, so hits need not hash it again.
+            let memo = std::cell::RefCell::new(FingerprintMemo::default());
+            service_fn(move |request| {
+                active.store(true, Ordering::Relaxed);
+                gateway.serve(request, peer, listener, &memo)
+            })
+        };
+        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        // Built once, not per wake-up: this loop runs on every read and write of the connection.
+        let idle_timeout = self.idle_timeout;
+        let drain = self.closing.wait_for(|closing| *closing);
+        let idle_check = tokio::time::sleep(idle_timeout);
+        // hyper's own head timeout starts with the first byte, and nothing times the read that
+        // tells HTTP/1 from HTTP/2: a client that connects (and shakes hands) but never sends a
+        // request would hold its slot until the idle check. Like nginx's client_header_timeout,
+        // the first request must arrive within `header_read_timeout` of the connection.
+        let first_request = tokio::time::sleep(self.head_timeout);
+        tokio::pin!(drain, idle_check, first_request);
+        let mut closed = false;
+        let mut first_seen = false;
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = connection.as_mut() => break result,
+                () = &mut first_request, if !first_seen => {
+                    if !active.load(Ordering::Relaxed) {
+                        tracing::debug!(%peer, "no request within header_read_timeout: closed");
+                        break Ok(());
+                    }
+                    first_seen = true;
+                }
+                _ = &mut drain, if !closed => {
+                    connection.as_mut().graceful_shutdown();
+                    closed = true;
+                }
+                () = &mut idle_check, if !closed => {
+                    if active.swap(false, Ordering::Relaxed) {
+                        idle_check.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    } else {
+                        connection.as_mut().graceful_shutdown();
+                        closed = true;
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    /// The stream to serve: the socket, or TLS over it once the handshake is done. The handshake runs
+    /// in the connection's own task, not the accept loop, under the head's deadline: a client that
+    /// connects and never says hello holds nothing but its own slot.
+    async fn handshake(&mut self, stream: TcpStream) -> Option<ClientStream> {
+        let Some(acceptor) = &self.tls else {
+            return Some(ClientStream::Plain(stream));
+        };
+        let metrics = self.gateway.metrics();
+        match tokio::time::timeout(self.head_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                metrics.tls_handshake(true);
+                Some(ClientStream::Tls(Box::new(stream)))
+            }
+            failed => {
+                metrics.tls_handshake(false);
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+                None
+            }
+        }
+    }
 }
 
 /// A client's byte stream: the socket itself, or TLS over it. One type for both, so one connection
