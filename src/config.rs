@@ -406,49 +406,64 @@ impl Config {
             .listen
             .or(raw.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let url_text =
-            overrides
-                .upstream
-                .clone()
-                .or(raw.upstream.url)
-                .ok_or(ConfigError::Invalid {
-                    key: "upstream.url",
-                    reason: "is required (set it in the file, MJGATE_UPSTREAM or --upstream)"
-                        .into(),
-                })?;
+        if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
+            return Err(ConfigError::Invalid {
+                key: "admin_listen",
+                reason: "must differ from listen".into(),
+            });
+        }
+        let cache = raw.cache.validate()?;
+        Ok(Config {
+            listen,
+            admin_listen: raw.admin_listen,
+            upstream: raw.upstream.validate(overrides.upstream.clone())?,
+            shared_cache: shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?,
+            cache,
+            batch: raw.batch.validate()?,
+            server: raw.server.validate()?,
+            log: raw.log.validate(),
+            watch: raw.watch.validate()?,
+            tls: listener_tls(raw.tls)?,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self, url_override: Option<String>) -> Result<UpstreamConfig, ConfigError> {
+        let url_text = url_override.or(self.url).ok_or(ConfigError::Invalid {
+            key: "upstream.url",
+            reason: "is required (set it in the file, MJGATE_UPSTREAM or --upstream)".into(),
+        })?;
         let url = UpstreamUrl::parse(&url_text).map_err(|e| ConfigError::Invalid {
             key: "upstream.url",
             reason: e.to_string(),
         })?;
 
-        let max_in_flight = at_least("upstream.max_in_flight", raw.upstream.max_in_flight, 256, 1)?;
-        let roots = raw.upstream.roots.unwrap_or_default();
+        let max_in_flight = at_least("upstream.max_in_flight", self.max_in_flight, 256, 1)?;
+        let roots = self.roots.unwrap_or_default();
         // Only an https upstream uses them, but a bad bundle is a bad config whatever the scheme.
-        if roots != Roots::Webpki || raw.upstream.ca_file.is_some() {
-            upstream_roots(roots, raw.upstream.ca_file.as_deref())?;
+        if roots != Roots::Webpki || self.ca_file.is_some() {
+            upstream_roots(roots, self.ca_file.as_deref())?;
         }
-        let upstream = UpstreamConfig {
+        Ok(UpstreamConfig {
             url,
             roots,
-            ca_file: raw.upstream.ca_file,
+            ca_file: self.ca_file,
             connect_timeout: positive(
                 "upstream.connect_timeout",
-                raw.upstream.connect_timeout,
+                self.connect_timeout,
                 Duration::from_secs(5),
             )?,
             request_timeout: positive(
                 "upstream.request_timeout",
-                raw.upstream.request_timeout,
+                self.request_timeout,
                 Duration::from_secs(30),
             )?,
-            pool_idle_timeout: raw
-                .upstream
-                .pool_idle_timeout
-                .unwrap_or(Duration::from_secs(90)),
-            pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host.unwrap_or(64),
+            pool_idle_timeout: self.pool_idle_timeout.unwrap_or(Duration::from_secs(90)),
+            pool_max_idle_per_host: self.pool_max_idle_per_host.unwrap_or(64),
             max_body: at_least(
                 "upstream.max_body",
-                raw.upstream.max_body.map(|b| b.0),
+                self.max_body.map(|b| b.0),
                 8 << 20,
                 1024,
             )?,
@@ -457,7 +472,7 @@ impl Config {
                 "upstream.max_in_flight_passthrough",
                 at_least(
                     "upstream.max_in_flight_passthrough",
-                    raw.upstream.max_in_flight_passthrough,
+                    self.max_in_flight_passthrough,
                     max_in_flight.div_ceil(2),
                     1,
                 )?,
@@ -465,97 +480,94 @@ impl Config {
             )?,
             max_in_flight_per_credential: at_least(
                 "upstream.max_in_flight_per_credential",
-                raw.upstream.max_in_flight_per_credential,
+                self.max_in_flight_per_credential,
                 32,
                 1,
             )?,
-            max_rps: raw.upstream.max_rps.unwrap_or(0),
-            max_rps_per_credential: raw.upstream.max_rps_per_credential.unwrap_or(0),
-            queue_timeout: raw.upstream.queue_timeout.unwrap_or(Duration::from_secs(1)),
+            max_rps: self.max_rps.unwrap_or(0),
+            max_rps_per_credential: self.max_rps_per_credential.unwrap_or(0),
+            queue_timeout: self.queue_timeout.unwrap_or(Duration::from_secs(1)),
             retry_after_default: positive(
                 "upstream.retry_after_default",
-                raw.upstream.retry_after_default,
+                self.retry_after_default,
                 Duration::from_secs(5),
             )?,
             retry_after_max: positive(
                 "upstream.retry_after_max",
-                raw.upstream.retry_after_max,
+                self.retry_after_max,
                 Duration::from_secs(60),
             )?,
-            breaker_failures: at_least(
-                "upstream.breaker_failures",
-                raw.upstream.breaker_failures,
-                5,
-                1,
-            )?,
+            breaker_failures: at_least("upstream.breaker_failures", self.breaker_failures, 5, 1)?,
             breaker_cooldown: positive(
                 "upstream.breaker_cooldown",
-                raw.upstream.breaker_cooldown,
+                self.breaker_cooldown,
                 Duration::from_secs(5),
             )?,
-        };
-        let cache = CacheConfig {
+        })
+    }
+}
+
+impl RawCache {
+    fn validate(self) -> Result<CacheConfig, ConfigError> {
+        Ok(CacheConfig {
             in_progress_ttl: positive(
                 "cache.in_progress_ttl",
-                raw.cache.in_progress_ttl,
+                self.in_progress_ttl,
                 Duration::from_secs(3),
             )?,
             max_memory: at_least(
                 "cache.max_memory",
-                raw.cache.max_memory.map(|b| b.0),
+                self.max_memory.map(|b| b.0),
                 256 << 20,
                 64 << 10,
             )?,
-            max_stale: raw.cache.max_stale.unwrap_or(Duration::from_secs(300)),
-            not_found_ttl: raw.cache.not_found_ttl.unwrap_or(Duration::from_secs(1)),
-        };
-        let batch = BatchConfig {
-            max_body: at_least(
-                "batch.max_body",
-                raw.batch.max_body.map(|b| b.0),
-                1 << 20,
-                64,
-            )?,
-            max_ids: at_least("batch.max_ids", raw.batch.max_ids, 500, 1)?,
-            upstream_chunk: at_least("batch.upstream_chunk", raw.batch.upstream_chunk, 100, 1)?,
-        };
-        let passthrough_buffer_total = raw
-            .server
-            .passthrough_buffer_total
-            .map_or(64 << 20, |b| b.0);
+            max_stale: self.max_stale.unwrap_or(Duration::from_secs(300)),
+            not_found_ttl: self.not_found_ttl.unwrap_or(Duration::from_secs(1)),
+        })
+    }
+}
+
+impl RawBatch {
+    fn validate(self) -> Result<BatchConfig, ConfigError> {
+        Ok(BatchConfig {
+            max_body: at_least("batch.max_body", self.max_body.map(|b| b.0), 1 << 20, 64)?,
+            max_ids: at_least("batch.max_ids", self.max_ids, 500, 1)?,
+            upstream_chunk: at_least("batch.upstream_chunk", self.upstream_chunk, 100, 1)?,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let passthrough_buffer_total = self.passthrough_buffer_total.map_or(64 << 20, |b| b.0);
         // Each buffer is one reservation of the total, counted as semaphore permits (u32).
         let passthrough_buffer = at_most(
             "server.passthrough_buffer",
-            raw.server.passthrough_buffer.map_or(64 << 10, |b| b.0),
+            self.passthrough_buffer.map_or(64 << 10, |b| b.0),
             passthrough_buffer_total.min(u64::from(u32::MAX)),
         )?;
-        let server = ServerConfig {
-            shutdown_grace: raw.server.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+        Ok(ServerConfig {
+            shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             header_read_timeout: positive(
                 "server.header_read_timeout",
-                raw.server.header_read_timeout,
+                self.header_read_timeout,
                 Duration::from_secs(10),
             )?,
             max_connections: at_most(
                 "server.max_connections",
-                at_least(
-                    "server.max_connections",
-                    raw.server.max_connections,
-                    10_000,
-                    1,
-                )?,
+                at_least("server.max_connections", self.max_connections, 10_000, 1)?,
                 // Each is a file descriptor; the drain counts them back as semaphore permits (u32).
                 1_000_000,
             )?,
             max_header_bytes: at_least(
                 "server.max_header_bytes",
-                raw.server.max_header_bytes.map(|b| b.0 as usize),
+                self.max_header_bytes.map(|b| b.0 as usize),
                 64 << 10,
                 8 << 10,
             )?,
             max_request_body: at_least(
                 "server.max_request_body",
-                raw.server.max_request_body.map(|b| b.0),
+                self.max_request_body.map(|b| b.0),
                 32 << 20,
                 1024,
             )?,
@@ -563,59 +575,41 @@ impl Config {
             passthrough_buffer_total,
             body_read_timeout: positive(
                 "server.body_read_timeout",
-                raw.server.body_read_timeout,
+                self.body_read_timeout,
                 Duration::from_secs(30),
             )?,
             idle_timeout: positive(
                 "server.idle_timeout",
-                raw.server.idle_timeout,
+                self.idle_timeout,
                 Duration::from_secs(60),
             )?,
-        };
-        let log = LogConfig {
-            format: raw.log.format.unwrap_or_default(),
-            filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
-            access: raw.log.access.unwrap_or(false),
-        };
-        let shared_cache = shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?;
-        let tls = listener_tls(raw.tls)?;
-        let watch = WatchConfig {
-            max_wait: positive(
-                "watch.max_wait",
-                raw.watch.max_wait,
-                Duration::from_secs(60),
-            )?,
-            max_open: at_least("watch.max_open", raw.watch.max_open, 10_000, 1)?,
+        })
+    }
+}
+
+impl RawWatch {
+    fn validate(self) -> Result<WatchConfig, ConfigError> {
+        Ok(WatchConfig {
+            max_wait: positive("watch.max_wait", self.max_wait, Duration::from_secs(60))?,
+            max_open: at_least("watch.max_open", self.max_open, 10_000, 1)?,
             max_open_per_credential: at_least(
                 "watch.max_open_per_credential",
-                raw.watch.max_open_per_credential,
+                self.max_open_per_credential,
                 1_000,
                 1,
             )?,
-            heartbeat: positive(
-                "watch.heartbeat",
-                raw.watch.heartbeat,
-                Duration::from_secs(15),
-            )?,
-        };
-        if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
-            return Err(ConfigError::Invalid {
-                key: "admin_listen",
-                reason: "must differ from listen".into(),
-            });
-        }
-        Ok(Config {
-            listen,
-            admin_listen: raw.admin_listen,
-            upstream,
-            cache,
-            batch,
-            server,
-            log,
-            shared_cache,
-            watch,
-            tls,
+            heartbeat: positive("watch.heartbeat", self.heartbeat, Duration::from_secs(15))?,
         })
+    }
+}
+
+impl RawLog {
+    fn validate(self) -> LogConfig {
+        LogConfig {
+            format: self.format.unwrap_or_default(),
+            filter: self.filter.unwrap_or_else(|| "info".to_owned()),
+            access: self.access.unwrap_or(false),
+        }
     }
 }
 
