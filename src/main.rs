@@ -223,20 +223,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) | None => {}
     }
     let check_only = matches!(args.command, Some(Command::CheckConfig));
-    let overrides = Overrides {
-        listen: args.listen,
-        upstream: args.upstream,
-        redis_url: args.redis_url,
-        fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
-    };
-    let loaded = match &args.config {
-        Some(path) => Config::load(path, &overrides),
-        None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(std::path::Path::new(config::DEFAULT_PATH), &overrides)
-        }
-        None => Config::from_toml("", &overrides),
-    };
-    let config = match loaded {
+    let config = match load_config(&args) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("mjgate: {e}");
@@ -249,9 +236,31 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout().lock(), "{}", config_summary(&config));
         return ExitCode::SUCCESS;
     }
-    // Held to the end of `main`: dropping it flushes the log lines still queued.
-    let _log_writer = init_logging(&config.log);
+    run_gateway(config)
+}
 
+/// The config as the gateway reads it: the file (`--config`, else the default path when it exists),
+/// then the environment and flags over it.
+fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
+    let overrides = Overrides {
+        listen: args.listen,
+        upstream: args.upstream.clone(),
+        redis_url: args.redis_url.clone(),
+        fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
+    };
+    match &args.config {
+        Some(path) => Config::load(path, &overrides),
+        None if std::path::Path::new(config::DEFAULT_PATH).exists() => {
+            Config::load(std::path::Path::new(config::DEFAULT_PATH), &overrides)
+        }
+        None => Config::from_toml("", &overrides),
+    }
+}
+
+/// Binds, serves until SIGTERM or SIGINT, drains, and says how it went.
+fn run_gateway(config: Config) -> ExitCode {
+    // Held to the end: dropping it flushes the log lines still queued.
+    let _log_writer = init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -264,25 +273,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let stop = mjgate::shutdown::signal();
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| mjgate::Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| mjgate::Error::Bind { addr, source })
+        };
+        let main = bind(config.listen).await?;
         let admin = match config.admin_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| mjgate::Error::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         tracing::info!(upstream = %config.upstream.url, "mjgate starting");
-        let listeners = mjgate::server::Listeners {
-            main: listener,
-            admin,
-        };
+        let listeners = mjgate::server::Listeners { main, admin };
         mjgate::run(listeners, config, stop).await
     });
     match result {
