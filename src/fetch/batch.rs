@@ -98,6 +98,63 @@ enum Source {
     Flight(Landing<Landed>),
 }
 
+/// Where each id of a batch gets its answer, decided before anything is awaited.
+struct Plan<'a> {
+    /// Per id, in request order: its source, and the stale answer to fall back on if that fails.
+    sources: Vec<(Source, Option<Arc<CachedTask>>)>,
+    /// The flights this batch leads: their ids go upstream.
+    flights: Vec<(TaskId<'a>, Flight<Landed>)>,
+    /// The statuses of refreshes that failed moments ago, whose stale answers stand in.
+    held: Vec<u16>,
+    /// Ids answered from the cache.
+    cached: usize,
+}
+
+/// How a batch was served, counted as its answers came in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    ids: usize,
+    /// From this replica's cache.
+    cached: usize,
+    /// Ids this batch led that another replica's answer (in the shared tier) settled.
+    shared: usize,
+    /// Ids this batch led (called the upstream or the shared tier for).
+    led: usize,
+    /// A failed refresh's status, when a stale answer stood in for at least one id.
+    stale: Option<u16>,
+}
+
+impl Tally {
+    /// The batch's `Cache-Status` and metric outcome: stale when any id was, a hit when all came from
+    /// the cache, shared when the rest came from other replicas, partial when some did, collapsed
+    /// when every id was another request's flight, else a miss.
+    fn outcome(self) -> (CacheStatus, Outcome) {
+        let stored = CacheStatus::Miss {
+            stored: true,
+            fwd_status: None,
+        };
+        if let Some(fwd_status) = self.stale {
+            (CacheStatus::Stale { fwd_status }, Outcome::Stale)
+        } else if self.cached == self.ids {
+            (CacheStatus::Hit { ttl: None }, Outcome::Hit)
+        } else if self.cached + self.shared == self.ids {
+            (CacheStatus::Shared, Outcome::Shared)
+        } else if self.cached + self.shared > 0 {
+            (CacheStatus::Partial, Outcome::Partial)
+        } else if self.led == 0 {
+            (stored, Outcome::Collapsed)
+        } else {
+            (stored, Outcome::Miss)
+        }
+    }
+
+    /// The upstream status the access log names: the failed refresh's, or 200 when this batch's own
+    /// call answered.
+    fn upstream_status(self) -> Option<u16> {
+        self.stale.or((self.led > self.shared).then_some(200))
+    }
+}
+
 impl Fetcher {
     /// The tasks of a `list-by-condition` query by `ids`, each from the cache or a flight, the ids
     /// nobody has asked of the upstream in calls of at most `batch.upstream_chunk`: one envelope back,
@@ -110,15 +167,55 @@ impl Fetcher {
         client: ClientInfo,
     ) -> Served {
         let fingerprint = self.fingerprinter.fingerprint(headers);
-        // Per id: where its answer comes from, and the stale answer to fall back on if that fails.
-        let mut sources: Vec<(Source, Option<Arc<CachedTask>>)> = Vec::with_capacity(ids.len());
-        let mut flights: Vec<(TaskId<'_>, Flight<Landed>)> = Vec::new();
-        let mut held = Vec::new();
+        let plan = self.plan(&fingerprint, ids);
+        let Plan {
+            sources,
+            flights,
+            held,
+            cached,
+        } = plan;
+        let led = flights.len();
+        self.metrics.task_lookups(Outcome::Hit, cached as u64);
+        self.metrics.task_lookups(Outcome::Miss, led as u64);
+        self.metrics
+            .task_lookups(Outcome::Collapsed, (sources.len() - cached - led) as u64);
+        self.launch_batch_calls(path, headers, fingerprint, client, flights);
+        let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
+        let mut tally = Tally {
+            ids: ids.len(),
+            cached,
+            led,
+            stale: held.first().copied(),
+            ..Tally::default()
+        };
+        let tasks = match self.collect(&fingerprint, ids, sources, &mut tally).await {
+            Ok(tasks) => tasks,
+            Err(served) => return served,
+        };
+        drop(waiting);
+        let (status, outcome) = tally.outcome();
+        Served::new(
+            array_response(&tasks, status),
+            outcome,
+            tally.upstream_status(),
+        )
+    }
+
+    /// Looks every id up: fresh in the cache, held stale after a failed refresh, or joined to a
+    /// flight (led by this batch when nobody else is fetching it).
+    fn plan<'a>(&self, fingerprint: &CredentialFingerprint, ids: &[TaskId<'a>]) -> Plan<'a> {
+        let mut plan = Plan {
+            sources: Vec::with_capacity(ids.len()),
+            flights: Vec::new(),
+            held: Vec::new(),
+            cached: 0,
+        };
         for &id in ids {
-            let key = KeyBuf::new(&fingerprint, id);
+            let key = KeyBuf::new(fingerprint, id);
             let stale = match self.cache.lookup(key.as_bytes()) {
                 Lookup::Fresh { task, .. } => {
-                    sources.push((Source::Cached(task), None));
+                    plan.sources.push((Source::Cached(task), None));
+                    plan.cached += 1;
                     continue;
                 }
                 other => other.stale(),
@@ -127,54 +224,55 @@ impl Fetcher {
                 && let Some(status) = self.cache.refresh_held(key.as_bytes())
             {
                 // A refresh failed moments ago: the stale answer stands in without a new call.
-                held.push(status);
-                sources.push((Source::Cached(Arc::clone(stale)), None));
+                plan.held.push(status);
+                plan.sources.push((Source::Cached(Arc::clone(stale)), None));
+                plan.cached += 1;
                 continue;
             }
             match self.flights.join(key.as_bytes()) {
-                Role::Follower(landing) => sources.push((Source::Flight(landing), stale)),
+                Role::Follower(landing) => plan.sources.push((Source::Flight(landing), stale)),
                 Role::Leader(flight) => {
                     // As for a fetch: a flight that landed since our lookup left its answer in the cache.
                     if let Lookup::Fresh { task, .. } = self.cache.lookup(key.as_bytes()) {
                         flight.land(Landed::Stored(Arc::clone(&task)));
-                        sources.push((Source::Cached(task), None));
+                        plan.sources.push((Source::Cached(task), None));
+                        plan.cached += 1;
                     } else {
-                        sources.push((Source::Flight(flight.landing()), stale));
-                        flights.push((id, flight));
+                        plan.sources.push((Source::Flight(flight.landing()), stale));
+                        plan.flights.push((id, flight));
                     }
                 }
             }
         }
-        let cached = sources
-            .iter()
-            .filter(|(s, _)| matches!(s, Source::Cached(_)))
-            .count();
-        let led = flights.len();
-        self.metrics.task_lookups(Outcome::Hit, cached as u64);
-        self.metrics.task_lookups(Outcome::Miss, led as u64);
-        self.metrics
-            .task_lookups(Outcome::Collapsed, (sources.len() - cached - led) as u64);
-        self.launch_batch_calls(path, headers, fingerprint, client, flights);
+        plan
+    }
 
-        let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
+    /// Waits for every source in order and gathers the tasks to answer with. `Err` is the answer
+    /// instead: an upstream error that no stale answer can stand in for.
+    async fn collect(
+        &self,
+        fingerprint: &CredentialFingerprint,
+        ids: &[TaskId<'_>],
+        sources: Vec<(Source, Option<Arc<CachedTask>>)>,
+        tally: &mut Tally,
+    ) -> Result<Vec<Arc<CachedTask>>, Served> {
         let mut tasks = Vec::with_capacity(sources.len());
-        // Ids this batch led that another replica's answer (in the shared tier) settled.
-        let mut shared = 0;
-        let mut stale_status = held.first().copied();
         for (index, (source, stale)) in sources.into_iter().enumerate() {
             let landed = match source {
                 Source::Cached(task) => Landed::Stored(task),
                 Source::Flight(landing) => match landing.wait().await {
                     Ok(landed) => landed,
                     Err(abandoned) => {
-                        return Served::bypass(RequestError::from(abandoned).into_response());
+                        return Err(Served::bypass(
+                            RequestError::from(abandoned).into_response(),
+                        ));
                     }
                 },
             };
             if let (Some(status), Some(stale)) = (failure_status(&landed), stale) {
-                let key = KeyBuf::new(&fingerprint, ids[index]);
+                let key = KeyBuf::new(fingerprint, ids[index]);
                 self.hold_if_failed(key.as_bytes(), &landed, true);
-                stale_status = Some(status);
+                tally.stale = Some(status);
                 tasks.push(stale);
                 continue;
             }
@@ -184,7 +282,7 @@ impl Fetcher {
                     if task.class == TaskClass::NotFound => {}
                 Landed::Stored(task) => tasks.push(task),
                 Landed::Shared(task) => {
-                    shared += 1;
+                    tally.shared += 1;
                     tasks.push(task);
                 }
                 Landed::NotReturned => {}
@@ -196,7 +294,7 @@ impl Fetcher {
                         fwd_status: Some(status),
                     };
                     let response = passed_response(&reply, not_stored);
-                    return Served::new(response, Outcome::Miss, Some(status));
+                    return Err(Served::new(response, Outcome::Miss, Some(status)));
                 }
                 Landed::Failed(e) => {
                     let not_stored = CacheStatus::Miss {
@@ -207,31 +305,11 @@ impl Fetcher {
                     response
                         .headers_mut()
                         .insert(CACHE_STATUS.clone(), not_stored.header_value());
-                    return Served::new(response, Outcome::Miss, None);
+                    return Err(Served::new(response, Outcome::Miss, None));
                 }
             }
         }
-        drop(waiting);
-        let stored = CacheStatus::Miss {
-            stored: true,
-            fwd_status: None,
-        };
-        let (status, outcome) = if let Some(fwd_status) = stale_status {
-            (CacheStatus::Stale { fwd_status }, Outcome::Stale)
-        } else if cached == ids.len() {
-            (CacheStatus::Hit { ttl: None }, Outcome::Hit)
-        } else if cached + shared == ids.len() {
-            (CacheStatus::Shared, Outcome::Shared)
-        } else if cached + shared > 0 {
-            (CacheStatus::Partial, Outcome::Partial)
-        } else if led == 0 {
-            // Every id came from other requests' calls.
-            (stored, Outcome::Collapsed)
-        } else {
-            (stored, Outcome::Miss)
-        };
-        let upstream_status = stale_status.or((led > shared).then_some(200));
-        Served::new(array_response(&tasks, status), outcome, upstream_status)
+        Ok(tasks)
     }
 
     /// Sends the ids this batch leads upstream, in concurrent calls of at most `batch.upstream_chunk` ids,
@@ -493,5 +571,39 @@ mod tests {
         );
         assert_eq!(tasks["b"].1, TaskClass::InProgress);
         assert!(split_tasks(br#"{"code":4}"#).is_none());
+    }
+
+    #[test]
+    fn a_batch_is_named_by_where_its_ids_came_from() {
+        let tally = |cached, shared, led, stale| Tally {
+            ids: 4,
+            cached,
+            shared,
+            led,
+            stale,
+        };
+        let outcome = |t: Tally| t.outcome().1;
+        assert_eq!(outcome(tally(4, 0, 0, None)), Outcome::Hit);
+        assert_eq!(outcome(tally(2, 2, 2, None)), Outcome::Shared);
+        assert_eq!(outcome(tally(1, 0, 3, None)), Outcome::Partial);
+        assert_eq!(outcome(tally(0, 1, 3, None)), Outcome::Partial);
+        assert_eq!(outcome(tally(0, 0, 0, None)), Outcome::Collapsed);
+        assert_eq!(outcome(tally(0, 0, 4, None)), Outcome::Miss);
+        assert_eq!(
+            outcome(tally(4, 0, 0, Some(503))),
+            Outcome::Stale,
+            "stale wins"
+        );
+        assert_eq!(tally(0, 0, 4, None).upstream_status(), Some(200));
+        assert_eq!(
+            tally(0, 4, 4, None).upstream_status(),
+            None,
+            "Redis answered"
+        );
+        assert_eq!(tally(4, 0, 0, Some(429)).upstream_status(), Some(429));
+        assert_eq!(
+            tally(1, 0, 3, None).outcome().0.header_value(),
+            CacheStatus::Partial.header_value()
+        );
     }
 }
