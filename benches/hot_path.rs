@@ -10,8 +10,9 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 use mjgate::cache::CachedTask;
-use mjgate::credential::{FingerprintMemo, Fingerprinter};
+use mjgate::credential::Fingerprinter;
 use mjgate::gateway::{Gateway, Listener};
+use mjgate::pipeline;
 use mjgate::request::routes;
 use mjgate::task::{TaskClass, TaskId, classify_fetch_body};
 use mjgate::tools::fixed_body::TASK_BODY;
@@ -44,6 +45,7 @@ fn hot_path(c: &mut Criterion) {
             routes::classify(
                 &http::Method::GET,
                 black_box("/mj-fast/mj/task/1709123456000123/fetch"),
+                None,
             )
         })
     });
@@ -59,7 +61,7 @@ fn hot_path(c: &mut Criterion) {
         .unwrap();
     let _guard = runtime.enter();
     let config = mjgate::Config::for_upstream("http://127.0.0.1:9").unwrap();
-    let gateway = Gateway::new(&config).expect("gateway builds");
+    let gateway = Arc::new(Gateway::new(&config).expect("gateway builds"));
     let task = Arc::new(CachedTask::new(
         Bytes::from_static(TASK_BODY.as_bytes()),
         Some(HeaderValue::from_static("application/json")),
@@ -68,11 +70,12 @@ fn hot_path(c: &mut Criterion) {
     gateway.store(&headers, TaskId::parse("task-1").unwrap(), task);
     let mut request = Request::get("/mj/task/task-1/fetch").body(()).unwrap();
     *request.headers_mut() = headers.clone();
-    // As on a kept-alive connection: the credential was seen before.
-    let mut memo = FingerprintMemo::default();
-    c.bench_function("cache hit: route, fingerprint, lookup, response", |b| {
+    // The pipeline's hit path, as on a kept-alive connection: the credential was seen before.
+    let mut handler = gateway.handler(([127, 0, 0, 1], 40000).into(), Listener::Main);
+    c.bench_function("cache hit: the pipeline's hit path", |b| {
         b.iter(|| {
-            let response = gateway.try_hit(black_box(&request), Listener::Main, &mut memo);
+            let response =
+                pipeline::hit(&mut handler, black_box(&request), gateway.metrics(), false);
             assert!(response.is_some());
             response
         })

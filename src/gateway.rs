@@ -1,62 +1,38 @@
 //! The gateway's request handling: route a request, serve task fetches from the cache with collapsing,
 //! and forward everything else; every request is timed, counted and logged in one span.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, IF_NONE_MATCH};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::cache::response::task_response;
 use crate::cache::status::CacheStatus;
-use crate::cache::{CachedTask, KeyBuf, Lookup, conditional};
+use crate::cache::{CachedTask, KeyBuf, Lookup};
 use crate::config::Config;
 use crate::credential::FingerprintMemo;
 use crate::error::{RequestError, json_error};
 use crate::fetch::batch::BatchQuery;
 use crate::fetch::{Fetcher, Served};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
-use crate::push::{Push, long_poll};
+use crate::pipeline::{Answer, Call, Envelope, EnvelopeLayer, HitPath, SlowPath};
+use crate::push::Push;
 use crate::request::admission;
 use crate::request::body::{self as request_body, BodyFault, Prefetched};
-use crate::request::id::{self as request_id, X_REQUEST_ID};
+use crate::request::id::X_REQUEST_ID;
 use crate::request::routes::{self, Route};
 use crate::task::TaskId;
 use crate::upstream::{ClientInfo, UpstreamBody, UpstreamError};
-
-/// The future a request is served by: ready at once for a cache hit, boxed otherwise.
-pub enum Serving {
-    Ready(Option<Response<ResponseBody>>),
-    Pending(Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>),
-}
-
-impl Future for Serving {
-    type Output = Result<Response<ResponseBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Serving::Ready(response) => Poll::Ready(Ok(response.take().unwrap_or_else(|| {
-                // hyper never polls a finished future; answer sanely rather than panic if it did.
-                json_error(StatusCode::INTERNAL_SERVER_ERROR, "response already sent")
-            }))),
-            Serving::Pending(future) => future.as_mut().poll(cx).map(Ok),
-        }
-    }
-}
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,23 +118,25 @@ impl Gateway {
         self.push.start_draining();
     }
 
-    /// Serves one request. A cache hit is answered here and now, with a ready future: it neither
-    /// allocates nor moves the slow path's state machine (batch, passthrough, upstream calls), which is
-    /// boxed for everything else.
-    pub fn serve(
-        self: &Arc<Self>,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-        listener: Listener,
-        memo: &RefCell<FingerprintMemo>,
-    ) -> Serving {
-        let hit = match memo.try_borrow_mut() {
-            Ok(mut memo) => self.try_hit(&request, listener, &mut memo),
-            Err(_) => self.try_hit(&request, listener, &mut FingerprintMemo::default()),
-        };
-        match hit {
-            Some(response) => Serving::Ready(Some(response)),
-            None => Serving::Pending(Box::pin(Arc::clone(self).handle(request, peer, listener))),
+    /// The request pipeline for one connection: the envelope around this gateway's handler. Built
+    /// once per connection; its `call` never waits to be ready.
+    pub fn pipeline(self: &Arc<Self>, peer: SocketAddr, listener: Listener) -> Envelope<Handler> {
+        ServiceBuilder::new()
+            // Outermost: times, counts and logs everything below it, refusals included.
+            .layer(EnvelopeLayer::new(
+                Arc::clone(&self.metrics),
+                self.access_log,
+            ))
+            .service(self.handler(peer, listener))
+    }
+
+    /// This gateway's side of the pipeline for one connection.
+    pub fn handler(self: &Arc<Self>, peer: SocketAddr, listener: Listener) -> Handler {
+        Handler {
+            gateway: Arc::clone(self),
+            peer,
+            listener,
+            memo: FingerprintMemo::default(),
         }
     }
 
@@ -169,18 +147,17 @@ impl Gateway {
         request: &Request<B>,
         listener: Listener,
         memo: &mut FingerprintMemo,
-    ) -> Option<Response<ResponseBody>> {
+    ) -> Option<Served> {
         if listener == Listener::Admin {
             return None;
         }
-        let started = Instant::now();
-        let Route::Fetch(id) = routes::classify(request.method(), request.uri().path()) else {
+        let Route::Fetch(id) = routes::classify(
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+        ) else {
             return None;
         };
-        // A long-poll may have to wait: the slow path decides (and validates `wait`).
-        if request.uri().query().is_some_and(long_poll::asks_to_wait) {
-            return None;
-        }
         // A refused request is answered (and counted) by the slow path.
         let credential = admission::admit(
             request.method(),
@@ -194,59 +171,41 @@ impl Gateway {
         let Lookup::Fresh { task, ttl } = self.fetcher.cache().lookup(key.as_bytes()) else {
             return None;
         };
-        let mut response = task_response(&task, CacheStatus::Hit { ttl }, true);
-        if request.headers().contains_key(IF_NONE_MATCH) {
-            response = self.conditional(request.headers(), response, RouteLabel::Fetch);
-        }
-        let request_id = request_id::of_request(request.headers());
-        let elapsed = started.elapsed();
         self.metrics.task_lookups(Outcome::Hit, 1);
-        self.metrics
-            .request(RouteLabel::Fetch, Outcome::Hit, elapsed);
-        // An event, not a span: nothing to carry into other work, and nothing at all when disabled.
-        if self.access_log {
-            tracing::info!(target: "mjgate::access", id = request_id.to_str().unwrap_or(""), route = "fetch", cache = "hit", status = task.status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "served");
-        } else {
-            tracing::debug!(target: "mjgate::access", id = request_id.to_str().unwrap_or(""), route = "fetch", cache = "hit", status = task.status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "served");
-        }
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
-        Some(response)
+        let response = task_response(&task, CacheStatus::Hit { ttl }, true);
+        Some(Served::new(response, Outcome::Hit, None))
     }
 
-    /// The slow path: routes a request, then counts, times and logs it, and echoes its request id.
-    pub async fn handle(
+    /// The slow path: admits and routes a request and runs its handler, in a span carrying the request
+    /// id (sent upstream too). The envelope around it ([`crate::pipeline`]) does the rest.
+    async fn handle(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        call: Call<Incoming>,
         peer: SocketAddr,
         listener: Listener,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let request_id = request_id::of_request(request.headers());
+    ) -> Answer {
+        let Call {
+            mut request,
+            request_id,
+        } = call;
         request
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        let mut route = routes::classify(request.method(), request.uri().path());
+        let mut route = routes::classify(
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+        );
         if self.admin_separate && listener == Listener::Main && route.is_admin() {
             route = Route::Passthrough;
         }
-        let mut label = route.label();
-        if label == RouteLabel::Fetch && request.uri().query().is_some_and(long_poll::asks_to_wait)
-        {
-            label = RouteLabel::LongPoll;
-        }
-        // `If-None-Match` is checked once the answer is known; batches consume the request.
-        let if_none_match = conditional::if_none_match(request.headers());
+        let label = route.label();
         let span = tracing::info_span!(
             "request",
             id = request_id.to_str().unwrap_or(""),
             route = label.as_str(),
-            cache = Empty,
-            status = Empty,
-            upstream_status = Empty,
-            duration_ms = Empty,
         );
+
         let client = ClientInfo { ip: peer.ip() };
         if let Err(refused) = admission::admit(
             request.method(),
@@ -278,7 +237,7 @@ impl Gateway {
             }
             Route::Ready => Served::bypass(plain(StatusCode::OK, "ready")),
             Route::Metrics => Served::bypass(self.metrics_response()),
-            Route::Fetch(id) if label == RouteLabel::LongPoll => {
+            Route::LongPoll(id) => {
                 self.push
                     .long_poll(&request, id, client)
                     .instrument(span.clone())
@@ -305,50 +264,10 @@ impl Gateway {
             }
         };
 
-        let mut served = served;
-        if let Some(if_none_match) = &if_none_match
-            && matches!(
-                label,
-                RouteLabel::Fetch | RouteLabel::Batch | RouteLabel::LongPoll
-            )
-        {
-            served.response = self.conditional(if_none_match, served.response, label);
+        Answer {
+            served,
+            route: label,
         }
-        let elapsed = started.elapsed();
-        self.metrics.request(label, served.outcome, elapsed);
-        let status = served.response.status().as_u16();
-        span.record("cache", served.outcome.as_str());
-        span.record("status", status);
-        if let Some(upstream_status) = served.upstream_status {
-            span.record("upstream_status", upstream_status);
-        }
-        span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
-        span.in_scope(|| {
-            if self.access_log {
-                tracing::info!(target: "mjgate::access", "served");
-            } else {
-                tracing::debug!(target: "mjgate::access", "served");
-            }
-        });
-        let mut response = served.response;
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
-        response
-    }
-
-    /// `response` as `304 Not Modified` when the request's `If-None-Match` names its `ETag`.
-    fn conditional(
-        &self,
-        request: &HeaderMap,
-        response: Response<ResponseBody>,
-        route: RouteLabel,
-    ) -> Response<ResponseBody> {
-        let (response, not_modified) = conditional::not_modified_if_unchanged(request, response);
-        if not_modified {
-            self.metrics.watch.not_modified(route);
-        }
-        response
     }
 
     fn metrics_response(&self) -> Response<ResponseBody> {
@@ -497,6 +416,46 @@ async fn read_body(
         max,
     )
     .await
+}
+
+/// The gateway's side of one connection's pipeline: admission, routing and the handlers.
+pub struct Handler {
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    listener: Listener,
+    /// The credential this connection sent last, so its hits need not hash it again.
+    memo: FingerprintMemo,
+}
+
+impl<B> HitPath<B> for Handler {
+    fn try_hit(&mut self, request: &Request<B>) -> Option<Answer> {
+        let served = self
+            .gateway
+            .try_hit(request, self.listener, &mut self.memo)?;
+        Some(Answer {
+            served,
+            route: RouteLabel::Fetch,
+        })
+    }
+}
+
+impl Service<Call<Incoming>> for Handler {
+    type Response = Answer;
+    type Error = Infallible;
+    type Future = SlowPath;
+
+    /// Always ready: nothing here queues.
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call<Incoming>) -> SlowPath {
+        let handling = Arc::clone(&self.gateway).handle(call, self.peer, self.listener);
+        Box::pin(async move { Ok(handling.await) })
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {

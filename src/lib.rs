@@ -12,7 +12,8 @@
 //! | --- | --- |
 //! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain; the signal future |
 //! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
-//! | [`gateway`] | request handling: the per-request envelope, routing to the handlers, passthrough |
+//! | [`pipeline`] | the per-request envelope every request goes through: request id, 304, metrics, access log |
+//! | [`gateway`] | admission, routing to the handlers, passthrough |
 //! | [`fetch`] | the fetch core: cache, collapse, shared tier, upstream, classify, store; batches per id |
 //! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status` |
 //! | [`shared`] | the Redis tier replicas share |
@@ -34,6 +35,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod hex;
 pub mod metrics;
+pub mod pipeline;
 pub mod push;
 pub mod request;
 pub mod server;

@@ -18,10 +18,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ServerConfig};
-use crate::credential::FingerprintMemo;
 use crate::error::Error;
 use crate::gateway::{Gateway, Listener};
 use crate::tls::{ListenerCert, Reload};
+use tower::Service as _;
 
 /// How the drain after a shutdown signal ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,11 +232,15 @@ impl Connection {
             let gateway = Arc::clone(&self.gateway);
             let active = Arc::clone(&active);
             let listener = self.listener;
-            // Per connection: the credential it sent last, so hits need not hash it again.
-            let memo = std::cell::RefCell::new(FingerprintMemo::default());
+            // Built once per connection; hyper calls it one request at a time, so the cell is never
+            // borrowed twice (a fresh pipeline would serve if it were).
+            let pipeline = std::cell::RefCell::new(gateway.pipeline(peer, listener));
             service_fn(move |request| {
                 active.store(true, Ordering::Relaxed);
-                gateway.serve(request, peer, listener, &memo)
+                match pipeline.try_borrow_mut() {
+                    Ok(mut pipeline) => pipeline.call(request),
+                    Err(_) => gateway.pipeline(peer, listener).call(request),
+                }
             })
         };
         let connection = self.builder.serve_connection(TokioIo::new(stream), service);

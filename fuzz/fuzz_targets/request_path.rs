@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(path) else {
         return;
     };
-    if let Route::Fetch(id) = classify(&method, path) {
+    if let Route::Fetch(id) | Route::LongPoll(id) = classify(&method, path, Some("wait=1")) {
         let id = id.as_str();
         assert!(!id.is_empty() && id.len() <= 128);
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)));

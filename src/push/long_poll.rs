@@ -21,13 +21,6 @@ use crate::push::watch::{WatchKind, WatchTarget};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::ClientInfo;
 
-/// Whether a query string asks to wait (`wait=...`; a bare `wait` is refused later as invalid).
-pub fn asks_to_wait(query: &str) -> bool {
-    query
-        .split('&')
-        .any(|pair| pair == "wait" || pair.starts_with("wait="))
-}
-
 /// The `wait` a query asks for: whole seconds (`30`) or a humantime duration (`30s`, `1m`, `1500ms`).
 pub fn requested_wait(query: &str) -> Result<Duration, RequestError> {
     let value = query
@@ -116,6 +109,7 @@ mod tests {
 
     #[test]
     fn wait_takes_seconds_or_humantime() {
+        use crate::request::routes::asks_to_wait;
         assert!(asks_to_wait("wait=30s") && asks_to_wait("a=1&wait=5") && asks_to_wait("wait"));
         assert!(!asks_to_wait("waiter=1") && !asks_to_wait("t=1"));
         assert_eq!(requested_wait("wait=30").unwrap(), Duration::from_secs(30));

@@ -17,6 +17,8 @@ pub enum Route<'a> {
     Metrics,
     /// `GET [/{mode}]/mj/task/{id}/fetch`, served from the task cache.
     Fetch(TaskId<'a>),
+    /// `GET [/{mode}]/mj/task/{id}/fetch?wait=...`: answered at once, or held until the task changes.
+    LongPoll(TaskId<'a>),
     /// `GET [/{mode}]/mj/task/{id}/events`: the task's changes as server-sent events (mjgate's own).
     Events(TaskId<'a>),
     /// A fetch or events path with an id that must not reach the upstream.
@@ -36,6 +38,7 @@ impl Route<'_> {
         match self {
             Route::Health | Route::Ready | Route::Metrics => RouteLabel::Admin,
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
+            Route::LongPoll(_) => RouteLabel::LongPoll,
             Route::Events(_) => RouteLabel::Events,
             Route::Batch => RouteLabel::Batch,
             Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
@@ -48,8 +51,15 @@ impl Route<'_> {
     }
 }
 
-/// Classifies a request. `path` is the URI path without the query.
-pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
+/// Whether a query string asks to wait (`wait=...`; a bare `wait` is refused later as invalid).
+pub fn asks_to_wait(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair == "wait" || pair.starts_with("wait="))
+}
+
+/// Classifies a request by its method, path and query (which makes a fetch a long-poll).
+pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Route<'a> {
     match (method, path) {
         (&Method::GET, "/healthz") => return Route::Health,
         (&Method::GET, "/readyz") => return Route::Ready,
@@ -79,6 +89,7 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     // rather than let an id with a slash reach the upstream.
     match TaskId::parse(id) {
         Ok(id) if events => Route::Events(id),
+        Ok(id) if query.is_some_and(asks_to_wait) => Route::LongPoll(id),
         Ok(id) => Route::Fetch(id),
         Err(e) => Route::BadTaskId(e),
     }
@@ -109,17 +120,20 @@ mod tests {
 
     #[test]
     fn fetches_with_and_without_a_mode() {
-        assert_eq!(classify(&Method::GET, "/mj/task/123/fetch"), fetch("123"));
         assert_eq!(
-            classify(&Method::GET, "/mj-fast/mj/task/123/fetch"),
+            classify(&Method::GET, "/mj/task/123/fetch", None),
             fetch("123")
         );
         assert_eq!(
-            classify(&Method::GET, "/mj-relax/mj/task/123/fetch"),
+            classify(&Method::GET, "/mj-fast/mj/task/123/fetch", None),
             fetch("123")
         );
         assert_eq!(
-            classify(&Method::GET, "/a/b/mj/task/123/fetch"),
+            classify(&Method::GET, "/mj-relax/mj/task/123/fetch", None),
+            fetch("123")
+        );
+        assert_eq!(
+            classify(&Method::GET, "/a/b/mj/task/123/fetch", None),
             Route::Passthrough
         );
     }
@@ -127,31 +141,48 @@ mod tests {
     #[test]
     fn bad_ids_are_caught_before_the_upstream() {
         assert_eq!(
-            classify(&Method::GET, "/mj/task//fetch"),
+            classify(&Method::GET, "/mj/task//fetch", None),
             Route::BadTaskId(InvalidTaskId::Empty)
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/a%2Fb/fetch"),
+            classify(&Method::GET, "/mj/task/a%2Fb/fetch", None),
             Route::BadTaskId(InvalidTaskId::BadCharacter)
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/a/b/fetch"),
+            classify(&Method::GET, "/mj/task/a/b/fetch", None),
             Route::BadTaskId(InvalidTaskId::BadCharacter)
+        );
+    }
+
+    #[test]
+    fn a_fetch_that_asks_to_wait_is_a_long_poll() {
+        let id = TaskId::parse("123").unwrap();
+        assert_eq!(
+            classify(&Method::GET, "/mj/task/123/fetch", Some("wait=30s")),
+            Route::LongPoll(id)
+        );
+        assert_eq!(
+            classify(&Method::GET, "/mj/task/123/fetch", Some("x=1&wait")),
+            Route::LongPoll(id)
+        );
+        assert_eq!(
+            classify(&Method::GET, "/mj/task/123/fetch", Some("waiting=1")),
+            Route::Fetch(id)
         );
     }
 
     #[test]
     fn event_streams_are_the_gateways_own() {
         assert_eq!(
-            classify(&Method::GET, "/mj-fast/mj/task/123/events"),
+            classify(&Method::GET, "/mj-fast/mj/task/123/events", None),
             Route::Events(TaskId::parse("123").unwrap())
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/a/b/events"),
+            classify(&Method::GET, "/mj/task/a/b/events", None),
             Route::BadTaskId(InvalidTaskId::BadCharacter)
         );
         assert_eq!(
-            classify(&Method::POST, "/mj/task/123/events"),
+            classify(&Method::POST, "/mj/task/123/events", None),
             Route::Passthrough
         );
     }
@@ -159,32 +190,32 @@ mod tests {
     #[test]
     fn batches_and_the_rest() {
         assert_eq!(
-            classify(&Method::POST, "/mj/task/list-by-condition"),
+            classify(&Method::POST, "/mj/task/list-by-condition", None),
             Route::Batch
         );
         assert_eq!(
-            classify(&Method::POST, "/mj-turbo/mj/task/list-by-condition"),
+            classify(&Method::POST, "/mj-turbo/mj/task/list-by-condition", None),
             Route::Batch
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/list-by-condition"),
+            classify(&Method::GET, "/mj/task/list-by-condition", None),
             Route::Passthrough
         );
         assert_eq!(
-            classify(&Method::POST, "/mj/task/1/fetch"),
+            classify(&Method::POST, "/mj/task/1/fetch", None),
             Route::Passthrough
         );
         assert_eq!(
-            classify(&Method::POST, "/mj/submit/imagine"),
+            classify(&Method::POST, "/mj/submit/imagine", None),
             Route::Passthrough
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/1/image-seed"),
+            classify(&Method::GET, "/mj/task/1/image-seed", None),
             Route::Passthrough
         );
-        assert_eq!(classify(&Method::GET, "/healthz"), Route::Health);
-        assert_eq!(classify(&Method::GET, "/readyz"), Route::Ready);
-        assert_eq!(classify(&Method::GET, "/metrics"), Route::Metrics);
-        assert_eq!(classify(&Method::GET, "/"), Route::Passthrough);
+        assert_eq!(classify(&Method::GET, "/healthz", None), Route::Health);
+        assert_eq!(classify(&Method::GET, "/readyz", None), Route::Ready);
+        assert_eq!(classify(&Method::GET, "/metrics", None), Route::Metrics);
+        assert_eq!(classify(&Method::GET, "/", None), Route::Passthrough);
     }
 }

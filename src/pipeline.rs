@@ -1,0 +1,255 @@
+//! One request pipeline: what every request goes through, hit or miss, written once.
+//!
+//! The stack, outermost first, is assembled in [`stack`]:
+//! 1. [`Envelope`] (a tower [`Layer`]): the request id (taken from the client or generated, echoed on
+//!    the response, handed to the handler for the upstream), `304 Not Modified` from the gateway's own
+//!    `ETag`s, the request's metrics and its access-log line. It sits outermost so that it times and
+//!    counts everything, the refusals included.
+//! 2. [`crate::gateway::Handler`]: admission, routing and the handlers (fetch core, push, passthrough).
+//!
+//! The hit path stays synchronous and allocation-free: before calling the handler, the envelope offers
+//! it the request by reference ([`HitPath::try_hit`]); a fresh cache hit is answered and finished there
+//! and then, as a ready future, with no box, no reference count and no copy of `If-None-Match`. Only
+//! requests that need the slow path pay for an owned future. The envelope's steps are one layer, not
+//! four, for the same reason: each layer boundary on the hit path would need its own ready-answer hook,
+//! and they share the request id and the start time anyway (see `docs/design.md`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use crate::body::ResponseBody;
+use crate::cache::conditional;
+use crate::error::json_error;
+use crate::fetch::Served;
+use crate::metrics::{Metrics, Outcome, RouteLabel};
+use crate::request::id::{self as request_id, X_REQUEST_ID};
+
+/// A request as the envelope hands it on: the client's request and its request id.
+pub struct Call<B> {
+    pub request: Request<B>,
+    pub request_id: HeaderValue,
+}
+
+/// A handler's answer and the route it took, for the envelope to finish.
+pub struct Answer {
+    pub served: Served,
+    pub route: RouteLabel,
+}
+
+/// The handler's side of the hit path: a fresh cache hit answered from the request by reference.
+pub trait HitPath<B> {
+    fn try_hit(&mut self, request: &Request<B>) -> Option<Answer>;
+}
+
+/// The future of a request that took the slow path.
+pub type SlowPath = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+/// Wraps a handler in the envelope.
+#[derive(Clone)]
+pub struct EnvelopeLayer {
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+impl EnvelopeLayer {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
+        EnvelopeLayer {
+            metrics,
+            access_log,
+        }
+    }
+}
+
+impl<S> Layer<S> for EnvelopeLayer {
+    type Service = Envelope<S>;
+
+    fn layer(&self, inner: S) -> Envelope<S> {
+        Envelope {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+            access_log: self.access_log,
+        }
+    }
+}
+
+/// The per-request envelope around a handler (see the module's documentation).
+pub struct Envelope<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+impl<S, B> Service<Request<B>> for Envelope<S>
+where
+    S: Service<Call<B>, Response = Answer, Error = Infallible, Future = SlowPath> + HitPath<B>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Enveloped;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Enveloped {
+        if let Some(response) = hit(&mut self.inner, &request, &self.metrics, self.access_log) {
+            return Enveloped::Ready(Some(response));
+        }
+        let started = Instant::now();
+        let request_id = request_id::of_request(request.headers());
+        // The handler consumes the request (a batch reads its body): keep what the 304 check needs.
+        let if_none_match = conditional::if_none_match(request.headers());
+        let slow = self.inner.call(Call {
+            request,
+            request_id: request_id.clone(),
+        });
+        Enveloped::Pending {
+            slow,
+            finish: Some(Finish {
+                started,
+                request_id,
+                if_none_match,
+            }),
+            metrics: Arc::clone(&self.metrics),
+            access_log: self.access_log,
+        }
+    }
+}
+
+/// The envelope's hit path on its own: `handler`'s answer to `request` if it is a fresh cache hit,
+/// finished (304 check, metrics, access log, request id). What [`Envelope`] runs before anything
+/// else; public so the criterion benchmark measures exactly this.
+pub fn hit<B, H: HitPath<B>>(
+    handler: &mut H,
+    request: &Request<B>,
+    metrics: &Metrics,
+    access_log: bool,
+) -> Option<Response<ResponseBody>> {
+    let started = Instant::now();
+    let answer = handler.try_hit(request)?;
+    let finish = Finish {
+        started,
+        request_id: request_id::of_request(request.headers()),
+        if_none_match: None,
+    };
+    Some(finish.apply(answer, Some(request.headers()), metrics, access_log))
+}
+
+/// What the envelope needs to finish a request once its answer is known.
+pub struct Finish {
+    started: Instant,
+    request_id: HeaderValue,
+    /// The request's `If-None-Match` lines, kept when the request itself went to the handler.
+    if_none_match: Option<HeaderMap>,
+}
+
+impl Finish {
+    /// The 304 check, the metrics, the access-log line and the echoed request id. `request` is the
+    /// request's headers when the hit path still has them.
+    fn apply(
+        self,
+        answer: Answer,
+        request: Option<&HeaderMap>,
+        metrics: &Metrics,
+        access_log: bool,
+    ) -> Response<ResponseBody> {
+        let Answer { served, route } = answer;
+        let mut response = served.response;
+        let conditions = request
+            .filter(|headers| headers.contains_key(IF_NONE_MATCH))
+            .or(self.if_none_match.as_ref());
+        if let Some(conditions) = conditions
+            && matches!(
+                route,
+                RouteLabel::Fetch | RouteLabel::Batch | RouteLabel::LongPoll
+            )
+        {
+            let (answered, not_modified) =
+                conditional::not_modified_if_unchanged(conditions, response);
+            if not_modified {
+                metrics.watch.not_modified(route);
+            }
+            response = answered;
+        }
+        let elapsed = self.started.elapsed();
+        metrics.request(route, served.outcome, elapsed);
+        access_line(
+            access_log,
+            &self.request_id,
+            route,
+            served.outcome,
+            response.status(),
+            served.upstream_status,
+            elapsed.as_secs_f64() * 1000.0,
+        );
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), self.request_id);
+        response
+    }
+}
+
+/// One access-log line (target `mjgate::access`), at `info` when `log.access` is on, else `debug`.
+/// An event, not a span: nothing to carry into other work, and nothing at all when disabled.
+fn access_line(
+    info: bool,
+    request_id: &HeaderValue,
+    route: RouteLabel,
+    outcome: Outcome,
+    status: StatusCode,
+    upstream_status: Option<u16>,
+    duration_ms: f64,
+) {
+    let id = request_id.to_str().unwrap_or("");
+    let (route, cache, status) = (route.as_str(), outcome.as_str(), status.as_u16());
+    if info {
+        tracing::info!(target: "mjgate::access", id, route, cache, status, upstream_status, duration_ms, "served");
+    } else {
+        tracing::debug!(target: "mjgate::access", id, route, cache, status, upstream_status, duration_ms, "served");
+    }
+}
+
+/// The future a request is served by: ready at once for a cache hit, the slow path's otherwise.
+pub enum Enveloped {
+    Ready(Option<Response<ResponseBody>>),
+    Pending {
+        slow: SlowPath,
+        finish: Option<Finish>,
+        metrics: Arc<Metrics>,
+        access_log: bool,
+    },
+}
+
+impl Future for Enveloped {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Enveloped::Ready(response) => Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                // hyper never polls a finished future; answer sanely rather than panic if it did.
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "response already sent")
+            }))),
+            Enveloped::Pending {
+                slow,
+                finish,
+                metrics,
+                access_log,
+            } => {
+                let Ok(answer) = std::task::ready!(slow.as_mut().poll(cx));
+                let response = match finish.take() {
+                    Some(finish) => finish.apply(answer, None, metrics, *access_log),
+                    None => json_error(StatusCode::INTERNAL_SERVER_ERROR, "response already sent"),
+                };
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
