@@ -52,6 +52,7 @@ pub struct Served {
 }
 
 impl Served {
+    #[inline]
     pub fn new(
         response: Response<ResponseBody>,
         outcome: Outcome,

@@ -147,7 +147,7 @@ impl Gateway {
         request: &Request<B>,
         listener: Listener,
         memo: &mut FingerprintMemo,
-    ) -> Option<Served> {
+    ) -> Option<Response<ResponseBody>> {
         if listener == Listener::Admin {
             return None;
         }
@@ -172,8 +172,7 @@ impl Gateway {
             return None;
         };
         self.metrics.task_lookups(Outcome::Hit, 1);
-        let response = task_response(&task, CacheStatus::Hit { ttl }, true);
-        Some(Served::new(response, Outcome::Hit, None))
+        Some(task_response(&task, CacheStatus::Hit { ttl }, true))
     }
 
     /// The slow path: admits and routes a request and runs its handler, in a span carrying the request
@@ -428,14 +427,9 @@ pub struct Handler {
 }
 
 impl<B> HitPath<B> for Handler {
-    fn try_hit(&mut self, request: &Request<B>) -> Option<Answer> {
-        let served = self
-            .gateway
-            .try_hit(request, self.listener, &mut self.memo)?;
-        Some(Answer {
-            served,
-            route: RouteLabel::Fetch,
-        })
+    #[inline]
+    fn try_hit(&mut self, request: &Request<B>) -> Option<Response<ResponseBody>> {
+        self.gateway.try_hit(request, self.listener, &mut self.memo)
     }
 }
 
