@@ -17,7 +17,9 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -413,7 +415,7 @@ impl Inner {
 
     /// Registers interest in the announcement of `task_key`.
     fn watch(self: &Arc<Self>, task_key: &[u8]) -> LandingWatch {
-        let mut landings = self.landings.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut landings = self.landings.lock();
         let sender = match landings.get(task_key).and_then(Weak::upgrade) {
             Some(sender) => sender,
             None => {
@@ -434,12 +436,7 @@ impl Inner {
 
     /// An announcement arrived: wake whoever waits on that key here.
     fn landed(&self, task_key: &[u8]) {
-        let sender = self
-            .landings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(task_key)
-            .and_then(Weak::upgrade);
+        let sender = self.landings.lock().get(task_key).and_then(Weak::upgrade);
         if let Some(sender) = sender {
             sender.send_modify(|count| *count = count.wrapping_add(1));
         }
@@ -468,11 +465,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut landings = self
-            .inner
-            .landings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut landings = self.inner.landings.lock();
         // Ours is the last strong reference: nobody else waits on this key.
         if Arc::strong_count(&self.sender) == 1 {
             landings.remove(&self.task_key);

@@ -3,7 +3,9 @@
 //! old one kept serving when the new pair is broken), and upstream certificate failures in plain words.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
@@ -230,7 +232,7 @@ impl ListenerCert {
     pub fn reload_if_changed(&self) -> Reload {
         let now = (stamp(&self.files.cert_file), stamp(&self.files.key_file));
         {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut seen = self.seen.lock();
             if *seen == now {
                 return Reload::Unchanged;
             }
@@ -243,7 +245,7 @@ impl ListenerCert {
     pub fn reload(&self) -> Reload {
         match load_certified_key(&self.files.cert_file, &self.files.key_file) {
             Ok(key) => {
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+                *self.current.write() = Arc::new(key);
                 Reload::Reloaded
             }
             Err(e) => Reload::Failed(e),
@@ -267,9 +269,7 @@ impl ListenerCert {
 
 impl ResolvesServerCert for ListenerCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self.current.read().unwrap_or_else(PoisonError::into_inner),
-        ))
+        Some(Arc::clone(&self.current.read()))
     }
 }
 
@@ -369,7 +369,7 @@ impl FaultLog {
             .position(|f| *f == fault)
             .unwrap_or(4);
         let now = Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.last.lock();
         if last[index].is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
             tracing::debug!(cause = fault.label(), %detail, "upstream TLS certificate refused");
             return;

@@ -9,8 +9,10 @@
 //!   [`Abandoned`] at once instead of hanging, and the key is free for a new leader.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 
 use tokio::sync::watch;
 
@@ -64,7 +66,7 @@ impl<T: Clone> Collapser<T> {
 
     /// Joins the flight for `key`, starting one if none is in the air.
     pub fn join(self: &Arc<Self>, key: &[u8]) -> Role<T> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inflight = self.inflight.lock();
         if let Some(slot) = inflight.get(key) {
             return Role::Follower(Landing(slot.landing.clone()));
         }
@@ -88,10 +90,7 @@ impl<T: Clone> Collapser<T> {
 
     /// Flights in the air now.
     pub fn in_flight(&self) -> usize {
-        self.inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.inflight.lock().len()
     }
 }
 
@@ -113,11 +112,7 @@ impl<T> Flight<T> {
 
 impl<T> Drop for Flight<T> {
     fn drop(&mut self) {
-        let mut inflight = self
-            .collapser
-            .inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut inflight = self.collapser.inflight.lock();
         if inflight
             .get(&self.key)
             .is_some_and(|slot| slot.flight == self.id)

@@ -8,7 +8,9 @@
 //! its last subscriber goes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -89,7 +91,7 @@ impl Watchers {
         kind: WatchKind,
         metrics: &Metrics,
     ) -> Result<WatchPermit, RequestError> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         let mine = open.by_credential.get(&fingerprint).copied().unwrap_or(0);
         let refused = if open.total >= self.config.max_open {
             Some("watch.max_open")
@@ -126,7 +128,7 @@ impl Watchers {
 
     /// Removes `sender`'s entry if nobody subscribes to it any more; `false` when someone does.
     fn retire(&self, key: &CacheKey, sender: &Arc<watch::Sender<Snapshot>>) -> bool {
-        let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pollers = self.pollers.lock();
         if sender.receiver_count() > 0 {
             return false;
         }
@@ -136,7 +138,7 @@ impl Watchers {
 
     /// Removes `sender`'s entry whoever still subscribes: its task is over.
     fn finish(&self, key: &CacheKey, sender: &Arc<watch::Sender<Snapshot>>) {
-        let mut pollers = self.pollers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pollers = self.pollers.lock();
         remove_own_entry(&mut pollers, key, sender);
     }
 }
@@ -157,7 +159,7 @@ fn remove_own_entry(
 
 impl Drop for WatchPermit {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         open.total = open.total.saturating_sub(1);
         if let Some(mine) = open.by_credential.get_mut(&self.fingerprint) {
             *mine -= 1;
@@ -178,11 +180,7 @@ impl Push {
         target: WatchTarget,
         current: Snapshot,
     ) -> watch::Receiver<Snapshot> {
-        let mut pollers = self
-            .watchers
-            .pollers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut pollers = self.watchers.pollers.lock();
         if let Some(sender) = pollers.get(&target.key).and_then(Weak::upgrade) {
             sender.send_if_modified(|known| {
                 let newer = known.etag != current.etag && current.stored_at > known.stored_at;

@@ -8,8 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -131,10 +133,6 @@ struct State {
     next_id: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A running simulator. Stops when dropped.
 pub struct Simulator {
     addr: SocketAddr,
@@ -244,7 +242,7 @@ impl Simulator {
     }
 
     fn insert(&self, id: &str, task: Task) {
-        let mut store = lock(&self.state.store);
+        let mut store = self.state.store.lock();
         if !store.tasks.contains_key(id) {
             store.order.push(id.to_owned());
         }
@@ -253,7 +251,7 @@ impl Simulator {
 
     /// Moves a task to `status` (and the progress that goes with it).
     pub fn set_status(&self, id: &str, status: &str) {
-        if let Some(task) = lock(&self.state.store).tasks.get_mut(id) {
+        if let Some(task) = self.state.store.lock().tasks.get_mut(id) {
             task.status = status.to_owned();
             task.progress = progress_for(status).into();
             task.lifecycle = None;
@@ -262,14 +260,14 @@ impl Simulator {
 
     /// Sets `progress` of an in-progress task, e.g. `"65%"`.
     pub fn set_progress(&self, id: &str, progress: &str) {
-        if let Some(task) = lock(&self.state.store).tasks.get_mut(id) {
+        if let Some(task) = self.state.store.lock().tasks.get_mut(id) {
             task.progress = progress.to_owned();
         }
     }
 
     /// How long tasks made by a submit take from submit to `SUCCESS`.
     pub fn set_task_duration(&self, duration: Duration) {
-        *lock(&self.state.task_duration) = duration;
+        *self.state.task_duration.lock() = duration;
     }
 
     /// Gzips every task-lookup answer (fetch and list) regardless of `Accept-Encoding`.
@@ -279,26 +277,29 @@ impl Simulator {
 
     /// Delay before every answer.
     pub fn set_latency(&self, latency: Duration) {
-        *lock(&self.state.latency) = latency;
+        *self.state.latency.lock() = latency;
     }
 
     pub fn set_not_found(&self, style: NotFound) {
-        *lock(&self.state.not_found) = style;
+        *self.state.not_found.lock() = style;
     }
 
     /// The next `times` task lookups answer with `fault`.
     pub fn inject(&self, fault: Fault, times: usize) {
-        lock(&self.state.faults).extend(std::iter::repeat_n(fault, times));
+        self.state
+            .faults
+            .lock()
+            .extend(std::iter::repeat_n(fault, times));
     }
 
     /// Every task lookup answers with `fault` until this is called again with `None`.
     pub fn set_fault(&self, fault: Option<Fault>) {
-        *lock(&self.state.standing_fault) = fault;
+        *self.state.standing_fault.lock() = fault;
     }
 
     /// Drops every fault not yet served, queued or standing.
     pub fn clear_faults(&self) {
-        lock(&self.state.faults).clear();
+        self.state.faults.lock().clear();
         self.set_fault(None);
     }
 
@@ -310,12 +311,14 @@ impl Simulator {
 
     /// Every request received, whatever its route.
     pub fn total_calls(&self) -> u64 {
-        lock(&self.state.counters).total
+        self.state.counters.lock().total
     }
 
     /// `fetch` calls received for `id`.
     pub fn fetch_calls(&self, id: &str) -> u64 {
-        lock(&self.state.counters)
+        self.state
+            .counters
+            .lock()
             .fetches
             .get(id)
             .copied()
@@ -324,17 +327,17 @@ impl Simulator {
 
     /// `fetch` calls received, all ids together.
     pub fn all_fetch_calls(&self) -> u64 {
-        lock(&self.state.counters).fetches.values().sum()
+        self.state.counters.lock().fetches.values().sum()
     }
 
     /// The ids each `list-by-condition` call asked for, in call order.
     pub fn list_calls(&self) -> Vec<Vec<String>> {
-        lock(&self.state.counters).lists.clone()
+        self.state.counters.lock().lists.clone()
     }
 
     /// Upstream lookups of `id`: fetches plus appearances in list calls.
     pub fn lookups(&self, id: &str) -> u64 {
-        let counters = lock(&self.state.counters);
+        let counters = self.state.counters.lock();
         let listed = counters
             .lists
             .iter()
@@ -346,7 +349,7 @@ impl Simulator {
 
     /// The requests received, oldest first (the most recent few thousand).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.state.recorded).iter().cloned().collect()
+        self.state.recorded.lock().iter().cloned().collect()
     }
 
     /// Waits until at least `n` requests in all have arrived.
@@ -441,7 +444,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, 413, "body too large"),
     };
     {
-        let mut recorded = lock(&state.recorded);
+        let mut recorded = state.recorded.lock();
         if recorded.len() == RECORDED {
             recorded.pop_front();
         }
@@ -464,7 +467,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         .filter(|_| parts.method == Method::GET);
     let is_list = parts.method == Method::POST && route == "/mj/task/list-by-condition";
     {
-        let mut counters = lock(&state.counters);
+        let mut counters = state.counters.lock();
         counters.total += 1;
         if let Some(id) = fetch_id {
             *counters.fetches.entry(id.to_owned()).or_default() += 1;
@@ -475,16 +478,18 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
     state.arrived.notify_waiters();
 
-    let latency = *lock(&state.latency);
+    let latency = *state.latency.lock();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     if fetch_id.is_some() || is_list {
         let mut held = state.held.subscribe();
         let _ = held.wait_for(|held| !*held).await;
-        let fault = lock(&state.faults)
+        let fault = state
+            .faults
+            .lock()
             .pop_front()
-            .or(*lock(&state.standing_fault));
+            .or(*state.standing_fault.lock());
         if let Some(fault) = fault {
             return fault_response(fault);
         }
@@ -517,13 +522,13 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
 
 /// The counters, for load generators in another process: `GET /_sim/stats`.
 fn stats(state: &State) -> Value {
-    let counters = lock(&state.counters);
+    let counters = state.counters.lock();
     json!({
         "total": counters.total,
         "fetches": counters.fetches.values().sum::<u64>(),
         "list_calls": counters.lists.len(),
         "listed_ids": counters.lists.iter().map(Vec::len).sum::<usize>(),
-        "tasks": lock(&state.store).tasks.len(),
+        "tasks": state.store.lock().tasks.len(),
     })
 }
 
@@ -531,10 +536,10 @@ fn fetch(state: &State, id: &str, credential: Option<&str>) -> Response<Full<Byt
     let Some(credential) = credential else {
         return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
     };
-    let store = lock(&state.store);
+    let store = state.store.lock();
     match store.tasks.get(id).filter(|task| task.owner == credential) {
         Some(task) => json_response(StatusCode::OK, &task_json(id, task)),
-        None => not_found(*lock(&state.not_found)),
+        None => not_found(*state.not_found.lock()),
     }
 }
 
@@ -550,7 +555,7 @@ fn list(state: &State, body: &[u8], credential: Option<&str>) -> Response<Full<B
         .and_then(Value::as_array)
         .map(|ids| ids.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let store = lock(&state.store);
+    let store = state.store.lock();
     let tasks: Vec<Value> = store
         .order
         .iter()
@@ -585,8 +590,8 @@ fn submit(
         epoch_ms(),
         state.next_id.fetch_add(1, Ordering::Relaxed) % 1000
     );
-    let duration = *lock(&state.task_duration);
-    let mut store = lock(&state.store);
+    let duration = *state.task_duration.lock();
+    let mut store = state.store.lock();
     store.order.push(id.clone());
     store.tasks.insert(
         id.clone(),

@@ -6,7 +6,9 @@
 //! at most `upstream.queue_timeout` and is then refused, so nothing ever queues without bound.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
@@ -168,7 +170,7 @@ pub struct Breaker {
 
 impl Breaker {
     fn state(&self) -> MutexGuard<'_, BreakerState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// `Ok(true)` admits the probe of a half-open circuit; `Ok(false)` a normal call.
@@ -258,10 +260,6 @@ pub struct Protection {
     breaker: Arc<Breaker>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Protection {
     pub fn new(config: &UpstreamConfig) -> Self {
         let now = Instant::now();
@@ -301,7 +299,7 @@ impl Protection {
         let probe = self.breaker.admit(now)?;
         // From here on a refusal must give the probe back, which dropping `probe_guard` does.
         let probe_guard = ProbeGuard(probe.then(|| Arc::clone(&self.breaker)));
-        if let Some(until) = lock(&self.backoff).get(credential).copied()
+        if let Some(until) = self.backoff.lock().get(credential).copied()
             && now < until
         {
             return Err(Refusal::Backoff(until - now));
@@ -310,12 +308,12 @@ impl Protection {
         let mut wait = Duration::ZERO;
         if let Some(rate) = self.rate {
             wait = wait.max(
-                rate.reserve(&mut lock(&self.rate_cell), now, self.queue_timeout)
+                rate.reserve(&mut self.rate_cell.lock(), now, self.queue_timeout)
                     .map_err(Refusal::Overloaded)?,
             );
         }
         if let Some(rate) = self.per_credential_rate {
-            let mut cells = lock(&self.credential_rates);
+            let mut cells = self.credential_rates.lock();
             if cells.len() >= SWEEP_AT {
                 cells.retain(|_, cell| cell.tat > now);
             }
@@ -362,7 +360,7 @@ impl Protection {
     }
 
     fn credential_semaphore(&self, credential: &CredentialFingerprint) -> Arc<Semaphore> {
-        let mut slots = lock(&self.credential_slots);
+        let mut slots = self.credential_slots.lock();
         if slots.len() >= SWEEP_AT {
             // Only idle credentials (every permit free, nobody else holding the semaphore) are swept.
             let full = self.per_credential_in_flight;
@@ -392,7 +390,7 @@ impl Protection {
                 .unwrap_or(self.retry_after_default)
                 .clamp(Duration::from_millis(100), self.retry_after_max);
             tracing::warn!(credential = %credential.short(), ?delay, "upstream answered 429: backing off");
-            let mut backoff = lock(&self.backoff);
+            let mut backoff = self.backoff.lock();
             if backoff.len() >= SWEEP_AT {
                 backoff.retain(|_, until| *until > now);
             }

@@ -20,7 +20,15 @@ async fn a_hundred_concurrent_fetches_of_one_id_cause_exactly_one_upstream_call(
         })
         .collect();
     sim.wait_for_calls(1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the rest arrive and queue
+    // Every other request is waiting on that one call before it is let go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while scrape(&gw).await.value("mjgate_collapse_waiters", &[]) < 99.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiters never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(hold);
 
     let replies = join_all(clients).await;
@@ -34,7 +42,10 @@ async fn a_hundred_concurrent_fetches_of_one_id_cause_exactly_one_upstream_call(
         }
     }
     assert_eq!(sim.fetch_calls("hot"), 1);
-    assert!(collapsed >= 1, "waiters are marked collapsed");
+    assert_eq!(
+        collapsed, 99,
+        "every waiter is marked collapsed, the leader stored"
+    );
 }
 
 #[tokio::test]

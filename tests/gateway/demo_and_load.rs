@@ -68,7 +68,14 @@ async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
     assert_eq!(report.requests, 300);
     assert_eq!(report.errors, 0, "{:?}", report.statuses);
     assert_eq!(upstream.fetches, 1);
-    assert!(report.latency_ms.p99 >= report.latency_ms.p50);
+    // Every one of the 300 was timed: the percentiles are real, ordered, and below the client timeout.
+    let latency = &report.latency_ms;
+    assert!(latency.p50 > 0.0, "{latency:?}");
+    assert!(
+        latency.p50 <= latency.p90 && latency.p90 <= latency.p99 && latency.p99 <= latency.max,
+        "{latency:?}"
+    );
+    assert!(latency.max < 20_000.0, "{latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
