@@ -46,27 +46,58 @@ pub enum Landed {
 /// A handler's answer and what the request's metrics and log line say about it.
 pub struct Served {
     pub response: Response<ResponseBody>,
-    pub outcome: Outcome,
+    /// How a cached route served it (its `Cache-Status` and its metric label); `None` for what is
+    /// not a cached route or was refused before the cache.
+    pub cache: Option<CacheStatus>,
     /// The status of the upstream answer this response came from, if one did.
     pub upstream_status: Option<u16>,
 }
 
 impl Served {
-    #[inline]
-    pub fn new(
+    /// An answer of a cached route, served as `cache` says.
+    pub fn cached(
         response: Response<ResponseBody>,
-        outcome: Outcome,
+        cache: CacheStatus,
         upstream_status: Option<u16>,
     ) -> Self {
         Served {
             response,
-            outcome,
+            cache: Some(cache),
             upstream_status,
         }
     }
 
+    /// A stored task as the answer, its `Cache-Status` header and its label from the one `cache`.
+    pub fn task(
+        task: &CachedTask,
+        cache: CacheStatus,
+        with_age: bool,
+        upstream_status: Option<u16>,
+    ) -> Self {
+        Served::cached(task_response(task, cache, with_age), cache, upstream_status)
+    }
+
+    /// An upstream answer forwarded untouched.
+    pub fn forwarded(response: Response<ResponseBody>, upstream_status: u16) -> Self {
+        Served {
+            response,
+            cache: None,
+            upstream_status: Some(upstream_status),
+        }
+    }
+
+    /// Not a cached route, or refused before the cache.
     pub fn bypass(response: Response<ResponseBody>) -> Self {
-        Served::new(response, Outcome::Bypass, None)
+        Served {
+            response,
+            cache: None,
+            upstream_status: None,
+        }
+    }
+
+    /// The metric and log label.
+    pub fn outcome(&self) -> Outcome {
+        self.cache.map_or(Outcome::Bypass, |cache| cache.outcome())
     }
 }
 
@@ -150,11 +181,7 @@ impl Fetcher {
         let stale = match self.cache.lookup(key.as_bytes()) {
             Lookup::Fresh { task, ttl } => {
                 self.metrics.task_lookups(Outcome::Hit, 1);
-                return Served::new(
-                    task_response(&task, CacheStatus::Hit { ttl }, true),
-                    Outcome::Hit,
-                    None,
-                );
+                return Served::task(&task, CacheStatus::Hit { ttl }, true, None);
             }
             other => other.stale(),
         };
@@ -176,7 +203,7 @@ impl Fetcher {
                         Ok(landed) => {
                             self.metrics.task_lookups(Outcome::Collapsed, 1);
                             self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
-                            return landed_response(landed, Outcome::Collapsed, stale.as_deref());
+                            return landed_response(landed, true, stale.as_deref());
                         }
                         Err(abandoned) => {
                             return Served::bypass(RequestError::from(abandoned).into_response());
@@ -190,11 +217,7 @@ impl Fetcher {
             if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
                 flight.land(Landed::Stored(Arc::clone(&task)));
                 self.metrics.task_lookups(Outcome::Hit, 1);
-                return Served::new(
-                    task_response(&task, CacheStatus::Hit { ttl }, true),
-                    Outcome::Hit,
-                    None,
-                );
+                return Served::task(&task, CacheStatus::Hit { ttl }, true, None);
             }
             self.metrics.task_lookups(Outcome::Miss, 1);
             let landing = flight.landing();
@@ -217,7 +240,7 @@ impl Fetcher {
             return match landing.wait().await {
                 Ok(landed) => {
                     self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
-                    landed_response(landed, Outcome::Miss, stale.as_deref())
+                    landed_response(landed, false, stale.as_deref())
                 }
                 Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
             };
@@ -307,13 +330,13 @@ impl Fetcher {
     }
 }
 
-/// The answer for a landed flight, for a request that took part in it as `outcome` (miss or collapsed).
-/// When the flight failed and `stale` holds an answer within `cache.max_stale`, that answer is served.
-fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>) -> Served {
+/// The answer for a landed flight, for a request that took part in it: `collapsed` when it waited
+/// on another request's call. When the flight failed and `stale` holds an answer within
+/// `cache.max_stale`, that answer is served.
+fn landed_response(landed: Landed, collapsed: bool, stale: Option<&CachedTask>) -> Served {
     if let (Some(fwd_status), Some(stale)) = (failure_status(&landed), stale) {
         return serve_stale(stale, fwd_status);
     }
-    let collapsed = outcome == Outcome::Collapsed;
     let status_for = |stored: bool, fwd_status: Option<u16>| {
         if collapsed {
             CacheStatus::Collapsed
@@ -322,35 +345,28 @@ fn landed_response(landed: Landed, outcome: Outcome, stale: Option<&CachedTask>)
         }
     };
     match landed {
-        Landed::Stored(task) => Served::new(
-            task_response(&task, status_for(true, None), false),
-            outcome,
-            Some(task.status.as_u16()),
-        ),
-        Landed::Shared(task) if !collapsed => Served::new(
-            task_response(&task, CacheStatus::Shared, true),
-            Outcome::Shared,
-            None,
-        ),
-        Landed::Shared(task) => Served::new(
-            task_response(&task, CacheStatus::Collapsed, true),
-            outcome,
-            None,
-        ),
+        Landed::Stored(task) => {
+            let upstream_status = Some(task.status.as_u16());
+            Served::task(&task, status_for(true, None), false, upstream_status)
+        }
+        Landed::Shared(task) if !collapsed => Served::task(&task, CacheStatus::Shared, true, None),
+        Landed::Shared(task) => Served::task(&task, CacheStatus::Collapsed, true, None),
         Landed::Passed(reply) => {
             let upstream_status = reply.status.as_u16();
-            Served::new(
-                passed_response(&reply, status_for(false, Some(upstream_status))),
-                outcome,
+            let status = status_for(false, Some(upstream_status));
+            Served::cached(
+                passed_response(&reply, status),
+                status,
                 Some(upstream_status),
             )
         }
         Landed::Failed(e) => {
+            let status = status_for(false, None);
             let mut response = RequestError::Upstream(e).into_response();
             response
                 .headers_mut()
-                .insert(CACHE_STATUS.clone(), status_for(false, None).header_value());
-            Served::new(response, outcome, None)
+                .insert(CACHE_STATUS.clone(), status.header_value());
+            Served::cached(response, status, None)
         }
         // Only batch calls land this, and fetches re-join rather than answer with it.
         Landed::NotReturned => not_returned(),
@@ -370,9 +386,10 @@ fn not_returned() -> Served {
 
 /// A stale answer standing in for a failed refresh, marked RFC 9211 `fwd=stale`.
 fn serve_stale(stale: &CachedTask, fwd_status: u16) -> Served {
-    Served::new(
-        task_response(stale, CacheStatus::Stale { fwd_status }, true),
-        Outcome::Stale,
+    Served::task(
+        stale,
+        CacheStatus::Stale { fwd_status },
+        true,
         Some(fwd_status),
     )
 }

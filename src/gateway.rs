@@ -378,11 +378,7 @@ impl Gateway {
         {
             Ok(response) => {
                 let status = response.status().as_u16();
-                Served::new(
-                    response.map(ResponseBody::Upstream),
-                    Outcome::Bypass,
-                    Some(status),
-                )
+                Served::forwarded(response.map(ResponseBody::Upstream), status)
             }
             Err(UpstreamError::ClientBody(fault)) => self.client_fault(fault),
             Err(e) => {

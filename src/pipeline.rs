@@ -268,7 +268,7 @@ impl Future for Enveloped {
             } => {
                 let Ok(answer) = std::task::ready!(slow.as_mut().poll(cx));
                 let Answer { served, route } = answer;
-                let how = (route, served.outcome, served.upstream_status);
+                let how = (route, served.outcome(), served.upstream_status);
                 let mut response = served.response;
                 match finish.take() {
                     Some(finish) => finish.apply(&mut response, how, None, metrics, *access_log),

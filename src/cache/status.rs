@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::metrics::Outcome;
+
 /// The RFC 9211 header every answer from a cached route carries.
 pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
@@ -31,15 +33,16 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// The outcome as a bounded label for logs and metrics.
-    pub fn as_str(&self) -> &'static str {
+    /// The metric and log label this status stands for: one value yields both the header and the
+    /// label, so the two never disagree.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            CacheStatus::Hit { .. } => "hit",
-            CacheStatus::Shared => "shared",
-            CacheStatus::Miss { .. } => "miss",
-            CacheStatus::Collapsed => "collapsed",
-            CacheStatus::Partial => "partial",
-            CacheStatus::Stale { .. } => "stale",
+            CacheStatus::Hit { .. } => Outcome::Hit,
+            CacheStatus::Shared => Outcome::Shared,
+            CacheStatus::Miss { .. } => Outcome::Miss,
+            CacheStatus::Collapsed => Outcome::Collapsed,
+            CacheStatus::Partial => Outcome::Partial,
+            CacheStatus::Stale { .. } => Outcome::Stale,
         }
     }
 

@@ -125,26 +125,25 @@ struct Tally {
 }
 
 impl Tally {
-    /// The batch's `Cache-Status` and metric outcome: stale when any id was, a hit when all came from
-    /// the cache, shared when the rest came from other replicas, partial when some did, collapsed
-    /// when every id was another request's flight, else a miss.
-    fn outcome(self) -> (CacheStatus, Outcome) {
-        let stored = CacheStatus::Miss {
-            stored: true,
-            fwd_status: None,
-        };
+    /// The batch's `Cache-Status` (and so its metric label): stale when any id was, a hit when all
+    /// came from the cache, shared when the rest came from other replicas, partial when some did,
+    /// collapsed when every id was another request's flight, else a stored miss.
+    fn status(self) -> CacheStatus {
         if let Some(fwd_status) = self.stale {
-            (CacheStatus::Stale { fwd_status }, Outcome::Stale)
+            CacheStatus::Stale { fwd_status }
         } else if self.cached == self.ids {
-            (CacheStatus::Hit { ttl: None }, Outcome::Hit)
+            CacheStatus::Hit { ttl: None }
         } else if self.cached + self.shared == self.ids {
-            (CacheStatus::Shared, Outcome::Shared)
+            CacheStatus::Shared
         } else if self.cached + self.shared > 0 {
-            (CacheStatus::Partial, Outcome::Partial)
+            CacheStatus::Partial
         } else if self.led == 0 {
-            (stored, Outcome::Collapsed)
+            CacheStatus::Collapsed
         } else {
-            (stored, Outcome::Miss)
+            CacheStatus::Miss {
+                stored: true,
+                fwd_status: None,
+            }
         }
     }
 
@@ -193,10 +192,10 @@ impl Fetcher {
             Err(served) => return served,
         };
         drop(waiting);
-        let (status, outcome) = tally.outcome();
-        Served::new(
+        let status = tally.status();
+        Served::cached(
             array_response(&tasks, status),
-            outcome,
+            status,
             tally.upstream_status(),
         )
     }
@@ -294,7 +293,7 @@ impl Fetcher {
                         fwd_status: Some(status),
                     };
                     let response = passed_response(&reply, not_stored);
-                    return Err(Served::new(response, Outcome::Miss, Some(status)));
+                    return Err(Served::cached(response, not_stored, Some(status)));
                 }
                 Landed::Failed(e) => {
                     let not_stored = CacheStatus::Miss {
@@ -305,7 +304,7 @@ impl Fetcher {
                     response
                         .headers_mut()
                         .insert(CACHE_STATUS.clone(), not_stored.header_value());
-                    return Err(Served::new(response, Outcome::Miss, None));
+                    return Err(Served::cached(response, not_stored, None));
                 }
             }
         }
@@ -582,7 +581,7 @@ mod tests {
             led,
             stale,
         };
-        let outcome = |t: Tally| t.outcome().1;
+        let outcome = |t: Tally| t.status().outcome();
         assert_eq!(outcome(tally(4, 0, 0, None)), Outcome::Hit);
         assert_eq!(outcome(tally(2, 2, 2, None)), Outcome::Shared);
         assert_eq!(outcome(tally(1, 0, 3, None)), Outcome::Partial);
@@ -602,7 +601,7 @@ mod tests {
         );
         assert_eq!(tally(4, 0, 0, Some(429)).upstream_status(), Some(429));
         assert_eq!(
-            tally(1, 0, 3, None).outcome().0.header_value(),
+            tally(1, 0, 3, None).status().header_value(),
             CacheStatus::Partial.header_value()
         );
     }

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::body::ResponseBody;
 use crate::cache::KeyBuf;
+use crate::cache::status::CacheStatus;
 use crate::fetch::Served;
-use crate::metrics::{EventKind, Outcome};
+use crate::metrics::EventKind;
 use crate::push::Push;
 use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
 use crate::task::{TaskClass, TaskHead, TaskId};
@@ -62,7 +63,7 @@ impl Push {
         };
         let last_event_id = headers.get(&LAST_EVENT_ID).cloned();
         if current.class == TaskClass::Terminal && last_event_id.as_ref() == Some(&current.etag) {
-            return Served::new(no_content(), Outcome::Hit, None);
+            return Served::cached(no_content(), CacheStatus::Hit { ttl: None }, None);
         }
         let (events, body) = mpsc::channel(BACKLOG);
         let target = WatchTarget {
@@ -78,7 +79,10 @@ impl Push {
             _permit: permit,
         };
         tokio::spawn(stream.run(target, current, last_event_id));
-        Served::new(stream_head(body), served.outcome, served.upstream_status)
+        Served {
+            response: stream_head(body),
+            ..served
+        }
     }
 }
 

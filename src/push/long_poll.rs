@@ -11,11 +11,9 @@ use hyper::body::Incoming;
 
 use crate::cache::KeyBuf;
 use crate::cache::conditional::none_match_hits;
-use crate::cache::response::task_response;
 use crate::cache::status::CacheStatus;
 use crate::error::RequestError;
 use crate::fetch::Served;
-use crate::metrics::Outcome;
 use crate::push::Push;
 use crate::push::watch::{WatchKind, WatchTarget};
 use crate::task::{TaskClass, TaskId};
@@ -99,7 +97,7 @@ impl Push {
             ttl: self.fetcher.cache().fresh_left(&latest),
         };
         // Unchanged: the handler's `If-None-Match` check turns this into `304`.
-        Served::new(task_response(&latest, status, true), Outcome::Hit, None)
+        Served::task(&latest, status, true, None)
     }
 }
 
