@@ -25,7 +25,7 @@ use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::content_coding::is_identity;
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
-use collapse::{Collapser, Role};
+use collapse::{Abandoned, Collapser, Flight, Role};
 
 /// The result of one upstream call for one task, as handed to every request collapsed on it.
 #[derive(Clone, Debug)]
@@ -220,24 +220,10 @@ impl Fetcher {
                 return Served::task(&task, CacheStatus::Hit { ttl }, true, None);
             }
             self.metrics.task_lookups(Outcome::Miss, 1);
-            let landing = flight.landing();
-            let gateway = Arc::clone(self);
-            let path = path.to_owned();
-            let headers = headers.clone();
-            let id = id.as_str().to_owned();
-            // The call runs in a task of its own: if this client goes away, the other waiters still get
-            // it. It keeps this request's span, so its log lines carry the leader's request id.
-            tokio::spawn(
-                async move {
-                    let key = flight.key().clone();
-                    let landed = gateway
-                        .fetch_upstream(&path, &headers, fingerprint, client, &id, key)
-                        .await;
-                    flight.land(landed);
-                }
-                .in_current_span(),
-            );
-            return match landing.wait().await {
+            let landed = self
+                .lead(flight, path, headers, fingerprint, client, id)
+                .await;
+            return match landed {
                 Ok(landed) => {
                     self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
                     landed_response(landed, false, stale.as_deref())
@@ -246,6 +232,36 @@ impl Fetcher {
             };
         }
         not_returned()
+    }
+
+    /// Makes the upstream call `flight` leads, in a task of its own so that the other waiters still
+    /// get it if this client goes away, and waits for it. The task keeps this request's span, so its
+    /// log lines carry the leader's request id.
+    async fn lead(
+        self: &Arc<Self>,
+        flight: Flight<Landed>,
+        path: &str,
+        headers: &HeaderMap,
+        fingerprint: CredentialFingerprint,
+        client: ClientInfo,
+        id: TaskId<'_>,
+    ) -> Result<Landed, Abandoned> {
+        let landing = flight.landing();
+        let fetcher = Arc::clone(self);
+        let path = path.to_owned();
+        let headers = headers.clone();
+        let id = id.as_str().to_owned();
+        tokio::spawn(
+            async move {
+                let key = flight.key().clone();
+                let landed = fetcher
+                    .fetch_upstream(&path, &headers, fingerprint, client, &id, key)
+                    .await;
+                flight.land(landed);
+            }
+            .in_current_span(),
+        );
+        landing.wait().await
     }
 
     /// After a failed refresh with a stale answer to stand in, holds off the next refresh for one TTL.

@@ -224,18 +224,7 @@ impl Gateway {
                 StatusCode::NOT_FOUND,
                 "the admin listener serves /metrics, /healthz and /readyz only",
             )),
-            Route::Health => Served::bypass(plain(StatusCode::OK, "ok")),
-            Route::Ready if self.draining.load(Ordering::Relaxed) => {
-                Served::bypass(RequestError::Draining.into_response())
-            }
-            Route::Ready if self.fetcher.upstream().protection().breaker().is_open() => {
-                Served::bypass(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream unreachable (circuit open)",
-                ))
-            }
-            Route::Ready => Served::bypass(plain(StatusCode::OK, "ready")),
-            Route::Metrics => Served::bypass(self.metrics_response()),
+            Route::Health | Route::Ready | Route::Metrics => Served::bypass(self.admin(&route)),
             Route::LongPoll(id) => {
                 self.push
                     .long_poll(&request, id, client)
@@ -266,6 +255,22 @@ impl Gateway {
         Answer {
             served,
             route: label,
+        }
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`.
+    fn admin(&self, route: &Route<'_>) -> Response<ResponseBody> {
+        match route {
+            Route::Ready if self.draining.load(Ordering::Relaxed) => {
+                RequestError::Draining.into_response()
+            }
+            Route::Ready if self.fetcher.upstream().protection().breaker().is_open() => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream unreachable (circuit open)",
+            ),
+            Route::Ready => plain(StatusCode::OK, "ready"),
+            Route::Metrics => self.metrics_response(),
+            _ => plain(StatusCode::OK, "ok"),
         }
     }
 

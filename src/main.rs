@@ -146,23 +146,46 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.command {
-        Some(Command::Healthcheck { url, timeout }) => return healthcheck(&url, timeout),
-        Some(Command::Simulator {
+    let mut args = Args::parse();
+    let check_only = matches!(args.command, Some(Command::CheckConfig));
+    if let Some(command) = args.command.take().filter(|_| !check_only) {
+        return tool(command);
+    }
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mjgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        // Not `println!`: a reader that closes early (`| head`, `| grep -q`) must not turn a valid
+        // config into a panic and exit 101.
+        let _ = writeln!(std::io::stdout().lock(), "{}", config_summary(&config));
+        return ExitCode::SUCCESS;
+    }
+    run_gateway(config)
+}
+
+/// The subcommands that are not the gateway: the probe, the simulator, the demo, the load generator
+/// and the benchmarks' ceiling.
+fn tool(command: Command) -> ExitCode {
+    match command {
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
+        Command::Simulator {
             listen,
             tasks,
             credentials,
             task_duration,
             latency,
             chaos,
-        }) => return simulator(listen, tasks, &credentials, task_duration, latency, chaos),
-        Some(Command::Demo {
+        } => simulator(listen, tasks, &credentials, task_duration, latency, chaos),
+        Command::Demo {
             clients,
             tasks,
             interval,
             duration,
-        }) => {
+        } => {
             let spec = mjgate::tools::demo::DemoSpec {
                 clients,
                 tasks,
@@ -170,9 +193,9 @@ fn main() -> ExitCode {
                 duration,
                 redraw: std::io::stderr().is_terminal(),
             };
-            return demo(&spec);
+            demo(&spec)
         }
-        Some(Command::Bench {
+        Command::Bench {
             target,
             clients,
             tasks,
@@ -187,7 +210,7 @@ fn main() -> ExitCode {
             wait,
             sim_stats,
             json,
-        }) => {
+        } => {
             let spec = mjgate::tools::load::LoadSpec {
                 target,
                 clients: clients.max(1),
@@ -205,9 +228,9 @@ fn main() -> ExitCode {
                 conditional,
                 wait,
             };
-            return bench(&spec, sim_stats.as_deref(), json);
+            bench(&spec, sim_stats.as_deref(), json)
         }
-        Some(Command::FixedBody { listen, body_file }) => {
+        Command::FixedBody { listen, body_file } => {
             let body = match body_file {
                 Some(path) => match std::fs::read(&path) {
                     Ok(bytes) => bytes::Bytes::from(bytes),
@@ -218,25 +241,11 @@ fn main() -> ExitCode {
                 },
                 None => bytes::Bytes::from_static(mjgate::tools::fixed_body::TASK_BODY.as_bytes()),
             };
-            return fixed_body(listen, body);
+            fixed_body(listen, body)
         }
-        Some(Command::CheckConfig) | None => {}
+        // Handled by `main`, which checks the config itself.
+        Command::CheckConfig => ExitCode::SUCCESS,
     }
-    let check_only = matches!(args.command, Some(Command::CheckConfig));
-    let config = match load_config(&args) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("mjgate: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if check_only {
-        // Not `println!`: a reader that closes early (`| head`, `| grep -q`) must not turn a valid
-        // config into a panic and exit 101.
-        let _ = writeln!(std::io::stdout().lock(), "{}", config_summary(&config));
-        return ExitCode::SUCCESS;
-    }
-    run_gateway(config)
 }
 
 /// The config as the gateway reads it: the file (`--config`, else the default path when it exists),

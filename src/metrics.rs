@@ -427,6 +427,128 @@ fn class_index(class: TaskClass) -> usize {
     }
 }
 
+/// Client requests by route and outcome, their durations, and task lookups by outcome.
+type ClientSeries = (Vec<Vec<IntCounter>>, Vec<Histogram>, Vec<IntCounter>);
+
+fn client_series(r: &Registrar<'_>) -> ClientSeries {
+    let requests = r.counters(
+        "mjgate_requests_total",
+        "Client requests by route and cache outcome.",
+        &["route", "cache"],
+    );
+    let duration = r.histograms(
+        "mjgate_request_duration_seconds",
+        "Time from request head to response head, by route.",
+        "route",
+    );
+    let lookups = r.counters(
+        "mjgate_task_lookups_total",
+        "Task ids looked up by fetches and batches in this replica's cache, by outcome (miss = asked of Redis when configured, then the upstream).",
+        &["cache"],
+    );
+    (
+        RouteLabel::ALL
+            .iter()
+            .map(|route| {
+                Outcome::ALL
+                    .iter()
+                    .map(|o| requests.with_label_values(&[route.as_str(), o.as_str()]))
+                    .collect()
+            })
+            .collect(),
+        RouteLabel::ALL
+            .iter()
+            .map(|route| duration.with_label_values(&[route.as_str()]))
+            .collect(),
+        Outcome::ALL
+            .iter()
+            .map(|o| lookups.with_label_values(&[o.as_str()]))
+            .collect(),
+    )
+}
+
+/// Upstream calls by route and result, and their durations.
+fn upstream_series(r: &Registrar<'_>) -> (Vec<Vec<IntCounter>>, Vec<Histogram>) {
+    let upstream = r.counters(
+        "mjgate_upstream_requests_total",
+        "Upstream calls by route and result (status class, error or timeout).",
+        &["route", "status"],
+    );
+    let upstream_duration = r.histograms(
+        "mjgate_upstream_request_duration_seconds",
+        "Upstream call time to the whole answer (cached routes) or its head (passthrough).",
+        "route",
+    );
+    (
+        UPSTREAM_ROUTES
+            .iter()
+            .map(|route| {
+                UPSTREAM_RESULTS
+                    .iter()
+                    .map(|result| upstream.with_label_values(&[route.as_str(), result]))
+                    .collect()
+            })
+            .collect(),
+        UPSTREAM_ROUTES
+            .iter()
+            .map(|route| upstream_duration.with_label_values(&[route.as_str()]))
+            .collect(),
+    )
+}
+
+/// What was refused and why: upstream calls not sent, client errors, upstream certificates.
+fn refusal_series(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounterVec) {
+    (
+        labelled(
+                    r.counters(
+                        "mjgate_upstream_refused_total",
+                        "Upstream calls not sent: 429 backoff, open circuit, or a ceiling reached.",
+                        &["reason"],
+                    ),
+                    ["backoff", "circuit_open", "overloaded"],
+                ),
+        labelled(
+                    r.counters(
+                        "mjgate_client_errors_total",
+                        "Requests refused for the client's own fault (never counted against the upstream): a request the gateway does not admit, or a request body too large, stalled, or malformed or cut short.",
+                        &["reason"],
+                    ),
+                    CLIENT_ERRORS,
+                ),
+        labelled(
+                    r.counters(
+                        "mjgate_upstream_tls_errors_total",
+                        "Upstream connections whose TLS certificate was refused, by cause.",
+                        &["cause"],
+                    ),
+                    crate::tls::CertificateFault::ALL.map(|fault| fault.label()),
+                ),
+    )
+}
+
+/// The cache's capacity, the build, and the standard `process_*` metrics.
+fn process_and_build_series(r: &Registrar<'_>, cache_capacity_bytes: u64) {
+    r.gauge(
+        "mjgate_cache_capacity_bytes",
+        "The cache's memory budget (cache.max_memory).",
+    )
+    .set(i64::try_from(cache_capacity_bytes).unwrap_or(i64::MAX));
+    r.gauges(
+        "mjgate_build_info",
+        "Always 1; the version is a label.",
+        &["version"],
+    )
+    .with_label_values(&[env!("CARGO_PKG_VERSION")])
+    .set(1);
+    #[cfg(target_os = "linux")]
+    {
+        // CPU, RSS, open fds, start time: process_* as every Prometheus client exports them.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        r.0.register(Box::new(process))
+            .expect("process metrics register once");
+    }
+}
+
 /// `vec` with a series for each of `labels` made up front, so every one is exported (as 0) from the
 /// first scrape.
 fn labelled<const N: usize>(vec: IntCounterVec, labels: [&str; N]) -> IntCounterVec {
@@ -480,36 +602,9 @@ impl Metrics {
     pub fn new(cache_capacity_bytes: u64) -> Self {
         let registry = Registry::new();
         let r = Registrar(&registry);
-        let requests = r.counters(
-            "mjgate_requests_total",
-            "Client requests by route and cache outcome.",
-            &["route", "cache"],
-        );
-        let duration = r.histograms(
-            "mjgate_request_duration_seconds",
-            "Time from request head to response head, by route.",
-            "route",
-        );
-        let lookups = r.counters(
-            "mjgate_task_lookups_total",
-            "Task ids looked up by fetches and batches in this replica's cache, by outcome (miss = asked of Redis when configured, then the upstream).",
-            &["cache"],
-        );
-        let upstream = r.counters(
-            "mjgate_upstream_requests_total",
-            "Upstream calls by route and result (status class, error or timeout).",
-            &["route", "status"],
-        );
-        let upstream_duration = r.histograms(
-            "mjgate_upstream_request_duration_seconds",
-            "Upstream call time to the whole answer (cached routes) or its head (passthrough).",
-            "route",
-        );
-        let capacity = r.gauge(
-            "mjgate_cache_capacity_bytes",
-            "The cache's memory budget (cache.max_memory).",
-        );
-        capacity.set(i64::try_from(cache_capacity_bytes).unwrap_or(i64::MAX));
+        let (requests, request_duration, task_lookups) = client_series(&r);
+        let (upstream_requests, upstream_duration) = upstream_series(&r);
+        let (upstream_refused, client_errors, upstream_tls_errors) = refusal_series(&r);
         let handshakes = r.counters(
             "mjgate_tls_handshakes_total",
             "TLS handshakes on the main listener, by result (error includes a handshake not done within server.header_read_timeout).",
@@ -520,52 +615,13 @@ impl Metrics {
             "Listener certificate reloads after its files changed or SIGHUP, by result (error: the old certificate keeps serving).",
             &["result"],
         );
-        r.gauges(
-            "mjgate_build_info",
-            "Always 1; the version is a label.",
-            &["version"],
-        )
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
-        #[cfg(target_os = "linux")]
-        {
-            // CPU, RSS, open fds, start time: process_* as every Prometheus client exports them.
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            registry
-                .register(Box::new(process))
-                .expect("process metrics register once");
-        }
+        process_and_build_series(&r, cache_capacity_bytes);
         Metrics {
-            requests: RouteLabel::ALL
-                .iter()
-                .map(|route| {
-                    Outcome::ALL
-                        .iter()
-                        .map(|o| requests.with_label_values(&[route.as_str(), o.as_str()]))
-                        .collect()
-                })
-                .collect(),
-            request_duration: RouteLabel::ALL
-                .iter()
-                .map(|route| duration.with_label_values(&[route.as_str()]))
-                .collect(),
-            task_lookups: Outcome::ALL
-                .iter()
-                .map(|o| lookups.with_label_values(&[o.as_str()]))
-                .collect(),
-            upstream_requests: UPSTREAM_ROUTES
-                .iter()
-                .map(|route| {
-                    UPSTREAM_RESULTS
-                        .iter()
-                        .map(|result| upstream.with_label_values(&[route.as_str(), result]))
-                        .collect()
-                })
-                .collect(),
-            upstream_duration: UPSTREAM_ROUTES
-                .iter()
-                .map(|route| upstream_duration.with_label_values(&[route.as_str()]))
-                .collect(),
+            requests,
+            request_duration,
+            task_lookups,
+            upstream_requests,
+            upstream_duration,
             upstream_in_flight: r.gauge("mjgate_upstream_in_flight", "Upstream calls in progress."),
             collapse_waiters: r.gauge(
                 "mjgate_collapse_waiters",
@@ -592,30 +648,9 @@ impl Metrics {
             ),
             class_entries: Default::default(),
             class_bytes: Default::default(),
-            upstream_refused: labelled(
-                r.counters(
-                    "mjgate_upstream_refused_total",
-                    "Upstream calls not sent: 429 backoff, open circuit, or a ceiling reached.",
-                    &["reason"],
-                ),
-                ["backoff", "circuit_open", "overloaded"],
-            ),
-            client_errors: labelled(
-                r.counters(
-                    "mjgate_client_errors_total",
-                    "Requests refused for the client's own fault (never counted against the upstream): a request the gateway does not admit, or a request body too large, stalled, or malformed or cut short.",
-                    &["reason"],
-                ),
-                CLIENT_ERRORS,
-            ),
-            upstream_tls_errors: labelled(
-                r.counters(
-                    "mjgate_upstream_tls_errors_total",
-                    "Upstream connections whose TLS certificate was refused, by cause.",
-                    &["cause"],
-                ),
-                crate::tls::CertificateFault::ALL.map(|fault| fault.label()),
-            ),
+            upstream_refused,
+            client_errors,
+            upstream_tls_errors,
             tls_handshakes: ["ok", "error"].map(|result| handshakes.with_label_values(&[result])),
             tls_reloads: ["ok", "error"].map(|result| reloads.with_label_values(&[result])),
             circuit_open: r.gauge(
