@@ -11,21 +11,6 @@ use crate::support::*;
 
 const LIST: &str = "/mj/task/list-by-condition";
 
-async fn batch(gw: &Gateway, credential: &str, ids: &[&str]) -> Reply {
-    batch_at(gw, LIST, credential, ids).await
-}
-
-async fn batch_at(gw: &Gateway, path: &str, credential: &str, ids: &[&str]) -> Reply {
-    let body = json!({ "ids": ids }).to_string();
-    send(request(
-        Method::POST,
-        &gw.url(path),
-        Some(credential),
-        &body,
-    ))
-    .await
-}
-
 fn ids_of(reply: &Reply) -> Vec<String> {
     reply
         .json()

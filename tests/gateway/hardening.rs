@@ -103,14 +103,10 @@ async fn slow_uploads_under_invented_credentials_cannot_starve_task_fetches() {
     .await;
     let trickles = start_uploads(&gw, 6).await;
     // Passthrough's share (half of 4) is taken by the trickles.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while scrape(&gw).await.value("mjgate_upstream_in_flight", &[]) < 2.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the uploads never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the uploads take passthrough's two slots", || async {
+        scrape(&gw).await.value("mjgate_upstream_in_flight", &[]) >= 2.0
+    })
+    .await;
     for n in 0..8 {
         sim.create_task(KEY_A, &format!("t{n}"), "IN_PROGRESS");
         let reply = fetch(&gw, &format!("t{n}"), KEY_A).await;
@@ -375,10 +371,7 @@ async fn a_body_on_get_is_refused_so_nothing_can_be_smuggled_onto_a_pooled_conne
         }
     }
     // Over HTTP/2 a body needs no Content-Length.
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2_client();
     let mut get = request(Method::GET, &gw.url("/mj/echo"), Some(KEY_A), smuggled);
     get.headers_mut().remove("content-length");
     let response = h2.request(get).await.unwrap();

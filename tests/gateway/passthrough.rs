@@ -132,15 +132,9 @@ async fn health_endpoints_answer_without_the_upstream() {
 
 #[tokio::test]
 async fn http2_clients_are_served_too() {
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-
     let (sim, gw) = start("").await;
     sim.create_task(KEY_A, "t", "SUCCESS");
-    let h2: Client<HttpConnector, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new());
+    let h2 = h2_client();
     for expected in ["mjgate; fwd=uri-miss; stored", "mjgate; hit"] {
         let response = h2
             .request(request(

@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::conditional::fetch_if_none_match;
 use crate::support::*;
@@ -124,12 +123,6 @@ impl EventStream {
 
 fn h1() -> Client<HttpConnector, Full<Bytes>> {
     client()
-}
-
-fn h2() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new())
 }
 
 async fn long_poll(gateway: &Gateway, id: &str, credential: &str, tag: &str, wait: &str) -> Reply {
@@ -338,7 +331,7 @@ async fn a_thousand_long_polls_and_streams_on_one_task_cost_one_upstream_call_pe
     let started = Instant::now();
     let gw = Arc::new(gw);
     // HTTP/2: ten connections carry the thousand requests.
-    let clients: Vec<_> = (0..10).map(|_| h2()).collect();
+    let clients: Vec<_> = (0..10).map(|_| h2_client()).collect();
     let polls: Vec<_> = (0..500)
         .map(|i| {
             let gw = Arc::clone(&gw);
@@ -531,7 +524,7 @@ async fn streams_and_long_polls_outlive_their_connections_idle_timeout() {
     // which must not cut the stream that is open on it, over HTTP/2 or HTTP/1.
     let config = "[cache]\nin_progress_ttl = \"100ms\"\n[server]\nidle_timeout = \"200ms\"\n";
     let (sim, gw) = start(config).await;
-    for (client, id) in [(h2(), "over-h2"), (h1(), "over-h1")] {
+    for (client, id) in [(h2_client(), "over-h2"), (h1(), "over-h1")] {
         sim.create_task(KEY_A, id, "IN_PROGRESS");
         let mut stream = EventStream::open(&client, &gw, id, KEY_A, None).await;
         assert_eq!(stream.next().await.unwrap().json()["status"], "IN_PROGRESS");

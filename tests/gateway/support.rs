@@ -123,6 +123,46 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
+/// A client that speaks HTTP/2 only (prior knowledge, cleartext).
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// Waits until `condition` holds, checking every 20 ms; fails the test naming `what` after 10 s.
+pub async fn poll_until<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `POST /mj/task/list-by-condition` with `{"ids": ids}`.
+pub async fn batch(gw: &Gateway, credential: &str, ids: &[&str]) -> Reply {
+    batch_at(gw, "/mj/task/list-by-condition", credential, ids).await
+}
+
+/// A batch at `path` (a mode prefix, say).
+pub async fn batch_at(gw: &Gateway, path: &str, credential: &str, ids: &[&str]) -> Reply {
+    let body = serde_json::json!({ "ids": ids }).to_string();
+    send(request(
+        Method::POST,
+        &gw.url(path),
+        Some(credential),
+        &body,
+    ))
+    .await
+}
+
 pub async fn send(request: Request<Full<Bytes>>) -> Reply {
     try_send(request).await.expect("gateway answered in time")
 }

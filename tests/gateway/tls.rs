@@ -257,7 +257,10 @@ async fn a_rotated_certificate_is_served_without_a_failed_request_and_a_broken_o
     pki.write("key.pem", &second.key_pem);
     let statuses = polling.await.unwrap();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    wait_until(|| async { pki.presented_certificate(gw.addr).await == second.der }).await;
+    poll_until("the rotated certificate served", || async {
+        pki.presented_certificate(gw.addr).await == second.der
+    })
+    .await;
 
     // A broken pair: logged, counted, and the second certificate keeps serving.
     let before = scrape_tls(&pki, &gw).await;
@@ -265,7 +268,7 @@ async fn a_rotated_certificate_is_served_without_a_failed_request_and_a_broken_o
         "cert.pem",
         "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
     );
-    wait_until(|| async {
+    poll_until("the broken pair counted", || async {
         scrape_tls(&pki, &gw)
             .await
             .value("mjgate_tls_reloads_total", &[("result", "error")])
@@ -298,22 +301,6 @@ async fn fetch_over(client_config: &Arc<rustls::ClientConfig>, addr: std::net::S
     match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
         Ok(Ok(response)) => response.status().as_u16(),
         _ => 0,
-    }
-}
-
-/// Waits (5 s at most) until `condition` holds.
-async fn wait_until<F, Fut>(condition: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never held"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
