@@ -179,7 +179,7 @@ pub struct TaskCache {
     /// Keys whose refresh just failed while a stale answer stood in, with the failure's status: their
     /// next refresh waits one in-progress TTL, so a failing upstream still sees at most one call per
     /// task per TTL window however often clients poll.
-    refresh_held: Cache<CacheKey, u16>,
+    refresh_deferred: Cache<CacheKey, u16>,
     lifetime: Lifetime,
     /// Entry counts and bytes by class, kept here on insert and by moka's eviction listener on removal.
     metrics: Arc<Metrics>,
@@ -216,13 +216,13 @@ impl TaskCache {
                 on_removal.cache_removed(task.class, weigh(&key, &task));
             })
             .build_with_hasher(KeyHasher::default());
-        let refresh_held = Cache::builder()
+        let refresh_deferred = Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.in_progress_ttl)
             .build();
         TaskCache {
             entries,
-            refresh_held,
+            refresh_deferred,
             lifetime,
             metrics,
         }
@@ -270,19 +270,20 @@ impl TaskCache {
         self.lifetime.in_progress_ttl
     }
 
-    /// Holds off refreshing `key` for one in-progress TTL after a refresh failed with `status`.
-    pub fn hold_refresh(&self, key: &[u8], status: u16) {
-        self.refresh_held.insert(CacheKey::from_bytes(key), status);
+    /// Defers refreshing `key` for one in-progress TTL after a refresh failed with `status`.
+    pub fn defer_refresh(&self, key: &[u8], status: u16) {
+        self.refresh_deferred
+            .insert(CacheKey::from_bytes(key), status);
     }
 
-    /// The status of the failure holding off a refresh of `key`, if one is.
-    pub fn refresh_held(&self, key: &[u8]) -> Option<u16> {
-        self.refresh_held.get(key)
+    /// The status of the failure deferring a refresh of `key`, if one is.
+    pub fn refresh_deferred(&self, key: &[u8]) -> Option<u16> {
+        self.refresh_deferred.get(key)
     }
 
     pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) {
         self.metrics.cache_added(task.class, weigh(&key, &task));
-        self.refresh_held.invalidate(&key);
+        self.refresh_deferred.invalidate(&key);
         self.entries.insert(key, task);
     }
 

@@ -186,7 +186,7 @@ impl Fetcher {
             other => other.stale(),
         };
         if let Some(stale) = &stale
-            && let Some(fwd_status) = self.cache.refresh_held(key.as_bytes())
+            && let Some(fwd_status) = self.cache.refresh_deferred(key.as_bytes())
         {
             return serve_stale(stale, fwd_status);
         }
@@ -202,7 +202,7 @@ impl Fetcher {
                         Ok(Landed::NotReturned) => continue,
                         Ok(landed) => {
                             self.metrics.task_lookups(Outcome::Collapsed, 1);
-                            self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
+                            self.defer_refresh_if_failed(key.as_bytes(), &landed, stale.is_some());
                             return landed_response(landed, true, stale.as_deref());
                         }
                         Err(abandoned) => {
@@ -225,7 +225,7 @@ impl Fetcher {
                 .await;
             return match landed {
                 Ok(landed) => {
-                    self.hold_if_failed(key.as_bytes(), &landed, stale.is_some());
+                    self.defer_refresh_if_failed(key.as_bytes(), &landed, stale.is_some());
                     landed_response(landed, false, stale.as_deref())
                 }
                 Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
@@ -264,10 +264,10 @@ impl Fetcher {
         landing.wait().await
     }
 
-    /// After a failed refresh with a stale answer to stand in, holds off the next refresh for one TTL.
-    pub(crate) fn hold_if_failed(&self, key: &[u8], landed: &Landed, has_stale: bool) {
+    /// After a failed refresh with a stale answer to stand in, defers the next refresh for one TTL.
+    pub(crate) fn defer_refresh_if_failed(&self, key: &[u8], landed: &Landed, has_stale: bool) {
         if has_stale && let Some(status) = failure_status(landed) {
-            self.cache.hold_refresh(key, status);
+            self.cache.defer_refresh(key, status);
         }
     }
 
@@ -301,7 +301,7 @@ impl Fetcher {
             client,
             body: Bytes::new(),
         });
-        let reply = shared::hold(lease.as_slice(), call).await;
+        let reply = shared::under_lease(lease.as_slice(), call).await;
         let landed = match reply {
             Err(e) => {
                 e.log();

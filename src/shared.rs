@@ -90,7 +90,7 @@ struct Inner {
     /// gets an answer.
     up: AtomicBool,
     /// Waiters on another replica's call, by task key: each announcement bumps the key's counter.
-    /// Entries are removed by the last waiter's [`LandingWatch`] drop.
+    /// Entries are removed by the last waiter's [`AnnouncementWatch`] drop.
     landings: Mutex<HashMap<Vec<u8>, Weak<watch::Sender<u64>>>>,
     release: Script,
     renew: Script,
@@ -279,7 +279,7 @@ impl SharedCache {
     }
 
     /// Waits for the lease holder's answer; takes the lease over if it goes away without one.
-    async fn wait(&self, names: &Names, watch: LandingWatch) -> Claim {
+    async fn wait(&self, names: &Names, watch: AnnouncementWatch) -> Claim {
         let deadline = Instant::now() + self.inner.max_wait;
         let gave_up = || {
             self.inner.metrics.shared.lease(LeaseOutcome::GaveUp);
@@ -414,7 +414,7 @@ impl Inner {
     }
 
     /// Registers interest in the announcement of `task_key`.
-    fn watch(self: &Arc<Self>, task_key: &[u8]) -> LandingWatch {
+    fn watch(self: &Arc<Self>, task_key: &[u8]) -> AnnouncementWatch {
         let mut landings = self.landings.lock();
         let sender = match landings.get(task_key).and_then(Weak::upgrade) {
             Some(sender) => sender,
@@ -424,7 +424,7 @@ impl Inner {
                 sender
             }
         };
-        LandingWatch {
+        AnnouncementWatch {
             announced: sender.subscribe(),
             _registration: Registration {
                 inner: Arc::clone(self),
@@ -435,7 +435,7 @@ impl Inner {
     }
 
     /// An announcement arrived: wake whoever waits on that key here.
-    fn landed(&self, task_key: &[u8]) {
+    fn announced(&self, task_key: &[u8]) {
         let sender = self.landings.lock().get(task_key).and_then(Weak::upgrade);
         if let Some(sender) = sender {
             sender.send_modify(|count| *count = count.wrapping_add(1));
@@ -450,7 +450,7 @@ struct Names {
 }
 
 /// A waiter's view of one key's announcements, from the moment it registered.
-struct LandingWatch {
+struct AnnouncementWatch {
     announced: watch::Receiver<u64>,
     /// Held for its `Drop`.
     _registration: Registration,
@@ -485,7 +485,7 @@ pub struct Lease {
 }
 
 /// Runs `work` while holding `leases`, renewing each every third of its TTL until `work` finishes.
-pub async fn hold<F: Future>(leases: &[Lease], work: F) -> F::Output {
+pub async fn under_lease<F: Future>(leases: &[Lease], work: F) -> F::Output {
     if leases.is_empty() {
         return work.await;
     }
@@ -585,7 +585,7 @@ async fn listen(
                 let Some(inner) = inner.upgrade() else {
                     return Ok(());
                 };
-                inner.landed(message.get_payload_bytes());
+                inner.announced(message.get_payload_bytes());
             }
             Ok::<(), RedisError>(())
         };

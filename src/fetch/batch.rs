@@ -220,7 +220,7 @@ impl Fetcher {
                 other => other.stale(),
             };
             if let Some(stale) = &stale
-                && let Some(status) = self.cache.refresh_held(key.as_bytes())
+                && let Some(status) = self.cache.refresh_deferred(key.as_bytes())
             {
                 // A refresh failed moments ago: the stale answer stands in without a new call.
                 plan.held.push(status);
@@ -270,7 +270,7 @@ impl Fetcher {
             };
             if let (Some(status), Some(stale)) = (failure_status(&landed), stale) {
                 let key = KeyBuf::new(fingerprint, ids[index]);
-                self.hold_if_failed(key.as_bytes(), &landed, true);
+                self.defer_refresh_if_failed(key.as_bytes(), &landed, true);
                 tally.stale = Some(status);
                 tasks.push(stale);
                 continue;
@@ -400,7 +400,7 @@ impl Fetcher {
             client,
             body,
         });
-        let reply = shared::hold(&leases, call).await;
+        let reply = shared::under_lease(&leases, call).await;
         let mut stored = Vec::new();
         match reply {
             Err(e) => {
