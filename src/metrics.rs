@@ -413,18 +413,8 @@ impl SharedMetrics {
     }
 }
 
-const CLASSES: [TaskClass; 3] = [
-    TaskClass::Terminal,
-    TaskClass::InProgress,
-    TaskClass::NotFound,
-];
-
 fn class_index(class: TaskClass) -> usize {
-    match class {
-        TaskClass::Terminal => 0,
-        TaskClass::InProgress => 1,
-        TaskClass::NotFound => 2,
-    }
+    usize::from(class.index())
 }
 
 /// Client requests by route and outcome, their durations, and task lookups by outcome.
@@ -741,7 +731,7 @@ impl Metrics {
 
     /// The exposition text for `GET /metrics`.
     pub fn render(&self) -> Vec<u8> {
-        for class in CLASSES {
+        for class in TaskClass::ALL {
             let i = class_index(class);
             self.cache_entries
                 .with_label_values(&[class.as_str()])

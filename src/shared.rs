@@ -647,11 +647,7 @@ pub fn encode(task: &CachedTask) -> Vec<u8> {
         unix_millis(SystemTime::now()).saturating_sub(millis(task.stored_at.elapsed()));
     let mut value = Vec::with_capacity(HEADER_LEN + content_type.len() + task.body.len());
     value.extend_from_slice(MAGIC);
-    value.push(match task.class {
-        TaskClass::Terminal => 0,
-        TaskClass::InProgress => 1,
-        TaskClass::NotFound => 2,
-    });
+    value.push(task.class.index());
     value.extend_from_slice(&task.status.as_u16().to_be_bytes());
     value.extend_from_slice(&fetched_at.to_be_bytes());
     value.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
@@ -667,12 +663,7 @@ pub fn decode(value: &[u8]) -> Option<CachedTask> {
     if &header[..4] != MAGIC {
         return None;
     }
-    let class = match header[4] {
-        0 => TaskClass::Terminal,
-        1 => TaskClass::InProgress,
-        2 => TaskClass::NotFound,
-        _ => return None,
-    };
+    let class = TaskClass::from_index(header[4])?;
     let status = StatusCode::from_u16(u16::from_be_bytes([header[5], header[6]])).ok()?;
     let fetched_at = u64::from_be_bytes(header[7..15].try_into().ok()?);
     let content_type_len = usize::from(u16::from_be_bytes([header[15], header[16]]));

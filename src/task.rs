@@ -69,6 +69,28 @@ impl TaskClass {
         }
     }
 
+    /// Every class, in the order of [`index`](Self::index).
+    pub const ALL: [TaskClass; 3] = [
+        TaskClass::Terminal,
+        TaskClass::InProgress,
+        TaskClass::NotFound,
+    ];
+
+    /// The class's number: its place in [`ALL`](Self::ALL), the metrics' array index, and its byte in
+    /// the shared tier's values (so never renumber one).
+    pub fn index(self) -> u8 {
+        match self {
+            TaskClass::Terminal => 0,
+            TaskClass::InProgress => 1,
+            TaskClass::NotFound => 2,
+        }
+    }
+
+    /// The class numbered `index`, if any.
+    pub fn from_index(index: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(index)).copied()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskClass::Terminal => "terminal",
