@@ -1,6 +1,6 @@
 //! One request pipeline: what every request goes through, hit or miss, written once.
 //!
-//! The stack, outermost first, is assembled in [`stack`]:
+//! The stack, outermost first, is assembled in `Gateway::pipeline`:
 //! 1. [`Envelope`] (a tower [`Layer`]): the request id (taken from the client or generated, echoed on
 //!    the response, handed to the handler for the upstream), `304 Not Modified` from the gateway's own
 //!    `ETag`s, the request's metrics and its access-log line. It sits outermost so that it times and

@@ -474,7 +474,7 @@ impl Drop for Registration {
 }
 
 /// The right to call the upstream for one key, across replicas. Renewed while the call runs
-/// ([`hold`]); released by [`Lease::release`], or on drop if the holder forgot or
+/// ([`under_lease`]); released by [`Lease::release`], or on drop if the holder forgot or
 /// panicked. A holder that dies leaves it to expire after `shared_cache.lease_ttl`.
 pub struct Lease {
     inner: Arc<Inner>,
