@@ -141,7 +141,10 @@ impl Gateway {
     }
 
     /// The hit path: a fetch whose answer is fresh in the cache. `None` sends the request down the slow
-    /// path, which looks again (a miss is far costlier than a second lookup).
+    /// path, which looks again (a miss is far costlier than a second lookup). Inlined into the
+    /// envelope's hit path: returned through a call, the response costs a copy (callgrind: ~130
+    /// instructions a hit).
+    #[inline(always)]
     pub fn try_hit<B>(
         &self,
         request: &Request<B>,
@@ -428,7 +431,7 @@ pub struct Handler {
 }
 
 impl<B> HitPath<B> for Handler {
-    #[inline]
+    #[inline(always)]
     fn try_hit(&mut self, request: &Request<B>) -> Option<Response<ResponseBody>> {
         self.gateway.try_hit(request, self.listener, &mut self.memo)
     }
