@@ -402,4 +402,17 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn the_system_roots_load_where_the_system_has_a_ca_bundle() {
+        // Debian's ca-certificates; a machine without it has no system roots to use.
+        if !Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            return;
+        }
+        assert!(client_config(Roots::System, None).is_ok());
+        assert!(
+            client_config(Roots::System, Some(Path::new("/nonexistent/ca.pem"))).is_err(),
+            "a missing bundle is an error with either roots"
+        );
+    }
 }

@@ -356,3 +356,32 @@ fn check_config_fails_on_a_bad_file_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`batch.max_ids`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_listener_certificate_at_once() {
+    let pki = Pki::new("sighup");
+    let (first, second) = (pki.leaf(), pki.leaf());
+    let cert = pki.write("cert.pem", &first.cert_pem);
+    let key = pki.write("key.pem", &first.key_pem);
+    let file = write_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[tls]\ncert_file = {}\nkey_file = {}\nreload_interval = \"1h\"\n",
+        toml_path(&cert),
+        toml_path(&key)
+    ));
+    let (mut child, addr) = spawn_listening(mjgate().arg("--config").arg(&file.0));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    assert_eq!(pki.presented_certificate(addr).await, first.der);
+    pki.write("cert.pem", &second.cert_pem);
+    pki.write("key.pem", &second.key_pem);
+    // The files are checked once an hour: only the signal can make the change show now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pki.presented_certificate(addr).await, first.der);
+    let _ = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    poll_until("the certificate reloaded on SIGHUP", || async {
+        pki.presented_certificate(addr).await == second.der
+    })
+    .await;
+    assert!(terminate(&mut child).success(), "SIGHUP did not end it");
+}
