@@ -31,6 +31,7 @@ pub mod cache;
 pub mod config;
 pub mod credential;
 pub mod error;
+pub mod family;
 pub mod fetch;
 pub mod gateway;
 pub mod hex;

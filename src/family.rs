@@ -1,0 +1,652 @@
+//! Task APIs ("families") as data. A family is a description: its status routes, where the status and
+//! the id sit in an answer, which values mean finished, what "no such task" looks like, when a finished
+//! answer stops being good, and optionally a batch route. Midjourney is one such description; the
+//! built-in ones live in `family/builtin.toml`, and operators add theirs under `[families.<name>]` in
+//! the same shape. Nothing else in the gateway knows one task API from another.
+
+pub mod expiry;
+mod route;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::task::TaskClass;
+pub use route::{Matched, RouteKind};
+
+/// Most families one gateway serves: the family's number is one byte of every cache key.
+pub const MAX_FAMILIES: usize = 64;
+
+/// The built-in descriptions, parsed by the same code as an operator's.
+const BUILTIN: &str = include_str!("family/builtin.toml");
+
+/// Finished-with-success values every family without its own list uses (case-insensitive).
+const SUCCESS: [&str; 5] = ["SUCCESS", "succeeded", "succeed", "completed", "complete"];
+/// Finished-with-failure values every family without its own list uses (case-insensitive).
+const FAILURE: [&str; 7] = [
+    "FAILURE",
+    "failed",
+    "error",
+    "CANCEL",
+    "cancelled",
+    "canceled",
+    "expired",
+];
+
+/// A family's number: its place in [`Families`], one byte of its cache keys and its metrics' index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FamilyId(pub u8);
+
+impl FamilyId {
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// One family as written in TOML (built-in or `[families.<name>]`). Every key is optional so that an
+/// operator can override one key of a built-in family; a new family must name its routes and statuses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilySpec {
+    pub enabled: Option<bool>,
+    /// Path templates with one `{id}` segment (`/suno/fetch/{id}`), or a path and a query parameter
+    /// (`/v1/video/query?id={id}`).
+    pub status_routes: Option<Vec<String>>,
+    /// The gateway's own event-stream routes (Midjourney's `/mj/task/{id}/events`).
+    pub events_routes: Option<Vec<String>>,
+    /// Routes may follow one mode segment (`/mj-fast/mj/task/{id}/fetch`).
+    pub mode_prefix: Option<bool>,
+    /// JSON pointers to the status, tried in order.
+    pub status_at: Option<Vec<String>>,
+    /// JSON pointers to the task id: an answer naming another id is not stored.
+    pub id_at: Option<Vec<String>>,
+    pub success: Option<Vec<String>>,
+    pub failure: Option<Vec<String>>,
+    pub not_found: Option<Vec<NotFoundShape>>,
+    /// JSON pointers to the moment a finished answer's result expires (Unix seconds or milliseconds,
+    /// or RFC 3339).
+    pub expires_at: Option<Vec<String>>,
+    /// Read the expiry of signed URLs (`X-Amz-Date` + `X-Amz-Expires`, `Expires=`) in finished answers.
+    pub signed_urls: Option<bool>,
+    /// The longest a finished answer is kept (unset: until evicted or expired).
+    #[serde(default, with = "humantime_serde")]
+    pub finished_ttl: Option<Duration>,
+    /// JSON pointer to the task object inside a status answer (`/data` in new-api's envelope).
+    pub task_at: Option<String>,
+    /// A status answer built around one task object (`{task}`), for tasks that arrive in a batch.
+    pub task_answer: Option<String>,
+    pub batch: Option<BatchSpec>,
+}
+
+/// One way the upstream says "no such task": a status, and optionally what the body is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotFoundShape {
+    pub status: u16,
+    /// The body contains this text (searched in its first 4 KiB).
+    pub contains: Option<String>,
+    /// The body is empty (or whitespace).
+    #[serde(default)]
+    pub empty: bool,
+}
+
+/// A family's batch route: `POST {route}` with `{"ids": [...]}`, answered per id from the cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    pub route: Option<String>,
+    /// JSON pointer to the array of tasks in the upstream's batch answer (`""`: the answer is one).
+    pub items_at: Option<String>,
+    /// Request fields besides `ids` that do not change the answer (others make it passthrough).
+    pub ignore_fields: Option<Vec<String>>,
+    /// The answer around the tasks (`{items}`, a JSON array).
+    pub answer: Option<String>,
+    /// The answer when no task was found (default: `answer` around `[]`).
+    pub answer_when_empty: Option<String>,
+}
+
+/// Why a family description was refused; `key` is the dotted config key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {reason}")]
+pub struct FamilyError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// A validated family.
+#[derive(Debug)]
+pub struct Family {
+    name: String,
+    id: FamilyId,
+    status_at: Vec<String>,
+    id_at: Vec<String>,
+    success: Vec<String>,
+    failure: Vec<String>,
+    not_found: Vec<NotFoundShape>,
+    expires_at: Vec<String>,
+    signed_urls: bool,
+    finished_ttl: Option<Duration>,
+    task_at: String,
+    /// `task_answer` split around `{task}`.
+    task_answer: (String, String),
+    batch: Option<Batch>,
+}
+
+/// A validated batch route.
+#[derive(Debug)]
+pub struct Batch {
+    pub items_at: String,
+    pub ignore_fields: Vec<String>,
+    /// `answer` split around `{items}`.
+    answer: (String, String),
+    answer_when_empty: Option<String>,
+    /// The family's `status_at` and `id_at` inside one item (with `task_at` taken off).
+    item_status_at: Vec<String>,
+    item_id_at: Vec<String>,
+}
+
+/// What a status answer says about its task, read once when it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    pub class: TaskClass,
+    /// When a finished answer stops being servable: its result expires, or the family's cap.
+    pub keep_until: Option<Instant>,
+}
+
+impl Family {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn id(&self) -> FamilyId {
+        self.id
+    }
+
+    pub fn batch(&self) -> Option<&Batch> {
+        self.batch.as_ref()
+    }
+
+    /// The class of a status value, compared case-insensitively; anything unknown is running.
+    pub fn class_of(&self, status: &str) -> TaskClass {
+        let listed = |values: &[String]| values.iter().any(|v| v.eq_ignore_ascii_case(status));
+        if listed(&self.success) || listed(&self.failure) {
+            TaskClass::Terminal
+        } else {
+            TaskClass::InProgress
+        }
+    }
+
+    /// Classifies a `200` status answer fetched for `expected_id`, or `None` when it is not that task's
+    /// answer (not a JSON object, another id, or neither an id nor a status: a router's error object).
+    pub fn classify(&self, body: &[u8], expected_id: &str) -> Option<Classified> {
+        let value = json_object(body)?;
+        self.classify_value(&value, &self.status_at, &self.id_at, expected_id)
+    }
+
+    fn classify_value(
+        &self,
+        value: &Value,
+        status_at: &[String],
+        id_at: &[String],
+        expected_id: &str,
+    ) -> Option<Classified> {
+        let id = first_text(value, id_at);
+        if id.as_deref().is_some_and(|id| id != expected_id) {
+            return None;
+        }
+        let class = match first_text(value, status_at) {
+            Some(status) => self.class_of(&status),
+            // An answer naming the task but no status yet (new-api right after a submit): running.
+            None if id.is_some() => TaskClass::InProgress,
+            None => return None,
+        };
+        let keep_until = (class == TaskClass::Terminal)
+            .then(|| self.keep_until(value))
+            .flatten();
+        Some(Classified { class, keep_until })
+    }
+
+    /// The moment a finished answer stops being servable, if any: the earliest of its `expires_at`,
+    /// its signed URLs' expiry and the family's `finished_ttl`.
+    fn keep_until(&self, value: &Value) -> Option<Instant> {
+        let now = Instant::now();
+        let capped = self.finished_ttl.map(|ttl| now + ttl);
+        let stated = self
+            .expires_at
+            .iter()
+            .filter_map(|pointer| value.pointer(pointer).and_then(expiry::moment))
+            .chain(
+                self.signed_urls
+                    .then(|| expiry::signed_urls(value))
+                    .flatten(),
+            )
+            .min()
+            .map(expiry::instant_of);
+        capped.into_iter().chain(stated).min()
+    }
+
+    /// Whether an answer that is not a task object is one of this API's "no such task" shapes.
+    pub fn is_not_found(&self, status: u16, body: &[u8]) -> bool {
+        self.not_found.iter().any(|shape| {
+            shape.status == status
+                && (!shape.empty || body.iter().all(u8::is_ascii_whitespace))
+                && shape.contains.as_deref().is_none_or(|text| {
+                    let head = &body[..body.len().min(4096)];
+                    head.windows(text.len().max(1))
+                        .any(|w| w == text.as_bytes())
+                })
+        })
+    }
+
+    /// The task object inside a status answer, as a range of its bytes (for batch answers), when the
+    /// answer is a JSON object holding one at `task_at`.
+    pub fn task_span(&self, body: &[u8]) -> Option<std::ops::Range<usize>> {
+        if self.task_at.is_empty() {
+            return Some(0..body.len());
+        }
+        let raw = raw_at(body, &self.task_at)?;
+        let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+        Some(start..start + raw.len())
+    }
+
+    /// A status answer around one task object that arrived in a batch answer.
+    pub fn wrap_task(&self, task: &[u8]) -> (Vec<u8>, std::ops::Range<usize>) {
+        let (before, after) = &self.task_answer;
+        let mut body = Vec::with_capacity(before.len() + task.len() + after.len());
+        body.extend_from_slice(before.as_bytes());
+        body.extend_from_slice(task);
+        body.extend_from_slice(after.as_bytes());
+        (body, before.len()..before.len() + task.len())
+    }
+
+    /// Classifies one task of a batch answer (its own id and status, inside the item).
+    pub fn classify_item(&self, item: &Value, batch: &Batch) -> Option<(String, Classified)> {
+        let id = first_text(item, &batch.item_id_at)?;
+        let classified =
+            self.classify_value(item, &batch.item_status_at, &batch.item_id_at, &id)?;
+        Some((id.into_owned(), classified))
+    }
+}
+
+impl Batch {
+    /// The batch answer around `items` (the tasks, comma-separated, without brackets).
+    pub fn answer(&self, items: &[u8], count: usize) -> Vec<u8> {
+        if count == 0
+            && let Some(empty) = &self.answer_when_empty
+        {
+            return empty.as_bytes().to_vec();
+        }
+        let (before, after) = &self.answer;
+        let mut body = Vec::with_capacity(before.len() + items.len() + after.len() + 2);
+        body.extend_from_slice(before.as_bytes());
+        body.push(b'[');
+        body.extend_from_slice(items);
+        body.push(b']');
+        body.extend_from_slice(after.as_bytes());
+        body
+    }
+}
+
+/// The first string (or number, as text) found at one of `pointers`.
+fn first_text<'v>(value: &'v Value, pointers: &[String]) -> Option<std::borrow::Cow<'v, str>> {
+    pointers
+        .iter()
+        .find_map(|pointer| match value.pointer(pointer)? {
+            Value::String(text) => Some(std::borrow::Cow::Borrowed(text.as_str())),
+            Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+            _ => None,
+        })
+}
+
+/// `body` as a JSON value, if it is an object (serde would take an array for a struct, too).
+pub fn json_object(body: &[u8]) -> Option<Value> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// The raw bytes of the value at `pointer` (object keys only) inside `body`.
+fn raw_at<'b>(body: &'b [u8], pointer: &str) -> Option<&'b str> {
+    let mut current: &serde_json::value::RawValue = serde_json::from_slice(body).ok()?;
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let fields: BTreeMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
+            serde_json::from_str(current.get()).ok()?;
+        current = fields.get(token.as_str())?;
+    }
+    Some(current.get())
+}
+
+/// Every family the gateway serves, in number order, and the route table over them.
+#[derive(Debug, Clone)]
+pub struct Families {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    families: Vec<Family>,
+    routes: route::Table,
+}
+
+impl Families {
+    /// The built-in families with `overrides` (`[families.<name>]`) applied: keys of a built-in family
+    /// replace its own, other names add families, `enabled = false` turns one off.
+    pub fn new(overrides: BTreeMap<String, FamilySpec>) -> Result<Self, FamilyError> {
+        let builtin: BTreeMap<String, FamilySpec> =
+            toml::from_str(BUILTIN).map_err(|e| FamilyError {
+                key: "families".into(),
+                reason: format!("built-in descriptions: {e}"),
+            })?;
+        // Built-ins first, in the file's order, so their numbers do not depend on the operator's.
+        let mut order: Vec<String> = BUILTIN_ORDER.iter().map(|s| (*s).to_owned()).collect();
+        order.extend(
+            overrides
+                .keys()
+                .filter(|name| !builtin.contains_key(*name))
+                .cloned(),
+        );
+        let mut families = Vec::new();
+        let mut routes = route::Table::default();
+        for name in order {
+            let base = builtin.get(&name).cloned();
+            let spec = merge(base.clone(), overrides.get(&name).cloned());
+            if spec.enabled == Some(false) {
+                continue;
+            }
+            if families.len() == MAX_FAMILIES {
+                return Err(error(
+                    &name,
+                    "",
+                    format!("more than {MAX_FAMILIES} families"),
+                ));
+            }
+            let id = FamilyId(families.len() as u8);
+            let is_new = base.is_none();
+            let family = compile(&name, id, &spec, is_new)?;
+            routes.add(&name, id, &spec)?;
+            families.push(family);
+        }
+        Ok(Families {
+            inner: Arc::new(Inner { families, routes }),
+        })
+    }
+
+    /// The built-in families, none changed.
+    pub fn builtin() -> Self {
+        Self::new(BTreeMap::new()).expect("the built-in family descriptions are valid")
+    }
+
+    pub fn get(&self, id: FamilyId) -> &Family {
+        &self.inner.families[id.index()]
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Family> {
+        self.inner.families.iter().find(|f| f.name == name)
+    }
+
+    pub fn all(&self) -> &[Family] {
+        &self.inner.families
+    }
+
+    /// The family route a request is on, if any (see [`route`]).
+    #[inline]
+    pub fn route<'a>(
+        &self,
+        method: &http::Method,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> Option<Matched<'a>> {
+        self.inner.routes.lookup(method, path, query)
+    }
+}
+
+/// The built-in names in number order (the TOML table's own order is lost to the map).
+const BUILTIN_ORDER: [&str; 9] = [
+    "midjourney",
+    "suno",
+    "kling",
+    "openai-videos",
+    "video-generations",
+    "video-query",
+    "runway",
+    "luma",
+    "volcengine",
+];
+
+/// `over`'s keys on top of `base`'s.
+fn merge(base: Option<FamilySpec>, over: Option<FamilySpec>) -> FamilySpec {
+    let base = base.unwrap_or_default();
+    let Some(over) = over else { return base };
+    FamilySpec {
+        enabled: over.enabled.or(base.enabled),
+        status_routes: over.status_routes.or(base.status_routes),
+        events_routes: over.events_routes.or(base.events_routes),
+        mode_prefix: over.mode_prefix.or(base.mode_prefix),
+        status_at: over.status_at.or(base.status_at),
+        id_at: over.id_at.or(base.id_at),
+        success: over.success.or(base.success),
+        failure: over.failure.or(base.failure),
+        not_found: over.not_found.or(base.not_found),
+        expires_at: over.expires_at.or(base.expires_at),
+        signed_urls: over.signed_urls.or(base.signed_urls),
+        finished_ttl: over.finished_ttl.or(base.finished_ttl),
+        task_at: over.task_at.or(base.task_at),
+        task_answer: over.task_answer.or(base.task_answer),
+        batch: over.batch.or(base.batch),
+    }
+}
+
+fn error(family: &str, key: &str, reason: impl Into<String>) -> FamilyError {
+    let key = if key.is_empty() {
+        format!("families.{family}")
+    } else {
+        format!("families.{family}.{key}")
+    };
+    FamilyError {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn compile(
+    name: &str,
+    id: FamilyId,
+    spec: &FamilySpec,
+    is_new: bool,
+) -> Result<Family, FamilyError> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
+    if !valid_name {
+        return Err(error(
+            name,
+            "",
+            "a family name is 1 to 32 of a-z, 0-9, '-' and '_' (it is a metric label)",
+        ));
+    }
+    let pointers = |key: &str, list: &Option<Vec<String>>, required: bool| {
+        let list = list.clone().unwrap_or_default();
+        if required && list.is_empty() {
+            return Err(error(name, key, "is required: at least one JSON pointer"));
+        }
+        for pointer in &list {
+            check_pointer(name, key, pointer)?;
+        }
+        Ok(list)
+    };
+    let status_at = pointers("status_at", &spec.status_at, true)?;
+    let id_at = pointers("id_at", &spec.id_at, false)?;
+    let expires_at = pointers("expires_at", &spec.expires_at, false)?;
+    let statuses = |key: &str, list: &Option<Vec<String>>, default: &[&str]| {
+        let list: Vec<String> = match list {
+            Some(list) => list.clone(),
+            None => default.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        if list.iter().any(|s| s.trim().is_empty()) {
+            return Err(error(name, key, "an empty status cannot mean finished"));
+        }
+        Ok(list)
+    };
+    let success = statuses("success", &spec.success, &SUCCESS)?;
+    let failure = statuses("failure", &spec.failure, &FAILURE)?;
+    let not_found = spec.not_found.clone().unwrap_or_else(default_not_found);
+    for (i, shape) in not_found.iter().enumerate() {
+        if !(100..=599).contains(&shape.status)
+            || (200..300).contains(&shape.status)
+                && shape.contains.is_none()
+                && !shape.empty
+                && shape.status != 204
+        {
+            return Err(error(
+                name,
+                &format!("not_found[{i}]"),
+                "needs a status of 100-599; a 2xx other than 204 also needs `contains` or `empty`",
+            ));
+        }
+        if shape.contains.as_deref() == Some("") {
+            return Err(error(name, &format!("not_found[{i}].contains"), "is empty"));
+        }
+    }
+    if is_new && spec.status_routes.as_ref().is_none_or(Vec::is_empty) {
+        return Err(error(
+            name,
+            "status_routes",
+            "is required: at least one route",
+        ));
+    }
+    if spec.finished_ttl.is_some_and(|ttl| ttl.is_zero()) {
+        return Err(error(
+            name,
+            "finished_ttl",
+            "must be positive (unset keeps finished tasks)",
+        ));
+    }
+    let task_at = spec.task_at.clone().unwrap_or_default();
+    check_pointer(name, "task_at", &task_at)?;
+    let task_answer = split_template(
+        name,
+        "task_answer",
+        spec.task_answer.as_deref().unwrap_or("{task}"),
+        "{task}",
+    )?;
+    let batch = match &spec.batch {
+        None => None,
+        Some(batch) => Some(compile_batch(name, batch, &task_at, &status_at, &id_at)?),
+    };
+    Ok(Family {
+        name: name.to_owned(),
+        id,
+        status_at,
+        id_at,
+        success,
+        failure,
+        not_found,
+        expires_at,
+        signed_urls: spec.signed_urls.unwrap_or(true),
+        finished_ttl: spec.finished_ttl,
+        task_at,
+        task_answer,
+        batch,
+    })
+}
+
+fn compile_batch(
+    name: &str,
+    spec: &BatchSpec,
+    task_at: &str,
+    status_at: &[String],
+    id_at: &[String],
+) -> Result<Batch, FamilyError> {
+    if spec.route.as_deref().is_none_or(str::is_empty) {
+        return Err(error(name, "batch.route", "is required"));
+    }
+    let items_at = spec.items_at.clone().unwrap_or_default();
+    check_pointer(name, "batch.items_at", &items_at)?;
+    // Inside an item, the status and id sit where they sit inside `task_at` of a status answer.
+    let inside = |pointers: &[String]| -> Vec<String> {
+        pointers
+            .iter()
+            .filter_map(|p| p.strip_prefix(task_at))
+            .filter(|p| p.is_empty() || p.starts_with('/'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let item_status_at = inside(status_at);
+    let item_id_at = inside(id_at);
+    if item_status_at.is_empty() || item_id_at.is_empty() {
+        return Err(error(
+            name,
+            "batch",
+            "needs `status_at` and `id_at` pointers inside `task_at` (they locate each task's status and id in a batch answer)",
+        ));
+    }
+    Ok(Batch {
+        items_at,
+        ignore_fields: spec.ignore_fields.clone().unwrap_or_default(),
+        answer: split_template(
+            name,
+            "batch.answer",
+            spec.answer.as_deref().unwrap_or("{items}"),
+            "{items}",
+        )?,
+        answer_when_empty: spec.answer_when_empty.clone(),
+        item_status_at,
+        item_id_at,
+    })
+}
+
+fn default_not_found() -> Vec<NotFoundShape> {
+    let shape = |status, contains: Option<&str>| NotFoundShape {
+        status,
+        contains: contains.map(str::to_owned),
+        empty: false,
+    };
+    vec![
+        shape(404, None),
+        shape(400, Some("task_not_exist")),
+        shape(200, Some("task_not_exist")),
+        shape(400, Some("task_no_found")),
+    ]
+}
+
+fn check_pointer(name: &str, key: &str, pointer: &str) -> Result<(), FamilyError> {
+    if pointer.is_empty() || pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(error(
+            name,
+            key,
+            format!("{pointer:?} is not a JSON pointer (RFC 6901: empty, or starting with '/')"),
+        ))
+    }
+}
+
+/// A template split around its one `placeholder`.
+fn split_template(
+    name: &str,
+    key: &str,
+    template: &str,
+    placeholder: &str,
+) -> Result<(String, String), FamilyError> {
+    match template.split_once(placeholder) {
+        Some((before, after)) if !after.contains(placeholder) => {
+            Ok((before.to_owned(), after.to_owned()))
+        }
+        _ => Err(error(
+            name,
+            key,
+            format!("must contain {placeholder} exactly once"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

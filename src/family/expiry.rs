@@ -1,0 +1,148 @@
+//! When a finished answer's result expires: a stated moment (`expires_at`: Unix seconds or
+//! milliseconds, or RFC 3339), or the expiry signed into its URLs (`X-Amz-Date` + `X-Amz-Expires`,
+//! CloudFront / OSS `Expires=`). Read once, when an answer is stored.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// Unix times at or above this are milliseconds (it is the year 5138 in seconds).
+const MILLIS_FROM: u64 = 100_000_000_000;
+
+/// The moment a JSON value states, if it is one.
+pub fn moment(value: &Value) -> Option<SystemTime> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(unix),
+        Value::String(text) => match text.parse::<u64>() {
+            Ok(n) => Some(unix(n)),
+            Err(_) => humantime::parse_rfc3339_weak(text).ok(),
+        },
+        _ => None,
+    }
+}
+
+fn unix(n: u64) -> SystemTime {
+    if n >= MILLIS_FROM {
+        UNIX_EPOCH + Duration::from_millis(n)
+    } else {
+        UNIX_EPOCH + Duration::from_secs(n)
+    }
+}
+
+/// The earliest expiry signed into any URL among the strings of `value`.
+pub fn signed_urls(value: &Value) -> Option<SystemTime> {
+    match value {
+        Value::String(text) => url_expiry(text),
+        Value::Array(items) => items.iter().filter_map(signed_urls).min(),
+        Value::Object(fields) => fields.values().filter_map(signed_urls).min(),
+        _ => None,
+    }
+}
+
+/// The expiry a URL's query states: S3 SigV4 (`X-Amz-Date` plus `X-Amz-Expires` seconds) or a Unix
+/// `Expires=` (CloudFront, Aliyun OSS, S3 SigV2).
+pub fn url_expiry(url: &str) -> Option<SystemTime> {
+    let (_, query) = url.split_once('?')?;
+    let mut amz_date = None;
+    let mut amz_expires = None;
+    let mut expires = None;
+    for pair in query.split('&') {
+        let Some((name, value)) = pair.split_once('=') else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("X-Amz-Date") {
+            amz_date = parse_amz_date(value);
+        } else if name.eq_ignore_ascii_case("X-Amz-Expires") {
+            amz_expires = value.parse::<u64>().ok();
+        } else if name == "Expires" {
+            expires = value.parse::<u64>().ok().map(unix);
+        }
+    }
+    let sigv4 = amz_date
+        .zip(amz_expires)
+        .map(|(date, seconds)| date + Duration::from_secs(seconds));
+    sigv4.into_iter().chain(expires).min()
+}
+
+/// `20261130T120000Z`.
+fn parse_amz_date(text: &str) -> Option<SystemTime> {
+    if text.len() != 16 || !text.is_ascii() {
+        return None;
+    }
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &text[0..4],
+        &text[4..6],
+        &text[6..8],
+        &text[9..11],
+        &text[11..13],
+        &text[13..15]
+    );
+    humantime::parse_rfc3339(&rfc3339).ok()
+}
+
+/// The monotonic instant of a wall-clock moment (now, if it has passed).
+pub fn instant_of(moment: SystemTime) -> Instant {
+    let now = Instant::now();
+    match moment.duration_since(SystemTime::now()) {
+        Ok(left) => now + left,
+        Err(_) => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn reads_seconds_milliseconds_and_rfc3339() {
+        assert_eq!(
+            secs(moment(&serde_json::json!(1_800_000_000)).unwrap()),
+            1_800_000_000
+        );
+        assert_eq!(
+            secs(moment(&serde_json::json!(1_800_000_000_000u64)).unwrap()),
+            1_800_000_000
+        );
+        assert_eq!(
+            secs(moment(&serde_json::json!("1800000000")).unwrap()),
+            1_800_000_000
+        );
+        assert_eq!(
+            secs(moment(&serde_json::json!("2027-01-15T08:00:00Z")).unwrap()),
+            1_800_000_000
+        );
+        assert!(moment(&serde_json::json!(null)).is_none());
+        assert!(moment(&serde_json::json!("soon")).is_none());
+    }
+
+    #[test]
+    fn reads_signed_url_expiry() {
+        let sigv4 = "https://b.s3.amazonaws.com/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261130T120000Z&X-Amz-Expires=3600&X-Amz-Signature=ab";
+        assert_eq!(
+            url_expiry(sigv4),
+            humantime::parse_rfc3339("2026-11-30T13:00:00Z").ok()
+        );
+        let cloudfront =
+            "https://d.cloudfront.net/v.mp4?Expires=1800000000&Signature=x&Key-Pair-Id=K";
+        assert_eq!(secs(url_expiry(cloudfront).unwrap()), 1_800_000_000);
+        assert_eq!(url_expiry("https://cdn.example/v.mp4"), None);
+        assert_eq!(
+            url_expiry("https://cdn.example/v.mp4?X-Amz-Expires=60"),
+            None
+        );
+        let answer = serde_json::json!({"output": ["https://a/x?Expires=1800000100", cloudfront], "id": "t"});
+        assert_eq!(
+            secs(signed_urls(&answer).unwrap()),
+            1_800_000_000,
+            "the earliest"
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! The route table over every family's routes: which family, which kind of route, which id.
+//!
+//! A linear scan of prefix and suffix comparisons: a dozen or two templates, most rejected on their
+//! first bytes, cost less than a radix tree's setup for a path this short, and keep the matching rules
+//! (an id is one segment; a `{id}` route with a suffix catches bad ids instead of passing them on)
+//! ours rather than a router's.
+
+use http::Method;
+
+use super::{FamilyError, FamilyId, FamilySpec, error};
+use crate::task::{InvalidTaskId, TaskId};
+
+/// What a family route is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A status route (`GET`): served from the cache.
+    Status,
+    /// The gateway's own event stream for a task.
+    Events,
+}
+
+/// A request on a family route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched<'a> {
+    /// A task's route, with its id (or why the id must not reach the upstream).
+    Task {
+        family: FamilyId,
+        kind: RouteKind,
+        id: Result<TaskId<'a>, InvalidTaskId>,
+    },
+    /// The family's batch route (`POST`).
+    Batch(FamilyId),
+}
+
+#[derive(Debug)]
+enum Pattern {
+    /// `{prefix}{id}{suffix}`.
+    Path { prefix: String, suffix: String },
+    /// `{path}?{param}={id}`.
+    Query { path: String, param: String },
+    /// A batch route.
+    Exact(String),
+}
+
+#[derive(Debug)]
+struct Entry {
+    family: FamilyId,
+    kind: Option<RouteKind>,
+    mode_prefix: bool,
+    pattern: Pattern,
+    /// The template as written, for error messages.
+    template: String,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    entries: Vec<Entry>,
+    any_mode_prefix: bool,
+}
+
+impl Table {
+    /// Adds family `name`'s routes, refusing a template another family (or this one) already has.
+    pub(super) fn add(
+        &mut self,
+        name: &str,
+        family: FamilyId,
+        spec: &FamilySpec,
+    ) -> Result<(), FamilyError> {
+        let mode_prefix = spec.mode_prefix.unwrap_or(false);
+        let lists = [
+            (
+                "status_routes",
+                Some(RouteKind::Status),
+                spec.status_routes.clone().unwrap_or_default(),
+            ),
+            (
+                "events_routes",
+                Some(RouteKind::Events),
+                spec.events_routes.clone().unwrap_or_default(),
+            ),
+            (
+                "batch.route",
+                None,
+                spec.batch.iter().filter_map(|b| b.route.clone()).collect(),
+            ),
+        ];
+        for (key, kind, templates) in lists {
+            for template in templates {
+                let pattern = match kind {
+                    Some(_) => parse_template(&template),
+                    None if template.starts_with('/') && !template.contains(['{', '?']) => {
+                        Ok(Pattern::Exact(template.clone()))
+                    }
+                    None => Err("a batch route is a plain path starting with '/'".to_owned()),
+                }
+                .map_err(|reason| error(name, key, format!("{template:?}: {reason}")))?;
+                if let Some(other) = self.entries.iter().find(|e| e.template == template) {
+                    return Err(error(
+                        name,
+                        key,
+                        format!(
+                            "{template:?} is already a route of family #{}",
+                            other.family.0
+                        ),
+                    ));
+                }
+                self.any_mode_prefix |= mode_prefix;
+                self.entries.push(Entry {
+                    family,
+                    kind,
+                    mode_prefix,
+                    pattern,
+                    template,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The family route `method path?query` is on. Status and events routes answer `GET`, batch routes
+    /// `POST`; a family with `mode_prefix` also matches after one mode segment (`/mj-fast/mj/...`).
+    #[inline]
+    pub(super) fn lookup<'a>(
+        &self,
+        method: &Method,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> Option<Matched<'a>> {
+        let batch = if *method == Method::GET {
+            false
+        } else if *method == Method::POST {
+            true
+        } else {
+            return None;
+        };
+        if let Some(found) = self.scan(path, query, batch, false) {
+            return Some(found);
+        }
+        if self.any_mode_prefix
+            && let Some(rest) = strip_mode(path)
+        {
+            return self.scan(rest, query, batch, true);
+        }
+        None
+    }
+
+    fn scan<'a>(
+        &self,
+        path: &'a str,
+        query: Option<&'a str>,
+        batch: bool,
+        after_mode: bool,
+    ) -> Option<Matched<'a>> {
+        self.entries.iter().find_map(|entry| {
+            if (after_mode && !entry.mode_prefix) || batch != entry.kind.is_none() {
+                return None;
+            }
+            match (&entry.pattern, entry.kind) {
+                (Pattern::Exact(exact), None) => {
+                    (path == exact).then_some(Matched::Batch(entry.family))
+                }
+                (Pattern::Path { prefix, suffix }, Some(kind)) => {
+                    let middle = path
+                        .strip_prefix(prefix.as_str())?
+                        .strip_suffix(suffix.as_str())?;
+                    // Without a suffix, a longer path is another endpoint (`/v1/videos/{id}/content`).
+                    if suffix.is_empty() && (middle.is_empty() || middle.contains('/')) {
+                        return None;
+                    }
+                    Some(Matched::Task {
+                        family: entry.family,
+                        kind,
+                        id: TaskId::parse(middle),
+                    })
+                }
+                (Pattern::Query { path: exact, param }, Some(kind)) => {
+                    if path != exact {
+                        return None;
+                    }
+                    let value = query?
+                        .split('&')
+                        .find_map(|pair| pair.strip_prefix(param.as_str())?.strip_prefix('='))?;
+                    Some(Matched::Task {
+                        family: entry.family,
+                        kind,
+                        id: TaskId::parse(value),
+                    })
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// A status or events template: `/a/{id}/b` (the id a whole segment) or `/a?name={id}`.
+fn parse_template(template: &str) -> Result<Pattern, String> {
+    if !template.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if template.matches("{id}").count() != 1 {
+        return Err("must contain {id} exactly once".into());
+    }
+    if let Some((path, query)) = template.split_once('?') {
+        let param = query
+            .strip_suffix("={id}")
+            .filter(|p| !p.is_empty() && !p.contains(['&', '=', '{', '}']))
+            .ok_or("a query route is `/path?name={id}`")?;
+        if path.contains(['{', '}']) {
+            return Err("a query route's path has no {id}".into());
+        }
+        return Ok(Pattern::Query {
+            path: path.to_owned(),
+            param: param.to_owned(),
+        });
+    }
+    let (prefix, suffix) = template.split_once("{id}").ok_or("must contain {id}")?;
+    if !prefix.ends_with('/') || !(suffix.is_empty() || suffix.starts_with('/')) {
+        return Err("{id} must be a whole path segment".into());
+    }
+    if prefix.contains(['{', '}']) || suffix.contains(['{', '}']) {
+        return Err("only {id} may be a placeholder".into());
+    }
+    Ok(Pattern::Path {
+        prefix: prefix.to_owned(),
+        suffix: suffix.to_owned(),
+    })
+}
+
+/// The path after one mode segment (`/mj-fast/mj/...` → `/mj/...`).
+fn strip_mode(path: &str) -> Option<&str> {
+    let after_slash = path.strip_prefix('/')?;
+    let end = after_slash.find('/')?;
+    let (mode, rest) = after_slash.split_at(end);
+    let mode_ok = !mode.is_empty()
+        && mode
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    mode_ok.then_some(rest)
+}

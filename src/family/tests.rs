@@ -1,0 +1,415 @@
+use super::*;
+use crate::task::InvalidTaskId;
+use http::Method;
+
+fn families() -> Families {
+    Families::builtin()
+}
+
+fn task_route(path: &str, query: Option<&str>) -> Option<(String, RouteKind, String)> {
+    let f = families();
+    match f.route(&Method::GET, path, query)? {
+        Matched::Task { family, kind, id } => Some((
+            f.get(family).name().to_owned(),
+            kind,
+            id.map(|id| id.as_str().to_owned())
+                .unwrap_or_else(|e| format!("bad: {e:?}")),
+        )),
+        Matched::Batch(_) => None,
+    }
+}
+
+fn t(name: &str, id: &str) -> Option<(String, RouteKind, String)> {
+    Some((name.to_owned(), RouteKind::Status, id.to_owned()))
+}
+
+#[test]
+fn every_builtin_status_route_is_matched() {
+    assert_eq!(task_route("/mj/task/1/fetch", None), t("midjourney", "1"));
+    assert_eq!(
+        task_route("/mj-fast/mj/task/1/fetch", None),
+        t("midjourney", "1")
+    );
+    assert_eq!(task_route("/suno/fetch/s1", None), t("suno", "s1"));
+    for kind in [
+        "videos/text2video",
+        "videos/image2video",
+        "videos/multi-image2video",
+        "videos/omni-video",
+        "images/generations",
+        "images/kolors-virtual-try-on",
+    ] {
+        assert_eq!(
+            task_route(&format!("/kling/v1/{kind}/k1"), None),
+            t("kling", "k1")
+        );
+    }
+    assert_eq!(
+        task_route("/v1/videos/video_1", None),
+        t("openai-videos", "video_1")
+    );
+    assert_eq!(
+        task_route("/v1/video/generations/g1", None),
+        t("video-generations", "g1")
+    );
+    assert_eq!(
+        task_route("/v1/video/query", Some("id=q1")),
+        t("video-query", "q1")
+    );
+    assert_eq!(
+        task_route("/v1/video/query", Some("x=1&id=q1&wait=5s")),
+        t("video-query", "q1")
+    );
+    assert_eq!(task_route("/runwayml/v1/tasks/r1", None), t("runway", "r1"));
+    assert_eq!(task_route("/luma/generations/l1", None), t("luma", "l1"));
+    assert_eq!(
+        task_route("/volc/v1/contents/generations/tasks/v1", None),
+        t("volcengine", "v1")
+    );
+    assert_eq!(
+        task_route("/mj/task/1/events", None),
+        Some(("midjourney".into(), RouteKind::Events, "1".into()))
+    );
+}
+
+#[test]
+fn other_paths_are_not_family_routes() {
+    assert_eq!(
+        task_route("/v1/videos/video_1/content", None),
+        None,
+        "the download"
+    );
+    assert_eq!(task_route("/v1/videos", None), None);
+    assert_eq!(task_route("/v1/videos/", None), None);
+    assert_eq!(task_route("/v1/video/query", None), None);
+    assert_eq!(task_route("/v1/video/query", Some("ids=1")), None);
+    assert_eq!(task_route("/suno/fetch", None), None);
+    assert_eq!(
+        task_route("/a/b/mj/task/1/fetch", None),
+        None,
+        "one mode segment at most"
+    );
+    assert_eq!(
+        task_route("/x/suno/fetch/1", None),
+        None,
+        "only midjourney has modes"
+    );
+    let f = families();
+    assert_eq!(f.route(&Method::POST, "/v1/videos/1", None), None);
+    assert_eq!(f.route(&Method::DELETE, "/v1/videos/1", None), None);
+}
+
+#[test]
+fn a_bad_id_on_a_route_with_a_suffix_is_caught() {
+    assert_eq!(
+        task_route("/mj/task/a/b/fetch", None).unwrap().2,
+        format!("bad: {:?}", InvalidTaskId::BadCharacter)
+    );
+    assert_eq!(
+        task_route("/v1/video/query", Some("id=a%2Fb")).unwrap().2,
+        format!("bad: {:?}", InvalidTaskId::BadCharacter)
+    );
+}
+
+#[test]
+fn batch_routes_are_posts() {
+    let f = families();
+    let name = |m: Option<Matched<'_>>| match m {
+        Some(Matched::Batch(id)) => Some(f.get(id).name().to_owned()),
+        _ => None,
+    };
+    assert_eq!(
+        name(f.route(&Method::POST, "/mj/task/list-by-condition", None)).as_deref(),
+        Some("midjourney")
+    );
+    assert_eq!(
+        name(f.route(&Method::POST, "/mj-turbo/mj/task/list-by-condition", None)).as_deref(),
+        Some("midjourney")
+    );
+    assert_eq!(
+        name(f.route(&Method::POST, "/suno/fetch", None)).as_deref(),
+        Some("suno")
+    );
+    assert_eq!(name(f.route(&Method::GET, "/suno/fetch", None)), None);
+}
+
+#[test]
+fn statuses_are_case_insensitive_and_unknown_ones_are_running() {
+    let f = families();
+    let luma = f.by_name("luma").unwrap();
+    assert_eq!(luma.class_of("completed"), TaskClass::Terminal);
+    assert_eq!(luma.class_of("COMPLETED"), TaskClass::Terminal);
+    assert_eq!(luma.class_of("failed"), TaskClass::Terminal);
+    for running in [
+        "dreaming",
+        "queued",
+        "unknown",
+        "",
+        "NOT_START",
+        "brand-new",
+    ] {
+        assert_eq!(luma.class_of(running), TaskClass::InProgress, "{running}");
+    }
+    let mj = f.by_name("midjourney").unwrap();
+    assert_eq!(mj.class_of("success"), TaskClass::Terminal);
+    assert_eq!(mj.class_of("CANCEL"), TaskClass::Terminal);
+    assert_eq!(mj.class_of("MODAL"), TaskClass::InProgress);
+    assert_eq!(
+        mj.class_of("completed"),
+        TaskClass::InProgress,
+        "midjourney's own list"
+    );
+}
+
+#[test]
+fn an_answer_is_classified_only_for_its_own_task() {
+    let f = families();
+    let suno = f.by_name("suno").unwrap();
+    let done = br#"{"code":"success","message":"","data":{"task_id":"s1","status":"SUCCESS","data":[{"status":"streaming"}]}}"#;
+    assert_eq!(
+        suno.classify(done, "s1").unwrap().class,
+        TaskClass::Terminal
+    );
+    assert_eq!(suno.classify(done, "s2"), None, "another task's answer");
+    assert_eq!(
+        suno.classify(
+            br#"{"code":"task_not_exist","message":"task_not_exist","data":null}"#,
+            "s1"
+        ),
+        None
+    );
+    assert_eq!(suno.classify(b"[1]", "s1"), None);
+    let mj = f.by_name("midjourney").unwrap();
+    assert_eq!(
+        mj.classify(br#"{"id":"t1"}"#, "t1").unwrap().class,
+        TaskClass::InProgress
+    );
+    assert_eq!(
+        mj.classify(br#"{"code":4,"description":"task_no_found"}"#, "t1"),
+        None
+    );
+    let vg = f.by_name("video-generations").unwrap();
+    assert_eq!(
+        vg.classify(br#"{"task_id":"g","status":"succeeded"}"#, "g")
+            .unwrap()
+            .class,
+        TaskClass::Terminal
+    );
+    assert_eq!(
+        vg.classify(br#"{"data":{"task_id":"g","status":"processing"}}"#, "g")
+            .unwrap()
+            .class,
+        TaskClass::InProgress
+    );
+}
+
+#[test]
+fn not_found_shapes_per_family() {
+    let f = families();
+    let suno = f.by_name("suno").unwrap();
+    assert!(suno.is_not_found(
+        400,
+        br#"{"code":"task_not_exist","message":"task_not_exist","data":null}"#
+    ));
+    assert!(suno.is_not_found(404, b"{}"));
+    assert!(!suno.is_not_found(400, br#"{"code":"invalid_request"}"#));
+    assert!(!suno.is_not_found(200, b""));
+    let mj = f.by_name("midjourney").unwrap();
+    assert!(mj.is_not_found(200, b"  "));
+    assert!(mj.is_not_found(204, b""));
+    assert!(mj.is_not_found(400, br#"{"description":"task_no_found ","code":4}"#));
+    assert!(!mj.is_not_found(500, b""));
+    assert!(!mj.is_not_found(200, br#"{"id":"t","status":"SUCCESS"}"#));
+}
+
+#[test]
+fn finished_answers_expire_when_they_say_so() {
+    let f = families();
+    let openai = f.by_name("openai-videos").unwrap();
+    let soon = std::time::SystemTime::now() + Duration::from_secs(60);
+    let at = soon
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = format!(r#"{{"id":"v","object":"video","status":"completed","expires_at":{at}}}"#);
+    let keep = openai
+        .classify(body.as_bytes(), "v")
+        .unwrap()
+        .keep_until
+        .unwrap();
+    let left = keep.saturating_duration_since(Instant::now());
+    assert!(
+        left <= Duration::from_secs(60) && left >= Duration::from_secs(55),
+        "{left:?}"
+    );
+    let running = format!(r#"{{"id":"v","status":"in_progress","expires_at":{at}}}"#);
+    assert_eq!(
+        openai.classify(running.as_bytes(), "v").unwrap().keep_until,
+        None
+    );
+    let runway = f.by_name("runway").unwrap();
+    let keep = runway
+        .classify(
+            br#"{"id":"r","status":"SUCCEEDED","output":["https://x/y.mp4"]}"#,
+            "r",
+        )
+        .unwrap()
+        .keep_until
+        .unwrap();
+    assert!(
+        keep > Instant::now() + Duration::from_secs(23 * 3600),
+        "the family's cap"
+    );
+    let mj = f.by_name("midjourney").unwrap();
+    assert_eq!(
+        mj.classify(br#"{"id":"t","status":"SUCCESS"}"#, "t")
+            .unwrap()
+            .keep_until,
+        None
+    );
+}
+
+#[test]
+fn batch_items_are_wrapped_and_found_again() {
+    let f = families();
+    let suno = f.by_name("suno").unwrap();
+    let batch = suno.batch().unwrap();
+    let item = serde_json::json!({"task_id": "s1", "status": "IN_PROGRESS"});
+    let (id, classified) = suno.classify_item(&item, batch).unwrap();
+    assert_eq!(
+        (id.as_str(), classified.class),
+        ("s1", TaskClass::InProgress)
+    );
+    let text = item.to_string();
+    let (body, span) = suno.wrap_task(text.as_bytes());
+    assert_eq!(&body[span.clone()], text.as_bytes());
+    assert_eq!(
+        suno.classify(&body, "s1").unwrap().class,
+        TaskClass::InProgress,
+        "a status answer"
+    );
+    assert_eq!(suno.task_span(&body), Some(span));
+    let spaced = br#"{ "code": "success", "data" : {"task_id":"s1"} }"#;
+    let span = suno.task_span(spaced).unwrap();
+    assert_eq!(&spaced[span], br#"{"task_id":"s1"}"#);
+    assert_eq!(
+        batch.answer(b"", 0),
+        br#"{"code":"success","message":"","data":null}"#
+    );
+    assert_eq!(
+        batch.answer(b"{}", 1),
+        br#"{"code":"success","message":"","data":[{}]}"#
+    );
+}
+
+fn with(name: &str, toml_text: &str) -> Result<Families, FamilyError> {
+    let spec: FamilySpec = toml::from_str(toml_text).unwrap();
+    Families::new(BTreeMap::from([(name.to_owned(), spec)]))
+}
+
+#[test]
+fn an_operator_adds_a_family_in_a_few_lines() {
+    let f = with(
+        "acme",
+        r#"
+        status_routes = ["/acme/jobs/{id}"]
+        status_at = ["/job/state"]
+        success = ["done"]
+        "#,
+    )
+    .unwrap();
+    let acme = f.by_name("acme").unwrap();
+    assert_eq!(acme.id(), FamilyId(9), "after the built-ins");
+    assert_eq!(acme.class_of("DONE"), TaskClass::Terminal);
+    assert_eq!(
+        acme.class_of("failed"),
+        TaskClass::Terminal,
+        "the common failure values"
+    );
+    assert!(matches!(
+        f.route(&Method::GET, "/acme/jobs/j1", None),
+        Some(Matched::Task {
+            family: FamilyId(9),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn families_can_be_turned_off_and_changed() {
+    let f = with("luma", "enabled = false").unwrap();
+    assert!(f.by_name("luma").is_none());
+    assert_eq!(f.route(&Method::GET, "/luma/generations/l1", None), None);
+    let f = with("suno", r#"finished_ttl = "1h""#).unwrap();
+    let suno = f.by_name("suno").unwrap();
+    assert!(suno.batch().is_some(), "other keys stay the built-in's");
+    let done = br#"{"data":{"task_id":"s","status":"SUCCESS"}}"#;
+    assert!(suno.classify(done, "s").unwrap().keep_until.is_some());
+}
+
+#[test]
+fn a_bad_description_names_its_key() {
+    let key = |name: &str, text: &str| with(name, text).unwrap_err().key;
+    assert_eq!(
+        key("acme", r#"status_at = ["/s"]"#),
+        "families.acme.status_routes"
+    );
+    assert_eq!(
+        key("acme", r#"status_routes = ["/a/{id}"]"#),
+        "families.acme.status_at"
+    );
+    assert_eq!(
+        key(
+            "acme",
+            r#"status_routes = ["/a/x{id}"]
+status_at = ["/s"]"#
+        ),
+        "families.acme.status_routes"
+    );
+    assert_eq!(
+        key(
+            "acme",
+            r#"status_routes = ["/a/{id}"]
+status_at = ["s"]"#
+        ),
+        "families.acme.status_at"
+    );
+    assert_eq!(
+        key(
+            "acme",
+            r#"status_routes = ["/suno/fetch/{id}"]
+status_at = ["/s"]"#
+        ),
+        "families.acme.status_routes"
+    );
+    assert_eq!(
+        key(
+            "Acme",
+            r#"status_routes = ["/a/{id}"]
+status_at = ["/s"]"#
+        ),
+        "families.Acme"
+    );
+    assert_eq!(
+        key(
+            "acme",
+            r#"status_routes = ["/a/{id}"]
+status_at = ["/s"]
+success = [""]"#
+        ),
+        "families.acme.success"
+    );
+    assert_eq!(
+        key("suno", r#"task_answer = "{}""#),
+        "families.suno.task_answer"
+    );
+    assert_eq!(
+        key(
+            "acme",
+            r#"status_routes = ["/a/{id}"]
+status_at = ["/s"]
+not_found = [{ status = 200 }]"#
+        ),
+        "families.acme.not_found[0]"
+    );
+}
