@@ -11,10 +11,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 use mjgate::cache::CachedTask;
 use mjgate::credential::Fingerprinter;
+use mjgate::family::{Families, TaskRef};
 use mjgate::gateway::{Gateway, Listener};
 use mjgate::pipeline;
 use mjgate::request::routes;
-use mjgate::task::{TaskClass, TaskId, classify_fetch_body};
+use mjgate::task::{TaskClass, TaskId};
 use mjgate::tools::fixed_body::TASK_BODY;
 
 fn credential_headers() -> HeaderMap {
@@ -40,19 +41,34 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| fingerprinter.fingerprint(black_box(&headers)))
     });
 
+    let families = Families::builtin();
     c.bench_function("route a fetch path", |b| {
         b.iter(|| {
             routes::classify(
+                &families,
                 &http::Method::GET,
                 black_box("/mj-fast/mj/task/1709123456000123/fetch"),
                 None,
+                &headers,
+            )
+        })
+    });
+    c.bench_function("route the last family's fetch path", |b| {
+        b.iter(|| {
+            routes::classify(
+                &families,
+                &http::Method::GET,
+                black_box("/volc/v1/contents/generations/tasks/cgt-20250101"),
+                None,
+                &headers,
             )
         })
     });
 
     let body = TASK_BODY.as_bytes();
+    let midjourney = families.by_name("midjourney").unwrap();
     c.bench_function("classify an upstream task body", |b| {
-        b.iter(|| classify_fetch_body(black_box(body), "task-1"))
+        b.iter(|| midjourney.classify(black_box(body), "task-1"))
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -67,15 +83,50 @@ fn hot_path(c: &mut Criterion) {
         Some(HeaderValue::from_static("application/json")),
         TaskClass::Terminal,
     ));
-    gateway.store(&headers, TaskId::parse("task-1").unwrap(), task);
+    let task_of = |family: &str, id: &'static str| TaskRef {
+        family: families.by_name(family).unwrap().id(),
+        id: TaskId::parse(id).unwrap(),
+    };
+    gateway.store(&headers, task_of("midjourney", "task-1"), Arc::clone(&task));
     let mut request = Request::get("/mj/task/task-1/fetch").body(()).unwrap();
     *request.headers_mut() = headers.clone();
+    // One request per family shape: path id, nested path, query id, the last route in the table.
+    let mixed: Vec<Request<()>> = [
+        ("midjourney", "task-1", "/mj-fast/mj/task/task-1/fetch"),
+        ("suno", "s-1", "/suno/fetch/s-1"),
+        ("kling", "k-1", "/kling/v1/images/kolors-virtual-try-on/k-1"),
+        ("openai-videos", "video_1", "/v1/videos/video_1"),
+        ("video-query", "q-1", "/v1/video/query?id=q-1"),
+        (
+            "volcengine",
+            "cgt-1",
+            "/volc/v1/contents/generations/tasks/cgt-1",
+        ),
+    ]
+    .into_iter()
+    .map(|(family, id, path)| {
+        gateway.store(&headers, task_of(family, id), Arc::clone(&task));
+        let mut request = Request::get(path).body(()).unwrap();
+        *request.headers_mut() = headers.clone();
+        request
+    })
+    .collect();
     // The pipeline's hit path, as on a kept-alive connection: the credential was seen before.
     let mut handler = gateway.handler(([127, 0, 0, 1], 40000).into(), Listener::Main);
     c.bench_function("cache hit: the pipeline's hit path", |b| {
         b.iter(|| {
             let response =
                 pipeline::hit(&mut handler, black_box(&request), gateway.metrics(), false);
+            assert!(response.is_some());
+            response
+        })
+    });
+    let mut next = mixed.iter().cycle();
+    c.bench_function("cache hit: a mix of six families", |b| {
+        b.iter(|| {
+            let request = next.next().unwrap();
+            let response =
+                pipeline::hit(&mut handler, black_box(request), gateway.metrics(), false);
             assert!(response.is_some());
             response
         })

@@ -20,8 +20,9 @@ use moka::sync::Cache;
 use crate::cache::conditional::etag_of;
 use crate::config::CacheConfig;
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
+use crate::family::TaskRef;
 use crate::metrics::Metrics;
-use crate::task::{MAX_ID_LEN, TaskClass, TaskId};
+use crate::task::{MAX_ID_LEN, TaskClass};
 
 /// Bytes charged per entry on top of its key, body and ETag text: moka's own bookkeeping (entry info,
 /// deque nodes, hash-table slot), the `Arc<CachedTask>`, the shared-buffer headers of the body and the
@@ -35,7 +36,7 @@ const ENTRY_OVERHEAD: usize = 556;
 /// hashes collide, and every key starts with a keyed fingerprint the client cannot compute.
 type KeyHasher = foldhash::fast::RandomState;
 
-/// An owned cache key: the fingerprint's bytes followed by the task id's bytes.
+/// An owned cache key: the fingerprint's bytes, the task family's number, then the task id's bytes.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(Box<[u8]>);
 
@@ -53,27 +54,29 @@ impl Borrow<[u8]> for CacheKey {
 
 impl std::fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let id = String::from_utf8_lossy(&self.0[FINGERPRINT_LEN..]);
-        write!(f, "CacheKey({id})")
+        let family = self.0.get(FINGERPRINT_LEN).copied().unwrap_or_default();
+        let id = String::from_utf8_lossy(self.0.get(FINGERPRINT_LEN + 1..).unwrap_or_default());
+        write!(f, "CacheKey({family}:{id})")
     }
 }
 
 /// A cache key built on the stack, so a lookup allocates nothing.
 pub struct KeyBuf {
-    bytes: [u8; FINGERPRINT_LEN + MAX_ID_LEN],
+    bytes: [u8; FINGERPRINT_LEN + 1 + MAX_ID_LEN],
     len: usize,
 }
 
 impl KeyBuf {
-    pub fn new(fingerprint: &CredentialFingerprint, id: TaskId<'_>) -> Self {
-        let id = id.as_str().as_bytes();
-        let mut bytes = [0u8; FINGERPRINT_LEN + MAX_ID_LEN];
+    pub fn new(fingerprint: &CredentialFingerprint, task: TaskRef<'_>) -> Self {
+        let id = task.id.as_str().as_bytes();
+        let mut bytes = [0u8; FINGERPRINT_LEN + 1 + MAX_ID_LEN];
         bytes[..FINGERPRINT_LEN].copy_from_slice(fingerprint.as_bytes());
+        bytes[FINGERPRINT_LEN] = task.family.0;
         // TaskId guarantees id.len() <= MAX_ID_LEN.
-        bytes[FINGERPRINT_LEN..FINGERPRINT_LEN + id.len()].copy_from_slice(id);
+        bytes[FINGERPRINT_LEN + 1..FINGERPRINT_LEN + 1 + id.len()].copy_from_slice(id);
         KeyBuf {
             bytes,
-            len: FINGERPRINT_LEN + id.len(),
+            len: FINGERPRINT_LEN + 1 + id.len(),
         }
     }
 
@@ -97,6 +100,12 @@ pub struct CachedTask {
     pub stored_at: Instant,
     /// The strong tag of `body`, computed once when stored, sent with every answer.
     pub etag: HeaderValue,
+    /// When a finished answer stops being servable (its result expires, or its family's
+    /// `finished_ttl`); never served past it, not even stale.
+    pub keep_until: Option<Instant>,
+    /// Where the task object sits in `body` (all of it but in an envelope like new-api's), for
+    /// batch answers built from stored tasks.
+    task_span: (u32, u32),
 }
 
 impl CachedTask {
@@ -105,11 +114,43 @@ impl CachedTask {
         CachedTask {
             status: StatusCode::OK,
             etag: etag_of(&body),
+            task_span: whole(&body),
             body,
             content_type,
             class,
             stored_at: Instant::now(),
+            keep_until: None,
         }
+    }
+
+    /// This answer, never served after `keep_until`.
+    pub fn keep_until(mut self, keep_until: Option<Instant>) -> Self {
+        self.keep_until = keep_until;
+        self
+    }
+
+    /// This answer, its task object at `span` of the body (ignored if out of bounds).
+    pub fn task_at(mut self, span: std::ops::Range<usize>) -> Self {
+        if span.start <= span.end && span.end <= self.body.len() {
+            self.task_span = (span.start as u32, span.end as u32);
+        }
+        self
+    }
+
+    /// The task object's bytes (the whole body unless the API wraps it in an envelope).
+    pub fn task_bytes(&self) -> &[u8] {
+        let (start, end) = self.task_span;
+        &self.body[start as usize..end as usize]
+    }
+
+    /// Where the task object sits in the body.
+    pub fn task_span(&self) -> std::ops::Range<usize> {
+        self.task_span.0 as usize..self.task_span.1 as usize
+    }
+
+    /// Whether this answer has outlived what it says about its own result.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.keep_until.is_some_and(|until| until <= now)
     }
 
     /// The upstream's "no such task" answer, kept as it came.
@@ -117,10 +158,12 @@ impl CachedTask {
         CachedTask {
             status,
             etag: etag_of(&body),
+            task_span: whole(&body),
             body,
             content_type,
             class: TaskClass::NotFound,
             stored_at: Instant::now(),
+            keep_until: None,
         }
     }
 
@@ -136,10 +179,12 @@ impl CachedTask {
         CachedTask {
             status,
             etag: etag_of(&body),
+            task_span: whole(&body),
             body,
             content_type,
             class,
             stored_at: now.checked_sub(age).unwrap_or(now),
+            keep_until: None,
         }
     }
 
@@ -233,7 +278,17 @@ impl TaskCache {
             return Lookup::Miss;
         };
         let Some(fresh_for) = self.lifetime.fresh_for(task.class) else {
-            return Lookup::Fresh { task, ttl: None };
+            return match task.keep_until {
+                None => Lookup::Fresh { task, ttl: None },
+                // A finished answer that said when its result expires: fresh until then, never stale.
+                Some(until) => match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Lookup::Fresh {
+                        task,
+                        ttl: Some(left),
+                    },
+                    _ => Lookup::Miss,
+                },
+            };
         };
         let age = task.stored_at.elapsed();
         match fresh_for.checked_sub(age) {
@@ -262,7 +317,11 @@ impl TaskCache {
 
     /// How long `task` stays fresh from now: `None` for a terminal task (as `Lookup::Fresh` says it).
     pub fn fresh_left(&self, task: &CachedTask) -> Option<Duration> {
-        let fresh_for = self.lifetime.fresh_for(task.class)?;
+        let Some(fresh_for) = self.lifetime.fresh_for(task.class) else {
+            return task
+                .keep_until
+                .map(|until| until.saturating_duration_since(Instant::now()));
+        };
         Some(fresh_for.saturating_sub(task.stored_at.elapsed()))
     }
 
@@ -324,7 +383,9 @@ impl Lifetime {
 
     fn of(&self, task: &CachedTask) -> Option<Duration> {
         match task.class {
-            TaskClass::Terminal => None,
+            TaskClass::Terminal => task
+                .keep_until
+                .map(|until| until.saturating_duration_since(Instant::now())),
             TaskClass::InProgress => Some(self.in_progress_ttl + self.max_stale),
             TaskClass::NotFound => Some(self.not_found_ttl),
         }
@@ -353,6 +414,10 @@ impl Expiry<CacheKey, Arc<CachedTask>> for Lifetime {
     }
 }
 
+fn whole(body: &[u8]) -> (u32, u32) {
+    (0, u32::try_from(body.len()).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,7 +427,13 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static(cred));
         let fp = Fingerprinter::with_key([1; 32]).fingerprint(&h);
-        KeyBuf::new(&fp, TaskId::parse(id).unwrap())
+        KeyBuf::new(
+            &fp,
+            TaskRef {
+                family: crate::family::FamilyId(0),
+                id: crate::task::TaskId::parse(id).unwrap(),
+            },
+        )
     }
 
     fn task(class: TaskClass) -> Arc<CachedTask> {
@@ -376,7 +447,13 @@ mod tests {
             max_stale: Duration::from_millis(100),
             not_found_ttl: ttl,
         };
-        TaskCache::new(&config, Arc::new(Metrics::new(max_memory)))
+        TaskCache::new(
+            &config,
+            Arc::new(Metrics::new(
+                max_memory,
+                &crate::family::Families::builtin(),
+            )),
+        )
     }
 
     #[test]

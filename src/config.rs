@@ -7,6 +7,7 @@ mod url;
 
 pub use url::{UpstreamUrl, UrlError};
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::family::{Families, FamilySpec};
 use crate::tls::{self, ListenerTls, Roots, TlsError};
 
 /// The default location of the config file, relative to the working directory.
@@ -37,6 +39,9 @@ pub enum ConfigError {
     },
     #[error("invalid config: `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A task family's description (`[families.<name>]`), the key named in full.
+    #[error("invalid config: {0}")]
+    Family(#[from] crate::family::FamilyError),
 }
 
 fn key_prefix(key: &str) -> String {
@@ -63,6 +68,8 @@ pub struct Config {
     /// `[tls]`: the main listener serves TLS with this certificate; `None` serves cleartext.
     pub tls: Option<ListenerTls>,
     pub watch: WatchConfig,
+    /// The task APIs served from the cache: the built-in families with `[families.<name>]` applied.
+    pub families: Families,
 }
 
 /// `[watch]`: long-polls (`fetch?wait=`) and event streams (`/events`).
@@ -243,6 +250,8 @@ struct RawConfig {
     #[serde(default)]
     watch: RawWatch,
     tls: Option<RawTls>,
+    #[serde(default)]
+    families: BTreeMap<String, FamilySpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +433,7 @@ impl Config {
             log: raw.log.validate(),
             watch: raw.watch.validate()?,
             tls: listener_tls(raw.tls)?,
+            families: Families::new(raw.families)?,
         })
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::task::TaskClass;
-pub use route::{Matched, RouteKind};
+use crate::task::{TaskClass, TaskId};
+pub use route::{At, Matched, RouteKind};
 
 /// Most families one gateway serves: the family's number is one byte of every cache key.
 pub const MAX_FAMILIES: usize = 64;
@@ -35,6 +35,14 @@ const FAILURE: [&str; 7] = [
     "canceled",
     "expired",
 ];
+
+/// A task of a family: what the cache, the flights and the watchers key on (the same id under two
+/// families is two tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRef<'a> {
+    pub family: FamilyId,
+    pub id: TaskId<'a>,
+}
 
 /// A family's number: its place in [`Families`], one byte of its cache keys and its metrics' index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +65,8 @@ pub struct FamilySpec {
     pub status_routes: Option<Vec<String>>,
     /// The gateway's own event-stream routes (Midjourney's `/mj/task/{id}/events`).
     pub events_routes: Option<Vec<String>>,
+    /// A status route asked for `text/event-stream` is the task's event stream (default true).
+    pub events_by_accept: Option<bool>,
     /// Routes may follow one mode segment (`/mj-fast/mj/task/{id}/fetch`).
     pub mode_prefix: Option<bool>,
     /// JSON pointers to the status, tried in order.
@@ -228,6 +238,11 @@ impl Family {
         capped.into_iter().chain(stated).min()
     }
 
+    /// The status value of a status answer, if it has one.
+    pub fn status_text(&self, body: &[u8]) -> Option<String> {
+        first_text(&json_object(body)?, &self.status_at).map(std::borrow::Cow::into_owned)
+    }
+
     /// Whether an answer that is not a task object is one of this API's "no such task" shapes.
     pub fn is_not_found(&self, status: u16, body: &[u8]) -> bool {
         self.not_found.iter().any(|shape| {
@@ -310,8 +325,8 @@ pub fn json_object(body: &[u8]) -> Option<Value> {
     serde_json::from_slice(body).ok()
 }
 
-/// The raw bytes of the value at `pointer` (object keys only) inside `body`.
-fn raw_at<'b>(body: &'b [u8], pointer: &str) -> Option<&'b str> {
+/// The raw text of the value at `pointer` (object keys only) inside `body`.
+pub fn raw_at<'b>(body: &'b [u8], pointer: &str) -> Option<&'b str> {
     let mut current: &serde_json::value::RawValue = serde_json::from_slice(body).ok()?;
     for token in pointer.split('/').skip(1) {
         let token = token.replace("~1", "/").replace("~0", "~");
@@ -404,6 +419,11 @@ impl Families {
     ) -> Option<Matched<'a>> {
         self.inner.routes.lookup(method, path, query)
     }
+
+    /// The path (and query) a task's status is fetched from upstream, for a request that matched `at`.
+    pub fn upstream_path(&self, at: At<'_>, id: TaskId<'_>) -> String {
+        self.inner.routes.upstream_path(at, id)
+    }
 }
 
 /// The built-in names in number order (the TOML table's own order is lost to the map).
@@ -427,6 +447,7 @@ fn merge(base: Option<FamilySpec>, over: Option<FamilySpec>) -> FamilySpec {
         enabled: over.enabled.or(base.enabled),
         status_routes: over.status_routes.or(base.status_routes),
         events_routes: over.events_routes.or(base.events_routes),
+        events_by_accept: over.events_by_accept.or(base.events_by_accept),
         mode_prefix: over.mode_prefix.or(base.mode_prefix),
         status_at: over.status_at.or(base.status_at),
         id_at: over.id_at.or(base.id_at),

@@ -20,9 +20,9 @@ use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
 use crate::config::Config;
 use crate::credential::{CredentialFingerprint, Fingerprinter};
 use crate::error::RequestError;
+use crate::family::{Families, FamilyId, TaskRef};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::shared::{self, Claim, Freshness, SharedCache};
-use crate::task::{TaskId, classify_fetch_body, is_not_found_answer};
 use crate::upstream::content_coding::is_identity;
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
 use collapse::{Abandoned, Collapser, Flight, Role};
@@ -113,6 +113,8 @@ pub struct Fetcher {
     metrics: Arc<Metrics>,
     /// Most ids sent in one upstream batch call (`batch.upstream_chunk`).
     upstream_chunk: usize,
+    /// The task APIs: how to read each one's answers.
+    families: Families,
 }
 
 impl Fetcher {
@@ -132,8 +134,13 @@ impl Fetcher {
                 let max_wait = config.upstream.queue_timeout
                     + config.upstream.request_timeout
                     + shared_config.lease_ttl;
-                let shared =
-                    SharedCache::new(shared_config, freshness, max_wait, Arc::clone(&metrics))?;
+                let shared = SharedCache::new(
+                    shared_config,
+                    freshness,
+                    max_wait,
+                    Arc::clone(&metrics),
+                    config.families.clone(),
+                )?;
                 let fingerprinter =
                     Fingerprinter::from_secret(shared_config.fingerprint_secret.as_bytes());
                 (Some(shared), fingerprinter)
@@ -152,6 +159,7 @@ impl Fetcher {
             shared,
             metrics,
             upstream_chunk: config.batch.upstream_chunk,
+            families: config.families.clone(),
         })
     }
 
@@ -167,20 +175,25 @@ impl Fetcher {
         &self.upstream
     }
 
-    /// `GET [/{mode}]/mj/task/{id}/fetch`: a fresh cache entry, else one collapsed upstream call; a stale
-    /// entry stands in if that call fails.
+    pub fn families(&self) -> &Families {
+        &self.families
+    }
+
+    /// A task's status (`GET` on a family's status route; `path` is what the upstream is asked): a
+    /// fresh cache entry, else one collapsed upstream call; a stale entry stands in if that call fails.
     pub(crate) async fn fetch(
         self: &Arc<Self>,
         path: &str,
         headers: &HeaderMap,
-        id: TaskId<'_>,
+        task: TaskRef<'_>,
         client: ClientInfo,
     ) -> Served {
         let fingerprint = self.fingerprinter.fingerprint(headers);
-        let key = KeyBuf::new(&fingerprint, id);
+        let key = KeyBuf::new(&fingerprint, task);
+        let family = task.family;
         let stale = match self.cache.lookup(key.as_bytes()) {
             Lookup::Fresh { task, ttl } => {
-                self.metrics.task_lookups(Outcome::Hit, 1);
+                self.metrics.task_lookups(family, Outcome::Hit, 1);
                 return Served::task(&task, CacheStatus::Hit { ttl }, true, None);
             }
             other => other.stale(),
@@ -201,7 +214,7 @@ impl Fetcher {
                     match landed {
                         Ok(Landed::NotReturned) => continue,
                         Ok(landed) => {
-                            self.metrics.task_lookups(Outcome::Collapsed, 1);
+                            self.metrics.task_lookups(family, Outcome::Collapsed, 1);
                             self.defer_refresh_if_failed(key.as_bytes(), &landed, stale.is_some());
                             return landed_response(landed, true, stale.as_deref());
                         }
@@ -216,12 +229,12 @@ impl Fetcher {
             // answer is in the cache now, and calling the upstream again would break "one call per TTL".
             if let Lookup::Fresh { task, ttl } = self.cache.lookup(key.as_bytes()) {
                 flight.land(Landed::Stored(Arc::clone(&task)));
-                self.metrics.task_lookups(Outcome::Hit, 1);
+                self.metrics.task_lookups(family, Outcome::Hit, 1);
                 return Served::task(&task, CacheStatus::Hit { ttl }, true, None);
             }
-            self.metrics.task_lookups(Outcome::Miss, 1);
+            self.metrics.task_lookups(family, Outcome::Miss, 1);
             let landed = self
-                .lead(flight, path, headers, fingerprint, client, id)
+                .lead(flight, path, headers, fingerprint, client, task)
                 .await;
             return match landed {
                 Ok(landed) => {
@@ -244,18 +257,18 @@ impl Fetcher {
         headers: &HeaderMap,
         fingerprint: CredentialFingerprint,
         client: ClientInfo,
-        id: TaskId<'_>,
+        task: TaskRef<'_>,
     ) -> Result<Landed, Abandoned> {
         let landing = flight.landing();
         let fetcher = Arc::clone(self);
         let path = path.to_owned();
         let headers = headers.clone();
-        let id = id.as_str().to_owned();
+        let (family, id) = (task.family, task.id.as_str().to_owned());
         tokio::spawn(
             async move {
                 let key = flight.key().clone();
                 let landed = fetcher
-                    .fetch_upstream(&path, &headers, fingerprint, client, &id, key)
+                    .fetch_upstream(&path, &headers, fingerprint, client, (family, &id), key)
                     .await;
                 flight.land(landed);
             }
@@ -279,7 +292,7 @@ impl Fetcher {
         headers: &HeaderMap,
         fingerprint: CredentialFingerprint,
         client: ClientInfo,
-        id: &str,
+        (family, id): (FamilyId, &str),
         key: CacheKey,
     ) -> Landed {
         let lease = match &self.shared {
@@ -307,7 +320,7 @@ impl Fetcher {
                 e.log();
                 Landed::Failed(e)
             }
-            Ok(reply) => match self.entry_for(&reply, id) {
+            Ok(reply) => match self.entry_for(&reply, family, id) {
                 Some(task) => {
                     self.cache.insert(key.clone(), Arc::clone(&task));
                     if let Some(shared) = &self.shared {
@@ -324,25 +337,39 @@ impl Fetcher {
         landed
     }
 
-    /// The cache entry `reply` makes, if it is a storable answer for task `id`: that task's object, or
-    /// one of the upstream's "no such task" answers.
-    fn entry_for(&self, reply: &BufferedReply, id: &str) -> Option<Arc<CachedTask>> {
+    /// The cache entry `reply` makes, if it is a storable answer for task `id` of `family`: that
+    /// task's answer, or one of the API's "no such task" answers.
+    fn entry_for(
+        &self,
+        reply: &BufferedReply,
+        family: FamilyId,
+        id: &str,
+    ) -> Option<Arc<CachedTask>> {
         if !is_identity(&reply.headers) {
             return None;
         }
+        let family = self.families.get(family);
         let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
         // Copies, not slices: the upstream's bytes may share a connection's read buffer, which a
         // long-lived entry would otherwise pin (and the memory budget would not see).
         if reply.status == StatusCode::OK
-            && let Some(class) = classify_fetch_body(&reply.body, id)
+            && let Some(classified) = family.classify(&reply.body, id)
         {
             let body = Bytes::copy_from_slice(&reply.body);
-            return Some(Arc::new(CachedTask::new(body, content_type, class)));
+            let span = family.task_span(&body);
+            let mut task = CachedTask::new(body, content_type, classified.class)
+                .keep_until(classified.keep_until);
+            if let Some(span) = span {
+                task = task.task_at(span);
+            }
+            return Some(Arc::new(task));
         }
-        is_not_found_answer(reply.status.as_u16(), &reply.body).then(|| {
-            let body = Bytes::copy_from_slice(&reply.body);
-            Arc::new(CachedTask::not_found(reply.status, body, content_type))
-        })
+        family
+            .is_not_found(reply.status.as_u16(), &reply.body)
+            .then(|| {
+                let body = Bytes::copy_from_slice(&reply.body);
+                Arc::new(CachedTask::not_found(reply.status, body, content_type))
+            })
     }
 }
 

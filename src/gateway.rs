@@ -22,6 +22,7 @@ use crate::cache::{CachedTask, KeyBuf, Lookup};
 use crate::config::Config;
 use crate::credential::FingerprintMemo;
 use crate::error::{RequestError, json_error};
+use crate::family::{FamilyId, TaskRef};
 use crate::fetch::batch::BatchQuery;
 use crate::fetch::{Fetcher, Served};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
@@ -75,7 +76,7 @@ impl Gateway {
     /// Builds the gateway for `config`. With a shared tier it needs a Tokio runtime (for the tier's
     /// listener and probe) and fails only on a Redis URL the client cannot parse.
     pub fn new(config: &Config) -> Result<Self, crate::Error> {
-        let metrics = Arc::new(Metrics::new(config.cache.max_memory));
+        let metrics = Arc::new(Metrics::new(config.cache.max_memory, &config.families));
         let fetcher = Arc::new(Fetcher::new(config, Arc::clone(&metrics))?);
         Ok(Gateway {
             push: Arc::new(Push::new(
@@ -103,9 +104,10 @@ impl Gateway {
         })
     }
 
-    /// Stores `task` as the answer for `id` under the credential in `headers` (to pre-warm the cache).
-    pub fn store(&self, headers: &HeaderMap, id: TaskId<'_>, task: Arc<CachedTask>) {
-        let key = KeyBuf::new(&self.fetcher.fingerprinter().fingerprint(headers), id);
+    /// Stores `task` as the answer for `task_ref` under the credential in `headers` (to pre-warm the
+    /// cache).
+    pub fn store(&self, headers: &HeaderMap, task_ref: TaskRef<'_>, task: Arc<CachedTask>) {
+        let key = KeyBuf::new(&self.fetcher.fingerprinter().fingerprint(headers), task_ref);
         self.fetcher.cache().insert(key.to_key(), task);
     }
 
@@ -154,10 +156,12 @@ impl Gateway {
         if listener == Listener::Admin {
             return None;
         }
-        let Route::Fetch(id) = routes::classify(
+        let Route::Fetch(route) = routes::classify(
+            self.fetcher.families(),
             request.method(),
             request.uri().path(),
             request.uri().query(),
+            request.headers(),
         ) else {
             return None;
         };
@@ -170,11 +174,12 @@ impl Gateway {
         )
         .ok()?;
         let fingerprint = self.fetcher.fingerprinter().of_memo(credential, memo);
-        let key = KeyBuf::new(&fingerprint, id);
+        let key = KeyBuf::new(&fingerprint, route.task);
         let Lookup::Fresh { task, ttl } = self.fetcher.cache().lookup(key.as_bytes()) else {
             return None;
         };
-        self.metrics.task_lookups(Outcome::Hit, 1);
+        self.metrics
+            .task_lookups(route.task.family, Outcome::Hit, 1);
         Some(task_response(&task, CacheStatus::Hit { ttl }, true))
     }
 
@@ -193,10 +198,13 @@ impl Gateway {
         request
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let families = self.fetcher.families();
         let mut route = routes::classify(
+            families,
             request.method(),
             request.uri().path(),
             request.uri().query(),
+            request.headers(),
         );
         if self.admin_separate && listener == Listener::Main && route.is_admin() {
             route = Route::Passthrough;
@@ -228,26 +236,33 @@ impl Gateway {
                 "the admin listener serves /metrics, /healthz and /readyz only",
             )),
             Route::Health | Route::Ready | Route::Metrics => Served::bypass(self.admin(&route)),
-            Route::LongPoll(id) => {
+            Route::LongPoll(task) => {
+                let path = task.upstream_path(families);
                 self.push
-                    .long_poll(&request, id, client)
+                    .long_poll(&request, task.task, &path, client)
                     .instrument(span.clone())
                     .await
             }
-            Route::Fetch(id) => {
+            Route::Fetch(task) => {
+                let path = task.upstream_path(families);
                 self.fetcher
-                    .fetch(request.uri().path(), request.headers(), id, client)
+                    .fetch(&path, request.headers(), task.task, client)
                     .instrument(span.clone())
                     .await
             }
-            Route::Events(id) => {
+            Route::Events(task) => {
+                let path = task.upstream_path(families);
                 self.push
-                    .events(&request, id, client)
+                    .events(&request, task.task, path, client)
                     .instrument(span.clone())
                     .await
             }
             Route::BadTaskId(e) => Served::bypass(RequestError::BadTaskId(e).into_response()),
-            Route::Batch => self.batch(request, client).instrument(span.clone()).await,
+            Route::Batch(family) => {
+                self.batch(request, family, client)
+                    .instrument(span.clone())
+                    .await
+            }
             Route::Passthrough => {
                 self.passthrough(request, client)
                     .instrument(span.clone())
@@ -288,14 +303,25 @@ impl Gateway {
         response
     }
 
-    /// `POST [/{mode}]/mj/task/list-by-condition`.
-    async fn batch(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
+    /// `POST` on a family's batch route (`[/{mode}]/mj/task/list-by-condition`, `/suno/fetch`).
+    async fn batch(
+        &self,
+        request: Request<Incoming>,
+        family: FamilyId,
+        client: ClientInfo,
+    ) -> Served {
         let (parts, body) = request.into_parts();
         let body = match read_body(&parts.headers, body, &self.limits).await {
             Ok(body) => body,
             Err(fault) => return self.client_fault(fault),
         };
-        let query = BatchQuery::parse(&body, self.limits.batch_max_ids);
+        let ignored = self
+            .fetcher
+            .families()
+            .get(family)
+            .batch()
+            .map_or(&[][..], |batch| &batch.ignore_fields[..]);
+        let query = BatchQuery::parse(&body, self.limits.batch_max_ids, ignored);
         let ids: Vec<TaskId<'_>> = match &query {
             // Validated by the parser; parsing again only turns them into `TaskId`s.
             Ok(BatchQuery::Ids(ids)) => {
@@ -313,7 +339,7 @@ impl Gateway {
             Err(e) => return Served::bypass(RequestError::BadBatch(e.to_string()).into_response()),
         };
         self.fetcher
-            .batch(parts.uri.path(), &parts.headers, &ids, client)
+            .batch(parts.uri.path(), &parts.headers, family, &ids, client)
             .await
     }
 

@@ -13,6 +13,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::family::{Families, FamilyId};
 use crate::task::TaskClass;
 
 /// How many log lines the process's log writer dropped so far; installed once by the binary, which
@@ -169,8 +170,8 @@ pub struct Metrics {
     requests: Vec<Vec<IntCounter>>,
     /// `[route]`
     request_duration: Vec<Histogram>,
-    /// Per task id looked up, by outcome (a batch of 50 ids counts 50).
-    task_lookups: Vec<IntCounter>,
+    /// Per task id looked up, `[family][outcome]` (a batch of 50 ids counts 50).
+    task_lookups: Vec<Vec<IntCounter>>,
     /// `[upstream route][result]`
     upstream_requests: Vec<Vec<IntCounter>>,
     upstream_duration: Vec<Histogram>,
@@ -418,9 +419,9 @@ fn class_index(class: TaskClass) -> usize {
 }
 
 /// Client requests by route and outcome, their durations, and task lookups by outcome.
-type ClientSeries = (Vec<Vec<IntCounter>>, Vec<Histogram>, Vec<IntCounter>);
+type ClientSeries = (Vec<Vec<IntCounter>>, Vec<Histogram>, Vec<Vec<IntCounter>>);
 
-fn client_series(r: &Registrar<'_>) -> ClientSeries {
+fn client_series(r: &Registrar<'_>, families: &Families) -> ClientSeries {
     let requests = r.counters(
         "mjgate_requests_total",
         "Client requests by route and cache outcome.",
@@ -433,8 +434,8 @@ fn client_series(r: &Registrar<'_>) -> ClientSeries {
     );
     let lookups = r.counters(
         "mjgate_task_lookups_total",
-        "Task ids looked up by fetches and batches in this replica's cache, by outcome (miss = asked of Redis when configured, then the upstream).",
-        &["cache"],
+        "Task ids looked up by fetches and batches in this replica's cache, by task family and outcome (miss = asked of Redis when configured, then the upstream).",
+        &["family", "cache"],
     );
     (
         RouteLabel::ALL
@@ -450,9 +451,15 @@ fn client_series(r: &Registrar<'_>) -> ClientSeries {
             .iter()
             .map(|route| duration.with_label_values(&[route.as_str()]))
             .collect(),
-        Outcome::ALL
+        families
+            .all()
             .iter()
-            .map(|o| lookups.with_label_values(&[o.as_str()]))
+            .map(|family| {
+                Outcome::ALL
+                    .iter()
+                    .map(|o| lookups.with_label_values(&[family.name(), o.as_str()]))
+                    .collect()
+            })
             .collect(),
     )
 }
@@ -589,10 +596,10 @@ const BUCKETS: [f64; 16] = [
 ];
 
 impl Metrics {
-    pub fn new(cache_capacity_bytes: u64) -> Self {
+    pub fn new(cache_capacity_bytes: u64, families: &Families) -> Self {
         let registry = Registry::new();
         let r = Registrar(&registry);
-        let (requests, request_duration, task_lookups) = client_series(&r);
+        let (requests, request_duration, task_lookups) = client_series(&r, families);
         let (upstream_requests, upstream_duration) = upstream_series(&r);
         let (upstream_refused, client_errors, upstream_tls_errors) = refusal_series(&r);
         let handshakes = r.counters(
@@ -658,9 +665,11 @@ impl Metrics {
         self.request_duration[route as usize].observe(elapsed.as_secs_f64());
     }
 
-    /// Counts `n` task ids looked up with `outcome`.
-    pub fn task_lookups(&self, outcome: Outcome, n: u64) {
-        self.task_lookups[outcome as usize].inc_by(n);
+    /// Counts `n` task ids of `family` looked up with `outcome`.
+    pub fn task_lookups(&self, family: FamilyId, outcome: Outcome, n: u64) {
+        if let Some(family) = self.task_lookups.get(family.index()) {
+            family[outcome as usize].inc_by(n);
+        }
     }
 
     /// Marks an upstream call as started; the returned guard records its result and time.
@@ -801,7 +810,7 @@ mod tests {
 
     #[test]
     fn renders_every_family() {
-        let m = Metrics::new(1 << 20);
+        let m = Metrics::new(1 << 20, &Families::builtin());
         m.request(RouteLabel::Fetch, Outcome::Hit, Duration::from_micros(50));
         m.upstream_call(RouteLabel::Batch)
             .finish(UpstreamResult::Status(503));

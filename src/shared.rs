@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::cache::{CacheKey, CachedTask};
 use crate::config::{SharedCacheConfig, redact_url};
 use crate::credential::FINGERPRINT_LEN;
+use crate::family::Families;
 use crate::hex::push_hex;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
 use crate::task::TaskClass;
@@ -97,6 +98,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The Redis URL without its password, for log lines.
     redis: String,
+    /// Family names, for Redis key names that mean the same on replicas whose family numbers differ.
+    families: Families,
     /// Dropped with the tier: the listener and the probe see it and stop.
     _stop: watch::Sender<()>,
 }
@@ -109,6 +112,7 @@ impl SharedCache {
         freshness: Freshness,
         max_wait: Duration,
         metrics: Arc<Metrics>,
+        families: Families,
     ) -> Result<Self, RedisError> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let manager_config = ConnectionManagerConfig::new()
@@ -136,6 +140,7 @@ impl SharedCache {
             renew: Script::new(RENEW),
             metrics,
             redis: redact_url(&config.redis_url),
+            families,
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
@@ -220,7 +225,11 @@ impl SharedCache {
         let mut written = 0;
         for (key, task) in answers {
             let age = task.stored_at.elapsed();
-            let left = self.inner.freshness.of(task.class).saturating_sub(age);
+            let mut left = self.inner.freshness.of(task.class).saturating_sub(age);
+            if let Some(until) = task.keep_until {
+                // Redis drops it when its result expires, too.
+                left = left.min(until.saturating_duration_since(std::time::Instant::now()));
+            }
             if left < Duration::from_millis(1) {
                 continue;
             }
@@ -385,15 +394,25 @@ impl Inner {
         }
     }
 
-    /// The Redis names of `key`: `{prefix}task:{fingerprint hex}:{id}` and `{prefix}lease:...`.
+    /// The Redis names of `key`: `{prefix}task:{fingerprint hex}:{family}:{id}` and
+    /// `{prefix}lease:...`.
     fn names(&self, key: &CacheKey) -> Names {
         let bytes: &[u8] = key.borrow();
-        let (fingerprint, id) = bytes.split_at(FINGERPRINT_LEN.min(bytes.len()));
+        let (fingerprint, rest) = bytes.split_at(FINGERPRINT_LEN.min(bytes.len()));
+        let (family, id) = rest.split_first().unwrap_or((&0, &[]));
+        let family = self
+            .families
+            .all()
+            .get(usize::from(*family))
+            .map_or("", |f| f.name());
         let name = |kind: &[u8]| {
-            let mut name = Vec::with_capacity(self.prefix.len() + 6 + 33 + id.len());
+            let mut name =
+                Vec::with_capacity(self.prefix.len() + 6 + 33 + family.len() + 1 + id.len());
             name.extend_from_slice(&self.prefix);
             name.extend_from_slice(kind);
             push_hex(&mut name, fingerprint);
+            name.push(b':');
+            name.extend_from_slice(family.as_bytes());
             name.push(b':');
             name.extend_from_slice(id);
             name
@@ -410,7 +429,9 @@ impl Inner {
             self.metrics.shared.error(SharedError::Corrupt);
             return None;
         };
-        (task.stored_at.elapsed() < self.freshness.of(task.class)).then(|| Arc::new(task))
+        let fresh = task.stored_at.elapsed() < self.freshness.of(task.class)
+            && !task.expired(std::time::Instant::now());
+        fresh.then(|| Arc::new(task))
     }
 
     /// Registers interest in the announcement of `task_key`.
@@ -634,23 +655,36 @@ fn millis(duration: Duration) -> u64 {
 
 /// The stored value: a fixed header the gateway reads, then the upstream's bytes untouched.
 ///
-/// `MJG1` | class (1 byte) | HTTP status (u16) | fetched at, Unix ms (u64) | content-type length (u16) |
-/// content type | body. Fetched-at lets every replica give the same `Age` and the same remaining TTL.
-const MAGIC: &[u8; 4] = b"MJG1";
-const HEADER_LEN: usize = 4 + 1 + 2 + 8 + 2;
+/// `MJG2` | class (1 byte) | HTTP status (u16) | fetched at, Unix ms (u64) | content-type length (u16) |
+/// keep until, Unix ms (u64, 0: for ever) | task span start, end (u32, u32) | content type | body.
+/// Fetched-at lets every replica give the same `Age` and the same remaining TTL; keep-until carries a
+/// finished answer's own expiry, so no replica serves it past that. `MJG1` values (no keep-until, no
+/// span) from an older replica are still read.
+const MAGIC: &[u8; 4] = b"MJG2";
+const MAGIC_V1: &[u8; 4] = b"MJG1";
+const HEADER_LEN_V1: usize = 4 + 1 + 2 + 8 + 2;
+const HEADER_LEN: usize = HEADER_LEN_V1 + 8 + 4 + 4;
 
 /// The stored value of `task` (public for the fuzz target).
 pub fn encode(task: &CachedTask) -> Vec<u8> {
     let content_type = task.content_type.as_ref().map_or(&[][..], |v| v.as_bytes());
     let content_type = &content_type[..content_type.len().min(usize::from(u16::MAX))];
-    let fetched_at =
-        unix_millis(SystemTime::now()).saturating_sub(millis(task.stored_at.elapsed()));
+    let now = SystemTime::now();
+    let fetched_at = unix_millis(now).saturating_sub(millis(task.stored_at.elapsed()));
+    let keep_until = task.keep_until.map_or(0, |until| {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        unix_millis(now + left).max(1)
+    });
+    let span = task.task_span();
     let mut value = Vec::with_capacity(HEADER_LEN + content_type.len() + task.body.len());
     value.extend_from_slice(MAGIC);
     value.push(task.class.index());
     value.extend_from_slice(&task.status.as_u16().to_be_bytes());
     value.extend_from_slice(&fetched_at.to_be_bytes());
     value.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
+    value.extend_from_slice(&keep_until.to_be_bytes());
+    value.extend_from_slice(&(span.start as u32).to_be_bytes());
+    value.extend_from_slice(&(span.end as u32).to_be_bytes());
     value.extend_from_slice(content_type);
     value.extend_from_slice(&task.body);
     value
@@ -659,15 +693,26 @@ pub fn encode(task: &CachedTask) -> Vec<u8> {
 /// Reads a stored value back; `None` for anything this version did not write (a value in Redis may
 /// come from another version, or anyone who can write there). Public for the fuzz target.
 pub fn decode(value: &[u8]) -> Option<CachedTask> {
-    let header = value.get(..HEADER_LEN)?;
-    if &header[..4] != MAGIC {
-        return None;
-    }
+    let v2 = match value.get(..4)? {
+        magic if magic == MAGIC => true,
+        magic if magic == MAGIC_V1 => false,
+        _ => return None,
+    };
+    let header_len = if v2 { HEADER_LEN } else { HEADER_LEN_V1 };
+    let header = value.get(..header_len)?;
     let class = TaskClass::from_index(header[4])?;
     let status = StatusCode::from_u16(u16::from_be_bytes([header[5], header[6]])).ok()?;
     let fetched_at = u64::from_be_bytes(header[7..15].try_into().ok()?);
     let content_type_len = usize::from(u16::from_be_bytes([header[15], header[16]]));
-    let rest = &value[HEADER_LEN..];
+    let (keep_until, span) = if v2 {
+        let keep_until = u64::from_be_bytes(header[17..25].try_into().ok()?);
+        let start = u32::from_be_bytes(header[25..29].try_into().ok()?) as usize;
+        let end = u32::from_be_bytes(header[29..33].try_into().ok()?) as usize;
+        (keep_until, Some(start..end))
+    } else {
+        (0, None)
+    };
+    let rest = &value[header_len..];
     let content_type = rest.get(..content_type_len)?;
     let body = Bytes::copy_from_slice(&rest[content_type_len..]);
     let content_type = if content_type.is_empty() {
@@ -675,9 +720,20 @@ pub fn decode(value: &[u8]) -> Option<CachedTask> {
     } else {
         Some(HeaderValue::from_bytes(content_type).ok()?)
     };
+    let now = SystemTime::now();
     // A clock ahead of ours makes the age 0, never negative.
-    let age = Duration::from_millis(unix_millis(SystemTime::now()).saturating_sub(fetched_at));
-    Some(CachedTask::restored(status, body, content_type, class, age))
+    let age = Duration::from_millis(unix_millis(now).saturating_sub(fetched_at));
+    let keep_until = (keep_until != 0)
+        .then(|| crate::family::expiry::instant_of(UNIX_EPOCH + Duration::from_millis(keep_until)));
+    let mut task =
+        CachedTask::restored(status, body, content_type, class, age).keep_until(keep_until);
+    if let Some(span) = span {
+        if span.start > span.end || span.end > task.body.len() {
+            return None;
+        }
+        task = task.task_at(span);
+    }
+    Some(task)
 }
 
 fn unix_millis(time: SystemTime) -> u64 {

@@ -7,15 +7,22 @@ use libfuzzer_sys::fuzz_target;
 use mjgate::fetch::batch::split_tasks;
 use mjgate::upstream::content_coding;
 use mjgate::upstream::protect::retry_after;
-use mjgate::task::{classify_fetch_body, is_not_found_answer};
+use mjgate::family::Families;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = classify_fetch_body(data, "1709123456000123");
-    let _ = is_not_found_answer(200, data);
-    let _ = is_not_found_answer(400, data);
-    if let Some(tasks) = split_tasks(data) {
-        for (bytes, _) in tasks.values() {
-            assert!(bytes.first() == Some(&b'{'));
+    static FAMILIES: std::sync::OnceLock<Families> = std::sync::OnceLock::new();
+    for family in FAMILIES.get_or_init(Families::builtin).all() {
+        let _ = family.classify(data, "1709123456000123");
+        let _ = family.is_not_found(200, data);
+        let _ = family.is_not_found(400, data);
+        let _ = family.status_text(data);
+        if let Some(span) = family.task_span(data) {
+            assert!(span.start <= span.end && span.end <= data.len());
+        }
+        if let Some(tasks) = split_tasks(family, data) {
+            for item in tasks.values() {
+                assert!(serde_json::from_slice::<serde_json::Value>(item.body()).is_ok());
+            }
         }
     }
     for coding in ["gzip", "deflate", "br", "gzip, br"] {

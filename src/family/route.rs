@@ -27,9 +27,19 @@ pub enum Matched<'a> {
         family: FamilyId,
         kind: RouteKind,
         id: Result<TaskId<'a>, InvalidTaskId>,
+        at: At<'a>,
+        /// A status route that becomes an event stream for clients that `Accept: text/event-stream`.
+        events_by_accept: bool,
     },
     /// The family's batch route (`POST`).
     Batch(FamilyId),
+}
+
+/// Which route matched, after which mode segment: what the upstream path is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At<'a> {
+    entry: u16,
+    mode: &'a str,
 }
 
 #[derive(Debug)]
@@ -47,6 +57,7 @@ struct Entry {
     family: FamilyId,
     kind: Option<RouteKind>,
     mode_prefix: bool,
+    events_by_accept: bool,
     pattern: Pattern,
     /// The template as written, for error messages.
     template: String,
@@ -67,6 +78,7 @@ impl Table {
         spec: &FamilySpec,
     ) -> Result<(), FamilyError> {
         let mode_prefix = spec.mode_prefix.unwrap_or(false);
+        let events_by_accept = spec.events_by_accept.unwrap_or(true);
         let lists = [
             (
                 "status_routes",
@@ -109,6 +121,7 @@ impl Table {
                     family,
                     kind,
                     mode_prefix,
+                    events_by_accept,
                     pattern,
                     template,
                 });
@@ -133,13 +146,14 @@ impl Table {
         } else {
             return None;
         };
-        if let Some(found) = self.scan(path, query, batch, false) {
+        if let Some(found) = self.scan(path, query, batch, "") {
             return Some(found);
         }
         if self.any_mode_prefix
             && let Some(rest) = strip_mode(path)
         {
-            return self.scan(rest, query, batch, true);
+            let mode = &path[..path.len() - rest.len()];
+            return self.scan(rest, query, batch, mode);
         }
         None
     }
@@ -149,12 +163,16 @@ impl Table {
         path: &'a str,
         query: Option<&'a str>,
         batch: bool,
-        after_mode: bool,
+        mode: &'a str,
     ) -> Option<Matched<'a>> {
-        self.entries.iter().find_map(|entry| {
-            if (after_mode && !entry.mode_prefix) || batch != entry.kind.is_none() {
+        self.entries.iter().enumerate().find_map(|(index, entry)| {
+            if (!mode.is_empty() && !entry.mode_prefix) || batch != entry.kind.is_none() {
                 return None;
             }
+            let at = At {
+                entry: index as u16,
+                mode,
+            };
             match (&entry.pattern, entry.kind) {
                 (Pattern::Exact(exact), None) => {
                     (path == exact).then_some(Matched::Batch(entry.family))
@@ -171,6 +189,8 @@ impl Table {
                         family: entry.family,
                         kind,
                         id: TaskId::parse(middle),
+                        at,
+                        events_by_accept: entry.events_by_accept,
                     })
                 }
                 (Pattern::Query { path: exact, param }, Some(kind)) => {
@@ -184,11 +204,37 @@ impl Table {
                         family: entry.family,
                         kind,
                         id: TaskId::parse(value),
+                        at,
+                        events_by_accept: entry.events_by_accept,
                     })
                 }
                 _ => None,
             }
         })
+    }
+}
+
+impl Table {
+    /// The upstream path of a task's status answer for a request that matched `at`: the request's
+    /// own route for a status route (without any other query parameter), the family's first status
+    /// route for an events route.
+    pub(super) fn upstream_path(&self, at: At<'_>, id: TaskId<'_>) -> String {
+        let entry = &self.entries[usize::from(at.entry)];
+        let status = match entry.kind {
+            Some(RouteKind::Status) => entry,
+            _ => self
+                .entries
+                .iter()
+                .find(|e| e.family == entry.family && e.kind == Some(RouteKind::Status))
+                .unwrap_or(entry),
+        };
+        match &status.pattern {
+            Pattern::Path { prefix, suffix } => {
+                format!("{}{prefix}{}{suffix}", at.mode, id.as_str())
+            }
+            Pattern::Query { path, param } => format!("{}{path}?{param}={}", at.mode, id.as_str()),
+            Pattern::Exact(path) => path.clone(),
+        }
     }
 }
 

@@ -9,7 +9,9 @@ fn families() -> Families {
 fn task_route(path: &str, query: Option<&str>) -> Option<(String, RouteKind, String)> {
     let f = families();
     match f.route(&Method::GET, path, query)? {
-        Matched::Task { family, kind, id } => Some((
+        Matched::Task {
+            family, kind, id, ..
+        } => Some((
             f.get(family).name().to_owned(),
             kind,
             id.map(|id| id.as_str().to_owned())
@@ -412,4 +414,68 @@ not_found = [{ status = 200 }]"#
         ),
         "families.acme.not_found[0]"
     );
+}
+
+#[test]
+fn the_upstream_path_is_the_status_route_of_the_task() {
+    let f = families();
+    let path = |path: &str, query: Option<&str>| match f.route(&Method::GET, path, query) {
+        Some(Matched::Task { id: Ok(id), at, .. }) => f.upstream_path(at, id),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        path("/mj-fast/mj/task/1/fetch", None),
+        "/mj-fast/mj/task/1/fetch"
+    );
+    assert_eq!(
+        path("/mj-fast/mj/task/1/events", None),
+        "/mj-fast/mj/task/1/fetch"
+    );
+    assert_eq!(
+        path("/v1/video/query", Some("wait=5s&id=q&x=1")),
+        "/v1/video/query?id=q"
+    );
+    assert_eq!(
+        path("/kling/v1/images/generations/k", Some("wait=1s")),
+        "/kling/v1/images/generations/k"
+    );
+}
+
+#[test]
+fn midjourney_answers_classify_as_before() {
+    let f = families();
+    let mj = f.by_name("midjourney").unwrap();
+    let class = |body: &[u8], id: &str| mj.classify(body, id).map(|c| c.class);
+    let ok = br#"{"id":"t1","status":"SUCCESS","progress":"100%"}"#;
+    assert_eq!(class(ok, "t1"), Some(TaskClass::Terminal));
+    assert_eq!(class(ok, "t2"), None);
+    assert_eq!(
+        class(br#"{"id":"t1","status":"IN_PROGRESS"}"#, "t1"),
+        Some(TaskClass::InProgress)
+    );
+    assert_eq!(
+        class(br#"{"id":"t1"}"#, "t1"),
+        Some(TaskClass::InProgress),
+        "new-api right after submit"
+    );
+    assert_eq!(class(b"", "t1"), None);
+    assert_eq!(class(b"[1,2]", "t1"), None);
+    assert_eq!(class(b"null", "t1"), None);
+    assert_eq!(
+        class(br#"["t1","SUCCESS"]"#, "t1"),
+        None,
+        "an array is not a task"
+    );
+    assert_eq!(
+        class(b" \n{\"id\":\"t1\",\"status\":\"SUCCESS\"}", "t1"),
+        Some(TaskClass::Terminal)
+    );
+    assert_eq!(
+        class(br#"{"id":"t\u0031","status":"SUCCESS"}"#, "t1"),
+        Some(TaskClass::Terminal),
+        "escaped strings compare by value"
+    );
+    assert!(mj.is_not_found(404, br#"{"code":4,"description":"task_no_found"}"#));
+    assert!(!mj.is_not_found(400, br#"{"code":400,"description":"bad request"}"#));
+    assert!(!mj.is_not_found(429, b""));
 }

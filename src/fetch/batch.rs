@@ -1,5 +1,6 @@
-//! Batch queries (`POST [/{mode}]/mj/task/list-by-condition` with `{"ids": [...]}`) served from the same
-//! per-task cache and flights as single fetches: the upstream is asked only for the ids nobody has.
+//! Batch queries (a family's batch route, `POST` with `{"ids": [...]}`: Midjourney's
+//! `list-by-condition`, Suno's `/suno/fetch`) served from the same per-task cache and flights as single
+//! fetches: the upstream is asked only for the ids nobody has.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::body::ResponseBody;
@@ -18,11 +20,12 @@ use crate::cache::status::CacheStatus;
 use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup};
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
+use crate::family::{Batch, Classified, Family, FamilyId, TaskRef, raw_at};
 use crate::fetch::collapse::{Flight, Landing, Role};
 use crate::fetch::{Fetcher, Landed, Served, failure_status, passed_response};
 use crate::metrics::{Outcome, RouteLabel};
 use crate::shared::{self, Claim, Lease};
-use crate::task::{TaskClass, TaskHead, TaskId, is_not_found_answer};
+use crate::task::{TaskClass, TaskId};
 use crate::upstream::content_coding::is_identity;
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo};
 
@@ -56,14 +59,19 @@ pub enum BadBatch {
 }
 
 impl<'a> BatchQuery<'a> {
-    /// Parses a batch body; `ids` may hold at most `max_ids` entries (duplicates included).
-    pub fn parse(body: &'a [u8], max_ids: usize) -> Result<Self, BadBatch> {
+    /// Parses a batch body; `ids` may hold at most `max_ids` entries (duplicates included). Fields in
+    /// `ignored` may come with `ids` (Suno's `action`); any other makes it a query the cache cannot
+    /// answer.
+    pub fn parse(body: &'a [u8], max_ids: usize, ignored: &[String]) -> Result<Self, BadBatch> {
         let fields: HashMap<String, &RawValue> = match serde_json::from_slice(body) {
             Ok(fields) => fields,
             Err(e) if e.is_data() => return Err(BadBatch::NotAnObject),
             Err(e) => return Err(BadBatch::Json(e.to_string())),
         };
-        if fields.keys().any(|key| key != "ids") {
+        if fields
+            .keys()
+            .any(|key| key != "ids" && !ignored.iter().any(|i| i == key))
+        {
             return Ok(BatchQuery::Other);
         }
         let raw_ids = fields.get("ids").ok_or(BadBatch::MissingIds)?;
@@ -155,18 +163,19 @@ impl Tally {
 }
 
 impl Fetcher {
-    /// The tasks of a `list-by-condition` query by `ids`, each from the cache or a flight, the ids
+    /// The tasks of a batch query by `ids` of `family`, each from the cache or a flight, the ids
     /// nobody has asked of the upstream in calls of at most `batch.upstream_chunk`: one envelope back,
     /// in request order. `path` and `headers` are the client's, forwarded on those calls.
     pub async fn batch(
         self: &Arc<Self>,
         path: &str,
         headers: &HeaderMap,
+        family: FamilyId,
         ids: &[TaskId<'_>],
         client: ClientInfo,
     ) -> Served {
         let fingerprint = self.fingerprinter.fingerprint(headers);
-        let plan = self.plan(&fingerprint, ids);
+        let plan = self.plan(&fingerprint, family, ids);
         let Plan {
             sources,
             flights,
@@ -174,11 +183,15 @@ impl Fetcher {
             cached,
         } = plan;
         let led = flights.len();
-        self.metrics.task_lookups(Outcome::Hit, cached as u64);
-        self.metrics.task_lookups(Outcome::Miss, led as u64);
         self.metrics
-            .task_lookups(Outcome::Collapsed, (sources.len() - cached - led) as u64);
-        self.launch_batch_calls(path, headers, fingerprint, client, flights);
+            .task_lookups(family, Outcome::Hit, cached as u64);
+        self.metrics.task_lookups(family, Outcome::Miss, led as u64);
+        self.metrics.task_lookups(
+            family,
+            Outcome::Collapsed,
+            (sources.len() - cached - led) as u64,
+        );
+        self.launch_batch_calls(path, headers, fingerprint, client, family, flights);
         let waiting = (sources.len() > cached + led).then(|| self.metrics.collapse_waiter());
         let mut tally = Tally {
             ids: ids.len(),
@@ -187,14 +200,23 @@ impl Fetcher {
             stale: held.first().copied(),
             ..Tally::default()
         };
-        let tasks = match self.collect(&fingerprint, ids, sources, &mut tally).await {
+        let tasks = match self
+            .collect(&fingerprint, family, ids, sources, &mut tally)
+            .await
+        {
             Ok(tasks) => tasks,
             Err(served) => return served,
         };
         drop(waiting);
         let status = tally.status();
+        let Some(spec) = self.families.get(family).batch() else {
+            return Served::bypass(crate::error::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the family has no batch route",
+            ));
+        };
         Served::cached(
-            array_response(&tasks, status),
+            batch_response(spec, &tasks, status),
             status,
             tally.upstream_status(),
         )
@@ -202,7 +224,12 @@ impl Fetcher {
 
     /// Looks every id up: fresh in the cache, held stale after a failed refresh, or joined to a
     /// flight (led by this batch when nobody else is fetching it).
-    fn plan<'a>(&self, fingerprint: &CredentialFingerprint, ids: &[TaskId<'a>]) -> Plan<'a> {
+    fn plan<'a>(
+        &self,
+        fingerprint: &CredentialFingerprint,
+        family: FamilyId,
+        ids: &[TaskId<'a>],
+    ) -> Plan<'a> {
         let mut plan = Plan {
             sources: Vec::with_capacity(ids.len()),
             flights: Vec::new(),
@@ -210,7 +237,7 @@ impl Fetcher {
             cached: 0,
         };
         for &id in ids {
-            let key = KeyBuf::new(fingerprint, id);
+            let key = KeyBuf::new(fingerprint, TaskRef { family, id });
             let stale = match self.cache.lookup(key.as_bytes()) {
                 Lookup::Fresh { task, .. } => {
                     plan.sources.push((Source::Cached(task), None));
@@ -251,10 +278,12 @@ impl Fetcher {
     async fn collect(
         &self,
         fingerprint: &CredentialFingerprint,
+        family: FamilyId,
         ids: &[TaskId<'_>],
         sources: Vec<(Source, Option<Arc<CachedTask>>)>,
         tally: &mut Tally,
     ) -> Result<Vec<Arc<CachedTask>>, Served> {
+        let rules = self.families.get(family);
         let mut tasks = Vec::with_capacity(sources.len());
         for (index, (source, stale)) in sources.into_iter().enumerate() {
             let landed = match source {
@@ -269,7 +298,8 @@ impl Fetcher {
                 },
             };
             if let (Some(status), Some(stale)) = (failure_status(&landed), stale) {
-                let key = KeyBuf::new(fingerprint, ids[index]);
+                let id = ids[index];
+                let key = KeyBuf::new(fingerprint, TaskRef { family, id });
                 self.defer_refresh_if_failed(key.as_bytes(), &landed, true);
                 tally.stale = Some(status);
                 tasks.push(stale);
@@ -285,7 +315,7 @@ impl Fetcher {
                     tasks.push(task);
                 }
                 Landed::NotReturned => {}
-                Landed::Passed(reply) if means_absent(&reply) => {}
+                Landed::Passed(reply) if means_absent(rules, &reply) => {}
                 Landed::Passed(reply) => {
                     let status = reply.status.as_u16();
                     let not_stored = CacheStatus::Miss {
@@ -319,6 +349,7 @@ impl Fetcher {
         headers: &HeaderMap,
         fingerprint: CredentialFingerprint,
         client: ClientInfo,
+        family: FamilyId,
         flights: Vec<(TaskId<'_>, Flight<Landed>)>,
     ) {
         let mut flights = flights.into_iter().peekable();
@@ -333,7 +364,7 @@ impl Fetcher {
             let headers = headers.clone();
             tokio::spawn(async move {
                 fetcher
-                    .batch_call(&path, &headers, fingerprint, client, chunk)
+                    .batch_call(&path, &headers, fingerprint, client, family, chunk)
                     .await;
             });
         }
@@ -347,12 +378,18 @@ impl Fetcher {
         headers: &HeaderMap,
         fingerprint: CredentialFingerprint,
         client: ClientInfo,
+        family: FamilyId,
         chunk: Vec<(String, Flight<Landed>)>,
     ) {
+        let call = BatchCall {
+            path,
+            headers,
+            fingerprint,
+            client,
+            family,
+        };
         let Some(shared) = &self.shared else {
-            return self
-                .batch_upstream(path, headers, fingerprint, client, chunk, Vec::new())
-                .await;
+            return self.batch_upstream(call, chunk, Vec::new()).await;
         };
         let keys: Vec<CacheKey> = chunk.iter().map(|(_, f)| f.key().clone()).collect();
         let claims = shared.claim_many(&keys).await;
@@ -371,8 +408,7 @@ impl Fetcher {
             }
         }
         if !remaining.is_empty() {
-            self.batch_upstream(path, headers, fingerprint, client, remaining, leases)
-                .await;
+            self.batch_upstream(call, remaining, leases).await;
         }
     }
 
@@ -380,13 +416,18 @@ impl Fetcher {
     /// every flight, then gives up `leases`.
     async fn batch_upstream(
         &self,
-        path: &str,
-        headers: &HeaderMap,
-        fingerprint: CredentialFingerprint,
-        client: ClientInfo,
+        call: BatchCall<'_>,
         chunk: Vec<(String, Flight<Landed>)>,
         leases: Vec<Lease>,
     ) {
+        let BatchCall {
+            path,
+            headers,
+            fingerprint,
+            client,
+            family,
+        } = call;
+        let family = self.families.get(family);
         let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
         let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
         let mut headers = headers.clone();
@@ -411,7 +452,7 @@ impl Fetcher {
             }
             Ok(reply) => {
                 let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
-                    .then(|| split_tasks(&reply.body))
+                    .then(|| split_tasks(family, &reply.body))
                     .flatten();
                 match tasks {
                     // Not a task array (an error status or a router's error object): pass it on, store
@@ -426,12 +467,8 @@ impl Fetcher {
                         let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
                         for (id, flight) in chunk {
                             match tasks.remove(id.as_str()) {
-                                Some((body, class)) => {
-                                    let task = Arc::new(CachedTask::new(
-                                        body,
-                                        content_type.clone(),
-                                        class,
-                                    ));
+                                Some(item) => {
+                                    let task = Arc::new(item.into_task(content_type.clone()));
                                     self.cache.insert(flight.key().clone(), Arc::clone(&task));
                                     stored.push((flight.key().clone(), Arc::clone(&task)));
                                     flight.land(Landed::Stored(task));
@@ -452,44 +489,88 @@ impl Fetcher {
     }
 }
 
-/// Splits an upstream task array into each task's own bytes and class, by `id`. `None` when the body is
-/// not a JSON array. Elements that are not task objects are skipped.
-pub fn split_tasks(body: &[u8]) -> Option<HashMap<String, (Bytes, TaskClass)>> {
-    let elements: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
-    let mut tasks = HashMap::with_capacity(elements.len());
-    for element in elements {
-        let Some(head) = TaskHead::parse(element.get().as_bytes()) else {
+/// One task of an upstream batch answer, as a status answer of its family would carry it.
+pub struct Item {
+    body: Bytes,
+    span: std::ops::Range<usize>,
+    classified: Classified,
+}
+
+impl Item {
+    fn into_task(self, content_type: Option<HeaderValue>) -> CachedTask {
+        CachedTask::new(self.body, content_type, self.classified.class)
+            .keep_until(self.classified.keep_until)
+            .task_at(self.span)
+    }
+
+    pub fn class(&self) -> TaskClass {
+        self.classified.class
+    }
+
+    /// The status answer this item is stored as.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Splits an upstream batch answer into its tasks, by id, each wrapped as the family's status answer.
+/// `None` when the answer holds no array where the family's batch says (a router's error object, a
+/// `"data": null`... is that: no tasks, but also nothing to trust). Items that are not tasks are skipped.
+pub fn split_tasks(family: &Family, body: &[u8]) -> Option<HashMap<String, Item>> {
+    let batch = family.batch()?;
+    let raw = raw_at(body, &batch.items_at)?;
+    // new-api answers `"data": null` when none of the ids is the caller's.
+    if raw == "null" && !batch.items_at.is_empty() {
+        return Some(HashMap::new());
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
+    let mut tasks = HashMap::with_capacity(items.len());
+    for item in items {
+        let Ok(value) = serde_json::from_str::<Value>(item.get()) else {
             continue;
         };
-        let Some(id) = head.id else { continue };
-        let class = TaskClass::of_status(head.status.as_deref().unwrap_or(""));
-        // A copy, so a cached task does not pin the whole batch answer in memory.
-        let bytes = Bytes::copy_from_slice(element.get().as_bytes());
-        tasks.insert(id.into_owned(), (bytes, class));
+        let Some((id, classified)) = family.classify_item(&value, batch) else {
+            continue;
+        };
+        // The item's own bytes, copied: a cached task must not pin the whole batch answer in memory.
+        let (wrapped, span) = family.wrap_task(item.get().as_bytes());
+        tasks.insert(
+            id,
+            Item {
+                body: Bytes::from(wrapped),
+                span,
+                classified,
+            },
+        );
     }
     Some(tasks)
 }
 
-/// Whether a passed-on answer for one id means "absent" in a batch: the upstream's "no such task"
+/// Whether a passed-on answer for one id means "absent" in a batch: the family's "no such task"
 /// shapes (as fetches recognise them), or a 2xx that is not that task's object. Anything else, a real
 /// `400` among them, is an error the batch passes on.
-fn means_absent(reply: &BufferedReply) -> bool {
-    reply.status.is_success() || is_not_found_answer(reply.status.as_u16(), &reply.body)
+fn means_absent(family: &Family, reply: &BufferedReply) -> bool {
+    reply.status.is_success() || family.is_not_found(reply.status.as_u16(), &reply.body)
 }
 
-/// A JSON array of the tasks' stored bytes, in order.
-fn array_response(tasks: &[Arc<CachedTask>], status: CacheStatus) -> Response<ResponseBody> {
-    let len = tasks.iter().map(|t| t.body.len() + 1).sum::<usize>() + 2;
-    let mut body = BytesMut::with_capacity(len);
-    body.put_u8(b'[');
+/// The family's batch answer around the tasks' objects, in order.
+fn batch_response(
+    spec: &Batch,
+    tasks: &[Arc<CachedTask>],
+    status: CacheStatus,
+) -> Response<ResponseBody> {
+    let len = tasks
+        .iter()
+        .map(|t| t.task_bytes().len() + 1)
+        .sum::<usize>();
+    let mut items = BytesMut::with_capacity(len);
     for (i, task) in tasks.iter().enumerate() {
         if i > 0 {
-            body.put_u8(b',');
+            items.put_u8(b',');
         }
-        body.put_slice(&task.body);
+        items.put_slice(task.task_bytes());
     }
-    body.put_u8(b']');
-    let body = body.freeze();
+    let body = Bytes::from(spec.answer(&items, tasks.len()));
     // A tag over the returned tasks: unchanged while every one of them is.
     let etag = etag_of(&body);
     let mut response = Response::new(ResponseBody::full(body));
@@ -499,6 +580,15 @@ fn array_response(tasks: &[Arc<CachedTask>], status: CacheStatus) -> Response<Re
     headers.insert(http::header::CACHE_CONTROL, PRIVATE.clone());
     headers.insert(CACHE_STATUS.clone(), status.header_value());
     response
+}
+
+/// What one upstream batch call is made with.
+struct BatchCall<'a> {
+    path: &'a str,
+    headers: &'a HeaderMap,
+    fingerprint: CredentialFingerprint,
+    client: ClientInfo,
+    family: FamilyId,
 }
 
 #[cfg(test)]
@@ -514,11 +604,11 @@ mod tests {
 
     #[test]
     fn parses_ids_in_order_without_duplicates() {
-        let q = BatchQuery::parse(br#"{"ids":["b","a","b","c"]}"#, 10).unwrap();
+        let q = BatchQuery::parse(br#"{"ids":["b","a","b","c"]}"#, 10, &[]).unwrap();
         assert_eq!(ids(q), ["b", "a", "c"]);
-        assert!(ids(BatchQuery::parse(br#"{"ids":[]}"#, 10).unwrap()).is_empty());
+        assert!(ids(BatchQuery::parse(br#"{"ids":[]}"#, 10, &[]).unwrap()).is_empty());
         assert_eq!(
-            ids(BatchQuery::parse(br#"{"ids":["a\u0062"]}"#, 10).unwrap()),
+            ids(BatchQuery::parse(br#"{"ids":["a\u0062"]}"#, 10, &[]).unwrap()),
             ["ab"],
             "escaped ids are decoded"
         );
@@ -527,18 +617,18 @@ mod tests {
     #[test]
     fn other_conditions_pass_through() {
         assert_eq!(
-            BatchQuery::parse(br#"{"ids":["a"],"status":"SUCCESS"}"#, 10),
+            BatchQuery::parse(br#"{"ids":["a"],"status":"SUCCESS"}"#, 10, &[]),
             Ok(BatchQuery::Other)
         );
         assert_eq!(
-            BatchQuery::parse(br#"{"status":"SUCCESS"}"#, 10),
+            BatchQuery::parse(br#"{"status":"SUCCESS"}"#, 10, &[]),
             Ok(BatchQuery::Other)
         );
     }
 
     #[test]
     fn refuses_each_kind_of_bad_body() {
-        let parse = |body: &'static [u8]| BatchQuery::parse(body, 3);
+        let parse = |body: &'static [u8]| BatchQuery::parse(body, 3, &[]);
         assert!(matches!(parse(b"{\"ids\":"), Err(BadBatch::Json(_))));
         assert!(matches!(parse(b"not json"), Err(BadBatch::Json(_))));
         assert_eq!(parse(b"[1,2]"), Err(BadBatch::NotAnObject));
@@ -560,16 +650,50 @@ mod tests {
     #[test]
     fn splits_an_upstream_array_by_id() {
         let body = br#"[{"id":"a","status":"SUCCESS"} , {"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]},7,{"no":"id"},["c","SUCCESS"]]"#;
-        let tasks = split_tasks(body).unwrap();
+        let families = crate::family::Families::builtin();
+        let mj = families.by_name("midjourney").unwrap();
+        let tasks = split_tasks(mj, body).unwrap();
         assert_eq!(tasks.len(), 2);
-        assert_eq!(&tasks["a"].0[..], br#"{"id":"a","status":"SUCCESS"}"#);
-        assert_eq!(tasks["a"].1, TaskClass::Terminal);
+        assert_eq!(tasks["a"].body(), br#"{"id":"a","status":"SUCCESS"}"#);
+        assert_eq!(tasks["a"].class(), TaskClass::Terminal);
         assert_eq!(
-            &tasks["b"].0[..],
-            br#"{"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]}"#
+            tasks["b"].body(),
+            br#"{"id":"b","status":"IN_PROGRESS","x":[1,{"y":2}]}"#,
+            "the upstream's own bytes"
         );
-        assert_eq!(tasks["b"].1, TaskClass::InProgress);
-        assert!(split_tasks(br#"{"code":4}"#).is_none());
+        assert_eq!(tasks["b"].class(), TaskClass::InProgress);
+        assert!(split_tasks(mj, br#"{"code":4}"#).is_none());
+    }
+
+    #[test]
+    fn splits_a_suno_answer_into_status_answers() {
+        let families = crate::family::Families::builtin();
+        let suno = families.by_name("suno").unwrap();
+        let body = br#"{"code":"success","message":"","data":[{"task_id":"a","status":"SUCCESS"},{"task_id":"b","status":"queued"}]}"#;
+        let tasks = split_tasks(suno, body).unwrap();
+        assert_eq!(
+            tasks["a"].body(),
+            br#"{"code":"success","message":"","data":{"task_id":"a","status":"SUCCESS"}}"#
+        );
+        assert_eq!(tasks["a"].class(), TaskClass::Terminal);
+        assert_eq!(tasks["b"].class(), TaskClass::InProgress);
+        let none = br#"{"code":"success","message":"","data":null}"#;
+        assert!(
+            split_tasks(suno, none).unwrap().is_empty(),
+            "none of the ids found"
+        );
+        assert!(split_tasks(suno, br#"{"code":"error","data":"x"}"#).is_none());
+    }
+
+    #[test]
+    fn ignored_fields_keep_a_batch_cacheable() {
+        let action = ["action".to_owned()];
+        let q = BatchQuery::parse(br#"{"ids":["a"],"action":"MUSIC"}"#, 10, &action).unwrap();
+        assert_eq!(ids(q), ["a"]);
+        assert_eq!(
+            BatchQuery::parse(br#"{"ids":["a"],"action":"MUSIC"}"#, 10, &[]),
+            Ok(BatchQuery::Other)
+        );
     }
 
     #[test]

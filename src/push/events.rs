@@ -16,11 +16,12 @@ use tokio::sync::mpsc;
 use crate::body::ResponseBody;
 use crate::cache::KeyBuf;
 use crate::cache::status::CacheStatus;
+use crate::family::{FamilyId, TaskRef};
 use crate::fetch::Served;
 use crate::metrics::EventKind;
 use crate::push::Push;
 use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
-use crate::task::{TaskClass, TaskHead, TaskId};
+use crate::task::TaskClass;
 use crate::upstream::ClientInfo;
 
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -34,7 +35,8 @@ impl Push {
     pub(crate) async fn events(
         self: &Arc<Self>,
         request: &Request<Incoming>,
-        id: TaskId<'_>,
+        task: TaskRef<'_>,
+        fetch_path: String,
         client: ClientInfo,
     ) -> Served {
         let headers = request.headers();
@@ -47,10 +49,8 @@ impl Push {
             Ok(permit) => permit,
             Err(e) => return Served::bypass(e.into_response()),
         };
-        let path = request.uri().path();
-        let fetch_path = format!("{}/fetch", path.strip_suffix("/events").unwrap_or(path));
-        let served = self.fetcher.fetch(&fetch_path, headers, id, client).await;
-        let key = KeyBuf::new(&fingerprint, id);
+        let served = self.fetcher.fetch(&fetch_path, headers, task, client).await;
+        let key = KeyBuf::new(&fingerprint, task);
         // Not a task the client may see (unknown, another key's, an upstream error): that answer,
         // as a fetch would give it, instead of a stream.
         let current = match self.fetcher.cache().current(key.as_bytes()) {
@@ -70,11 +70,12 @@ impl Push {
             key: key.to_key(),
             path: fetch_path,
             headers: headers.clone(),
-            id: id.as_str().to_owned(),
+            task: (task.family, task.id.as_str().to_owned()),
             client,
         };
         let stream = Stream {
             push: Arc::clone(self),
+            family: task.family,
             events,
             _permit: permit,
         };
@@ -89,6 +90,8 @@ impl Push {
 /// One open stream: the writer's end of the body, and its place under the bounds.
 struct Stream {
     push: Arc<Push>,
+    /// The task's family, which says where its status is.
+    family: FamilyId,
     events: mpsc::Sender<Bytes>,
     _permit: WatchPermit,
 }
@@ -159,7 +162,7 @@ impl Stream {
             self.send(EventKind::Error, after).await?;
             return Err(Stop);
         }
-        let kind = if status_of(after) == status_of(before) {
+        let kind = if self.status_of(after) == self.status_of(before) {
             EventKind::Progress
         } else {
             EventKind::Status
@@ -168,12 +171,21 @@ impl Stream {
         self.finish_if_over(after).await
     }
 
+    /// The task's status value, as its family reads it.
+    fn status_of(&self, task: &Snapshot) -> String {
+        let families = self.push.fetcher.families();
+        families
+            .get(self.family)
+            .status_text(&task.body)
+            .unwrap_or_default()
+    }
+
     /// After a terminal state: `event: end`, and the stream closes.
     async fn finish_if_over(&mut self, task: &Snapshot) -> Result<(), Stop> {
         if task.class == TaskClass::InProgress {
             return Ok(());
         }
-        let data = serde_json::json!({ "status": status_of(task) }).to_string();
+        let data = serde_json::json!({ "status": self.status_of(task) }).to_string();
         self.write(
             EventKind::End,
             event("end", Some(&task.etag), data.as_bytes()),
@@ -215,13 +227,6 @@ pub fn event(name: &str, id: Option<&HeaderValue>, data: &[u8]) -> Bytes {
     }
     out.put_u8(b'\n');
     out.freeze()
-}
-
-fn status_of(task: &Snapshot) -> String {
-    TaskHead::parse(&task.body)
-        .and_then(|head| head.status)
-        .map(|status| status.into_owned())
-        .unwrap_or_default()
 }
 
 fn stream_head(body: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {

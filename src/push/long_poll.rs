@@ -13,10 +13,11 @@ use crate::cache::KeyBuf;
 use crate::cache::conditional::none_match_hits;
 use crate::cache::status::CacheStatus;
 use crate::error::RequestError;
+use crate::family::TaskRef;
 use crate::fetch::Served;
 use crate::push::Push;
 use crate::push::watch::{WatchKind, WatchTarget};
-use crate::task::{TaskClass, TaskId};
+use crate::task::TaskClass;
 use crate::upstream::ClientInfo;
 
 /// The `wait` a query asks for: whole seconds (`30`) or a humantime duration (`30s`, `1m`, `1500ms`).
@@ -47,17 +48,18 @@ impl Push {
     pub(crate) async fn long_poll(
         self: &Arc<Self>,
         request: &Request<Incoming>,
-        id: TaskId<'_>,
+        task: TaskRef<'_>,
+        path: &str,
         client: ClientInfo,
     ) -> Served {
         let wait = match requested_wait(request.uri().query().unwrap_or("")) {
             Ok(wait) => wait.min(self.watchers.config().max_wait),
             Err(e) => return Served::bypass(e.into_response()),
         };
-        let (path, headers) = (request.uri().path(), request.headers());
-        let served = self.fetcher.fetch(path, headers, id, client).await;
+        let headers = request.headers();
+        let served = self.fetcher.fetch(path, headers, task, client).await;
         let fingerprint = self.fetcher.fingerprinter().fingerprint(headers);
-        let key = KeyBuf::new(&fingerprint, id);
+        let key = KeyBuf::new(&fingerprint, task);
         let Some((current, _)) = self.fetcher.cache().current(key.as_bytes()) else {
             return served;
         };
@@ -78,7 +80,7 @@ impl Push {
             key: key.to_key(),
             path: path.to_owned(),
             headers: headers.clone(),
-            id: id.as_str().to_owned(),
+            task: (task.family, task.id.as_str().to_owned()),
             client,
         };
         let mut changes = self.watch(target, Arc::clone(&current));

@@ -20,6 +20,7 @@ use crate::cache::{CacheKey, CachedTask};
 use crate::config::WatchConfig;
 use crate::credential::CredentialFingerprint;
 use crate::error::RequestError;
+use crate::family::{FamilyId, TaskRef};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::push::Push;
 use crate::task::{TaskClass, TaskId};
@@ -63,10 +64,11 @@ pub struct WatchPermit {
 /// What a poller needs to refresh its task as the client that started it would.
 pub struct WatchTarget {
     pub key: CacheKey,
-    /// The fetch path (`[/{mode}]/mj/task/{id}/fetch`) and the starting request's headers.
+    /// The upstream path of the task's status and the starting request's headers.
     pub path: String,
     pub headers: HeaderMap,
-    pub id: String,
+    /// The task's family and id.
+    pub task: (FamilyId, String),
     pub client: ClientInfo,
 }
 
@@ -206,7 +208,8 @@ impl Push {
         sender: Arc<watch::Sender<Snapshot>>,
     ) {
         let _gauge = self.metrics.watch.watcher();
-        let Ok(id) = TaskId::parse(&target.id) else {
+        let (family, id) = &target.task;
+        let Ok(id) = TaskId::parse(id) else {
             self.watchers.retire(&target.key, &sender);
             return;
         };
@@ -252,7 +255,15 @@ impl Push {
             // what that left in the cache.
             let _ = self
                 .fetcher
-                .fetch(&target.path, &target.headers, id, target.client)
+                .fetch(
+                    &target.path,
+                    &target.headers,
+                    TaskRef {
+                        family: *family,
+                        id,
+                    },
+                    target.client,
+                )
                 .await;
         }
     }

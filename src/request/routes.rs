@@ -1,12 +1,15 @@
-//! Which kind of request this is: a task fetch, a batch query, a health check, or passthrough.
+//! Which kind of request this is: a task's status (fetch, long-poll, event stream) or a batch of one
+//! of the task families, a health check, or passthrough.
 
 use http::Method;
+use http::header::{ACCEPT, HeaderMap};
 
+use crate::family::{At, Families, FamilyId, Matched, RouteKind, TaskRef};
 use crate::metrics::RouteLabel;
 use crate::request::admission::Refused;
-use crate::task::{InvalidTaskId, TaskId};
+use crate::task::InvalidTaskId;
 
-/// The gateway's view of a request, from its method and path alone.
+/// The gateway's view of a request, from its method, path, query and `Accept`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
     /// `GET /healthz`: the process is up.
@@ -15,21 +18,38 @@ pub enum Route<'a> {
     Ready,
     /// `GET /metrics`: Prometheus exposition.
     Metrics,
-    /// `GET [/{mode}]/mj/task/{id}/fetch`, served from the task cache.
-    Fetch(TaskId<'a>),
-    /// `GET [/{mode}]/mj/task/{id}/fetch?wait=...`: answered at once, or held until the task changes.
-    LongPoll(TaskId<'a>),
-    /// `GET [/{mode}]/mj/task/{id}/events`: the task's changes as server-sent events (mjgate's own).
-    Events(TaskId<'a>),
-    /// A fetch or events path with an id that must not reach the upstream.
+    /// `GET` on a family's status route (`[/{mode}]/mj/task/{id}/fetch`, `/suno/fetch/{id}`, ...),
+    /// served from the task cache.
+    Fetch(TaskRoute<'a>),
+    /// A status route with `?wait=...`: answered at once, or held until the task changes.
+    LongPoll(TaskRoute<'a>),
+    /// The task's changes as server-sent events: a status route asked for `text/event-stream`, or
+    /// an events route (`[/{mode}]/mj/task/{id}/events`).
+    Events(TaskRoute<'a>),
+    /// A task route with an id that must not reach the upstream.
     BadTaskId(InvalidTaskId),
-    /// `POST [/{mode}]/mj/task/list-by-condition`, served from the task cache when it asks by `ids`.
-    Batch,
+    /// `POST` on a family's batch route (`list-by-condition`, `/suno/fetch`), served from the task
+    /// cache when it asks by `ids`.
+    Batch(FamilyId),
     /// Everything else, forwarded untouched.
     Passthrough,
     /// Refused by [`crate::request::admission`] before routing mattered (set by the gateway, never by
     /// [`classify`]).
     Refused(Refused),
+}
+
+/// A task's route: which task, and what its upstream path is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRoute<'a> {
+    pub task: TaskRef<'a>,
+    pub at: At<'a>,
+}
+
+impl TaskRoute<'_> {
+    /// The path (and query) the task's status is asked of the upstream with.
+    pub fn upstream_path(&self, families: &Families) -> String {
+        families.upstream_path(self.at, self.task.id)
+    }
 }
 
 impl Route<'_> {
@@ -40,7 +60,7 @@ impl Route<'_> {
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
             Route::LongPoll(_) => RouteLabel::LongPoll,
             Route::Events(_) => RouteLabel::Events,
-            Route::Batch => RouteLabel::Batch,
+            Route::Batch(_) => RouteLabel::Batch,
             Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
         }
     }
@@ -58,164 +78,203 @@ pub fn asks_to_wait(query: &str) -> bool {
         .any(|pair| pair == "wait" || pair.starts_with("wait="))
 }
 
-/// Classifies a request by its method, path and query (which makes a fetch a long-poll).
-pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Route<'a> {
+/// Whether the client asks for server-sent events.
+fn asks_for_events(headers: &HeaderMap) -> bool {
+    headers.get_all(ACCEPT).iter().any(|v| {
+        v.as_bytes()
+            .windows(17)
+            .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
+/// Classifies a request by its method, path, query (which makes a fetch a long-poll) and `Accept`
+/// (which makes it an event stream).
+#[inline]
+pub fn classify<'a>(
+    families: &Families,
+    method: &Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &HeaderMap,
+) -> Route<'a> {
     match (method, path) {
         (&Method::GET, "/healthz") => return Route::Health,
         (&Method::GET, "/readyz") => return Route::Ready,
         (&Method::GET, "/metrics") => return Route::Metrics,
         _ => {}
     }
-    let Some(rest) = strip_mode(path) else {
-        return Route::Passthrough;
-    };
-    if *method == Method::POST && rest == "/mj/task/list-by-condition" {
-        return Route::Batch;
+    match families.route(method, path, query) {
+        None => Route::Passthrough,
+        Some(Matched::Batch(family)) => Route::Batch(family),
+        Some(Matched::Task { id: Err(e), .. }) => Route::BadTaskId(e),
+        Some(Matched::Task {
+            family,
+            kind,
+            id: Ok(id),
+            at,
+            events_by_accept,
+        }) => {
+            let route = TaskRoute {
+                task: TaskRef { family, id },
+                at,
+            };
+            if kind == RouteKind::Events || (events_by_accept && asks_for_events(headers)) {
+                Route::Events(route)
+            } else if query.is_some_and(asks_to_wait) {
+                Route::LongPoll(route)
+            } else {
+                Route::Fetch(route)
+            }
+        }
     }
-    if *method != Method::GET {
-        return Route::Passthrough;
-    }
-    let Some(task_path) = rest.strip_prefix("/mj/task/") else {
-        return Route::Passthrough;
-    };
-    let (id, events) = if let Some(id) = task_path.strip_suffix("/fetch") {
-        (id, false)
-    } else if let Some(id) = task_path.strip_suffix("/events") {
-        (id, true)
-    } else {
-        return Route::Passthrough;
-    };
-    // `/mj/task/a/b/fetch` is a fetch-shaped path with a bad id, not another endpoint: refuse it here
-    // rather than let an id with a slash reach the upstream.
-    match TaskId::parse(id) {
-        Ok(id) if events => Route::Events(id),
-        Ok(id) if query.is_some_and(asks_to_wait) => Route::LongPoll(id),
-        Ok(id) => Route::Fetch(id),
-        Err(e) => Route::BadTaskId(e),
-    }
-}
-
-/// The path after an optional single mode segment (`/mj-fast/mj/...` → `/mj/...`), if it is an `/mj/` path.
-fn strip_mode(path: &str) -> Option<&str> {
-    if path.starts_with("/mj/") {
-        return Some(path);
-    }
-    let after_slash = path.strip_prefix('/')?;
-    let end = after_slash.find('/')?;
-    let (mode, rest) = after_slash.split_at(end);
-    let mode_ok = !mode.is_empty()
-        && mode
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    (mode_ok && rest.starts_with("/mj/")).then_some(rest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
-    fn fetch(id: &str) -> Route<'_> {
-        Route::Fetch(TaskId::parse(id).unwrap())
+    /// A route as text: `fetch midjourney 123`, `batch suno`, `bad BadCharacter`, `passthrough`...
+    fn route(method: Method, path: &str, query: Option<&str>) -> String {
+        route_with(method, path, query, &HeaderMap::new())
+    }
+
+    fn route_with(method: Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
+        let families = Families::builtin();
+        let task = |kind: &str, t: TaskRoute<'_>| {
+            let family = families.get(t.task.family).name().to_owned();
+            format!("{kind} {family} {}", t.task.id.as_str())
+        };
+        match classify(&families, &method, path, query, headers) {
+            Route::Fetch(t) => task("fetch", t),
+            Route::LongPoll(t) => task("long-poll", t),
+            Route::Events(t) => task("events", t),
+            Route::Batch(f) => format!("batch {}", families.get(f).name()),
+            Route::BadTaskId(e) => format!("bad {e:?}"),
+            Route::Health => "health".into(),
+            Route::Ready => "ready".into(),
+            Route::Metrics => "metrics".into(),
+            Route::Passthrough => "passthrough".into(),
+            Route::Refused(r) => format!("refused {r:?}"),
+        }
     }
 
     #[test]
     fn fetches_with_and_without_a_mode() {
         assert_eq!(
-            classify(&Method::GET, "/mj/task/123/fetch", None),
-            fetch("123")
+            route(Method::GET, "/mj/task/123/fetch", None),
+            "fetch midjourney 123"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj-fast/mj/task/123/fetch", None),
-            fetch("123")
+            route(Method::GET, "/mj-fast/mj/task/123/fetch", None),
+            "fetch midjourney 123"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj-relax/mj/task/123/fetch", None),
-            fetch("123")
+            route(Method::GET, "/mj-relax/mj/task/123/fetch", None),
+            "fetch midjourney 123"
         );
         assert_eq!(
-            classify(&Method::GET, "/a/b/mj/task/123/fetch", None),
-            Route::Passthrough
+            route(Method::GET, "/a/b/mj/task/123/fetch", None),
+            "passthrough"
         );
     }
 
     #[test]
     fn bad_ids_are_caught_before_the_upstream() {
+        assert_eq!(route(Method::GET, "/mj/task//fetch", None), "bad Empty");
         assert_eq!(
-            classify(&Method::GET, "/mj/task//fetch", None),
-            Route::BadTaskId(InvalidTaskId::Empty)
+            route(Method::GET, "/mj/task/a%2Fb/fetch", None),
+            "bad BadCharacter"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/a%2Fb/fetch", None),
-            Route::BadTaskId(InvalidTaskId::BadCharacter)
-        );
-        assert_eq!(
-            classify(&Method::GET, "/mj/task/a/b/fetch", None),
-            Route::BadTaskId(InvalidTaskId::BadCharacter)
+            route(Method::GET, "/mj/task/a/b/fetch", None),
+            "bad BadCharacter"
         );
     }
 
     #[test]
     fn a_fetch_that_asks_to_wait_is_a_long_poll() {
-        let id = TaskId::parse("123").unwrap();
         assert_eq!(
-            classify(&Method::GET, "/mj/task/123/fetch", Some("wait=30s")),
-            Route::LongPoll(id)
+            route(Method::GET, "/mj/task/123/fetch", Some("wait=30s")),
+            "long-poll midjourney 123"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/123/fetch", Some("x=1&wait")),
-            Route::LongPoll(id)
+            route(Method::GET, "/mj/task/123/fetch", Some("x=1&wait")),
+            "long-poll midjourney 123"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/123/fetch", Some("waiting=1")),
-            Route::Fetch(id)
+            route(Method::GET, "/mj/task/123/fetch", Some("waiting=1")),
+            "fetch midjourney 123"
+        );
+        assert_eq!(
+            route(Method::GET, "/suno/fetch/s1", Some("wait=5s")),
+            "long-poll suno s1"
         );
     }
 
     #[test]
-    fn event_streams_are_the_gateways_own() {
+    fn event_streams_are_asked_for_by_route_or_accept() {
         assert_eq!(
-            classify(&Method::GET, "/mj-fast/mj/task/123/events", None),
-            Route::Events(TaskId::parse("123").unwrap())
+            route(Method::GET, "/mj-fast/mj/task/123/events", None),
+            "events midjourney 123"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/a/b/events", None),
-            Route::BadTaskId(InvalidTaskId::BadCharacter)
+            route(Method::GET, "/mj/task/a/b/events", None),
+            "bad BadCharacter"
         );
         assert_eq!(
-            classify(&Method::POST, "/mj/task/123/events", None),
-            Route::Passthrough
+            route(Method::POST, "/mj/task/123/events", None),
+            "passthrough"
+        );
+        let mut sse = HeaderMap::new();
+        sse.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        assert_eq!(
+            route_with(Method::GET, "/v1/videos/v1", None, &sse),
+            "events openai-videos v1"
+        );
+        assert_eq!(
+            route_with(Method::GET, "/mj/task/1/fetch", None, &sse),
+            "fetch midjourney 1",
+            "midjourney keeps its own events route"
+        );
+        sse.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        assert_eq!(
+            route_with(Method::GET, "/v1/videos/v1", None, &sse),
+            "fetch openai-videos v1"
         );
     }
 
     #[test]
     fn batches_and_the_rest() {
         assert_eq!(
-            classify(&Method::POST, "/mj/task/list-by-condition", None),
-            Route::Batch
+            route(Method::POST, "/mj/task/list-by-condition", None),
+            "batch midjourney"
         );
         assert_eq!(
-            classify(&Method::POST, "/mj-turbo/mj/task/list-by-condition", None),
-            Route::Batch
+            route(Method::POST, "/mj-turbo/mj/task/list-by-condition", None),
+            "batch midjourney"
+        );
+        assert_eq!(route(Method::POST, "/suno/fetch", None), "batch suno");
+        assert_eq!(
+            route(Method::GET, "/mj/task/list-by-condition", None),
+            "passthrough"
+        );
+        assert_eq!(route(Method::POST, "/mj/task/1/fetch", None), "passthrough");
+        assert_eq!(
+            route(Method::POST, "/mj/submit/imagine", None),
+            "passthrough"
         );
         assert_eq!(
-            classify(&Method::GET, "/mj/task/list-by-condition", None),
-            Route::Passthrough
+            route(Method::GET, "/mj/task/1/image-seed", None),
+            "passthrough"
         );
         assert_eq!(
-            classify(&Method::POST, "/mj/task/1/fetch", None),
-            Route::Passthrough
+            route(Method::GET, "/v1/videos/v1/content", None),
+            "passthrough"
         );
-        assert_eq!(
-            classify(&Method::POST, "/mj/submit/imagine", None),
-            Route::Passthrough
-        );
-        assert_eq!(
-            classify(&Method::GET, "/mj/task/1/image-seed", None),
-            Route::Passthrough
-        );
-        assert_eq!(classify(&Method::GET, "/healthz", None), Route::Health);
-        assert_eq!(classify(&Method::GET, "/readyz", None), Route::Ready);
-        assert_eq!(classify(&Method::GET, "/metrics", None), Route::Metrics);
-        assert_eq!(classify(&Method::GET, "/", None), Route::Passthrough);
+        assert_eq!(route(Method::GET, "/healthz", None), "health");
+        assert_eq!(route(Method::GET, "/readyz", None), "ready");
+        assert_eq!(route(Method::GET, "/metrics", None), "metrics");
+        assert_eq!(route(Method::GET, "/", None), "passthrough");
     }
 }

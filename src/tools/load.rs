@@ -15,7 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 
-use crate::task::{TaskClass, TaskHead};
+use crate::family::Families;
+use crate::task::TaskClass;
 
 /// How clients ask for their tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +219,13 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
 
 /// Whether a task answer says the task is over.
 fn is_terminal(body: &[u8]) -> bool {
-    TaskHead::parse(body).is_some_and(|head| {
-        TaskClass::of_status(head.status.as_deref().unwrap_or("")) == TaskClass::Terminal
+    static FAMILIES: std::sync::OnceLock<Families> = std::sync::OnceLock::new();
+    let families = FAMILIES.get_or_init(Families::builtin);
+    // Whichever family's answer it is: a body is finished if its family's status says so.
+    families.all().iter().any(|family| {
+        family
+            .status_text(body)
+            .is_some_and(|status| family.class_of(&status) == TaskClass::Terminal)
     })
 }
 

@@ -41,7 +41,7 @@ fn lease_key(credential: &str, id: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("test:lease:{hex}:{id}")
+    format!("test:lease:{hex}:midjourney:{id}")
 }
 
 /// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
