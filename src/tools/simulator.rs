@@ -1,9 +1,13 @@
-//! A faithful in-process Midjourney-style task API: the upstream for tests, benchmarks and the demo.
+//! A faithful in-process relay of task APIs: the upstream for tests, benchmarks and the demo.
 //!
-//! It speaks the API as `UPSTREAM-API.md` describes it: task objects in midjourney-proxy's shape, tasks
+//! It speaks Midjourney as `UPSTREAM-API.md` describes it: task objects in midjourney-proxy's shape, tasks
 //! owned by the credential that created them (another credential gets the not-found answer), the three
 //! not-found shapes, `list-by-condition` answering in store order, mode prefixes, and faults on demand
-//! (status codes, 429 with `Retry-After`, latency, a gate that holds task lookups). It counts every call.
+//! (status codes, 429 with `Retry-After`, latency, a gate that holds task lookups). The other task APIs
+//! of the relays (Suno, Kling, OpenAI videos, ...) are spoken in their own shapes ([`api`]). It counts
+//! every call.
+
+pub mod api;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -27,6 +31,9 @@ use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+
+pub use api::{Api, Phase};
+use api::{ApiTask, Lookup};
 
 /// Largest request body the simulator reads.
 const MAX_BODY: usize = 16 << 20;
@@ -68,6 +75,7 @@ pub struct RecordedRequest {
 /// A task's state. Tasks made by a submit follow a timed lifecycle; tasks made by a test stay as set.
 #[derive(Debug, Clone)]
 struct Task {
+    api: Api,
     owner: String,
     action: String,
     prompt: String,
@@ -77,11 +85,22 @@ struct Task {
     fail_reason: String,
     /// For submitted tasks: when they started and how long they take.
     lifecycle: Option<(Instant, Duration)>,
+    /// When the result's assets expire (OpenAI videos' `expires_at`, Unix seconds).
+    expires_at: Option<u64>,
+    /// Last change, Unix ms (video-query's `status_update_time`).
+    updated_ms: u64,
 }
 
 impl Task {
-    fn new(owner: &str, id: &str, status: &str, lifecycle: Option<(Instant, Duration)>) -> Self {
+    fn new(
+        api: Api,
+        owner: &str,
+        id: &str,
+        status: &str,
+        lifecycle: Option<(Instant, Duration)>,
+    ) -> Self {
         Task {
+            api,
             owner: owner.to_owned(),
             action: "IMAGINE".into(),
             prompt: format!("simulated task {id}"),
@@ -90,6 +109,8 @@ impl Task {
             submit_time: epoch_ms(),
             fail_reason: String::new(),
             lifecycle,
+            expires_at: None,
+            updated_ms: epoch_ms(),
         }
     }
 }
@@ -105,9 +126,10 @@ struct Store {
 struct Counters {
     /// Every request received.
     total: u64,
+    /// Status lookups by store key ([`Api::key`]).
     fetches: HashMap<String, u64>,
-    /// The ids of each `list-by-condition` call, in call order.
-    lists: Vec<Vec<String>>,
+    /// The ids of each batch call, with its API, in call order.
+    lists: Vec<(Api, Vec<String>)>,
 }
 
 struct State {
@@ -232,29 +254,56 @@ impl Simulator {
 
     /// Creates a task owned by `credential` (the `Authorization` or `mj-api-secret` value) with `status`.
     pub fn create_task(&self, credential: &str, id: &str, status: &str) {
-        self.insert(id, Task::new(credential, id, status, None));
+        self.create_task_in(Api::Midjourney, credential, id, status);
+    }
+
+    /// Creates a task of `api` owned by `credential` with `status` (that API's own word).
+    pub fn create_task_in(&self, api: Api, credential: &str, id: &str, status: &str) {
+        self.insert(api.key(id), Task::new(api, credential, id, status, None));
     }
 
     /// Creates a task owned by `credential` that is submitted now and finishes after `duration`.
     pub fn submit_task(&self, credential: &str, id: &str, duration: Duration) {
-        let lifecycle = Some((Instant::now(), duration));
-        self.insert(id, Task::new(credential, id, "SUBMITTED", lifecycle));
+        self.submit_task_in(Api::Midjourney, credential, id, duration);
     }
 
-    fn insert(&self, id: &str, task: Task) {
+    /// Creates a task of `api` that is submitted now and finishes after `duration`.
+    pub fn submit_task_in(&self, api: Api, credential: &str, id: &str, duration: Duration) {
+        let lifecycle = Some((Instant::now(), duration));
+        let status = api.status(Phase::Queued);
+        self.insert(
+            api.key(id),
+            Task::new(api, credential, id, status, lifecycle),
+        );
+    }
+
+    fn insert(&self, key: String, task: Task) {
         let mut store = self.state.store.lock();
-        if !store.tasks.contains_key(id) {
-            store.order.push(id.to_owned());
+        if !store.tasks.contains_key(&key) {
+            store.order.push(key.clone());
         }
-        store.tasks.insert(id.to_owned(), task);
+        store.tasks.insert(key, task);
     }
 
     /// Moves a task to `status` (and the progress that goes with it).
     pub fn set_status(&self, id: &str, status: &str) {
-        if let Some(task) = self.state.store.lock().tasks.get_mut(id) {
+        self.set_status_in(Api::Midjourney, id, status);
+    }
+
+    /// Moves a task of `api` to `status` (that API's own word).
+    pub fn set_status_in(&self, api: Api, id: &str, status: &str) {
+        if let Some(task) = self.state.store.lock().tasks.get_mut(&api.key(id)) {
             task.status = status.to_owned();
-            task.progress = progress_for(status).into();
+            task.progress = progress_for(Api::Midjourney.status(api.phase(status))).into();
             task.lifecycle = None;
+            task.updated_ms = epoch_ms();
+        }
+    }
+
+    /// Sets when a task's result expires (`expires_at`, Unix seconds; APIs that state it).
+    pub fn set_expires_at(&self, api: Api, id: &str, expires_at: Option<u64>) {
+        if let Some(task) = self.state.store.lock().tasks.get_mut(&api.key(id)) {
+            task.expires_at = expires_at;
         }
     }
 
@@ -316,13 +365,29 @@ impl Simulator {
 
     /// `fetch` calls received for `id`.
     pub fn fetch_calls(&self, id: &str) -> u64 {
+        self.fetch_calls_in(Api::Midjourney, id)
+    }
+
+    /// Status lookups received for task `id` of `api`.
+    pub fn fetch_calls_in(&self, api: Api, id: &str) -> u64 {
         self.state
             .counters
             .lock()
             .fetches
-            .get(id)
+            .get(&api.key(id))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The ids each batch call of `api` asked for, in call order.
+    pub fn batch_calls_in(&self, api: Api) -> Vec<Vec<String>> {
+        let counters = self.state.counters.lock();
+        counters
+            .lists
+            .iter()
+            .filter(|(of, _)| *of == api)
+            .map(|(_, ids)| ids.clone())
+            .collect()
     }
 
     /// `fetch` calls received, all ids together.
@@ -332,16 +397,17 @@ impl Simulator {
 
     /// The ids each `list-by-condition` call asked for, in call order.
     pub fn list_calls(&self) -> Vec<Vec<String>> {
-        self.state.counters.lock().lists.clone()
+        self.batch_calls_in(Api::Midjourney)
     }
 
-    /// Upstream lookups of `id`: fetches plus appearances in list calls.
+    /// Upstream lookups of Midjourney task `id`: fetches plus appearances in list calls.
     pub fn lookups(&self, id: &str) -> u64 {
         let counters = self.state.counters.lock();
         let listed = counters
             .lists
             .iter()
-            .flatten()
+            .filter(|(api, _)| *api == Api::Midjourney)
+            .flat_map(|(_, ids)| ids)
             .filter(|listed| listed.as_str() == id)
             .count() as u64;
         counters.fetches.get(id).copied().unwrap_or(0) + listed
@@ -461,19 +527,17 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
     let path = parts.uri.path();
     let route = strip_mode(path);
-    let fetch_id = route
-        .strip_prefix("/mj/task/")
-        .and_then(|rest| rest.strip_suffix("/fetch"))
-        .filter(|_| parts.method == Method::GET);
-    let is_list = parts.method == Method::POST && route == "/mj/task/list-by-condition";
+    let lookup = midjourney_lookup(&parts.method, route)
+        .or_else(|| api::lookup(&parts.method, path, parts.uri.query()));
     {
         let mut counters = state.counters.lock();
         counters.total += 1;
-        if let Some(id) = fetch_id {
-            *counters.fetches.entry(id.to_owned()).or_default() += 1;
-        }
-        if is_list {
-            counters.lists.push(requested_ids(&body));
+        match &lookup {
+            Some(Lookup::Fetch(api, id)) => {
+                *counters.fetches.entry(api.key(id)).or_default() += 1;
+            }
+            Some(Lookup::Batch(api)) => counters.lists.push((*api, requested_ids(&body))),
+            None => {}
         }
     }
     state.arrived.notify_waiters();
@@ -482,7 +546,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if fetch_id.is_some() || is_list {
+    if lookup.is_some() {
         let mut held = state.held.subscribe();
         let _ = held.wait_for(|held| !*held).await;
         let fault = state
@@ -496,10 +560,10 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     let credential = credential(&parts.headers);
-    if fetch_id.is_some() || is_list {
-        let response = match fetch_id {
-            Some(id) => fetch(state, id, credential.as_deref()),
-            None => list(state, &body, credential.as_deref()),
+    if let Some(lookup) = lookup {
+        let response = match lookup {
+            Lookup::Fetch(api, id) => fetch(state, api, &id, credential.as_deref()),
+            Lookup::Batch(api) => list(state, api, &body, credential.as_deref()),
         };
         return if state.gzip_lookups.load(Ordering::Relaxed) {
             gzipped(response).await
@@ -517,6 +581,14 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     {
         return image(id);
     }
+    if parts.method == Method::GET
+        && let Some(id) = path
+            .strip_prefix("/v1/videos/")
+            .and_then(|rest| rest.strip_suffix("/content"))
+    {
+        // OpenAI videos' download: binary, never a status.
+        return image(id);
+    }
     error(StatusCode::NOT_FOUND, 404, "not found")
 }
 
@@ -527,23 +599,83 @@ fn stats(state: &State) -> Value {
         "total": counters.total,
         "fetches": counters.fetches.values().sum::<u64>(),
         "list_calls": counters.lists.len(),
-        "listed_ids": counters.lists.iter().map(Vec::len).sum::<usize>(),
+        "listed_ids": counters.lists.iter().map(|(_, ids)| ids.len()).sum::<usize>(),
         "tasks": state.store.lock().tasks.len(),
     })
 }
 
-fn fetch(state: &State, id: &str, credential: Option<&str>) -> Response<Full<Bytes>> {
+/// Midjourney's lookups (after the mode prefix): `GET /mj/task/{id}/fetch`, `POST list-by-condition`.
+fn midjourney_lookup(method: &Method, route: &str) -> Option<Lookup> {
+    if *method == Method::GET {
+        let id = route.strip_prefix("/mj/task/")?.strip_suffix("/fetch")?;
+        return Some(Lookup::Fetch(Api::Midjourney, id.to_owned()));
+    }
+    (*method == Method::POST && route == "/mj/task/list-by-condition")
+        .then_some(Lookup::Batch(Api::Midjourney))
+}
+
+fn fetch(state: &State, api: Api, id: &str, credential: Option<&str>) -> Response<Full<Bytes>> {
     let Some(credential) = credential else {
         return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
     };
     let store = state.store.lock();
-    match store.tasks.get(id).filter(|task| task.owner == credential) {
-        Some(task) => json_response(StatusCode::OK, &task_json(id, task)),
-        None => not_found(*state.not_found.lock()),
+    match store
+        .tasks
+        .get(&api.key(id))
+        .filter(|task| task.owner == credential)
+    {
+        Some(task) => json_response(StatusCode::OK, &answer_json(id, task)),
+        None if api == Api::Midjourney => not_found(*state.not_found.lock()),
+        None => {
+            let (status, body) = api.not_found();
+            json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND),
+                &body,
+            )
+        }
     }
 }
 
-fn list(state: &State, body: &[u8], credential: Option<&str>) -> Response<Full<Bytes>> {
+/// A task's status answer in its API's shape.
+fn answer_json(id: &str, task: &Task) -> Value {
+    if task.api == Api::Midjourney {
+        return task_json(id, task);
+    }
+    let (status, progress) = current_state(task);
+    let status = task.api.status(Api::Midjourney.phase(&status));
+    let status = if task.lifecycle.is_some() {
+        status
+    } else {
+        // Set by a test: its own word, whatever the case.
+        task.status.as_str()
+    };
+    task.api.answer(
+        id,
+        &ApiTask {
+            status,
+            progress: &progress,
+            submit_time: task.submit_time,
+            updated_ms: task.updated_ms,
+            expires_at: task.expires_at,
+        },
+    )
+}
+
+/// A task's Midjourney-style status and progress now (following its lifecycle, if submitted).
+fn current_state(task: &Task) -> (String, String) {
+    match task.lifecycle {
+        Some((started, duration)) => lifecycle_state(started.elapsed(), duration, &task.prompt),
+        None => {
+            let phase = task.api.phase(&task.status);
+            (
+                Api::Midjourney.status(phase).to_owned(),
+                task.progress.clone(),
+            )
+        }
+    }
+}
+
+fn list(state: &State, api: Api, body: &[u8], credential: Option<&str>) -> Response<Full<Bytes>> {
     let Some(credential) = credential else {
         return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
     };
@@ -555,17 +687,24 @@ fn list(state: &State, body: &[u8], credential: Option<&str>) -> Response<Full<B
         .and_then(Value::as_array)
         .map(|ids| ids.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    let keys: Vec<String> = wanted.iter().map(|id| api.key(id)).collect();
     let store = state.store.lock();
     let tasks: Vec<Value> = store
         .order
         .iter()
-        .filter(|id| wanted.contains(&id.as_str()))
-        .filter_map(|id| {
-            let task = store.tasks.get(id)?;
-            (task.owner == credential).then(|| task_json(id, task))
+        .filter(|key| keys.contains(key))
+        .filter_map(|key| {
+            let task = store.tasks.get(key)?;
+            let id = key.strip_prefix(&api.key("")).unwrap_or(key);
+            let answer = answer_json(id, task);
+            let item = match api {
+                Api::Suno => answer["data"].clone(),
+                _ => answer,
+            };
+            (task.owner == credential).then_some(item)
         })
         .collect();
-    json_response(StatusCode::OK, &Value::Array(tasks))
+    json_response(StatusCode::OK, &api.batch_answer(tasks))
 }
 
 fn submit(
@@ -596,6 +735,7 @@ fn submit(
     store.tasks.insert(
         id.clone(),
         Task {
+            api: Api::Midjourney,
             owner: credential.to_owned(),
             action: action.to_ascii_uppercase(),
             prompt,
@@ -604,6 +744,8 @@ fn submit(
             submit_time: epoch_ms(),
             fail_reason: String::new(),
             lifecycle: Some((Instant::now(), duration)),
+            expires_at: None,
+            updated_ms: epoch_ms(),
         },
     );
     let mut response = json_response(

@@ -12,6 +12,7 @@ mod credentials;
 mod demo_and_load;
 mod deploy;
 mod docs;
+mod families;
 mod fetch_cache;
 mod hardening;
 mod layout;
