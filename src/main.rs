@@ -74,6 +74,10 @@ enum Command {
         /// latency (for soak tests).
         #[arg(long, value_parser = humantime::parse_duration)]
         chaos: Option<std::time::Duration>,
+        /// The task APIs of the tasks, in turn: a name (midjourney, suno, kling, openai-videos,
+        /// video-generations, video-query, runway, luma, volcengine), a comma-separated list, or mix.
+        #[arg(long, default_value = "midjourney", value_parser = parse_apis)]
+        api: Apis,
     },
     /// See it work: a simulated upstream, mjgate in front of it and a swarm of polling clients, all in
     /// this process, then a table of what mjgate saved.
@@ -87,6 +91,10 @@ enum Command {
         interval: std::time::Duration,
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
+        /// The task APIs of the tasks, in turn: a name (midjourney, suno, kling, openai-videos,
+        /// video-generations, video-query, runway, luma, volcengine), a comma-separated list, or mix.
+        #[arg(long, default_value = "midjourney", value_parser = parse_apis)]
+        api: Apis,
     },
     /// Load generator: polling clients against any HTTP gateway (mjgate, nginx, Varnish, ...).
     Bench {
@@ -129,6 +137,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// The task APIs of the tasks, in turn: a name (midjourney, suno, kling, openai-videos,
+        /// video-generations, video-query, runway, luma, volcengine), a comma-separated list, or mix.
+        #[arg(long, default_value = "midjourney", value_parser = parse_apis)]
+        api: Apis,
     },
     /// Check the config as the gateway would read it (file, environment, flags), print what it
     /// would run with, and exit: 0 when valid, 2 with the offending key otherwise. Like `nginx -t`, for
@@ -179,12 +191,22 @@ fn tool(command: Command) -> ExitCode {
             task_duration,
             latency,
             chaos,
-        } => simulator(listen, tasks, &credentials, task_duration, latency, chaos),
+            api,
+        } => {
+            let seeding = Seeding {
+                tasks,
+                credentials: &credentials,
+                task_duration,
+                apis: &api.0,
+            };
+            simulator(listen, &seeding, latency, chaos)
+        }
         Command::Demo {
             clients,
             tasks,
             interval,
             duration,
+            api,
         } => {
             let spec = mjgate::tools::demo::DemoSpec {
                 clients,
@@ -192,6 +214,7 @@ fn tool(command: Command) -> ExitCode {
                 interval,
                 duration,
                 redraw: std::io::stderr().is_terminal(),
+                apis: api.0,
             };
             demo(&spec)
         }
@@ -210,6 +233,7 @@ fn tool(command: Command) -> ExitCode {
             wait,
             sim_stats,
             json,
+            api,
         } => {
             let spec = mjgate::tools::load::LoadSpec {
                 target,
@@ -227,7 +251,17 @@ fn tool(command: Command) -> ExitCode {
                 id_prefix,
                 conditional,
                 wait,
+                apis: api.0,
             };
+            if batch.is_some()
+                && let Some(api) = spec.apis.iter().find(|api| api.batch_path().is_none())
+            {
+                eprintln!(
+                    "mjgate bench: --batch needs APIs with a batch route; {} has none",
+                    api.name()
+                );
+                return ExitCode::from(2);
+            }
             bench(&spec, sim_stats.as_deref(), json)
         }
         Command::FixedBody { listen, body_file } => {
@@ -423,14 +457,34 @@ fn fixed_body(listen: SocketAddr, body: bytes::Bytes) -> ExitCode {
     })
 }
 
+/// The task APIs of `--api`.
+#[derive(Debug, Clone)]
+struct Apis(Vec<mjgate::tools::simulator::Api>);
+
+fn parse_apis(text: &str) -> Result<Apis, String> {
+    mjgate::tools::simulator::Api::parse_list(text).map(Apis)
+}
+
+/// The tasks `mjgate simulator` starts with.
+struct Seeding<'a> {
+    tasks: usize,
+    credentials: &'a [String],
+    task_duration: std::time::Duration,
+    apis: &'a [mjgate::tools::simulator::Api],
+}
+
 fn simulator(
     listen: SocketAddr,
-    tasks: usize,
-    credentials: &[String],
-    task_duration: std::time::Duration,
+    seeding: &Seeding<'_>,
     latency: std::time::Duration,
     chaos: Option<std::time::Duration>,
 ) -> ExitCode {
+    let Seeding {
+        tasks,
+        credentials,
+        task_duration,
+        apis,
+    } = *seeding;
     let runtime = match runtime("simulator") {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -456,10 +510,12 @@ fn simulator(
                 } else {
                     format!("task-{c}-{i}")
                 };
+                let api = apis[i % apis.len()];
                 if task_duration.is_zero() {
-                    sim.create_task(credential, &id, "SUCCESS");
+                    let done = api.status(mjgate::tools::simulator::Phase::Succeeded);
+                    sim.create_task_in(api, credential, &id, done);
                 } else {
-                    sim.submit_task(credential, &id, task_duration);
+                    sim.submit_task_in(api, credential, &id, task_duration);
                 }
             }
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::tools::load::{self, LoadSpec, Mode, Progress};
-use crate::tools::simulator::Simulator;
+use crate::tools::simulator::{Api, Simulator};
 
 const CREDENTIAL: &str = "Bearer sk-demo";
 
@@ -21,6 +21,8 @@ pub struct DemoSpec {
     pub duration: Duration,
     /// Whether to redraw the progress line in place (a terminal) or print one line per second.
     pub redraw: bool,
+    /// The task APIs the tasks belong to, in turn (`--api suno`, `--api mix`).
+    pub apis: Vec<Api>,
 }
 
 impl Default for DemoSpec {
@@ -31,6 +33,7 @@ impl Default for DemoSpec {
             interval: Duration::from_millis(250),
             duration: Duration::from_secs(20),
             redraw: true,
+            apis: vec![Api::Midjourney],
         }
     }
 }
@@ -76,7 +79,9 @@ pub async fn run(
     // in-progress TTL and terminal answers that never go upstream again.
     for i in 0..spec.tasks {
         let share = 0.2 + 0.45 * (i as f64 / spec.tasks.max(1) as f64);
-        sim.submit_task(
+        let api = spec.apis.get(i % spec.apis.len().max(1)).copied();
+        sim.submit_task_in(
+            api.unwrap_or(Api::Midjourney),
             CREDENTIAL,
             &format!("task-{i}"),
             spec.duration.mul_f64(share),
@@ -101,13 +106,19 @@ pub async fn run(
         burst: false,
         sweep: false,
         id_prefix: "task-".into(),
+        apis: spec.apis.clone(),
         conditional: false,
         wait: None,
     };
+    let apis: Vec<&str> = spec.apis.iter().map(|api| api.name()).collect();
     writeln!(
         progress_out,
-        "mjgate demo: {} clients polling {} tasks every {:?} for {:?} through mjgate at {gateway_url}",
-        spec.clients, spec.tasks, spec.interval, spec.duration
+        "mjgate demo: {} clients polling {} tasks ({}) every {:?} for {:?} through mjgate at {gateway_url}",
+        spec.clients,
+        spec.tasks,
+        apis.join(", "),
+        spec.interval,
+        spec.duration
     )?;
     let progress = Arc::new(Progress::default());
     let started = Instant::now();

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::family::Families;
 use crate::task::TaskClass;
+use crate::tools::simulator::Api;
 
 /// How clients ask for their tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +55,21 @@ pub struct LoadSpec {
     pub conditional: bool,
     /// Long-poll: fetches ask `?wait=` this long (with `If-None-Match`, as `conditional`).
     pub wait: Option<Duration>,
+    /// The task APIs polled: task `i` is of `apis[i % len]` (as the simulator seeds them). Batches
+    /// need APIs with a batch route (Midjourney, Suno).
+    pub apis: Vec<Api>,
 }
 
 impl LoadSpec {
     /// The id of task `index` of credential `credential`.
+    /// The API task `index` belongs to.
+    pub fn api_of(&self, index: usize) -> Api {
+        self.apis
+            .get(index % self.apis.len().max(1))
+            .copied()
+            .unwrap_or(Api::Midjourney)
+    }
+
     pub fn task_id(&self, credential: usize, index: usize) -> String {
         if self.credentials.len() <= 1 {
             format!("{}{index}", self.id_prefix)
@@ -268,25 +280,34 @@ impl ClientPlan {
             .get(credential_index)
             .and_then(|c| http::HeaderValue::from_str(c).ok());
         let base = spec.target.trim_end_matches('/');
+        let api = spec.api_of(first);
         let (method, path, body) = match spec.mode {
-            Mode::Fetch => (
-                Method::GET,
-                format!(
-                    "{base}/mj/task/{}/fetch{}",
-                    spec.task_id(credential_index, first),
-                    spec.wait
-                        .map(|wait| format!("?wait={}ms", wait.as_millis()))
-                        .unwrap_or_default()
-                ),
-                Bytes::new(),
-            ),
+            Mode::Fetch => {
+                let path = api.status_path(&spec.task_id(credential_index, first));
+                let wait = spec.wait.map(|wait| {
+                    let join = if path.contains('?') { '&' } else { '?' };
+                    format!("{join}wait={}ms", wait.as_millis())
+                });
+                (
+                    Method::GET,
+                    format!("{base}{path}{}", wait.unwrap_or_default()),
+                    Bytes::new(),
+                )
+            }
             Mode::Batch(size) => {
-                let ids: Vec<String> = (0..size.min(spec.tasks.max(1)))
-                    .map(|k| spec.task_id(credential_index, (first + k) % spec.tasks.max(1)))
+                // One API per batch: the tasks after `first` that are of the same API.
+                let ids: Vec<String> = (0..spec.tasks.max(1))
+                    .map(|k| (first + k) % spec.tasks.max(1))
+                    .filter(|index| spec.api_of(*index) == api)
+                    .take(size)
+                    .map(|index| spec.task_id(credential_index, index))
                     .collect();
                 (
                     Method::POST,
-                    format!("{base}/mj/task/list-by-condition"),
+                    format!(
+                        "{base}{}",
+                        api.batch_path().unwrap_or("/mj/task/list-by-condition")
+                    ),
                     Bytes::from(serde_json::json!({ "ids": ids }).to_string()),
                 )
             }
@@ -422,6 +443,7 @@ mod tests {
             burst: false,
             sweep: false,
             id_prefix: "task-".into(),
+            apis: vec![Api::Midjourney],
             conditional: false,
             wait: None,
         };

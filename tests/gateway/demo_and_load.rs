@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mjgate::tools::demo::{self, DemoSpec};
 use mjgate::tools::load::{self, LoadSpec, Mode, Progress};
+use mjgate::tools::simulator::Api;
 
 use crate::support::*;
 
@@ -16,6 +17,7 @@ async fn the_demo_runs_and_reports_what_the_gateway_saved() {
         interval: Duration::from_millis(100),
         duration: Duration::from_secs(2),
         redraw: false,
+        apis: vec![Api::Midjourney],
     };
     let mut progress = Vec::new();
     let report = demo::run(&spec, &mut progress).await.unwrap();
@@ -44,6 +46,29 @@ async fn the_demo_runs_and_reports_what_the_gateway_saved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_a_mix_of_every_task_api() {
+    let spec = DemoSpec {
+        clients: 36,
+        tasks: 9,
+        interval: Duration::from_millis(100),
+        duration: Duration::from_secs(2),
+        redraw: false,
+        apis: Api::ALL.to_vec(),
+    };
+    let mut progress = Vec::new();
+    let report = demo::run(&spec, &mut progress).await.unwrap();
+    assert_eq!(report.client_errors, 0, "{report:?}");
+    // Nine tasks, one of each API: at most one call per task per TTL window, plus one at the end.
+    assert!(report.upstream_requests <= 9 * 2, "{report:?}");
+    assert!(report.calls_saved() > 10.0, "{report:?}");
+    let text = String::from_utf8(progress).unwrap();
+    assert!(
+        text.contains("suno") && text.contains("openai-videos"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
     let (sim, gw) = start("").await;
     sim.create_task("Bearer sk-bench", "task-0", "IN_PROGRESS");
@@ -58,6 +83,7 @@ async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
         burst: true,
         sweep: false,
         id_prefix: "task-".into(),
+        apis: vec![Api::Midjourney],
         conditional: false,
         wait: None,
     };
@@ -95,6 +121,7 @@ async fn batch_load_is_counted_per_id_upstream() {
         burst: false,
         sweep: false,
         id_prefix: "task-".into(),
+        apis: vec![Api::Midjourney],
         conditional: false,
         wait: None,
     };
@@ -128,6 +155,7 @@ async fn conditional_and_long_poll_load_get_304s_and_few_bytes() {
         burst: false,
         sweep: false,
         id_prefix: "task-".into(),
+        apis: vec![Api::Midjourney],
         conditional: true,
         wait: None,
     };

@@ -69,6 +69,21 @@ impl Api {
         Api::ALL.into_iter().find(|api| api.name() == name)
     }
 
+    /// A command line's `--api`: one name, a comma-separated list, or `mix` for every API.
+    pub fn parse_list(text: &str) -> Result<Vec<Api>, String> {
+        if text == "mix" {
+            return Ok(Api::ALL.to_vec());
+        }
+        text.split(',')
+            .map(|name| {
+                Api::from_name(name.trim()).ok_or_else(|| {
+                    let known: Vec<&str> = Api::ALL.iter().map(|api| api.name()).collect();
+                    format!("unknown API {name:?}: one of {}, or mix", known.join(", "))
+                })
+            })
+            .collect()
+    }
+
     /// The path (and query) a client polls task `id` at.
     pub fn status_path(self, id: &str) -> String {
         match self {
