@@ -6,7 +6,8 @@
 #
 # Loads (each bounded in time):
 #   (a) cache hits only, CONNS connections, HIT_SECS per round, ROUNDS rounds interleaved: throughput, p99
-#       (wrk); plus two ceilings: a bare hyper server and nginx `return 200`, both answering a fixed body
+#       (wrk); plus two ceilings: a bare hyper server and nginx `return 200`, both answering a fixed body;
+#       and mjgate's hits spread over one task of each of the nine built-in task families (mjgate-mix)
 #   (b) 200 clients polling 50 in-progress tasks every 250 ms for POLL_SECS: upstream calls
 #   (c) the same right after the tasks finish: upstream calls
 #   (d) a cold burst of 1,000 clients on one new id: upstream calls, p99
@@ -49,11 +50,11 @@ cleanup() {
 trap cleanup EXIT
 
 
-# The ceilings answer the very bytes the gateways serve from cache: the simulator's finished task-1.
+# The ceilings answer the very bytes the gateways serve from cache: the simulator's finished task-9.
 "$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" 2>/dev/null &
 body_sim=$!
 wait_port "$SIM"
-curl -s -H "Authorization: $KEY" "http://$SIM/mj/task/task-1/fetch" >"$WORK/task-1.json"
+curl -s -H "Authorization: $KEY" "http://$SIM/mj/task/task-9/fetch" >"$WORK/task-1.json"
 kill "$body_sim"; wait "$body_sim" 2>/dev/null || true
 "$BIN" fixed-body --listen "$FIXED" --body-file "$WORK/task-1.json" 2>/dev/null &
 pids+=($!)
@@ -128,9 +129,10 @@ max_connections = 20000
 filter = "warn"
 EOF
 
-start_sim() { # task duration
+start_sim() { # task duration [task APIs]
     [ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null || true
-    "$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" --task-duration "$1" 2>>"$WORK/sim.log" &
+    "$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" --task-duration "$1" \
+        --api "${2:-midjourney}" 2>>"$WORK/sim.log" &
     SIM_PID=$!
     pids+=("$SIM_PID")
     wait_port "$SIM"
@@ -162,7 +164,7 @@ stop_gateway() { # name
 
 addr_of() {
     case $1 in
-    mjgate) echo "$MJGATE" ;; nginx) echo "$NGINX" ;; varnish) echo "$VARNISH" ;;
+    mjgate | mjgate-mix) echo "$MJGATE" ;; nginx) echo "$NGINX" ;; varnish) echo "$VARNISH" ;;
     fixed) echo "$FIXED" ;; nginx-fixed) echo "$NGINX_FIXED" ;;
     esac
 }
@@ -172,21 +174,38 @@ to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us/,"",v); print v/1000 } else if (
 
 median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
+# The simulator seeds `--api mix`: task-i is of family i mod 9 (task-0, task-9, ... Midjourney).
 cat >"$WORK/hit.lua" <<EOF
 wrk.headers["Authorization"] = "$KEY"
-wrk.path = "/mj/task/task-1/fetch"
+wrk.path = "/mj/task/task-9/fetch"
 EOF
+# One finished task of each family, each on its own status route, in turn.
+MIX_PATHS=(/mj/task/task-0/fetch /suno/fetch/task-1 /kling/v1/videos/text2video/task-2 /v1/videos/task-3
+    /v1/video/generations/task-4 "/v1/video/query?id=task-5" /runwayml/v1/tasks/task-6 /luma/generations/task-7
+    /volc/v1/contents/generations/tasks/task-8)
+{
+    echo "wrk.headers[\"Authorization\"] = \"$KEY\""
+    printf 'local paths = {'; printf '"%s",' "${MIX_PATHS[@]}"; echo '}'
+    echo 'local i = 0'
+    echo 'request = function() i = i % #paths + 1; return wrk.format(nil, paths[i]) end'
+} >"$WORK/mix.lua"
 
 echo "== (a) cache hits: $ROUNDS rounds of ${HIT_SECS}s, $CONNS connections (wrk, 1 thread)" >&2
-start_sim 0s
+start_sim 0s mix
 for gw in nginx varnish mjgate; do start_gateway "$gw"; done
-hit_targets=(fixed nginx-fixed nginx varnish mjgate)
+hit_targets=(fixed nginx-fixed nginx varnish mjgate mjgate-mix)
 for target in "${hit_targets[@]}"; do
-    curl -s -o /dev/null -H "Authorization: $KEY" "http://$(addr_of "$target")/mj/task/task-1/fetch"
+    curl -s -o /dev/null -H "Authorization: $KEY" "http://$(addr_of "$target")/mj/task/task-9/fetch"
+done
+for path in "${MIX_PATHS[@]}"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $KEY" "http://$MJGATE$path")
+    [ "$code" = 200 ] || { echo "mix: $path answered $code" >&2; exit 1; }
 done
 for round in $(seq "$ROUNDS"); do
     for target in "${hit_targets[@]}"; do
-        out=$(wrk -t1 -c"$CONNS" -d"${HIT_SECS}s" --latency -s "$WORK/hit.lua" "http://$(addr_of "$target")")
+        script=hit.lua
+        [ "$target" = mjgate-mix ] && script=mix.lua
+        out=$(wrk -t1 -c"$CONNS" -d"${HIT_SECS}s" --latency -s "$WORK/$script" "http://$(addr_of "$target")")
         rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
         p99=$(echo "$out" | awk '$1 == "99%" { print $2 }' | to_ms)
         non2xx=$(echo "$out" | awk '/Non-2xx/ { print $4 }')
@@ -224,11 +243,12 @@ for line in open(f"{work}/hits.txt"):
 med = {k: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v), sum(n for _, _, n in v)) for k, v in hits.items()}
 ng = med["nginx"][0]
 names = {"fixed": "bare hyper, fixed body", "nginx-fixed": "nginx `return 200`, fixed body",
-         "nginx": "nginx proxy_cache", "varnish": "Varnish", "mjgate": "mjgate"}
+         "nginx": "nginx proxy_cache", "varnish": "Varnish", "mjgate": "mjgate",
+         "mjgate-mix": "mjgate, nine families in turn"}
 print(f"\n(a) cache hits: median of {rounds} rounds, {hit_secs}s each, {conns} connections, wrk -t1\n")
 print("| server | req/s | × nginx proxy_cache | × bare hyper | p99 ms | non-2xx |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
-for k in ["fixed", "nginx-fixed", "nginx", "varnish", "mjgate"]:
+for k in ["fixed", "nginx-fixed", "nginx", "varnish", "mjgate", "mjgate-mix"]:
     rps, p99, bad = med[k]
     print(f"| {names[k]} | {rps:,.0f} | {rps/ng:.2f} | {rps/med['fixed'][0]:.2f} | {p99:.2f} | {bad} |")
 print(f"\n(b) 200 clients polling 50 in-progress tasks every 250 ms for {poll_secs}s; (c) the same after they finish; (d) {burst} clients at once on one new id\n")
