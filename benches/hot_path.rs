@@ -49,7 +49,7 @@ fn hot_path(c: &mut Criterion) {
                 &http::Method::GET,
                 black_box("/mj-fast/mj/task/1709123456000123/fetch"),
                 None,
-                &headers,
+                false,
             )
         })
     });
@@ -60,7 +60,7 @@ fn hot_path(c: &mut Criterion) {
                 &http::Method::GET,
                 black_box("/volc/v1/contents/generations/tasks/cgt-20250101"),
                 None,
-                &headers,
+                false,
             )
         })
     });

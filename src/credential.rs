@@ -201,7 +201,8 @@ mod tests {
                 http::Version::HTTP_2,
                 request,
             )
-            .unwrap();
+            .unwrap()
+            .credential;
             assert_eq!(f.of_memo(credential, &mut memo), f.fingerprint(request));
             assert_eq!(f.of(credential), f.fingerprint(request));
         }

@@ -156,23 +156,24 @@ impl Gateway {
         if listener == Listener::Admin {
             return None;
         }
-        let Route::Fetch(route) = routes::classify(
-            self.fetcher.families(),
-            request.method(),
-            request.uri().path(),
-            request.uri().query(),
-            request.headers(),
-        ) else {
-            return None;
-        };
         // A refused request is answered (and counted) by the slow path.
-        let credential = admission::admit(
+        let admitted = admission::admit(
             request.method(),
             request.uri(),
             request.version(),
             request.headers(),
         )
         .ok()?;
+        let Route::Fetch(route) = routes::classify(
+            self.fetcher.families(),
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+            admitted.accepts_events,
+        ) else {
+            return None;
+        };
+        let credential = admitted.credential;
         let fingerprint = self.fetcher.fingerprinter().of_memo(credential, memo);
         let key = KeyBuf::new(&fingerprint, route.task);
         let Lookup::Fresh { task, ttl } = self.fetcher.cache().lookup(key.as_bytes()) else {
@@ -199,12 +200,18 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let families = self.fetcher.families();
+        let admitted = admission::admit(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+        );
         let mut route = routes::classify(
             families,
             request.method(),
             request.uri().path(),
             request.uri().query(),
-            request.headers(),
+            admitted.is_ok_and(|a| a.accepts_events),
         );
         if self.admin_separate && listener == Listener::Main && route.is_admin() {
             route = Route::Passthrough;
@@ -217,12 +224,7 @@ impl Gateway {
         );
 
         let client = ClientInfo { ip: peer.ip() };
-        if let Err(refused) = admission::admit(
-            request.method(),
-            request.uri(),
-            request.version(),
-            request.headers(),
-        ) {
+        if let Err(refused) = admitted {
             route = Route::Refused(refused);
         }
         let served = match route {

@@ -555,6 +555,8 @@ fn config_summary(config: &Config) -> String {
         || "off".to_owned(),
         |shared| config::redact_url(&shared.redis_url),
     );
+    let families: Vec<&str> = config.families.all().iter().map(|f| f.name()).collect();
+    let families = families.join(", ");
     format!(
         "config ok\n\
          listen          {}\n\
@@ -562,7 +564,8 @@ fn config_summary(config: &Config) -> String {
          upstream        {}\n\
          in_progress_ttl {}\n\
          max_memory      {}\n\
-         shared cache    {shared}",
+         shared cache    {shared}\n\
+         families        {families}",
         config.listen,
         config
             .admin_listen

@@ -522,7 +522,7 @@ pub fn partition_is_what_is_forwarded(
     version: Version,
     headers: &HeaderMap,
 ) -> Result<bool, Refused> {
-    let credential = admission::admit(method, uri, version, headers)?;
+    let credential = admission::admit(method, uri, version, headers)?.credential;
     let partition = fingerprinter.of(credential);
     let client = ClientInfo {
         ip: std::net::Ipv4Addr::LOCALHOST.into(),
@@ -690,7 +690,7 @@ mod tests {
                 );
                 admitted += 1;
                 with_credential += usize::from(
-                    admission::admit(&Method::GET, &uri, version, &headers)
+                    admission::admit(&Method::GET, &uri, version, &headers).map(|a| a.credential)
                         != Ok(Credential::Anonymous),
                 );
             }

@@ -15,9 +15,9 @@
 //! - **No `CONNECT` or `TRACE`**: the gateway tunnels nothing, and `TRACE` would echo the forwarded
 //!   credential back.
 //!
-//! The checks are byte scans and a few header lookups: they run on the hit path too.
+//! The checks are byte scans and one pass over the headers: they run on the hit path too.
 
-use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
 pub use crate::credential::{CREDENTIAL_HEADERS, Credential, MJ_API_SECRET};
@@ -61,13 +61,23 @@ impl Refused {
     }
 }
 
-/// Admits a request, returning the credential it carries.
+/// What admission learned in its one pass over the request's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted<'a> {
+    /// The one credential the request carries.
+    pub credential: Credential<'a>,
+    /// It accepts `text/event-stream` (an event-stream client such as a browser's `EventSource`).
+    pub accepts_events: bool,
+}
+
+/// Admits a request, returning the credential it carries (and whether it asks for an event stream).
+/// One pass over the headers rather than a lookup per header: it runs on every cache hit.
 pub fn admit<'a>(
     method: &Method,
     uri: &Uri,
     version: Version,
     headers: &'a HeaderMap,
-) -> Result<Credential<'a>, Refused> {
+) -> Result<Admitted<'a>, Refused> {
     if method == Method::CONNECT {
         return Err(Refused::Method("CONNECT"));
     }
@@ -75,38 +85,52 @@ pub fn admit<'a>(
         return Err(Refused::Method("TRACE"));
     }
     check_path(uri.path())?;
-    let mut hosts = headers.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if version == Version::HTTP_11 => return Err(Refused::NoHost),
-        (Some(_), Some(_)) => return Err(Refused::SeveralHosts),
-        _ => {}
-    }
-    let credential = credential(headers)?;
-    // Anonymous requests have nothing a `Connection` header could strip from the partition.
-    if credential != Credential::Anonymous
-        && headers.get_all(CONNECTION).iter().any(names_a_credential)
-    {
-        return Err(Refused::HopByHopCredential);
-    }
-    Ok(credential)
-}
-
-/// The one credential header, if any; two or more are refused.
-fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Refused> {
-    let mut found = Credential::Anonymous;
-    for name in CREDENTIAL_HEADERS {
-        for value in headers.get_all(name) {
-            if found != Credential::Anonymous {
-                return Err(Refused::SeveralCredentials);
-            }
-            found = if name == AUTHORIZATION {
-                Credential::Authorization(value)
-            } else {
-                Credential::Secret(value)
-            };
+    let mut hosts = 0usize;
+    let mut credentials = 0usize;
+    let mut credential = Credential::Anonymous;
+    let mut connection_names_credential = false;
+    let mut accepts_events = false;
+    for (name, value) in headers {
+        if name == HOST {
+            hosts += 1;
+        } else if name == AUTHORIZATION {
+            credentials += 1;
+            credential = Credential::Authorization(value);
+        } else if name == MJ_API_SECRET {
+            credentials += 1;
+            credential = Credential::Secret(value);
+        } else if name == CONNECTION {
+            connection_names_credential |= names_a_credential(value);
+        } else if name == ACCEPT {
+            accepts_events |= accepts_event_stream(value);
         }
     }
-    Ok(found)
+    match hosts {
+        0 if version == Version::HTTP_11 => return Err(Refused::NoHost),
+        0 | 1 => {}
+        _ => return Err(Refused::SeveralHosts),
+    }
+    if credentials > 1 {
+        return Err(Refused::SeveralCredentials);
+    }
+    // Anonymous requests have nothing a `Connection` header could strip from the partition.
+    if credential != Credential::Anonymous && connection_names_credential {
+        return Err(Refused::HopByHopCredential);
+    }
+    Ok(Admitted {
+        credential,
+        accepts_events,
+    })
+}
+
+/// Whether an `Accept` value names `text/event-stream`.
+fn accepts_event_stream(accept: &HeaderValue) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    let accept = accept.as_bytes();
+    accept.len() >= SSE.len()
+        && accept
+            .windows(SSE.len())
+            .any(|w| w.eq_ignore_ascii_case(SSE))
 }
 
 /// Whether a `Connection` value lists a credential header.
@@ -196,7 +220,7 @@ pub(crate) mod tests {
         let uri: Uri = "/x".parse().unwrap();
         for version in [Version::HTTP_10, Version::HTTP_2] {
             assert_eq!(
-                admit(&Method::GET, &uri, version, &HeaderMap::new()),
+                admit(&Method::GET, &uri, version, &HeaderMap::new()).map(|a| a.credential),
                 Ok(Credential::Anonymous),
                 "{version:?} may leave Host out"
             );

@@ -2,7 +2,6 @@
 //! of the task families, a health check, or passthrough.
 
 use http::Method;
-use http::header::{ACCEPT, HeaderMap};
 
 use crate::family::{At, Families, FamilyId, Matched, RouteKind, TaskRef};
 use crate::metrics::RouteLabel;
@@ -78,24 +77,16 @@ pub fn asks_to_wait(query: &str) -> bool {
         .any(|pair| pair == "wait" || pair.starts_with("wait="))
 }
 
-/// Whether the client asks for server-sent events.
-fn asks_for_events(headers: &HeaderMap) -> bool {
-    headers.get_all(ACCEPT).iter().any(|v| {
-        v.as_bytes()
-            .windows(17)
-            .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
-    })
-}
-
-/// Classifies a request by its method, path, query (which makes a fetch a long-poll) and `Accept`
-/// (which makes it an event stream).
+/// Classifies a request by its method, path, query (which makes a fetch a long-poll) and whether it
+/// accepts `text/event-stream` (which makes a status route an event stream; admission reads that on
+/// its pass over the headers).
 #[inline]
 pub fn classify<'a>(
     families: &Families,
     method: &Method,
     path: &'a str,
     query: Option<&'a str>,
-    headers: &HeaderMap,
+    accepts_events: bool,
 ) -> Route<'a> {
     match (method, path) {
         (&Method::GET, "/healthz") => return Route::Health,
@@ -118,7 +109,7 @@ pub fn classify<'a>(
                 task: TaskRef { family, id },
                 at,
             };
-            if kind == RouteKind::Events || (events_by_accept && asks_for_events(headers)) {
+            if kind == RouteKind::Events || (events_by_accept && accepts_events) {
                 Route::Events(route)
             } else if query.is_some_and(asks_to_wait) {
                 Route::LongPoll(route)
@@ -132,20 +123,19 @@ pub fn classify<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     /// A route as text: `fetch midjourney 123`, `batch suno`, `bad BadCharacter`, `passthrough`...
     fn route(method: Method, path: &str, query: Option<&str>) -> String {
-        route_with(method, path, query, &HeaderMap::new())
+        route_with(method, path, query, false)
     }
 
-    fn route_with(method: Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
+    fn route_with(method: Method, path: &str, query: Option<&str>, events: bool) -> String {
         let families = Families::builtin();
         let task = |kind: &str, t: TaskRoute<'_>| {
             let family = families.get(t.task.family).name().to_owned();
             format!("{kind} {family} {}", t.task.id.as_str())
         };
-        match classify(&families, &method, path, query, headers) {
+        match classify(&families, &method, path, query, events) {
             Route::Fetch(t) => task("fetch", t),
             Route::LongPoll(t) => task("long-poll", t),
             Route::Events(t) => task("events", t),
@@ -226,20 +216,17 @@ mod tests {
             route(Method::POST, "/mj/task/123/events", None),
             "passthrough"
         );
-        let mut sse = HeaderMap::new();
-        sse.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         assert_eq!(
-            route_with(Method::GET, "/v1/videos/v1", None, &sse),
+            route_with(Method::GET, "/v1/videos/v1", None, true),
             "events openai-videos v1"
         );
         assert_eq!(
-            route_with(Method::GET, "/mj/task/1/fetch", None, &sse),
+            route_with(Method::GET, "/mj/task/1/fetch", None, true),
             "fetch midjourney 1",
             "midjourney keeps its own events route"
         );
-        sse.insert(ACCEPT, HeaderValue::from_static("application/json"));
         assert_eq!(
-            route_with(Method::GET, "/v1/videos/v1", None, &sse),
+            route_with(Method::GET, "/v1/videos/v1", None, false),
             "fetch openai-videos v1"
         );
     }

@@ -321,9 +321,35 @@ fn check_config_prints_what_the_gateway_would_run_with_and_hides_secrets() {
     assert!(stdout.contains("127.0.0.1:18080"), "env applies: {stdout}");
     assert!(stdout.contains("https://crazyrouter.com"), "{stdout}");
     assert!(stdout.contains("127.0.0.1:6379"), "{stdout}");
+    assert!(
+        stdout.contains("families        midjourney, suno, kling, openai-videos"),
+        "{stdout}"
+    );
     for secret in ["hunter2-pass", "fingerprint-secret-0123456789"] {
         assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
     }
+}
+
+#[test]
+fn a_bad_family_stops_check_config_with_exit_2_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("mjgate-family-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[families.acme]\nstatus_routes = [\"/acme/{id}/x{id}\"]\nstatus_at = [\"/s\"]\n",
+    )
+    .unwrap();
+    let out = mjgate()
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`families.acme.status_routes`"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -384,4 +410,23 @@ async fn sighup_reloads_the_listener_certificate_at_once() {
     })
     .await;
     assert!(terminate(&mut child).success(), "SIGHUP did not end it");
+}
+
+#[test]
+fn the_shipped_family_example_is_valid_once_uncommented() {
+    let shipped = include_str!("../../config/mjgate.toml");
+    let start = shipped
+        .find("# [families.<name>]")
+        .expect("the section is documented");
+    let mut text = String::from("[upstream]\nurl = \"http://127.0.0.1:9\"\n");
+    for line in shipped[start..].lines().take_while(|l| l.starts_with("# ")) {
+        text.push_str(&line["# ".len()..].replace("<name>", "acme"));
+        text.push('\n');
+    }
+    let config = mjgate::Config::from_toml(&text, &Default::default()).expect("valid");
+    let acme = config.families.by_name("acme").expect("the example family");
+    assert_eq!(
+        acme.class_of("succeeded"),
+        mjgate::task::TaskClass::Terminal
+    );
 }
