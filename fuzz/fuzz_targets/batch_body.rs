@@ -7,7 +7,7 @@ use mjgate::fetch::batch::BatchQuery;
 use mjgate::task::TaskId;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(BatchQuery::Ids(ids)) = BatchQuery::parse(data, 500) {
+    if let Ok(BatchQuery::Ids(ids)) = BatchQuery::parse(data, 500, &["action".to_owned()]) {
         assert!(ids.len() <= 500);
         let mut seen = std::collections::HashSet::new();
         for id in &ids {
