@@ -287,6 +287,21 @@ impl Family {
 }
 
 impl Batch {
+    /// Whether an upstream batch answer is this family's answer for "none found"
+    /// (`answer_when_empty`, compared as JSON).
+    pub fn is_empty_answer(&self, body: &[u8]) -> bool {
+        let Some(empty) = &self.answer_when_empty else {
+            return false;
+        };
+        match (
+            serde_json::from_str::<Value>(empty),
+            serde_json::from_slice::<Value>(body),
+        ) {
+            (Ok(empty), Ok(answer)) => empty == answer,
+            _ => false,
+        }
+    }
+
     /// The batch answer around `items` (the tasks, comma-separated, without brackets).
     pub fn answer(&self, items: &[u8], count: usize) -> Vec<u8> {
         if count == 0
@@ -532,8 +547,16 @@ fn compile(
                 "needs a status of 100-599; a 2xx other than 204 also needs `contains` or `empty`",
             ));
         }
-        if shape.contains.as_deref() == Some("") {
-            return Err(error(name, &format!("not_found[{i}].contains"), "is empty"));
+        match shape.contains.as_deref() {
+            Some("") => return Err(error(name, &format!("not_found[{i}].contains"), "is empty")),
+            Some(text) if text.len() > 4096 => {
+                return Err(error(
+                    name,
+                    &format!("not_found[{i}].contains"),
+                    "is longer than the 4 KiB of the body it is looked for in",
+                ));
+            }
+            _ => {}
         }
     }
     if is_new && spec.status_routes.as_ref().is_none_or(Vec::is_empty) {
@@ -609,6 +632,11 @@ fn compile_batch(
             "needs `status_at` and `id_at` pointers inside `task_at` (they locate each task's status and id in a batch answer)",
         ));
     }
+    if let Some(empty) = &spec.answer_when_empty
+        && serde_json::from_str::<Value>(empty).is_err()
+    {
+        return Err(error(name, "batch.answer_when_empty", "is not JSON"));
+    }
     Ok(Batch {
         items_at,
         ignore_fields: spec.ignore_fields.clone().unwrap_or_default(),
@@ -639,6 +667,18 @@ fn default_not_found() -> Vec<NotFoundShape> {
 }
 
 fn check_pointer(name: &str, key: &str, pointer: &str) -> Result<(), FamilyError> {
+    // RFC 6901: `~` only as `~0` or `~1`.
+    let escapes_ok = pointer
+        .split('~')
+        .skip(1)
+        .all(|rest| rest.starts_with(['0', '1']));
+    if !escapes_ok {
+        return Err(error(
+            name,
+            key,
+            format!("{pointer:?}: `~` must be followed by 0 or 1 (RFC 6901)"),
+        ));
+    }
     if pointer.is_empty() || pointer.starts_with('/') {
         Ok(())
     } else {

@@ -163,7 +163,8 @@ impl Gateway {
             request.version(),
             request.headers(),
         )
-        .ok()?;
+        .ok()
+        .filter(|admitted| !admitted.opaque_credential)?;
         let Route::Fetch(route) = routes::classify(
             self.fetcher.families(),
             request.method(),
@@ -224,8 +225,13 @@ impl Gateway {
         );
 
         let client = ClientInfo { ip: peer.ip() };
-        if let Err(refused) = admitted {
-            route = Route::Refused(refused);
+        match admitted {
+            Err(refused) => route = Route::Refused(refused),
+            // Answers for a credential the cache cannot see go straight through.
+            Ok(admitted) if admitted.opaque_credential && route.is_cached() => {
+                route = Route::Passthrough;
+            }
+            Ok(_) => {}
         }
         let served = match route {
             Route::Refused(refused) => {

@@ -12,12 +12,13 @@ const MILLIS_FROM: u64 = 100_000_000_000;
 /// The moment a JSON value states, if it is one.
 pub fn moment(value: &Value) -> Option<SystemTime> {
     match value {
+        // A moment before 1970 has passed: expired, not "no expiry".
         Value::Number(n) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
             .map(unix),
-        Value::String(text) => match text.parse::<u64>() {
-            Ok(n) => Some(unix(n)),
+        Value::String(text) => match text.parse::<i64>() {
+            Ok(n) => Some(unix(n.max(0) as u64)),
             Err(_) => humantime::parse_rfc3339_weak(text).ok(),
         },
         _ => None,
@@ -119,6 +120,12 @@ mod tests {
             secs(moment(&serde_json::json!("2027-01-15T08:00:00Z")).unwrap()),
             1_800_000_000
         );
+        assert_eq!(
+            moment(&serde_json::json!(-5)),
+            Some(UNIX_EPOCH),
+            "long past, not never"
+        );
+        assert_eq!(moment(&serde_json::json!("-5")), Some(UNIX_EPOCH));
         assert!(moment(&serde_json::json!(null)).is_none());
         assert!(moment(&serde_json::json!("soon")).is_none());
     }

@@ -134,7 +134,15 @@ impl Table {
                     None => Err("a batch route is a plain path starting with '/'".to_owned()),
                 }
                 .map_err(|reason| error(name, key, format!("{template:?}: {reason}")))?;
-                if let Some(other) = self.entries.iter().find(|e| e.template == template) {
+                let same_query_path = |e: &Entry| match (&e.pattern, &pattern) {
+                    (Pattern::Query { path: a, .. }, Pattern::Query { path: b, .. }) => a == b,
+                    _ => false,
+                };
+                if let Some(other) = self
+                    .entries
+                    .iter()
+                    .find(|e| e.template == template || same_query_path(e))
+                {
                     return Err(error(
                         name,
                         key,
@@ -303,6 +311,15 @@ fn parse_template(template: &str) -> Result<Pattern, String> {
     }
     if template.matches("{id}").count() != 1 {
         return Err("must contain {id} exactly once".into());
+    }
+    let path = template.split('?').next().unwrap_or_default();
+    if path
+        .split('/')
+        .skip(1)
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        || template.contains('%')
+    {
+        return Err("no empty, '.' or '..' segments and no percent-encoding".into());
     }
     if let Some((path, query)) = template.split_once('?') {
         let param = query

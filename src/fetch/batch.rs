@@ -27,7 +27,7 @@ use crate::metrics::{Outcome, RouteLabel};
 use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::content_coding::is_identity;
-use crate::upstream::{BufferedCall, BufferedReply, ClientInfo};
+use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, UpstreamError};
 
 /// What a `list-by-condition` body asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -455,8 +455,20 @@ impl Fetcher {
                     .then(|| split_tasks(family, &reply.body))
                     .flatten();
                 match tasks {
-                    // Not a task array (an error status or a router's error object): pass it on, store
-                    // nothing.
+                    // A 2xx that is not the family's batch answer (an HTML page, a router's error
+                    // object, an error envelope): no usable answer. Passing it on would read as "none
+                    // of these ids exist"; it is a 502 (or a stale answer) instead.
+                    None if reply.status.is_success() => {
+                        let error = UpstreamError::unreachable(
+                            "the upstream's batch answer was not a list of tasks",
+                            format!("status {}, {} bytes", reply.status, reply.body.len()),
+                        );
+                        error.log();
+                        for (_, flight) in chunk {
+                            flight.land(Landed::Failed(error.clone()));
+                        }
+                    }
+                    // An error status (a 4xx, a 5xx, a 429): passed on, nothing stored.
                     None => {
                         let reply = Arc::new(reply);
                         for (_, flight) in chunk {
@@ -519,9 +531,10 @@ impl Item {
 pub fn split_tasks(family: &Family, body: &[u8]) -> Option<HashMap<String, Item>> {
     let batch = family.batch()?;
     let raw = raw_at(body, &batch.items_at)?;
-    // new-api answers `"data": null` when none of the ids is the caller's.
-    if raw == "null" && !batch.items_at.is_empty() {
-        return Some(HashMap::new());
+    // new-api answers `"data": null` when none of the ids is the caller's; an error envelope has a
+    // null there too, so only the family's own empty answer means "none found".
+    if raw == "null" {
+        return batch.is_empty_answer(body).then(HashMap::new);
     }
     let items: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
     let mut tasks = HashMap::with_capacity(items.len());

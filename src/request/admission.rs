@@ -11,13 +11,16 @@
 //!   so the upstream would answer for no credential while the cache files the answer under one.
 //! - **An origin-form path without dot segments.** `..` (plain or percent-encoded) would climb out of
 //!   the upstream URL's path prefix; `*` and authority-form targets have no path to forward.
+//! - **Credentials it cannot see are not cached.** A request without `Authorization` or
+//!   `mj-api-secret` but with `X-Api-Key`, `Api-Key`, `Proxy-Authorization` or `Cookie` may be
+//!   authenticated by the upstream with one of those; it passes through, uncached.
 //! - **Exactly one `Host` on HTTP/1.1** (RFC 9112 §3.2), at most one elsewhere.
 //! - **No `CONNECT` or `TRACE`**: the gateway tunnels nothing, and `TRACE` would echo the forwarded
 //!   credential back.
 //!
 //! The checks are byte scans and one pass over the headers: they run on the hit path too.
 
-use http::header::{ACCEPT, AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
 pub use crate::credential::{CREDENTIAL_HEADERS, Credential, MJ_API_SECRET};
@@ -68,7 +71,19 @@ pub struct Admitted<'a> {
     pub credential: Credential<'a>,
     /// It accepts `text/event-stream` (an event-stream client such as a browser's `EventSource`).
     pub accepts_events: bool,
+    /// It carries no credential the gateway partitions by, but a header an upstream might take as one
+    /// (`X-Api-Key`, `Api-Key`, `Proxy-Authorization`, `Cookie`): its answers cannot be filed under
+    /// the right credential, so it is not served from the cache (it passes through).
+    pub opaque_credential: bool,
 }
+
+/// Headers some upstreams authenticate by that the cache does not partition on.
+static OPAQUE_CREDENTIALS: [HeaderName; 4] = [
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+];
 
 /// Admits a request, returning the credential it carries (and whether it asks for an event stream).
 /// One pass over the headers rather than a lookup per header: it runs on every cache hit.
@@ -90,6 +105,7 @@ pub fn admit<'a>(
     let mut credential = Credential::Anonymous;
     let mut connection_names_credential = false;
     let mut accepts_events = false;
+    let mut opaque = false;
     for (name, value) in headers {
         if name == HOST {
             hosts += 1;
@@ -103,6 +119,8 @@ pub fn admit<'a>(
             connection_names_credential |= names_a_credential(value);
         } else if name == ACCEPT {
             accepts_events |= accepts_event_stream(value);
+        } else if OPAQUE_CREDENTIALS.contains(name) {
+            opaque = true;
         }
     }
     match hosts {
@@ -120,6 +138,7 @@ pub fn admit<'a>(
     Ok(Admitted {
         credential,
         accepts_events,
+        opaque_credential: opaque && credential == Credential::Anonymous,
     })
 }
 

@@ -64,6 +64,14 @@ impl Route<'_> {
         }
     }
 
+    /// Whether this route is answered from the task cache (or watches it).
+    pub fn is_cached(&self) -> bool {
+        matches!(
+            self,
+            Route::Fetch(_) | Route::LongPoll(_) | Route::Events(_) | Route::Batch(_)
+        )
+    }
+
     /// Whether this is an operator's route, served on `admin_listen` when one is set.
     pub fn is_admin(&self) -> bool {
         matches!(self, Route::Health | Route::Ready | Route::Metrics)

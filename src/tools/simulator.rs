@@ -60,6 +60,8 @@ pub enum Fault {
     Status(u16),
     /// `429`, with `Retry-After: n` when given.
     RateLimited { retry_after: Option<u64> },
+    /// `200` with an HTML page, as a misconfigured relay or a captive portal answers.
+    Html,
 }
 
 /// One request as the simulator received it.
@@ -859,6 +861,15 @@ fn not_found(style: NotFound) -> Response<Full<Bytes>> {
 
 fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
     match fault {
+        Fault::Html => {
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                b"<html><body>502 Bad Gateway (nginx)</body></html>",
+            )));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            response
+        }
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             error(status, i64::from(code), "simulated upstream fault")

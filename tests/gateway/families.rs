@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use mjgate::tools::simulator::{Api, Phase};
+use mjgate::tools::simulator::{Api, Fault, Phase};
 
 use crate::support::*;
 
@@ -523,4 +523,51 @@ async fn replicas_share_family_answers_through_redis() {
     let luma = poll(&two, Api::Luma, "s", KEY_A).await;
     assert_eq!(luma.json()["state"], "completed");
     assert_eq!(sim.fetch_calls_in(Api::Luma, "s"), 1);
+}
+
+#[tokio::test]
+async fn a_batch_answer_that_is_not_a_task_list_is_an_error_never_none_found() {
+    let (sim, gw) = start("").await;
+    sim.create_task_in(Api::Suno, KEY_A, "s1", "SUCCESS");
+    sim.set_fault(Some(Fault::Html));
+    let batch = suno_batch(&gw, KEY_A, &["s1"]).await;
+    assert_eq!(batch.status, 502, "not `data: null`: {:?}", batch.body);
+    let mj = crate::support::batch(&gw, KEY_A, &["t1"]).await;
+    assert_eq!(mj.status, 502, "not `[]`");
+    let single = poll(&gw, Api::Suno, "s1", KEY_A).await;
+    assert_eq!(single.status, 200);
+    assert_eq!(
+        single.header("content-type"),
+        "text/html",
+        "passed on as it came"
+    );
+    sim.set_fault(None);
+    let answer = poll(&gw, Api::Suno, "s1", KEY_A).await;
+    assert_eq!(
+        status_of(Api::Suno, &answer),
+        "SUCCESS",
+        "nothing was stored meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn a_credential_the_gateway_cannot_see_is_never_served_from_the_cache() {
+    let (sim, gw) = start("").await;
+    for header in ["x-api-key", "api-key", "cookie", "proxy-authorization"] {
+        let before = sim.total_calls();
+        for key in ["k1", "k2"] {
+            let mut request = request(Method::GET, &gw.url("/v1/videos/v"), None, "");
+            request.headers_mut().insert(header, key.parse().unwrap());
+            let reply = send(request).await;
+            assert!(
+                reply.headers.get("cache-status").is_none(),
+                "{header}: passed through"
+            );
+        }
+        assert_eq!(
+            sim.total_calls(),
+            before + 2,
+            "{header}: each went upstream"
+        );
+    }
 }
