@@ -21,6 +21,8 @@
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |
 //! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
 //! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
+//! | [`family`] | the task APIs as data: descriptions, the route table, reading answers, expiry |
+//! | [`webhook`] | webhooks the gateway delivers (in progress: signing, hook guard, submit takeover, retries) |
 //! | [`config`], [`metrics`], [`error`], [`body`], [`hex`] | typed config; Prometheus registry; errors mapped to HTTP; bodies; hex digits |
 //!
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
@@ -46,6 +48,7 @@ pub mod task;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
+pub mod webhook;
 
 pub use config::Config;
 pub use error::Error;
