@@ -351,69 +351,77 @@ fn families_can_be_turned_off_and_changed() {
 
 #[test]
 fn a_bad_description_names_its_key() {
-    let key = |name: &str, text: &str| with(name, text).unwrap_err().key;
-    assert_eq!(
-        key("acme", r#"status_at = ["/s"]"#),
-        "families.acme.status_routes"
-    );
-    assert_eq!(
-        key("acme", r#"status_routes = ["/a/{id}"]"#),
-        "families.acme.status_at"
-    );
-    assert_eq!(
-        key(
+    let routes = |template: &str| format!("status_routes = [\"{template}\"]\nstatus_at = [\"/s\"]");
+    let long = "x".repeat(5000);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
             "acme",
-            r#"status_routes = ["/a/x{id}"]
-status_at = ["/s"]"#
+            r#"status_at = ["/s"]"#.into(),
+            "families.acme.status_routes",
         ),
-        "families.acme.status_routes"
-    );
-    assert_eq!(
-        key(
+        (
             "acme",
-            r#"status_routes = ["/a/{id}"]
-status_at = ["s"]"#
+            r#"status_routes = ["/a/{id}"]"#.into(),
+            "families.acme.status_at",
         ),
-        "families.acme.status_at"
-    );
-    assert_eq!(
-        key(
+        ("acme", routes("/a/x{id}"), "families.acme.status_routes"),
+        (
             "acme",
-            r#"status_routes = ["/suno/fetch/{id}"]
-status_at = ["/s"]"#
+            routes("/suno/fetch/{id}"),
+            "families.acme.status_routes",
         ),
-        "families.acme.status_routes"
-    );
-    assert_eq!(
-        key(
-            "Acme",
-            r#"status_routes = ["/a/{id}"]
-status_at = ["/s"]"#
-        ),
-        "families.Acme"
-    );
-    assert_eq!(
-        key(
+        ("acme", routes("/x//{id}"), "families.acme.status_routes"),
+        ("acme", routes("/x/../{id}"), "families.acme.status_routes"),
+        (
             "acme",
-            r#"status_routes = ["/a/{id}"]
-status_at = ["/s"]
-success = [""]"#
+            routes("/x/%7Bid%7D/{id}"),
+            "families.acme.status_routes",
         ),
-        "families.acme.success"
-    );
-    assert_eq!(
-        key("suno", r#"task_answer = "{}""#),
-        "families.suno.task_answer"
-    );
-    assert_eq!(
-        key(
+        ("acme", routes("/{id}/x"), "families.acme.status_routes"),
+        (
             "acme",
-            r#"status_routes = ["/a/{id}"]
-status_at = ["/s"]
-not_found = [{ status = 200 }]"#
+            routes("/v1/video/query?task={id}"),
+            "families.acme.status_routes",
         ),
-        "families.acme.not_found[0]"
-    );
+        ("Acme", routes("/a/{id}"), "families.Acme"),
+        (
+            "acme",
+            "status_routes = [\"/a/{id}\"]\nstatus_at = [\"s\"]".into(),
+            "families.acme.status_at",
+        ),
+        (
+            "acme",
+            "status_routes = [\"/a/{id}\"]\nstatus_at = [\"/a/~2b\"]".into(),
+            "families.acme.status_at",
+        ),
+        (
+            "acme",
+            format!("{}\nsuccess = [\"\"]", routes("/a/{id}")),
+            "families.acme.success",
+        ),
+        (
+            "suno",
+            r#"task_answer = "{}""#.into(),
+            "families.suno.task_answer",
+        ),
+        (
+            "acme",
+            format!("{}\nnot_found = [{{ status = 200 }}]", routes("/a/{id}")),
+            "families.acme.not_found[0]",
+        ),
+        (
+            "acme",
+            format!(
+                "{}\nnot_found = [{{ status = 404, contains = \"{long}\" }}]",
+                routes("/a/{id}")
+            ),
+            "families.acme.not_found[0].contains",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let error = with(name, &text).unwrap_err();
+        assert_eq!(error.key, expected, "{text}: {error}");
+    }
 }
 
 #[test]
