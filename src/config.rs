@@ -4,6 +4,9 @@
 //! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
 
 mod url;
+mod webhooks;
+
+pub use webhooks::WebhooksConfig;
 
 pub use url::{UpstreamUrl, UrlError};
 
@@ -70,6 +73,8 @@ pub struct Config {
     pub watch: WatchConfig,
     /// The task APIs served from the cache: the built-in families with `[families.<name>]` applied.
     pub families: Families,
+    /// `[webhooks]`: the gateway delivers submits' `notifyHook`s itself; `None` passes them on.
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 /// `[watch]`: long-polls (`fetch?wait=`) and event streams (`/events`).
@@ -252,6 +257,7 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     families: BTreeMap<String, FamilySpec>,
+    webhooks: Option<webhooks::RawWebhooks>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +383,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `MJGATE_FINGERPRINT_SECRET`: kept out of files and process lists.
     pub fingerprint_secret: Option<String>,
+    /// `MJGATE_WEBHOOK_SECRET`: the webhook signing secret, likewise.
+    pub webhook_secret: Option<String>,
 }
 
 impl Config {
@@ -434,6 +442,10 @@ impl Config {
             watch: raw.watch.validate()?,
             tls: listener_tls(raw.tls)?,
             families: Families::new(raw.families)?,
+            webhooks: webhooks::RawWebhooks::validate(
+                raw.webhooks,
+                overrides.webhook_secret.clone(),
+            )?,
         })
     }
 }

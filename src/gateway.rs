@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tracing::Instrument;
@@ -28,12 +28,15 @@ use crate::fetch::{Fetcher, Served};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::pipeline::{Answer, Call, Envelope, EnvelopeLayer, HitPath, SlowPath};
 use crate::push::Push;
+use crate::push::hooks::HookTask;
 use crate::request::admission;
 use crate::request::body::{self as request_body, BodyFault, Prefetched};
 use crate::request::id::X_REQUEST_ID;
 use crate::request::routes::{self, Route};
 use crate::task::TaskId;
 use crate::upstream::{ClientInfo, UpstreamBody, UpstreamError};
+use crate::webhook::guard::{HookError, HookUrl};
+use crate::webhook::{Hooks, submit};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,8 @@ pub struct Gateway {
     access_log: bool,
     /// Set when shutdown begins, so `/readyz` tells load balancers to stop sending.
     draining: AtomicBool,
+    /// `[webhooks]`: submits' hooks delivered by the gateway; `None` passes them on untouched.
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl Gateway {
@@ -77,6 +82,14 @@ impl Gateway {
     /// listener and probe) and fails only on a Redis URL the client cannot parse.
     pub fn new(config: &Config) -> Result<Self, crate::Error> {
         let metrics = Arc::new(Metrics::new(config.cache.max_memory, &config.families));
+        let hooks = match &config.webhooks {
+            Some(webhooks) => Some(Arc::new(Hooks::new(
+                webhooks,
+                crate::tls::client_config(crate::tls::Roots::Webpki, None)?,
+                Arc::clone(&metrics),
+            ))),
+            None => None,
+        };
         let fetcher = Arc::new(Fetcher::new(config, Arc::clone(&metrics))?);
         Ok(Gateway {
             push: Arc::new(Push::new(
@@ -101,6 +114,7 @@ impl Gateway {
             admin_separate: config.admin_listen.is_some(),
             access_log: config.log.access,
             draining: AtomicBool::new(false),
+            hooks,
         })
     }
 
@@ -354,6 +368,13 @@ impl Gateway {
     /// Passthrough: bounds the request body, reads it whole when it is small (so a client trickling
     /// its upload holds no upstream slot meanwhile), then forwards it.
     async fn passthrough(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
+        if let Some(hooks) = &self.hooks
+            && let Some(mode) = submit_mode(request.method(), request.uri().path())
+            && request_body::check_identity(request.headers()).is_ok()
+        {
+            let mode = mode.to_owned();
+            return self.submit_with_hook(hooks, &mode, request, client).await;
+        }
         let empty = request.body().is_end_stream();
         if let Err(fault) = request_body::check_framing(request.method(), request.headers(), empty)
         {
@@ -396,6 +417,77 @@ impl Gateway {
         let served = self.forward(Request::from_parts(parts, body), client).await;
         drop(reservation);
         served
+    }
+
+    /// A Midjourney submit while the gateway delivers hooks: its `notifyHook` is taken out of the body
+    /// the upstream sees; once the upstream's answer names the task, the gateway watches it and
+    /// delivers every change to the hook. The client gets the upstream's answer unchanged.
+    async fn submit_with_hook(
+        &self,
+        hooks: &Arc<Hooks>,
+        mode: &str,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Served {
+        let (mut parts, body) = request.into_parts();
+        let max = self.limits.max_request_body;
+        let read = request_body::read(
+            request_body::bounded(body, max, self.limits.body_read_timeout),
+            max,
+        );
+        let body = match read.await {
+            Ok(body) => body,
+            Err(fault) => return self.client_fault(fault),
+        };
+        let taken = submit::take_over(&body, submit::NOTIFY_HOOK, None);
+        let slot = taken.as_ref().and_then(|_| hooks.reserve());
+        let (Some(taken), Some(slot)) = (taken, slot) else {
+            // No hook, or `webhooks.max_pending` reached: forwarded as it came.
+            return self
+                .forward(Request::from_parts(parts, full(body)), client)
+                .await;
+        };
+        let hook = match HookUrl::parse(&taken.hook) {
+            Ok(hook) => hook,
+            Err(e) => return bad_hook(&e),
+        };
+        if let Err(e @ HookError::Internal(_)) = hook.resolve(hooks.allow_private()).await {
+            return bad_hook(&e);
+        }
+        parts.headers.remove(CONTENT_LENGTH);
+        let headers = parts.headers.clone();
+        let served = self
+            .forward(Request::from_parts(parts, full(taken.body)), client)
+            .await;
+        let (head, answer) = served.response.into_parts();
+        let answer = match Limited::new(answer, 1 << 20).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return Served::bypass(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream's answer to the submit could not be read",
+                ));
+            }
+        };
+        if head.status.is_success()
+            && let Some(id) = submit::submitted_task(&answer)
+            && TaskId::parse(&id).is_ok()
+            && let Some(family) = self.fetcher.families().by_name("midjourney")
+        {
+            let task = HookTask {
+                family: family.id(),
+                path: format!("{mode}/mj/task/{id}/fetch"),
+                id,
+                headers,
+                client,
+                hook,
+            };
+            self.push.deliver_hook(hooks, slot, task);
+        }
+        Served {
+            response: Response::from_parts(head, ResponseBody::full(answer)),
+            ..served
+        }
     }
 
     /// A request whose body the client broke: its own 4xx, counted apart from upstream failures.
@@ -488,6 +580,32 @@ impl Service<Call<Incoming>> for Handler {
         let handling = Arc::clone(&self.gateway).handle(call, self.peer, self.listener);
         Box::pin(async move { Ok(handling.await) })
     }
+}
+
+/// The mode prefix of a Midjourney submit (`""` or `/mj-fast`), if this is one.
+fn submit_mode<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method != Method::POST {
+        return None;
+    }
+    let at = path.find("/mj/submit/")?;
+    let mode = &path[..at];
+    let one_segment = mode.is_empty() || (mode.starts_with('/') && !mode[1..].contains('/'));
+    one_segment.then_some(mode)
+}
+
+/// A buffered body, as the upstream client takes it.
+fn full(body: Bytes) -> UpstreamBody {
+    Full::new(body)
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed()
+}
+
+/// A `notifyHook` the gateway will not deliver to: the client's error.
+fn bad_hook(error: &HookError) -> Served {
+    Served::bypass(json_error(
+        StatusCode::BAD_REQUEST,
+        &format!("notifyHook: {error}"),
+    ))
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {

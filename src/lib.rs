@@ -22,7 +22,7 @@
 //! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
 //! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
 //! | [`family`] | the task APIs as data: descriptions, the route table, reading answers, expiry |
-//! | [`webhook`] | webhooks the gateway delivers (in progress: signing, hook guard, submit takeover, retries) |
+//! | [`webhook`] | webhooks the gateway delivers for submits' `notifyHook`: signing, the hook guard, attempts, retries |
 //! | [`config`], [`metrics`], [`error`], [`body`], [`hex`] | typed config; Prometheus registry; errors mapped to HTTP; bodies; hex digits |
 //!
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,

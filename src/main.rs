@@ -290,6 +290,7 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
         upstream: args.upstream.clone(),
         redis_url: args.redis_url.clone(),
         fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
+        webhook_secret: std::env::var("MJGATE_WEBHOOK_SECRET").ok(),
     };
     match &args.config {
         Some(path) => Config::load(path, &overrides),

@@ -200,6 +200,7 @@ pub struct Metrics {
     pub shared: SharedMetrics,
     /// Long-polls, event streams and the watchers behind them.
     pub watch: WatchMetrics,
+    pub webhooks: WebhookMetrics,
 }
 
 /// An event sent on a task's event stream, as a metric label.
@@ -221,6 +222,73 @@ impl EventKind {
             EventKind::Shutdown => "shutdown",
             EventKind::Error => "error",
         }
+    }
+}
+
+/// Webhooks the gateway delivers.
+pub struct WebhookMetrics {
+    /// By outcome: delivered, gone (410), abandoned (retries ran out), refused (an internal address).
+    deliveries: IntCounterVec,
+    /// By result: 2xx, 3xx, 4xx, 5xx, timeout, error.
+    attempts: IntCounterVec,
+    /// Tasks with a hook watched right now.
+    pending: IntGauge,
+    /// From the task's change being seen to the receiver's 2xx.
+    latency: Histogram,
+}
+
+impl WebhookMetrics {
+    fn new(r: &Registrar<'_>) -> Self {
+        WebhookMetrics {
+            deliveries: r.counters(
+                "mjgate_webhook_deliveries_total",
+                "Webhook events by how they ended: delivered (2xx), superseded (a newer running state replaced it while it waited to be retried), gone (410: the hook is dropped), abandoned (retries ran out), refused (the hook resolves to an internal address).",
+                &["outcome"],
+            ),
+            attempts: r.counters(
+                "mjgate_webhook_attempts_total",
+                "Webhook delivery attempts by result: 2xx, 3xx (redirects are not followed), 4xx, 5xx, timeout, error (no connection).",
+                &["result"],
+            ),
+            pending: r.gauge(
+                "mjgate_webhook_pending",
+                "Tasks whose hook the gateway is watching and delivering to right now.",
+            ),
+            latency: r
+                .histograms(
+                    "mjgate_webhook_delivery_seconds",
+                    "From a task's change being seen to the receiver's 2xx, retries included.",
+                    "event",
+                )
+                .with_label_values(&["change"]),
+        }
+    }
+
+    pub fn delivery(&self, outcome: &str) {
+        self.deliveries.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn attempt(&self, result: &str) {
+        self.attempts.with_label_values(&[result]).inc();
+    }
+
+    pub fn delivered_after(&self, elapsed: Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a watched hook until the guard drops.
+    pub fn pending(&self) -> PendingHook<'_> {
+        self.pending.inc();
+        PendingHook(&self.pending)
+    }
+}
+
+/// One watched hook, counted in `mjgate_webhook_pending` while it lives.
+pub struct PendingHook<'a>(&'a IntGauge);
+
+impl Drop for PendingHook<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -656,6 +724,7 @@ impl Metrics {
             ),
             shared: SharedMetrics::new(&r),
             watch: WatchMetrics::new(&r),
+            webhooks: WebhookMetrics::new(&r),
             registry,
         }
     }

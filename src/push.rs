@@ -1,7 +1,9 @@
 //! Replacing polling: one poller per watched task ([`watch`]), shared by long-polls ([`long_poll`],
-//! `fetch?wait=`) and server-sent event streams ([`events`]).
+//! `fetch?wait=`), server-sent event streams ([`events`]) and the webhooks the gateway delivers
+//! ([`hooks`]).
 
 pub mod events;
+pub mod hooks;
 pub mod long_poll;
 pub mod watch;
 

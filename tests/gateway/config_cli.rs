@@ -430,3 +430,21 @@ fn the_shipped_family_example_is_valid_once_uncommented() {
         mjgate::task::TaskClass::Terminal
     );
 }
+
+#[test]
+fn the_shipped_webhooks_example_is_valid_once_uncommented() {
+    let shipped = include_str!("../../config/mjgate.toml");
+    let start = shipped
+        .find("# [webhooks]")
+        .expect("the section is documented");
+    let mut text = String::from("[upstream]\nurl = \"http://127.0.0.1:9\"\n");
+    for line in shipped[start..].lines().take_while(|l| l.starts_with("# ")) {
+        text.push_str(&line["# ".len()..]);
+        text.push('\n');
+    }
+    let config = mjgate::Config::from_toml(&text, &Default::default()).expect("valid");
+    let webhooks = config.webhooks.expect("on once uncommented");
+    assert!(!webhooks.allow_private);
+    assert_eq!(webhooks.max_pending, 10_000);
+    assert_eq!(webhooks.retry.max_age, Duration::from_secs(24 * 3600));
+}

@@ -23,3 +23,4 @@ mod resilience;
 mod shared_cache;
 mod shutdown;
 mod tls;
+mod webhooks;

@@ -1,0 +1,83 @@
+//! `[webhooks]`: the gateway delivers the task notifications clients asked for with `notifyHook`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, at_least, positive};
+use crate::webhook::retry::Schedule;
+use crate::webhook::sign::SigningSecret;
+
+/// `[webhooks]`, validated.
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// The Standard Webhooks signing secret (`whsec_...`; also `MJGATE_WEBHOOK_SECRET`).
+    pub secret: Arc<SigningSecret>,
+    /// Deliver to hooks on loopback, private and other internal addresses (tests, private networks).
+    pub allow_private: bool,
+    /// Deliver only the finished state, not every change of status or progress.
+    pub finished_only: bool,
+    /// When failed deliveries are tried again, and for how long.
+    pub retry: Schedule,
+    /// Deadline for one delivery attempt, connect to answer.
+    pub timeout: Duration,
+    /// Most tasks with a hook being watched at once; submits past it are forwarded with their hook
+    /// left in place (the upstream's own callback, if any).
+    pub max_pending: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhooks {
+    secret: Option<String>,
+    allow_private: Option<bool>,
+    finished_only: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    first_retry: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_retry_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    max_pending: Option<usize>,
+}
+
+impl RawWebhooks {
+    /// `None` without a `[webhooks]` table: submits pass through untouched.
+    pub(super) fn validate(
+        raw: Option<Self>,
+        secret_override: Option<String>,
+    ) -> Result<Option<WebhooksConfig>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let text = secret_override.or(raw.secret).ok_or(ConfigError::Invalid {
+            key: "webhooks.secret",
+            reason: "is required: a Standard Webhooks secret `whsec_<base64>` (in the file or \
+                     MJGATE_WEBHOOK_SECRET)"
+                .into(),
+        })?;
+        let secret = SigningSecret::parse(&text).map_err(|e| ConfigError::Invalid {
+            key: "webhooks.secret",
+            reason: e.to_string(),
+        })?;
+        let defaults = Schedule::default();
+        let retry = Schedule {
+            first: positive("webhooks.first_retry", raw.first_retry, defaults.first)?,
+            cap: positive(
+                "webhooks.max_retry_interval",
+                raw.max_retry_interval,
+                defaults.cap,
+            )?,
+            max_age: positive("webhooks.max_age", raw.max_age, defaults.max_age)?,
+        };
+        Ok(Some(WebhooksConfig {
+            secret: Arc::new(secret),
+            allow_private: raw.allow_private.unwrap_or(false),
+            finished_only: raw.finished_only.unwrap_or(false),
+            retry,
+            timeout: positive("webhooks.timeout", raw.timeout, Duration::from_secs(10))?,
+            max_pending: at_least("webhooks.max_pending", raw.max_pending, 10_000, 1)?,
+        }))
+    }
+}

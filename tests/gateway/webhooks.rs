@@ -1,0 +1,314 @@
+//! Webhooks the gateway delivers itself: a submit's `notifyHook` taken over, every change delivered to
+//! a receiver on loopback, signed (Standard Webhooks) and retried.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mjgate::webhook::sign::SigningSecret;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// One delivery as the receiver got it.
+#[derive(Debug, Clone)]
+struct Delivery {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Delivery {
+    fn header(&self, name: &str) -> String {
+        self.headers[name].to_str().unwrap().to_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// Whether the Standard Webhooks signature is the one `SECRET` gives.
+    fn signed(&self) -> bool {
+        let secret = SigningSecret::parse(SECRET).unwrap();
+        let timestamp: u64 = self.header("webhook-timestamp").parse().unwrap();
+        self.header("webhook-signature")
+            == secret.sign(&self.header("webhook-id"), timestamp, &self.body)
+    }
+}
+
+/// A hook receiver on loopback: records every delivery, answers with the scripted statuses, then 200.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Delivery>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(script: &[u16]) -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), script)
+    }
+
+    fn start_on(listener: TcpListener, script: &[u16]) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(
+            script.iter().copied().collect::<VecDeque<u16>>(),
+        ));
+        let task = tokio::spawn({
+            let got = Arc::clone(&got);
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (got, script) = (Arc::clone(&got), Arc::clone(&script));
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request: Request<Incoming>| {
+                            let (got, script) = (Arc::clone(&got), Arc::clone(&script));
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body.collect().await.unwrap().to_bytes();
+                                got.lock().push(Delivery {
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                let status = script.lock().pop_front().unwrap_or(200);
+                                let mut response = Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        Receiver { addr, got, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hooks/mj", self.addr)
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().clone()
+    }
+
+    /// Waits until a delivery says the task is `status` (bounded).
+    async fn wait_for_status(&self, status: &str) -> Vec<Delivery> {
+        poll_until(&format!("a delivery of {status}"), || async {
+            self.deliveries()
+                .iter()
+                .any(|d| d.json()["status"] == status)
+        })
+        .await;
+        self.deliveries()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn webhooks(extra: &str) -> String {
+    format!(
+        "[cache]\nin_progress_ttl = \"200ms\"\n[webhooks]\nsecret = \"{SECRET}\"\nallow_private = true\nfirst_retry = \"100ms\"\n{extra}"
+    )
+}
+
+async fn submit(gw: &Gateway, hook: &str) -> Reply {
+    let body = serde_json::json!({"prompt": "a cat", "notifyHook": hook, "state": "s"}).to_string();
+    send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        &body,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn every_change_of_a_submitted_task_is_delivered_signed_and_the_upstream_never_sees_the_hook()
+{
+    let receiver = Receiver::start(&[]).await;
+    let (sim, gw) = start(&webhooks("")).await;
+    sim.set_task_duration(Duration::from_millis(1500));
+    let answer = submit(&gw, &receiver.url()).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["code"], 1, "the upstream's answer, unchanged");
+    let id = answer.json()["result"].as_str().unwrap().to_owned();
+    let forwarded = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .unwrap();
+    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    assert!(forwarded.get("notifyHook").is_none(), "{forwarded}");
+    assert_eq!(
+        forwarded["state"], "s",
+        "the rest of the body as the client sent it"
+    );
+
+    let deliveries = receiver.wait_for_status("SUCCESS").await;
+    assert!(
+        deliveries.len() >= 2,
+        "a change before the end too: {deliveries:?}"
+    );
+    for delivery in &deliveries {
+        assert!(delivery.signed(), "{delivery:?}");
+        assert_eq!(delivery.json()["id"], id.as_str());
+        assert_eq!(delivery.header("content-type"), "application/json");
+    }
+    let statuses: Vec<String> = deliveries
+        .iter()
+        .map(|d| d.json()["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        statuses.last().unwrap(),
+        "SUCCESS",
+        "in order: {statuses:?}"
+    );
+    let ids: std::collections::HashSet<String> =
+        deliveries.iter().map(|d| d.header("webhook-id")).collect();
+    assert_eq!(ids.len(), deliveries.len(), "one id per state");
+    // The finished task is the same answer a fetch gives.
+    let fetched = fetch(&gw, &id, KEY_A).await;
+    assert_eq!(fetched.body, deliveries.last().unwrap().body);
+    let metrics = scrape(&gw).await;
+    assert!(
+        metrics.value(
+            "mjgate_webhook_deliveries_total",
+            &[("outcome", "delivered")]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_under_one_webhook_id() {
+    let receiver = Receiver::start(&[500, 500]).await;
+    let (sim, gw) = start(&webhooks("finished_only = true\n")).await;
+    sim.set_task_duration(Duration::from_millis(300));
+    submit(&gw, &receiver.url()).await;
+    poll_until("three attempts", || async {
+        receiver.deliveries().len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 3, "500, 500, then 200 ends it");
+    let ids: Vec<String> = deliveries.iter().map(|d| d.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert!(deliveries.iter().all(|d| d.json()["status"] == "SUCCESS"));
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value("mjgate_webhook_attempts_total", &[("result", "5xx")]),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_for_a_while_still_gets_the_event() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (sim, gw) = start(&webhooks("finished_only = true\n")).await;
+    sim.set_task_duration(Duration::from_millis(200));
+    let hook = format!("http://{addr}/hooks/mj");
+    submit(&gw, &hook).await;
+    poll_until("a refused attempt", || async {
+        scrape(&gw)
+            .await
+            .value("mjgate_webhook_attempts_total", &[("result", "error")])
+            >= 1.0
+    })
+    .await;
+    let receiver = Receiver::start_on(TcpListener::bind(addr).await.unwrap(), &[]);
+    let deliveries = receiver.wait_for_status("SUCCESS").await;
+    assert!(deliveries[0].signed());
+}
+
+#[tokio::test]
+async fn a_410_drops_the_hook() {
+    let receiver = Receiver::start(&[410]).await;
+    let (sim, gw) = start(&webhooks("")).await;
+    sim.set_task_duration(Duration::from_millis(600));
+    submit(&gw, &receiver.url()).await;
+    poll_until("the first delivery", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(receiver.deliveries().len(), 1, "nothing after 410");
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value("mjgate_webhook_deliveries_total", &[("outcome", "gone")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_hook_on_an_internal_address_is_refused_unless_private_hooks_are_allowed() {
+    let (sim, gw) = start(&format!("[webhooks]\nsecret = \"{SECRET}\"\n")).await;
+    for hook in [
+        "http://127.0.0.1:9/h",
+        "http://localhost:9/h",
+        "http://[::1]:9/h",
+        "http://169.254.169.254/latest/meta-data",
+        "ftp://example.com/h",
+        "http://user:pw@example.com/h",
+    ] {
+        let answer = submit(&gw, hook).await;
+        assert_eq!(answer.status, 400, "{hook}");
+        assert!(
+            answer.json()["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("notifyHook"),
+            "{hook}"
+        );
+    }
+    assert_eq!(sim.total_calls(), 0, "refused before the upstream");
+}
+
+#[tokio::test]
+async fn without_a_webhooks_section_submits_pass_through_untouched() {
+    let (sim, gw) = start("").await;
+    let answer = submit(&gw, "http://127.0.0.1:9/h").await;
+    assert_eq!(answer.status, 200);
+    let forwarded = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .unwrap();
+    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    assert_eq!(forwarded["notifyHook"], "http://127.0.0.1:9/h");
+}
+
+#[tokio::test]
+async fn a_bad_webhook_secret_stops_start_up_naming_the_key() {
+    for secret in ["", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2hvcnQ="] {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[webhooks]\nsecret = \"{secret}\"\n"
+        );
+        let error = mjgate::Config::from_toml(&text, &Default::default()).unwrap_err();
+        assert!(error.to_string().contains("`webhooks.secret`"), "{error}");
+        assert!(
+            secret.is_empty() || !error.to_string().contains(secret),
+            "{error}"
+        );
+    }
+}
