@@ -238,6 +238,11 @@ impl Family {
         capped.into_iter().chain(stated).min()
     }
 
+    /// The task id a status answer names, if it names one.
+    pub fn task_id_in(&self, body: &[u8]) -> Option<String> {
+        first_text(&json_object(body)?, &self.id_at).map(std::borrow::Cow::into_owned)
+    }
+
     /// The status value of a status answer, if it has one.
     pub fn status_text(&self, body: &[u8]) -> Option<String> {
         first_text(&json_object(body)?, &self.status_at).map(std::borrow::Cow::into_owned)

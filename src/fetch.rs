@@ -337,6 +337,27 @@ impl Fetcher {
         landed
     }
 
+    /// Stores a task's answer an upstream called back with (webhooks' callbacks in) under the
+    /// credential its callback token was issued to, as if a fetch had brought it, and shares it. `None`
+    /// when it is not that task's answer.
+    pub(crate) async fn store_called_back(
+        &self,
+        fingerprint: &CredentialFingerprint,
+        task: TaskRef<'_>,
+        answer: &BufferedReply,
+    ) -> Option<(CacheKey, Arc<CachedTask>)> {
+        let stored = self.entry_for(answer, task.family, task.id.as_str())?;
+        if stored.class == crate::task::TaskClass::NotFound {
+            return None;
+        }
+        let key = KeyBuf::new(fingerprint, task).to_key();
+        self.cache.insert(key.clone(), Arc::clone(&stored));
+        if let Some(shared) = &self.shared {
+            shared.publish(&[(&key, &stored)]).await;
+        }
+        Some((key, stored))
+    }
+
     /// The cache entry `reply` makes, if it is a storable answer for task `id` of `family`: that
     /// task's answer, or one of the API's "no such task" answers.
     fn entry_for(

@@ -34,9 +34,9 @@ use crate::request::body::{self as request_body, BodyFault, Prefetched};
 use crate::request::id::X_REQUEST_ID;
 use crate::request::routes::{self, Route};
 use crate::task::TaskId;
-use crate::upstream::{ClientInfo, UpstreamBody, UpstreamError};
+use crate::upstream::{BufferedReply, ClientInfo, UpstreamBody, UpstreamError};
 use crate::webhook::guard::{HookError, HookUrl};
-use crate::webhook::{Hooks, submit};
+use crate::webhook::{Hooks, Slot, submit};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +285,19 @@ impl Gateway {
                     .instrument(span.clone())
                     .await
             }
+            Route::Callback(token) => match &self.hooks {
+                Some(hooks) => {
+                    let token = token.to_owned();
+                    self.called_back(hooks, &token, request)
+                        .instrument(span.clone())
+                        .await
+                }
+                None => {
+                    self.passthrough(request, client)
+                        .instrument(span.clone())
+                        .await
+                }
+            },
             Route::Passthrough => {
                 self.passthrough(request, client)
                     .instrument(span.clone())
@@ -439,26 +452,59 @@ impl Gateway {
             Ok(body) => body,
             Err(fault) => return self.client_fault(fault),
         };
-        let taken = submit::take_over(&body, submit::NOTIFY_HOOK, None);
-        let slot = taken.as_ref().and_then(|_| hooks.reserve());
-        let (Some(taken), Some(slot)) = (taken, slot) else {
+        let hooked = submit::take_over(&body, submit::NOTIFY_HOOK, None);
+        let slot = hooked.as_ref().and_then(|_| hooks.reserve());
+        let family = self
+            .fetcher
+            .families()
+            .by_name("midjourney")
+            .map(|f| f.id());
+        let (Some(hooked), Some(slot), Some(family)) = (hooked, slot, family) else {
             // No hook, or `webhooks.max_pending` reached: forwarded as it came.
             return self
                 .forward(Request::from_parts(parts, full(body)), client)
                 .await;
         };
-        let hook = match HookUrl::parse(&taken.hook) {
+        let hook = match HookUrl::parse(&hooked.hook) {
             Ok(hook) => hook,
             Err(e) => return bad_hook(&e),
         };
         if let Err(e @ HookError::Internal(_)) = hook.resolve(hooks.allow_private()).await {
             return bad_hook(&e);
         }
+        // With `public_url`, the upstream gets the gateway's own callback URL instead of nothing.
+        let fingerprint = self.fetcher.fingerprinter().fingerprint(&parts.headers);
+        let callback = hooks.issue_callback(fingerprint, family);
+        let forwarded = match &callback {
+            Some((url, _)) => submit::take_over(&body, submit::NOTIFY_HOOK, Some(url))
+                .map_or(hooked.body, |taken| taken.body),
+            None => hooked.body,
+        };
         parts.headers.remove(CONTENT_LENGTH);
-        let headers = parts.headers.clone();
-        let served = self
-            .forward(Request::from_parts(parts, full(taken.body)), client)
-            .await;
+        let task = HookTask {
+            family,
+            id: String::new(),
+            path: String::new(),
+            headers: parts.headers.clone(),
+            client,
+            hook,
+            callback: callback.map(|(_, token)| token),
+        };
+        let request = Request::from_parts(parts, full(forwarded));
+        self.forward_submit(hooks, slot, mode, task, request).await
+    }
+
+    /// Forwards a submit whose hook was taken over; once the upstream's answer names the task, its
+    /// changes are delivered to the hook. The client gets the answer unchanged.
+    async fn forward_submit(
+        &self,
+        hooks: &Arc<Hooks>,
+        slot: Slot,
+        mode: &str,
+        mut task: HookTask,
+        request: Request<UpstreamBody>,
+    ) -> Served {
+        let served = self.forward(request, task.client).await;
         let (head, answer) = served.response.into_parts();
         let answer = match Limited::new(answer, 1 << 20).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -469,24 +515,77 @@ impl Gateway {
                 ));
             }
         };
-        if head.status.is_success()
-            && let Some(id) = submit::submitted_task(&answer)
-            && TaskId::parse(&id).is_ok()
-            && let Some(family) = self.fetcher.families().by_name("midjourney")
-        {
-            let task = HookTask {
-                family: family.id(),
-                path: format!("{mode}/mj/task/{id}/fetch"),
-                id,
-                headers,
-                client,
-                hook,
-            };
-            self.push.deliver_hook(hooks, slot, task);
+        match submit::submitted_task(&answer).filter(|id| TaskId::parse(id).is_ok()) {
+            Some(id) if head.status.is_success() => {
+                if let Some(token) = &task.callback {
+                    hooks.bind_callback(token, &id);
+                }
+                task.path = format!("{mode}/mj/task/{id}/fetch");
+                task.id = id;
+                self.push.deliver_hook(hooks, slot, task);
+            }
+            _ => {
+                if let Some(token) = &task.callback {
+                    hooks.forget_callback(token);
+                }
+            }
         }
         Served {
             response: Response::from_parts(head, ResponseBody::full(answer)),
             ..served
+        }
+    }
+
+    /// `POST /_mjgate/callback/{token}`: an upstream calling back with a task. Stored only if the token
+    /// was issued for that task, and only under the credential it was issued to; then the task's
+    /// long-polls, streams and hook see it at once.
+    async fn called_back(
+        &self,
+        hooks: &Arc<Hooks>,
+        token: &str,
+        request: Request<Incoming>,
+    ) -> Served {
+        let (parts, body) = request.into_parts();
+        let body = match read_body(&parts.headers, body, &self.limits).await {
+            Ok(body) => body,
+            Err(fault) => return self.client_fault(fault),
+        };
+        let unknown = || Served::bypass(json_error(StatusCode::NOT_FOUND, "no such callback"));
+        let Some(family) = hooks.callback_family(token) else {
+            return unknown();
+        };
+        let families = self.fetcher.families();
+        let Some(id) = families.get(family).task_id_in(&body) else {
+            return Served::bypass(json_error(
+                StatusCode::BAD_REQUEST,
+                "the callback names no task",
+            ));
+        };
+        let (Ok(task_id), Some(callback)) = (TaskId::parse(&id), hooks.callback(token, &id)) else {
+            return unknown();
+        };
+        let task = TaskRef {
+            family,
+            id: task_id,
+        };
+        let answer = BufferedReply {
+            status: StatusCode::OK,
+            headers: parts.headers,
+            body,
+        };
+        match self
+            .fetcher
+            .store_called_back(&callback.fingerprint, task, &answer)
+            .await
+        {
+            Some((key, stored)) => {
+                self.push.announce(&key, &stored);
+                Served::bypass(plain(StatusCode::OK, "ok"))
+            }
+            None => Served::bypass(json_error(
+                StatusCode::BAD_REQUEST,
+                "the callback is not that task's answer",
+            )),
         }
     }
 

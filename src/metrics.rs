@@ -36,16 +36,19 @@ pub enum RouteLabel {
     LongPoll = 4,
     /// `GET .../events`: its duration is the time to the stream's head.
     Events = 5,
+    /// `POST /_mjgate/callback/{token}`: an upstream calling the gateway back.
+    Callback = 6,
 }
 
 impl RouteLabel {
-    const ALL: [RouteLabel; 6] = [
+    const ALL: [RouteLabel; 7] = [
         RouteLabel::Fetch,
         RouteLabel::Batch,
         RouteLabel::Passthrough,
         RouteLabel::Admin,
         RouteLabel::LongPoll,
         RouteLabel::Events,
+        RouteLabel::Callback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl RouteLabel {
             RouteLabel::Admin => "admin",
             RouteLabel::LongPoll => "long_poll",
             RouteLabel::Events => "events",
+            RouteLabel::Callback => "callback",
         }
     }
 }
@@ -235,6 +239,8 @@ pub struct WebhookMetrics {
     pending: IntGauge,
     /// From the task's change being seen to the receiver's 2xx.
     latency: Histogram,
+    /// Upstream callbacks accepted.
+    callbacks: IntCounter,
 }
 
 impl WebhookMetrics {
@@ -261,7 +267,15 @@ impl WebhookMetrics {
                     "event",
                 )
                 .with_label_values(&["change"]),
+            callbacks: r.counter(
+                "mjgate_webhook_callbacks_total",
+                "Upstream callbacks to the gateway's own callback URL that were accepted and stored.",
+            ),
         }
+    }
+
+    pub fn callback(&self) {
+        self.callbacks.inc();
     }
 
     pub fn delivery(&self, outcome: &str) {

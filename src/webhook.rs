@@ -14,12 +14,18 @@ pub mod retry;
 pub mod sign;
 pub mod submit;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderValue;
+use parking_lot::Mutex;
+
+use crate::credential::CredentialFingerprint;
+use crate::family::FamilyId;
+use crate::hex::push_hex;
 
 use crate::config::WebhooksConfig;
 use crate::metrics::Metrics;
@@ -52,6 +58,19 @@ pub struct Hooks {
     max_pending: usize,
     pending: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// `webhooks.public_url`: where the upstream calls the gateway back.
+    public_url: Option<String>,
+    /// Callback tokens handed to the upstream, by token.
+    callbacks: Mutex<HashMap<String, Callback>>,
+}
+
+/// What a callback token was issued for: one submit's task, under one credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub fingerprint: CredentialFingerprint,
+    pub family: FamilyId,
+    /// Known once the upstream's answer to the submit named it; until then, the first callback's.
+    pub task_id: Option<String>,
 }
 
 /// A place among the watched hooks, given back on drop.
@@ -77,7 +96,62 @@ impl Hooks {
             max_pending: config.max_pending,
             pending: AtomicUsize::new(0),
             metrics,
+            public_url: config.public_url.clone(),
+            callbacks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A new callback URL for a submit by `fingerprint`, and its token; `None` without
+    /// `webhooks.public_url`. The token is 128 random bits: the URL is the only proof a callback has.
+    pub fn issue_callback(
+        &self,
+        fingerprint: CredentialFingerprint,
+        family: FamilyId,
+    ) -> Option<(String, String)> {
+        let base = self.public_url.as_ref()?;
+        let mut token = Vec::with_capacity(32);
+        push_hex(&mut token, &rand::random::<[u8; 16]>());
+        let token = String::from_utf8(token).unwrap_or_default();
+        self.callbacks.lock().insert(
+            token.clone(),
+            Callback {
+                fingerprint,
+                family,
+                task_id: None,
+            },
+        );
+        Some((format!("{base}/_mjgate/callback/{token}"), token))
+    }
+
+    /// The family `token` was issued for, if it is a token this gateway issued.
+    pub fn callback_family(&self, token: &str) -> Option<FamilyId> {
+        self.callbacks.lock().get(token).map(|c| c.family)
+    }
+
+    /// Binds `token` to the task the submit's answer named.
+    pub fn bind_callback(&self, token: &str, task_id: &str) {
+        if let Some(callback) = self.callbacks.lock().get_mut(token) {
+            callback.task_id = Some(task_id.to_owned());
+        }
+    }
+
+    /// What `token` was issued for, binding it to `task_id` if nothing was yet; `None` for an unknown
+    /// token or one issued for another task.
+    pub fn callback(&self, token: &str, task_id: &str) -> Option<Callback> {
+        let mut callbacks = self.callbacks.lock();
+        let callback = callbacks.get_mut(token)?;
+        match &callback.task_id {
+            Some(id) if id != task_id => return None,
+            Some(_) => {}
+            None => callback.task_id = Some(task_id.to_owned()),
+        }
+        self.metrics.webhooks.callback();
+        Some(callback.clone())
+    }
+
+    /// Forgets `token` (its task is over, or its submit failed).
+    pub fn forget_callback(&self, token: &str) {
+        self.callbacks.lock().remove(token);
     }
 
     pub fn allow_private(&self) -> bool {

@@ -25,6 +25,10 @@ pub struct WebhooksConfig {
     /// Most tasks with a hook being watched at once; submits past it are forwarded with their hook
     /// left in place (the upstream's own callback, if any).
     pub max_pending: usize,
+    /// Where the upstream can reach this gateway (`https://gw.example.com`): submits carry the
+    /// gateway's own callback URL under it instead of dropping the hook, so an upstream that calls
+    /// back refreshes the cache at once. `None`: the hook is dropped and polling alone drives delivery.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +46,7 @@ pub(super) struct RawWebhooks {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_pending: Option<usize>,
+    public_url: Option<String>,
 }
 
 impl RawWebhooks {
@@ -78,6 +83,23 @@ impl RawWebhooks {
             retry,
             timeout: positive("webhooks.timeout", raw.timeout, Duration::from_secs(10))?,
             max_pending: at_least("webhooks.max_pending", raw.max_pending, 10_000, 1)?,
+            public_url: raw.public_url.map(public_url).transpose()?,
         }))
     }
+}
+
+/// `webhooks.public_url`, checked: an `http(s)` URL with a host, no query, kept without a trailing `/`.
+fn public_url(text: String) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        key: "webhooks.public_url",
+        reason: reason.to_owned(),
+    };
+    let uri: http::Uri = text.parse().map_err(|_| invalid("is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(invalid("must be an http or https URL with a host"));
+    }
+    if uri.query().is_some() || text.contains('@') {
+        return Err(invalid("must have no query and no user information"));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }

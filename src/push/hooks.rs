@@ -30,6 +30,8 @@ pub struct HookTask {
     pub headers: HeaderMap,
     pub client: ClientInfo,
     pub hook: HookUrl,
+    /// The token of the gateway's own callback URL the upstream was given, if any.
+    pub callback: Option<String>,
 }
 
 impl Push {
@@ -40,7 +42,11 @@ impl Push {
         let hooks = Arc::clone(hooks);
         tokio::spawn(async move {
             let _slot = slot;
+            let callback = task.callback.clone();
             push.track(&hooks, task).await;
+            if let Some(token) = callback {
+                hooks.forget_callback(&token);
+            }
         });
     }
 

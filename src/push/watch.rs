@@ -177,6 +177,26 @@ impl Push {
     /// answer the caller holds: a newer one than the poller's moves every subscriber forward. Compare
     /// the receiver's value with what the client has, not only its change notices: the poller may
     /// already know something newer than `current`.
+    /// Hands a fresher answer to the task's poller, if the task is watched: its long-polls, streams
+    /// and hooks see it at once (an upstream called back with it).
+    pub(crate) fn announce(&self, key: &CacheKey, latest: &Snapshot) {
+        let sender = self
+            .watchers
+            .pollers
+            .lock()
+            .get(key)
+            .and_then(Weak::upgrade);
+        if let Some(sender) = sender {
+            sender.send_if_modified(|known| {
+                let newer = known.etag != latest.etag && latest.stored_at >= known.stored_at;
+                if newer {
+                    *known = Arc::clone(latest);
+                }
+                newer
+            });
+        }
+    }
+
     pub(crate) fn watch(
         self: &Arc<Self>,
         target: WatchTarget,

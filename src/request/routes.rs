@@ -30,6 +30,8 @@ pub enum Route<'a> {
     /// `POST` on a family's batch route (`list-by-condition`, `/suno/fetch`), served from the task
     /// cache when it asks by `ids`.
     Batch(FamilyId),
+    /// `POST /_mjgate/callback/{token}`: an upstream calling back with a task (webhooks' callbacks in).
+    Callback(&'a str),
     /// Everything else, forwarded untouched.
     Passthrough,
     /// Refused by [`crate::request::admission`] before routing mattered (set by the gateway, never by
@@ -60,6 +62,7 @@ impl Route<'_> {
             Route::LongPoll(_) => RouteLabel::LongPoll,
             Route::Events(_) => RouteLabel::Events,
             Route::Batch(_) => RouteLabel::Batch,
+            Route::Callback(_) => RouteLabel::Callback,
             Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
         }
     }
@@ -77,6 +80,9 @@ impl Route<'_> {
         matches!(self, Route::Health | Route::Ready | Route::Metrics)
     }
 }
+
+/// Where upstreams call the gateway back (`webhooks.public_url` + this + a token).
+pub const CALLBACK_PREFIX: &str = "/_mjgate/callback/";
 
 /// Whether a query string asks to wait (`wait=...`; a bare `wait` is refused later as invalid).
 pub fn asks_to_wait(query: &str) -> bool {
@@ -100,6 +106,9 @@ pub fn classify<'a>(
         (&Method::GET, "/healthz") => return Route::Health,
         (&Method::GET, "/readyz") => return Route::Ready,
         (&Method::GET, "/metrics") => return Route::Metrics,
+        (&Method::POST, path) if path.starts_with(CALLBACK_PREFIX) => {
+            return Route::Callback(&path[CALLBACK_PREFIX.len()..]);
+        }
         _ => {}
     }
     match families.route(method, path, query) {
@@ -153,6 +162,7 @@ mod tests {
             Route::Ready => "ready".into(),
             Route::Metrics => "metrics".into(),
             Route::Passthrough => "passthrough".into(),
+            Route::Callback(token) => format!("callback {token}"),
             Route::Refused(r) => format!("refused {r:?}"),
         }
     }
@@ -271,5 +281,13 @@ mod tests {
         assert_eq!(route(Method::GET, "/readyz", None), "ready");
         assert_eq!(route(Method::GET, "/metrics", None), "metrics");
         assert_eq!(route(Method::GET, "/", None), "passthrough");
+        assert_eq!(
+            route(Method::POST, "/_mjgate/callback/0a1b", None),
+            "callback 0a1b"
+        );
+        assert_eq!(
+            route(Method::GET, "/_mjgate/callback/0a1b", None),
+            "passthrough"
+        );
     }
 }

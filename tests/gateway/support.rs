@@ -74,7 +74,11 @@ pub fn config(upstream: &str, extra: &str) -> Config {
 }
 
 pub async fn start_gateway(config: Config) -> Gateway {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_gateway_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), config)
+}
+
+/// The gateway on a listener bound beforehand (for a config that names its own address).
+pub fn start_gateway_on(listener: TcpListener, config: Config) -> Gateway {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(mjgate::run(listener, config, async {

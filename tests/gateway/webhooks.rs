@@ -312,3 +312,117 @@ async fn a_bad_webhook_secret_stops_start_up_naming_the_key() {
         );
     }
 }
+
+/// A gateway whose `webhooks.public_url` is its own address, so the upstream can call it back.
+async fn start_with_callbacks(sim: &Simulator) -> Gateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let extra = format!(
+        "[cache]\nin_progress_ttl = \"30s\"\n[webhooks]\nsecret = \"{SECRET}\"\nallow_private = true\npublic_url = \"{public}\"\n"
+    );
+    start_gateway_on(listener, config(&sim.url(), &extra))
+}
+
+#[tokio::test]
+async fn an_upstream_callback_refreshes_the_cache_and_the_hook_with_no_extra_poll() {
+    let receiver = Receiver::start(&[]).await;
+    let sim = Simulator::start().await.unwrap();
+    sim.set_task_duration(Duration::from_secs(600));
+    let gw = start_with_callbacks(&sim).await;
+    let answer = submit(&gw, &receiver.url()).await;
+    let id = answer.json()["result"].as_str().unwrap().to_owned();
+    let forwarded = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .unwrap();
+    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let callback = forwarded["notifyHook"].as_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&gw.url("/_mjgate/callback/")) && callback.len() > 40,
+        "the gateway's own URL with a token: {callback}"
+    );
+    receiver.wait_for_status("SUBMITTED").await;
+    let polls = sim.fetch_calls(&id);
+
+    // The upstream calls back with the finished task (as midjourney-proxy posts it).
+    sim.set_status(&id, "SUCCESS");
+    let finished = send(request(
+        Method::GET,
+        &format!("{}/mj/task/{id}/fetch", sim.url()),
+        Some(KEY_A),
+        "",
+    ))
+    .await
+    .body;
+    let called = send(request(
+        Method::POST,
+        &callback,
+        None,
+        std::str::from_utf8(&finished).unwrap(),
+    ))
+    .await;
+    assert_eq!(called.status, 200);
+
+    receiver.wait_for_status("SUCCESS").await;
+    let fetched = fetch(&gw, &id, KEY_A).await;
+    assert_eq!(fetched.json()["status"], "SUCCESS");
+    assert_eq!(fetched.cache_status(), "mjgate; hit");
+    assert_eq!(
+        sim.fetch_calls(&id),
+        polls + 1,
+        "0 polls for the change; the one extra call is this test's own look at the upstream"
+    );
+    assert_eq!(
+        scrape(&gw)
+            .await
+            .value("mjgate_webhook_callbacks_total", &[]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_callback_writes_only_its_own_task_under_its_own_credential() {
+    let receiver = Receiver::start(&[]).await;
+    let sim = Simulator::start().await.unwrap();
+    sim.set_task_duration(Duration::from_secs(600));
+    sim.create_task(KEY_A, "other", "IN_PROGRESS");
+    let gw = start_with_callbacks(&sim).await;
+    let id = submit(&gw, &receiver.url()).await.json()["result"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forwarded = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .unwrap();
+    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let callback = forwarded["notifyHook"].as_str().unwrap().to_owned();
+    let post = |url: String, body: String| send(request(Method::POST, &url, None, &body));
+
+    let forged = serde_json::json!({"id": "other", "status": "SUCCESS"}).to_string();
+    assert_eq!(
+        post(callback.clone(), forged).await.status,
+        404,
+        "another task"
+    );
+    let wrong_token = gw.url("/_mjgate/callback/00000000000000000000000000000000");
+    let real = serde_json::json!({"id": id, "status": "SUCCESS"}).to_string();
+    assert_eq!(
+        post(wrong_token, real.clone()).await.status,
+        404,
+        "a token never issued"
+    );
+    assert_eq!(post(callback, real).await.status, 200);
+
+    // Stored under the submitting credential only: key B still asks the upstream (and is refused).
+    let theirs = fetch(&gw, &id, KEY_B).await;
+    assert_ne!(theirs.status, 200);
+    let other = fetch(&gw, "other", KEY_A).await;
+    assert_eq!(
+        other.json()["status"],
+        "IN_PROGRESS",
+        "the forged callback wrote nothing"
+    );
+}
