@@ -91,6 +91,10 @@ enum Command {
         interval: std::time::Duration,
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
+        /// Clients submit with a notifyHook and never poll; the gateway delivers every change to a
+        /// receiver in this process (signatures checked), set against the polls avoided.
+        #[arg(long)]
+        webhooks: bool,
         /// The task APIs of the tasks, in turn: a name (midjourney, suno, kling, openai-videos,
         /// video-generations, video-query, runway, luma, volcengine), a comma-separated list, or mix.
         #[arg(long, default_value = "midjourney", value_parser = parse_apis)]
@@ -206,6 +210,7 @@ fn tool(command: Command) -> ExitCode {
             tasks,
             interval,
             duration,
+            webhooks,
             api,
         } => {
             let spec = mjgate::tools::demo::DemoSpec {
@@ -216,6 +221,9 @@ fn tool(command: Command) -> ExitCode {
                 redraw: std::io::stderr().is_terminal(),
                 apis: api.0,
             };
+            if webhooks {
+                return demo_hooks(&spec);
+            }
             demo(&spec)
         }
         Command::Bench {
@@ -381,6 +389,24 @@ fn demo(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
     match runtime.block_on(mjgate::tools::demo::run(spec, &mut stderr)) {
         Ok(report) => {
             println!("{}", mjgate::tools::demo::table(&report, spec));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mjgate demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo_hooks(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
+    let runtime = match runtime("demo") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let mut stderr = std::io::stderr();
+    match runtime.block_on(mjgate::tools::demo::hooks::run(spec, &mut stderr)) {
+        Ok(report) => {
+            println!("{}", mjgate::tools::demo::hooks::table(&report, spec));
             ExitCode::SUCCESS
         }
         Err(e) => {

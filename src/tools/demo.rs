@@ -1,5 +1,8 @@
 //! `mjgate demo`: the simulated upstream, the gateway in front of it and a swarm of polling clients,
 //! all in this process, with a live progress line and a closing table of what the gateway saved.
+//! `--webhooks` ([`hooks`]): clients that submit with a hook and never poll.
+
+pub mod hooks;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -69,6 +69,34 @@ async fn the_demo_runs_a_mix_of_every_task_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhooks_demo_delivers_every_task_signed_with_no_client_polls() {
+    let spec = DemoSpec {
+        tasks: 6,
+        duration: Duration::from_secs(3),
+        redraw: false,
+        ..DemoSpec::default()
+    };
+    let mut progress = Vec::new();
+    let report = demo::hooks::run(&spec, &mut progress).await.unwrap();
+    assert_eq!(report.submits, 6, "{report:?}");
+    assert_eq!(
+        report.finished, 6,
+        "every finished state arrived: {report:?}"
+    );
+    assert_eq!(report.bad_signatures, 0);
+    assert!(
+        report.delivered >= 12,
+        "a running state and the finished one each: {report:?}"
+    );
+    assert!(
+        report.upstream_polls < report.polls_avoided / 4,
+        "{report:?}"
+    );
+    let table = demo::hooks::table(&report, &spec);
+    assert!(table.contains("client polls needed"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_through_the_gateway_costs_one_upstream_call() {
     let (sim, gw) = start("").await;
     sim.create_task("Bearer sk-bench", "task-0", "IN_PROGRESS");
