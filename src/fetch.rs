@@ -179,6 +179,11 @@ impl Fetcher {
         &self.families
     }
 
+    /// The Redis tier, when configured.
+    pub fn shared(&self) -> Option<&SharedCache> {
+        self.shared.as_ref()
+    }
+
     /// A task's status (`GET` on a family's status route; `path` is what the upstream is asked): a
     /// fresh cache entry, else one collapsed upstream call; a stale entry stands in if that call fails.
     pub(crate) async fn fetch(

@@ -118,6 +118,16 @@ impl Gateway {
         })
     }
 
+    /// Starts the background work a gateway needs beside its requests: with webhooks and the Redis
+    /// tier, the sweep that takes over hooks another replica left. Needs a Tokio runtime.
+    pub fn start_background(&self) {
+        if let Some(hooks) = &self.hooks
+            && self.fetcher.shared().is_some()
+        {
+            self.push.sweep_orphan_hooks(hooks);
+        }
+    }
+
     /// Stores `task` as the answer for `task_ref` under the credential in `headers` (to pre-warm the
     /// cache).
     pub fn store(&self, headers: &HeaderMap, task_ref: TaskRef<'_>, task: Arc<CachedTask>) {

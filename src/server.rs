@@ -61,6 +61,7 @@ pub async fn run(
         config.admin_listen = None;
     }
     let gateway = Arc::new(Gateway::new(&config)?);
+    gateway.start_background();
     let tls = match &config.tls {
         Some(files) => Some(ListenerCert::load(files)?),
         None => None,

@@ -38,6 +38,8 @@ use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
 use crate::task::TaskClass;
 
 /// Releases a lease only if the caller still owns it (its token is the value).
+pub mod hooks;
+
 const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 /// Extends a lease only if the caller still owns it.
 const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
@@ -100,6 +102,9 @@ struct Inner {
     redis: String,
     /// Family names, for Redis key names that mean the same on replicas whose family numbers differ.
     families: Families,
+    /// Seals the webhook records kept here (they hold a client's credential), keyed by the
+    /// fingerprint secret every replica shares.
+    sealer: hooks::Sealer,
     /// Dropped with the tier: the listener and the probe see it and stop.
     _stop: watch::Sender<()>,
 }
@@ -141,6 +146,7 @@ impl SharedCache {
             metrics,
             redis: redact_url(&config.redis_url),
             families,
+            sealer: hooks::Sealer::new(config.fingerprint_secret.as_bytes()),
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
@@ -326,12 +332,17 @@ impl SharedCache {
     /// `SET lease token NX PX ttl`: `Some(Some(lease))` when taken, `Some(None)` when someone holds it,
     /// `None` when Redis failed.
     async fn try_lease(&self, names: &Names) -> Option<Option<Lease>> {
+        self.try_lease_named(&names.lease).await
+    }
+
+    /// [`try_lease`](Self::try_lease) on the Redis key `lease`.
+    async fn try_lease_named(&self, lease: &[u8]) -> Option<Option<Lease>> {
         let token = format!("{:032x}", rand::random::<u128>());
         let mut connection = self.inner.connection.clone();
         let taken: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(&names.lease)
+                    .arg(lease)
                     .arg(&token)
                     .arg("NX")
                     .arg("PX")
@@ -341,7 +352,7 @@ impl SharedCache {
             .await?;
         Some(taken.map(|_| Lease {
             inner: Arc::clone(&self.inner),
-            key: names.lease.clone(),
+            key: lease.to_vec(),
             token,
             released: false,
         }))

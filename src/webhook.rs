@@ -48,6 +48,8 @@ pub enum Ended {
     Done,
     /// The hook is finished with: `410 Gone`, or it points at an internal address.
     Stop,
+    /// The gateway is shutting down: the event is left for whoever goes on (Redis tier).
+    Interrupted,
 }
 
 /// The delivery side: attempts, the retry schedule and the bound on watched hooks.
@@ -158,6 +160,11 @@ impl Hooks {
         self.deliverer.allow_private()
     }
 
+    /// How long an event is retried (`webhooks.max_age`): also how long a hook's record is kept.
+    pub fn max_age(&self) -> std::time::Duration {
+        self.retry.max_age
+    }
+
     /// Whether a state is delivered at all (`finished_only` skips the running ones).
     pub fn wants(&self, class: TaskClass) -> bool {
         !self.finished_only || class != TaskClass::InProgress
@@ -181,6 +188,7 @@ impl Hooks {
         task_id: &str,
         mut event: Event,
         mut newer: impl FnMut() -> Option<Event>,
+        draining: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Ended {
         let mut since = Instant::now();
         let mut attempt = 0u32;
@@ -217,7 +225,10 @@ impl Hooks {
                 tracing::warn!(task = task_id, event = %id, attempts = attempt, "webhook event abandoned");
                 return Ended::Done;
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = draining.wait_for(|draining| *draining) => return Ended::Interrupted,
+            }
             if event.class == TaskClass::InProgress
                 && let Some(next) = newer()
                 && next.etag != event.etag

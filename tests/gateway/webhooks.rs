@@ -426,3 +426,66 @@ async fn a_callback_writes_only_its_own_task_under_its_own_credential() {
         "the forged callback wrote nothing"
     );
 }
+
+#[tokio::test]
+async fn with_redis_a_replica_stopped_mid_retry_leaves_the_delivery_to_another() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start(&[500, 500, 500]).await;
+    let sim = Simulator::start().await.unwrap();
+    sim.set_task_duration(Duration::from_millis(300));
+    let text = format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_private = true\nfinished_only = true\nfirst_retry = \"700ms\"\n\
+         [shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"0123456789abcdef0123456789abcdef\"\nkey_prefix = \"hooks:\"\nlease_ttl = \"1s\"\n",
+        redis.url()
+    );
+    let first = start_gateway(config(&sim.url(), &text)).await;
+    let second = start_gateway(config(&sim.url(), &text)).await;
+    submit(&first, &receiver.url()).await;
+    poll_until("a failed attempt by the first replica", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    let mut connection = redis.connection().await;
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg("hooks:hook:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "the hook is kept in Redis: {records:?}");
+    let sealed: Vec<u8> = redis::cmd("GET")
+        .arg(&records[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        !sealed.windows(KEY_A.len()).any(|w| w == KEY_A.as_bytes()),
+        "the credential is sealed"
+    );
+
+    first.shutdown().await;
+    poll_until("the second replica delivers", || async {
+        scrape(&second).await.value(
+            "mjgate_webhook_deliveries_total",
+            &[("outcome", "delivered")],
+        ) == 1.0
+    })
+    .await;
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 4, "three 500s, then the 200");
+    let ids: Vec<String> = deliveries.iter().map(|d| d.header("webhook-id")).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one event throughout: {ids:?}"
+    );
+    assert!(deliveries.iter().all(Delivery::signed));
+    poll_until("the record is gone once delivered", || async {
+        let mut connection = redis.connection().await;
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("hooks:hook:*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        left.is_empty()
+    })
+    .await;
+}

@@ -1,0 +1,212 @@
+//! Webhook deliveries kept in the shared tier, so they survive a restart and move to another replica.
+//!
+//! Each watched hook is a record (`{prefix}hook:{id}`) and a lease (`{prefix}hook-lease:{id}`). The
+//! replica delivering it holds the lease and renews it; a replica that stops (shut down, killed)
+//! stops renewing, and another one's sweep takes the lease and goes on from the last delivered
+//! state. Only the lease holder delivers, so one replica delivers a given event. The record holds the
+//! submitting client's credential (the task is read with it), so it is sealed (ChaCha20-Poly1305)
+//! under a key derived from `shared_cache.fingerprint_secret`: Redis alone does not reveal it.
+
+use std::time::Duration;
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use serde::{Deserialize, Serialize};
+
+use super::{Lease, SharedCache, millis};
+
+/// Most records one sweep looks at.
+const SWEEP_KEYS: usize = 200;
+
+/// One watched hook, as kept in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRecord {
+    /// Random per hook; names its Redis keys.
+    pub id: String,
+    /// The family's name (numbers may differ between replicas).
+    pub family: String,
+    pub task_id: String,
+    /// The task's status path upstream.
+    pub path: String,
+    pub hook: String,
+    /// The submitting request's credential headers, `(name, value)`.
+    pub credential: Vec<(String, Vec<u8>)>,
+    /// The `ETag` of the last state delivered (or given up), if any.
+    pub delivered: Option<String>,
+    /// The gateway's own callback token, if the upstream was given one.
+    pub callback: Option<String>,
+}
+
+/// Seals and opens records.
+pub struct Sealer(LessSafeKey);
+
+impl Sealer {
+    pub fn new(secret: &[u8]) -> Self {
+        let key = blake3::derive_key("mjgate 2026-11 webhook records", secret);
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte key");
+        Sealer(LessSafeKey::new(key))
+    }
+
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut sealed = plain.to_vec();
+        if self
+            .0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut sealed,
+            )
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut value = nonce.to_vec();
+        value.extend_from_slice(&sealed);
+        value
+    }
+
+    fn open(&self, value: &[u8]) -> Option<Vec<u8>> {
+        if value.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = value.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::empty(), &mut sealed)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+impl SharedCache {
+    fn hook_key(&self, id: &str) -> Vec<u8> {
+        let mut key = self.inner.prefix.clone();
+        key.extend_from_slice(b"hook:");
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    fn hook_lease_key(&self, id: &str) -> Vec<u8> {
+        let mut key = self.inner.prefix.clone();
+        key.extend_from_slice(b"hook-lease:");
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    /// Takes the lease of hook `id`: `None` when another replica holds it or Redis failed.
+    pub async fn lease_hook(&self, id: &str) -> Option<Lease> {
+        self.try_lease_named(&self.hook_lease_key(id))
+            .await
+            .flatten()
+    }
+
+    /// Writes (or rewrites) `record`, kept at most `ttl`.
+    pub async fn save_hook(&self, record: &HookRecord, ttl: Duration) {
+        let Ok(plain) = serde_json::to_vec(record) else {
+            return;
+        };
+        let value = self.inner.sealer.seal(&plain);
+        let mut connection = self.inner.connection.clone();
+        let _: Option<()> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.hook_key(&record.id))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut connection),
+            )
+            .await;
+    }
+
+    /// Forgets hook `id`: its deliveries are over.
+    pub async fn delete_hook(&self, id: &str) {
+        let mut connection = self.inner.connection.clone();
+        let _: Option<()> = self
+            .run(
+                redis::cmd("DEL")
+                    .arg(self.hook_key(id))
+                    .query_async(&mut connection),
+            )
+            .await;
+    }
+
+    /// Hooks no replica is delivering (their lease lapsed), each with its lease now held by this
+    /// replica; at most `max`.
+    pub async fn orphan_hooks(&self, max: usize) -> Vec<(HookRecord, Lease)> {
+        if !self.is_up() {
+            return Vec::new();
+        }
+        let mut pattern = self.inner.prefix.clone();
+        pattern.extend_from_slice(b"hook:*");
+        let mut connection = self.inner.connection.clone();
+        let keys: Option<(u64, Vec<Vec<u8>>)> = self
+            .run(
+                redis::cmd("SCAN")
+                    .arg(0)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SWEEP_KEYS)
+                    .query_async(&mut connection),
+            )
+            .await;
+        let prefix_len = self.inner.prefix.len() + b"hook:".len();
+        let mut taken = Vec::new();
+        for key in keys.map(|(_, keys)| keys).unwrap_or_default() {
+            if taken.len() >= max {
+                break;
+            }
+            let Some(id) = key
+                .get(prefix_len..)
+                .and_then(|id| std::str::from_utf8(id).ok())
+            else {
+                continue;
+            };
+            let Some(lease) = self.lease_hook(id).await else {
+                continue;
+            };
+            let value: Option<Option<Vec<u8>>> = self
+                .run(redis::cmd("GET").arg(&key).query_async(&mut connection))
+                .await;
+            let record = value
+                .flatten()
+                .and_then(|value| self.inner.sealer.open(&value))
+                .and_then(|plain| serde_json::from_slice::<HookRecord>(&plain).ok());
+            match record {
+                Some(record) if record.id == id => taken.push((record, lease)),
+                _ => lease.release().await,
+            }
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_sealed_and_only_the_shared_secret_opens_them() {
+        let sealer = Sealer::new(b"fingerprint-secret-0123456789");
+        let sealed = sealer.seal(b"Bearer sk-live-123");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"sk-live"),
+            "nothing in clear"
+        );
+        assert_eq!(sealer.open(&sealed).unwrap(), b"Bearer sk-live-123");
+        assert_ne!(
+            sealer.seal(b"x"),
+            sealer.seal(b"x"),
+            "a fresh nonce each time"
+        );
+        let other = Sealer::new(b"another-secret-0123456789");
+        assert_eq!(other.open(&sealed), None);
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(sealer.open(&tampered), None);
+        assert_eq!(sealer.open(b"short"), None);
+    }
+}
