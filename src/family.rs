@@ -89,6 +89,21 @@ pub struct FamilySpec {
     /// A status answer built around one task object (`{task}`), for tasks that arrive in a batch.
     pub task_answer: Option<String>,
     pub batch: Option<BatchSpec>,
+    /// The family's submit routes whose bodies carry a callback field the gateway can take over
+    /// (`[webhooks]`).
+    pub submit: Option<SubmitSpec>,
+}
+
+/// A family's submits, for webhooks: where the client's callback URL is, where the task id is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitSpec {
+    /// `POST` paths of the family's submits (exact).
+    pub routes: Option<Vec<String>>,
+    /// The top-level field of a submit's JSON body holding the client's callback URL.
+    pub callback_field: Option<String>,
+    /// JSON pointers to the task id in the upstream's answer to a submit.
+    pub id_at: Option<Vec<String>>,
 }
 
 /// One way the upstream says "no such task": a status, and optionally what the body is.
@@ -143,6 +158,23 @@ pub struct Family {
     /// `task_answer` split around `{task}`.
     task_answer: (String, String),
     batch: Option<Batch>,
+    submit: Option<Submit>,
+}
+
+/// A validated [`SubmitSpec`].
+#[derive(Debug)]
+pub struct Submit {
+    pub routes: Vec<String>,
+    pub callback_field: String,
+    id_at: Vec<String>,
+}
+
+impl Submit {
+    /// The task id an answer to a submit names, if it names one.
+    pub fn task_id_in(&self, answer: &[u8]) -> Option<String> {
+        let value: Value = serde_json::from_slice(answer).ok()?;
+        first_text(&value, &self.id_at).map(std::borrow::Cow::into_owned)
+    }
 }
 
 /// A validated batch route.
@@ -177,6 +209,10 @@ impl Family {
 
     pub fn batch(&self) -> Option<&Batch> {
         self.batch.as_ref()
+    }
+
+    pub fn submit(&self) -> Option<&Submit> {
+        self.submit.as_ref()
     }
 
     /// The class of a status value, compared case-insensitively; anything unknown is running.
@@ -440,6 +476,21 @@ impl Families {
         self.inner.routes.lookup(method, path, query)
     }
 
+    /// The family whose submit route `path` is (`POST`), if one is.
+    pub fn submit_route(&self, path: &str) -> Option<&Family> {
+        self.inner.families.iter().find(|family| {
+            family
+                .submit
+                .as_ref()
+                .is_some_and(|submit| submit.routes.iter().any(|route| route == path))
+        })
+    }
+
+    /// The path of `family`'s (first) status route for task `id`, after `mode`.
+    pub fn status_path(&self, family: FamilyId, mode: &str, id: TaskId<'_>) -> Option<String> {
+        self.inner.routes.status_path(family, mode, id)
+    }
+
     /// The path (and query) a task's status is fetched from upstream, for a request that matched `at`.
     pub fn upstream_path(&self, at: At<'_>, id: TaskId<'_>) -> String {
         self.inner.routes.upstream_path(at, id)
@@ -480,6 +531,7 @@ fn merge(base: Option<FamilySpec>, over: Option<FamilySpec>) -> FamilySpec {
         task_at: over.task_at.or(base.task_at),
         task_answer: over.task_answer.or(base.task_answer),
         batch: over.batch.or(base.batch),
+        submit: over.submit.or(base.submit),
     }
 }
 
@@ -590,7 +642,12 @@ fn compile(
         None => None,
         Some(batch) => Some(compile_batch(name, batch, &task_at, &status_at, &id_at)?),
     };
+    let submit = match &spec.submit {
+        None => None,
+        Some(submit) => Some(compile_submit(name, submit)?),
+    };
     Ok(Family {
+        submit,
         name: name.to_owned(),
         id,
         status_at,
@@ -654,6 +711,42 @@ fn compile_batch(
         answer_when_empty: spec.answer_when_empty.clone(),
         item_status_at,
         item_id_at,
+    })
+}
+
+fn compile_submit(name: &str, spec: &SubmitSpec) -> Result<Submit, FamilyError> {
+    let routes = spec.routes.clone().unwrap_or_default();
+    if routes.is_empty()
+        || routes
+            .iter()
+            .any(|r| !r.starts_with('/') || r.contains(['{', '?']))
+    {
+        return Err(error(
+            name,
+            "submit.routes",
+            "is required: plain paths starting with '/'",
+        ));
+    }
+    let callback_field = spec
+        .callback_field
+        .clone()
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| error(name, "submit.callback_field", "is required"))?;
+    let id_at = spec.id_at.clone().unwrap_or_default();
+    if id_at.is_empty() {
+        return Err(error(
+            name,
+            "submit.id_at",
+            "is required: at least one JSON pointer",
+        ));
+    }
+    for pointer in &id_at {
+        check_pointer(name, "submit.id_at", pointer)?;
+    }
+    Ok(Submit {
+        routes,
+        callback_field,
+        id_at,
     })
 }
 

@@ -392,11 +392,10 @@ impl Gateway {
     /// its upload holds no upstream slot meanwhile), then forwards it.
     async fn passthrough(&self, request: Request<Incoming>, client: ClientInfo) -> Served {
         if let Some(hooks) = &self.hooks
-            && let Some(mode) = submit_mode(request.method(), request.uri().path())
+            && let Some(route) = self.submit_route(request.method(), request.uri().path())
             && request_body::check_identity(request.headers()).is_ok()
         {
-            let mode = mode.to_owned();
-            return self.submit_with_hook(hooks, &mode, request, client).await;
+            return self.submit_with_hook(hooks, route, request, client).await;
         }
         let empty = request.body().is_end_stream();
         if let Err(fault) = request_body::check_framing(request.method(), request.headers(), empty)
@@ -448,7 +447,7 @@ impl Gateway {
     async fn submit_with_hook(
         &self,
         hooks: &Arc<Hooks>,
-        mode: &str,
+        route: SubmitRoute,
         request: Request<Incoming>,
         client: ClientInfo,
     ) -> Served {
@@ -462,14 +461,10 @@ impl Gateway {
             Ok(body) => body,
             Err(fault) => return self.client_fault(fault),
         };
-        let hooked = submit::take_over(&body, submit::NOTIFY_HOOK, None);
+        let hooked = submit::take_over(&body, &route.field, None);
         let slot = hooked.as_ref().and_then(|_| hooks.reserve());
-        let family = self
-            .fetcher
-            .families()
-            .by_name("midjourney")
-            .map(|f| f.id());
-        let (Some(hooked), Some(slot), Some(family)) = (hooked, slot, family) else {
+        let family = route.family;
+        let (Some(hooked), Some(slot)) = (hooked, slot) else {
             // No hook, or `webhooks.max_pending` reached: forwarded as it came.
             return self
                 .forward(Request::from_parts(parts, full(body)), client)
@@ -486,7 +481,7 @@ impl Gateway {
         let fingerprint = self.fetcher.fingerprinter().fingerprint(&parts.headers);
         let callback = hooks.issue_callback(fingerprint, family);
         let forwarded = match &callback {
-            Some((url, _)) => submit::take_over(&body, submit::NOTIFY_HOOK, Some(url))
+            Some((url, _)) => submit::take_over(&body, &route.field, Some(url))
                 .map_or(hooked.body, |taken| taken.body),
             None => hooked.body,
         };
@@ -501,7 +496,8 @@ impl Gateway {
             callback: callback.map(|(_, token)| token),
         };
         let request = Request::from_parts(parts, full(forwarded));
-        self.forward_submit(hooks, slot, mode, task, request).await
+        self.forward_submit(hooks, slot, &route, task, request)
+            .await
     }
 
     /// Forwards a submit whose hook was taken over; once the upstream's answer names the task, its
@@ -510,7 +506,7 @@ impl Gateway {
         &self,
         hooks: &Arc<Hooks>,
         slot: Slot,
-        mode: &str,
+        route: &SubmitRoute,
         mut task: HookTask,
         request: Request<UpstreamBody>,
     ) -> Served {
@@ -525,12 +521,25 @@ impl Gateway {
                 ));
             }
         };
-        match submit::submitted_task(&answer).filter(|id| TaskId::parse(id).is_ok()) {
-            Some(id) if head.status.is_success() => {
+        let families = self.fetcher.families();
+        let id = if route.midjourney {
+            submit::submitted_task(&answer)
+        } else {
+            families
+                .get(route.family)
+                .submit()
+                .and_then(|s| s.task_id_in(&answer))
+        };
+        let path = id.as_deref().and_then(|id| {
+            let id = TaskId::parse(id).ok()?;
+            families.status_path(route.family, &route.mode, id)
+        });
+        match (id, path) {
+            (Some(id), Some(path)) if head.status.is_success() => {
                 if let Some(token) = &task.callback {
                     hooks.bind_callback(token, &id);
                 }
-                task.path = format!("{mode}/mj/task/{id}/fetch");
+                task.path = path;
                 task.id = id;
                 self.push.deliver_hook(hooks, slot, task);
             }
@@ -688,6 +697,45 @@ impl Service<Call<Incoming>> for Handler {
     fn call(&mut self, call: Call<Incoming>) -> SlowPath {
         let handling = Arc::clone(&self.gateway).handle(call, self.peer, self.listener);
         Box::pin(async move { Ok(handling.await) })
+    }
+}
+
+/// A submit whose callback field the gateway takes over.
+struct SubmitRoute {
+    family: FamilyId,
+    /// The body's field with the client's callback URL.
+    field: String,
+    /// The mode segment it came under (`""` or `/mj-fast`), kept for the status path.
+    mode: String,
+    /// Midjourney's answers name the task by `code` and `result`; the others by `submit.id_at`.
+    midjourney: bool,
+}
+
+impl Gateway {
+    /// The submit route `method path` is, if the gateway takes its hook over: Midjourney's
+    /// `[/{mode}]/mj/submit/*`, or a family's `submit.routes`.
+    fn submit_route(&self, method: &Method, path: &str) -> Option<SubmitRoute> {
+        if *method != Method::POST {
+            return None;
+        }
+        let families = self.fetcher.families();
+        if let Some(mode) = submit_mode(method, path)
+            && let Some(midjourney) = families.by_name("midjourney")
+        {
+            return Some(SubmitRoute {
+                family: midjourney.id(),
+                field: submit::NOTIFY_HOOK.to_owned(),
+                mode: mode.to_owned(),
+                midjourney: true,
+            });
+        }
+        let family = families.submit_route(path)?;
+        Some(SubmitRoute {
+            family: family.id(),
+            field: family.submit()?.callback_field.clone(),
+            mode: String::new(),
+            midjourney: false,
+        })
     }
 }
 

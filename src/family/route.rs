@@ -304,6 +304,28 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The path of `family`'s first status route for task `id` (after `mode`).
+    pub(super) fn status_path(
+        &self,
+        family: FamilyId,
+        mode: &str,
+        id: TaskId<'_>,
+    ) -> Option<String> {
+        let index = self
+            .entries
+            .iter()
+            .position(|e| e.family == family && e.kind == Some(RouteKind::Status))?;
+        Some(self.upstream_path(
+            At {
+                entry: index as u16,
+                mode,
+            },
+            id,
+        ))
+    }
+}
+
 /// A status or events template: `/a/{id}/b` (the id a whole segment) or `/a?name={id}`.
 fn parse_template(template: &str) -> Result<Pattern, String> {
     if !template.starts_with('/') {

@@ -405,6 +405,22 @@ fn a_bad_description_names_its_key() {
             "families.suno.task_answer",
         ),
         (
+            "suno",
+            "[submit]\nroutes = [\"suno/submit\"]\ncallback_field = \"hook\"\nid_at = [\"/data\"]"
+                .into(),
+            "families.suno.submit.routes",
+        ),
+        (
+            "suno",
+            "[submit]\nroutes = [\"/suno/submit/music\"]\nid_at = [\"/data\"]".into(),
+            "families.suno.submit.callback_field",
+        ),
+        (
+            "suno",
+            "[submit]\nroutes = [\"/suno/submit/music\"]\ncallback_field = \"hook\"".into(),
+            "families.suno.submit.id_at",
+        ),
+        (
             "acme",
             format!("{}\nnot_found = [{{ status = 200 }}]", routes("/a/{id}")),
             "families.acme.not_found[0]",

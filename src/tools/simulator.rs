@@ -578,6 +578,9 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     {
         return submit(state, action, &body, credential.as_deref());
     }
+    if parts.method == Method::POST && path == "/suno/submit/music" {
+        return submit_music(state, credential.as_deref());
+    }
     if parts.method == Method::GET
         && let Some(id) = route.strip_prefix("/mj/image/")
     {
@@ -758,6 +761,34 @@ fn submit(
         .headers_mut()
         .insert("x-simulator", HeaderValue::from_static("submit"));
     response
+}
+
+/// `POST /suno/submit/music`: a Suno task following the submit lifecycle, its id in new-api's envelope.
+fn submit_music(state: &State, credential: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(credential) = credential else {
+        return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
+    };
+    let id = format!(
+        "suno-{}{:03}",
+        epoch_ms(),
+        state.next_id.fetch_add(1, Ordering::Relaxed) % 1000
+    );
+    let duration = *state.task_duration.lock();
+    let lifecycle = Some((Instant::now(), duration));
+    let task = Task::new(
+        Api::Suno,
+        credential,
+        &id,
+        Api::Suno.status(Phase::Queued),
+        lifecycle,
+    );
+    let mut store = state.store.lock();
+    store.order.push(Api::Suno.key(&id));
+    store.tasks.insert(Api::Suno.key(&id), task);
+    json_response(
+        StatusCode::OK,
+        &json!({"code": "success", "message": "", "data": id}),
+    )
 }
 
 fn image(id: &str) -> Response<Full<Bytes>> {

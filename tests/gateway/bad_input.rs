@@ -84,12 +84,9 @@ async fn upstream_errors_are_passed_on_and_not_stored() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_with_a_json_body() {
-    // Bind then drop a listener: nothing listens on that port.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let gw = start_gateway(config(&format!("http://127.0.0.1:{port}"), "")).await;
+    // Port 9 (discard): nothing listens there, and unlike a port freed a moment ago, no other test's
+    // listener can take it meanwhile.
+    let gw = start_gateway(config("http://127.0.0.1:9", "")).await;
     for path in ["/mj/task/t/fetch", "/mj/submit/imagine"] {
         let reply = get(&gw, path, KEY_A).await;
         assert_eq!(reply.status, 502, "{path}");

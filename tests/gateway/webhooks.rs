@@ -489,3 +489,44 @@ async fn with_redis_a_replica_stopped_mid_retry_leaves_the_delivery_to_another()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_family_whose_description_names_its_callback_field_gets_the_same() {
+    let receiver = Receiver::start(&[]).await;
+    let extra = webhooks(
+        "[families.suno.submit]\nroutes = [\"/suno/submit/music\"]\ncallback_field = \"notify_hook\"\nid_at = [\"/data\"]\n",
+    );
+    let (sim, gw) = start(&extra).await;
+    sim.set_task_duration(Duration::from_millis(400));
+    let body = serde_json::json!({"prompt": "a song", "notify_hook": receiver.url()}).to_string();
+    let answer = send(request(
+        Method::POST,
+        &gw.url("/suno/submit/music"),
+        Some(KEY_A),
+        &body,
+    ))
+    .await;
+    assert_eq!(answer.json()["code"], "success");
+    let id = answer.json()["data"].as_str().unwrap().to_owned();
+    let forwarded = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/suno/submit/music")
+        .unwrap();
+    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    assert!(forwarded.get("notify_hook").is_none(), "{forwarded}");
+    poll_until("Suno's finished state delivered", || async {
+        receiver
+            .deliveries()
+            .iter()
+            .any(|d| d.json()["data"]["status"] == "SUCCESS")
+    })
+    .await;
+    let deliveries = receiver.deliveries();
+    assert!(deliveries.iter().all(Delivery::signed));
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.json()["data"]["task_id"] == id.as_str())
+    );
+}
