@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn mjgate() -> Command {
+pub(crate) fn mjgate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mjgate"));
     command
         .env_remove("MJGATE_LISTEN")
@@ -16,11 +16,11 @@ fn mjgate() -> Command {
     command
 }
 
-fn write_config(text: &str) -> tempfile_path::TempPath {
+pub(crate) fn write_config(text: &str) -> tempfile_path::TempPath {
     tempfile_path::TempPath::with(text)
 }
 
-mod tempfile_path {
+pub(crate) mod tempfile_path {
     //! A config file in the system temp dir, removed on drop.
     pub struct TempPath(pub std::path::PathBuf);
     impl TempPath {
@@ -111,7 +111,7 @@ fn read_listening_addr(stderr: &mut impl BufRead) -> String {
 
 /// Starts the binary, waits for its "listening" line, and returns the child and its address; the
 /// rest of its log is drained in the background.
-fn spawn_listening(command: &mut Command) -> (std::process::Child, String) {
+pub(crate) fn spawn_listening(command: &mut Command) -> (std::process::Child, String) {
     let (child, addr, stderr) = spawn_logging(command);
     std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(drop));
     (child, addr)

@@ -530,3 +530,70 @@ async fn a_family_whose_description_names_its_callback_field_gets_the_same() {
             .all(|d| d.json()["data"]["task_id"] == id.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_replica_killed_mid_retry_leaves_the_delivery_to_another() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start(&[500, 500, 500]).await;
+    let sim = Simulator::start().await.unwrap();
+    sim.set_task_duration(Duration::from_millis(300));
+    let text = format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_private = true\nfinished_only = true\nfirst_retry = \"700ms\"\n\
+         [shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"0123456789abcdef0123456789abcdef\"\nkey_prefix = \"killed:\"\nlease_ttl = \"1s\"\n",
+        redis.url(),
+    );
+    let file =
+        crate::config_cli::write_config(&format!("{text}[upstream]\nurl = \"{}\"\n", sim.url()));
+    let mut command = crate::config_cli::mjgate();
+    command
+        .arg("--config")
+        .arg(&file.0)
+        .args(["--listen", "127.0.0.1:0"]);
+    let (child, addr) = crate::config_cli::spawn_listening(&mut command);
+    let mut killed = KillOnDrop(child);
+    let survivor = start_gateway(config(&sim.url(), &text)).await;
+    let body = serde_json::json!({"prompt": "a cat", "notifyHook": receiver.url()}).to_string();
+    let answer = send(request(
+        Method::POST,
+        &format!("http://{addr}/mj/submit/imagine"),
+        Some(KEY_A),
+        &body,
+    ))
+    .await;
+    assert_eq!(answer.status, 200);
+    poll_until("a failed attempt by the replica about to die", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    killed.0.kill().unwrap(); // SIGKILL: no shutdown, its lease just stops being renewed
+    killed.0.wait().unwrap();
+    poll_until("the survivor delivers", || async {
+        scrape(&survivor).await.value(
+            "mjgate_webhook_deliveries_total",
+            &[("outcome", "delivered")],
+        ) == 1.0
+    })
+    .await;
+    let deliveries = receiver.deliveries();
+    let ids: Vec<String> = deliveries.iter().map(|d| d.header("webhook-id")).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one event throughout: {ids:?}"
+    );
+    assert!(deliveries.iter().all(|d| d.json()["status"] == "SUCCESS"));
+    assert!(
+        deliveries.len() >= 4,
+        "three 500s, then the 200: {}",
+        deliveries.len()
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
