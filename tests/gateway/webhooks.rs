@@ -124,6 +124,26 @@ impl Drop for Receiver {
     }
 }
 
+/// The JSON body of the first request the upstream got at `uri`.
+fn forwarded_body(sim: &Simulator, uri: &str) -> Value {
+    let forwarded = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == uri)
+        .unwrap_or_else(|| panic!("the upstream never got {uri}"));
+    serde_json::from_slice(&forwarded.body).unwrap()
+}
+
+/// Every delivery is an attempt at one event: one `webhook-id` throughout, every one signed.
+fn assert_one_event(deliveries: &[Delivery]) {
+    let ids: Vec<String> = deliveries.iter().map(|d| d.header("webhook-id")).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one event throughout: {ids:?}"
+    );
+    assert!(deliveries.iter().all(Delivery::signed));
+}
+
 fn webhooks(extra: &str) -> String {
     format!(
         "[cache]\nin_progress_ttl = \"200ms\"\n[webhooks]\nsecret = \"{SECRET}\"\nallow_private = true\nfirst_retry = \"100ms\"\n{extra}"
@@ -151,12 +171,7 @@ async fn every_change_of_a_submitted_task_is_delivered_signed_and_the_upstream_n
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["code"], 1, "the upstream's answer, unchanged");
     let id = answer.json()["result"].as_str().unwrap().to_owned();
-    let forwarded = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .unwrap();
-    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let forwarded = forwarded_body(&sim, "/mj/submit/imagine");
     assert!(forwarded.get("notifyHook").is_none(), "{forwarded}");
     assert_eq!(
         forwarded["state"], "s",
@@ -210,8 +225,7 @@ async fn failed_attempts_are_retried_under_one_webhook_id() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deliveries = receiver.deliveries();
     assert_eq!(deliveries.len(), 3, "500, 500, then 200 ends it");
-    let ids: Vec<String> = deliveries.iter().map(|d| d.header("webhook-id")).collect();
-    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_one_event(&deliveries);
     assert!(deliveries.iter().all(|d| d.json()["status"] == "SUCCESS"));
     let metrics = scrape(&gw).await;
     assert_eq!(
@@ -289,12 +303,7 @@ async fn without_a_webhooks_section_submits_pass_through_untouched() {
     let (sim, gw) = start("").await;
     let answer = submit(&gw, "http://127.0.0.1:9/h").await;
     assert_eq!(answer.status, 200);
-    let forwarded = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .unwrap();
-    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let forwarded = forwarded_body(&sim, "/mj/submit/imagine");
     assert_eq!(forwarded["notifyHook"], "http://127.0.0.1:9/h");
 }
 
@@ -331,12 +340,7 @@ async fn an_upstream_callback_refreshes_the_cache_and_the_hook_with_no_extra_pol
     let gw = start_with_callbacks(&sim).await;
     let answer = submit(&gw, &receiver.url()).await;
     let id = answer.json()["result"].as_str().unwrap().to_owned();
-    let forwarded = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .unwrap();
-    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let forwarded = forwarded_body(&sim, "/mj/submit/imagine");
     let callback = forwarded["notifyHook"].as_str().unwrap().to_owned();
     assert!(
         callback.starts_with(&gw.url("/_mjgate/callback/")) && callback.len() > 40,
@@ -392,12 +396,7 @@ async fn a_callback_writes_only_its_own_task_under_its_own_credential() {
         .as_str()
         .unwrap()
         .to_owned();
-    let forwarded = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .unwrap();
-    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let forwarded = forwarded_body(&sim, "/mj/submit/imagine");
     let callback = forwarded["notifyHook"].as_str().unwrap().to_owned();
     let post = |url: String, body: String| send(request(Method::POST, &url, None, &body));
 
@@ -508,12 +507,7 @@ async fn a_family_whose_description_names_its_callback_field_gets_the_same() {
     .await;
     assert_eq!(answer.json()["code"], "success");
     let id = answer.json()["data"].as_str().unwrap().to_owned();
-    let forwarded = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/suno/submit/music")
-        .unwrap();
-    let forwarded: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    let forwarded = forwarded_body(&sim, "/suno/submit/music");
     assert!(forwarded.get("notify_hook").is_none(), "{forwarded}");
     poll_until("Suno's finished state delivered", || async {
         receiver
