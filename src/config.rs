@@ -33,12 +33,16 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid config: {}{source}", key_prefix(key))]
+    /// The TOML did not parse, or a value had the wrong type. Said without quoting the file: the line
+    /// could hold a secret (`webhooks.secret`, `shared_cache.fingerprint_secret`).
+    #[error("invalid config: {}{}{message}", key_prefix(key), line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Parse {
         /// The dotted path of the offending key (`cache.in_progress_ttl`); empty for a syntax error.
         key: String,
-        #[source]
-        source: toml::de::Error,
+        /// The line of the file, when the parser knows it.
+        line: Option<usize>,
+        /// What is wrong, in the parser's words, without the file's text.
+        message: String,
     },
     #[error("invalid config: `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
@@ -399,7 +403,13 @@ impl Config {
 
     /// Parses and validates a TOML document, then applies `overrides`.
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let parse_error = |key: String, source| ConfigError::Parse { key, source };
+        let parse_error = |key: String, source: toml::de::Error| ConfigError::Parse {
+            key,
+            line: source
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            message: source.message().trim().to_owned(),
+        };
         let deserializer =
             toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer)

@@ -295,6 +295,12 @@ impl Gateway {
                     .instrument(span.clone())
                     .await
             }
+            Route::Callback(_) if self.hooks.is_some() && request.method() != Method::POST => {
+                Served::bypass(json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "callbacks are POSTed",
+                ))
+            }
             Route::Callback(token) => match &self.hooks {
                 Some(hooks) => {
                     let token = token.to_owned();
@@ -462,14 +468,13 @@ impl Gateway {
             Err(fault) => return self.client_fault(fault),
         };
         let hooked = submit::take_over(&body, &route.field, None);
-        let slot = hooked.as_ref().and_then(|_| hooks.reserve());
-        let family = route.family;
-        let (Some(hooked), Some(slot)) = (hooked, slot) else {
-            // No hook, or `webhooks.max_pending` reached: forwarded as it came.
+        let Some(hooked) = hooked else {
             return self
                 .forward(Request::from_parts(parts, full(body)), client)
                 .await;
         };
+        // Checked before anything else, whatever happens next: a hook the gateway would refuse is
+        // the client's error, never forwarded.
         let hook = match HookUrl::parse(&hooked.hook) {
             Ok(hook) => hook,
             Err(e) => return bad_hook(&e),
@@ -477,8 +482,16 @@ impl Gateway {
         if let Err(e @ HookError::Internal(_)) = hook.resolve(hooks.allow_private()).await {
             return bad_hook(&e);
         }
-        // With `public_url`, the upstream gets the gateway's own callback URL instead of nothing.
+        let family = route.family;
         let fingerprint = self.fetcher.fingerprinter().fingerprint(&parts.headers);
+        let Some(slot) = hooks.reserve(fingerprint) else {
+            // `webhooks.max_pending` (or its per-credential share) reached: the submit goes on as
+            // it came, the upstream's own callback (if any) in place of the gateway's delivery.
+            return self
+                .forward(Request::from_parts(parts, full(body)), client)
+                .await;
+        };
+        // With `public_url`, the upstream gets the gateway's own callback URL instead of nothing.
         let callback = hooks.issue_callback(fingerprint, family);
         let forwarded = match &callback {
             Some((url, _)) => submit::take_over(&body, &route.field, Some(url))

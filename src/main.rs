@@ -584,6 +584,18 @@ fn config_summary(config: &Config) -> String {
     );
     let families: Vec<&str> = config.families.all().iter().map(|f| f.name()).collect();
     let families = families.join(", ");
+    let webhooks = match &config.webhooks {
+        None => "off".to_owned(),
+        Some(w) => format!(
+            "on (callbacks {}; private hooks {})",
+            w.public_url.as_deref().unwrap_or("off"),
+            if w.allow_private {
+                "allowed"
+            } else {
+                "refused"
+            }
+        ),
+    };
     format!(
         "config ok\n\
          listen          {}\n\
@@ -592,7 +604,8 @@ fn config_summary(config: &Config) -> String {
          in_progress_ttl {}\n\
          max_memory      {}\n\
          shared cache    {shared}\n\
-         families        {families}",
+         families        {families}\n\
+         webhooks        {webhooks}",
         config.listen,
         config
             .admin_listen

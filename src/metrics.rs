@@ -248,7 +248,7 @@ impl WebhookMetrics {
         WebhookMetrics {
             deliveries: r.counters(
                 "mjgate_webhook_deliveries_total",
-                "Webhook events by how they ended: delivered (2xx), superseded (a newer running state replaced it while it waited to be retried), gone (410: the hook is dropped), abandoned (retries ran out), refused (the hook resolves to an internal address).",
+                "Webhook events by how they ended: delivered (2xx), superseded (a newer running state replaced it while it waited to be retried), gone (410: the hook is dropped), abandoned (retries ran out), refused (the hook resolves to an internal address), overflow (a submit's hook not taken over: webhooks.max_pending or its per-credential share was full).",
                 &["outcome"],
             ),
             attempts: r.counters(

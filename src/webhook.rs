@@ -44,8 +44,9 @@ pub struct Event {
 /// How the delivery of one event ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// Delivered, or given up after its retries: the next change is the next event.
-    Done,
+    /// The event with this `ETag` was delivered, or given up after its retries (a newer state may
+    /// have replaced the one first asked for): the next change is the next event.
+    Done(HeaderValue),
     /// The hook is finished with: `410 Gone`, or it points at an internal address.
     Stop,
     /// The gateway is shutting down: the event is left for whoever goes on (Redis tier).
@@ -58,7 +59,10 @@ pub struct Hooks {
     retry: Schedule,
     finished_only: bool,
     max_pending: usize,
+    max_pending_per_credential: usize,
     pending: AtomicUsize,
+    /// Watched hooks by submitting credential, for `webhooks.max_pending_per_credential`.
+    per_credential: Mutex<HashMap<CredentialFingerprint, usize>>,
     metrics: Arc<Metrics>,
     /// `webhooks.public_url`: where the upstream calls the gateway back.
     public_url: Option<String>,
@@ -76,11 +80,18 @@ pub struct Callback {
 }
 
 /// A place among the watched hooks, given back on drop.
-pub struct Slot(Arc<Hooks>);
+pub struct Slot(Arc<Hooks>, CredentialFingerprint);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self.0.per_credential.lock();
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -96,7 +107,9 @@ impl Hooks {
             retry: config.retry,
             finished_only: config.finished_only,
             max_pending: config.max_pending,
+            max_pending_per_credential: config.max_pending_per_credential,
             pending: AtomicUsize::new(0),
+            per_credential: Mutex::new(HashMap::new()),
             metrics,
             public_url: config.public_url.clone(),
             callbacks: Mutex::new(HashMap::new()),
@@ -170,14 +183,27 @@ impl Hooks {
         !self.finished_only || class != TaskClass::InProgress
     }
 
-    /// A place among the watched hooks, if `webhooks.max_pending` allows one more.
-    pub fn reserve(self: &Arc<Self>) -> Option<Slot> {
-        let taken = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_pending).then_some(n + 1)
-            });
-        taken.ok().map(|_| Slot(Arc::clone(self)))
+    /// A place among the watched hooks for a submit by `fingerprint`, if `webhooks.max_pending` and
+    /// its per-credential share allow one more (one client cannot take every place). Counted as
+    /// `overflow` when not.
+    pub fn reserve(self: &Arc<Self>, fingerprint: CredentialFingerprint) -> Option<Slot> {
+        let mut counts = self.per_credential.lock();
+        let mine = counts.get(&fingerprint).copied().unwrap_or(0);
+        let taken = (mine < self.max_pending_per_credential)
+            .then(|| {
+                self.pending
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < self.max_pending).then_some(n + 1)
+                    })
+                    .ok()
+            })
+            .flatten();
+        if taken.is_none() {
+            self.metrics.webhooks.delivery("overflow");
+            return None;
+        }
+        *counts.entry(fingerprint).or_default() += 1;
+        Some(Slot(Arc::clone(self), fingerprint))
     }
 
     /// Delivers `event` of task `task_id` to `hook`, retrying on the schedule. `newer` is polled
@@ -201,7 +227,7 @@ impl Hooks {
                 Attempt::Delivered(_) => {
                     self.metrics.webhooks.delivery("delivered");
                     self.metrics.webhooks.delivered_after(since.elapsed());
-                    return Ended::Done;
+                    return Ended::Done(event.etag);
                 }
                 Attempt::Gone => {
                     self.metrics.webhooks.delivery("gone");
@@ -223,7 +249,7 @@ impl Hooks {
             let Some(wait) = self.retry.next(attempt, since.elapsed(), rand::random()) else {
                 self.metrics.webhooks.delivery("abandoned");
                 tracing::warn!(task = task_id, event = %id, attempts = attempt, "webhook event abandoned");
-                return Ended::Done;
+                return Ended::Done(event.etag);
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}

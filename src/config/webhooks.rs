@@ -25,6 +25,8 @@ pub struct WebhooksConfig {
     /// Most tasks with a hook being watched at once; submits past it are forwarded with their hook
     /// left in place (the upstream's own callback, if any).
     pub max_pending: usize,
+    /// Most of those for one credential, so that one client cannot take every place.
+    pub max_pending_per_credential: usize,
     /// Where the upstream can reach this gateway (`https://gw.example.com`): submits carry the
     /// gateway's own callback URL under it instead of dropping the hook, so an upstream that calls
     /// back refreshes the cache at once. `None`: the hook is dropped and polling alone drives delivery.
@@ -46,6 +48,7 @@ pub(super) struct RawWebhooks {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_pending: Option<usize>,
+    max_pending_per_credential: Option<usize>,
     public_url: Option<String>,
 }
 
@@ -76,6 +79,12 @@ impl RawWebhooks {
             )?,
             max_age: positive("webhooks.max_age", raw.max_age, defaults.max_age)?,
         };
+        if retry.first > retry.cap {
+            return Err(ConfigError::Invalid {
+                key: "webhooks.first_retry",
+                reason: "must not exceed webhooks.max_retry_interval".into(),
+            });
+        }
         Ok(Some(WebhooksConfig {
             secret: Arc::new(secret),
             allow_private: raw.allow_private.unwrap_or(false),
@@ -83,6 +92,12 @@ impl RawWebhooks {
             retry,
             timeout: positive("webhooks.timeout", raw.timeout, Duration::from_secs(10))?,
             max_pending: at_least("webhooks.max_pending", raw.max_pending, 10_000, 1)?,
+            max_pending_per_credential: at_least(
+                "webhooks.max_pending_per_credential",
+                raw.max_pending_per_credential,
+                1_000,
+                1,
+            )?,
             public_url: raw.public_url.map(public_url).transpose()?,
         }))
     }

@@ -163,10 +163,12 @@ impl Push {
                 {
                     Ended::Stop => return Tracked::Over,
                     Ended::Interrupted => return Tracked::Interrupted,
-                    Ended::Done => {}
+                    // The state delivered may be newer than `latest` (it replaced a waiting one).
+                    Ended::Done(etag) => {
+                        self.remember(hooks, record.as_mut(), &etag).await;
+                        delivered = Some(etag);
+                    }
                 }
-                delivered = Some(latest.etag.clone());
-                self.remember(hooks, record.as_mut(), &latest.etag).await;
                 continue;
             }
             if latest.class != TaskClass::InProgress || closed {
@@ -234,7 +236,12 @@ impl Push {
             return;
         };
         for (record, lease) in shared.orphan_hooks(16).await {
-            let (Some(slot), Some(task)) = (hooks.reserve(), self.task_of(&record)) else {
+            let task = self.task_of(&record);
+            let fingerprint = task
+                .as_ref()
+                .map(|task| self.fetcher.fingerprinter().fingerprint(&task.headers));
+            let slot = fingerprint.and_then(|fingerprint| hooks.reserve(fingerprint));
+            let (Some(slot), Some(task)) = (slot, task) else {
                 lease.release().await;
                 continue;
             };

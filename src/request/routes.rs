@@ -30,7 +30,7 @@ pub enum Route<'a> {
     /// `POST` on a family's batch route (`list-by-condition`, `/suno/fetch`), served from the task
     /// cache when it asks by `ids`.
     Batch(FamilyId),
-    /// `POST /_mjgate/callback/{token}`: an upstream calling back with a task (webhooks' callbacks in).
+    /// `/_mjgate/callback/{token}`: an upstream calling back with a task (webhooks' callbacks in).
     Callback(&'a str),
     /// Everything else, forwarded untouched.
     Passthrough,
@@ -106,7 +106,7 @@ pub fn classify<'a>(
         (&Method::GET, "/healthz") => return Route::Health,
         (&Method::GET, "/readyz") => return Route::Ready,
         (&Method::GET, "/metrics") => return Route::Metrics,
-        (&Method::POST, path) if path.starts_with(CALLBACK_PREFIX) => {
+        (_, path) if path.starts_with(CALLBACK_PREFIX) => {
             return Route::Callback(&path[CALLBACK_PREFIX.len()..]);
         }
         _ => {}
@@ -287,7 +287,8 @@ mod tests {
         );
         assert_eq!(
             route(Method::GET, "/_mjgate/callback/0a1b", None),
-            "passthrough"
+            "callback 0a1b",
+            "the gateway's own, whatever the method (it answers 405)"
         );
     }
 }

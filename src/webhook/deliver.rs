@@ -88,6 +88,12 @@ impl Deliverer {
     pub async fn attempt(&self, hook: &HookUrl, id: &str, body: &Bytes) -> Attempt {
         let addresses = match hook.resolve(self.allow_private).await {
             Ok(addresses) => addresses,
+            // A name that does not resolve now may tomorrow (a DNS hiccup): tried again later.
+            Err(HookError::Unresolved) => {
+                return Attempt::Failed(Failure::Connection(
+                    "the hook's host does not resolve".into(),
+                ));
+            }
             Err(e) => return Attempt::Refused(e),
         };
         let timestamp = SystemTime::now()

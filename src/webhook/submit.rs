@@ -29,13 +29,11 @@ pub fn take_over(body: &[u8], field: &str, replacement: Option<&str>) -> Option<
         Value::String(hook) if !hook.trim().is_empty() => hook.trim().to_owned(),
         _ => return None,
     };
-    match replacement {
-        Some(url) => {
-            object.insert(field.to_owned(), Value::String(url.to_owned()));
-        }
-        None => {
-            object.remove(field);
-        }
+    // Every spelling of the field goes: an upstream that reads keys without case (Go's encoding/json
+    // does) must not find a `NotifyHook` the gateway left behind.
+    object.retain(|key, _| !key.eq_ignore_ascii_case(field));
+    if let Some(url) = replacement {
+        object.insert(field.to_owned(), Value::String(url.to_owned()));
     }
     let body = serde_json::to_vec(&object).ok()?;
     Some(TakenOver {
@@ -71,6 +69,14 @@ mod tests {
         assert_eq!(
             forwarded,
             serde_json::json!({"prompt": "a cat", "state": "s1", "base64Array": []})
+        );
+        let cased = br#"{"prompt":"a cat","notifyHook":"https://c.example/h","NotifyHook":"http://10.0.0.1/","notifyhook":"x"}"#;
+        let taken = take_over(cased, NOTIFY_HOOK, None).unwrap();
+        let forwarded: Value = serde_json::from_slice(&taken.body).unwrap();
+        assert_eq!(
+            forwarded,
+            serde_json::json!({"prompt": "a cat"}),
+            "every spelling goes"
         );
         let replaced = take_over(body, NOTIFY_HOOK, Some("https://gw.example/cb/t0k")).unwrap();
         let forwarded: Value = serde_json::from_slice(&replaced.body).unwrap();

@@ -591,3 +591,101 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn a_state_that_replaced_a_waiting_one_is_delivered_once() {
+    // The first states fail while the task moves on; each acknowledged state is delivered once.
+    let receiver = Receiver::start(&[500, 500, 500]).await;
+    let (sim, gw) = start(&webhooks("")).await;
+    sim.set_task_duration(Duration::from_millis(1200));
+    submit(&gw, &receiver.url()).await;
+    receiver.wait_for_status("SUCCESS").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let acknowledged: Vec<String> = receiver.deliveries()[3..]
+        .iter()
+        .map(|d| d.header("webhook-id"))
+        .collect();
+    let unique: std::collections::HashSet<&String> = acknowledged.iter().collect();
+    assert_eq!(unique.len(), acknowledged.len(), "{acknowledged:?}");
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value(
+            "mjgate_webhook_deliveries_total",
+            &[("outcome", "delivered")]
+        ),
+        acknowledged.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn one_credential_cannot_take_every_place_and_a_full_gateway_still_checks_hooks() {
+    let receiver = Receiver::start(&[500; 50]).await;
+    let (sim, gw) = start(&webhooks("max_pending_per_credential = 1\n")).await;
+    sim.set_task_duration(Duration::from_secs(600));
+    submit(&gw, &receiver.url()).await;
+    // Key A's second hook finds its share taken: forwarded as it came.
+    let second = serde_json::json!({"prompt": "b", "notifyHook": receiver.url()}).to_string();
+    send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        &second,
+    ))
+    .await;
+    let bodies: Vec<Value> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri == "/mj/submit/imagine")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(bodies[0].get("notifyHook").is_none());
+    assert_eq!(bodies[1]["notifyHook"], receiver.url().as_str());
+    // Key B still has its share.
+    let theirs = serde_json::json!({"prompt": "c", "notifyHook": receiver.url()}).to_string();
+    send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_B),
+        &theirs,
+    ))
+    .await;
+    let last = sim
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .unwrap();
+    let last: Value = serde_json::from_slice(&last.body).unwrap();
+    assert!(
+        last.get("notifyHook").is_none(),
+        "key B's hook is taken over"
+    );
+    // Full or not, a hook the gateway would refuse is refused (never forwarded as it came).
+    let submits = || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.uri == "/mj/submit/imagine")
+            .count()
+    };
+    let before = submits();
+    let bad = serde_json::json!({"prompt": "d", "notifyHook": "ftp://example.com/x"}).to_string();
+    let refused = send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        &bad,
+    ))
+    .await;
+    assert_eq!(
+        refused.status, 400,
+        "key A's share is full, and the hook is still checked"
+    );
+    assert_eq!(submits(), before, "not forwarded");
+    let metrics = scrape(&gw).await;
+    assert!(
+        metrics.value(
+            "mjgate_webhook_deliveries_total",
+            &[("outcome", "overflow")]
+        ) >= 1.0
+    );
+}
