@@ -141,6 +141,16 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead of polling: open and hold this many connections (each from its own 127.0.0.0/8
+        /// source address) and report the gateway's resident memory per connection.
+        #[arg(long)]
+        hold: Option<usize>,
+        /// What each held connection does: idle (after one fetch), long-poll, events.
+        #[arg(long, value_enum, default_value = "idle")]
+        hold_kind: mjgate::tools::hold::HoldKind,
+        /// How long the connections are held once open.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        hold_for: std::time::Duration,
         /// The task APIs of the tasks, in turn: a name (midjourney, suno, kling, openai-videos,
         /// video-generations, video-query, runway, luma, volcengine), a comma-separated list, or mix.
         #[arg(long, default_value = "midjourney", value_parser = parse_apis)]
@@ -242,7 +252,22 @@ fn tool(command: Command) -> ExitCode {
             sim_stats,
             json,
             api,
+            hold,
+            hold_kind,
+            hold_for,
         } => {
+            if let Some(connections) = hold {
+                let spec = HoldArgs {
+                    target: &target,
+                    connections,
+                    kind: hold_kind,
+                    credential: credentials.first().cloned().unwrap_or_default(),
+                    tasks: tasks.max(1),
+                    id_prefix,
+                    hold: hold_for,
+                };
+                return bench_hold(spec, sim_stats.as_deref());
+            }
             let spec = mjgate::tools::load::LoadSpec {
                 target,
                 clients: clients.max(1),
@@ -414,6 +439,72 @@ fn demo_hooks(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `mjgate bench --hold` arguments.
+struct HoldArgs<'a> {
+    target: &'a str,
+    connections: usize,
+    kind: mjgate::tools::hold::HoldKind,
+    credential: String,
+    tasks: usize,
+    id_prefix: String,
+    hold: std::time::Duration,
+}
+
+fn bench_hold(args: HoldArgs<'_>, sim_stats: Option<&str>) -> ExitCode {
+    let authority = args
+        .target
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let Ok(target) = authority.parse::<SocketAddr>() else {
+        eprintln!(
+            "mjgate bench --hold: --target must be http://IP:PORT, not {}",
+            args.target
+        );
+        return ExitCode::from(2);
+    };
+    let spec = mjgate::tools::hold::HoldSpec {
+        target,
+        connections: args.connections,
+        kind: args.kind,
+        credential: args.credential,
+        tasks: args.tasks,
+        id_prefix: args.id_prefix,
+        hold: args.hold,
+    };
+    let runtime = match runtime("bench") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let before = match sim_stats {
+            Some(url) => mjgate::tools::load::upstream_stats(url).await,
+            None => None,
+        };
+        let report = match mjgate::tools::hold::run(&spec).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("mjgate bench --hold: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let after = match sim_stats {
+            Some(url) => mjgate::tools::load::upstream_stats(url).await,
+            None => None,
+        };
+        let upstream = before
+            .zip(after)
+            .map(|(b, a)| a.fetches.saturating_sub(b.fetches));
+        let mut json = serde_json::to_value(&report).unwrap_or_default();
+        json["upstream_fetches"] = upstream.map_or(serde_json::Value::Null, Into::into);
+        let _ = writeln!(std::io::stdout().lock(), "{json}");
+        if report.held == report.requested {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn bench(spec: &mjgate::tools::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> ExitCode {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mjgate::tools::demo::{self, DemoSpec};
+use mjgate::tools::hold;
 use mjgate::tools::load::{self, LoadSpec, Mode, Progress};
 use mjgate::tools::simulator::Api;
 
@@ -209,4 +210,36 @@ async fn conditional_and_long_poll_load_get_304s_and_few_bytes() {
         held.requests
     );
     assert!(held.latency_ms.max >= 250.0, "the in-progress one was held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_opens_and_holds_connections_of_each_kind() {
+    let (sim, gw) = start("").await;
+    sim.create_task("Bearer sk-bench", "done-0", "SUCCESS");
+    sim.create_task("Bearer sk-bench", "busy-0", "IN_PROGRESS");
+    let target: std::net::SocketAddr = gw.url("").trim_start_matches("http://").parse().unwrap();
+    for (kind, prefix) in [
+        (hold::HoldKind::Idle, "done-"),
+        (hold::HoldKind::LongPoll, "busy-"),
+        (hold::HoldKind::Events, "busy-"),
+    ] {
+        let spec = hold::HoldSpec {
+            target,
+            connections: 30,
+            kind,
+            credential: "Bearer sk-bench".into(),
+            tasks: 1,
+            id_prefix: prefix.into(),
+            hold: Duration::from_millis(200),
+        };
+        let report = hold::run(&spec).await.unwrap();
+        assert_eq!(
+            (report.held, report.failed),
+            (30, 0),
+            "{kind:?}: {report:?}"
+        );
+        assert!(report.rss_before > 0 && report.rss_held > 0, "{report:?}");
+    }
+    // Thirty long-polls and thirty streams on one running task: one poller, one upstream call.
+    assert_eq!(sim.fetch_calls("busy-0"), 1);
 }
