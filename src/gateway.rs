@@ -225,38 +225,13 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let families = self.fetcher.families();
-        let admitted = admission::admit(
-            request.method(),
-            request.uri(),
-            request.version(),
-            request.headers(),
-        );
-        let mut route = routes::classify(
-            families,
-            request.method(),
-            request.uri().path(),
-            request.uri().query(),
-            admitted.is_ok_and(|a| a.accepts_events),
-        );
-        if self.admin_separate && listener == Listener::Main && route.is_admin() {
-            route = Route::Passthrough;
-        }
-        let label = route.label();
+        let (route, label) = self.route_of(&request, listener);
         let span = tracing::info_span!(
             "request",
             id = request_id.to_str().unwrap_or(""),
             route = label.as_str(),
         );
-
         let client = ClientInfo { ip: peer.ip() };
-        match admitted {
-            Err(refused) => route = Route::Refused(refused),
-            // Answers for a credential the cache cannot see go straight through.
-            Ok(admitted) if admitted.opaque_credential && route.is_cached() => {
-                route = Route::Passthrough;
-            }
-            Ok(_) => {}
-        }
         let served = match route {
             Route::Refused(refused) => {
                 tracing::debug!(parent: &span, reason = %refused, "request refused");
@@ -295,25 +270,12 @@ impl Gateway {
                     .instrument(span.clone())
                     .await
             }
-            Route::Callback(_) if self.hooks.is_some() && request.method() != Method::POST => {
-                Served::bypass(json_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "callbacks are POSTed",
-                ))
+            Route::Callback(token) => {
+                let token = token.to_owned();
+                self.callback_route(&token, request, client)
+                    .instrument(span.clone())
+                    .await
             }
-            Route::Callback(token) => match &self.hooks {
-                Some(hooks) => {
-                    let token = token.to_owned();
-                    self.called_back(hooks, &token, request)
-                        .instrument(span.clone())
-                        .await
-                }
-                None => {
-                    self.passthrough(request, client)
-                        .instrument(span.clone())
-                        .await
-                }
-            },
             Route::Passthrough => {
                 self.passthrough(request, client)
                     .instrument(span.clone())
@@ -324,6 +286,59 @@ impl Gateway {
         Answer {
             served,
             route: label,
+        }
+    }
+
+    /// Where a request goes, and the label its metrics and log line carry: admitted (or refused),
+    /// routed, admin routes kept to their listener, credentials the cache cannot see passed through.
+    fn route_of<'r>(
+        &self,
+        request: &'r Request<Incoming>,
+        listener: Listener,
+    ) -> (Route<'r>, RouteLabel) {
+        let admitted = admission::admit(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+        );
+        let mut route = routes::classify(
+            self.fetcher.families(),
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+            admitted.is_ok_and(|a| a.accepts_events),
+        );
+        if self.admin_separate && listener == Listener::Main && route.is_admin() {
+            route = Route::Passthrough;
+        }
+        let label = route.label();
+        match admitted {
+            Err(refused) => route = Route::Refused(refused),
+            // Answers for a credential the cache cannot see go straight through.
+            Ok(admitted) if admitted.opaque_credential && route.is_cached() => {
+                route = Route::Passthrough;
+            }
+            Ok(_) => {}
+        }
+        (route, label)
+    }
+
+    /// `/_mjgate/callback/{token}`: the gateway's own with `[webhooks]` (`POST` only), passed through
+    /// like any path without.
+    async fn callback_route(
+        &self,
+        token: &str,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Served {
+        match &self.hooks {
+            Some(_) if request.method() != Method::POST => Served::bypass(json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "callbacks are POSTed",
+            )),
+            Some(hooks) => self.called_back(hooks, token, request).await,
+            None => self.passthrough(request, client).await,
         }
     }
 

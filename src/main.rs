@@ -236,67 +236,7 @@ fn tool(command: Command) -> ExitCode {
             }
             demo(&spec)
         }
-        Command::Bench {
-            target,
-            clients,
-            tasks,
-            interval,
-            duration,
-            batch,
-            credentials,
-            burst,
-            sweep,
-            id_prefix,
-            conditional,
-            wait,
-            sim_stats,
-            json,
-            api,
-            hold,
-            hold_kind,
-            hold_for,
-        } => {
-            if let Some(connections) = hold {
-                let spec = HoldArgs {
-                    target: &target,
-                    connections,
-                    kind: hold_kind,
-                    credential: credentials.first().cloned().unwrap_or_default(),
-                    tasks: tasks.max(1),
-                    id_prefix,
-                    hold: hold_for,
-                };
-                return bench_hold(spec, sim_stats.as_deref());
-            }
-            let spec = mjgate::tools::load::LoadSpec {
-                target,
-                clients: clients.max(1),
-                tasks: tasks.max(1),
-                interval,
-                duration,
-                mode: batch.map_or(
-                    mjgate::tools::load::Mode::Fetch,
-                    mjgate::tools::load::Mode::Batch,
-                ),
-                credentials,
-                burst,
-                sweep,
-                id_prefix,
-                conditional,
-                wait,
-                apis: api.0,
-            };
-            if batch.is_some()
-                && let Some(api) = spec.apis.iter().find(|api| api.batch_path().is_none())
-            {
-                eprintln!(
-                    "mjgate bench: --batch needs APIs with a batch route; {} has none",
-                    api.name()
-                );
-                return ExitCode::from(2);
-            }
-            bench(&spec, sim_stats.as_deref(), json)
-        }
+        bench @ Command::Bench { .. } => bench_tool(bench),
         Command::FixedBody { listen, body_file } => {
             let body = match body_file {
                 Some(path) => match std::fs::read(&path) {
@@ -439,6 +379,73 @@ fn demo_hooks(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `mjgate bench`: the load generator, or with `--hold` the connection holder.
+fn bench_tool(command: Command) -> ExitCode {
+    let Command::Bench {
+        target,
+        clients,
+        tasks,
+        interval,
+        duration,
+        batch,
+        credentials,
+        burst,
+        sweep,
+        id_prefix,
+        conditional,
+        wait,
+        sim_stats,
+        json,
+        api,
+        hold,
+        hold_kind,
+        hold_for,
+    } = command
+    else {
+        return ExitCode::FAILURE;
+    };
+    if let Some(connections) = hold {
+        let spec = HoldArgs {
+            target: &target,
+            connections,
+            kind: hold_kind,
+            credential: credentials.first().cloned().unwrap_or_default(),
+            tasks: tasks.max(1),
+            id_prefix,
+            hold: hold_for,
+        };
+        return bench_hold(spec, sim_stats.as_deref());
+    }
+    let spec = mjgate::tools::load::LoadSpec {
+        target,
+        clients: clients.max(1),
+        tasks: tasks.max(1),
+        interval,
+        duration,
+        mode: batch.map_or(
+            mjgate::tools::load::Mode::Fetch,
+            mjgate::tools::load::Mode::Batch,
+        ),
+        credentials,
+        burst,
+        sweep,
+        id_prefix,
+        conditional,
+        wait,
+        apis: api.0,
+    };
+    if batch.is_some()
+        && let Some(api) = spec.apis.iter().find(|api| api.batch_path().is_none())
+    {
+        eprintln!(
+            "mjgate bench: --batch needs APIs with a batch route; {} has none",
+            api.name()
+        );
+        return ExitCode::from(2);
+    }
+    bench(&spec, sim_stats.as_deref(), json)
 }
 
 /// `mjgate bench --hold` arguments.

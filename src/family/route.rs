@@ -154,25 +154,7 @@ impl Table {
                 }
                 self.any_mode_prefix |= mode_prefix;
                 let index = self.entries.len() as u16;
-                let segment = first_segment(&template).to_owned();
-                for after_mode in [false, true] {
-                    if after_mode && !mode_prefix {
-                        continue;
-                    }
-                    match self
-                        .buckets
-                        .iter_mut()
-                        .find(|b| *b.segment == *segment && b.after_mode == after_mode)
-                    {
-                        Some(bucket) => bucket.entries.push(index),
-                        None => self.buckets.push(Bucket {
-                            key: SegmentKey::of(&segment),
-                            segment: segment.clone().into_boxed_str(),
-                            after_mode,
-                            entries: vec![index],
-                        }),
-                    }
-                }
+                self.file(index, first_segment(&template), mode_prefix);
                 self.entries.push(Entry {
                     family,
                     kind,
@@ -183,6 +165,29 @@ impl Table {
             }
         }
         Ok(())
+    }
+
+    /// Files entry `index` under its first path segment, and also under the segments after a mode
+    /// when the family allows one.
+    fn file(&mut self, index: u16, segment: &str, mode_prefix: bool) {
+        for after_mode in [false, true] {
+            if after_mode && !mode_prefix {
+                continue;
+            }
+            match self
+                .buckets
+                .iter_mut()
+                .find(|b| *b.segment == *segment && b.after_mode == after_mode)
+            {
+                Some(bucket) => bucket.entries.push(index),
+                None => self.buckets.push(Bucket {
+                    key: SegmentKey::of(segment),
+                    segment: segment.into(),
+                    after_mode,
+                    entries: vec![index],
+                }),
+            }
+        }
     }
 
     /// The family route `method path?query` is on. Status and events routes answer `GET`, batch routes

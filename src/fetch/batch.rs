@@ -442,62 +442,73 @@ impl Fetcher {
             body,
         });
         let reply = shared::under_lease(&leases, call).await;
-        let mut stored = Vec::new();
-        match reply {
+        let stored = match reply {
             Err(e) => {
                 e.log();
                 for (_, flight) in chunk {
                     flight.land(Landed::Failed(e.clone()));
                 }
+                Vec::new()
             }
-            Ok(reply) => {
-                let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
-                    .then(|| split_tasks(family, &reply.body))
-                    .flatten();
-                match tasks {
-                    // A 2xx that is not the family's batch answer (an HTML page, a router's error
-                    // object, an error envelope): no usable answer. Passing it on would read as "none
-                    // of these ids exist"; it is a 502 (or a stale answer) instead.
-                    None if reply.status.is_success() => {
-                        let error = UpstreamError::unreachable(
-                            "the upstream's batch answer was not a list of tasks",
-                            format!("status {}, {} bytes", reply.status, reply.body.len()),
-                        );
-                        error.log();
-                        for (_, flight) in chunk {
-                            flight.land(Landed::Failed(error.clone()));
-                        }
-                    }
-                    // An error status (a 4xx, a 5xx, a 429): passed on, nothing stored.
-                    None => {
-                        let reply = Arc::new(reply);
-                        for (_, flight) in chunk {
-                            flight.land(Landed::Passed(Arc::clone(&reply)));
-                        }
-                    }
-                    Some(mut tasks) => {
-                        let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
-                        for (id, flight) in chunk {
-                            match tasks.remove(id.as_str()) {
-                                Some(item) => {
-                                    let task = Arc::new(item.into_task(content_type.clone()));
-                                    self.cache.insert(flight.key().clone(), Arc::clone(&task));
-                                    stored.push((flight.key().clone(), Arc::clone(&task)));
-                                    flight.land(Landed::Stored(task));
-                                }
-                                None => flight.land(Landed::NotReturned),
-                            }
-                        }
-                    }
-                }
-            }
-        }
+            Ok(reply) => self.land_batch_reply(family, reply, chunk),
+        };
         if let Some(shared) = &self.shared {
             let answers: Vec<(&CacheKey, &CachedTask)> =
                 stored.iter().map(|(key, task)| (key, &**task)).collect();
             shared.publish(&answers).await;
         }
         futures_util::future::join_all(leases.into_iter().map(Lease::release)).await;
+    }
+
+    /// Lands every flight of `chunk` from one upstream batch answer, storing the tasks it holds;
+    /// the tasks stored, to share.
+    fn land_batch_reply(
+        &self,
+        family: &Family,
+        reply: BufferedReply,
+        chunk: Vec<(String, Flight<Landed>)>,
+    ) -> Vec<(CacheKey, Arc<CachedTask>)> {
+        let mut stored = Vec::new();
+        let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
+            .then(|| split_tasks(family, &reply.body))
+            .flatten();
+        match tasks {
+            // A 2xx that is not the family's batch answer (an HTML page, a router's error
+            // object, an error envelope): no usable answer. Passing it on would read as "none
+            // of these ids exist"; it is a 502 (or a stale answer) instead.
+            None if reply.status.is_success() => {
+                let error = UpstreamError::unreachable(
+                    "the upstream's batch answer was not a list of tasks",
+                    format!("status {}, {} bytes", reply.status, reply.body.len()),
+                );
+                error.log();
+                for (_, flight) in chunk {
+                    flight.land(Landed::Failed(error.clone()));
+                }
+            }
+            // An error status (a 4xx, a 5xx, a 429): passed on, nothing stored.
+            None => {
+                let reply = Arc::new(reply);
+                for (_, flight) in chunk {
+                    flight.land(Landed::Passed(Arc::clone(&reply)));
+                }
+            }
+            Some(mut tasks) => {
+                let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
+                for (id, flight) in chunk {
+                    match tasks.remove(id.as_str()) {
+                        Some(item) => {
+                            let task = Arc::new(item.into_task(content_type.clone()));
+                            self.cache.insert(flight.key().clone(), Arc::clone(&task));
+                            stored.push((flight.key().clone(), Arc::clone(&task)));
+                            flight.land(Landed::Stored(task));
+                        }
+                        None => flight.land(Landed::NotReturned),
+                    }
+                }
+            }
+        }
+        stored
     }
 }
 
