@@ -72,6 +72,16 @@ pub async fn run(spec: &HoldSpec) -> std::io::Result<HoldReport> {
     let open_secs = started.elapsed().as_secs_f64();
     // Let the gateway settle (allocator, pollers) before measuring.
     tokio::time::sleep(spec.hold.min(Duration::from_secs(2))).await;
+    if spec.kind == HoldKind::LongPoll {
+        // A held long-poll has answered nothing; one that did (a 429 past the watch bounds, say)
+        // is not held, and does not count.
+        let before = held.len();
+        held.retain(|stream| {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        failed += before - held.len();
+    }
     let rss_held = resident_bytes(&metrics).await.unwrap_or(0);
     tokio::time::sleep(spec.hold.saturating_sub(Duration::from_secs(2))).await;
     let count = held.len();
