@@ -494,10 +494,7 @@ fn bench_hold(args: HoldArgs<'_>, sim_stats: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let before = match sim_stats {
-            Some(url) => mjgate::tools::load::upstream_stats(url).await,
-            None => None,
-        };
+        let before = sim_stats_at(sim_stats).await;
         let report = match mjgate::tools::hold::run(&spec).await {
             Ok(report) => report,
             Err(e) => {
@@ -505,10 +502,7 @@ fn bench_hold(args: HoldArgs<'_>, sim_stats: Option<&str>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let after = match sim_stats {
-            Some(url) => mjgate::tools::load::upstream_stats(url).await,
-            None => None,
-        };
+        let after = sim_stats_at(sim_stats).await;
         let upstream = before
             .zip(after)
             .map(|(b, a)| a.fetches.saturating_sub(b.fetches));
@@ -523,16 +517,18 @@ fn bench_hold(args: HoldArgs<'_>, sim_stats: Option<&str>) -> ExitCode {
     })
 }
 
+/// The simulator's call counters, when `--sim-stats` names them.
+async fn sim_stats_at(url: Option<&str>) -> Option<mjgate::tools::load::UpstreamStats> {
+    mjgate::tools::load::upstream_stats(url?).await
+}
+
 fn bench(spec: &mjgate::tools::load::LoadSpec, sim_stats: Option<&str>, json: bool) -> ExitCode {
     let runtime = match runtime("bench") {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let before = match sim_stats {
-            Some(url) => mjgate::tools::load::upstream_stats(url).await,
-            None => None,
-        };
+        let before = sim_stats_at(sim_stats).await;
         let report = mjgate::tools::load::run(spec, Default::default()).await;
         let upstream = match (sim_stats, before) {
             (Some(url), Some(before)) => {
