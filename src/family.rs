@@ -185,6 +185,8 @@ pub struct Batch {
     /// `answer` split around `{items}`.
     answer: (String, String),
     answer_when_empty: Option<String>,
+    /// `answer_when_empty` parsed, to recognise the upstream's own "none found".
+    empty_answer: Option<Value>,
     /// The family's `status_at` and `id_at` inside one item (with `task_at` taken off).
     item_status_at: Vec<String>,
     item_id_at: Vec<String>,
@@ -331,16 +333,10 @@ impl Batch {
     /// Whether an upstream batch answer is this family's answer for "none found"
     /// (`answer_when_empty`, compared as JSON).
     pub fn is_empty_answer(&self, body: &[u8]) -> bool {
-        let Some(empty) = &self.answer_when_empty else {
+        let Some(empty) = &self.empty_answer else {
             return false;
         };
-        match (
-            serde_json::from_str::<Value>(empty),
-            serde_json::from_slice::<Value>(body),
-        ) {
-            (Ok(empty), Ok(answer)) => empty == answer,
-            _ => false,
-        }
+        serde_json::from_slice::<Value>(body).is_ok_and(|answer| answer == *empty)
     }
 
     /// The batch answer around `items` (the tasks, comma-separated, without brackets).
@@ -694,11 +690,13 @@ fn compile_batch(
             "needs `status_at` and `id_at` pointers inside `task_at` (they locate each task's status and id in a batch answer)",
         ));
     }
-    if let Some(empty) = &spec.answer_when_empty
-        && serde_json::from_str::<Value>(empty).is_err()
-    {
-        return Err(error(name, "batch.answer_when_empty", "is not JSON"));
-    }
+    let empty_answer = match &spec.answer_when_empty {
+        Some(empty) => Some(
+            serde_json::from_str::<Value>(empty)
+                .map_err(|_| error(name, "batch.answer_when_empty", "is not JSON"))?,
+        ),
+        None => None,
+    };
     Ok(Batch {
         items_at,
         ignore_fields: spec.ignore_fields.clone().unwrap_or_default(),
@@ -709,6 +707,7 @@ fn compile_batch(
             "{items}",
         )?,
         answer_when_empty: spec.answer_when_empty.clone(),
+        empty_answer,
         item_status_at,
         item_id_at,
     })

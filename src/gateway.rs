@@ -627,6 +627,7 @@ impl Gateway {
             .await
         {
             Some((key, stored)) => {
+                self.metrics.webhooks.callback();
                 self.push.announce(&key, &stored);
                 Served::bypass(plain(StatusCode::OK, "ok"))
             }

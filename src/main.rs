@@ -240,10 +240,7 @@ fn tool(command: Command) -> ExitCode {
                 redraw: std::io::stderr().is_terminal(),
                 apis: api.0,
             };
-            if webhooks {
-                return demo_hooks(&spec);
-            }
-            demo(&spec)
+            demo(&spec, webhooks)
         }
         bench @ Command::Bench { .. } => bench_tool(bench),
         Command::FixedBody { listen, body_file } => {
@@ -354,33 +351,26 @@ fn runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn demo(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
+/// `mjgate demo`, or with `--webhooks` its webhooks demo: progress on stderr, the table on stdout.
+fn demo(spec: &mjgate::tools::demo::DemoSpec, webhooks: bool) -> ExitCode {
+    use mjgate::tools::demo;
     let runtime = match runtime("demo") {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     let mut stderr = std::io::stderr();
-    match runtime.block_on(mjgate::tools::demo::run(spec, &mut stderr)) {
-        Ok(report) => {
-            println!("{}", mjgate::tools::demo::table(&report, spec));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mjgate demo: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn demo_hooks(spec: &mjgate::tools::demo::DemoSpec) -> ExitCode {
-    let runtime = match runtime("demo") {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
+    let table = if webhooks {
+        runtime
+            .block_on(demo::hooks::run(spec, &mut stderr))
+            .map(|report| demo::hooks::table(&report, spec))
+    } else {
+        runtime
+            .block_on(demo::run(spec, &mut stderr))
+            .map(|report| demo::table(&report, spec))
     };
-    let mut stderr = std::io::stderr();
-    match runtime.block_on(mjgate::tools::demo::hooks::run(spec, &mut stderr)) {
-        Ok(report) => {
-            println!("{}", mjgate::tools::demo::hooks::table(&report, spec));
+    match table {
+        Ok(table) => {
+            println!("{table}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -416,8 +406,13 @@ fn bench_tool(command: Command) -> ExitCode {
         return ExitCode::FAILURE;
     };
     if let Some(connections) = hold {
-        let spec = HoldArgs {
-            target: &target,
+        let authority = target.trim_start_matches("http://").trim_end_matches('/');
+        let Ok(target) = authority.parse::<SocketAddr>() else {
+            eprintln!("mjgate bench --hold: --target must be http://IP:PORT, not {target}");
+            return ExitCode::from(2);
+        };
+        let spec = mjgate::tools::hold::HoldSpec {
+            target,
             connections,
             kind: hold_kind,
             credential: credentials.first().cloned().unwrap_or_default(),
@@ -425,7 +420,7 @@ fn bench_tool(command: Command) -> ExitCode {
             id_prefix,
             hold: hold_for,
         };
-        return bench_hold(spec, sim_stats.as_deref());
+        return bench_hold(&spec, sim_stats.as_deref());
     }
     let spec = mjgate::tools::load::LoadSpec {
         target,
@@ -457,45 +452,15 @@ fn bench_tool(command: Command) -> ExitCode {
     bench(&spec, sim_stats.as_deref(), json)
 }
 
-/// `mjgate bench --hold` arguments.
-struct HoldArgs<'a> {
-    target: &'a str,
-    connections: usize,
-    kind: mjgate::tools::hold::HoldKind,
-    credential: String,
-    tasks: usize,
-    id_prefix: String,
-    hold: std::time::Duration,
-}
-
-fn bench_hold(args: HoldArgs<'_>, sim_stats: Option<&str>) -> ExitCode {
-    let authority = args
-        .target
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let Ok(target) = authority.parse::<SocketAddr>() else {
-        eprintln!(
-            "mjgate bench --hold: --target must be http://IP:PORT, not {}",
-            args.target
-        );
-        return ExitCode::from(2);
-    };
-    let spec = mjgate::tools::hold::HoldSpec {
-        target,
-        connections: args.connections,
-        kind: args.kind,
-        credential: args.credential,
-        tasks: args.tasks,
-        id_prefix: args.id_prefix,
-        hold: args.hold,
-    };
+/// `mjgate bench --hold`: one JSON report line; fails when not every connection was held.
+fn bench_hold(spec: &mjgate::tools::hold::HoldSpec, sim_stats: Option<&str>) -> ExitCode {
     let runtime = match runtime("bench") {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async {
         let before = sim_stats_at(sim_stats).await;
-        let report = match mjgate::tools::hold::run(&spec).await {
+        let report = match mjgate::tools::hold::run(spec).await {
             Ok(report) => report,
             Err(e) => {
                 eprintln!("mjgate bench --hold: {e}");

@@ -160,7 +160,6 @@ impl Hooks {
             Some(_) => {}
             None => callback.task_id = Some(task_id.to_owned()),
         }
-        self.metrics.webhooks.callback();
         Some(callback.clone())
     }
 

@@ -142,12 +142,7 @@ pub async fn run(
             spec.duration.as_secs_f64(),
             requests as f64 / upstream.max(1) as f64,
         );
-        if spec.redraw {
-            write!(progress_out, "\r{line}")?;
-        } else if started.elapsed().as_millis() % 1000 < 250 {
-            writeln!(progress_out, "{line}")?;
-        }
-        progress_out.flush()?;
+        show_progress(progress_out, spec.redraw, started, &line)?;
     }
     if spec.redraw {
         writeln!(progress_out)?;
@@ -167,6 +162,22 @@ pub async fn run(
         elapsed: Duration::from_secs_f64(report.elapsed_secs),
         tasks: spec.tasks,
     })
+}
+
+/// Writes one progress line: redrawn in place on a terminal, else printed once a second (this is
+/// called every 250 ms).
+fn show_progress(
+    out: &mut impl Write,
+    redraw: bool,
+    started: Instant,
+    line: &str,
+) -> std::io::Result<()> {
+    if redraw {
+        write!(out, "\r{line}")?;
+    } else if started.elapsed().as_millis() % 1000 < 250 {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
 }
 
 /// (cache hits, all task lookups) from the gateway's `/metrics`.

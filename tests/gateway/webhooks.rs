@@ -151,14 +151,28 @@ fn webhooks(extra: &str) -> String {
 }
 
 async fn submit(gw: &Gateway, hook: &str) -> Reply {
+    submit_as(gw, KEY_A, hook).await
+}
+
+/// An imagine submitted with `credential` and `hook` as its `notifyHook`.
+async fn submit_as(gw: &Gateway, credential: &str, hook: &str) -> Reply {
     let body = serde_json::json!({"prompt": "a cat", "notifyHook": hook, "state": "s"}).to_string();
     send(request(
         Method::POST,
         &gw.url("/mj/submit/imagine"),
-        Some(KEY_A),
+        Some(credential),
         &body,
     ))
     .await
+}
+
+/// The bodies of the submits the upstream got, oldest first.
+fn forwarded_submits(sim: &Simulator) -> Vec<Value> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.uri == "/mj/submit/imagine")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -624,63 +638,25 @@ async fn one_credential_cannot_take_every_place_and_a_full_gateway_still_checks_
     sim.set_task_duration(Duration::from_secs(600));
     submit(&gw, &receiver.url()).await;
     // Key A's second hook finds its share taken: forwarded as it came.
-    let second = serde_json::json!({"prompt": "b", "notifyHook": receiver.url()}).to_string();
-    send(request(
-        Method::POST,
-        &gw.url("/mj/submit/imagine"),
-        Some(KEY_A),
-        &second,
-    ))
-    .await;
-    let bodies: Vec<Value> = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.uri == "/mj/submit/imagine")
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect();
+    submit(&gw, &receiver.url()).await;
+    let bodies = forwarded_submits(&sim);
     assert!(bodies[0].get("notifyHook").is_none());
     assert_eq!(bodies[1]["notifyHook"], receiver.url().as_str());
     // Key B still has its share.
-    let theirs = serde_json::json!({"prompt": "c", "notifyHook": receiver.url()}).to_string();
-    send(request(
-        Method::POST,
-        &gw.url("/mj/submit/imagine"),
-        Some(KEY_B),
-        &theirs,
-    ))
-    .await;
-    let last = sim
-        .requests()
-        .into_iter()
-        .rev()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .unwrap();
-    let last: Value = serde_json::from_slice(&last.body).unwrap();
+    submit_as(&gw, KEY_B, &receiver.url()).await;
+    let last = forwarded_submits(&sim).pop().unwrap();
     assert!(
         last.get("notifyHook").is_none(),
         "key B's hook is taken over"
     );
     // Full or not, a hook the gateway would refuse is refused (never forwarded as it came).
-    let submits = || {
-        sim.requests()
-            .iter()
-            .filter(|r| r.uri == "/mj/submit/imagine")
-            .count()
-    };
-    let before = submits();
-    let bad = serde_json::json!({"prompt": "d", "notifyHook": "ftp://example.com/x"}).to_string();
-    let refused = send(request(
-        Method::POST,
-        &gw.url("/mj/submit/imagine"),
-        Some(KEY_A),
-        &bad,
-    ))
-    .await;
+    let before = forwarded_submits(&sim).len();
+    let refused = submit(&gw, "ftp://example.com/x").await;
     assert_eq!(
         refused.status, 400,
         "key A's share is full, and the hook is still checked"
     );
-    assert_eq!(submits(), before, "not forwarded");
+    assert_eq!(forwarded_submits(&sim).len(), before, "not forwarded");
     let metrics = scrape(&gw).await;
     assert!(
         metrics.value(

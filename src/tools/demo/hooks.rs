@@ -86,12 +86,7 @@ pub async fn run(
             received.finished.load(Ordering::Relaxed),
             sim.all_fetch_calls(),
         );
-        if spec.redraw {
-            write!(progress_out, "\r{line}")?;
-        } else if started.elapsed().as_millis() % 1000 < 250 {
-            writeln!(progress_out, "{line}")?;
-        }
-        progress_out.flush()?;
+        super::show_progress(progress_out, spec.redraw, started, &line)?;
     }
     if spec.redraw {
         writeln!(progress_out)?;
