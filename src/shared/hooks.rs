@@ -1,6 +1,7 @@
 //! Webhook deliveries kept in the shared tier, so they survive a restart and move to another replica.
 //!
-//! Each watched hook is a record (`{prefix}hook:{id}`) and a lease (`{prefix}hook-lease:{id}`). The
+//! Each watched hook is a record (`{prefix}hook:{id}`), an entry in the index `{prefix}hooks`, and a
+//! lease (`{prefix}hook-lease:{id}`). The
 //! replica delivering it holds the lease and renews it; a replica that stops (shut down, killed)
 //! stops renewing, and another one's sweep takes the lease and goes on from the last delivered
 //! state. Only the lease holder delivers, so one replica delivers a given event. The record holds the
@@ -102,82 +103,95 @@ impl SharedCache {
             .flatten()
     }
 
-    /// Writes (or rewrites) `record`, kept at most `ttl`.
+    /// The set of every hook record's id: what a sweep draws from. (A `SCAN` of the keyspace would
+    /// wade through every task key to find the few hooks.)
+    fn hook_index(&self) -> Vec<u8> {
+        let mut key = self.inner.prefix.clone();
+        key.extend_from_slice(b"hooks");
+        key
+    }
+
+    /// Writes (or rewrites) `record`, kept at most `ttl`, and lists it in the index.
     pub async fn save_hook(&self, record: &HookRecord, ttl: Duration) {
         let Ok(plain) = serde_json::to_vec(record) else {
             return;
         };
         let value = self.inner.sealer.seal(&plain);
         let mut connection = self.inner.connection.clone();
-        let _: Option<()> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(self.hook_key(&record.id))
-                    .arg(value)
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query_async(&mut connection),
-            )
-            .await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.hook_key(&record.id))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .ignore()
+            .cmd("SADD")
+            .arg(self.hook_index())
+            .arg(&record.id)
+            .ignore();
+        let _: Option<()> = self.run(pipe.query_async(&mut connection)).await;
     }
 
-    /// Forgets hook `id`: its deliveries are over.
+    /// Forgets hook `id`: its deliveries are over (or its record expired).
     pub async fn delete_hook(&self, id: &str) {
         let mut connection = self.inner.connection.clone();
-        let _: Option<()> = self
-            .run(
-                redis::cmd("DEL")
-                    .arg(self.hook_key(id))
-                    .query_async(&mut connection),
-            )
-            .await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.hook_key(id))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.hook_index())
+            .arg(id)
+            .ignore();
+        let _: Option<()> = self.run(pipe.query_async(&mut connection)).await;
     }
 
     /// Hooks no replica is delivering (their lease lapsed), each with its lease now held by this
-    /// replica; at most `max`.
+    /// replica; at most `max`, drawn at random from the index so that every replica's sweep does not
+    /// race for the same ones.
     pub async fn orphan_hooks(&self, max: usize) -> Vec<(HookRecord, Lease)> {
         if !self.is_up() {
             return Vec::new();
         }
-        let mut pattern = self.inner.prefix.clone();
-        pattern.extend_from_slice(b"hook:*");
         let mut connection = self.inner.connection.clone();
-        let keys: Option<(u64, Vec<Vec<u8>>)> = self
+        let ids: Option<Vec<String>> = self
             .run(
-                redis::cmd("SCAN")
-                    .arg(0)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
+                redis::cmd("SRANDMEMBER")
+                    .arg(self.hook_index())
                     .arg(SWEEP_KEYS)
                     .query_async(&mut connection),
             )
             .await;
-        let prefix_len = self.inner.prefix.len() + b"hook:".len();
         let mut taken = Vec::new();
-        for key in keys.map(|(_, keys)| keys).unwrap_or_default() {
+        for id in ids.unwrap_or_default() {
             if taken.len() >= max {
                 break;
             }
-            let Some(id) = key
-                .get(prefix_len..)
-                .and_then(|id| std::str::from_utf8(id).ok())
-            else {
-                continue;
-            };
-            let Some(lease) = self.lease_hook(id).await else {
+            let Some(lease) = self.lease_hook(&id).await else {
                 continue;
             };
             let value: Option<Option<Vec<u8>>> = self
-                .run(redis::cmd("GET").arg(&key).query_async(&mut connection))
+                .run(
+                    redis::cmd("GET")
+                        .arg(self.hook_key(&id))
+                        .query_async(&mut connection),
+                )
                 .await;
+            let Some(value) = value else {
+                // Redis failed: the record stays listed; the next sweep looks again.
+                lease.release().await;
+                continue;
+            };
             let record = value
-                .flatten()
                 .and_then(|value| self.inner.sealer.open(&value))
                 .and_then(|plain| serde_json::from_slice::<HookRecord>(&plain).ok());
             match record {
                 Some(record) if record.id == id => taken.push((record, lease)),
-                _ => lease.release().await,
+                _ => {
+                    // Expired past `max_age`, or not ours to read: nothing to deliver.
+                    self.delete_hook(&id).await;
+                    lease.release().await;
+                }
             }
         }
         taken

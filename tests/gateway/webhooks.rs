@@ -211,6 +211,26 @@ async fn every_change_of_a_submitted_task_is_delivered_signed_and_the_upstream_n
         "SUCCESS",
         "in order: {statuses:?}"
     );
+    // The lifecycle's order: SUBMITTED, IN_PROGRESS (progress rising), SUCCESS, never back.
+    let rank = |status: &str| {
+        ["SUBMITTED", "IN_PROGRESS", "SUCCESS"]
+            .iter()
+            .position(|s| *s == status)
+    };
+    let progress = |d: &Delivery| {
+        d.json()["progress"]
+            .as_str()
+            .and_then(|p| p.trim_end_matches('%').parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    for pair in deliveries.windows(2) {
+        let (a, b) = (pair[0].json(), pair[1].json());
+        assert!(
+            rank(a["status"].as_str().unwrap()) <= rank(b["status"].as_str().unwrap())
+                && progress(&pair[0]) <= progress(&pair[1]),
+            "out of order: {statuses:?}"
+        );
+    }
     let ids: std::collections::HashSet<String> =
         deliveries.iter().map(|d| d.header("webhook-id")).collect();
     assert_eq!(ids.len(), deliveries.len(), "one id per state");
@@ -491,15 +511,23 @@ async fn with_redis_a_replica_stopped_mid_retry_leaves_the_delivery_to_another()
         "one event throughout: {ids:?}"
     );
     assert!(deliveries.iter().all(Delivery::signed));
-    poll_until("the record is gone once delivered", || async {
-        let mut connection = redis.connection().await;
-        let left: Vec<String> = redis::cmd("KEYS")
-            .arg("hooks:hook:*")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        left.is_empty()
-    })
+    poll_until(
+        "the record and its index entry are gone once delivered",
+        || async {
+            let mut connection = redis.connection().await;
+            let left: Vec<String> = redis::cmd("KEYS")
+                .arg("hooks:hook:*")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            let listed: u64 = redis::cmd("SCARD")
+                .arg("hooks:hooks")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            left.is_empty() && listed == 0
+        },
+    )
     .await;
 }
 
@@ -550,6 +578,16 @@ async fn with_redis_a_replica_killed_mid_retry_leaves_the_delivery_to_another() 
          [shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"0123456789abcdef0123456789abcdef\"\nkey_prefix = \"killed:\"\nlease_ttl = \"1s\"\n",
         redis.url(),
     );
+    // A Redis full of other keys: the survivor finds the hook without wading through them.
+    let mut connection = redis.connection().await;
+    let mut junk = redis::pipe();
+    for i in 0..5000 {
+        junk.cmd("SET")
+            .arg(format!("killed:task:junk-{i}"))
+            .arg("x")
+            .ignore();
+    }
+    let _: () = junk.query_async(&mut connection).await.unwrap();
     let file =
         crate::config_cli::write_config(&format!("{text}[upstream]\nurl = \"{}\"\n", sim.url()));
     let mut command = crate::config_cli::mjgate();
