@@ -5,11 +5,12 @@
 //! fresh for ever; an in-progress one for `in_progress_ttl`.
 
 pub mod conditional;
+pub mod encoding;
 pub mod response;
 pub mod status;
 
 use std::borrow::Borrow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,10 +18,12 @@ use http::{HeaderValue, StatusCode};
 use moka::Expiry;
 use moka::sync::Cache;
 
+use crate::body::Stored;
 use crate::cache::conditional::etag_of;
 use crate::config::CacheConfig;
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::family::TaskRef;
+use crate::gzip::Gzipped;
 use crate::metrics::Metrics;
 use crate::task::{MAX_ID_LEN, TaskClass};
 
@@ -106,6 +109,9 @@ pub struct CachedTask {
     /// Where the task object sits in `body` (all of it but in an envelope like new-api's), for
     /// batch answers built from stored tasks.
     task_span: (u32, u32),
+    /// The gzip copy of a `200` answer, made once when the entry is stored (`cache.gzip`); empty
+    /// until then, `None` inside when the answer is too short to be worth it.
+    gzip: OnceLock<Option<Gzipped>>,
 }
 
 impl CachedTask {
@@ -120,6 +126,7 @@ impl CachedTask {
             class,
             stored_at: Instant::now(),
             keep_until: None,
+            gzip: OnceLock::new(),
         }
     }
 
@@ -164,6 +171,7 @@ impl CachedTask {
             class: TaskClass::NotFound,
             stored_at: Instant::now(),
             keep_until: None,
+            gzip: OnceLock::new(),
         }
     }
 
@@ -185,12 +193,33 @@ impl CachedTask {
             class,
             stored_at: now.checked_sub(age).unwrap_or(now),
             keep_until: None,
+            gzip: OnceLock::new(),
         }
+    }
+
+    /// Makes the gzip copy of a `200` answer, once; the cache does it before it weighs the entry.
+    pub fn prepare_gzip(&self) {
+        self.gzip.get_or_init(|| {
+            (self.status == StatusCode::OK)
+                .then(|| Gzipped::of(&self.body, &self.etag))
+                .flatten()
+        });
     }
 
     /// Whole seconds since the upstream produced this answer, for the `Age` header.
     pub fn age(&self) -> u64 {
         self.stored_at.elapsed().as_secs()
+    }
+}
+
+impl Stored for CachedTask {
+    fn identity(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The gzip copy, when one was made.
+    fn gzipped(&self) -> Option<&Gzipped> {
+        self.gzip.get().and_then(Option::as_ref)
     }
 }
 
@@ -228,6 +257,8 @@ pub struct TaskCache {
     lifetime: Lifetime,
     /// Entry counts and bytes by class, kept here on insert and by moka's eviction listener on removal.
     metrics: Arc<Metrics>,
+    /// `cache.gzip`: entries get their gzip copy as they are stored.
+    gzip: bool,
 }
 
 /// What an entry costs against the memory budget.
@@ -236,6 +267,7 @@ fn weigh(key: &CacheKey, task: &CachedTask) -> u32 {
         + task.body.len()
         + task.content_type.as_ref().map_or(0, HeaderValue::len)
         + task.etag.len()
+        + task.gzipped().map_or(0, Gzipped::weight)
         + ENTRY_OVERHEAD;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
@@ -270,6 +302,7 @@ impl TaskCache {
             refresh_deferred,
             lifetime,
             metrics,
+            gzip: config.gzip,
         }
     }
 
@@ -341,6 +374,9 @@ impl TaskCache {
     }
 
     pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) {
+        if self.gzip {
+            task.prepare_gzip();
+        }
         self.metrics.cache_added(task.class, weigh(&key, &task));
         self.refresh_deferred.invalidate(&key);
         self.entries.insert(key, task);
@@ -446,6 +482,7 @@ mod tests {
             max_memory,
             max_stale: Duration::from_millis(100),
             not_found_ttl: ttl,
+            gzip: true,
         };
         TaskCache::new(
             &config,

@@ -138,6 +138,8 @@ pub struct CacheConfig {
     pub max_stale: Duration,
     /// How long a "no such task" answer is kept.
     pub not_found_ttl: Duration,
+    /// Keep a gzip copy of each task answer (from 256 bytes) and serve it to clients that accept it.
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
+    /// A plaintext HTTP/1 connection idle this long gives up hyper's buffers until its next request
+    /// (nginx's keep-alive); `None` (configured as 0) keeps every connection whole.
+    pub park_idle_after: Option<Duration>,
 }
 
 /// `[shared_cache]`: the Redis tier. Its `Debug` leaves out the URL's password and the secret.
@@ -324,6 +329,7 @@ struct RawCache {
     max_stale: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     not_found_ttl: Option<Duration>,
+    gzip: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +356,8 @@ struct RawServer {
     body_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    park_idle_after: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +563,7 @@ impl RawCache {
             )?,
             max_stale: self.max_stale.unwrap_or(Duration::from_secs(300)),
             not_found_ttl: self.not_found_ttl.unwrap_or(Duration::from_secs(1)),
+            gzip: self.gzip.unwrap_or(true),
         })
     }
 }
@@ -615,6 +624,8 @@ impl RawServer {
                 self.idle_timeout,
                 Duration::from_secs(60),
             )?,
+            park_idle_after: Some(self.park_idle_after.unwrap_or(Duration::from_secs(1)))
+                .filter(|after| !after.is_zero()),
         })
     }
 }

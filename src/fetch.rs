@@ -69,7 +69,7 @@ impl Served {
 
     /// A stored task as the answer, its `Cache-Status` header and its label from the one `cache`.
     pub fn task(
-        task: &CachedTask,
+        task: &Arc<CachedTask>,
         cache: CacheStatus,
         with_age: bool,
         upstream_status: Option<u16>,
@@ -221,7 +221,7 @@ impl Fetcher {
                         Ok(landed) => {
                             self.metrics.task_lookups(family, Outcome::Collapsed, 1);
                             self.defer_refresh_if_failed(key.as_bytes(), &landed, stale.is_some());
-                            return landed_response(landed, true, stale.as_deref());
+                            return landed_response(landed, true, stale.as_ref());
                         }
                         Err(abandoned) => {
                             return Served::bypass(RequestError::from(abandoned).into_response());
@@ -244,7 +244,7 @@ impl Fetcher {
             return match landed {
                 Ok(landed) => {
                     self.defer_refresh_if_failed(key.as_bytes(), &landed, stale.is_some());
-                    landed_response(landed, false, stale.as_deref())
+                    landed_response(landed, false, stale.as_ref())
                 }
                 Err(abandoned) => Served::bypass(RequestError::from(abandoned).into_response()),
             };
@@ -402,7 +402,7 @@ impl Fetcher {
 /// The answer for a landed flight, for a request that took part in it: `collapsed` when it waited
 /// on another request's call. When the flight failed and `stale` holds an answer within
 /// `cache.max_stale`, that answer is served.
-fn landed_response(landed: Landed, collapsed: bool, stale: Option<&CachedTask>) -> Served {
+fn landed_response(landed: Landed, collapsed: bool, stale: Option<&Arc<CachedTask>>) -> Served {
     if let (Some(fwd_status), Some(stale)) = (failure_status(&landed), stale) {
         return serve_stale(stale, fwd_status);
     }
@@ -454,7 +454,7 @@ fn not_returned() -> Served {
 }
 
 /// A stale answer standing in for a failed refresh, marked RFC 9211 `fwd=stale`.
-fn serve_stale(stale: &CachedTask, fwd_status: u16) -> Served {
+fn serve_stale(stale: &Arc<CachedTask>, fwd_status: u16) -> Served {
     Served::task(
         stale,
         CacheStatus::Stale { fwd_status },

@@ -36,6 +36,7 @@ pub mod error;
 pub mod family;
 pub mod fetch;
 pub mod gateway;
+pub mod gzip;
 pub mod hex;
 pub mod metrics;
 pub mod pipeline;

@@ -183,6 +183,7 @@ pub struct Metrics {
     /// Requests waiting right now on another request's upstream call.
     collapse_waiters: IntGauge,
     client_connections: IntGauge,
+    parked_connections: IntGauge,
     refused_connections: IntCounter,
     log_lines_dropped: IntCounter,
     cache_entries: IntGaugeVec,
@@ -707,6 +708,10 @@ impl Metrics {
                 "Requests waiting on another request's upstream call right now.",
             ),
             client_connections: r.gauge("mjgate_client_connections", "Open client connections."),
+            parked_connections: r.gauge(
+                "mjgate_client_connections_parked",
+                "Idle HTTP/1 client connections parked without buffers until their next request.",
+            ),
             refused_connections: r.counter(
                 "mjgate_client_connections_refused_total",
                 "Client connections closed on accept because server.max_connections was reached.",
@@ -775,6 +780,10 @@ impl Metrics {
 
     pub fn client_connection(&self) -> GaugeGuard {
         GaugeGuard::new(&self.client_connections)
+    }
+
+    pub fn parked_connection(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.parked_connections)
     }
 
     pub fn connection_refused(&self) {

@@ -21,14 +21,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
+use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderValue, IF_NONE_MATCH};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
-use crate::cache::conditional;
+use crate::cache::{conditional, encoding};
 use crate::error::json_error;
 use crate::fetch::Served;
+use crate::gzip;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::request::id::{self as request_id, X_REQUEST_ID};
 
@@ -127,6 +128,11 @@ where
         let request_id = request_id::of_request(request.headers());
         // The handler consumes the request (a batch reads its body): keep what the 304 check needs.
         let if_none_match = conditional::if_none_match(request.headers());
+        let accepts_gzip = request
+            .headers()
+            .get_all(ACCEPT_ENCODING)
+            .iter()
+            .any(|value| gzip::accepts_gzip(value.as_bytes()));
         let slow = self.inner.call(Call {
             request,
             request_id: request_id.clone(),
@@ -137,6 +143,7 @@ where
                 started,
                 request_id,
                 if_none_match,
+                accepts_gzip,
             }),
             metrics: Arc::clone(&self.metrics),
             access_log: self.access_log,
@@ -160,6 +167,8 @@ pub fn hit<B, H: HitPath<B>>(
         started,
         request_id: request_id::of_request(request.headers()),
         if_none_match: None,
+        // The hit path picked the representation already, from the headers admission read.
+        accepts_gzip: false,
     };
     let mut response = response;
     let hit = (RouteLabel::Fetch, Outcome::Hit, None);
@@ -179,6 +188,8 @@ pub struct Finish {
     request_id: HeaderValue,
     /// The request's `If-None-Match` lines, kept when the request itself went to the handler.
     if_none_match: Option<HeaderMap>,
+    /// Whether the request's `Accept-Encoding` takes gzip.
+    accepts_gzip: bool,
 }
 
 impl Finish {
@@ -194,6 +205,7 @@ impl Finish {
         metrics: &Metrics,
         access_log: bool,
     ) {
+        encoding::represent(response, self.accepts_gzip, route == RouteLabel::Batch);
         let conditions = request
             .filter(|headers| headers.contains_key(IF_NONE_MATCH))
             .or(self.if_none_match.as_ref());

@@ -1,19 +1,12 @@
 //! The accept loop: connection limits, HTTP/1.1 and HTTP/2 serving, and the graceful drain on shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -21,7 +14,11 @@ use crate::config::{Config, ServerConfig};
 use crate::error::Error;
 use crate::gateway::{Gateway, Listener};
 use crate::tls::{ListenerCert, Reload};
-use tower::Service as _;
+
+mod connection;
+mod stream;
+
+use connection::{Connection, Serving};
 
 /// How the drain after a shutdown signal ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +95,7 @@ pub async fn serve(
         }
         None => (None, None),
     };
-    let builder = Arc::new(http_builder(config));
+    let serving = Arc::new(serving(config));
     let connections = Arc::new(Semaphore::new(config.max_connections));
     // Tells every connection to finish what it is serving and close: the drain.
     let (closing, _) = watch::channel(false);
@@ -135,11 +132,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             gateway: Arc::clone(&gateway),
-            builder: Arc::clone(&builder),
+            serving: Arc::clone(&serving),
             tls: acceptor.clone().filter(|_| listener == Listener::Main),
             closing: closing.subscribe(),
-            head_timeout: config.header_read_timeout,
-            idle_timeout: config.idle_timeout,
             peer,
             listener,
         };
@@ -158,11 +153,10 @@ pub async fn serve(
     Ok(drain(&closing, &connections, config).await)
 }
 
-/// The HTTP/1.1 and HTTP/2 settings every connection is served with.
-fn http_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// The HTTP/1.1 and HTTP/2 settings and the timers every connection is served with.
+fn serving(config: &ServerConfig) -> Serving {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
@@ -170,13 +164,19 @@ fn http_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     // HTTP/2 peers are pinged when quiet and dropped when they do not answer: a client that opens
     // a connection and then ignores it (or vanished without a FIN) is gone within two idle timeouts,
     // while a live one answers pings on its own and keeps its streams.
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(config.idle_timeout))
         .keep_alive_timeout(config.idle_timeout.min(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+    Serving {
+        http1,
+        http2,
+        head_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        park_after: config.park_idle_after,
+    }
 }
 
 /// Tells every connection to finish and close, then waits for them, `shutdown_grace` at most.
@@ -199,184 +199,6 @@ async fn drain(
         Drain::TimedOut => tracing::warn!("grace period elapsed with requests still in flight"),
     }
     drain
-}
-
-/// One accepted connection and what serving it needs.
-struct Connection {
-    gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    /// Set on the main listener when it serves TLS.
-    tls: Option<TlsAcceptor>,
-    /// Turns true when the drain begins.
-    closing: watch::Receiver<bool>,
-    head_timeout: Duration,
-    idle_timeout: Duration,
-    peer: SocketAddr,
-    listener: Listener,
-}
-
-impl Connection {
-    /// Serves the connection until it ends. On the drain signal, or when a whole `idle_timeout`
-    /// passes without a new request, it is shut down gracefully: HTTP/1 finishes the response in
-    /// flight and closes, HTTP/2 sends GOAWAY and lets its open streams finish. `header_read_timeout`
-    /// closes idle HTTP/1 connections sooner; the idle check is what closes idle HTTP/2 ones, which
-    /// would otherwise hold a connection slot for as long as the client likes.
-    async fn serve(mut self, stream: TcpStream) {
-        let Some(stream) = self.handshake(stream).await else {
-            return;
-        };
-        let peer = self.peer;
-        // Set by every request, cleared by the idle check: a connection that went a whole
-        // `idle_timeout` without one is closed. Unset until the first request arrives.
-        let active = Arc::new(AtomicBool::new(false));
-        let service = {
-            let gateway = Arc::clone(&self.gateway);
-            let active = Arc::clone(&active);
-            let listener = self.listener;
-            // Built once per connection; hyper calls it one request at a time, so the cell is never
-            // borrowed twice (a fresh pipeline would serve if it were).
-            let pipeline = std::cell::RefCell::new(gateway.pipeline(peer, listener));
-            service_fn(move |request| {
-                active.store(true, Ordering::Relaxed);
-                match pipeline.try_borrow_mut() {
-                    Ok(mut pipeline) => pipeline.call(request),
-                    Err(_) => gateway.pipeline(peer, listener).call(request),
-                }
-            })
-        };
-        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(connection);
-        // Built once, not per wake-up: this loop runs on every read and write of the connection.
-        let idle_timeout = self.idle_timeout;
-        let drain = self.closing.wait_for(|closing| *closing);
-        let idle_check = tokio::time::sleep(idle_timeout);
-        // hyper's own head timeout starts with the first byte, and nothing times the read that
-        // tells HTTP/1 from HTTP/2: a client that connects (and shakes hands) but never sends a
-        // request would hold its slot until the idle check. Like nginx's client_header_timeout,
-        // the first request must arrive within `header_read_timeout` of the connection.
-        let first_request = tokio::time::sleep(self.head_timeout);
-        tokio::pin!(drain, idle_check, first_request);
-        let mut closed = false;
-        let mut first_seen = false;
-        let result = loop {
-            tokio::select! {
-                biased;
-                result = connection.as_mut() => break result,
-                () = &mut first_request, if !first_seen => {
-                    if !active.load(Ordering::Relaxed) {
-                        tracing::debug!(%peer, "no request within header_read_timeout: closed");
-                        break Ok(());
-                    }
-                    first_seen = true;
-                }
-                _ = &mut drain, if !closed => {
-                    connection.as_mut().graceful_shutdown();
-                    closed = true;
-                }
-                () = &mut idle_check, if !closed => {
-                    if active.swap(false, Ordering::Relaxed) {
-                        idle_check.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                    } else {
-                        connection.as_mut().graceful_shutdown();
-                        closed = true;
-                    }
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
-    }
-
-    /// The stream to serve: the socket, or TLS over it once the handshake is done. The handshake runs
-    /// in the connection's own task, not the accept loop, under the head's deadline: a client that
-    /// connects and never says hello holds nothing but its own slot.
-    async fn handshake(&mut self, stream: TcpStream) -> Option<ClientStream> {
-        let Some(acceptor) = &self.tls else {
-            return Some(ClientStream::Plain(stream));
-        };
-        let metrics = self.gateway.metrics();
-        match tokio::time::timeout(self.head_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                metrics.tls_handshake(true);
-                Some(ClientStream::Tls(Box::new(stream)))
-            }
-            failed => {
-                metrics.tls_handshake(false);
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
-                None
-            }
-        }
-    }
-}
-
-/// A client's byte stream: the socket itself, or TLS over it. One type for both, so one connection
-/// loop serves either (the match per read and write costs nothing measurable next to the syscall).
-enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientStream::Plain(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 /// Checks the listener's certificate files every `tls.reload_interval`, and reloads at once on

@@ -1,6 +1,8 @@
 //! A stored task as an HTTP answer: the upstream's bytes and content type, `ETag`, `Cache-Control:
 //! private`, `Cache-Status` and `Age`.
 
+use std::sync::Arc;
+
 use http::Response;
 use http::StatusCode;
 use http::header::{AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue};
@@ -18,11 +20,11 @@ pub static PRIVATE: HeaderValue = HeaderValue::from_static("private");
 /// A stored task as a response: the upstream's bytes and content type, plus `Cache-Status` (and `Age`
 /// when it comes from the cache).
 pub fn task_response(
-    task: &CachedTask,
+    task: &Arc<CachedTask>,
     status: CacheStatus,
     with_age: bool,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(task.body.clone()));
+    let mut response = Response::new(ResponseBody::Task(Some(Arc::clone(task) as _)));
     *response.status_mut() = task.status;
     let headers = response.headers_mut();
     if task.status != StatusCode::NO_CONTENT {

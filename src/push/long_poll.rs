@@ -9,6 +9,7 @@ use http::Request;
 use http::header::IF_NONE_MATCH;
 use hyper::body::Incoming;
 
+use crate::body::Stored as _;
 use crate::cache::KeyBuf;
 use crate::cache::conditional::none_match_hits;
 use crate::cache::status::CacheStatus;
@@ -63,8 +64,12 @@ impl Push {
         let Some((current, _)) = self.fetcher.cache().current(key.as_bytes()) else {
             return served;
         };
+        // The client may hold either representation of the answer (identity or gzip).
         let held_by_client = headers.contains_key(IF_NONE_MATCH)
-            && none_match_hits(headers, &current.etag)
+            && (none_match_hits(headers, &current.etag)
+                || current
+                    .gzipped()
+                    .is_some_and(|gzipped| none_match_hits(headers, &gzipped.etag)))
             && served.response.headers().get(http::header::ETAG) == Some(&current.etag);
         if current.class != TaskClass::InProgress || !held_by_client {
             return served;

@@ -20,7 +20,11 @@
 //!
 //! The checks are byte scans and one pass over the headers: they run on the hit path too.
 
-use http::header::{ACCEPT, AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{
+    ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue,
+};
+
+use crate::gzip;
 use http::{Method, StatusCode, Uri, Version};
 
 pub use crate::credential::{CREDENTIAL_HEADERS, Credential, MJ_API_SECRET};
@@ -71,6 +75,8 @@ pub struct Admitted<'a> {
     pub credential: Credential<'a>,
     /// It accepts `text/event-stream` (an event-stream client such as a browser's `EventSource`).
     pub accepts_events: bool,
+    /// Its `Accept-Encoding` takes gzip.
+    pub accepts_gzip: bool,
     /// It carries no credential the gateway partitions by, but a header an upstream might take as one
     /// (`X-Api-Key`, `Api-Key`, `Proxy-Authorization`, `Cookie`): its answers cannot be filed under
     /// the right credential, so it is not served from the cache (it passes through).
@@ -105,6 +111,7 @@ pub fn admit<'a>(
     let mut credential = Credential::Anonymous;
     let mut connection_names_credential = false;
     let mut accepts_events = false;
+    let mut accepts_gzip = false;
     let mut opaque = false;
     for (name, value) in headers {
         if name == HOST {
@@ -119,6 +126,8 @@ pub fn admit<'a>(
             connection_names_credential |= names_a_credential(value);
         } else if name == ACCEPT {
             accepts_events |= accepts_event_stream(value);
+        } else if name == ACCEPT_ENCODING {
+            accepts_gzip |= gzip::accepts_gzip(value.as_bytes());
         } else if OPAQUE_CREDENTIALS.contains(name) {
             opaque = true;
         }
@@ -138,6 +147,7 @@ pub fn admit<'a>(
     Ok(Admitted {
         credential,
         accepts_events,
+        accepts_gzip,
         opaque_credential: opaque && credential == Credential::Anonymous,
     })
 }

@@ -1,0 +1,450 @@
+//! One client connection from accept to close: the TLS handshake, telling HTTP/2 from HTTP/1,
+//! serving with hyper, the idle and drain checks, and parking an idle HTTP/1 connection.
+//!
+//! Parking is nginx's keep-alive: hyper keeps a read buffer and a header buffer for as long as it
+//! serves a connection (8-16 KB allocated, a page or more of each written), so an idle keep-alive
+//! connection costs tens of kilobytes. Once a plaintext HTTP/1 connection has had no request for
+//! `server.park_idle_after` and nothing is in flight, hyper's connection is taken apart and dropped;
+//! the socket alone waits for readability, and the next request gets a fresh hyper connection.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tower::Service as _;
+
+use super::stream::{ClientStream, Served};
+use crate::body::ResponseBody;
+use crate::gateway::{Gateway, Handler, Listener};
+use crate::pipeline::{Envelope, Enveloped};
+
+/// How every connection is served: hyper's two protocol builders and the connection timers.
+pub(super) struct Serving {
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<TokioExecutor>,
+    pub(super) head_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    /// `None`: idle connections are never parked.
+    pub(super) park_after: Option<Duration>,
+}
+
+impl Serving {
+    /// How often a connection looks at what it has done since the last look: often enough to park
+    /// an idle connection `park_after` after its last request, and to close it `idle_timeout` after.
+    fn tick(&self) -> Duration {
+        match self.park_after {
+            Some(park_after) => park_after.min(self.idle_timeout),
+            None => self.idle_timeout,
+        }
+    }
+}
+
+/// What a connection has done, kept by its service, its response bodies and its stream, and read by
+/// the connection loop to tell an idle connection (which may park) from a busy one.
+#[derive(Default)]
+pub(super) struct Activity {
+    /// Requests handed to the service, ever.
+    started: AtomicUsize,
+    /// Responses whose body hyper dropped: sent, or abandoned with the connection.
+    finished: AtomicUsize,
+    /// Whether the last request had a body, which hyper may still be reading or draining.
+    with_body: AtomicBool,
+    /// Whether the last write to the socket had to wait: hyper still holds bytes to send.
+    pub(super) write_blocked: AtomicBool,
+}
+
+impl Activity {
+    fn started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Nothing in flight, nothing left to read of a request, nothing left to write: hyper sits
+    /// waiting for the next request head, and taking its connection apart loses nothing.
+    fn quiescent(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
+            && !self.with_body.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+    }
+}
+
+/// One accepted connection and what serving it needs.
+pub(super) struct Connection {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) serving: Arc<Serving>,
+    /// Set on the main listener when it serves TLS.
+    pub(super) tls: Option<TlsAcceptor>,
+    /// Turns true when the drain begins.
+    pub(super) closing: watch::Receiver<bool>,
+    pub(super) peer: SocketAddr,
+    pub(super) listener: Listener,
+}
+
+/// How a spell of serving with hyper ended.
+enum Ended {
+    /// The connection is over: closed by the client, by an error, or by the idle or drain check.
+    Over,
+    /// Idle and quiescent: hyper's connection was taken apart, the socket is to park.
+    Park,
+}
+
+impl Connection {
+    /// Serves the connection until it ends. On the drain signal, or when a whole `idle_timeout`
+    /// passes without a new request, it is shut down gracefully: HTTP/1 finishes the response in
+    /// flight and closes, HTTP/2 sends GOAWAY and lets its open streams finish. `header_read_timeout`
+    /// closes idle HTTP/1 connections sooner (parked ones too); the idle check is what closes idle
+    /// HTTP/2 ones, which would otherwise hold a connection slot for as long as the client likes.
+    pub(super) async fn serve(mut self, stream: TcpStream) {
+        // hyper's own head timeout starts with the first byte, and nothing else times the handshake
+        // or the read that tells HTTP/1 from HTTP/2: like nginx's client_header_timeout, the first
+        // request must arrive within `header_read_timeout` of the connection.
+        let first_request = Instant::now() + self.serving.head_timeout;
+        let Some(stream) = self.handshake(stream).await else {
+            return;
+        };
+        let activity = Arc::new(Activity::default());
+        let mut served = Served {
+            unread: Bytes::new(),
+            stream,
+            activity: Arc::clone(&activity),
+        };
+        let http2 = match tokio::time::timeout_at(first_request, sniff(&mut served)).await {
+            Ok(Some(http2)) => http2,
+            _ => return,
+        };
+        let service = ConnectionService {
+            pipeline: std::cell::RefCell::new(self.gateway.pipeline(self.peer, self.listener)),
+            gateway: Arc::clone(&self.gateway),
+            peer: self.peer,
+            listener: self.listener,
+            activity: Arc::clone(&activity),
+        };
+        if http2 {
+            let connection = self
+                .serving
+                .http2
+                .serve_connection(TokioIo::new(served), service);
+            let mut connection = Box::pin(connection);
+            self.supervise(&mut connection, &activity, Some(first_request), false)
+                .await;
+        } else {
+            self.serve_http1(served, service, &activity, first_request)
+                .await;
+        }
+    }
+
+    /// HTTP/1: serves with hyper, parks when idle, and serves again when the client writes.
+    async fn serve_http1(
+        &mut self,
+        mut served: Served,
+        mut service: ConnectionService,
+        activity: &Arc<Activity>,
+        first_request: Instant,
+    ) {
+        let may_park =
+            self.serving.park_after.is_some() && matches!(served.stream, ClientStream::Plain(_));
+        let mut first_request = Some(first_request);
+        loop {
+            let connection = self
+                .serving
+                .http1
+                .serve_connection(TokioIo::new(served), service);
+            let mut connection = Http1(Box::new(connection));
+            let ended = self
+                .supervise(&mut connection, activity, first_request.take(), may_park)
+                .await;
+            let parts = connection.0.into_parts();
+            let mut io = parts.io.into_inner();
+            if let Ended::Over = ended {
+                // hyper was told not to shut the stream down (it might have been parked): do it here.
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return;
+            }
+            io.unread = match (parts.read_buf.is_empty(), io.unread.is_empty()) {
+                (true, _) => io.unread,
+                (false, true) => parts.read_buf,
+                (false, false) => [parts.read_buf, io.unread].concat().into(),
+            };
+            if io.unread.is_empty() && !self.park(&io).await {
+                return;
+            }
+            served = io;
+            service = parts.service;
+        }
+    }
+
+    /// Waits, holding nothing but the socket, until the client writes again: `true` to serve it.
+    /// The client has `header_read_timeout` since its last answer to send its next request (as it
+    /// would with hyper holding the connection), and the drain closes a parked connection at once.
+    async fn park(&mut self, served: &Served) -> bool {
+        let ClientStream::Plain(socket) = &served.stream else {
+            return true;
+        };
+        let _parked = self.gateway.metrics().parked_connection();
+        let serving = &self.serving;
+        let quiet_for = serving.head_timeout.min(serving.idle_timeout);
+        let deadline = Instant::now() + quiet_for.saturating_sub(serving.tick());
+        tokio::select! {
+            readable = socket.readable() => readable.is_ok(),
+            _ = self.closing.wait_for(|closing| *closing) => false,
+            () = tokio::time::sleep_until(deadline) => false,
+        }
+    }
+
+    /// Drives one hyper connection until it ends, checking every tick whether it went quiet: closed
+    /// after `idle_timeout` without a request, taken apart to park (`may_park`) after `park_after`.
+    async fn supervise(
+        &mut self,
+        connection: &mut impl HyperConnection,
+        activity: &Activity,
+        first_request: Option<Instant>,
+        may_park: bool,
+    ) -> Ended {
+        let serving = Arc::clone(&self.serving);
+        let peer = self.peer;
+        let tick = serving.tick();
+        let drain = self.closing.wait_for(|closing| *closing);
+        let tick_timer = tokio::time::sleep(tick);
+        let first_timer = tokio::time::sleep_until(first_request.unwrap_or_else(Instant::now));
+        tokio::pin!(drain, tick_timer, first_timer);
+        let mut first_pending = first_request.is_some();
+        let mut closed = false;
+        let mut parking = false;
+        // A fresh hyper connection counts itself busy until it has served a request: only then does
+        // shutting it down take it apart at once rather than end keep-alive after the next answer.
+        let fresh = activity.started();
+        let mut seen = fresh;
+        let mut last_request = Instant::now();
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = poll_fn(|cx| connection.poll_done(cx)) => break result,
+                () = &mut first_timer, if first_pending => {
+                    first_pending = false;
+                    if activity.started() == 0 {
+                        tracing::debug!(%peer, "no request within header_read_timeout: closed");
+                        return Ended::Over;
+                    }
+                }
+                _ = &mut drain, if !closed => {
+                    connection.shut_down();
+                    closed = true;
+                }
+                () = &mut tick_timer, if !closed => {
+                    let now = Instant::now();
+                    let started = activity.started();
+                    if started != seen {
+                        seen = started;
+                        last_request = now;
+                    } else if now.duration_since(last_request) >= serving.idle_timeout {
+                        connection.shut_down();
+                        closed = true;
+                    } else if may_park
+                        && seen != fresh
+                        && now.duration_since(last_request) >= serving.park_after.unwrap_or(Duration::MAX)
+                        && activity.quiescent()
+                    {
+                        // hyper is idle, so this closes its connection at once without a byte
+                        // written; `poll_done` then hands the stream back.
+                        connection.shut_down();
+                        closed = true;
+                        parking = true;
+                    }
+                    tick_timer.as_mut().reset(now + tick);
+                }
+            }
+        };
+        match result {
+            Ok(()) if parking => Ended::Park,
+            Ok(()) => Ended::Over,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                Ended::Over
+            }
+        }
+    }
+
+    /// The stream to serve: the socket, or TLS over it once the handshake is done. The handshake runs
+    /// in the connection's own task, not the accept loop, under the head's deadline: a client that
+    /// connects and never says hello holds nothing but its own slot.
+    async fn handshake(&mut self, stream: TcpStream) -> Option<ClientStream> {
+        let Some(acceptor) = &self.tls else {
+            return Some(ClientStream::Plain(stream));
+        };
+        let metrics = self.gateway.metrics();
+        match tokio::time::timeout(self.serving.head_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                metrics.tls_handshake(true);
+                Some(ClientStream::Tls(Box::new(stream)))
+            }
+            failed => {
+                metrics.tls_handshake(false);
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+                None
+            }
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes tell HTTP/2's connection preface from an HTTP/1 request: `true` for
+/// HTTP/2, `None` when the client closed or failed first. What was read is left for hyper to read.
+/// TLS clients that chose `h2` by ALPN are sniffed the same way, so nothing is sent to a client
+/// before it has said something.
+async fn sniff(served: &mut Served) -> Option<bool> {
+    // One read takes a whole typical request head, so HTTP/1 costs no extra system call.
+    let mut read = BytesMut::with_capacity(1024);
+    let http2 = loop {
+        match served.read_buf(&mut read).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        let seen = &read[..read.len().min(H2_PREFACE.len())];
+        if seen != &H2_PREFACE[..seen.len()] {
+            break false;
+        }
+        if seen.len() == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    served.unread = read.freeze();
+    Some(http2)
+}
+
+/// What `supervise` needs of a hyper connection, HTTP/1 or HTTP/2.
+trait HyperConnection {
+    /// Ready when the connection is over; an HTTP/1 stream is then still open, for `into_parts`.
+    fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>>;
+    /// Finish what is in flight, then end (at once when idle).
+    fn shut_down(&mut self);
+}
+
+/// hyper's HTTP/1 connection, boxed so a parked connection's task holds none of it.
+struct Http1(Box<http1::Connection<TokioIo<Served>, ConnectionService>>);
+
+impl HyperConnection for Http1 {
+    fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        self.0.poll_without_shutdown(cx)
+    }
+
+    fn shut_down(&mut self) {
+        Pin::new(self.0.as_mut()).graceful_shutdown();
+    }
+}
+
+type Http2 = Pin<Box<http2::Connection<TokioIo<Served>, ConnectionService, TokioExecutor>>>;
+
+impl HyperConnection for Http2 {
+    fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        self.as_mut().poll(cx)
+    }
+
+    fn shut_down(&mut self) {
+        self.as_mut().graceful_shutdown();
+    }
+}
+
+/// The service hyper calls for each request of one connection: the gateway's pipeline, with the
+/// connection's activity kept.
+struct ConnectionService {
+    /// Built once per connection; hyper calls HTTP/1 one request at a time, so the cell is never
+    /// borrowed twice (HTTP/2's concurrent streams get a fresh pipeline if it is).
+    pipeline: std::cell::RefCell<Envelope<Handler>>,
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    listener: Listener,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<CountedBody>;
+    type Error = Infallible;
+    type Future = Counted;
+
+    fn call(&self, request: Request<Incoming>) -> Counted {
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        self.activity
+            .with_body
+            .store(!request.body().is_end_stream(), Ordering::Relaxed);
+        let inner = match self.pipeline.try_borrow_mut() {
+            Ok(mut pipeline) => pipeline.call(request),
+            Err(_) => self
+                .gateway
+                .pipeline(self.peer, self.listener)
+                .call(request),
+        };
+        Counted {
+            inner,
+            activity: Some(Arc::clone(&self.activity)),
+        }
+    }
+}
+
+/// A request's answer on its way: the pipeline's future, whose body will count itself finished.
+struct Counted {
+    inner: Enveloped,
+    activity: Option<Arc<Activity>>,
+}
+
+impl Future for Counted {
+    type Output = Result<Response<CountedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Ok(response) = ready!(Pin::new(&mut this.inner).poll(cx));
+        let activity = this.activity.take().unwrap_or_default();
+        Poll::Ready(Ok(response.map(|body| CountedBody { body, activity })))
+    }
+}
+
+/// A response body that tells the connection, when hyper drops it, that its request is done.
+pub(super) struct CountedBody {
+    body: ResponseBody,
+    activity: Arc<Activity>,
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.activity.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
