@@ -63,7 +63,10 @@ pub(super) struct Activity {
     started: AtomicUsize,
     /// Responses whose body hyper dropped: sent, or abandoned with the connection.
     finished: AtomicUsize,
-    /// Whether the last request had a body, which hyper may still be reading or draining.
+    /// Whether the last request had a body that hyper may still be reading or draining: set when
+    /// it arrives, cleared by a success or redirect answer (the handlers read a body whole before
+    /// they succeed). An error answer may have left it unread, so it holds off parking until the
+    /// next request without a body.
     with_body: AtomicBool,
     /// Whether the last write to the socket had to wait: hyper still holds bytes to send.
     pub(super) write_blocked: AtomicBool,
@@ -170,21 +173,17 @@ impl Connection {
                 .await;
             let parts = connection.0.into_parts();
             let mut io = parts.io.into_inner();
+            service = parts.service;
             if let Ended::Over = ended {
                 // hyper was told not to shut the stream down (it might have been parked): do it here.
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                 return;
             }
-            io.unread = match (parts.read_buf.is_empty(), io.unread.is_empty()) {
-                (true, _) => io.unread,
-                (false, true) => parts.read_buf,
-                (false, false) => [parts.read_buf, io.unread].concat().into(),
-            };
+            io.unread = leftover(parts.read_buf, std::mem::take(&mut io.unread));
             if io.unread.is_empty() && !self.park(&io).await {
                 return;
             }
             served = io;
-            service = parts.service;
         }
     }
 
@@ -217,19 +216,14 @@ impl Connection {
     ) -> Ended {
         let serving = Arc::clone(&self.serving);
         let peer = self.peer;
-        let tick = serving.tick();
         let drain = self.closing.wait_for(|closing| *closing);
-        let tick_timer = tokio::time::sleep(tick);
+        let tick_timer = tokio::time::sleep(serving.tick());
         let first_timer = tokio::time::sleep_until(first_request.unwrap_or_else(Instant::now));
         tokio::pin!(drain, tick_timer, first_timer);
         let mut first_pending = first_request.is_some();
         let mut closed = false;
         let mut parking = false;
-        // A fresh hyper connection counts itself busy until it has served a request: only then does
-        // shutting it down take it apart at once rather than end keep-alive after the next answer.
-        let fresh = activity.started();
-        let mut seen = fresh;
-        let mut last_request = Instant::now();
+        let mut quiet = Quiet::new(activity);
         let result = loop {
             tokio::select! {
                 biased;
@@ -247,25 +241,23 @@ impl Connection {
                 }
                 () = &mut tick_timer, if !closed => {
                     let now = Instant::now();
-                    let started = activity.started();
-                    if started != seen {
-                        seen = started;
-                        last_request = now;
-                    } else if now.duration_since(last_request) >= serving.idle_timeout {
-                        connection.shut_down();
-                        closed = true;
-                    } else if may_park
-                        && seen != fresh
-                        && now.duration_since(last_request) >= serving.park_after.unwrap_or(Duration::MAX)
-                        && activity.quiescent()
-                    {
-                        // hyper is idle, so this closes its connection at once without a byte
-                        // written; `poll_done` then hands the stream back.
-                        connection.shut_down();
-                        closed = true;
-                        parking = true;
-                    }
-                    tick_timer.as_mut().reset(now + tick);
+                    let next = match quiet.look(now, activity, &serving, may_park) {
+                        Look::Again(next) => next,
+                        Look::Close => {
+                            connection.shut_down();
+                            closed = true;
+                            continue;
+                        }
+                        Look::Park => {
+                            // hyper is idle, so this closes its connection at once without a byte
+                            // written; `poll_done` then hands the stream back.
+                            connection.shut_down();
+                            closed = true;
+                            parking = true;
+                            continue;
+                        }
+                    };
+                    tick_timer.as_mut().reset(now + next);
                 }
             }
         };
@@ -302,6 +294,84 @@ impl Connection {
                 None
             }
         }
+    }
+}
+
+/// What a connection has been doing, as its ticks see it.
+struct Quiet {
+    /// Requests started when this hyper connection began: a fresh hyper connection counts itself
+    /// busy until it has served one, and only then does shutting it down take it apart at once
+    /// rather than end keep-alive after the next answer.
+    fresh: usize,
+    /// Requests started as of the last tick.
+    seen: usize,
+    /// The tick that first saw the latest request.
+    last_request: Instant,
+}
+
+/// What a tick decided.
+enum Look {
+    /// Look again after this long.
+    Again(Duration),
+    /// No request for `idle_timeout`: close gracefully.
+    Close,
+    /// Idle for `park_after` with nothing in flight: park.
+    Park,
+}
+
+impl Quiet {
+    fn new(activity: &Activity) -> Self {
+        let started = activity.started();
+        Quiet {
+            fresh: started,
+            seen: started,
+            last_request: Instant::now(),
+        }
+    }
+
+    fn look(
+        &mut self,
+        now: Instant,
+        activity: &Activity,
+        serving: &Serving,
+        may_park: bool,
+    ) -> Look {
+        let started = activity.started();
+        if started != self.seen {
+            self.seen = started;
+            self.last_request = now;
+            return Look::Again(serving.tick());
+        }
+        let quiet_for = now.duration_since(self.last_request);
+        if quiet_for >= serving.idle_timeout {
+            return Look::Close;
+        }
+        if !activity.quiescent() {
+            // A held long-poll or stream: nothing to park, so look seldom (a whole connection
+            // table of streams would otherwise wake ten times a second for nothing).
+            return Look::Again(
+                serving
+                    .tick()
+                    .max(Duration::from_secs(1))
+                    .min(serving.idle_timeout),
+            );
+        }
+        let park_after = serving.park_after.unwrap_or(Duration::MAX);
+        if may_park && self.seen != self.fresh && quiet_for >= park_after {
+            return Look::Park;
+        }
+        Look::Again(serving.tick())
+    }
+}
+
+/// What the next hyper connection reads first: what hyper had read but not parsed, then what it had
+/// not read of `unread`. Copied, never a view: even empty, hyper's `read_buf` shares its whole read
+/// buffer, which a parked connection would then keep (8-16 KB each).
+fn leftover(read_buf: Bytes, unread: Bytes) -> Bytes {
+    match (read_buf.is_empty(), unread.is_empty()) {
+        (true, _) => unread,
+        (false, true) => Bytes::copy_from_slice(&read_buf),
+        (false, false) => [read_buf, unread].concat().into(),
     }
 }
 
@@ -413,6 +483,9 @@ impl Future for Counted {
         let this = self.get_mut();
         let Ok(response) = ready!(Pin::new(&mut this.inner).poll(cx));
         let activity = this.activity.take().unwrap_or_default();
+        if response.status().as_u16() < 400 {
+            activity.with_body.store(false, Ordering::Relaxed);
+        }
         Poll::Ready(Ok(response.map(|body| CountedBody { body, activity })))
     }
 }

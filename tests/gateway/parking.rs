@@ -208,3 +208,53 @@ async fn parking_can_be_turned_off() {
     let (head, _) = read_response(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+#[tokio::test]
+async fn a_batch_poller_parks_between_batches() {
+    let (sim, gw) = start("[server]\npark_idle_after = \"100ms\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let body = r#"{"ids":["t"]}"#;
+    let batch = format!(
+        "POST /mj/task/list-by-condition HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-key-a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        stream.write_all(batch.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(String::from_utf8_lossy(&body).contains("\"id\":\"t\""));
+        wait_parked(&gw, 1.0).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_refused_with_its_body_unread_does_not_leave_the_body_to_be_read_as_a_request() {
+    let (sim, gw) =
+        start("[server]\npark_idle_after = \"100ms\"\n[batch]\nmax_body = \"64B\"\n").await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    // A body the batch route refuses unread (413), sent in two parts with a pause between.
+    let body = format!(r#"{{"ids":["{}"]}}"#, "t".repeat(200));
+    let head = format!(
+        "POST /mj/task/list-by-condition HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-key-a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(format!("{head}{}", &body[..10]).as_bytes())
+        .await
+        .unwrap();
+    let (answer, _) = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The rest of the body is not a request: whatever the connection does, it never answers it.
+    let _ = stream.write_all(&body.as_bytes()[10..]).await;
+    let _ = stream.write_all(FETCH.as_bytes()).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        !rest.contains("400"),
+        "the body's tail was parsed as a request: {rest}"
+    );
+}
