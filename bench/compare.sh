@@ -7,7 +7,10 @@
 # Loads (each bounded in time):
 #   (a) cache hits only, CONNS connections, HIT_SECS per round, ROUNDS rounds interleaved: throughput, p99
 #       (wrk); plus two ceilings: a bare hyper server and nginx `return 200`, both answering a fixed body;
-#       and mjgate's hits spread over one task of each of the nine built-in task families (mjgate-mix)
+#       and mjgate's hits spread over one task of each of the nine built-in task families (mjgate-mix),
+#       and mjgate's hits for a client that accepts gzip (mjgate-gzip); then HTTP/2 hits over cleartext
+#       (h2c, prior knowledge), H2_CONNS connections x H2_STREAMS streams (h2load, 1 thread), mjgate
+#       against nginx's HTTP/2 proxy_cache
 #   (b) 200 clients polling 50 in-progress tasks every 250 ms for POLL_SECS: upstream calls
 #   (c) the same right after the tasks finish: upstream calls
 #   (d) a cold burst of 1,000 clients on one new id: upstream calls, p99
@@ -19,12 +22,14 @@ ROUNDS=${ROUNDS:-3}
 HIT_SECS=${HIT_SECS:-10}
 POLL_SECS=${POLL_SECS:-60}
 CONNS=${CONNS:-256}
+H2_CONNS=${H2_CONNS:-64}
+H2_STREAMS=${H2_STREAMS:-10}
 BURST=${BURST:-1000}
 
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-ensure nginx:nginx-light varnishd:varnish wrk:wrk
+ensure nginx:nginx-light varnishd:varnish wrk:wrk h2load:nghttp2-client
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
 ulimit -n 65536 2>/dev/null || true
@@ -36,6 +41,7 @@ FIXED=127.0.0.1:19100
 NGINX_FIXED=127.0.0.1:19101
 MJGATE=127.0.0.1:19200
 NGINX=127.0.0.1:19300
+NGINX_H2=127.0.0.1:19301
 VARNISH=127.0.0.1:19400
 KEY="Bearer sk-bench"
 pids=()
@@ -73,6 +79,7 @@ http {
     upstream sim { server $SIM; keepalive 64; }
     server {
         listen $NGINX reuseport backlog=4096;
+        listen $NGINX_H2 http2 reuseport backlog=4096;
         location / {
             proxy_pass http://sim;
             proxy_http_version 1.1;
@@ -146,7 +153,7 @@ start_gateway() { # name
     nginx)
         rm -rf "$WORK/nginx-cache"
         nginx -c "$WORK/nginx.conf" -g 'daemon on;'
-        wait_port "$NGINX"; wait_port "$NGINX_FIXED" ;;
+        wait_port "$NGINX"; wait_port "$NGINX_FIXED"; wait_port "$NGINX_H2" ;;
     varnish)
         varnishd -a "$VARNISH" -f "$WORK/mj.vcl" -s malloc,256m -n "$WORK/varnish" -P "$WORK/varnish.pid" \
             -p thread_pools=2 -p thread_pool_min=200 >/dev/null 2>>"$WORK/varnish.log"
@@ -164,7 +171,8 @@ stop_gateway() { # name
 
 addr_of() {
     case $1 in
-    mjgate | mjgate-mix) echo "$MJGATE" ;; nginx) echo "$NGINX" ;; varnish) echo "$VARNISH" ;;
+    mjgate | mjgate-mix | mjgate-gzip | mjgate-h2) echo "$MJGATE" ;; nginx) echo "$NGINX" ;;
+    nginx-h2) echo "$NGINX_H2" ;; varnish) echo "$VARNISH" ;;
     fixed) echo "$FIXED" ;; nginx-fixed) echo "$NGINX_FIXED" ;;
     esac
 }
@@ -193,7 +201,9 @@ MIX_PATHS=(/mj/task/task-0/fetch /suno/fetch/task-1 /kling/v1/videos/text2video/
 echo "== (a) cache hits: $ROUNDS rounds of ${HIT_SECS}s, $CONNS connections (wrk, 1 thread)" >&2
 start_sim 0s mix
 for gw in nginx varnish mjgate; do start_gateway "$gw"; done
-hit_targets=(fixed nginx-fixed nginx varnish mjgate mjgate-mix)
+hit_targets=(fixed nginx-fixed nginx varnish mjgate mjgate-mix mjgate-gzip)
+h2_targets=(nginx-h2 mjgate-h2)
+sed 's/^wrk.path/wrk.headers["Accept-Encoding"] = "gzip"\nwrk.path/' "$WORK/hit.lua" >"$WORK/gzip.lua"
 for target in "${hit_targets[@]}"; do
     curl -s -o /dev/null -H "Authorization: $KEY" "http://$(addr_of "$target")/mj/task/task-9/fetch"
 done
@@ -205,12 +215,21 @@ for round in $(seq "$ROUNDS"); do
     for target in "${hit_targets[@]}"; do
         script=hit.lua
         [ "$target" = mjgate-mix ] && script=mix.lua
+        [ "$target" = mjgate-gzip ] && script=gzip.lua
         out=$(wrk -t1 -c"$CONNS" -d"${HIT_SECS}s" --latency -s "$WORK/$script" "http://$(addr_of "$target")")
         rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
         p99=$(echo "$out" | awk '$1 == "99%" { print $2 }' | to_ms)
         non2xx=$(echo "$out" | awk '/Non-2xx/ { print $4 }')
         echo "$target $rps $p99 ${non2xx:-0}" >>"$WORK/hits.txt"
         echo "   round $round $target: $rps req/s, p99 $p99 ms, non-2xx ${non2xx:-0}" >&2
+    done
+    for target in "${h2_targets[@]}"; do
+        out=$(h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$HIT_SECS" -H "authorization: $KEY" \
+            "http://$(addr_of "$target")/mj/task/task-9/fetch")
+        rps=$(echo "$out" | awk '/^finished in/ { gsub(",", "", $4); print $4 }')
+        ok=$(echo "$out" | awk '/^status codes:/ { print $3 }')
+        echo "$target $rps ${ok:-0}" >>"$WORK/h2.txt"
+        echo "   round $round $target: $rps req/s, ${ok:-0} 2xx" >&2
     done
 done
 for gw in nginx varnish mjgate; do stop_gateway "$gw"; done
@@ -244,13 +263,24 @@ med = {k: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, 
 ng = med["nginx"][0]
 names = {"fixed": "bare hyper, fixed body", "nginx-fixed": "nginx `return 200`, fixed body",
          "nginx": "nginx proxy_cache", "varnish": "Varnish", "mjgate": "mjgate",
-         "mjgate-mix": "mjgate, nine families in turn"}
+         "mjgate-mix": "mjgate, nine families in turn", "mjgate-gzip": "mjgate, client accepts gzip",
+         "nginx-h2": "nginx HTTP/2 proxy_cache", "mjgate-h2": "mjgate HTTP/2"}
 print(f"\n(a) cache hits: median of {rounds} rounds, {hit_secs}s each, {conns} connections, wrk -t1\n")
 print("| server | req/s | × nginx proxy_cache | × bare hyper | p99 ms | non-2xx |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
-for k in ["fixed", "nginx-fixed", "nginx", "varnish", "mjgate", "mjgate-mix"]:
+for k in ["fixed", "nginx-fixed", "nginx", "varnish", "mjgate", "mjgate-mix", "mjgate-gzip"]:
     rps, p99, bad = med[k]
     print(f"| {names[k]} | {rps:,.0f} | {rps/ng:.2f} | {rps/med['fixed'][0]:.2f} | {p99:.2f} | {bad} |")
+h2 = {}
+for line in open(f"{work}/h2.txt"):
+    name, rps, ok = line.split()
+    h2.setdefault(name, []).append(float(rps))
+print(f"\n(a) HTTP/2 cache hits over cleartext (h2c): median of {rounds} rounds, {hit_secs}s each, h2load -t1\n")
+print("| server | req/s | × nginx HTTP/2 proxy_cache |")
+print("| --- | ---: | ---: |")
+for k in ["nginx-h2", "mjgate-h2"]:
+    rps = statistics.median(h2[k])
+    print(f"| {names[k]} | {rps:,.0f} | {rps/statistics.median(h2['nginx-h2']):.2f} |")
 print(f"\n(b) 200 clients polling 50 in-progress tasks every 250 ms for {poll_secs}s; (c) the same after they finish; (d) {burst} clients at once on one new id\n")
 print("| gateway | (b) client req | (b) upstream calls | (c) client req | (c) upstream calls | (d) upstream calls | (d) p99 ms | (d) max ms | errors |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

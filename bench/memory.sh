@@ -2,9 +2,11 @@
 # Memory per cached terminal task: fill mjgate's cache with TASKS distinct finished tasks (each asked
 # for once, `mjgate bench --sweep`) and divide the growth of its RSS by the entries held.
 #
-#   bench/memory.sh            # 100,000 tasks
+#   bench/memory.sh            # 100,000 tasks, each stored with its gzip copy (cache.gzip, the default)
+#   GZIP=false bench/memory.sh # identity only
 set -euo pipefail
 TASKS=${TASKS:-100000}
+GZIP=${GZIP:-true}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
@@ -15,7 +17,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 "$BIN" simulator --listen "$SIM" --tasks "$TASKS" 2>/dev/null &
 pids+=($!)
-printf 'listen = "%s"\n[upstream]\nurl = "http://%s"\n[cache]\nmax_memory = "2GiB"\n[log]\nfilter = "warn"\n' "$GW" "$SIM" >"$WORK/m.toml"
+printf 'listen = "%s"\n[upstream]\nurl = "http://%s"\n[cache]\nmax_memory = "2GiB"\ngzip = %s\n[log]\nfilter = "warn"\n' "$GW" "$SIM" "$GZIP" >"$WORK/m.toml"
 "$BIN" --config "$WORK/m.toml" 2>/dev/null &
 pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "http://$GW/healthz" && curl -s -o /dev/null "http://$SIM/_sim/stats" && break; sleep 0.2; done

@@ -624,7 +624,7 @@ impl RawServer {
                 self.idle_timeout,
                 Duration::from_secs(60),
             )?,
-            park_idle_after: Some(self.park_idle_after.unwrap_or(Duration::from_secs(1)))
+            park_idle_after: Some(self.park_idle_after.unwrap_or(Duration::from_millis(250)))
                 .filter(|after| !after.is_zero()),
         })
     }

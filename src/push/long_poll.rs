@@ -74,6 +74,8 @@ impl Push {
         if current.class != TaskClass::InProgress || !held_by_client {
             return served;
         }
+        // Not sent: a held long-poll keeps nothing it does not need while it waits.
+        drop(served);
         let _permit = match self
             .watchers
             .admit(fingerprint, WatchKind::LongPoll, &self.metrics)
