@@ -16,8 +16,7 @@ use tower::{Service, ServiceBuilder};
 use tracing::Instrument;
 
 use crate::body::{BoxError, ResponseBody};
-use crate::cache::encoding;
-use crate::cache::response::task_response;
+use crate::cache::response::task_response_for;
 use crate::cache::status::CacheStatus;
 use crate::cache::{CachedTask, KeyBuf, Lookup};
 use crate::config::Config;
@@ -207,9 +206,12 @@ impl Gateway {
         };
         self.metrics
             .task_lookups(route.task.family, Outcome::Hit, 1);
-        let mut response = task_response(&task, CacheStatus::Hit { ttl }, true);
-        encoding::represent(&mut response, admitted.accepts_gzip, false);
-        Some(response)
+        Some(task_response_for(
+            &task,
+            CacheStatus::Hit { ttl },
+            true,
+            admitted.accepts_gzip,
+        ))
     }
 
     /// The slow path: admits and routes a request and runs its handler, in a span carrying the request

@@ -7,7 +7,7 @@
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG, HeaderValue, VARY};
 use http::{Response, StatusCode};
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, Stored};
 use crate::gzip::{Gzipped, MIN_GZIP};
 
 static GZIP: HeaderValue = HeaderValue::from_static("gzip");
@@ -17,30 +17,15 @@ static ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("accept-encoding"
 /// gzip copy (made when it was stored) or its own bytes; a batch answer (`batch`) is compressed
 /// here, once. Other answers pass unchanged.
 pub fn represent(response: &mut Response<ResponseBody>, gzip: bool, batch: bool) {
-    if response.status() != StatusCode::OK {
-        if let ResponseBody::Task(task) = response.body_mut() {
-            *response.body_mut() = ResponseBody::full(
-                task.take()
-                    .map(|t| t.identity().clone())
-                    .unwrap_or_default(),
-            );
-        }
-        return;
-    }
+    let ok = response.status() == StatusCode::OK;
     let chosen = match response.body_mut() {
         ResponseBody::Task(task) => {
-            let Some(task) = task.take() else {
-                return;
-            };
-            let gzipped = if gzip { task.gzipped().cloned() } else { None };
-            let varies = gzipped.is_some() || task.gzipped().is_some();
-            *response.body_mut() = ResponseBody::full(task.identity().clone());
-            if varies {
-                response.headers_mut().append(VARY, ACCEPT_ENCODING.clone());
+            if let Some(task) = task.take() {
+                represent_task(response, &*task, gzip);
             }
-            gzipped
+            return;
         }
-        ResponseBody::Full(Some(body)) if batch && body.len() >= MIN_GZIP => {
+        ResponseBody::Full(Some(body)) if batch && ok && body.len() >= MIN_GZIP => {
             response.headers_mut().append(VARY, ACCEPT_ENCODING.clone());
             if !gzip {
                 return;
@@ -57,13 +42,33 @@ pub fn represent(response: &mut Response<ResponseBody>, gzip: bool, batch: bool)
         }
         _ => None,
     };
-    if let Some(Gzipped { body, etag }) = chosen {
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_ENCODING, GZIP.clone());
-        headers.remove(CONTENT_LENGTH);
-        if headers.contains_key(ETAG) {
-            headers.insert(ETAG, etag);
-        }
-        *response.body_mut() = ResponseBody::full(body);
+    if let Some(gzipped) = chosen {
+        send_gzipped(response, gzipped);
     }
+}
+
+/// Gives a stored task's answer its body: the gzip copy for a client that takes it, else its own
+/// bytes; `Vary` whenever there is a copy to choose.
+pub fn represent_task(response: &mut Response<ResponseBody>, task: &dyn Stored, gzip: bool) {
+    let gzipped = task
+        .gzipped()
+        .filter(|_| response.status() == StatusCode::OK);
+    if gzipped.is_some() {
+        response.headers_mut().append(VARY, ACCEPT_ENCODING.clone());
+    }
+    match gzipped.filter(|_| gzip) {
+        Some(gzipped) => send_gzipped(response, gzipped.clone()),
+        None => *response.body_mut() = ResponseBody::full(task.identity().clone()),
+    }
+}
+
+fn send_gzipped(response: &mut Response<ResponseBody>, gzipped: Gzipped) {
+    let Gzipped { body, etag } = gzipped;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_ENCODING, GZIP.clone());
+    headers.remove(CONTENT_LENGTH);
+    if headers.contains_key(ETAG) {
+        headers.insert(ETAG, etag);
+    }
+    *response.body_mut() = ResponseBody::full(body);
 }

@@ -8,8 +8,8 @@ use http::StatusCode;
 use http::header::{AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue};
 
 use crate::body::ResponseBody;
-use crate::cache::CachedTask;
 use crate::cache::status::{CACHE_STATUS, CacheStatus};
+use crate::cache::{CachedTask, encoding};
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// On every answer from the credential-partitioned cache. A shared cache between mjgate and its clients
@@ -19,14 +19,44 @@ pub static PRIVATE: HeaderValue = HeaderValue::from_static("private");
 
 /// A stored task as a response: the upstream's bytes and content type, plus `Cache-Status` (and `Age`
 /// when it comes from the cache).
+/// Its body is picked later, by the envelope, for the request's `Accept-Encoding`.
 pub fn task_response(
     task: &Arc<CachedTask>,
     status: CacheStatus,
     with_age: bool,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::Task(Some(Arc::clone(task) as _)));
+    task_head(
+        task,
+        status,
+        with_age,
+        ResponseBody::Task(Some(Arc::clone(task) as _)),
+    )
+}
+
+/// The same, its body picked here: the hit path knows the client's encoding already.
+pub fn task_response_for(
+    task: &CachedTask,
+    status: CacheStatus,
+    with_age: bool,
+    gzip: bool,
+) -> Response<ResponseBody> {
+    let mut response = task_head(task, status, with_age, ResponseBody::empty());
+    encoding::represent_task(&mut response, task, gzip);
+    response
+}
+
+fn task_head(
+    task: &CachedTask,
+    status: CacheStatus,
+    with_age: bool,
+    body: ResponseBody,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(body);
     *response.status_mut() = task.status;
     let headers = response.headers_mut();
+    // Room for every header the answer will carry (`Vary` and `X-Request-Id` included) in one
+    // allocation: seven would otherwise outgrow the default table and rehash it on every hit.
+    headers.reserve(8);
     if task.status != StatusCode::NO_CONTENT {
         headers.insert(
             CONTENT_TYPE,
