@@ -10,12 +10,13 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain; the signal future |
+//! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain, parking idle connections; the signal future |
 //! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
 //! | [`pipeline`] | the per-request envelope every request goes through: request id, 304, metrics, access log |
 //! | [`gateway`] | admission, routing to the handlers, passthrough |
 //! | [`fetch`] | the fetch core: cache, collapse, shared tier, upstream, classify, store; batches per id |
-//! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status` |
+//! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status`, representations (identity or gzip) |
+//! | [`gzip`] | what `Accept-Encoding` takes gzip; a body's gzip copy and its tag |
 //! | [`shared`] | the Redis tier replicas share |
 //! | [`upstream`] | the pooled client and URL, protection (ceilings, backoff, breaker), content coding |
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |

@@ -1,4 +1,5 @@
-//! The accept loop: connection limits, HTTP/1.1 and HTTP/2 serving, and the graceful drain on shutdown.
+//! The accept loop: connection limits, the TLS listener's certificate, and the graceful drain on shutdown.
+//! Each connection is served by `server::connection`; `server::stream` is what hyper reads and writes.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -103,6 +103,7 @@ impl Hooks {
                 tls,
                 config.allow_private,
                 config.timeout,
+                config.max_in_flight,
             ),
             retry: config.retry,
             finished_only: config.finished_only,

@@ -22,6 +22,9 @@ pub struct WebhooksConfig {
     pub retry: Schedule,
     /// Deadline for one delivery attempt, connect to answer.
     pub timeout: Duration,
+    /// Most delivery attempts under way at once (each holds a connection and its buffers); others
+    /// wait their turn, their deadline not yet started.
+    pub max_in_flight: usize,
     /// Most tasks with a hook being watched at once; submits past it are forwarded with their hook
     /// left in place (the upstream's own callback, if any).
     pub max_pending: usize,
@@ -47,6 +50,7 @@ pub(super) struct RawWebhooks {
     max_age: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    max_in_flight: Option<usize>,
     max_pending: Option<usize>,
     max_pending_per_credential: Option<usize>,
     public_url: Option<String>,
@@ -91,6 +95,7 @@ impl RawWebhooks {
             finished_only: raw.finished_only.unwrap_or(false),
             retry,
             timeout: positive("webhooks.timeout", raw.timeout, Duration::from_secs(10))?,
+            max_in_flight: at_least("webhooks.max_in_flight", raw.max_in_flight, 512, 1)?,
             max_pending: at_least("webhooks.max_pending", raw.max_pending, 10_000, 1)?,
             max_pending_per_credential: at_least(
                 "webhooks.max_pending_per_credential",

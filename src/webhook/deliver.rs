@@ -63,6 +63,9 @@ pub struct Deliverer {
     tls: tokio_rustls::TlsConnector,
     allow_private: bool,
     timeout: Duration,
+    /// One permit per attempt under way: receivers that hang cannot make the gateway hold a
+    /// connection (and its buffers, about 70 KB with TLS) for every pending hook at once.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Deliverer {
@@ -71,12 +74,14 @@ impl Deliverer {
         tls: rustls::ClientConfig,
         allow_private: bool,
         timeout: Duration,
+        max_in_flight: usize,
     ) -> Self {
         Deliverer {
             secret,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             allow_private,
             timeout,
+            in_flight: tokio::sync::Semaphore::new(max_in_flight),
         }
     }
 
@@ -86,6 +91,10 @@ impl Deliverer {
 
     /// One attempt to deliver event `id` (`body`, the task's JSON) to `hook`.
     pub async fn attempt(&self, hook: &HookUrl, id: &str, body: &Bytes) -> Attempt {
+        // Never closed, so the acquire cannot fail; the attempt's deadline starts once it is this one's turn.
+        let Ok(_turn) = self.in_flight.acquire().await else {
+            return Attempt::Failed(Failure::Timeout);
+        };
         let addresses = match hook.resolve(self.allow_private).await {
             Ok(addresses) => addresses,
             // A name that does not resolve now may tomorrow (a DNS hiccup): tried again later.

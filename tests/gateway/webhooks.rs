@@ -703,3 +703,50 @@ async fn one_credential_cannot_take_every_place_and_a_full_gateway_still_checks_
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn receivers_that_never_answer_hold_at_most_max_in_flight_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A receiver that takes every connection and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hooks/mj", listener.local_addr().unwrap());
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let counts = (Arc::clone(&open), Arc::clone(&most), Arc::clone(&total));
+    tokio::spawn(async move {
+        let (open, most, total) = counts;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            total.fetch_add(1, Ordering::SeqCst);
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let (sim, gw) = start(&webhooks(
+        "finished_only = true\ntimeout = \"500ms\"\nmax_in_flight = 2\n",
+    ))
+    .await;
+    sim.set_task_duration(Duration::from_millis(100));
+    for _ in 0..6 {
+        assert_eq!(submit(&gw, &hook).await.status, 200);
+    }
+    poll_until("attempts beyond the first two", || async {
+        total.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "{} at once",
+        most.load(Ordering::SeqCst)
+    );
+}
