@@ -75,6 +75,8 @@ error_log $WORK/nginx-error.log warn;
 events { worker_connections 16384; }
 http {
     access_log off;
+    # Connections live as long as the load does (HTTP/1.1 and HTTP/2 alike), as mjgate's do.
+    keepalive_requests 10000000;
     proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=mj:16m max_size=256m inactive=10m use_temp_path=off;
     upstream sim { server $SIM; keepalive 64; }
     server {

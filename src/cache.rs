@@ -111,7 +111,7 @@ pub struct CachedTask {
     task_span: (u32, u32),
     /// The gzip copy of a `200` answer, made once when the entry is stored (`cache.gzip`); empty
     /// until then, `None` inside when the answer is too short to be worth it.
-    gzip: OnceLock<Option<Gzipped>>,
+    gzip: OnceLock<Option<Box<Gzipped>>>,
 }
 
 impl CachedTask {
@@ -203,6 +203,7 @@ impl CachedTask {
             (self.status == StatusCode::OK)
                 .then(|| Gzipped::of(&self.body, &self.etag))
                 .flatten()
+                .map(Box::new)
         });
     }
 
@@ -219,7 +220,7 @@ impl Stored for CachedTask {
 
     /// The gzip copy, when one was made.
     fn gzipped(&self) -> Option<&Gzipped> {
-        self.gzip.get().and_then(Option::as_ref)
+        self.gzip.get().and_then(Option::as_deref)
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Gateway {
     admin_separate: bool,
     /// Log every request at `info` (else at `debug`, under the `mjgate::access` target).
     access_log: bool,
+    /// `cache.gzip`.
+    gzip: bool,
     /// Set when shutdown begins, so `/readyz` tells load balancers to stop sending.
     draining: AtomicBool,
     /// `[webhooks]`: submits' hooks delivered by the gateway; `None` passes them on untouched.
@@ -113,6 +115,7 @@ impl Gateway {
             )),
             admin_separate: config.admin_listen.is_some(),
             access_log: config.log.access,
+            gzip: config.cache.gzip,
             draining: AtomicBool::new(false),
             hooks,
         })
@@ -152,6 +155,7 @@ impl Gateway {
             .layer(EnvelopeLayer::new(
                 Arc::clone(&self.metrics),
                 self.access_log,
+                self.gzip,
             ))
             .service(self.handler(peer, listener))
     }
@@ -230,7 +234,13 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let families = self.fetcher.families();
-        let (route, label) = self.route_of(&request, listener);
+        let (mut route, mut label) = self.route_of(&request, listener);
+        if matches!(route, Route::LongPoll(_) | Route::Events(_)) {
+            // Held for as long as the task takes: a head that still views hyper's read buffer would
+            // keep that whole buffer (8 KiB or more) alive beside the one hyper reads into next.
+            request = detached(request);
+            (route, label) = self.route_of(&request, listener);
+        }
         let span = tracing::info_span!(
             "request",
             id = request_id.to_str().unwrap_or(""),
@@ -808,4 +818,21 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The request with its target and header values copied out of hyper's read buffer.
+fn detached(request: Request<Incoming>) -> Request<Incoming> {
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) =
+        http::Uri::from_maybe_shared(Bytes::copy_from_slice(parts.uri.to_string().as_bytes()))
+    {
+        parts.uri = uri;
+    }
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let copied = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        headers.append(name.clone(), copied);
+    }
+    parts.headers = headers;
+    Request::from_parts(parts, body)
 }

@@ -30,16 +30,20 @@ impl Gzipped {
         // fraction of its time (docs/benchmarks.md, Compression).
         let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 2), Compression::new(6));
         encoder.write_all(body).ok()?;
-        let compressed = encoder.finish().ok()?;
+        let mut compressed = encoder.finish().ok()?;
+        // Kept for the entry's life: no spare capacity.
+        compressed.shrink_to_fit();
         (compressed.len() < body.len()).then(|| Gzipped {
             body: Bytes::from(compressed),
             etag: gzip_etag(etag),
         })
     }
 
-    /// What it adds to an entry's size.
+    /// What it adds to an entry's memory: its bytes, its tag, and the box and buffer headers they
+    /// sit in (measured with `bench/memory.sh`, docs/benchmarks.md).
     pub fn weight(&self) -> usize {
-        self.body.len() + self.etag.len()
+        const OVERHEAD: usize = 96;
+        self.body.len() + self.etag.len() + OVERHEAD
     }
 }
 

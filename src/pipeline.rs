@@ -78,13 +78,16 @@ pub type SlowPath = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Se
 pub struct EnvelopeLayer {
     metrics: Arc<Metrics>,
     access_log: bool,
+    /// `cache.gzip`: answers may be compressed for clients that take gzip.
+    gzip: bool,
 }
 
 impl EnvelopeLayer {
-    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool, gzip: bool) -> Self {
         EnvelopeLayer {
             metrics,
             access_log,
+            gzip,
         }
     }
 }
@@ -97,6 +100,7 @@ impl<S> Layer<S> for EnvelopeLayer {
             inner,
             metrics: Arc::clone(&self.metrics),
             access_log: self.access_log,
+            gzip: self.gzip,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct Envelope<S> {
     inner: S,
     metrics: Arc<Metrics>,
     access_log: bool,
+    gzip: bool,
 }
 
 impl<S, B> Service<Request<B>> for Envelope<S>
@@ -128,11 +133,12 @@ where
         let request_id = request_id::of_request(request.headers());
         // The handler consumes the request (a batch reads its body): keep what the 304 check needs.
         let if_none_match = conditional::if_none_match(request.headers());
-        let accepts_gzip = request
-            .headers()
-            .get_all(ACCEPT_ENCODING)
-            .iter()
-            .any(|value| gzip::accepts_gzip(value.as_bytes()));
+        let accepts_gzip = self.gzip
+            && request
+                .headers()
+                .get_all(ACCEPT_ENCODING)
+                .iter()
+                .any(|value| gzip::accepts_gzip(value.as_bytes()));
         let slow = self.inner.call(Call {
             request,
             request_id: request_id.clone(),

@@ -1,6 +1,7 @@
 //! What clients and other replicas hand the watch and shared-tier code: `If-None-Match` values,
-//! `?wait=` queries, and values read back from Redis. None may panic; a stored value that decodes
-//! must survive a round trip unchanged.
+//! `?wait=` queries, `Accept-Encoding` values, and values read back from Redis. None may panic; a
+//! stored value that decodes must survive a round trip unchanged; a value naming neither gzip nor `*`
+//! never takes gzip; a gzip copy decodes to its body and carries a tag of its own.
 #![no_main]
 
 use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
@@ -27,5 +28,17 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(query) = std::str::from_utf8(data) {
         let _ = mjgate::push::long_poll::requested_wait(query);
+    }
+    let lower = data.to_ascii_lowercase();
+    if mjgate::gzip::accepts_gzip(data) {
+        assert!(lower.windows(4).any(|w| w == b"gzip") || lower.contains(&b'*'));
+    }
+    let tag = etag_of(data);
+    if let Some(gzipped) = mjgate::gzip::Gzipped::of(data, &tag) {
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped.body[..]), &mut decoded)
+            .expect("a gzip copy decodes");
+        assert_eq!(decoded, data);
+        assert_ne!(gzipped.etag, tag);
     }
 });

@@ -66,6 +66,7 @@ pub fn not_modified_if_unchanged(
     let (mut parts, _) = response.into_parts();
     parts.status = StatusCode::NOT_MODIFIED;
     parts.headers.remove(http::header::CONTENT_TYPE);
+    parts.headers.remove(http::header::CONTENT_ENCODING);
     parts.headers.remove(http::header::CONTENT_LENGTH);
     (Response::from_parts(parts, ResponseBody::empty()), true)
 }

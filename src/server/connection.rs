@@ -77,6 +77,12 @@ impl Activity {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// Every answer sent whole, and no write waiting on the socket.
+    fn nothing_to_send(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+    }
+
     /// Nothing in flight, nothing left to read of a request, nothing left to write: hyper sits
     /// waiting for the next request head, and taking its connection apart loses nothing.
     fn quiescent(&self) -> bool {
@@ -96,6 +102,17 @@ pub(super) struct Connection {
     pub(super) closing: watch::Receiver<bool>,
     pub(super) peer: SocketAddr,
     pub(super) listener: Listener,
+}
+
+/// Whether a connection may be parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parking {
+    /// HTTP/2: never (its streams share the connection).
+    Never,
+    /// HTTP/1 that is not parked (TLS, or parking turned off).
+    Http1,
+    /// Plaintext HTTP/1: parked when idle.
+    Idle,
 }
 
 /// How a spell of serving with hyper ended.
@@ -126,9 +143,14 @@ impl Connection {
             stream,
             activity: Arc::clone(&activity),
         };
-        let http2 = match tokio::time::timeout_at(first_request, sniff(&mut served)).await {
-            Ok(Some(http2)) => http2,
-            _ => return,
+        let mut closing = self.closing.clone();
+        let sniffed = tokio::select! {
+            sniffed = tokio::time::timeout_at(first_request, sniff(&mut served)) => sniffed,
+            // A client that connected and said nothing yet must not hold the drain up.
+            _ = closing.wait_for(|closing| *closing) => return,
+        };
+        let Ok(Some(http2)) = sniffed else {
+            return;
         };
         let service = ConnectionService {
             pipeline: std::cell::RefCell::new(self.gateway.pipeline(self.peer, self.listener)),
@@ -143,8 +165,13 @@ impl Connection {
                 .http2
                 .serve_connection(TokioIo::new(served), service);
             let mut connection = Box::pin(connection);
-            self.supervise(&mut connection, &activity, Some(first_request), false)
-                .await;
+            self.supervise(
+                &mut connection,
+                &activity,
+                Some(first_request),
+                Parking::Never,
+            )
+            .await;
         } else {
             self.serve_http1(served, service, &activity, first_request)
                 .await;
@@ -159,8 +186,10 @@ impl Connection {
         activity: &Arc<Activity>,
         first_request: Instant,
     ) {
-        let may_park =
-            self.serving.park_after.is_some() && matches!(served.stream, ClientStream::Plain(_));
+        let parking = match (&self.serving.park_after, &served.stream) {
+            (Some(_), ClientStream::Plain(_)) => Parking::Idle,
+            _ => Parking::Http1,
+        };
         let mut first_request = Some(first_request);
         loop {
             let connection = self
@@ -169,7 +198,7 @@ impl Connection {
                 .serve_connection(TokioIo::new(served), service);
             let mut connection = Http1(Box::new(connection));
             let ended = self
-                .supervise(&mut connection, activity, first_request.take(), may_park)
+                .supervise(&mut connection, activity, first_request.take(), parking)
                 .await;
             let parts = connection.0.into_parts();
             let mut io = parts.io.into_inner();
@@ -180,28 +209,34 @@ impl Connection {
                 return;
             }
             io.unread = leftover(parts.read_buf, std::mem::take(&mut io.unread));
-            if io.unread.is_empty() && !self.park(&io).await {
-                return;
+            if io.unread.is_empty() {
+                // Woken by the client: its next request must still come by the deadline hyper
+                // would have given it, however slowly it trickles in.
+                let Some(deadline) = self.park(&io).await else {
+                    return;
+                };
+                first_request = Some(deadline);
             }
             served = io;
         }
     }
 
-    /// Waits, holding nothing but the socket, until the client writes again: `true` to serve it.
-    /// The client has `header_read_timeout` since its last answer to send its next request (as it
-    /// would with hyper holding the connection), and the drain closes a parked connection at once.
-    async fn park(&mut self, served: &Served) -> bool {
+    /// Waits, holding nothing but the socket, until the client writes again; then the deadline for
+    /// its next request head, or `None` to close. The client has `header_read_timeout` since its
+    /// last answer to send its next request (as it would with hyper holding the connection), and the
+    /// drain closes a parked connection at once.
+    async fn park(&mut self, served: &Served) -> Option<Instant> {
         let ClientStream::Plain(socket) = &served.stream else {
-            return true;
+            return Some(Instant::now() + self.serving.head_timeout);
         };
         let _parked = self.gateway.metrics().parked_connection();
         let serving = &self.serving;
         let quiet_for = serving.head_timeout.min(serving.idle_timeout);
         let deadline = Instant::now() + quiet_for.saturating_sub(serving.tick());
         tokio::select! {
-            readable = socket.readable() => readable.is_ok(),
-            _ = self.closing.wait_for(|closing| *closing) => false,
-            () = tokio::time::sleep_until(deadline) => false,
+            readable = socket.readable() => readable.is_ok().then_some(deadline),
+            _ = self.closing.wait_for(|closing| *closing) => None,
+            () = tokio::time::sleep_until(deadline) => None,
         }
     }
 
@@ -212,7 +247,7 @@ impl Connection {
         connection: &mut impl HyperConnection,
         activity: &Activity,
         first_request: Option<Instant>,
-        may_park: bool,
+        parking: Parking,
     ) -> Ended {
         let serving = Arc::clone(&self.serving);
         let peer = self.peer;
@@ -222,7 +257,7 @@ impl Connection {
         tokio::pin!(drain, tick_timer, first_timer);
         let mut first_pending = first_request.is_some();
         let mut closed = false;
-        let mut parking = false;
+        let mut taken_apart = false;
         let mut quiet = Quiet::new(activity);
         let result = loop {
             tokio::select! {
@@ -230,18 +265,23 @@ impl Connection {
                 result = poll_fn(|cx| connection.poll_done(cx)) => break result,
                 () = &mut first_timer, if first_pending => {
                     first_pending = false;
-                    if activity.started() == 0 {
+                    if !quiet.served_any(activity) {
                         tracing::debug!(%peer, "no request within header_read_timeout: closed");
                         return Ended::Over;
                     }
                 }
                 _ = &mut drain, if !closed => {
+                    // HTTP/1 with nothing to finish: hyper would wait for a next head that may
+                    // never come (or come slowly) before it closed.
+                    if parking != Parking::Never && activity.nothing_to_send() {
+                        return Ended::Over;
+                    }
                     connection.shut_down();
                     closed = true;
                 }
                 () = &mut tick_timer, if !closed => {
                     let now = Instant::now();
-                    let next = match quiet.look(now, activity, &serving, may_park) {
+                    let next = match quiet.look(now, activity, &serving, parking == Parking::Idle) {
                         Look::Again(next) => next,
                         Look::Close => {
                             connection.shut_down();
@@ -253,7 +293,7 @@ impl Connection {
                             // written; `poll_done` then hands the stream back.
                             connection.shut_down();
                             closed = true;
-                            parking = true;
+                            taken_apart = true;
                             continue;
                         }
                     };
@@ -262,7 +302,7 @@ impl Connection {
             }
         };
         match result {
-            Ok(()) if parking => Ended::Park,
+            Ok(()) if taken_apart => Ended::Park,
             Ok(()) => Ended::Over,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -327,6 +367,11 @@ impl Quiet {
             seen: started,
             last_request: Instant::now(),
         }
+    }
+
+    /// Whether a request started since this hyper connection began.
+    fn served_any(&self, activity: &Activity) -> bool {
+        activity.started() != self.fresh
     }
 
     fn look(

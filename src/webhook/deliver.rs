@@ -195,7 +195,9 @@ where
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
+    // Aborted however this ends, the attempt's deadline included: a receiver that never answers
+    // must not keep the connection (and its task) alive after the attempt is given up.
+    let driver = AbortOnDrop(tokio::spawn(connection));
     let response = sender
         .send_request(request)
         .await
@@ -206,6 +208,15 @@ where
         .collect()
         .await;
     drop(sender);
-    driver.abort();
+    drop(driver);
     Ok(status)
+}
+
+/// Aborts the connection's task when the exchange ends, by completion or by being dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -88,10 +88,13 @@ async fn each_representation_is_revalidated_against_its_own_tag() {
         .await
         .header("etag")
         .to_owned();
-    assert_eq!(
-        get_encoded(&gw, path, "gzip", Some(&gz_tag)).await.status,
-        304
+    let not_modified = get_encoded(&gw, path, "gzip", Some(&gz_tag)).await;
+    assert_eq!(not_modified.status, 304);
+    assert!(
+        not_modified.headers.get("content-encoding").is_none(),
+        "no body, no coding"
     );
+    assert!(varies_by_encoding(&not_modified));
     assert_eq!(
         get_encoded(&gw, path, "identity", Some(&id_tag))
             .await
@@ -198,11 +201,31 @@ async fn short_answers_and_not_found_answers_are_sent_as_they_are() {
 #[tokio::test]
 async fn gzip_can_be_turned_off() {
     let (sim, gw) = start("[cache]\ngzip = false\n").await;
-    sim.create_task(KEY_A, "t", "SUCCESS");
-    let reply = get_encoded(&gw, "/mj/task/t/fetch", "gzip", None).await;
+    let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    for id in &ids {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    let reply = get_encoded(&gw, "/mj/task/t0/fetch", "gzip", None).await;
     assert_eq!(reply.status, 200);
     assert!(reply.headers.get("content-encoding").is_none());
     assert!(!varies_by_encoding(&reply));
+    let body = serde_json::json!({ "ids": ids }).to_string();
+    let mut request = request(
+        Method::POST,
+        &gw.url("/mj/task/list-by-condition"),
+        Some(KEY_A),
+        &body,
+    );
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip".parse().unwrap());
+    let batch = send(request).await;
+    assert_eq!(batch.status, 200);
+    assert!(
+        batch.headers.get("content-encoding").is_none(),
+        "batches too"
+    );
+    assert_eq!(batch.json().as_array().unwrap().len(), 10);
 }
 
 #[tokio::test]

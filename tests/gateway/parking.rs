@@ -258,3 +258,24 @@ async fn a_request_refused_with_its_body_unread_does_not_leave_the_body_to_be_re
         "the body's tail was parsed as a request: {rest}"
     );
 }
+
+#[tokio::test]
+async fn the_drain_does_not_wait_for_a_head_that_is_still_arriving() {
+    let (sim, gw) = start(
+        "[server]\npark_idle_after = \"100ms\"\nheader_read_timeout = \"1h\"\nidle_timeout = \"1h\"\nshutdown_grace = \"5s\"\n",
+    )
+    .await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    // Woken from its park by half a head.
+    let mut woken = TcpStream::connect(gw.addr).await.unwrap();
+    woken.write_all(FETCH.as_bytes()).await.unwrap();
+    read_response(&mut woken).await;
+    wait_parked(&gw, 1.0).await;
+    woken.write_all(&FETCH.as_bytes()[..12]).await.unwrap();
+    // Connected, said nothing; and half a first head.
+    let _silent = TcpStream::connect(gw.addr).await.unwrap();
+    let mut half = TcpStream::connect(gw.addr).await.unwrap();
+    half.write_all(&FETCH.as_bytes()[..12]).await.unwrap();
+    wait_parked(&gw, 0.0).await;
+    assert_eq!(gw.shutdown().await, mjgate::server::Drain::Complete);
+}
