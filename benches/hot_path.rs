@@ -71,6 +71,25 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| midjourney.classify(black_box(body), "task-1"))
     });
 
+    // What a gzip copy costs to make when a task is stored, and what an identity hit would pay to
+    // undo it if entries were kept compressed only (docs/benchmarks.md, Compression).
+    let etag = http::HeaderValue::from_static("\"0123456789abcdef01234567\"");
+    c.bench_function("gzip a task body (on store)", |b| {
+        b.iter(|| mjgate::gzip::Gzipped::of(black_box(body), &etag))
+    });
+    let gzipped = mjgate::gzip::Gzipped::of(body, &etag).expect("worth compressing");
+    c.bench_function("gunzip a task body", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(body.len());
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(black_box(&gzipped.body[..])),
+                &mut out,
+            )
+            .unwrap();
+            out
+        })
+    });
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

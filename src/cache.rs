@@ -29,10 +29,11 @@ use crate::task::{MAX_ID_LEN, TaskClass};
 
 /// Bytes charged per entry on top of its key, body and ETag text: moka's own bookkeeping (entry info,
 /// deque nodes, hash-table slot), the `Arc<CachedTask>`, the shared-buffer headers of the body and the
-/// ETag, and the entry's expiry and task span. Measured: a cache of 100,000 terminal tasks of 1,158
-/// bytes grew the process by 1,863 bytes per entry (docs/benchmarks.md, Memory); this charges 1,863, so
-/// `cache.max_memory` bounds real memory, not just payload.
-const ENTRY_OVERHEAD: usize = 568;
+/// ETag, the entry's expiry and task span, and its slot for a gzip copy (whose own bytes
+/// [`Gzipped::weight`] charges). Measured: a cache of 100,000 terminal tasks of 1,158 bytes, stored
+/// without gzip copies, grew the process by 1,931 bytes per entry (docs/benchmarks.md, Memory); this
+/// charges 1,931, so `cache.max_memory` bounds real memory, not just payload.
+const ENTRY_OVERHEAD: usize = 636;
 
 /// How cache keys are hashed: foldhash, randomly seeded per process. SipHash (the default) cost a hit
 /// about 175 instructions; foldhash about a quarter of that. Flooding one bucket would need keys whose

@@ -32,13 +32,16 @@ pub fn none_match_hits(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     })
 }
 
-/// The request's `If-None-Match` values alone, when it has any (kept for after the request is consumed).
+/// The request's `If-None-Match` values alone, when it has any (kept for after the request is
+/// consumed). Copied: a view of hyper's read buffer would keep all of it for as long as a long-poll
+/// holds the request.
 pub fn if_none_match(headers: &HeaderMap) -> Option<HeaderMap> {
     let mut values = headers.get_all(IF_NONE_MATCH).iter().peekable();
     values.peek()?;
     let mut kept = HeaderMap::new();
     for value in values {
-        kept.append(IF_NONE_MATCH, value.clone());
+        let copied = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        kept.append(IF_NONE_MATCH, copied);
     }
     Some(kept)
 }
