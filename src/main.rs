@@ -673,7 +673,9 @@ fn config_summary(config: &Config) -> String {
          max_memory      {}\n\
          shared cache    {shared}\n\
          families        {families}\n\
-         webhooks        {webhooks}",
+         webhooks        {webhooks}\n\
+         gzip answers    {}\n\
+         park idle after {}",
         config.listen,
         config
             .admin_listen
@@ -681,6 +683,11 @@ fn config_summary(config: &Config) -> String {
         config.upstream.url,
         humantime::format_duration(config.cache.in_progress_ttl),
         bytesize::ByteSize(config.cache.max_memory),
+        if config.cache.gzip { "on" } else { "off" },
+        config.server.park_idle_after.map_or_else(
+            || "never".to_owned(),
+            |after| humantime::format_duration(after).to_string()
+        ),
     )
 }
 

@@ -325,6 +325,8 @@ fn check_config_prints_what_the_gateway_would_run_with_and_hides_secrets() {
         stdout.contains("families        midjourney, suno, kling, openai-videos"),
         "{stdout}"
     );
+    assert!(stdout.contains("gzip answers    on"), "{stdout}");
+    assert!(stdout.contains("park idle after 250ms"), "{stdout}");
     for secret in ["hunter2-pass", "fingerprint-secret-0123456789"] {
         assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
     }
