@@ -349,6 +349,9 @@ struct Quiet {
     last_request: Instant,
 }
 
+/// How often a connection with a request in flight looks at itself.
+const BUSY_LOOK: Duration = Duration::from_secs(5);
+
 /// What a tick decided.
 enum Look {
     /// Look again after this long.
@@ -387,19 +390,19 @@ impl Quiet {
             self.last_request = now;
             return Look::Again(serving.tick());
         }
+        if activity.started.load(Ordering::Relaxed) != activity.finished.load(Ordering::Relaxed) {
+            // Serving a request is not idling: the idle clock starts once the answer is sent.
+            self.last_request = now;
+        }
         let quiet_for = now.duration_since(self.last_request);
         if quiet_for >= serving.idle_timeout {
             return Look::Close;
         }
         if !activity.quiescent() {
-            // A held long-poll or stream: nothing to park, so look seldom (a whole connection
-            // table of streams would otherwise wake ten times a second for nothing).
-            return Look::Again(
-                serving
-                    .tick()
-                    .max(Duration::from_secs(1))
-                    .min(serving.idle_timeout),
-            );
+            // A held long-poll or stream: nothing to park, so look seldom (15,000 held streams
+            // would otherwise wake 60,000 times a second for nothing). The connection parks at
+            // most this much later than it could once its answer is sent.
+            return Look::Again(serving.tick().max(BUSY_LOOK).min(serving.idle_timeout));
         }
         let park_after = serving.park_after.unwrap_or(Duration::MAX);
         if may_park && self.seen != self.fresh && quiet_for >= park_after {

@@ -187,7 +187,8 @@ fn signed_request(
 }
 
 /// One HTTP/1.1 exchange on `io`: the answer's status, its body read (at most [`MAX_ANSWER`]) and
-/// dropped.
+/// dropped. The connection is driven here, not in a task of its own, so that an attempt given up (its
+/// deadline passed) closes the socket as it is dropped, before its place is given to the next one.
 async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<StatusCode, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -195,28 +196,24 @@ where
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
-    // Aborted however this ends, the attempt's deadline included: a receiver that never answers
-    // must not keep the connection (and its task) alive after the attempt is given up.
-    let driver = AbortOnDrop(tokio::spawn(connection));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    // Drained so the receiver is not cut off mid-answer, but never more than a little.
-    let _ = Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await;
-    drop(sender);
-    drop(driver);
-    Ok(status)
-}
-
-/// Aborts the connection's task when the exchange ends, by completion or by being dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        // Drained so the receiver is not cut off mid-answer, but never more than a little.
+        let _ = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await;
+        Ok(status)
+    };
+    let mut exchange = std::pin::pin!(exchange);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        biased;
+        result = &mut exchange => result,
+        // The receiver closed the connection: the exchange ends with what it got.
+        _ = &mut connection => exchange.await,
     }
 }
