@@ -67,19 +67,38 @@ pub fn gzip_etag(etag: &HeaderValue) -> HeaderValue {
 /// Whether an `Accept-Encoding` value takes gzip: `gzip` (or `x-gzip`) listed with a weight above
 /// zero, or `*` above zero when gzip is not refused by name.
 pub fn accepts_gzip(value: &[u8]) -> bool {
-    let mut named = None;
-    let mut any = false;
-    for member in value.split(|b| *b == b',') {
-        let mut params = member.split(|b| *b == b';');
-        let coding = params.next().unwrap_or_default().trim_ascii();
-        let wanted = params.all(|param| !zero_weight(param.trim_ascii()));
-        if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
-            named = Some(named.unwrap_or(false) || wanted);
-        } else if coding == b"*" {
-            any |= wanted;
+    let mut acceptance = Acceptance::default();
+    acceptance.add(value);
+    acceptance.gzip()
+}
+
+/// What a request's `Accept-Encoding` lines say of gzip, read line by line: several lines are one
+/// list (RFC 9110 §5.3), so `gzip;q=0` on one refuses gzip even when another says `*`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Acceptance {
+    /// `gzip` or `x-gzip` named, and whether any naming has a weight above zero.
+    named: Option<bool>,
+    /// `*` with a weight above zero.
+    any: bool,
+}
+
+impl Acceptance {
+    pub fn add(&mut self, value: &[u8]) {
+        for member in value.split(|b| *b == b',') {
+            let mut params = member.split(|b| *b == b';');
+            let coding = params.next().unwrap_or_default().trim_ascii();
+            let wanted = params.all(|param| !zero_weight(param.trim_ascii()));
+            if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+                self.named = Some(self.named.unwrap_or(false) || wanted);
+            } else if coding == b"*" {
+                self.any |= wanted;
+            }
         }
     }
-    named.unwrap_or(any)
+
+    pub fn gzip(&self) -> bool {
+        self.named.unwrap_or(self.any)
+    }
 }
 
 /// `q=0`, `q=0.`, `q=0.000` (RFC 9110 §12.4.2): not acceptable.
@@ -144,5 +163,24 @@ mod tests {
         .unwrap();
         assert_eq!(decoded, body);
         assert!(Gzipped::of(b"{\"id\":\"t\"}", &etag).is_none(), "too short");
+    }
+
+    #[test]
+    fn several_lines_are_one_list() {
+        let lines = |values: &[&str]| {
+            let mut acceptance = Acceptance::default();
+            for value in values {
+                acceptance.add(value.as_bytes());
+            }
+            acceptance.gzip()
+        };
+        assert!(
+            !lines(&["gzip;q=0", "*"]),
+            "refused by name on another line"
+        );
+        assert!(!lines(&["*", "gzip;q=0"]));
+        assert!(lines(&["br", "gzip"]));
+        assert!(lines(&["br", "*"]));
+        assert!(!lines(&["br", "identity"]));
     }
 }

@@ -130,18 +130,18 @@ where
             return Enveloped::Ready(Some(response));
         }
         let started = Instant::now();
-        // Copied, like the If-None-Match lines below: a view of hyper's read buffer would keep all of
+        // Owned, like the If-None-Match lines below: a view of hyper's read buffer would keep all of
         // it for as long as a long-poll holds the request.
-        let request_id = request_id::of_request(request.headers());
-        let request_id = HeaderValue::from_bytes(request_id.as_bytes()).unwrap_or(request_id);
+        let request_id = request_id::of_request_owned(request.headers());
         // The handler consumes the request (a batch reads its body): keep what the 304 check needs.
         let if_none_match = conditional::if_none_match(request.headers());
-        let accepts_gzip = self.gzip
-            && request
-                .headers()
-                .get_all(ACCEPT_ENCODING)
-                .iter()
-                .any(|value| gzip::accepts_gzip(value.as_bytes()));
+        let accepts_gzip = self.gzip && {
+            let mut encodings = gzip::Acceptance::default();
+            for value in request.headers().get_all(ACCEPT_ENCODING) {
+                encodings.add(value.as_bytes());
+            }
+            encodings.gzip()
+        };
         let slow = self.inner.call(Call {
             request,
             request_id: request_id.clone(),

@@ -48,11 +48,9 @@ pub fn represent(response: &mut Response<ResponseBody>, gzip: bool, batch: bool)
 }
 
 /// Gives a stored task's answer its body: the gzip copy for a client that takes it, else its own
-/// bytes; `Vary` whenever there is a copy to choose.
+/// bytes; `Vary` whenever there is a copy to choose (only `200` answers get one).
 pub fn represent_task(response: &mut Response<ResponseBody>, task: &dyn Stored, gzip: bool) {
-    let gzipped = task
-        .gzipped()
-        .filter(|_| response.status() == StatusCode::OK);
+    let gzipped = task.gzipped();
     if gzipped.is_some() {
         response.headers_mut().append(VARY, ACCEPT_ENCODING.clone());
     }

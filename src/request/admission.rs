@@ -111,7 +111,7 @@ pub fn admit<'a>(
     let mut credential = Credential::Anonymous;
     let mut connection_names_credential = false;
     let mut accepts_events = false;
-    let mut accepts_gzip = false;
+    let mut encodings = gzip::Acceptance::default();
     let mut opaque = false;
     for (name, value) in headers {
         if name == HOST {
@@ -127,7 +127,7 @@ pub fn admit<'a>(
         } else if name == ACCEPT {
             accepts_events |= accepts_event_stream(value);
         } else if name == ACCEPT_ENCODING {
-            accepts_gzip |= gzip::accepts_gzip(value.as_bytes());
+            encodings.add(value.as_bytes());
         } else if OPAQUE_CREDENTIALS.contains(name) {
             opaque = true;
         }
@@ -147,7 +147,7 @@ pub fn admit<'a>(
     Ok(Admitted {
         credential,
         accepts_events,
-        accepts_gzip,
+        accepts_gzip: encodings.gzip(),
         opaque_credential: opaque && credential == Credential::Anonymous,
     })
 }

@@ -22,16 +22,21 @@ thread_local! {
 
 /// The client's `x-request-id` if it is 1 to 128 visible ASCII characters, else a new id.
 pub fn of_request(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= MAX_LEN
-                && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.clone()
-        }
-        _ => generate(),
-    }
+    from_client(headers).cloned().unwrap_or_else(generate)
+}
+
+/// The same, a client's id copied into its own buffer rather than viewing the connection's read
+/// buffer: for a request that may be held (a long-poll) long after its head was read.
+pub fn of_request_owned(headers: &HeaderMap) -> HeaderValue {
+    from_client(headers)
+        .and_then(|id| HeaderValue::from_bytes(id.as_bytes()).ok())
+        .unwrap_or_else(generate)
+}
+
+fn from_client(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(&X_REQUEST_ID).filter(|id| {
+        !id.is_empty() && id.len() <= MAX_LEN && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    })
 }
 
 /// 24 hex digits: the thread's prefix, then its counter. Written digit by digit rather than with

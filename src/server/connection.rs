@@ -77,18 +77,20 @@ impl Activity {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// A request whose answer hyper has not finished with.
+    fn in_flight(&self) -> bool {
+        self.started() != self.finished.load(Ordering::Relaxed)
+    }
+
     /// Every answer sent whole, and no write waiting on the socket.
     fn nothing_to_send(&self) -> bool {
-        self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
-            && !self.write_blocked.load(Ordering::Relaxed)
+        !self.in_flight() && !self.write_blocked.load(Ordering::Relaxed)
     }
 
     /// Nothing in flight, nothing left to read of a request, nothing left to write: hyper sits
     /// waiting for the next request head, and taking its connection apart loses nothing.
     fn quiescent(&self) -> bool {
-        self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
-            && !self.with_body.load(Ordering::Relaxed)
-            && !self.write_blocked.load(Ordering::Relaxed)
+        self.nothing_to_send() && !self.with_body.load(Ordering::Relaxed)
     }
 }
 
@@ -241,7 +243,8 @@ impl Connection {
     }
 
     /// Drives one hyper connection until it ends, checking every tick whether it went quiet: closed
-    /// after `idle_timeout` without a request, taken apart to park (`may_park`) after `park_after`.
+    /// after `idle_timeout` without a request, taken apart to park (`Parking::Idle`) after
+    /// `park_after`.
     async fn supervise(
         &mut self,
         connection: &mut impl HyperConnection,
@@ -390,7 +393,7 @@ impl Quiet {
             self.last_request = now;
             return Look::Again(serving.tick());
         }
-        if activity.started.load(Ordering::Relaxed) != activity.finished.load(Ordering::Relaxed) {
+        if activity.in_flight() {
             // Serving a request is not idling: the idle clock starts once the answer is sent.
             self.last_request = now;
         }
