@@ -609,3 +609,61 @@ mod tests {
         assert_eq!(refetched, 0, "hot tasks were evicted by one-off ids");
     }
 }
+
+#[cfg(test)]
+mod gzip_tests {
+    use super::*;
+    use crate::body::ResponseBody;
+    use crate::cache::response::task_response_for;
+    use crate::cache::status::CacheStatus;
+
+    /// A finished task's answer, long enough to be worth compressing.
+    fn task_body() -> Bytes {
+        let buttons = r#"{"customId":"MJ::JOB::upsample::1::t","label":"U1","type":2,"style":2}"#;
+        Bytes::from(format!(
+            r#"{{"id":"t","status":"SUCCESS","progress":"100%","buttons":[{}]}}"#,
+            [buttons; 6].join(",")
+        ))
+    }
+
+    fn body_of(response: &http::Response<ResponseBody>) -> Bytes {
+        match response.body() {
+            ResponseBody::Full(Some(bytes)) => bytes.clone(),
+            _ => panic!("a full body"),
+        }
+    }
+
+    #[test]
+    fn a_stored_task_is_compressed_once_and_every_gzip_hit_sends_that_copy() {
+        let body = task_body();
+        let task = CachedTask::new(body.clone(), None, TaskClass::Terminal);
+        task.prepare_gzip();
+        let copy = task.gzipped().expect("a copy").body.clone();
+        task.prepare_gzip();
+        assert_eq!(
+            task.gzipped().unwrap().body.as_ptr(),
+            copy.as_ptr(),
+            "made once"
+        );
+        let hit = |gzip| task_response_for(&task, CacheStatus::Hit { ttl: None }, true, gzip);
+        for _ in 0..3 {
+            assert_eq!(
+                body_of(&hit(true)).as_ptr(),
+                copy.as_ptr(),
+                "no compression per hit"
+            );
+            assert_eq!(
+                body_of(&hit(false)).as_ptr(),
+                body.as_ptr(),
+                "identity unchanged"
+            );
+        }
+    }
+
+    #[test]
+    fn not_found_answers_get_no_copy() {
+        let task = CachedTask::not_found(http::StatusCode::NOT_FOUND, task_body(), None);
+        task.prepare_gzip();
+        assert!(task.gzipped().is_none());
+    }
+}
