@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Request};
 use mjgate::cache::CachedTask;
 use mjgate::credential::Fingerprinter;
 use mjgate::family::{Families, TaskRef};
-use mjgate::gateway::{Gateway, Listener};
+use mjgate::gateway::{Gateway, Peer};
 use mjgate::pipeline;
 use mjgate::request::routes;
 use mjgate::task::{TaskClass, TaskId};
@@ -131,7 +131,7 @@ fn hot_path(c: &mut Criterion) {
     })
     .collect();
     // The pipeline's hit path, as on a kept-alive connection: the credential was seen before.
-    let mut handler = gateway.handler(([127, 0, 0, 1], 40000).into(), Listener::Main);
+    let mut handler = gateway.handler(Peer::plain(([127, 0, 0, 1], 40000).into()));
     c.bench_function("cache hit: the pipeline's hit path", |b| {
         b.iter(|| {
             let response =

@@ -94,13 +94,18 @@ impl KeyBuf {
 }
 
 /// One stored answer for a task id: exactly the upstream's status and bytes, served without re-parsing.
+///
+/// What the answer *is* lives in one place, `class`: a task object (finished or running) or the
+/// upstream's "no such task". Every reader asks [`is_task`](Self::is_task) or
+/// [`class`](Self::class); the HTTP status is derived from it (a "no such task" keeps the upstream's
+/// own status, which may be `200`: new-api answers `{"code":3,"description":"task_no_found"}`).
 #[derive(Debug)]
 pub struct CachedTask {
-    /// `200` for a task object; the upstream's own status for a "no such task" answer.
-    pub status: StatusCode,
+    class: TaskClass,
+    /// The status a "no such task" answer came with; `200` for a task object.
+    status: StatusCode,
     pub body: Bytes,
     pub content_type: Option<HeaderValue>,
-    pub class: TaskClass,
     pub stored_at: Instant,
     /// The strong tag of `body`, computed once when stored, sent with every answer.
     pub etag: HeaderValue,
@@ -116,7 +121,8 @@ pub struct CachedTask {
 }
 
 impl CachedTask {
-    /// A task object (`200`) of `class`.
+    /// A task object (`200`) of `class` (`Terminal` or `InProgress`; a `NotFound` class is taken
+    /// for a `200` "no such task").
     pub fn new(body: Bytes, content_type: Option<HeaderValue>, class: TaskClass) -> Self {
         CachedTask {
             status: StatusCode::OK,
@@ -129,6 +135,31 @@ impl CachedTask {
             keep_until: None,
             gzip: OnceLock::new(),
         }
+    }
+
+    /// What the answer is: a finished task, a running one, or "no such task".
+    #[inline]
+    pub fn class(&self) -> TaskClass {
+        self.class
+    }
+
+    /// Whether the answer is a task object (finished or running), not "no such task": the one
+    /// question watchers, streams, hook trackers and batches ask of a stored answer.
+    #[inline]
+    pub fn is_task(&self) -> bool {
+        self.class != TaskClass::NotFound
+    }
+
+    /// Whether the answer is a finished task: final, never replaced by a running state.
+    #[inline]
+    pub fn is_finished(&self) -> bool {
+        self.class == TaskClass::Terminal
+    }
+
+    /// The status the answer is served with: `200` for a task, the upstream's own for "no such task".
+    #[inline]
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// This answer, never served after `keep_until`.
@@ -176,16 +207,24 @@ impl CachedTask {
         }
     }
 
-    /// An answer the upstream produced `age` ago (read back from the shared tier).
+    /// An answer the upstream produced `age` ago (read back from the shared tier); `None` when its
+    /// status and class disagree (a task object is always `200`; "no such task" is 2xx-5xx).
     pub fn restored(
         status: StatusCode,
         body: Bytes,
         content_type: Option<HeaderValue>,
         class: TaskClass,
         age: Duration,
-    ) -> Self {
+    ) -> Option<Self> {
+        let consistent = match class {
+            TaskClass::NotFound => (200..600).contains(&status.as_u16()),
+            _ => status == StatusCode::OK,
+        };
+        if !consistent {
+            return None;
+        }
         let now = Instant::now();
-        CachedTask {
+        Some(CachedTask {
             status,
             etag: etag_of(&body),
             task_span: whole(&body),
@@ -195,13 +234,13 @@ impl CachedTask {
             stored_at: now.checked_sub(age).unwrap_or(now),
             keep_until: None,
             gzip: OnceLock::new(),
-        }
+        })
     }
 
     /// Makes the gzip copy of a `200` answer, once; the cache does it before it weighs the entry.
     pub fn prepare_gzip(&self) {
         self.gzip.get_or_init(|| {
-            (self.status == StatusCode::OK)
+            self.is_task()
                 .then(|| Gzipped::of(&self.body, &self.etag))
                 .flatten()
                 .map(Box::new)
@@ -292,7 +331,7 @@ impl TaskCache {
             .eviction_policy(moka::policy::EvictionPolicy::tiny_lfu())
             // Called for every entry that leaves, replaced ones included, so the class gauges stay exact.
             .eviction_listener(move |key: Arc<CacheKey>, task: Arc<CachedTask>, _cause| {
-                on_removal.cache_removed(task.class, weigh(&key, &task));
+                on_removal.cache_removed(task.class(), weigh(&key, &task));
             })
             .build_with_hasher(KeyHasher::default());
         let refresh_deferred = Cache::builder()
@@ -312,7 +351,7 @@ impl TaskCache {
         let Some(task) = self.entries.get(key) else {
             return Lookup::Miss;
         };
-        let Some(fresh_for) = self.lifetime.fresh_for(task.class) else {
+        let Some(fresh_for) = self.lifetime.fresh_for(task.class()) else {
             return match task.keep_until {
                 None => Lookup::Fresh { task, ttl: None },
                 // A finished answer that said when its result expires: fresh until then, never stale.
@@ -331,7 +370,7 @@ impl TaskCache {
                 task,
                 ttl: Some(left),
             },
-            _ if task.class == TaskClass::InProgress
+            _ if task.class() == TaskClass::InProgress
                 && age < fresh_for + self.lifetime.max_stale =>
             {
                 Lookup::Stale(task)
@@ -352,7 +391,7 @@ impl TaskCache {
 
     /// How long `task` stays fresh from now: `None` for a terminal task (as `Lookup::Fresh` says it).
     pub fn fresh_left(&self, task: &CachedTask) -> Option<Duration> {
-        let Some(fresh_for) = self.lifetime.fresh_for(task.class) else {
+        let Some(fresh_for) = self.lifetime.fresh_for(task.class()) else {
             return task
                 .keep_until
                 .map(|until| until.saturating_duration_since(Instant::now()));
@@ -375,13 +414,26 @@ impl TaskCache {
         self.refresh_deferred.get(key)
     }
 
-    pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) {
+    /// Stores `task` for `key` and returns what the cache holds for it now: `task`, or the finished
+    /// answer already held (a finished state is final: a running state, another finished one or a
+    /// "no such task" that arrives later, from a late callback or a slow replica, does not replace it
+    /// while it is servable; counted in `mjgate_cache_final_kept_total`).
+    pub fn insert(&self, key: CacheKey, task: Arc<CachedTask>) -> Arc<CachedTask> {
+        if let Some(held) = self.entries.get(&key)
+            && held.is_finished()
+            && !held.expired(Instant::now())
+            && held.etag != task.etag
+        {
+            self.metrics.cache_final_kept();
+            return held;
+        }
         if self.gzip {
             task.prepare_gzip();
         }
-        self.metrics.cache_added(task.class, weigh(&key, &task));
+        self.metrics.cache_added(task.class(), weigh(&key, &task));
         self.refresh_deferred.invalidate(&key);
-        self.entries.insert(key, task);
+        self.entries.insert(key, Arc::clone(&task));
+        task
     }
 
     /// Entries currently held (approximate: moka applies writes in batches).
@@ -420,7 +472,7 @@ impl Lifetime {
     }
 
     fn of(&self, task: &CachedTask) -> Option<Duration> {
-        match task.class {
+        match task.class() {
             TaskClass::Terminal => task
                 .keep_until
                 .map(|until| until.saturating_duration_since(Instant::now())),

@@ -10,7 +10,6 @@ pub use webhooks::WebhooksConfig;
 
 pub use url::{UpstreamUrl, UrlError};
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::family::{Families, FamilySpec};
+use crate::family::Families;
 use crate::tls::{self, ListenerTls, Roots, TlsError};
 
 /// The default location of the config file, relative to the working directory.
@@ -167,8 +166,9 @@ pub struct ServerConfig {
     /// A passthrough body up to this size is read whole before an upstream slot is taken, so a client
     /// that trickles it holds no slot; larger ones stream. 0 streams every body.
     pub passthrough_buffer: u64,
-    /// All passthrough bodies being buffered at once, together; past it, bodies stream.
-    pub passthrough_buffer_total: u64,
+    /// Every client body held whole at once, together: passthrough buffers (past it, they stream),
+    /// batch queries and submits read for their hook (past it, 503).
+    pub body_buffer_total: u64,
     /// Longest a request body may go without sending a byte (slow-body guard); 408 past it.
     pub body_read_timeout: Duration,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
@@ -264,8 +264,9 @@ struct RawConfig {
     #[serde(default)]
     watch: RawWatch,
     tls: Option<RawTls>,
+    /// Kept as TOML: merged over the built-in descriptions as tables ([`Families::new`]).
     #[serde(default)]
-    families: BTreeMap<String, FamilySpec>,
+    families: toml::Table,
     webhooks: Option<webhooks::RawWebhooks>,
 }
 
@@ -351,7 +352,9 @@ struct RawServer {
     max_header_bytes: Option<ByteSize>,
     max_request_body: Option<ByteSize>,
     passthrough_buffer: Option<ByteSize>,
-    passthrough_buffer_total: Option<ByteSize>,
+    /// Named `passthrough_buffer_total` before it covered batch and submit bodies too.
+    #[serde(alias = "passthrough_buffer_total")]
+    body_buffer_total: Option<ByteSize>,
     #[serde(default, with = "humantime_serde")]
     body_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -580,12 +583,12 @@ impl RawBatch {
 
 impl RawServer {
     fn validate(self) -> Result<ServerConfig, ConfigError> {
-        let passthrough_buffer_total = self.passthrough_buffer_total.map_or(64 << 20, |b| b.0);
+        let body_buffer_total = self.body_buffer_total.map_or(64 << 20, |b| b.0);
         // Each buffer is one reservation of the total, counted as semaphore permits (u32).
         let passthrough_buffer = at_most(
             "server.passthrough_buffer",
             self.passthrough_buffer.map_or(64 << 10, |b| b.0),
-            passthrough_buffer_total.min(u64::from(u32::MAX)),
+            body_buffer_total.min(u64::from(u32::MAX)),
         )?;
         Ok(ServerConfig {
             shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(30)),
@@ -613,7 +616,7 @@ impl RawServer {
                 1024,
             )?,
             passthrough_buffer,
-            passthrough_buffer_total,
+            body_buffer_total,
             body_read_timeout: positive(
                 "server.body_read_timeout",
                 self.body_read_timeout,

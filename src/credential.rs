@@ -44,6 +44,11 @@ impl CredentialFingerprint {
         &self.0
     }
 
+    /// A fingerprint kept elsewhere (a sealed record in Redis), read back.
+    pub fn from_bytes(bytes: [u8; FINGERPRINT_LEN]) -> Self {
+        CredentialFingerprint(bytes)
+    }
+
     /// A short hex prefix, safe to log: it identifies a partition without revealing the credential.
     pub fn short(&self) -> String {
         crate::hex::to_hex(&self.0[..4])

@@ -11,6 +11,8 @@ use crate::request::admission::Refused;
 use crate::request::body::BodyFault;
 use crate::task::InvalidTaskId;
 use crate::upstream::UpstreamError;
+use crate::webhook::guard::HookError;
+use crate::webhook::submit::SubmitBodyError;
 
 /// Why the gateway could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +54,47 @@ pub enum RequestError {
     TooManyWatches(&'static str),
     #[error("invalid wait: {0}")]
     BadWait(String),
+    #[error("the admin listener serves /metrics, /healthz and /readyz only")]
+    AdminOnly,
+    #[error("{0}")]
+    MethodNotAllowed(&'static str),
+    #[error("no such callback")]
+    UnknownCallback,
+    #[error("the callback names no task")]
+    CallbackNamesNoTask,
+    #[error("the callback is not that task's answer")]
+    CallbackNotThatTask,
+    /// A submit's hook the gateway will not deliver to.
+    #[error("{field}: {error}")]
+    BadHook { field: String, error: HookError },
+    /// A submit body that could be read otherwise by a lenient upstream, while the gateway delivers
+    /// hooks.
+    #[error("the submit body cannot be read strictly (webhooks are on): {error}")]
+    BadSubmitBody { error: SubmitBodyError },
+    #[error("the upstream's answer to the submit could not be read")]
+    SubmitAnswerUnreadable,
+    /// Every byte the gateway may hold for request bodies being read is taken: try again shortly.
+    #[error("too many request bodies are being read at once ({0}); retry shortly")]
+    BodyBudget(&'static str),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RequestError::BadTaskId(_) | RequestError::BadBatch(_) | RequestError::BadWait(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            RequestError::BadTaskId(_)
+            | RequestError::BadBatch(_)
+            | RequestError::BadWait(_)
+            | RequestError::CallbackNamesNoTask
+            | RequestError::CallbackNotThatTask
+            | RequestError::BadHook { .. }
+            | RequestError::BadSubmitBody { .. } => StatusCode::BAD_REQUEST,
+            RequestError::AdminOnly | RequestError::UnknownCallback => StatusCode::NOT_FOUND,
+            RequestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            RequestError::SubmitAnswerUnreadable => StatusCode::BAD_GATEWAY,
+            RequestError::BodyBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RequestError::TooManyWatches(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::ClientBody(fault) => fault.status(),
             RequestError::Refused(refused) => refused.status(),
@@ -73,7 +108,7 @@ impl RequestError {
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
         let retry_after = match &self {
-            RequestError::Draining => Some(1),
+            RequestError::Draining | RequestError::BodyBudget(_) => Some(1),
             RequestError::TooManyWatches(_) => Some(5),
             RequestError::Upstream(e) => e.retry_after().map(crate::upstream::protect::seconds),
             _ => None,
@@ -89,7 +124,8 @@ impl RequestError {
 }
 
 /// A JSON error answer in the shape routers use (`code`, `description`), tagged as the gateway's own.
-pub fn json_error(status: StatusCode, description: &str) -> Response<ResponseBody> {
+/// Only [`RequestError::into_response`] builds one: every answer the gateway makes up is a typed error.
+fn json_error(status: StatusCode, description: &str) -> Response<ResponseBody> {
     let body = serde_json::json!({
         "code": status.as_u16(),
         "description": description,

@@ -6,6 +6,7 @@
 
 pub mod expiry;
 mod route;
+pub mod submit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use crate::task::{TaskClass, TaskId};
 pub use route::{At, Matched, RouteKind};
+pub use submit::{Submit, SubmitMatch};
 
 /// Most families one gateway serves: the family's number is one byte of every cache key.
 pub const MAX_FAMILIES: usize = 64;
@@ -89,21 +91,27 @@ pub struct FamilySpec {
     /// A status answer built around one task object (`{task}`), for tasks that arrive in a batch.
     pub task_answer: Option<String>,
     pub batch: Option<BatchSpec>,
-    /// The family's submit routes whose bodies carry a callback field the gateway can take over
-    /// (`[webhooks]`).
+    /// The family's submit routes: the requests that start a task (webhooks take their callback
+    /// field over; idempotency keys apply to them).
     pub submit: Option<SubmitSpec>,
 }
 
-/// A family's submits, for webhooks: where the client's callback URL is, where the task id is.
+/// A family's submits: which requests start a task, where the client's callback URL is in their
+/// body, where the task id is in the upstream's answer.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitSpec {
-    /// `POST` paths of the family's submits (exact).
+    /// `POST` paths of the family's submits: exact, or ending in `/*` (one last segment of any name).
     pub routes: Option<Vec<String>>,
-    /// The top-level field of a submit's JSON body holding the client's callback URL.
+    /// The top-level field of a submit's JSON body holding the client's callback URL, if the API takes
+    /// one.
     pub callback_field: Option<String>,
     /// JSON pointers to the task id in the upstream's answer to a submit.
     pub id_at: Option<Vec<String>>,
+    /// A JSON pointer to what says whether the upstream took the task (Midjourney's `/code`) ...
+    pub accepted_at: Option<String>,
+    /// ... and the values that say it did (compared as text: `1`, `21`, `22`).
+    pub accepted: Option<Vec<String>>,
 }
 
 /// One way the upstream says "no such task": a status, and optionally what the body is.
@@ -159,22 +167,6 @@ pub struct Family {
     task_answer: (String, String),
     batch: Option<Batch>,
     submit: Option<Submit>,
-}
-
-/// A validated [`SubmitSpec`].
-#[derive(Debug)]
-pub struct Submit {
-    pub routes: Vec<String>,
-    pub callback_field: String,
-    id_at: Vec<String>,
-}
-
-impl Submit {
-    /// The task id an answer to a submit names, if it names one.
-    pub fn task_id_in(&self, answer: &[u8]) -> Option<String> {
-        let value: Value = serde_json::from_slice(answer).ok()?;
-        first_text(&value, &self.id_at).map(std::borrow::Cow::into_owned)
-    }
 }
 
 /// A validated batch route.
@@ -399,30 +391,43 @@ pub struct Families {
 struct Inner {
     families: Vec<Family>,
     routes: route::Table,
+    /// Whether any family has submit routes (a `POST` elsewhere then needs no look).
+    any_submit: bool,
 }
 
 impl Families {
-    /// The built-in families with `overrides` (`[families.<name>]`) applied: keys of a built-in family
-    /// replace its own, other names add families, `enabled = false` turns one off.
-    pub fn new(overrides: BTreeMap<String, FamilySpec>) -> Result<Self, FamilyError> {
-        let builtin: BTreeMap<String, FamilySpec> =
-            toml::from_str(BUILTIN).map_err(|e| FamilyError {
-                key: "families".into(),
-                reason: format!("built-in descriptions: {e}"),
-            })?;
-        // Built-ins first, in the file's order, so their numbers do not depend on the operator's.
-        let mut order: Vec<String> = BUILTIN_ORDER.iter().map(|s| (*s).to_owned()).collect();
-        order.extend(
-            overrides
-                .keys()
-                .filter(|name| !builtin.contains_key(*name))
-                .cloned(),
-        );
+    /// The built-in families with `overrides` (`[families.<name>]`, as TOML) applied: a key of a
+    /// built-in family replaces its own whole (a table such as `batch` included), other names add
+    /// families, `enabled = false` turns one off. The merge is of TOML tables, before anything is
+    /// typed, so a new key of a description is one field of [`FamilySpec`] and nothing else.
+    pub fn new(overrides: toml::Table) -> Result<Self, FamilyError> {
+        // The built-in file's own order (`preserve_order`): the built-ins come first and keep their
+        // numbers whatever the operator adds.
+        let mut merged: toml::Table = toml::from_str(BUILTIN).map_err(|e| FamilyError {
+            key: "families".into(),
+            reason: format!("built-in descriptions: {e}"),
+        })?;
+        let mut is_new = std::collections::HashSet::new();
+        for (name, over) in overrides {
+            let toml::Value::Table(over) = over else {
+                return Err(error(&name, "", "must be a table"));
+            };
+            match merged.get_mut(&name) {
+                Some(toml::Value::Table(base)) => base.extend(over),
+                _ => {
+                    is_new.insert(name.clone());
+                    merged.insert(name, toml::Value::Table(over));
+                }
+            }
+        }
         let mut families = Vec::new();
         let mut routes = route::Table::default();
-        for name in order {
-            let base = builtin.get(&name).cloned();
-            let spec = merge(base.clone(), overrides.get(&name).cloned());
+        for (name, table) in merged {
+            let spec: FamilySpec = serde_path_to_error::deserialize(table).map_err(|e| {
+                let path = e.path().to_string();
+                let key = if path == "." { String::new() } else { path };
+                error(&name, &key, e.into_inner().message().trim().to_owned())
+            })?;
             if spec.enabled == Some(false) {
                 continue;
             }
@@ -434,19 +439,23 @@ impl Families {
                 ));
             }
             let id = FamilyId(families.len() as u8);
-            let is_new = base.is_none();
-            let family = compile(&name, id, &spec, is_new)?;
-            routes.add(&name, id, &spec)?;
+            let family = compile(&name, id, &spec, is_new.contains(&name))?;
+            routes.add(&name, id, &spec, &families)?;
             families.push(family);
         }
+        let any_submit = families.iter().any(|f| f.submit.is_some());
         Ok(Families {
-            inner: Arc::new(Inner { families, routes }),
+            inner: Arc::new(Inner {
+                families,
+                routes,
+                any_submit,
+            }),
         })
     }
 
     /// The built-in families, none changed.
     pub fn builtin() -> Self {
-        Self::new(BTreeMap::new()).expect("the built-in family descriptions are valid")
+        Self::new(toml::Table::new()).expect("the built-in family descriptions are valid")
     }
 
     pub fn get(&self, id: FamilyId) -> &Family {
@@ -472,13 +481,19 @@ impl Families {
         self.inner.routes.lookup(method, path, query)
     }
 
-    /// The family whose submit route `path` is (`POST`), if one is.
-    pub fn submit_route(&self, path: &str) -> Option<&Family> {
-        self.inner.families.iter().find(|family| {
-            family
-                .submit
-                .as_ref()
-                .is_some_and(|submit| submit.routes.iter().any(|route| route == path))
+    /// The family whose submit route `path` is (a `POST` there starts a task), read as a lenient
+    /// upstream router would read it ([`submit::normalize`]), with what came before the route.
+    pub fn submit_route(&self, path: &str) -> Option<SubmitMatch> {
+        if !self.inner.any_submit {
+            return None;
+        }
+        let normalized = submit::normalize(path);
+        self.inner.families.iter().find_map(|family| {
+            let prefix = family.submit.as_ref()?.prefix_of(&normalized)?;
+            Some(SubmitMatch {
+                family: family.id,
+                mode: prefix.to_owned(),
+            })
         })
     }
 
@@ -490,44 +505,6 @@ impl Families {
     /// The path (and query) a task's status is fetched from upstream, for a request that matched `at`.
     pub fn upstream_path(&self, at: At<'_>, id: TaskId<'_>) -> String {
         self.inner.routes.upstream_path(at, id)
-    }
-}
-
-/// The built-in names in number order (the TOML table's own order is lost to the map).
-const BUILTIN_ORDER: [&str; 9] = [
-    "midjourney",
-    "suno",
-    "kling",
-    "openai-videos",
-    "video-generations",
-    "video-query",
-    "runway",
-    "luma",
-    "volcengine",
-];
-
-/// `over`'s keys on top of `base`'s.
-fn merge(base: Option<FamilySpec>, over: Option<FamilySpec>) -> FamilySpec {
-    let base = base.unwrap_or_default();
-    let Some(over) = over else { return base };
-    FamilySpec {
-        enabled: over.enabled.or(base.enabled),
-        status_routes: over.status_routes.or(base.status_routes),
-        events_routes: over.events_routes.or(base.events_routes),
-        events_by_accept: over.events_by_accept.or(base.events_by_accept),
-        mode_prefix: over.mode_prefix.or(base.mode_prefix),
-        status_at: over.status_at.or(base.status_at),
-        id_at: over.id_at.or(base.id_at),
-        success: over.success.or(base.success),
-        failure: over.failure.or(base.failure),
-        not_found: over.not_found.or(base.not_found),
-        expires_at: over.expires_at.or(base.expires_at),
-        signed_urls: over.signed_urls.or(base.signed_urls),
-        finished_ttl: over.finished_ttl.or(base.finished_ttl),
-        task_at: over.task_at.or(base.task_at),
-        task_answer: over.task_answer.or(base.task_answer),
-        batch: over.batch.or(base.batch),
-        submit: over.submit.or(base.submit),
     }
 }
 
@@ -586,6 +563,16 @@ fn compile(
     };
     let success = statuses("success", &spec.success, &SUCCESS)?;
     let failure = statuses("failure", &spec.failure, &FAILURE)?;
+    if let Some(both) = success
+        .iter()
+        .find(|s| failure.iter().any(|f| f.eq_ignore_ascii_case(s)))
+    {
+        return Err(error(
+            name,
+            "failure",
+            format!("{both:?} is listed in both success and failure"),
+        ));
+    }
     let not_found = spec.not_found.clone().unwrap_or_else(default_not_found);
     for (i, shape) in not_found.iter().enumerate() {
         if !(100..=599).contains(&shape.status)
@@ -640,7 +627,11 @@ fn compile(
     };
     let submit = match &spec.submit {
         None => None,
-        Some(submit) => Some(compile_submit(name, submit)?),
+        Some(submit) => Some(Submit::compile(
+            name,
+            submit,
+            spec.mode_prefix.unwrap_or(false),
+        )?),
     };
     Ok(Family {
         submit,
@@ -710,42 +701,6 @@ fn compile_batch(
         empty_answer,
         item_status_at,
         item_id_at,
-    })
-}
-
-fn compile_submit(name: &str, spec: &SubmitSpec) -> Result<Submit, FamilyError> {
-    let routes = spec.routes.clone().unwrap_or_default();
-    if routes.is_empty()
-        || routes
-            .iter()
-            .any(|r| !r.starts_with('/') || r.contains(['{', '?']))
-    {
-        return Err(error(
-            name,
-            "submit.routes",
-            "is required: plain paths starting with '/'",
-        ));
-    }
-    let callback_field = spec
-        .callback_field
-        .clone()
-        .filter(|f| !f.is_empty())
-        .ok_or_else(|| error(name, "submit.callback_field", "is required"))?;
-    let id_at = spec.id_at.clone().unwrap_or_default();
-    if id_at.is_empty() {
-        return Err(error(
-            name,
-            "submit.id_at",
-            "is required: at least one JSON pointer",
-        ));
-    }
-    for pointer in &id_at {
-        check_pointer(name, "submit.id_at", pointer)?;
-    }
-    Ok(Submit {
-        routes,
-        callback_field,
-        id_at,
     })
 }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap};
 use http::{Method, Response, StatusCode};
-use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::cache::response::{compact_header, task_response};
@@ -25,6 +24,7 @@ use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::upstream::content_coding::is_identity;
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
+use crate::work::{Work, WorkKind};
 use collapse::{Abandoned, Collapser, Flight, Role};
 
 /// The result of one upstream call for one task, as handed to every request collapsed on it.
@@ -41,6 +41,17 @@ pub enum Landed {
     NotReturned,
     /// Another replica's answer, found in the shared tier; it is in the cache now too.
     Shared(Arc<CachedTask>),
+}
+
+/// What became of an upstream's callback with a task's state.
+pub enum CalledBack {
+    /// Stored under its key: watchers should hear of it.
+    Stored(CacheKey, Arc<CachedTask>),
+    /// The task is finished in the cache already: a finished state is final, the callback is
+    /// acknowledged and ignored (an upstream's callbacks may arrive out of order).
+    AlreadyFinished,
+    /// Not that task's answer (another id, not a task object).
+    NotThatTask,
 }
 
 /// A handler's answer and what the request's metrics and log line say about it.
@@ -86,6 +97,12 @@ impl Served {
         }
     }
 
+    /// An answer the gateway makes up: `error`, through its one rescue
+    /// ([`RequestError::into_response`]).
+    pub fn error(error: impl Into<RequestError>) -> Self {
+        Served::bypass(error.into().into_response())
+    }
+
     /// Not a cached route, or refused before the cache.
     pub fn bypass(response: Response<ResponseBody>) -> Self {
         Served {
@@ -115,6 +132,8 @@ pub struct Fetcher {
     upstream_chunk: usize,
     /// The task APIs: how to read each one's answers.
     families: Families,
+    /// Everything spawned on behalf of requests, here and in the handlers and watchers above.
+    work: Work,
 }
 
 impl Fetcher {
@@ -157,6 +176,7 @@ impl Fetcher {
             flights: Collapser::new(),
             fingerprinter,
             shared,
+            work: Work::new(&metrics),
             metrics,
             upstream_chunk: config.batch.upstream_chunk,
             families: config.families.clone(),
@@ -177,6 +197,11 @@ impl Fetcher {
 
     pub fn families(&self) -> &Families {
         &self.families
+    }
+
+    /// The tracker every task spawned on behalf of requests goes through.
+    pub fn work(&self) -> &Work {
+        &self.work
     }
 
     /// The Redis tier, when configured.
@@ -269,16 +294,13 @@ impl Fetcher {
         let path = path.to_owned();
         let headers = headers.clone();
         let (family, id) = (task.family, task.id.as_str().to_owned());
-        tokio::spawn(
-            async move {
-                let key = flight.key().clone();
-                let landed = fetcher
-                    .fetch_upstream(&path, &headers, fingerprint, client, (family, &id), key)
-                    .await;
-                flight.land(landed);
-            }
-            .in_current_span(),
-        );
+        self.work.spawn(WorkKind::Fetch, async move {
+            let key = flight.key().clone();
+            let landed = fetcher
+                .fetch_upstream(&path, &headers, fingerprint, client, (family, &id), key)
+                .await;
+            flight.land(landed);
+        });
         landing.wait().await
     }
 
@@ -302,10 +324,7 @@ impl Fetcher {
     ) -> Landed {
         let lease = match &self.shared {
             Some(shared) => match shared.claim(&key).await {
-                Claim::Found(task) => {
-                    self.cache.insert(key, Arc::clone(&task));
-                    return Landed::Shared(task);
-                }
+                Claim::Found(task) => return Landed::Shared(self.cache.insert(key, task)),
                 Claim::Lead(lease) => lease,
             },
             None => None,
@@ -327,11 +346,13 @@ impl Fetcher {
             }
             Ok(reply) => match self.entry_for(&reply, family, id) {
                 Some(task) => {
-                    self.cache.insert(key.clone(), Arc::clone(&task));
-                    if let Some(shared) = &self.shared {
+                    let held = self.cache.insert(key.clone(), Arc::clone(&task));
+                    if let Some(shared) = &self.shared
+                        && Arc::ptr_eq(&held, &task)
+                    {
                         shared.publish(&[(&key, &task)]).await;
                     }
-                    Landed::Stored(task)
+                    Landed::Stored(held)
                 }
                 None => Landed::Passed(Arc::new(reply)),
             },
@@ -343,24 +364,28 @@ impl Fetcher {
     }
 
     /// Stores a task's answer an upstream called back with (webhooks' callbacks in) under the
-    /// credential its callback token was issued to, as if a fetch had brought it, and shares it. `None`
-    /// when it is not that task's answer.
+    /// credential its callback token was issued to, as if a fetch had brought it, and shares it.
     pub(crate) async fn store_called_back(
         &self,
         fingerprint: &CredentialFingerprint,
         task: TaskRef<'_>,
         answer: &BufferedReply,
-    ) -> Option<(CacheKey, Arc<CachedTask>)> {
-        let stored = self.entry_for(answer, task.family, task.id.as_str())?;
-        if stored.class == crate::task::TaskClass::NotFound {
-            return None;
-        }
+    ) -> CalledBack {
+        let Some(stored) = self
+            .entry_for(answer, task.family, task.id.as_str())
+            .filter(|stored| stored.is_task())
+        else {
+            return CalledBack::NotThatTask;
+        };
         let key = KeyBuf::new(fingerprint, task).to_key();
-        self.cache.insert(key.clone(), Arc::clone(&stored));
+        let held = self.cache.insert(key.clone(), Arc::clone(&stored));
+        if !Arc::ptr_eq(&held, &stored) {
+            return CalledBack::AlreadyFinished;
+        }
         if let Some(shared) = &self.shared {
             shared.publish(&[(&key, &stored)]).await;
         }
-        Some((key, stored))
+        CalledBack::Stored(key, stored)
     }
 
     /// The cache entry `reply` makes, if it is a storable answer for task `id` of `family`: that
@@ -415,7 +440,7 @@ fn landed_response(landed: Landed, collapsed: bool, stale: Option<&Arc<CachedTas
     };
     match landed {
         Landed::Stored(task) => {
-            let upstream_status = Some(task.status.as_u16());
+            let upstream_status = Some(task.status().as_u16());
             Served::task(&task, status_for(true, None), false, upstream_status)
         }
         Landed::Shared(task) if !collapsed => Served::task(&task, CacheStatus::Shared, true, None),

@@ -51,6 +51,7 @@ pub mod tls;
 pub mod tools;
 pub mod upstream;
 pub mod webhook;
+pub mod work;
 
 pub use config::Config;
 pub use error::Error;

@@ -38,10 +38,12 @@ pub enum RouteLabel {
     Events = 5,
     /// `POST /_mjgate/callback/{token}`: an upstream calling the gateway back.
     Callback = 6,
+    /// `POST` on a family's submit route.
+    Submit = 7,
 }
 
 impl RouteLabel {
-    const ALL: [RouteLabel; 7] = [
+    const ALL: [RouteLabel; 8] = [
         RouteLabel::Fetch,
         RouteLabel::Batch,
         RouteLabel::Passthrough,
@@ -49,6 +51,7 @@ impl RouteLabel {
         RouteLabel::LongPoll,
         RouteLabel::Events,
         RouteLabel::Callback,
+        RouteLabel::Submit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl RouteLabel {
             RouteLabel::LongPoll => "long_poll",
             RouteLabel::Events => "events",
             RouteLabel::Callback => "callback",
+            RouteLabel::Submit => "submit",
         }
     }
 }
@@ -108,10 +112,11 @@ impl Outcome {
 }
 
 /// Upstream calls by route, as metric labels (admin never calls upstream).
-const UPSTREAM_ROUTES: [RouteLabel; 3] = [
+const UPSTREAM_ROUTES: [RouteLabel; 4] = [
     RouteLabel::Fetch,
     RouteLabel::Batch,
     RouteLabel::Passthrough,
+    RouteLabel::Submit,
 ];
 
 /// How an upstream call ended, as a metric label.
@@ -154,7 +159,7 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 /// The `reason` labels of `mjgate_client_errors_total`: admission refusals
 /// ([`crate::request::admission::Refused::label`]) and request-body faults
 /// ([`crate::request::body::BodyFault::label`]).
-pub const CLIENT_ERRORS: [&str; 10] = [
+pub const CLIENT_ERRORS: [&str; 12] = [
     "host",
     "target",
     "dot_segment",
@@ -165,6 +170,8 @@ pub const CLIENT_ERRORS: [&str; 10] = [
     "body_broken",
     "body_not_allowed",
     "body_coding",
+    "submit_body",
+    "submit_hook",
 ];
 
 /// Every metric the gateway exports, with its series pre-resolved.
@@ -188,6 +195,12 @@ pub struct Metrics {
     log_lines_dropped: IntCounter,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
+    /// Answers not stored because the cache holds that task finished (a finished state is final).
+    cache_final_kept: IntCounter,
+    /// Bytes of client bodies held whole now, under `server.body_buffer_total`.
+    body_buffered: IntGauge,
+    /// Bodies that had to be read whole but did not fit the budget (503).
+    body_over_budget: IntCounter,
     /// Live entry counts and weights by class, kept by inserts and moka's eviction listener.
     class_entries: [AtomicI64; 3],
     class_bytes: [AtomicI64; 3],
@@ -240,8 +253,12 @@ pub struct WebhookMetrics {
     pending: IntGauge,
     /// From the task's change being seen to the receiver's 2xx.
     latency: Histogram,
-    /// Upstream callbacks accepted.
-    callbacks: IntCounter,
+    /// Upstream callbacks, by result: stored, ignored (the task was finished already).
+    callbacks: IntCounterVec,
+    /// Bytes taken from `webhooks.max_memory` now, and the budget.
+    memory: IntGauge,
+    memory_capacity: IntGauge,
+    capacity: std::sync::atomic::AtomicUsize,
 }
 
 impl WebhookMetrics {
@@ -268,15 +285,45 @@ impl WebhookMetrics {
                     "event",
                 )
                 .with_label_values(&["change"]),
-            callbacks: r.counter(
-                "mjgate_webhook_callbacks_total",
-                "Upstream callbacks to the gateway's own callback URL that were accepted and stored.",
+            callbacks: labelled(
+                r.counters(
+                    "mjgate_webhook_callbacks_total",
+                    "Upstream callbacks to the gateway's own callback URL that were accepted, by result: stored, or ignored (the task is finished in the cache already: a finished state is final, a late or out-of-order callback is acknowledged and dropped).",
+                    &["result"],
+                ),
+                ["stored", "ignored"],
             ),
+            memory: r.gauge(
+                "mjgate_webhook_memory_bytes",
+                "Bytes taken from webhooks.max_memory now: every watched hook's record and overhead, and the body of every event being sent.",
+            ),
+            memory_capacity: r.gauge(
+                "mjgate_webhook_memory_capacity_bytes",
+                "The webhook memory budget (webhooks.max_memory).",
+            ),
+            capacity: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    pub fn callback(&self) {
-        self.callbacks.inc();
+    /// Counts an upstream callback: `stored`, or `ignored`.
+    pub fn callback(&self, result: &'static str) {
+        self.callbacks.with_label_values(&[result]).inc();
+    }
+
+    /// Adds `delta` bytes to what the webhook budget holds.
+    pub fn memory(&self, delta: i64) {
+        self.memory.add(delta);
+    }
+
+    pub fn set_capacity(&self, bytes: usize) {
+        self.capacity.store(bytes, Ordering::Relaxed);
+        self.memory_capacity
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The webhook memory budget, in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
     }
 
     pub fn delivery(&self, outcome: &str) {
@@ -730,6 +777,18 @@ impl Metrics {
                 "Bytes charged against cache.max_memory, by class.",
                 &["class"],
             ),
+            body_buffered: r.gauge(
+                "mjgate_request_body_buffered_bytes",
+                "Bytes of client request bodies held whole right now (batch queries, submits read for their hook, small passthrough bodies), bounded by server.body_buffer_total.",
+            ),
+            body_over_budget: r.counter(
+                "mjgate_request_body_over_budget_total",
+                "Request bodies that had to be read whole and found server.body_buffer_total taken (answered 503 with Retry-After).",
+            ),
+            cache_final_kept: r.counter(
+                "mjgate_cache_final_kept_total",
+                "Answers not stored because the cache holds that task finished: a later running state, another finished state or a not-found (a late callback, a slow replica) never replaces a finished one.",
+            ),
             class_entries: Default::default(),
             class_bytes: Default::default(),
             upstream_refused,
@@ -788,6 +847,27 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.refused_connections.inc();
+    }
+
+    /// Adds `delta` bytes to the client bodies held whole.
+    pub fn body_buffered(&self, delta: i64) {
+        self.body_buffered.add(delta);
+    }
+
+    /// Counts a body refused because the body budget was taken.
+    pub fn body_over_budget(&self) {
+        self.body_over_budget.inc();
+    }
+
+    /// Registers a labelled gauge family for a module that owns its own labels (an enum of its own,
+    /// which this module does not import: it imports nothing of the gateway's).
+    pub fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        Registrar(&self.registry).gauges(name, help, labels)
+    }
+
+    /// Counts an answer the cache kept out because it holds the task finished.
+    pub fn cache_final_kept(&self) {
+        self.cache_final_kept.inc();
     }
 
     /// Accounts for an entry entering the cache.
@@ -884,7 +964,7 @@ impl Drop for UpstreamCall<'_> {
 pub struct GaugeGuard(IntGauge);
 
 impl GaugeGuard {
-    fn new(gauge: &IntGauge) -> Self {
+    pub fn new(gauge: &IntGauge) -> Self {
         gauge.inc();
         GaugeGuard(gauge.clone())
     }

@@ -22,12 +22,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderValue, IF_NONE_MATCH};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::cache::{conditional, encoding};
-use crate::error::json_error;
+use crate::error::RequestError;
 use crate::fetch::Served;
 use crate::gzip;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
@@ -279,7 +279,7 @@ impl Future for Enveloped {
         match self.get_mut() {
             Enveloped::Ready(response) => Poll::Ready(Ok(response.take().unwrap_or_else(|| {
                 // hyper never polls a finished future; answer sanely rather than panic if it did.
-                json_error(StatusCode::INTERNAL_SERVER_ERROR, "response already sent")
+                RequestError::Internal("response already sent").into_response()
             }))),
             Enveloped::Pending {
                 slow,
@@ -294,8 +294,7 @@ impl Future for Enveloped {
                 match finish.take() {
                     Some(finish) => finish.apply(&mut response, how, None, metrics, *access_log),
                     None => {
-                        response =
-                            json_error(StatusCode::INTERNAL_SERVER_ERROR, "response already sent")
+                        response = RequestError::Internal("response already sent").into_response()
                     }
                 }
                 Poll::Ready(Ok(response))

@@ -15,6 +15,7 @@ use crate::config::{Config, ServerConfig};
 use crate::error::Error;
 use crate::gateway::{Gateway, Listener};
 use crate::tls::{ListenerCert, Reload};
+use crate::work::Settled;
 
 mod connection;
 mod stream;
@@ -151,7 +152,7 @@ pub async fn serve(
     drop(admin);
     drop(reloader);
     gateway.start_draining();
-    Ok(drain(&closing, &connections, config).await)
+    Ok(drain(&closing, &connections, &gateway, config).await)
 }
 
 /// The HTTP/1.1 and HTTP/2 settings and the timers every connection is served with.
@@ -180,26 +181,47 @@ fn serving(config: &ServerConfig) -> Serving {
     }
 }
 
-/// Tells every connection to finish and close, then waits for them, `shutdown_grace` at most.
+/// Tells every connection to finish and close, then waits for them and for the work spawned on
+/// behalf of requests (submits going upstream, collapsed calls, hook trackers handing over), all
+/// within one `shutdown_grace`; says what it left behind.
 async fn drain(
     closing: &watch::Sender<bool>,
     connections: &Semaphore,
+    gateway: &Gateway,
     config: &ServerConfig,
 ) -> Drain {
     tracing::info!(grace = ?config.shutdown_grace, "shutdown signal received, draining connections");
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     closing.send_replace(true);
     // Every connection holds a permit until it is gone: all of them back means the drain is done.
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    let drain =
-        match tokio::time::timeout(config.shutdown_grace, connections.acquire_many(all)).await {
-            Ok(_) => Drain::Complete,
-            Err(_) => Drain::TimedOut,
-        };
-    match drain {
-        Drain::Complete => tracing::info!("drain complete"),
-        Drain::TimedOut => tracing::warn!("grace period elapsed with requests still in flight"),
+    let connections_done = tokio::time::timeout_at(deadline, connections.acquire_many(all))
+        .await
+        .is_ok();
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let work = gateway.work().settle(left).await;
+    match (connections_done, work) {
+        (true, Settled::Done) => {
+            tracing::info!("drain complete");
+            Drain::Complete
+        }
+        (done, work) => {
+            let abandoned = match work {
+                Settled::Done => String::new(),
+                Settled::Abandoned(left) => left
+                    .iter()
+                    .map(|(kind, n)| format!("{n} {}", kind.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            tracing::warn!(
+                connections_drained = done,
+                abandoned = %abandoned,
+                "grace period elapsed with work still in flight"
+            );
+            Drain::TimedOut
+        }
     }
-    drain
 }
 
 /// Checks the listener's certificate files every `tls.reload_interval`, and reloads at once on

@@ -231,7 +231,7 @@ impl SharedCache {
         let mut written = 0;
         for (key, task) in answers {
             let age = task.stored_at.elapsed();
-            let mut left = self.inner.freshness.of(task.class).saturating_sub(age);
+            let mut left = self.inner.freshness.of(task.class()).saturating_sub(age);
             if let Some(until) = task.keep_until {
                 // Redis drops it when its result expires, too.
                 left = left.min(until.saturating_duration_since(std::time::Instant::now()));
@@ -440,7 +440,7 @@ impl Inner {
             self.metrics.shared.error(SharedError::Corrupt);
             return None;
         };
-        let fresh = task.stored_at.elapsed() < self.freshness.of(task.class)
+        let fresh = task.stored_at.elapsed() < self.freshness.of(task.class())
             && !task.expired(std::time::Instant::now());
         fresh.then(|| Arc::new(task))
     }
@@ -689,8 +689,8 @@ pub fn encode(task: &CachedTask) -> Vec<u8> {
     let span = task.task_span();
     let mut value = Vec::with_capacity(HEADER_LEN + content_type.len() + task.body.len());
     value.extend_from_slice(MAGIC);
-    value.push(task.class.index());
-    value.extend_from_slice(&task.status.as_u16().to_be_bytes());
+    value.push(task.class().index());
+    value.extend_from_slice(&task.status().as_u16().to_be_bytes());
     value.extend_from_slice(&fetched_at.to_be_bytes());
     value.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
     value.extend_from_slice(&keep_until.to_be_bytes());
@@ -737,7 +737,7 @@ pub fn decode(value: &[u8]) -> Option<CachedTask> {
     let keep_until = (keep_until != 0)
         .then(|| crate::family::expiry::instant_of(UNIX_EPOCH + Duration::from_millis(keep_until)));
     let mut task =
-        CachedTask::restored(status, body, content_type, class, age).keep_until(keep_until);
+        CachedTask::restored(status, body, content_type, class, age)?.keep_until(keep_until);
     if let Some(span) = span {
         if span.start > span.end || span.end > task.body.len() {
             return None;
@@ -766,8 +766,8 @@ mod tests {
         task.stored_at -= Duration::from_secs(42);
         let back = decode(&encode(&task)).unwrap();
         assert_eq!(back.body, task.body);
-        assert_eq!(back.class, TaskClass::Terminal);
-        assert_eq!(back.status, StatusCode::OK);
+        assert_eq!(back.class(), TaskClass::Terminal);
+        assert_eq!(back.status(), StatusCode::OK);
         assert_eq!(back.content_type, task.content_type);
         assert_eq!(back.age(), 42);
     }
@@ -776,8 +776,8 @@ mod tests {
     fn a_not_found_answer_keeps_its_status_and_no_content_type() {
         let task = CachedTask::not_found(StatusCode::NOT_FOUND, Bytes::new(), None);
         let back = decode(&encode(&task)).unwrap();
-        assert_eq!(back.status, StatusCode::NOT_FOUND);
-        assert_eq!(back.class, TaskClass::NotFound);
+        assert_eq!(back.status(), StatusCode::NOT_FOUND);
+        assert_eq!(back.class(), TaskClass::NotFound);
         assert!(back.content_type.is_none() && back.body.is_empty());
     }
 

@@ -95,6 +95,11 @@ impl TaskClass {
         Self::ALL.get(usize::from(index)).copied()
     }
 
+    /// Whether an answer of this class is a task object (finished or running), not "no such task".
+    pub fn is_task(self) -> bool {
+        self != TaskClass::NotFound
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskClass::Terminal => "terminal",

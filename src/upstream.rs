@@ -170,6 +170,8 @@ pub struct BufferedCall<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
     pub ip: IpAddr,
+    /// It came over TLS: the upstream is told `https`.
+    pub tls: bool,
 }
 
 /// The pooled upstream client. Cheap to clone; every clone shares one connection pool.
@@ -258,6 +260,16 @@ impl Upstream {
 
     pub fn protection(&self) -> &Protection {
         &self.protection
+    }
+
+    /// The upstream's `host[:port]`, for the operator's routes and logs.
+    pub fn authority(&self) -> &str {
+        self.url.authority()
+    }
+
+    /// `upstream.max_body`: the most of an answer read whole.
+    pub fn max_body(&self) -> u64 {
+        self.max_body
     }
 
     /// Admits a call through the ceilings, backoff and breaker, counting refusals.
@@ -429,6 +441,7 @@ impl Upstream {
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -473,7 +486,13 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     if let Some(request_id) = request_id {
         headers.insert(crate::request::id::X_REQUEST_ID.clone(), request_id);
     }
-    headers.remove(header::HOST);
+    // The host the client asked for, as this hop saw it; a client's own claim never passes.
+    let host = headers.remove(header::HOST);
+    headers.remove(&X_FORWARDED_HOST);
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let proto = if client.tls { "https" } else { "http" };
     let ip =
         HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header");
     // Every prior hop, however many header lines carried them, then this client.
@@ -482,13 +501,13 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     // RFC 7239 likewise: prior elements kept, this hop's appended (IPv6 quoted and bracketed).
     let element = match client.ip {
-        IpAddr::V4(v4) => format!("for={v4};proto=http"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
     };
     if let Some(forwarded) = joined(headers, &header::FORWARDED, &element) {
         headers.insert(header::FORWARDED, forwarded);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     // The single-address headers upstreams rate-limit by (trueai-org's midjourney-proxy reads both)
     // name the connection's peer, never what the client claims, so a client cannot borrow another
     // address's quota.
@@ -526,6 +545,7 @@ pub fn partition_is_what_is_forwarded(
     let partition = fingerprinter.of(credential);
     let client = ClientInfo {
         ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        tls: false,
     };
     let mut passthrough = headers.clone();
     prepare_request_headers(&mut passthrough, client);
@@ -600,6 +620,7 @@ mod tests {
             &mut h,
             ClientInfo {
                 ip: "127.0.0.2".parse().unwrap(),
+                tls: false,
             },
         );
         assert!(!h.contains_key(header::HOST));
@@ -624,6 +645,7 @@ mod tests {
             &mut h,
             ClientInfo {
                 ip: "::1".parse().unwrap(),
+                tls: false,
             },
         );
         assert_eq!(h["forwarded"], "for=6.6.6.6, for=\"[::1]\";proto=http");

@@ -22,23 +22,42 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::HeaderValue;
 use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::credential::CredentialFingerprint;
-use crate::family::FamilyId;
+use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
+use crate::family::{Families, FamilyId};
 use crate::hex::push_hex;
 
 use crate::config::WebhooksConfig;
 use crate::metrics::Metrics;
+use crate::shared::SharedCache;
+use crate::shared::hooks::CallbackRecord;
 use crate::task::TaskClass;
 use deliver::{Attempt, Deliverer};
 use guard::HookUrl;
 use retry::Schedule;
 
-/// One state of a task, as delivered: its answer's bytes, its tag, and whether it is over.
+/// What a watched hook costs at rest besides its record's own bytes: its tracker's task, its
+/// poller's share, the channel between them, its place in the counts (measured: docs/benchmarks.md,
+/// "Webhook memory"). Charged against `webhooks.max_memory` with the record.
+pub const HOOK_OVERHEAD: usize = 4096;
+
+/// One state of a task, as delivered: its answer's bytes, its tag, whether it is over, and the
+/// `webhook-id` it goes out under (its own, shared only by its retries).
 pub struct Event {
+    pub id: String,
     pub body: Bytes,
     pub etag: HeaderValue,
     pub class: TaskClass,
+}
+
+/// A fresh `webhook-id`: 128 random bits. Never derived from the body: a task going 10% → 20% →
+/// 10% makes three events, and two tasks with the same answer make two.
+pub fn new_event_id() -> String {
+    let mut id = Vec::with_capacity(36);
+    id.extend_from_slice(b"evt_");
+    push_hex(&mut id, &rand::random::<[u8; 16]>());
+    String::from_utf8(id).unwrap_or_default()
 }
 
 /// How the delivery of one event ended.
@@ -53,7 +72,8 @@ pub enum Ended {
     Interrupted,
 }
 
-/// The delivery side: attempts, the retry schedule and the bound on watched hooks.
+/// The delivery side: attempts, the retry schedule, the bounds on watched hooks (in number and in
+/// bytes), and the callback tokens handed to upstreams.
 pub struct Hooks {
     deliverer: Deliverer,
     retry: Schedule,
@@ -63,11 +83,17 @@ pub struct Hooks {
     pending: AtomicUsize,
     /// Watched hooks by submitting credential, for `webhooks.max_pending_per_credential`.
     per_credential: Mutex<HashMap<CredentialFingerprint, usize>>,
+    /// `webhooks.max_memory`, in bytes: every watched hook's record and overhead, and the body of
+    /// every event being sent, are taken from it. A hook that does not fit is not taken over; an
+    /// event waits (holding no body) until its bytes fit.
+    memory: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     /// `webhooks.public_url`: where the upstream calls the gateway back.
     public_url: Option<String>,
-    /// Callback tokens handed to the upstream, by token.
+    /// Callback tokens this replica handed to the upstream, by token. With the Redis tier they are
+    /// also kept there (sealed, as hook records are), so any replica answers them.
     callbacks: Mutex<HashMap<String, Callback>>,
+    shared: Option<SharedCache>,
 }
 
 /// What a callback token was issued for: one submit's task, under one credential.
@@ -79,24 +105,52 @@ pub struct Callback {
     pub task_id: Option<String>,
 }
 
-/// A place among the watched hooks, given back on drop.
-pub struct Slot(Arc<Hooks>, CredentialFingerprint);
+/// A place among the watched hooks, and its bytes under `webhooks.max_memory`; given back on drop.
+pub struct Slot {
+    hooks: Arc<Hooks>,
+    fingerprint: CredentialFingerprint,
+    _memory: OwnedSemaphorePermit,
+    bytes: usize,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-        let mut counts = self.0.per_credential.lock();
-        if let Some(n) = counts.get_mut(&self.1) {
+        self.hooks.pending.fetch_sub(1, Ordering::AcqRel);
+        self.hooks.metrics.webhooks.memory(-(self.bytes as i64));
+        let mut counts = self.hooks.per_credential.lock();
+        if let Some(n) = counts.get_mut(&self.fingerprint) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.1);
+                counts.remove(&self.fingerprint);
             }
         }
     }
 }
 
+/// The bytes of one event being sent, under `webhooks.max_memory`.
+struct Sending {
+    _permit: OwnedSemaphorePermit,
+    bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.metrics.webhooks.memory(-(self.bytes as i64));
+    }
+}
+
 impl Hooks {
-    pub fn new(config: &WebhooksConfig, tls: rustls::ClientConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &WebhooksConfig,
+        tls: rustls::ClientConfig,
+        metrics: Arc<Metrics>,
+        shared: Option<SharedCache>,
+    ) -> Self {
+        let memory = usize::try_from(config.max_memory)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        metrics.webhooks.set_capacity(memory);
         Hooks {
             deliverer: Deliverer::new(
                 Arc::clone(&config.secret),
@@ -111,62 +165,114 @@ impl Hooks {
             max_pending_per_credential: config.max_pending_per_credential,
             pending: AtomicUsize::new(0),
             per_credential: Mutex::new(HashMap::new()),
+            memory: Arc::new(Semaphore::new(memory)),
             metrics,
             public_url: config.public_url.clone(),
             callbacks: Mutex::new(HashMap::new()),
+            shared,
         }
     }
 
     /// A new callback URL for a submit by `fingerprint`, and its token; `None` without
     /// `webhooks.public_url`. The token is 128 random bits: the URL is the only proof a callback has.
-    pub fn issue_callback(
+    /// With the Redis tier it is written there too, so that the replica the upstream calls back
+    /// (not always this one, and this one may be gone) knows it.
+    pub async fn issue_callback(
         &self,
         fingerprint: CredentialFingerprint,
         family: FamilyId,
+        families: &Families,
     ) -> Option<(String, String)> {
         let base = self.public_url.as_ref()?;
         let mut token = Vec::with_capacity(32);
         push_hex(&mut token, &rand::random::<[u8; 16]>());
         let token = String::from_utf8(token).unwrap_or_default();
-        self.callbacks.lock().insert(
-            token.clone(),
-            Callback {
-                fingerprint,
-                family,
-                task_id: None,
-            },
-        );
+        let callback = Callback {
+            fingerprint,
+            family,
+            task_id: None,
+        };
+        self.save_callback(&token, &callback, families).await;
+        self.callbacks.lock().insert(token.clone(), callback);
         Some((format!("{base}/_mjgate/callback/{token}"), token))
     }
 
-    /// The family `token` was issued for, if it is a token this gateway issued.
-    pub fn callback_family(&self, token: &str) -> Option<FamilyId> {
-        self.callbacks.lock().get(token).map(|c| c.family)
+    async fn save_callback(&self, token: &str, callback: &Callback, families: &Families) {
+        if let Some(shared) = &self.shared {
+            let record = CallbackRecord {
+                fingerprint: callback.fingerprint.as_bytes().to_vec(),
+                family: families.get(callback.family).name().to_owned(),
+                task_id: callback.task_id.clone(),
+            };
+            shared
+                .save_callback(token, &record, self.retry.max_age)
+                .await;
+        }
+    }
+
+    /// What `token` was issued for: this replica's own, else the Redis tier's record of it.
+    async fn lookup_callback(&self, token: &str, families: &Families) -> Option<Callback> {
+        if let Some(callback) = self.callbacks.lock().get(token) {
+            return Some(callback.clone());
+        }
+        let record = self.shared.as_ref()?.load_callback(token).await?;
+        let fingerprint: [u8; FINGERPRINT_LEN] = record.fingerprint.as_slice().try_into().ok()?;
+        Some(Callback {
+            fingerprint: CredentialFingerprint::from_bytes(fingerprint),
+            family: families.by_name(&record.family)?.id(),
+            task_id: record.task_id,
+        })
+    }
+
+    /// The family `token` was issued for, if it is a token a replica issued.
+    pub async fn callback_family(&self, token: &str, families: &Families) -> Option<FamilyId> {
+        self.lookup_callback(token, families)
+            .await
+            .map(|c| c.family)
     }
 
     /// Binds `token` to the task the submit's answer named.
-    pub fn bind_callback(&self, token: &str, task_id: &str) {
-        if let Some(callback) = self.callbacks.lock().get_mut(token) {
+    pub async fn bind_callback(&self, token: &str, task_id: &str, families: &Families) {
+        let bound = {
+            let mut callbacks = self.callbacks.lock();
+            let Some(callback) = callbacks.get_mut(token) else {
+                return;
+            };
             callback.task_id = Some(task_id.to_owned());
-        }
+            callback.clone()
+        };
+        self.save_callback(token, &bound, families).await;
     }
 
     /// What `token` was issued for, binding it to `task_id` if nothing was yet; `None` for an unknown
     /// token or one issued for another task.
-    pub fn callback(&self, token: &str, task_id: &str) -> Option<Callback> {
-        let mut callbacks = self.callbacks.lock();
-        let callback = callbacks.get_mut(token)?;
+    pub async fn callback(
+        &self,
+        token: &str,
+        task_id: &str,
+        families: &Families,
+    ) -> Option<Callback> {
+        let mut callback = self.lookup_callback(token, families).await?;
         match &callback.task_id {
             Some(id) if id != task_id => return None,
             Some(_) => {}
-            None => callback.task_id = Some(task_id.to_owned()),
+            None => {
+                callback.task_id = Some(task_id.to_owned());
+                if let Some(mine) = self.callbacks.lock().get_mut(token) {
+                    mine.task_id = Some(task_id.to_owned());
+                }
+                self.save_callback(token, &callback, families).await;
+            }
         }
-        Some(callback.clone())
+        Some(callback)
     }
 
-    /// Forgets `token` (its task is over, or its submit failed).
-    pub fn forget_callback(&self, token: &str) {
+    /// Forgets `token` (its task is over, or its submit failed), here and in the Redis tier.
+    pub async fn forget_callback(&self, token: &str) {
         self.callbacks.lock().remove(token);
+        if let Some(shared) = &self.shared {
+            shared.delete_callback(token).await;
+        }
     }
 
     pub fn allow_private(&self) -> bool {
@@ -178,18 +284,31 @@ impl Hooks {
         self.retry.max_age
     }
 
-    /// Whether a state is delivered at all (`finished_only` skips the running ones).
+    /// Whether a state is delivered at all: never "no such task", and with `finished_only` only the
+    /// finished state.
     pub fn wants(&self, class: TaskClass) -> bool {
-        !self.finished_only || class != TaskClass::InProgress
+        match class {
+            TaskClass::NotFound => false,
+            TaskClass::InProgress => !self.finished_only,
+            TaskClass::Terminal => true,
+        }
     }
 
-    /// A place among the watched hooks for a submit by `fingerprint`, if `webhooks.max_pending` and
-    /// its per-credential share allow one more (one client cannot take every place). Counted as
-    /// `overflow` when not.
-    pub fn reserve(self: &Arc<Self>, fingerprint: CredentialFingerprint) -> Option<Slot> {
+    /// A place among the watched hooks for a submit by `fingerprint` whose record holds `bytes`, if
+    /// `webhooks.max_pending`, its per-credential share and `webhooks.max_memory` allow one more (one
+    /// client cannot take every place). Counted as `overflow` when not.
+    pub fn reserve(
+        self: &Arc<Self>,
+        fingerprint: CredentialFingerprint,
+        bytes: usize,
+    ) -> Option<Slot> {
+        let bytes = bytes + HOOK_OVERHEAD;
+        let memory = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| Arc::clone(&self.memory).try_acquire_many_owned(n).ok());
         let mut counts = self.per_credential.lock();
         let mine = counts.get(&fingerprint).copied().unwrap_or(0);
-        let taken = (mine < self.max_pending_per_credential)
+        let taken = (mine < self.max_pending_per_credential && memory.is_some())
             .then(|| {
                 self.pending
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -198,78 +317,129 @@ impl Hooks {
                     .ok()
             })
             .flatten();
-        if taken.is_none() {
+        let (Some(_), Some(memory)) = (taken, memory) else {
             self.metrics.webhooks.delivery("overflow");
             return None;
-        }
+        };
         *counts.entry(fingerprint).or_default() += 1;
-        Some(Slot(Arc::clone(self), fingerprint))
+        self.metrics.webhooks.memory(bytes as i64);
+        Some(Slot {
+            hooks: Arc::clone(self),
+            fingerprint,
+            _memory: memory,
+            bytes,
+        })
     }
 
-    /// Delivers `event` of task `task_id` to `hook`, retrying on the schedule. `newer` is polled
-    /// between attempts: a running state it replaces is superseded (never the finished one).
+    /// Room under `webhooks.max_memory` for a body of `bytes` being sent, waited for (holding nothing
+    /// but the wish); `None` when the gateway starts shutting down meanwhile. A body larger than the
+    /// whole budget waits for all of it, and goes alone.
+    async fn room_for(
+        &self,
+        bytes: usize,
+        draining: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Sending> {
+        let capacity = self.metrics.webhooks.capacity();
+        let n = u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX);
+        let acquire = Arc::clone(&self.memory).acquire_many_owned(n);
+        let permit = tokio::select! {
+            permit = acquire => permit.ok()?,
+            _ = draining.wait_for(|draining| *draining) => return None,
+        };
+        self.metrics.webhooks.memory(n as i64);
+        Some(Sending {
+            _permit: permit,
+            bytes: n as usize,
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+
+    /// Delivers `event` of task `task_id` to `hook`, retrying on the schedule. Between attempts no
+    /// body is held: `source` is asked for the task's latest state before each retry. A running state
+    /// it replaces is superseded (a new event, with its own id); the finished one never is, and is
+    /// retried under its id with the body as read again.
     pub async fn deliver(
         &self,
         hook: &HookUrl,
         task_id: &str,
-        mut event: Event,
-        mut newer: impl FnMut() -> Option<Event>,
+        event: Event,
+        source: &mut impl EventSource,
         draining: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Ended {
         let mut since = Instant::now();
         let mut attempt = 0u32;
+        let mut current = Some(event);
+        let (mut id, mut etag, mut class) = match &current {
+            Some(event) => (event.id.clone(), event.etag.clone(), event.class),
+            None => return Ended::Stop,
+        };
         loop {
             attempt += 1;
-            let id = event_id(task_id, &event.etag);
-            let result = self.deliverer.attempt(hook, &id, &event.body).await;
-            self.metrics.webhooks.attempt(result.label());
-            match result {
-                Attempt::Delivered(_) => {
-                    self.metrics.webhooks.delivery("delivered");
-                    self.metrics.webhooks.delivered_after(since.elapsed());
-                    return Ended::Done(event.etag);
-                }
-                Attempt::Gone => {
-                    self.metrics.webhooks.delivery("gone");
-                    tracing::info!(
-                        task = task_id,
-                        "webhook receiver answered 410: hook dropped"
-                    );
-                    return Ended::Stop;
-                }
-                Attempt::Refused(e) => {
-                    self.metrics.webhooks.delivery("refused");
-                    tracing::warn!(task = task_id, error = %e, "webhook refused");
-                    return Ended::Stop;
-                }
-                Attempt::Failed(failure) => {
-                    tracing::debug!(task = task_id, event = %id, attempt, ?failure, "webhook attempt failed");
+            if let Some(event) = current.take() {
+                let Some(sending) = self.room_for(event.body.len(), draining).await else {
+                    return Ended::Interrupted;
+                };
+                let result = self.deliverer.attempt(hook, &id, &event.body).await;
+                drop(sending);
+                self.metrics.webhooks.attempt(result.label());
+                match result {
+                    Attempt::Delivered(_) => {
+                        self.metrics.webhooks.delivery("delivered");
+                        self.metrics.webhooks.delivered_after(since.elapsed());
+                        return Ended::Done(etag);
+                    }
+                    Attempt::Gone => {
+                        self.metrics.webhooks.delivery("gone");
+                        tracing::info!(
+                            task = task_id,
+                            "webhook receiver answered 410: hook dropped"
+                        );
+                        return Ended::Stop;
+                    }
+                    Attempt::Refused(e) => {
+                        self.metrics.webhooks.delivery("refused");
+                        tracing::warn!(task = task_id, error = %e, "webhook refused");
+                        return Ended::Stop;
+                    }
+                    Attempt::Failed(failure) => {
+                        tracing::debug!(task = task_id, event = %id, attempt, ?failure, "webhook attempt failed");
+                    }
                 }
             }
             let Some(wait) = self.retry.next(attempt, since.elapsed(), rand::random()) else {
                 self.metrics.webhooks.delivery("abandoned");
                 tracing::warn!(task = task_id, event = %id, attempts = attempt, "webhook event abandoned");
-                return Ended::Done(event.etag);
+                return Ended::Done(etag);
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = draining.wait_for(|draining| *draining) => return Ended::Interrupted,
             }
-            if event.class == TaskClass::InProgress
-                && let Some(next) = newer()
-                && next.etag != event.etag
-            {
+            // Read again: the task may have moved on, and its body was not kept meanwhile.
+            let Some(latest) = source.latest().await else {
+                continue;
+            };
+            if latest.etag != etag && class == TaskClass::InProgress && latest.class.is_task() {
                 self.metrics.webhooks.delivery("superseded");
-                event = next;
+                (id, etag, class) = (new_event_id(), latest.etag.clone(), latest.class);
                 attempt = 0;
                 since = Instant::now();
+            } else if latest.etag != etag && class != TaskClass::InProgress {
+                // The finished state read again (refetched after eviction): the same event, whatever
+                // its bytes now are.
+                etag = latest.etag.clone();
+            }
+            if latest.class.is_task() && (latest.etag == etag) {
+                current = Some(Event {
+                    id: id.clone(),
+                    ..latest
+                });
             }
         }
     }
 }
 
-/// The `webhook-id` of one task state: the same across its retries, another for every change.
-pub fn event_id(task_id: &str, etag: &HeaderValue) -> String {
-    let tag = String::from_utf8_lossy(etag.as_bytes());
-    format!("evt_{task_id}_{}", tag.trim_matches('"'))
+/// Where a delivery reads its task's latest state again before a retry.
+pub trait EventSource: Send {
+    fn latest(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send;
 }

@@ -52,12 +52,12 @@ fn task_head(
     body: ResponseBody,
 ) -> Response<ResponseBody> {
     let mut response = Response::new(body);
-    *response.status_mut() = task.status;
+    *response.status_mut() = task.status();
     let headers = response.headers_mut();
     // Room for every header the answer will carry (`Vary` and `X-Request-Id` included) in one
     // allocation: seven would otherwise outgrow the default table and rehash it on every hit.
     headers.reserve(8);
-    if task.status != StatusCode::NO_CONTENT {
+    if task.status() != StatusCode::NO_CONTENT {
         headers.insert(
             CONTENT_TYPE,
             task.content_type
@@ -65,7 +65,7 @@ fn task_head(
                 .unwrap_or_else(|| APPLICATION_JSON.clone()),
         );
     }
-    if task.status == StatusCode::OK {
+    if task.is_task() {
         headers.insert(ETAG, task.etag.clone());
     }
     headers.insert(CACHE_CONTROL, PRIVATE.clone());

@@ -30,6 +30,9 @@ pub struct WebhooksConfig {
     pub max_pending: usize,
     /// Most of those for one credential, so that one client cannot take every place.
     pub max_pending_per_credential: usize,
+    /// Bytes all watched hooks may hold together: each hook's record and overhead, and the bodies of
+    /// events being sent. A hook past it is not taken over; an event waits for room.
+    pub max_memory: u64,
     /// Where the upstream can reach this gateway (`https://gw.example.com`): submits carry the
     /// gateway's own callback URL under it instead of dropping the hook, so an upstream that calls
     /// back refreshes the cache at once. `None`: the hook is dropped and polling alone drives delivery.
@@ -53,6 +56,7 @@ pub(super) struct RawWebhooks {
     max_in_flight: Option<usize>,
     max_pending: Option<usize>,
     max_pending_per_credential: Option<usize>,
+    max_memory: Option<bytesize::ByteSize>,
     public_url: Option<String>,
 }
 
@@ -102,6 +106,12 @@ impl RawWebhooks {
                 raw.max_pending_per_credential,
                 1_000,
                 1,
+            )?,
+            max_memory: at_least(
+                "webhooks.max_memory",
+                raw.max_memory.map(|b| b.0),
+                64 << 20,
+                1 << 20,
             )?,
             public_url: raw.public_url.map(public_url).transpose()?,
         }))

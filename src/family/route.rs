@@ -9,7 +9,7 @@
 
 use http::Method;
 
-use super::{FamilyError, FamilyId, FamilySpec, error};
+use super::{Family, FamilyError, FamilyId, FamilySpec, error};
 use crate::task::{InvalidTaskId, TaskId};
 
 /// What a family route is for.
@@ -104,6 +104,7 @@ impl Table {
         name: &str,
         family: FamilyId,
         spec: &FamilySpec,
+        earlier: &[Family],
     ) -> Result<(), FamilyError> {
         let mode_prefix = spec.mode_prefix.unwrap_or(false);
         let events_by_accept = spec.events_by_accept.unwrap_or(true);
@@ -143,13 +144,13 @@ impl Table {
                     .iter()
                     .find(|e| e.template == template || same_query_path(e))
                 {
+                    let owner = earlier
+                        .get(other.family.index())
+                        .map_or(name, |family| family.name());
                     return Err(error(
                         name,
                         key,
-                        format!(
-                            "{template:?} is already a route of family #{}",
-                            other.family.0
-                        ),
+                        format!("{template:?} is already a route of the family `{owner}`"),
                     ));
                 }
                 self.any_mode_prefix |= mode_prefix;

@@ -305,8 +305,10 @@ fn batch_items_are_wrapped_and_found_again() {
 }
 
 fn with(name: &str, toml_text: &str) -> Result<Families, FamilyError> {
-    let spec: FamilySpec = toml::from_str(toml_text).unwrap();
-    Families::new(BTreeMap::from([(name.to_owned(), spec)]))
+    let spec: toml::Table = toml::from_str(toml_text).unwrap();
+    let mut overrides = toml::Table::new();
+    overrides.insert(name.to_owned(), toml::Value::Table(spec));
+    Families::new(overrides)
 }
 
 #[test]
@@ -353,7 +355,8 @@ fn families_can_be_turned_off_and_changed() {
 fn a_bad_description_names_its_key() {
     let routes = |template: &str| format!("status_routes = [\"{template}\"]\nstatus_at = [\"/s\"]");
     let long = "x".repeat(5000);
-    let cases: Vec<(&str, String, &str)> = vec![
+    let cases: Vec<(&str, String, &str)> =
+        vec![
         (
             "acme",
             r#"status_at = ["/s"]"#.into(),
@@ -412,9 +415,20 @@ fn a_bad_description_names_its_key() {
         ),
         (
             "suno",
-            "[submit]\nroutes = [\"/suno/submit/music\"]\nid_at = [\"/data\"]".into(),
-            "families.suno.submit.callback_field",
+            "[submit]\nroutes = [\"/suno/*/music\"]\nid_at = [\"/data\"]".into(),
+            "families.suno.submit.routes",
         ),
+        (
+            "suno",
+            "[submit]\nroutes = [\"/suno/submit\"]\nid_at = [\"/data\"]\naccepted = [\"1\"]".into(),
+            "families.suno.submit.accepted_at",
+        ),
+        (
+            "acme",
+            format!("{}\nsuccess = [\"done\"]\nfailure = [\"DONE\"]", routes("/a/{id}")),
+            "families.acme.failure",
+        ),
+        ("acme", "status_at = 7".into(), "families.acme.status_at"),
         (
             "suno",
             "[submit]\nroutes = [\"/suno/submit/music\"]\ncallback_field = \"hook\"".into(),

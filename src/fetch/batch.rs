@@ -28,6 +28,7 @@ use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::content_coding::is_identity;
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, UpstreamError};
+use crate::work::WorkKind;
 
 /// What a `list-by-condition` body asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -210,10 +211,7 @@ impl Fetcher {
         drop(waiting);
         let status = tally.status();
         let Some(spec) = self.families.get(family).batch() else {
-            return Served::bypass(crate::error::json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the family has no batch route",
-            ));
+            return Served::error(RequestError::Internal("the family has no batch route"));
         };
         Served::cached(
             batch_response(spec, &tasks, status),
@@ -307,8 +305,7 @@ impl Fetcher {
             }
             match landed {
                 // A "no such task" answer means the id is not visible: absent, as the upstream does.
-                Landed::Stored(task) | Landed::Shared(task)
-                    if task.class == TaskClass::NotFound => {}
+                Landed::Stored(task) | Landed::Shared(task) if !task.is_task() => {}
                 Landed::Stored(task) => tasks.push(task),
                 Landed::Shared(task) => {
                     tally.shared += 1;
@@ -362,7 +359,8 @@ impl Fetcher {
             let fetcher = Arc::clone(self);
             let path = path.to_owned();
             let headers = headers.clone();
-            tokio::spawn(async move {
+            // In the request's span, like a fetch's flight: its log lines carry the request id.
+            self.work.spawn(WorkKind::BatchChunk, async move {
                 fetcher
                     .batch_call(&path, &headers, fingerprint, client, family, chunk)
                     .await;
@@ -398,8 +396,8 @@ impl Fetcher {
         for ((id, flight), claim) in chunk.into_iter().zip(claims) {
             match claim {
                 Claim::Found(task) => {
-                    self.cache.insert(flight.key().clone(), Arc::clone(&task));
-                    flight.land(Landed::Shared(task));
+                    let held = self.cache.insert(flight.key().clone(), task);
+                    flight.land(Landed::Shared(held));
                 }
                 Claim::Lead(lease) => {
                     leases.extend(lease);
@@ -499,9 +497,11 @@ impl Fetcher {
                     match tasks.remove(id.as_str()) {
                         Some(item) => {
                             let task = Arc::new(item.into_task(content_type.clone()));
-                            self.cache.insert(flight.key().clone(), Arc::clone(&task));
-                            stored.push((flight.key().clone(), Arc::clone(&task)));
-                            flight.land(Landed::Stored(task));
+                            let held = self.cache.insert(flight.key().clone(), Arc::clone(&task));
+                            if Arc::ptr_eq(&held, &task) {
+                                stored.push((flight.key().clone(), task));
+                            }
+                            flight.land(Landed::Stored(held));
                         }
                         None => flight.land(Landed::NotReturned),
                     }

@@ -23,6 +23,7 @@ use crate::push::Push;
 use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
 use crate::task::TaskClass;
 use crate::upstream::ClientInfo;
+use crate::work::WorkKind;
 
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Asks nginx-style proxies not to buffer the stream.
@@ -54,15 +55,11 @@ impl Push {
         // Not a task the client may see (unknown, another key's, an upstream error): that answer,
         // as a fetch would give it, instead of a stream.
         let current = match self.fetcher.cache().current(key.as_bytes()) {
-            Some((task, _))
-                if served.response.status() == StatusCode::OK && task.status == StatusCode::OK =>
-            {
-                task
-            }
+            Some((task, _)) if served.response.status() == StatusCode::OK && task.is_task() => task,
             _ => return served,
         };
         let last_event_id = headers.get(&LAST_EVENT_ID).cloned();
-        if current.class == TaskClass::Terminal && last_event_id.as_ref() == Some(&current.etag) {
+        if current.class() == TaskClass::Terminal && last_event_id.as_ref() == Some(&current.etag) {
             return Served::cached(no_content(), CacheStatus::Hit { ttl: None }, None);
         }
         let (events, body) = mpsc::channel(BACKLOG);
@@ -79,7 +76,9 @@ impl Push {
             events,
             _permit: permit,
         };
-        tokio::spawn(stream.run(target, current, last_event_id));
+        self.fetcher
+            .work()
+            .spawn(WorkKind::Stream, stream.run(target, current, last_event_id));
         Served {
             response: stream_head(body),
             ..served
@@ -157,7 +156,7 @@ impl Stream {
 
     /// Writes the event for a change from `before` to `after`; `Finished` once the task is over.
     async fn write_change(&mut self, before: &Snapshot, after: &Snapshot) -> Result<(), Stop> {
-        if after.status != StatusCode::OK {
+        if !after.is_task() {
             // The task vanished (the upstream now says it does not exist).
             self.send(EventKind::Error, after).await?;
             return Err(Stop);
@@ -182,7 +181,7 @@ impl Stream {
 
     /// After a terminal state: `event: end`, and the stream closes.
     async fn finish_if_over(&mut self, task: &Snapshot) -> Result<(), Stop> {
-        if task.class == TaskClass::InProgress {
+        if task.class() == TaskClass::InProgress {
             return Ok(());
         }
         let data = serde_json::json!({ "status": self.status_of(task) }).to_string();

@@ -2,31 +2,38 @@
 //! the same poller long-polls and streams use (one upstream call per TTL however many watch), and
 //! delivers every change in order, the finished state always, through [`crate::webhook::Hooks`].
 //!
+//! "No such task" is never an event: right after a submit new-api can answer `task_no_found` (with
+//! `200`) until its row is inserted, so the tracker keeps looking, less and less often, for as long as
+//! an event would still be worth delivering (`webhooks.max_age`). A finished state is final: nothing
+//! after it is delivered. Between attempts a tracker holds no body: it reads its task again before a
+//! retry, so a thousand failing receivers hold no thousand bodies.
+//!
 //! With the Redis tier, each tracker's record and lease live there (`shared/hooks.rs`): a tracker
 //! that stops before its task is over (shutdown, a killed replica) leaves its record, and a sweep on
 //! any replica takes it over from the last delivered state.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use http::{HeaderMap, StatusCode};
+use tokio::sync::watch;
 
 use super::Push;
 use super::watch::{Snapshot, WatchTarget};
-use crate::cache::KeyBuf;
+use crate::cache::{CacheKey, KeyBuf};
 use crate::credential::MJ_API_SECRET;
 use crate::family::{FamilyId, TaskRef};
 use crate::shared::hooks::HookRecord;
 use crate::shared::{Lease, under_lease};
-use crate::task::{TaskClass, TaskId};
+use crate::task::TaskId;
 use crate::upstream::ClientInfo;
 use crate::webhook::guard::HookUrl;
-use crate::webhook::{Ended, Event, Hooks, Slot};
+use crate::webhook::{Ended, Event, EventSource, Hooks, Slot, new_event_id};
+use crate::work::WorkKind;
 
-/// How many times a just-submitted task is looked up before the tracker gives up on ever seeing it
-/// (new-api can answer "no such task" for a moment after the submit), one TTL apart.
-const FIRST_LOOKS: usize = 20;
+/// The longest wait between two looks at a task the upstream does not show yet.
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// How often each replica looks in Redis for hooks nobody is delivering.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -37,12 +44,41 @@ pub struct HookTask {
     pub id: String,
     /// The task's status path upstream.
     pub path: String,
-    /// The submitting request's headers: its credential reads the task.
+    /// The submitting request's credential headers (nothing else of its request is kept): the task
+    /// is read with them.
     pub headers: HeaderMap,
     pub client: ClientInfo,
     pub hook: HookUrl,
     /// The token of the gateway's own callback URL the upstream was given, if any.
     pub callback: Option<String>,
+}
+
+impl HookTask {
+    /// The bytes this task's record holds, charged against `webhooks.max_memory` with its overhead.
+    pub fn record_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        self.id.len()
+            + self.path.len()
+            + headers
+            + self.hook.uri.to_string().len()
+            + self.hook.host.len()
+            + self.callback.as_ref().map_or(0, String::len)
+    }
+}
+
+/// The headers a task is read with: only the credential, nothing else of the client's request.
+pub fn credential_only(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(1);
+    for name in [&AUTHORIZATION, &MJ_API_SECRET] {
+        if let Some(value) = headers.get(name) {
+            kept.insert(name.clone(), value.clone());
+        }
+    }
+    kept
 }
 
 /// How a tracker ended.
@@ -56,11 +92,11 @@ enum Tracked {
 
 impl Push {
     /// Starts delivering `task`'s changes to its hook, holding `slot` (its place under
-    /// `webhooks.max_pending`) until the task is over.
+    /// `webhooks.max_pending` and `webhooks.max_memory`) until the task is over.
     pub(crate) fn deliver_hook(self: &Arc<Self>, hooks: &Arc<Hooks>, slot: Slot, task: HookTask) {
         let push = Arc::clone(self);
         let hooks = Arc::clone(hooks);
-        tokio::spawn(async move {
+        self.fetcher.work().spawn(WorkKind::Hook, async move {
             let record = push.record_of(&hooks, &task).await;
             push.run_tracker(&hooks, slot, task, record, None).await;
         });
@@ -76,8 +112,13 @@ impl Push {
             task_id: task.id.clone(),
             path: task.path.clone(),
             hook: task.hook.uri.to_string(),
-            credential: credential_headers(&task.headers),
+            credential: task
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                .collect(),
             delivered: None,
+            pending: None,
             callback: task.callback.clone(),
         };
         let lease = shared.lease_hook(&record.id).await?;
@@ -101,14 +142,14 @@ impl Push {
             None => (None, None),
         };
         let leases: Vec<Lease> = lease.into_iter().collect();
-        let tracked =
-            under_lease(&leases, self.track(hooks, task, record.clone(), delivered)).await;
+        let tracking = Box::pin(self.track(hooks, task, record.clone(), delivered));
+        let tracked = under_lease(&leases, tracking).await;
         if tracked == Tracked::Over {
             if let (Some(shared), Some(record)) = (self.fetcher.shared(), &record) {
                 shared.delete_hook(&record.id).await;
             }
             if let Some(token) = callback {
-                hooks.forget_callback(&token);
+                hooks.forget_callback(&token).await;
             }
         }
         for lease in leases {
@@ -134,10 +175,17 @@ impl Push {
         };
         let fingerprint = self.fetcher.fingerprinter().fingerprint(&task.headers);
         let key = KeyBuf::new(&fingerprint, task_ref);
-        let Some(first) = self.first_state(&task, task_ref, &key).await else {
-            metrics.webhooks.delivery("abandoned");
-            tracing::warn!(task = %task.id, "webhook: the task never became visible upstream");
-            return Tracked::Over;
+        let mut draining = self.watchers.draining();
+        let first = match Box::pin(self.first_state(&task, task_ref, &key, hooks, &mut draining))
+            .await
+        {
+            Some(Ok(first)) => first,
+            Some(Err(())) => return Tracked::Interrupted,
+            None => {
+                metrics.webhooks.delivery("abandoned");
+                tracing::warn!(task = %task.id, "webhook: the task never became visible upstream");
+                return Tracked::Over;
+            }
         };
         let target = WatchTarget {
             key: key.to_key(),
@@ -146,21 +194,48 @@ impl Push {
             task: (task.family, task.id.clone()),
             client: task.client,
         };
-        let mut changes = self.watch(target, first);
-        let mut draining = self.watchers.draining();
+        let changes = self.watch(target, first);
+        let mut source = TrackerSource {
+            push: Arc::clone(self),
+            task: &task,
+            key: key.to_key(),
+            changes: Some(changes),
+        };
         let mut closed = false;
         loop {
             if *draining.borrow() {
                 return Tracked::Interrupted;
             }
-            let latest = Arc::clone(&changes.borrow_and_update());
-            if delivered.as_ref() != Some(&latest.etag) && hooks.wants(latest.class) {
-                let event = event_of(&latest);
-                let newer = || Some(event_of(&changes.borrow()));
-                match hooks
-                    .deliver(&task.hook, &task.id, event, newer, &mut draining)
-                    .await
-                {
+            let Some(latest) = source.peek() else {
+                return Tracked::Over;
+            };
+            if !latest.is_task() {
+                // The task vanished upstream after it was seen: nothing more will be delivered.
+                return Tracked::Over;
+            }
+            if delivered.as_ref() != Some(&latest.etag) && hooks.wants(latest.class()) {
+                let event = Event {
+                    id: pending_id(record.as_ref(), &latest.etag).unwrap_or_else(new_event_id),
+                    body: latest.body.clone(),
+                    etag: latest.etag.clone(),
+                    class: latest.class(),
+                };
+                let finished = latest.is_finished();
+                drop(latest);
+                if finished {
+                    // Nothing follows a finished state: the watch (and the body it holds) can go.
+                    source.changes = None;
+                }
+                self.note_pending(hooks, record.as_mut(), &event).await;
+                let ended = Box::pin(hooks.deliver(
+                    &task.hook,
+                    &task.id,
+                    event,
+                    &mut source,
+                    &mut draining,
+                ))
+                .await;
+                match ended {
                     Ended::Stop => return Tracked::Over,
                     Ended::Interrupted => return Tracked::Interrupted,
                     // The state delivered may be newer than `latest` (it replaced a waiting one).
@@ -169,11 +244,18 @@ impl Push {
                         delivered = Some(etag);
                     }
                 }
+                if finished || source.changes.is_none() {
+                    return Tracked::Over;
+                }
                 continue;
             }
-            if latest.class != TaskClass::InProgress || closed {
+            if latest.is_finished() || closed {
                 return Tracked::Over;
             }
+            drop(latest);
+            let Some(changes) = source.changes.as_mut() else {
+                return Tracked::Over;
+            };
             // The poller ends at the finished state (or when the task vanishes): one more look.
             tokio::select! {
                 changed = changes.changed() => closed = changed.is_err(),
@@ -182,33 +264,59 @@ impl Push {
         }
     }
 
-    /// Notes in the hook's record that `etag` was delivered, so a takeover starts after it.
-    async fn remember(&self, hooks: &Hooks, record: Option<&mut HookRecord>, etag: &HeaderValue) {
+    /// Notes in the hook's record which event is being delivered, so a takeover retries it under
+    /// the same `webhook-id`.
+    async fn note_pending(&self, hooks: &Hooks, record: Option<&mut HookRecord>, event: &Event) {
         if let (Some(shared), Some(record)) = (self.fetcher.shared(), record) {
-            record.delivered = etag.to_str().ok().map(str::to_owned);
+            let etag = String::from_utf8_lossy(event.etag.as_bytes()).into_owned();
+            record.pending = Some((event.id.clone(), etag));
             shared.save_hook(record, hooks.max_age()).await;
         }
     }
 
-    /// The task's first state, looked up until the upstream shows it (or [`FIRST_LOOKS`] times).
+    /// Notes in the hook's record that `etag` was delivered, so a takeover starts after it.
+    async fn remember(&self, hooks: &Hooks, record: Option<&mut HookRecord>, etag: &HeaderValue) {
+        if let (Some(shared), Some(record)) = (self.fetcher.shared(), record) {
+            record.delivered = etag.to_str().ok().map(str::to_owned);
+            record.pending = None;
+            shared.save_hook(record, hooks.max_age()).await;
+        }
+    }
+
+    /// The task's first state: looked up until the upstream shows the task (a "no such task" answer
+    /// is only the upstream not having it yet), one TTL apart at first, then less often, for as long
+    /// as a delivery would still be worth making. `Some(Err(()))` when the gateway starts shutting
+    /// down meanwhile.
     async fn first_state(
         &self,
         task: &HookTask,
         task_ref: TaskRef<'_>,
         key: &KeyBuf,
-    ) -> Option<Snapshot> {
-        let ttl = self.fetcher.cache().in_progress_ttl();
-        for _ in 0..FIRST_LOOKS {
-            let _ = self
-                .fetcher
-                .fetch(&task.path, &task.headers, task_ref, task.client)
-                .await;
+        hooks: &Hooks,
+        draining: &mut watch::Receiver<bool>,
+    ) -> Option<Result<Snapshot, ()>> {
+        let started = Instant::now();
+        let mut wait = self
+            .fetcher
+            .cache()
+            .in_progress_ttl()
+            .max(Duration::from_millis(100));
+        while started.elapsed() < hooks.max_age() {
+            let _ = Box::pin(
+                self.fetcher
+                    .fetch(&task.path, &task.headers, task_ref, task.client),
+            )
+            .await;
             if let Some((current, _)) = self.fetcher.cache().current(key.as_bytes())
-                && current.status == StatusCode::OK
+                && current.is_task()
             {
-                return Some(current);
+                return Some(Ok(current));
             }
-            tokio::time::sleep(ttl.max(Duration::from_millis(100))).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = draining.wait_for(|draining| *draining) => return Some(Err(())),
+            }
+            wait = (wait * 3 / 2).min(LOOK_AT_MOST_EVERY);
         }
         None
     }
@@ -237,10 +345,10 @@ impl Push {
         };
         for (record, lease) in shared.orphan_hooks(16).await {
             let task = self.task_of(&record);
-            let fingerprint = task
-                .as_ref()
-                .map(|task| self.fetcher.fingerprinter().fingerprint(&task.headers));
-            let slot = fingerprint.and_then(|fingerprint| hooks.reserve(fingerprint));
+            let slot = task.as_ref().and_then(|task| {
+                let fingerprint = self.fetcher.fingerprinter().fingerprint(&task.headers);
+                hooks.reserve(fingerprint, task.record_bytes())
+            });
             let (Some(slot), Some(task)) = (slot, task) else {
                 lease.release().await;
                 continue;
@@ -252,7 +360,7 @@ impl Push {
                 .and_then(|etag| HeaderValue::from_str(etag).ok());
             let push = Arc::clone(self);
             let hooks = Arc::clone(hooks);
-            tokio::spawn(async move {
+            self.fetcher.work().spawn(WorkKind::Hook, async move {
                 push.run_tracker(&hooks, slot, task, Some((record, lease)), delivered)
                     .await;
             });
@@ -273,9 +381,10 @@ impl Push {
             family,
             id: record.task_id.clone(),
             path: record.path.clone(),
-            headers,
+            headers: credential_only(&headers),
             client: ClientInfo {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                tls: false,
             },
             hook: HookUrl::parse(&record.hook).ok()?,
             callback: record.callback.clone(),
@@ -283,21 +392,59 @@ impl Push {
     }
 }
 
-/// The headers a task is read with: only the credential, nothing else of the client's request.
-fn credential_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    [&AUTHORIZATION, &MJ_API_SECRET]
-        .into_iter()
-        .filter_map(|name| {
-            let value = headers.get(name)?;
-            Some((name.as_str().to_owned(), value.as_bytes().to_vec()))
-        })
-        .collect()
+/// The id the record says the event for `etag` is being delivered under, if it does.
+fn pending_id(record: Option<&HookRecord>, etag: &HeaderValue) -> Option<String> {
+    let (id, pending) = record?.pending.as_ref()?;
+    (pending.as_bytes() == etag.as_bytes()).then(|| id.clone())
 }
 
-fn event_of(snapshot: &Snapshot) -> Event {
-    Event {
-        body: snapshot.body.clone(),
-        etag: snapshot.etag.clone(),
-        class: snapshot.class,
+/// Where a tracker reads its task's state: its watch while the task runs, the fetch core (the cache,
+/// else one upstream call) once the watch is let go.
+struct TrackerSource<'t> {
+    push: Arc<Push>,
+    task: &'t HookTask,
+    key: CacheKey,
+    changes: Option<watch::Receiver<Snapshot>>,
+}
+
+impl TrackerSource<'_> {
+    /// The state the watch holds now, if the tracker still watches.
+    fn peek(&mut self) -> Option<Snapshot> {
+        let changes = self.changes.as_mut()?;
+        Some(Arc::clone(&changes.borrow_and_update()))
+    }
+}
+
+impl EventSource for TrackerSource<'_> {
+    async fn latest(&mut self) -> Option<Event> {
+        let snapshot = match self.peek() {
+            Some(snapshot) => snapshot,
+            None => {
+                let id = TaskId::parse(&self.task.id).ok()?;
+                let task_ref = TaskRef {
+                    family: self.task.family,
+                    id,
+                };
+                let _ = Box::pin(self.push.fetcher.fetch(
+                    &self.task.path,
+                    &self.task.headers,
+                    task_ref,
+                    self.task.client,
+                ))
+                .await;
+                let key: &[u8] = std::borrow::Borrow::borrow(&self.key);
+                self.push.fetcher.cache().current(key)?.0
+            }
+        };
+        if snapshot.is_finished() {
+            // Final: the watch, and the body it keeps, are let go; a later read asks the cache.
+            self.changes = None;
+        }
+        Some(Event {
+            id: String::new(),
+            body: snapshot.body.clone(),
+            etag: snapshot.etag.clone(),
+            class: snapshot.class(),
+        })
     }
 }

@@ -71,7 +71,7 @@ impl Push {
                     .gzipped()
                     .is_some_and(|gzipped| none_match_hits(headers, &gzipped.etag)))
             && served.response.headers().get(http::header::ETAG) == Some(&current.etag);
-        if current.class != TaskClass::InProgress || !held_by_client {
+        if current.class() != TaskClass::InProgress || !held_by_client {
             return served;
         }
         // Not sent: a held long-poll keeps nothing it does not need while it waits.

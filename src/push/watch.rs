@@ -25,6 +25,7 @@ use crate::metrics::{GaugeGuard, Metrics};
 use crate::push::Push;
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::ClientInfo;
+use crate::work::WorkKind;
 
 /// The latest answer a poller knows for its task.
 pub type Snapshot = Arc<CachedTask>;
@@ -188,7 +189,10 @@ impl Push {
             .and_then(Weak::upgrade);
         if let Some(sender) = sender {
             sender.send_if_modified(|known| {
-                let newer = known.etag != latest.etag && latest.stored_at >= known.stored_at;
+                // A finished state is final: nothing replaces it, however it arrives.
+                let newer = known.etag != latest.etag
+                    && latest.stored_at >= known.stored_at
+                    && !known.is_finished();
                 if newer {
                     *known = Arc::clone(latest);
                 }
@@ -205,7 +209,9 @@ impl Push {
         let mut pollers = self.watchers.pollers.lock();
         if let Some(sender) = pollers.get(&target.key).and_then(Weak::upgrade) {
             sender.send_if_modified(|known| {
-                let newer = known.etag != current.etag && current.stored_at > known.stored_at;
+                let newer = known.etag != current.etag
+                    && current.stored_at > known.stored_at
+                    && !known.is_finished();
                 if newer {
                     *known = Arc::clone(&current);
                 }
@@ -217,7 +223,10 @@ impl Push {
         let sender = Arc::new(sender);
         pollers.insert(target.key.clone(), Arc::downgrade(&sender));
         drop(pollers);
-        tokio::spawn(Arc::clone(self).poll_watched(target, sender));
+        self.fetcher.work().spawn(
+            WorkKind::Poller,
+            Arc::clone(self).poll_watched(target, sender),
+        );
         receiver
     }
 
@@ -235,7 +244,7 @@ impl Push {
         };
         loop {
             let known = Arc::clone(&sender.borrow());
-            if known.class != TaskClass::InProgress {
+            if known.class() != TaskClass::InProgress {
                 // Terminal or gone: nothing more will change. Subscribers keep the last value.
                 self.watchers.finish(&target.key, &sender);
                 return;

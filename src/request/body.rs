@@ -200,6 +200,132 @@ pub async fn prefetch(
     ))))
 }
 
+/// Every byte of client bodies the gateway holds whole at once (`server.body_buffer_total`): batch
+/// queries, submits read for their hook, small passthrough bodies read ahead of their upstream call.
+/// Bytes are taken as they arrive and given back when the body is dropped, so 2,000 clients each
+/// trickling a 1 MiB batch hold at most the budget, not 2 GB; past it, a body that must be read whole
+/// is refused (503, `Retry-After`), and one that may stream streams. Counted in
+/// `mjgate_request_body_buffered_bytes`.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: std::sync::Arc<tokio::sync::Semaphore>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// A client body read whole under the [`BodyBudget`], its bytes charged until it is dropped.
+pub struct HeldBody {
+    pub bytes: Bytes,
+    _charge: Charge,
+}
+
+/// Bytes taken from the budget, given back (and uncounted) on drop.
+pub struct Charge {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.metrics
+                .body_buffered(-i64::try_from(permit.num_permits()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+impl Charge {
+    /// Adds `more` bytes to this charge, if the budget has them.
+    fn grow(&mut self, budget: &BodyBudget, more: usize) -> bool {
+        if more == 0 {
+            return true;
+        }
+        let Ok(more32) = u32::try_from(more) else {
+            return false;
+        };
+        let Ok(permit) = std::sync::Arc::clone(&budget.bytes).try_acquire_many_owned(more32) else {
+            return false;
+        };
+        self.metrics.body_buffered(i64::from(more32));
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        true
+    }
+}
+
+/// Why a body to be read whole was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The client's fault (too large, stalled, broken).
+    #[error(transparent)]
+    Fault(#[from] BodyFault),
+    /// `server.body_buffer_total` is taken by other bodies right now.
+    #[error("the request body budget is full")]
+    OverBudget,
+}
+
+impl BodyBudget {
+    pub fn new(total: u64, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        let permits = usize::try_from(total)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
+            metrics,
+        }
+    }
+
+    /// An empty charge on this budget.
+    pub fn charge(&self) -> Charge {
+        Charge {
+            permit: None,
+            metrics: std::sync::Arc::clone(&self.metrics),
+        }
+    }
+
+    /// Takes `bytes` up front (a passthrough buffer), if the budget has them.
+    pub fn reserve(&self, bytes: usize) -> Option<Charge> {
+        let mut charge = self.charge();
+        charge.grow(self, bytes).then_some(charge)
+    }
+
+    /// Reads a [`bounded`] body whole, charging its bytes as they arrive. `declared` (the
+    /// `Content-Length`, if any) sizes the buffer once, so the body is held once, not twice.
+    pub async fn read(
+        &self,
+        mut body: BoxBody<Bytes, BoxError>,
+        max: u64,
+        declared: Option<u64>,
+    ) -> Result<HeldBody, ReadError> {
+        let mut charge = self.charge();
+        let capacity = declared.unwrap_or(0).min(max).min(1 << 20);
+        if !charge.grow(self, capacity as usize) {
+            return Err(ReadError::OverBudget);
+        }
+        let mut read = BytesMut::with_capacity(capacity as usize);
+        // What the buffer holds is what is charged: its capacity, growth included.
+        let mut charged = capacity as usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| classify(&*e, max))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            read.extend_from_slice(&data);
+            if read.capacity() > charged {
+                if !charge.grow(self, read.capacity() - charged) {
+                    return Err(ReadError::OverBudget);
+                }
+                charged = read.capacity();
+            }
+        }
+        Ok(HeldBody {
+            bytes: read.freeze(),
+            _charge: charge,
+        })
+    }
+}
+
 /// A body error as the fault it stands for. Errors [`bounded`] produces are always one of the three;
 /// anything else is treated as a broken body.
 fn classify(error: &(dyn StdError + 'static), max: u64) -> BodyFault {

@@ -3,7 +3,7 @@
 
 use http::Method;
 
-use crate::family::{At, Families, FamilyId, Matched, RouteKind, TaskRef};
+use crate::family::{At, Families, FamilyId, Matched, RouteKind, SubmitMatch, TaskRef};
 use crate::metrics::RouteLabel;
 use crate::request::admission::Refused;
 use crate::task::InvalidTaskId;
@@ -13,8 +13,10 @@ use crate::task::InvalidTaskId;
 pub enum Route<'a> {
     /// `GET /healthz`: the process is up.
     Health,
-    /// `GET /readyz`: the gateway can serve.
+    /// `GET /readyz`: the gateway can serve (whatever the upstream's state).
     Ready,
+    /// `GET /upstreamz`: the upstream's state as the gateway sees it (the circuit breaker).
+    Upstream,
     /// `GET /metrics`: Prometheus exposition.
     Metrics,
     /// `GET` on a family's status route (`[/{mode}]/mj/task/{id}/fetch`, `/suno/fetch/{id}`, ...),
@@ -30,6 +32,9 @@ pub enum Route<'a> {
     /// `POST` on a family's batch route (`list-by-condition`, `/suno/fetch`), served from the task
     /// cache when it asks by `ids`.
     Batch(FamilyId),
+    /// `POST` on a family's submit route (`[/{mode}]/mj/submit/*`, `/v1/videos`, ...): a request that
+    /// starts a task.
+    Submit(SubmitMatch),
     /// `/_mjgate/callback/{token}`: an upstream calling back with a task (webhooks' callbacks in).
     Callback(&'a str),
     /// Everything else, forwarded untouched.
@@ -57,12 +62,13 @@ impl Route<'_> {
     /// The bounded metric and log label: never an id or a raw path.
     pub fn label(&self) -> RouteLabel {
         match self {
-            Route::Health | Route::Ready | Route::Metrics => RouteLabel::Admin,
+            Route::Health | Route::Ready | Route::Upstream | Route::Metrics => RouteLabel::Admin,
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
             Route::LongPoll(_) => RouteLabel::LongPoll,
             Route::Events(_) => RouteLabel::Events,
             Route::Batch(_) => RouteLabel::Batch,
             Route::Callback(_) => RouteLabel::Callback,
+            Route::Submit(_) => RouteLabel::Submit,
             Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
         }
     }
@@ -77,7 +83,10 @@ impl Route<'_> {
 
     /// Whether this is an operator's route, served on `admin_listen` when one is set.
     pub fn is_admin(&self) -> bool {
-        matches!(self, Route::Health | Route::Ready | Route::Metrics)
+        matches!(
+            self,
+            Route::Health | Route::Ready | Route::Upstream | Route::Metrics
+        )
     }
 }
 
@@ -105,6 +114,7 @@ pub fn classify<'a>(
     match (method, path) {
         (&Method::GET, "/healthz") => return Route::Health,
         (&Method::GET, "/readyz") => return Route::Ready,
+        (&Method::GET, "/upstreamz") => return Route::Upstream,
         (&Method::GET, "/metrics") => return Route::Metrics,
         (_, path) if path.starts_with(CALLBACK_PREFIX) => {
             return Route::Callback(&path[CALLBACK_PREFIX.len()..]);
@@ -112,6 +122,10 @@ pub fn classify<'a>(
         _ => {}
     }
     match families.route(method, path, query) {
+        None if method == Method::POST => match families.submit_route(path) {
+            Some(submit) => Route::Submit(submit),
+            None => Route::Passthrough,
+        },
         None => Route::Passthrough,
         Some(Matched::Batch(family)) => Route::Batch(family),
         Some(Matched::Task { id: Err(e), .. }) => Route::BadTaskId(e),
@@ -160,6 +174,8 @@ mod tests {
             Route::BadTaskId(e) => format!("bad {e:?}"),
             Route::Health => "health".into(),
             Route::Ready => "ready".into(),
+            Route::Upstream => "upstream".into(),
+            Route::Submit(s) => format!("submit {}{}", families.get(s.family).name(), s.mode),
             Route::Metrics => "metrics".into(),
             Route::Passthrough => "passthrough".into(),
             Route::Callback(token) => format!("callback {token}"),
@@ -267,7 +283,12 @@ mod tests {
         assert_eq!(route(Method::POST, "/mj/task/1/fetch", None), "passthrough");
         assert_eq!(
             route(Method::POST, "/mj/submit/imagine", None),
-            "passthrough"
+            "submit midjourney"
+        );
+        assert_eq!(
+            route(Method::GET, "/mj/submit/imagine", None),
+            "passthrough",
+            "a submit is a POST"
         );
         assert_eq!(
             route(Method::GET, "/mj/task/1/image-seed", None),

@@ -31,7 +31,7 @@ use tower::Service as _;
 
 use super::stream::{ClientStream, Served};
 use crate::body::ResponseBody;
-use crate::gateway::{Gateway, Handler, Listener};
+use crate::gateway::{Gateway, Handler, Listener, Peer};
 use crate::pipeline::{Envelope, Enveloped};
 
 /// How every connection is served: hyper's two protocol builders and the connection timers.
@@ -155,10 +155,17 @@ impl Connection {
             return;
         };
         let service = ConnectionService {
-            pipeline: std::cell::RefCell::new(self.gateway.pipeline(self.peer, self.listener)),
+            pipeline: std::cell::RefCell::new(self.gateway.pipeline(Peer {
+                addr: self.peer,
+                listener: self.listener,
+                tls: self.tls.is_some(),
+            })),
             gateway: Arc::clone(&self.gateway),
-            peer: self.peer,
-            listener: self.listener,
+            peer: Peer {
+                addr: self.peer,
+                listener: self.listener,
+                tls: self.tls.is_some(),
+            },
             activity: Arc::clone(&activity),
         };
         if http2 {
@@ -492,8 +499,7 @@ struct ConnectionService {
     /// borrowed twice (HTTP/2's concurrent streams get a fresh pipeline if it is).
     pipeline: std::cell::RefCell<Envelope<Handler>>,
     gateway: Arc<Gateway>,
-    peer: SocketAddr,
-    listener: Listener,
+    peer: Peer,
     activity: Arc<Activity>,
 }
 
@@ -509,10 +515,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             .store(!request.body().is_end_stream(), Ordering::Relaxed);
         let inner = match self.pipeline.try_borrow_mut() {
             Ok(mut pipeline) => pipeline.call(request),
-            Err(_) => self
-                .gateway
-                .pipeline(self.peer, self.listener)
-                .call(request),
+            Err(_) => self.gateway.pipeline(self.peer).call(request),
         };
         Counted {
             inner,

@@ -33,8 +33,24 @@ pub struct HookRecord {
     pub credential: Vec<(String, Vec<u8>)>,
     /// The `ETag` of the last state delivered (or given up), if any.
     pub delivered: Option<String>,
+    /// The event under delivery (its `webhook-id` and the `ETag` of its state), so a replica taking
+    /// the hook over retries it under the same id.
+    #[serde(default)]
+    pub pending: Option<(String, String)>,
     /// The gateway's own callback token, if the upstream was given one.
     pub callback: Option<String>,
+}
+
+/// A callback token the gateway handed an upstream, as kept in Redis (`{prefix}callback:{token}`), so
+/// that whichever replica the upstream calls back reaches the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackRecord {
+    /// The submitting credential's fingerprint (every replica computes the same one).
+    pub fingerprint: Vec<u8>,
+    /// The family's name.
+    pub family: String,
+    /// The task it is bound to, once the submit's answer (or the first callback) named it.
+    pub task_id: Option<String>,
 }
 
 /// Seals and opens records.
@@ -42,19 +58,21 @@ pub struct Sealer(LessSafeKey);
 
 impl Sealer {
     pub fn new(secret: &[u8]) -> Self {
-        let key = blake3::derive_key("mjgate 2026-11 webhook records", secret);
+        let key = blake3::derive_key("mjgate 2026-12 sealed records", secret);
         let key = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte key");
         Sealer(LessSafeKey::new(key))
     }
 
-    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+    /// `plain`, sealed and bound to `key` (the Redis key it is written under, as associated data): a
+    /// value copied to another key does not open there.
+    pub(super) fn seal(&self, key: &[u8], plain: &[u8]) -> Vec<u8> {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let mut sealed = plain.to_vec();
         if self
             .0
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
+                Aad::from(key),
                 &mut sealed,
             )
             .is_err()
@@ -66,7 +84,8 @@ impl Sealer {
         value
     }
 
-    fn open(&self, value: &[u8]) -> Option<Vec<u8>> {
+    /// The plain text of a value sealed for `key`; `None` if it was not (tampered, moved, forged).
+    pub(super) fn open(&self, key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
         if value.len() < NONCE_LEN {
             return None;
         }
@@ -75,7 +94,7 @@ impl Sealer {
         let mut sealed = sealed.to_vec();
         let plain = self
             .0
-            .open_in_place(nonce, Aad::empty(), &mut sealed)
+            .open_in_place(nonce, Aad::from(key), &mut sealed)
             .ok()?;
         Some(plain.to_vec())
     }
@@ -94,6 +113,60 @@ impl SharedCache {
         key.extend_from_slice(b"hook-lease:");
         key.extend_from_slice(id.as_bytes());
         key
+    }
+
+    fn callback_key(&self, token: &str) -> Vec<u8> {
+        let mut key = self.inner.prefix.clone();
+        key.extend_from_slice(b"callback:");
+        key.extend_from_slice(token.as_bytes());
+        key
+    }
+
+    /// Writes callback `token`'s record, kept at most `ttl` (a hook's `max_age`).
+    pub async fn save_callback(&self, token: &str, record: &CallbackRecord, ttl: Duration) {
+        let Ok(plain) = serde_json::to_vec(record) else {
+            return;
+        };
+        let key = self.callback_key(token);
+        let value = self.inner.sealer.seal(&key, &plain);
+        let mut connection = self.inner.connection.clone();
+        let _: Option<()> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut connection),
+            )
+            .await;
+    }
+
+    /// Callback `token`'s record, if one was saved (by any replica) and opens under the shared secret.
+    pub async fn load_callback(&self, token: &str) -> Option<CallbackRecord> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut connection = self.inner.connection.clone();
+        let key = self.callback_key(token);
+        let value: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(&key).query_async(&mut connection))
+            .await
+            .flatten();
+        let plain = self.inner.sealer.open(&key, &value?)?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// Forgets callback `token`.
+    pub async fn delete_callback(&self, token: &str) {
+        let mut connection = self.inner.connection.clone();
+        let _: Option<()> = self
+            .run(
+                redis::cmd("DEL")
+                    .arg(self.callback_key(token))
+                    .query_async(&mut connection),
+            )
+            .await;
     }
 
     /// Takes the lease of hook `id`: `None` when another replica holds it or Redis failed.
@@ -116,11 +189,12 @@ impl SharedCache {
         let Ok(plain) = serde_json::to_vec(record) else {
             return;
         };
-        let value = self.inner.sealer.seal(&plain);
+        let key = self.hook_key(&record.id);
+        let value = self.inner.sealer.seal(&key, &plain);
         let mut connection = self.inner.connection.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
-            .arg(self.hook_key(&record.id))
+            .arg(&key)
             .arg(value)
             .arg("PX")
             .arg(millis(ttl))
@@ -182,8 +256,9 @@ impl SharedCache {
                 lease.release().await;
                 continue;
             };
+            let key = self.hook_key(&id);
             let record = value
-                .and_then(|value| self.inner.sealer.open(&value))
+                .and_then(|value| self.inner.sealer.open(&key, &value))
                 .and_then(|plain| serde_json::from_slice::<HookRecord>(&plain).ok());
             match record {
                 Some(record) if record.id == id => taken.push((record, lease)),
@@ -205,22 +280,30 @@ mod tests {
     #[test]
     fn records_are_sealed_and_only_the_shared_secret_opens_them() {
         let sealer = Sealer::new(b"fingerprint-secret-0123456789");
-        let sealed = sealer.seal(b"Bearer sk-live-123");
+        let sealed = sealer.seal(b"hook:1", b"Bearer sk-live-123");
         assert!(
             !sealed.windows(7).any(|w| w == b"sk-live"),
             "nothing in clear"
         );
-        assert_eq!(sealer.open(&sealed).unwrap(), b"Bearer sk-live-123");
+        assert_eq!(
+            sealer.open(b"hook:1", &sealed).unwrap(),
+            b"Bearer sk-live-123"
+        );
+        assert_eq!(
+            sealer.open(b"hook:2", &sealed),
+            None,
+            "moved to another key"
+        );
         assert_ne!(
-            sealer.seal(b"x"),
-            sealer.seal(b"x"),
+            sealer.seal(b"hook:1", b"x"),
+            sealer.seal(b"hook:1", b"x"),
             "a fresh nonce each time"
         );
         let other = Sealer::new(b"another-secret-0123456789");
-        assert_eq!(other.open(&sealed), None);
+        assert_eq!(other.open(b"hook:1", &sealed), None);
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert_eq!(sealer.open(&tampered), None);
-        assert_eq!(sealer.open(b"short"), None);
+        assert_eq!(sealer.open(b"hook:1", &tampered), None);
+        assert_eq!(sealer.open(b"hook:1", b"short"), None);
     }
 }

@@ -62,7 +62,11 @@ async fn metrics_count_a_known_sequence_of_hits_misses_and_collapses() {
     assert_eq!(requests("fetch", "miss"), 2.0);
     assert_eq!(requests("fetch", "collapsed"), 4.0);
     assert_eq!(requests("fetch", "bypass"), 1.0, "the refused bad id");
-    assert_eq!(requests("passthrough", "bypass"), 1.0);
+    assert_eq!(
+        requests("submit", "bypass"),
+        1.0,
+        "a submit is its own route"
+    );
     assert_eq!(
         m.value("mjgate_task_lookups_total", &[("cache", "miss")]),
         2.0
@@ -77,7 +81,7 @@ async fn metrics_count_a_known_sequence_of_hits_misses_and_collapses() {
     assert_eq!(
         m.value(
             "mjgate_upstream_requests_total",
-            &[("route", "passthrough"), ("status", "2xx")]
+            &[("route", "submit"), ("status", "2xx")]
         ),
         1.0
     );

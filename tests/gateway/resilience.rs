@@ -186,9 +186,12 @@ async fn connection_refused_opens_the_breaker_which_closes_when_the_upstream_is_
     assert!(fast.headers.contains_key("retry-after"));
     assert_eq!(
         get(&gw, "/readyz", KEY_A).await.status,
-        503,
-        "/readyz reflects the open circuit"
+        200,
+        "readiness is this instance's: the cache still serves finished and stale tasks"
     );
+    let upstream = get(&gw, "/upstreamz", KEY_A).await;
+    assert_eq!(upstream.status, 503, "/upstreamz reflects the open circuit");
+    assert_eq!(upstream.json()["circuit"], "open");
     assert_eq!(get(&gw, "/healthz", KEY_A).await.status, 200);
     let m = scrape(&gw).await;
     assert_eq!(m.value("mjgate_upstream_circuit_open", &[]), 1.0);
@@ -208,7 +211,7 @@ async fn connection_refused_opens_the_breaker_which_closes_when_the_upstream_is_
         200,
         "the probe goes through and closes it"
     );
-    assert_eq!(get(&gw, "/readyz", KEY_A).await.status, 200);
+    assert_eq!(get(&gw, "/upstreamz", KEY_A).await.status, 200);
     assert_eq!(
         scrape(&gw).await.value("mjgate_upstream_circuit_open", &[]),
         0.0

@@ -1,0 +1,76 @@
+//! The operator's routes: `/healthz` (the process is up), `/readyz` (this instance can serve: 503
+//! while starting or draining, whatever the upstream's state), `/upstreamz` (the upstream's state:
+//! 503 while the circuit breaker is open) and `/metrics`.
+//!
+//! Readiness deliberately ignores the upstream: during an upstream outage the cache still answers
+//! finished tasks and stale running ones, so pulling every replica out of its load balancer would
+//! turn a partial outage into a total one. Alert on `/upstreamz` or `mjgate_upstream_circuit_open`.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::Gateway;
+use crate::body::ResponseBody;
+use crate::error::RequestError;
+use crate::request::routes::Route;
+
+impl Gateway {
+    /// `/healthz`, `/readyz`, `/upstreamz` and `/metrics`.
+    pub(super) fn admin(&self, route: &Route<'_>) -> Response<ResponseBody> {
+        match route {
+            Route::Ready if self.draining.load(Ordering::Relaxed) => {
+                RequestError::Draining.into_response()
+            }
+            Route::Ready => plain(StatusCode::OK, "ready"),
+            Route::Upstream => self.upstream_state(),
+            Route::Metrics => self.metrics_response(),
+            _ => plain(StatusCode::OK, "ok"),
+        }
+    }
+
+    /// The upstream as the gateway sees it: `200` with `{"circuit":"closed"}`, or `503` while the
+    /// breaker fails calls fast.
+    fn upstream_state(&self) -> Response<ResponseBody> {
+        let open = self.fetcher.upstream().protection().breaker().is_open();
+        let (status, circuit) = if open {
+            (StatusCode::SERVICE_UNAVAILABLE, "open")
+        } else {
+            (StatusCode::OK, "closed")
+        };
+        let body = serde_json::json!({
+            "upstream": self.fetcher.upstream().authority(),
+            "circuit": circuit,
+        });
+        let mut response = Response::new(ResponseBody::full(body.to_string()));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+
+    fn metrics_response(&self) -> Response<ResponseBody> {
+        // Apply pending evictions first, so the cache gauges are exact at scrape time.
+        self.fetcher.cache().sync();
+        let mut response = Response::new(ResponseBody::full(self.metrics.render()));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// A short plain-text answer (`ok`, `ready`).
+pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
