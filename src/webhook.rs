@@ -37,6 +37,10 @@ use deliver::{Attempt, Deliverer};
 use guard::HookUrl;
 use retry::Schedule;
 
+/// How long a finished task's callback token is still answered (`200`, ignored): an upstream may
+/// call back late or out of order, and must not take a `404` for a task it finished.
+const FINISHED_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What a watched hook costs at rest besides its record's own bytes: its tracker's task, its
 /// poller's share, the channel between them, its place in the counts (measured: docs/benchmarks.md,
 /// "Webhook memory"). Charged against `webhooks.max_memory` with the record.
@@ -90,9 +94,13 @@ pub struct Hooks {
     metrics: Arc<Metrics>,
     /// `webhooks.public_url`: where the upstream calls the gateway back.
     public_url: Option<String>,
-    /// Callback tokens this replica handed to the upstream, by token. With the Redis tier they are
-    /// also kept there (sealed, as hook records are), so any replica answers them.
+    /// Callback tokens this replica handed to the upstream for tasks still watched, by token (as many
+    /// as watched hooks at most). With the Redis tier they are also kept there (sealed, as hook
+    /// records are), so any replica answers them.
     callbacks: Mutex<HashMap<String, Callback>>,
+    /// Tokens of tasks that are over, answered for [`FINISHED_TOKEN_TTL`] more (bounded in number by
+    /// `webhooks.max_pending`, the least recently used dropped first).
+    finished_tokens: moka::sync::Cache<String, Callback>,
     shared: Option<SharedCache>,
 }
 
@@ -103,6 +111,8 @@ pub struct Callback {
     pub family: FamilyId,
     /// Known once the upstream's answer to the submit named it; until then, the first callback's.
     pub task_id: Option<String>,
+    /// The task is over: its callbacks are acknowledged and ignored.
+    pub finished: bool,
 }
 
 /// A place among the watched hooks, and its bytes under `webhooks.max_memory`; given back on drop.
@@ -169,6 +179,11 @@ impl Hooks {
             metrics,
             public_url: config.public_url.clone(),
             callbacks: Mutex::new(HashMap::new()),
+            finished_tokens: moka::sync::Cache::builder()
+                .max_capacity(config.max_pending as u64)
+                .time_to_live(FINISHED_TOKEN_TTL)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             shared,
         }
     }
@@ -191,22 +206,29 @@ impl Hooks {
             fingerprint,
             family,
             task_id: None,
+            finished: false,
         };
-        self.save_callback(&token, &callback, families).await;
+        self.save_callback(&token, &callback, families, self.retry.max_age)
+            .await;
         self.callbacks.lock().insert(token.clone(), callback);
         Some((format!("{base}/_mjgate/callback/{token}"), token))
     }
 
-    async fn save_callback(&self, token: &str, callback: &Callback, families: &Families) {
+    async fn save_callback(
+        &self,
+        token: &str,
+        callback: &Callback,
+        families: &Families,
+        ttl: std::time::Duration,
+    ) {
         if let Some(shared) = &self.shared {
             let record = CallbackRecord {
                 fingerprint: callback.fingerprint.as_bytes().to_vec(),
                 family: families.get(callback.family).name().to_owned(),
                 task_id: callback.task_id.clone(),
+                finished: callback.finished,
             };
-            shared
-                .save_callback(token, &record, self.retry.max_age)
-                .await;
+            shared.save_callback(token, &record, ttl).await;
         }
     }
 
@@ -215,12 +237,16 @@ impl Hooks {
         if let Some(callback) = self.callbacks.lock().get(token) {
             return Some(callback.clone());
         }
+        if let Some(callback) = self.finished_tokens.get(token) {
+            return Some(callback);
+        }
         let record = self.shared.as_ref()?.load_callback(token).await?;
         let fingerprint: [u8; FINGERPRINT_LEN] = record.fingerprint.as_slice().try_into().ok()?;
         Some(Callback {
             fingerprint: CredentialFingerprint::from_bytes(fingerprint),
             family: families.by_name(&record.family)?.id(),
             task_id: record.task_id,
+            finished: record.finished,
         })
     }
 
@@ -241,7 +267,8 @@ impl Hooks {
             callback.task_id = Some(task_id.to_owned());
             callback.clone()
         };
-        self.save_callback(token, &bound, families).await;
+        self.save_callback(token, &bound, families, self.retry.max_age)
+            .await;
     }
 
     /// What `token` was issued for, binding it to `task_id` if nothing was yet; `None` for an unknown
@@ -261,13 +288,26 @@ impl Hooks {
                 if let Some(mine) = self.callbacks.lock().get_mut(token) {
                     mine.task_id = Some(task_id.to_owned());
                 }
-                self.save_callback(token, &callback, families).await;
+                self.save_callback(token, &callback, families, self.retry.max_age)
+                    .await;
             }
         }
         Some(callback)
     }
 
-    /// Forgets `token` (its task is over, or its submit failed), here and in the Redis tier.
+    /// Marks `token`'s task over: its callbacks are answered `200` and ignored for
+    /// [`FINISHED_TOKEN_TTL`] more, here and (with the Redis tier) on every replica.
+    pub async fn finish_callback(&self, token: &str, families: &Families) {
+        let Some(mut callback) = self.callbacks.lock().remove(token) else {
+            return;
+        };
+        callback.finished = true;
+        self.save_callback(token, &callback, families, FINISHED_TOKEN_TTL)
+            .await;
+        self.finished_tokens.insert(token.to_owned(), callback);
+    }
+
+    /// Forgets `token` (its submit failed: no task was made), here and in the Redis tier.
     pub async fn forget_callback(&self, token: &str) {
         self.callbacks.lock().remove(token);
         if let Some(shared) = &self.shared {

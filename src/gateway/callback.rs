@@ -48,6 +48,10 @@ impl Gateway {
         ) else {
             return Served::error(RequestError::UnknownCallback);
         };
+        if callback.finished {
+            self.metrics.webhooks.callback("ignored");
+            return Served::bypass(plain(StatusCode::OK, "ok"));
+        }
         let task = TaskRef {
             family,
             id: task_id,

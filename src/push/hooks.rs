@@ -149,7 +149,7 @@ impl Push {
                 shared.delete_hook(&record.id).await;
             }
             if let Some(token) = callback {
-                hooks.forget_callback(&token).await;
+                hooks.finish_callback(&token, self.fetcher.families()).await;
             }
         }
         for lease in leases {

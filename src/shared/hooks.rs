@@ -51,6 +51,9 @@ pub struct CallbackRecord {
     pub family: String,
     /// The task it is bound to, once the submit's answer (or the first callback) named it.
     pub task_id: Option<String>,
+    /// The task is over: its callbacks are acknowledged and ignored.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// Seals and opens records.

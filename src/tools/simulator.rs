@@ -91,6 +91,8 @@ struct Task {
     expires_at: Option<u64>,
     /// Last change, Unix ms (video-query's `status_update_time`).
     updated_ms: u64,
+    /// Lookups still to answer "no such task" (see [`Simulator::set_hidden_lookups`]).
+    hidden: u64,
 }
 
 impl Task {
@@ -113,6 +115,7 @@ impl Task {
             lifecycle,
             expires_at: None,
             updated_ms: epoch_ms(),
+            hidden: 0,
         }
     }
 }
@@ -144,6 +147,14 @@ struct State {
     latency: Mutex<Duration>,
     not_found: Mutex<NotFound>,
     task_duration: Mutex<Duration>,
+    /// How long a submit takes to answer (the task is created when it arrives, as a relay saves and
+    /// bills it before its slow upstream call returns).
+    submit_latency: Mutex<Duration>,
+    /// How many lookups of a just-submitted task answer new-api's "not inserted yet" (`200`,
+    /// `{"code":3,"description":"task_no_found"}`) before it shows.
+    hidden_lookups: AtomicU64,
+    /// Tasks created by Midjourney submits.
+    submits: AtomicU64,
     /// Gzip task-lookup answers whatever the caller accepts, as a CDN that ignores
     /// `Accept-Encoding: identity` does.
     gzip_lookups: AtomicBool,
@@ -207,6 +218,9 @@ impl Simulator {
             latency: Mutex::new(Duration::ZERO),
             not_found: Mutex::new(NotFound::Status404),
             task_duration: Mutex::new(Duration::from_secs(60)),
+            submit_latency: Mutex::new(Duration::ZERO),
+            hidden_lookups: AtomicU64::new(0),
+            submits: AtomicU64::new(0),
             gzip_lookups: AtomicBool::new(false),
             held: watch::channel(false).0,
             arrived: Notify::new(),
@@ -317,6 +331,22 @@ impl Simulator {
     }
 
     /// How long tasks made by a submit take from submit to `SUCCESS`.
+    /// How long every submit takes to answer; the task exists from the moment it arrives.
+    pub fn set_submit_latency(&self, latency: Duration) {
+        *self.state.submit_latency.lock() = latency;
+    }
+
+    /// The first `n` lookups of each task submitted from now on answer `200`
+    /// `{"code":3,"description":"task_no_found"}`, as new-api does before its row is inserted.
+    pub fn set_hidden_lookups(&self, n: u64) {
+        self.state.hidden_lookups.store(n, Ordering::Relaxed);
+    }
+
+    /// Submits the simulator has created tasks for.
+    pub fn submits(&self) -> u64 {
+        self.state.submits.load(Ordering::Relaxed)
+    }
+
     pub fn set_task_duration(&self, duration: Duration) {
         *self.state.task_duration.lock() = duration;
     }
@@ -576,7 +606,12 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     if parts.method == Method::POST
         && let Some(action) = route.strip_prefix("/mj/submit/")
     {
-        return submit(state, action, &body, credential.as_deref());
+        let answer = submit(state, action, &body, credential.as_deref());
+        let latency = *state.submit_latency.lock();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        return answer;
     }
     if parts.method == Method::POST && path == "/suno/submit/music" {
         return submit_music(state, credential.as_deref());
@@ -623,12 +658,19 @@ fn fetch(state: &State, api: Api, id: &str, credential: Option<&str>) -> Respons
     let Some(credential) = credential else {
         return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
     };
-    let store = state.store.lock();
+    let mut store = state.store.lock();
     match store
         .tasks
-        .get(&api.key(id))
+        .get_mut(&api.key(id))
         .filter(|task| task.owner == credential)
     {
+        Some(task) if task.hidden > 0 => {
+            task.hidden -= 1;
+            json_response(
+                StatusCode::OK,
+                &json!({"code": 3, "description": "task_no_found"}),
+            )
+        }
         Some(task) => json_response(StatusCode::OK, &answer_json(id, task)),
         None if api == Api::Midjourney => not_found(*state.not_found.lock()),
         None => {
@@ -751,8 +793,11 @@ fn submit(
             lifecycle: Some((Instant::now(), duration)),
             expires_at: None,
             updated_ms: epoch_ms(),
+            hidden: state.hidden_lookups.load(Ordering::Relaxed),
         },
     );
+    drop(store);
+    state.submits.fetch_add(1, Ordering::Relaxed);
     let mut response = json_response(
         StatusCode::OK,
         &json!({"code": 1, "description": "Submit success", "result": id, "properties": {}}),

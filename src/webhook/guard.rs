@@ -25,6 +25,10 @@ pub enum HookError {
     UserInfo,
     #[error("the hook URL has no host")]
     NoHost,
+    /// Not a DNS name nor an IP address: an IPv6 zone id (`[fe80::1%25eth0]`), or characters no
+    /// resolver takes. Retrying would never make it one.
+    #[error("the hook's host is not a DNS name or an IP address")]
+    BadHost,
     #[error("the hook's host does not resolve")]
     Unresolved,
     #[error("the hook resolves to {0}, a loopback, private or otherwise internal address")]
@@ -69,6 +73,18 @@ impl HookUrl {
             .trim_end_matches(']');
         if host.is_empty() {
             return Err(HookError::NoHost);
+        }
+        let bracketed = authority.host().starts_with('[');
+        let name_ok = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        let host_ok = if bracketed {
+            host.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            name_ok
+        };
+        if !host_ok {
+            return Err(HookError::BadHost);
         }
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         Ok(HookUrl {
@@ -259,6 +275,15 @@ mod tests {
             HookError::UserInfo
         );
         assert_eq!(HookUrl::parse("not a url").unwrap_err(), HookError::Scheme);
+        for zoned in ["http://[::1%25lo]:9/", "http://[fe80::1%25eth0]/"] {
+            assert!(
+                matches!(
+                    HookUrl::parse(zoned),
+                    Err(HookError::BadHost | HookError::NotAUrl)
+                ),
+                "{zoned}"
+            );
+        }
         assert_eq!(
             HookUrl::parse("http://exa mple.com/").unwrap_err(),
             HookError::NotAUrl

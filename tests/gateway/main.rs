@@ -24,5 +24,6 @@ mod push;
 mod resilience;
 mod shared_cache;
 mod shutdown;
+mod submits;
 mod tls;
 mod webhooks;

@@ -17,9 +17,11 @@ use tokio::task::JoinHandle;
 
 pub use mjgate::tools::simulator::{Fault, NotFound, Simulator};
 pub use pki::{Leaf, Pki, toml_path};
+pub use receiver::{Delivery, Receiver, SECRET};
 pub use redis_server::RedisServer;
 
 mod pki;
+mod receiver;
 mod redis_server;
 
 pub const KEY_A: &str = "Bearer sk-key-a";

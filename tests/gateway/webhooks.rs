@@ -1,128 +1,15 @@
 //! Webhooks the gateway delivers itself: a submit's `notifyHook` taken over, every change delivered to
 //! a receiver on loopback, signed (Standard Webhooks) and retried.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mjgate::webhook::sign::SigningSecret;
+use http::Method;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::support::*;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// One delivery as the receiver got it.
-#[derive(Debug, Clone)]
-struct Delivery {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Delivery {
-    fn header(&self, name: &str) -> String {
-        self.headers[name].to_str().unwrap().to_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-
-    /// Whether the Standard Webhooks signature is the one `SECRET` gives.
-    fn signed(&self) -> bool {
-        let secret = SigningSecret::parse(SECRET).unwrap();
-        let timestamp: u64 = self.header("webhook-timestamp").parse().unwrap();
-        self.header("webhook-signature")
-            == secret.sign(&self.header("webhook-id"), timestamp, &self.body)
-    }
-}
-
-/// A hook receiver on loopback: records every delivery, answers with the scripted statuses, then 200.
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Delivery>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start(script: &[u16]) -> Self {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), script)
-    }
-
-    fn start_on(listener: TcpListener, script: &[u16]) -> Self {
-        let addr = listener.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(
-            script.iter().copied().collect::<VecDeque<u16>>(),
-        ));
-        let task = tokio::spawn({
-            let got = Arc::clone(&got);
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let (got, script) = (Arc::clone(&got), Arc::clone(&script));
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request: Request<Incoming>| {
-                            let (got, script) = (Arc::clone(&got), Arc::clone(&script));
-                            async move {
-                                let (parts, body) = request.into_parts();
-                                let body = body.collect().await.unwrap().to_bytes();
-                                got.lock().push(Delivery {
-                                    headers: parts.headers,
-                                    body,
-                                });
-                                let status = script.lock().pop_front().unwrap_or(200);
-                                let mut response = Response::new(Full::new(Bytes::new()));
-                                *response.status_mut() = StatusCode::from_u16(status).unwrap();
-                                Ok::<_, std::convert::Infallible>(response)
-                            }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        });
-        Receiver { addr, got, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hooks/mj", self.addr)
-    }
-
-    fn deliveries(&self) -> Vec<Delivery> {
-        self.got.lock().clone()
-    }
-
-    /// Waits until a delivery says the task is `status` (bounded).
-    async fn wait_for_status(&self, status: &str) -> Vec<Delivery> {
-        poll_until(&format!("a delivery of {status}"), || async {
-            self.deliveries()
-                .iter()
-                .any(|d| d.json()["status"] == status)
-        })
-        .await;
-        self.deliveries()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// The JSON body of the first request the upstream got at `uri`.
 fn forwarded_body(sim: &Simulator, uri: &str) -> Value {
