@@ -157,6 +157,7 @@ impl Fetcher {
                     shared_config,
                     freshness,
                     max_wait,
+                    config.upstream.max_body,
                     Arc::clone(&metrics),
                     config.families.clone(),
                 )?;

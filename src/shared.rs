@@ -20,13 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderValue, StatusCode};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{RedisError, Script};
 use tokio::sync::watch;
 
 use crate::cache::{CacheKey, CachedTask};
@@ -37,12 +35,43 @@ use crate::hex::push_hex;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
 use crate::task::TaskClass;
 
-/// Releases a lease only if the caller still owns it (its token is the value).
+pub mod codec;
 pub mod hooks;
+mod lease;
 
-const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-/// Extends a lease only if the caller still owns it.
-const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+pub use codec::{ValueKey, decode, encode};
+pub use lease::{Lease, under_lease};
+
+use codec::millis;
+
+/// `GET`, unless the value is larger than `ARGV[1]` bytes: then an empty string, which no value
+/// this version writes is, so it is counted corrupt. A value cannot make a replica read 60 MiB.
+const GET_CAPPED: &str = r"
+local n = redis.call('strlen', KEYS[1])
+if n == 0 then return false end
+if n > tonumber(ARGV[1]) then return '' end
+return redis.call('get', KEYS[1])";
+
+/// [`GET_CAPPED`] for every key of `KEYS`, as `MGET` would answer.
+const MGET_CAPPED: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('strlen', key)
+  if n == 0 then out[i] = false
+  elseif n > tonumber(ARGV[1]) then out[i] = ''
+  else out[i] = redis.call('get', key) end
+end
+return out";
+
+/// Writes a running state (`ARGV[1]`, for `ARGV[2]` ms) and announces it on `ARGV[3]`, unless the key
+/// holds a finished one (class byte 0 of an `MJG3` value): a finished state is final across
+/// replicas too, whoever writes late. 1 when written.
+const SET_UNLESS_FINISHED: &str = r"
+local held = redis.call('get', KEYS[1])
+if held and string.sub(held, 1, 4) == 'MJG3' and string.byte(held, 5) == 0 then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('publish', ARGV[3], KEYS[1])
+return 1";
 
 /// How long each kind of answer may be served, which is also its Redis expiry.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +126,15 @@ struct Inner {
     landings: Mutex<HashMap<Vec<u8>, Weak<watch::Sender<u64>>>>,
     release: Script,
     renew: Script,
+    get_capped: Script,
+    mget_capped: Script,
+    set_unless_finished: Script,
+    /// Tags every value with the key it is written under (see [`codec`]).
+    seal: ValueKey,
+    /// The most of a value read back: `upstream.max_body` and the value's header.
+    max_value: u64,
+    /// `upstream.max_body`: a value's body is never larger.
+    max_body: u64,
     metrics: Arc<Metrics>,
     /// The Redis URL without its password, for log lines.
     redis: String,
@@ -116,6 +154,7 @@ impl SharedCache {
         config: &SharedCacheConfig,
         freshness: Freshness,
         max_wait: Duration,
+        max_body: u64,
         metrics: Arc<Metrics>,
         families: Families,
     ) -> Result<Self, RedisError> {
@@ -141,8 +180,14 @@ impl SharedCache {
             max_wait,
             up: AtomicBool::new(true),
             landings: Mutex::new(HashMap::new()),
-            release: Script::new(RELEASE),
-            renew: Script::new(RENEW),
+            release: Script::new(lease::RELEASE),
+            renew: Script::new(lease::RENEW),
+            get_capped: Script::new(GET_CAPPED),
+            mget_capped: Script::new(MGET_CAPPED),
+            set_unless_finished: Script::new(SET_UNLESS_FINISHED),
+            seal: ValueKey::new(config.fingerprint_secret.as_bytes()),
+            max_value: codec::max_value_len(max_body),
+            max_body,
             metrics,
             redis: redact_url(&config.redis_url),
             families,
@@ -199,14 +244,23 @@ impl SharedCache {
         let names: Vec<Names> = keys.iter().map(|key| self.inner.names(key)).collect();
         let task_keys: Vec<&[u8]> = names.iter().map(|n| n.task.as_slice()).collect();
         let mut connection = self.inner.connection.clone();
+        let mut mget = self.inner.mget_capped.prepare_invoke();
+        for key in &task_keys {
+            mget.key(*key);
+        }
+        mget.arg(self.inner.max_value);
         let Some(values) = self
-            .run(connection.mget::<_, Vec<Option<Vec<u8>>>>(&task_keys))
+            .run(mget.invoke_async::<Vec<Option<Vec<u8>>>>(&mut connection))
             .await
         else {
             return lead_all();
         };
+        if values.len() != names.len() {
+            self.inner.metrics.shared.error(SharedError::Corrupt);
+            return lead_all();
+        }
         let claims = names.iter().zip(values).map(|(names, value)| async move {
-            match value.and_then(|value| self.inner.decode_fresh(&value)) {
+            match value.and_then(|value| self.inner.decode_fresh(&names.task, &value)) {
                 Some(task) => {
                     self.inner.metrics.shared.lookups(SharedLookup::Hit, 1);
                     Claim::Found(task)
@@ -228,6 +282,10 @@ impl SharedCache {
             return;
         }
         let mut pipe = redis::pipe();
+        // A pipeline's scripts must be loaded in it (a fresh or flushed Redis knows none).
+        if answers.iter().any(|(_, task)| !task.is_finished()) {
+            pipe.load_script(&self.inner.set_unless_finished).ignore();
+        }
         let mut written = 0;
         for (key, task) in answers {
             let age = task.stored_at.elapsed();
@@ -240,16 +298,29 @@ impl SharedCache {
                 continue;
             }
             let names = self.inner.names(key);
-            pipe.cmd("SET")
-                .arg(&names.task)
-                .arg(encode(task))
-                .arg("PX")
-                .arg(millis(left))
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(&self.inner.channel)
-                .arg(&names.task)
+            let value = encode(task, &names.task, &self.inner.seal);
+            if task.is_finished() {
+                pipe.cmd("SET")
+                    .arg(&names.task)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(left))
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(&self.inner.channel)
+                    .arg(&names.task)
+                    .ignore();
+            } else {
+                pipe.invoke_script(
+                    self.inner
+                        .set_unless_finished
+                        .key(&names.task)
+                        .arg(value)
+                        .arg(millis(left))
+                        .arg(&self.inner.channel),
+                )
                 .ignore();
+            }
             written += 1;
         }
         let mut connection = self.inner.connection.clone();
@@ -267,9 +338,15 @@ impl SharedCache {
     async fn get(&self, names: &Names) -> Option<Option<Arc<CachedTask>>> {
         let mut connection = self.inner.connection.clone();
         let value = self
-            .run(connection.get::<_, Option<Vec<u8>>>(&names.task))
+            .run(
+                self.inner
+                    .get_capped
+                    .key(&names.task)
+                    .arg(self.inner.max_value)
+                    .invoke_async::<Option<Vec<u8>>>(&mut connection),
+            )
             .await?;
-        let task = value.and_then(|value| self.inner.decode_fresh(&value));
+        let task = value.and_then(|value| self.inner.decode_fresh(&names.task, &value));
         let result = if task.is_some() {
             SharedLookup::Hit
         } else {
@@ -284,12 +361,12 @@ impl SharedCache {
         // Watch before trying, so an announcement between a lost race and the wait is not missed.
         let watch = self.inner.watch(&names.task);
         match self.try_lease(names).await {
-            None => Claim::Lead(None),
-            Some(Some(lease)) => {
+            None | Some(LeaseTry::Foreign) => Claim::Lead(None),
+            Some(LeaseTry::Taken(lease)) => {
                 self.inner.metrics.shared.lease(LeaseOutcome::Won);
                 Claim::Lead(Some(lease))
             }
-            Some(None) => self.wait(names, watch).await,
+            Some(LeaseTry::Held) => self.wait(names, watch).await,
         }
     }
 
@@ -316,12 +393,12 @@ impl SharedCache {
                 None => return gave_up(),
             }
             match self.try_lease(names).await {
-                Some(Some(lease)) => {
+                Some(LeaseTry::Taken(lease)) => {
                     self.inner.metrics.shared.lease(LeaseOutcome::TakenOver);
                     return Claim::Lead(Some(lease));
                 }
-                Some(None) => {}
-                None => return gave_up(),
+                Some(LeaseTry::Held) => {}
+                None | Some(LeaseTry::Foreign) => return gave_up(),
             }
             if Instant::now() >= deadline {
                 return gave_up();
@@ -329,33 +406,45 @@ impl SharedCache {
         }
     }
 
-    /// `SET lease token NX PX ttl`: `Some(Some(lease))` when taken, `Some(None)` when someone holds it,
-    /// `None` when Redis failed.
-    async fn try_lease(&self, names: &Names) -> Option<Option<Lease>> {
+    /// `SET lease token NX PX ttl`, and the lease's time left when another holds it; `None` when
+    /// Redis failed.
+    async fn try_lease(&self, names: &Names) -> Option<LeaseTry> {
         self.try_lease_named(&names.lease).await
     }
 
-    /// [`try_lease`](Self::try_lease) on the Redis key `lease`.
-    async fn try_lease_named(&self, lease: &[u8]) -> Option<Option<Lease>> {
+    /// [`try_lease`](Self::try_lease) on the Redis key `lease`. A lease no replica could have
+    /// written (no expiry, or longer than `lease_ttl`: every replica writes and renews to exactly
+    /// that) is [`LeaseTry::Foreign`]: nobody waits on it, however long it would last.
+    async fn try_lease_named(&self, lease: &[u8]) -> Option<LeaseTry> {
         let token = format!("{:032x}", rand::random::<u128>());
         let mut connection = self.inner.connection.clone();
-        let taken: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(lease)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(self.inner.lease_ttl))
-                    .query_async(&mut connection),
-            )
-            .await?;
-        Some(taken.map(|_| Lease {
-            inner: Arc::clone(&self.inner),
-            key: lease.to_vec(),
-            token,
-            released: false,
-        }))
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(lease)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(self.inner.lease_ttl))
+            .cmd("PTTL")
+            .arg(lease);
+        let (taken, left): (Option<String>, i64) =
+            self.run(pipe.query_async(&mut connection)).await?;
+        if taken.is_some() {
+            return Some(LeaseTry::Taken(Lease {
+                inner: Arc::clone(&self.inner),
+                key: lease.to_vec(),
+                token,
+                released: false,
+            }));
+        }
+        // -2: it expired between the two commands; the next try takes it.
+        let ours = left == -2 || (0..=millis(self.inner.lease_ttl) as i64).contains(&left);
+        if ours {
+            Some(LeaseTry::Held)
+        } else {
+            self.inner.metrics.shared.error(SharedError::Corrupt);
+            Some(LeaseTry::Foreign)
+        }
     }
 
     /// Runs one Redis command under the deadline; a failure marks Redis down and yields `None`.
@@ -434,9 +523,10 @@ impl Inner {
         }
     }
 
-    /// A stored value, if it decodes and is still fresh by this replica's rules.
-    fn decode_fresh(&self, value: &[u8]) -> Option<Arc<CachedTask>> {
-        let Some(task) = decode(value) else {
+    /// The value stored under `key`, if it proves it was written there by a replica of this
+    /// deployment, passes its checks, and is still fresh by this replica's rules.
+    fn decode_fresh(&self, key: &[u8], value: &[u8]) -> Option<Arc<CachedTask>> {
+        let Some(task) = decode(value, key, &self.seal, self.max_body) else {
             self.metrics.shared.error(SharedError::Corrupt);
             return None;
         };
@@ -475,6 +565,15 @@ impl Inner {
     }
 }
 
+/// What trying to take a lease found.
+enum LeaseTry {
+    Taken(Lease),
+    /// Another replica holds it, within its lifetime.
+    Held,
+    /// Something holds the key that no replica wrote as a lease: not waited on.
+    Foreign,
+}
+
 /// The Redis key names of one cache key.
 struct Names {
     task: Vec<u8>,
@@ -503,96 +602,6 @@ impl Drop for Registration {
             landings.remove(&self.task_key);
         }
     }
-}
-
-/// The right to call the upstream for one key, across replicas. Renewed while the call runs
-/// ([`under_lease`]); released by [`Lease::release`], or on drop if the holder forgot or
-/// panicked. A holder that dies leaves it to expire after `shared_cache.lease_ttl`.
-pub struct Lease {
-    inner: Arc<Inner>,
-    key: Vec<u8>,
-    /// Random per lease: only the holder can renew or release it.
-    token: String,
-    released: bool,
-}
-
-/// Runs `work` while holding `leases`, renewing each every third of its TTL until `work` finishes.
-pub async fn under_lease<F: Future>(leases: &[Lease], work: F) -> F::Output {
-    if leases.is_empty() {
-        return work.await;
-    }
-    let renew_all = futures_util::future::join_all(leases.iter().map(Lease::keep));
-    tokio::pin!(work);
-    tokio::select! {
-        biased;
-        output = &mut work => output,
-        // Renewing never ends; were it to, the work still finishes.
-        _ = renew_all => work.await,
-    }
-}
-
-impl Lease {
-    /// Renews the lease every third of its TTL, for ever; stops renewing once it is lost.
-    async fn keep(&self) {
-        loop {
-            tokio::time::sleep(self.inner.lease_ttl / 3).await;
-            let mut connection = self.inner.connection.clone();
-            let renewed: Option<i64> = self
-                .inner
-                .run(
-                    self.inner
-                        .renew
-                        .key(&self.key)
-                        .arg(&self.token)
-                        .arg(millis(self.inner.lease_ttl))
-                        .invoke_async(&mut connection),
-                )
-                .await;
-            if renewed != Some(1) {
-                // Lost (expired and taken, or Redis gone): nothing left to renew.
-                return std::future::pending().await;
-            }
-        }
-    }
-
-    /// Gives the lease up (only if still ours).
-    pub async fn release(mut self) {
-        self.released = true;
-        release(
-            Arc::clone(&self.inner),
-            self.key.clone(),
-            self.token.clone(),
-        )
-        .await;
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(release(
-                Arc::clone(&self.inner),
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.token),
-            ));
-        }
-    }
-}
-
-async fn release(inner: Arc<Inner>, key: Vec<u8>, token: String) {
-    let mut connection = inner.connection.clone();
-    let _: Option<i64> = inner
-        .run(
-            inner
-                .release
-                .key(&key)
-                .arg(&token)
-                .invoke_async(&mut connection),
-        )
-        .await;
 }
 
 /// Listens for landing announcements, reconnecting after failures; ends with the tier.
@@ -655,140 +664,5 @@ async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duratio
         if let Ok(Ok(_)) = answer.await {
             inner.mark_up();
         }
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-/// The stored value: a fixed header the gateway reads, then the upstream's bytes untouched.
-///
-/// `MJG2` | class (1 byte) | HTTP status (u16) | fetched at, Unix ms (u64) | content-type length (u16) |
-/// keep until, Unix ms (u64, 0: for ever) | task span start, end (u32, u32) | content type | body.
-/// Fetched-at lets every replica give the same `Age` and the same remaining TTL; keep-until carries a
-/// finished answer's own expiry, so no replica serves it past that. `MJG1` values (no keep-until, no
-/// span) from an older replica are still read.
-const MAGIC: &[u8; 4] = b"MJG2";
-const MAGIC_V1: &[u8; 4] = b"MJG1";
-const HEADER_LEN_V1: usize = 4 + 1 + 2 + 8 + 2;
-const HEADER_LEN: usize = HEADER_LEN_V1 + 8 + 4 + 4;
-
-/// The stored value of `task` (public for the fuzz target).
-pub fn encode(task: &CachedTask) -> Vec<u8> {
-    let content_type = task.content_type.as_ref().map_or(&[][..], |v| v.as_bytes());
-    let content_type = &content_type[..content_type.len().min(usize::from(u16::MAX))];
-    let now = SystemTime::now();
-    let fetched_at = unix_millis(now).saturating_sub(millis(task.stored_at.elapsed()));
-    let keep_until = task.keep_until.map_or(0, |until| {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        unix_millis(now + left).max(1)
-    });
-    let span = task.task_span();
-    let mut value = Vec::with_capacity(HEADER_LEN + content_type.len() + task.body.len());
-    value.extend_from_slice(MAGIC);
-    value.push(task.class().index());
-    value.extend_from_slice(&task.status().as_u16().to_be_bytes());
-    value.extend_from_slice(&fetched_at.to_be_bytes());
-    value.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
-    value.extend_from_slice(&keep_until.to_be_bytes());
-    value.extend_from_slice(&(span.start as u32).to_be_bytes());
-    value.extend_from_slice(&(span.end as u32).to_be_bytes());
-    value.extend_from_slice(content_type);
-    value.extend_from_slice(&task.body);
-    value
-}
-
-/// Reads a stored value back; `None` for anything this version did not write (a value in Redis may
-/// come from another version, or anyone who can write there). Public for the fuzz target.
-pub fn decode(value: &[u8]) -> Option<CachedTask> {
-    let v2 = match value.get(..4)? {
-        magic if magic == MAGIC => true,
-        magic if magic == MAGIC_V1 => false,
-        _ => return None,
-    };
-    let header_len = if v2 { HEADER_LEN } else { HEADER_LEN_V1 };
-    let header = value.get(..header_len)?;
-    let class = TaskClass::from_index(header[4])?;
-    let status = StatusCode::from_u16(u16::from_be_bytes([header[5], header[6]])).ok()?;
-    let fetched_at = u64::from_be_bytes(header[7..15].try_into().ok()?);
-    let content_type_len = usize::from(u16::from_be_bytes([header[15], header[16]]));
-    let (keep_until, span) = if v2 {
-        let keep_until = u64::from_be_bytes(header[17..25].try_into().ok()?);
-        let start = u32::from_be_bytes(header[25..29].try_into().ok()?) as usize;
-        let end = u32::from_be_bytes(header[29..33].try_into().ok()?) as usize;
-        (keep_until, Some(start..end))
-    } else {
-        (0, None)
-    };
-    let rest = &value[header_len..];
-    let content_type = rest.get(..content_type_len)?;
-    let body = Bytes::copy_from_slice(&rest[content_type_len..]);
-    let content_type = if content_type.is_empty() {
-        None
-    } else {
-        Some(HeaderValue::from_bytes(content_type).ok()?)
-    };
-    let now = SystemTime::now();
-    // A clock ahead of ours makes the age 0, never negative.
-    let age = Duration::from_millis(unix_millis(now).saturating_sub(fetched_at));
-    let keep_until = (keep_until != 0)
-        .then(|| crate::family::expiry::instant_of(UNIX_EPOCH + Duration::from_millis(keep_until)));
-    let mut task =
-        CachedTask::restored(status, body, content_type, class, age)?.keep_until(keep_until);
-    if let Some(span) = span {
-        if span.start > span.end || span.end > task.body.len() {
-            return None;
-        }
-        task = task.task_at(span);
-    }
-    Some(task)
-}
-
-fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_value_round_trips_with_its_age() {
-        let mut task = CachedTask::new(
-            Bytes::from_static(br#"{"id":"t","status":"SUCCESS"}"#),
-            Some(HeaderValue::from_static("application/json")),
-            TaskClass::Terminal,
-        );
-        task.stored_at -= Duration::from_secs(42);
-        let back = decode(&encode(&task)).unwrap();
-        assert_eq!(back.body, task.body);
-        assert_eq!(back.class(), TaskClass::Terminal);
-        assert_eq!(back.status(), StatusCode::OK);
-        assert_eq!(back.content_type, task.content_type);
-        assert_eq!(back.age(), 42);
-    }
-
-    #[test]
-    fn a_not_found_answer_keeps_its_status_and_no_content_type() {
-        let task = CachedTask::not_found(StatusCode::NOT_FOUND, Bytes::new(), None);
-        let back = decode(&encode(&task)).unwrap();
-        assert_eq!(back.status(), StatusCode::NOT_FOUND);
-        assert_eq!(back.class(), TaskClass::NotFound);
-        assert!(back.content_type.is_none() && back.body.is_empty());
-    }
-
-    #[test]
-    fn foreign_or_truncated_values_are_refused() {
-        let task = CachedTask::new(Bytes::from_static(b"{}"), None, TaskClass::InProgress);
-        let value = encode(&task);
-        assert!(decode(&value[..HEADER_LEN - 1]).is_none());
-        assert!(decode(b"{\"id\":\"t\"}").is_none());
-        let mut bad_class = value.clone();
-        bad_class[4] = 9;
-        assert!(decode(&bad_class).is_none());
     }
 }

@@ -9,8 +9,10 @@ use libfuzzer_sys::fuzz_target;
 use mjgate::cache::conditional::{etag_of, none_match_hits};
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(task) = mjgate::shared::decode(data) {
-        let again = mjgate::shared::decode(&mjgate::shared::encode(&task)).expect("round trip");
+    let seal = mjgate::shared::ValueKey::new(b"fuzzing secret, sixteen bytes at least");
+    if let Some(task) = mjgate::shared::decode(data, b"k", &seal, 8 << 20) {
+        let value = mjgate::shared::encode(&task, b"k", &seal);
+        let again = mjgate::shared::decode(&value, b"k", &seal, 8 << 20).expect("round trip");
         assert_eq!(again.status(), task.status());
         assert_eq!(again.class(), task.class());
         assert_eq!(again.body, task.body);

@@ -174,9 +174,10 @@ impl SharedCache {
 
     /// Takes the lease of hook `id`: `None` when another replica holds it or Redis failed.
     pub async fn lease_hook(&self, id: &str) -> Option<Lease> {
-        self.try_lease_named(&self.hook_lease_key(id))
-            .await
-            .flatten()
+        match self.try_lease_named(&self.hook_lease_key(id)).await? {
+            super::LeaseTry::Taken(lease) => Some(lease),
+            super::LeaseTry::Held | super::LeaseTry::Foreign => None,
+        }
     }
 
     /// The set of every hook record's id: what a sweep draws from. (A `SCAN` of the keyspace would

@@ -33,6 +33,11 @@ async fn replicas(sim: &Simulator, redis: &RedisServer, n: usize) -> Vec<Arc<Gat
 
 /// The Redis name of the lease on task `id` of `credential`, as replicas configured with `SECRET` use.
 fn lease_key(credential: &str, id: &str) -> String {
+    redis_key("lease", credential, id)
+}
+
+/// The Redis name of `kind` (`task`, `lease`) for task `id` of `credential`.
+fn redis_key(kind: &str, credential: &str, id: &str) -> String {
     let mut headers = HeaderMap::new();
     headers.insert("authorization", credential.parse().unwrap());
     let fingerprint = Fingerprinter::from_secret(SECRET.as_bytes()).fingerprint(&headers);
@@ -41,7 +46,7 @@ fn lease_key(credential: &str, id: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("test:lease:{hex}:midjourney:{id}")
+    format!("test:{kind}:{hex}:midjourney:{id}")
 }
 
 /// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
@@ -465,5 +470,109 @@ async fn a_replica_releases_only_its_own_lease() {
         holder.as_deref(),
         Some("another-replica"),
         "the release deleted someone else's lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_moved_to_another_credentials_key_is_refetched_never_served() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let first = start_gateway(shared_config(&sim, &redis, "")).await;
+    assert_eq!(fetch(&first, "t", KEY_A).await.status, 200);
+    // Someone with access to Redis copies A's answer under B's key.
+    let mut connection = redis.connection().await;
+    let copied: i64 = redis::cmd("COPY")
+        .arg(redis_key("task", KEY_A, "t"))
+        .arg(redis_key("task", KEY_B, "t"))
+        .arg("REPLACE")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(copied, 1);
+    let second = start_gateway(shared_config(&sim, &redis, "")).await;
+    let theirs = fetch(&second, "t", KEY_B).await;
+    assert_eq!(theirs.status, 404, "B is not A: {:?}", theirs.body);
+    assert_eq!(
+        sim.fetch_calls("t"),
+        2,
+        "B's own answer came from the upstream"
+    );
+    let m = scrape(&second).await;
+    assert_eq!(
+        m.value("mjgate_shared_cache_errors_total", &[("kind", "corrupt")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_redis_could_hold_but_no_replica_wrote_are_refetched() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    let gw = start_gateway(shared_config(
+        &sim,
+        &redis,
+        "[upstream]\nmax_body = \"1MiB\"\n",
+    ))
+    .await;
+    let mut connection = redis.connection().await;
+    let mut planted = Vec::new();
+    // An old version's value with a status no HTTP answer has; a 20 MiB blob; plain garbage.
+    let mut bogus = b"MJG2\x00\x03\xe7".to_vec();
+    bogus.extend_from_slice(&[0u8; 26]);
+    bogus.extend_from_slice(br#"{"id":"a","status":"SUCCESS"}"#);
+    for (id, value) in [
+        ("a", bogus),
+        ("b", vec![b'x'; 20 << 20]),
+        ("c", b"not a value".to_vec()),
+    ] {
+        sim.create_task(KEY_A, id, "IN_PROGRESS");
+        let _: () = redis::cmd("SET")
+            .arg(redis_key("task", KEY_A, id))
+            .arg(value)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        planted.push(id);
+    }
+    for id in planted {
+        let reply = fetch(&gw, id, KEY_A).await;
+        assert_eq!(reply.status, 200, "{id}");
+        assert_eq!(
+            reply.json()["status"],
+            "IN_PROGRESS",
+            "{id}: the upstream's answer"
+        );
+        assert_eq!(sim.fetch_calls(id), 1, "{id}");
+    }
+    let m = scrape(&gw).await;
+    assert_eq!(
+        m.value("mjgate_shared_cache_errors_total", &[("kind", "corrupt")]),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_no_replica_wrote_is_not_waited_on() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    let gw = start_gateway(shared_config(&sim, &redis, "")).await;
+    let mut connection = redis.connection().await;
+    // A lease without an expiry: it would block every replica for ever (and a waiter for up to
+    // queue_timeout + request_timeout + lease_ttl, 36 s, past the test client's 20 s).
+    let _: () = redis::cmd("SET")
+        .arg(lease_key(KEY_A, "t"))
+        .arg("someone")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let reply = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sim.fetch_calls("t"), 1);
+    let m = scrape(&gw).await;
+    assert_eq!(
+        m.value("mjgate_shared_cache_errors_total", &[("kind", "corrupt")]),
+        1.0
     );
 }
