@@ -21,10 +21,95 @@ pub enum ResponseBody {
     /// An upstream body, streamed as it arrives.
     Upstream(Incoming),
     /// Server-sent events, written by the stream's task as they happen; ends when it drops its sender.
-    Events(tokio::sync::mpsc::Receiver<Bytes>),
+    Events(Events),
     /// A stored task's answer, until the envelope picks its representation (identity or gzip,
     /// [`crate::cache::encoding`]); sent as its body if it never does. `None` once sent.
     Task(Option<Arc<dyn Stored>>),
+}
+
+/// One server-sent event as the stream's writer hands it over: its own few bytes (`event:`, `id:`),
+/// the task's data (shared by every stream of that task: no copy per stream), and what ends it. While
+/// it waits for the connection to take it, and until the connection asks for the next one, it holds
+/// `charge` (bytes under `watch.stream_buffer`).
+pub struct EventFrame {
+    pub head: Bytes,
+    pub data: Bytes,
+    pub tail: &'static [u8],
+    /// Whatever accounts for the frame's bytes while it is held; dropped with it.
+    pub charge: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// The reading end of an event stream.
+pub struct Events {
+    frames: tokio::sync::mpsc::Receiver<EventFrame>,
+    /// The parts of the frame being handed to hyper, in order.
+    parts: std::collections::VecDeque<Bytes>,
+    /// The charge of the last frame handed over: given back when hyper asks for more, a sign it has
+    /// room for it again. (A reader that stops reading is cut off with its connection, which drops
+    /// this and what hyper holds: [`CutOff`].)
+    handed: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Events {
+    pub fn new(frames: tokio::sync::mpsc::Receiver<EventFrame>) -> Self {
+        Events {
+            frames,
+            parts: std::collections::VecDeque::new(),
+            handed: None,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(part) = self.parts.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(part))));
+            }
+            self.handed = None;
+            match self.frames.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => {
+                    self.parts.extend(
+                        [frame.head, frame.data, Bytes::from_static(frame.tail)]
+                            .into_iter()
+                            .filter(|part| !part.is_empty()),
+                    );
+                    self.handed = frame.charge;
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// What a response can ask of the connection it is sent on: to be cut off at once, everything it
+/// holds dropped (an event stream whose reader stopped reading: over HTTP/2 a stream with no window
+/// is never polled again, so only closing its connection frees what it pinned).
+#[derive(Default)]
+pub struct CutOff {
+    cut: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CutOff {
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once [`cut`](Self::cut) is called (at once if it was).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cut() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A stored answer in its representations: what a [`ResponseBody::Task`] holds until the envelope
@@ -49,18 +134,18 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
-            ResponseBody::Events(events) => events
-                .poll_recv(cx)
-                .map(|event| event.map(|bytes| Ok(Frame::data(bytes)))),
+            ResponseBody::Upstream(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(|e| -> BoxError { Box::new(e) }),
+            ResponseBody::Events(events) => events.poll_frame(cx),
             ResponseBody::Task(task) => Poll::Ready(
                 task.take()
                     .filter(|task| !task.identity().is_empty())

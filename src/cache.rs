@@ -30,10 +30,10 @@ use crate::task::{MAX_ID_LEN, TaskClass};
 /// Bytes charged per entry on top of its key, body and ETag text: moka's own bookkeeping (entry info,
 /// deque nodes, hash-table slot), the `Arc<CachedTask>`, the shared-buffer headers of the body and the
 /// ETag, the entry's expiry and task span, and its slot for a gzip copy (whose own bytes
-/// [`Gzipped::weight`] charges). Measured: a cache of 100,000 terminal tasks of 1,158 bytes, stored
+/// [`Gzipped::weight`] charges), and its slot for an event stream's framing. Measured: a cache of 100,000 terminal tasks of 1,158 bytes, stored
 /// without gzip copies, grew the process by 1,931 bytes per entry (docs/benchmarks.md, Memory); this
 /// charges 1,931, so `cache.max_memory` bounds real memory, not just payload.
-const ENTRY_OVERHEAD: usize = 636;
+const ENTRY_OVERHEAD: usize = 676;
 
 /// How cache keys are hashed: foldhash, randomly seeded per process. SipHash (the default) cost a hit
 /// about 175 instructions; foldhash about a quarter of that. Flooding one bucket would need keys whose
@@ -118,6 +118,10 @@ pub struct CachedTask {
     /// The gzip copy of a `200` answer, made once when the entry is stored (`cache.gzip`); empty
     /// until then, `None` inside when the answer is too short to be worth it.
     gzip: OnceLock<Option<Box<Gzipped>>>,
+    /// The body as server-sent `data:` lines, made once on the first stream's first event and
+    /// shared by every stream of the task, for a body of several lines (one of a single line is sent
+    /// as it is).
+    event_data: OnceLock<Option<Bytes>>,
 }
 
 impl CachedTask {
@@ -134,6 +138,7 @@ impl CachedTask {
             stored_at: Instant::now(),
             keep_until: None,
             gzip: OnceLock::new(),
+            event_data: OnceLock::new(),
         }
     }
 
@@ -204,6 +209,7 @@ impl CachedTask {
             stored_at: Instant::now(),
             keep_until: None,
             gzip: OnceLock::new(),
+            event_data: OnceLock::new(),
         }
     }
 
@@ -234,6 +240,7 @@ impl CachedTask {
             stored_at: now.checked_sub(age).unwrap_or(now),
             keep_until: None,
             gzip: OnceLock::new(),
+            event_data: OnceLock::new(),
         })
     }
 
@@ -245,6 +252,19 @@ impl CachedTask {
                 .flatten()
                 .map(Box::new)
         });
+    }
+
+    /// The body framed as event-stream data by `frame` (once, then shared), when it has more than one
+    /// line; `None` when it is one line and can be sent as it is.
+    pub fn event_data(&self, frame: impl FnOnce(&[u8]) -> Bytes) -> Option<Bytes> {
+        self.event_data
+            .get_or_init(|| {
+                self.body
+                    .iter()
+                    .any(|b| matches!(b, b'\n' | b'\r'))
+                    .then(|| frame(&self.body))
+            })
+            .clone()
     }
 
     /// Whole seconds since the upstream produced this answer, for the `Age` header.

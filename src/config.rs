@@ -91,6 +91,9 @@ pub struct WatchConfig {
     pub max_open_per_credential: usize,
     /// How often an idle event stream gets a comment line, so proxies do not close it.
     pub heartbeat: Duration,
+    /// Bytes of events waiting on their streams' connections, all streams together; a reader that
+    /// leaves an event untaken for two heartbeats (or finds this full for as long) is cut off.
+    pub stream_buffer: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +291,7 @@ struct RawWatch {
     max_open_per_credential: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     heartbeat: Option<Duration>,
+    stream_buffer: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -645,6 +649,12 @@ impl RawWatch {
                 1,
             )?,
             heartbeat: positive("watch.heartbeat", self.heartbeat, Duration::from_secs(15))?,
+            stream_buffer: at_least(
+                "watch.stream_buffer",
+                self.stream_buffer.map(|b| b.0),
+                64 << 20,
+                1 << 20,
+            )?,
         })
     }
 }

@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tracing::Instrument;
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, CutOff, ResponseBody};
 use crate::cache::response::task_response_for;
 use crate::cache::status::CacheStatus;
 use crate::cache::{CachedTask, KeyBuf, Lookup};
@@ -62,12 +62,14 @@ pub enum Listener {
 }
 
 /// Who is on the other end of a connection, as the handlers and the forwarding headers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub listener: Listener,
     /// The connection is TLS (the upstream is told `proto=https`).
     pub tls: bool,
+    /// Cuts the connection off: what an event stream whose reader stopped reading asks for.
+    pub cut_off: Arc<CutOff>,
 }
 
 impl Peer {
@@ -77,10 +79,11 @@ impl Peer {
             addr,
             listener: Listener::Main,
             tls: false,
+            cut_off: Arc::default(),
         }
     }
 
-    fn client(self) -> ClientInfo {
+    fn client(&self) -> ClientInfo {
         ClientInfo {
             ip: self.addr.ip(),
             tls: self.tls,
@@ -314,7 +317,7 @@ impl Gateway {
             Route::Events(task) => {
                 let path = task.upstream_path(families);
                 self.push
-                    .events(&request, task.task, path, client)
+                    .events(&request, task.task, path, client, Arc::clone(&peer.cut_off))
                     .instrument(span.clone())
                     .await
             }
@@ -419,7 +422,7 @@ impl Service<Call<Incoming>> for Handler {
     }
 
     fn call(&mut self, call: Call<Incoming>) -> SlowPath {
-        let handling = Arc::clone(&self.gateway).handle(call, self.peer);
+        let handling = Arc::clone(&self.gateway).handle(call, self.peer.clone());
         Box::pin(async move { Ok(handling.await) })
     }
 }

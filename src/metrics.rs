@@ -357,13 +357,22 @@ impl Drop for PendingHook<'_> {
 /// Conditional requests, long-polls and event streams.
 pub struct WatchMetrics {
     /// `[route]`
-    not_modified: Vec<IntCounter>,
+    /// `[fetch, batch, long_poll]`: the routes a `304` can answer.
+    not_modified: [IntCounter; 3],
     watchers: IntGauge,
     long_polls: IntGauge,
     streams: IntGauge,
     events: [IntCounter; 5],
     refused: IntCounter,
+    /// Bytes of events waiting for their stream's connection to take them (`watch.stream_buffer`).
+    stream_buffered: IntGauge,
+    /// Streams cut off (with their connection) because their reader fell behind.
+    streams_cut: IntCounter,
 }
+
+/// The routes a `304 Not Modified` can answer, in the order of `WatchMetrics::not_modified`.
+const CONDITIONAL_ROUTES: [RouteLabel; 3] =
+    [RouteLabel::Fetch, RouteLabel::Batch, RouteLabel::LongPoll];
 
 impl WatchMetrics {
     fn new(r: &Registrar<'_>) -> Self {
@@ -391,10 +400,16 @@ impl WatchMetrics {
             "Long-polls and streams refused with 429: watch.max_open or watch.max_open_per_credential reached.",
         );
         WatchMetrics {
-            not_modified: RouteLabel::ALL
-                .iter()
-                .map(|route| not_modified.with_label_values(&[route.as_str()]))
-                .collect(),
+            not_modified: CONDITIONAL_ROUTES
+                .map(|route| not_modified.with_label_values(&[route.as_str()])),
+            stream_buffered: r.gauge(
+                "mjgate_stream_buffered_bytes",
+                "Bytes of server-sent events handed to streams whose connections have not taken them yet, bounded by watch.stream_buffer (event data is shared by every stream of a task, so this counts it once per stream).",
+            ),
+            streams_cut: r.counter(
+                "mjgate_streams_cut_total",
+                "Event streams cut off with their connection because the reader fell behind: no room for the next event within two heartbeats.",
+            ),
             watchers,
             long_polls,
             streams,
@@ -411,7 +426,18 @@ impl WatchMetrics {
     }
 
     pub fn not_modified(&self, route: RouteLabel) {
-        self.not_modified[route as usize].inc();
+        if let Some(i) = CONDITIONAL_ROUTES.iter().position(|r| *r == route) {
+            self.not_modified[i].inc();
+        }
+    }
+
+    /// Adds `delta` bytes to the events waiting on their connections.
+    pub fn stream_buffered(&self, delta: i64) {
+        self.stream_buffered.add(delta);
+    }
+
+    pub fn stream_cut(&self) {
+        self.streams_cut.inc();
     }
 
     pub fn watcher(&self) -> GaugeGuard {

@@ -27,7 +27,7 @@ impl Push {
     pub fn new(config: &WatchConfig, fetcher: Arc<Fetcher>, metrics: Arc<Metrics>) -> Self {
         Push {
             fetcher,
-            watchers: Watchers::new(config),
+            watchers: Watchers::new(config, Arc::clone(&metrics)),
             metrics,
         }
     }

@@ -139,6 +139,7 @@ pub async fn serve(
             closing: closing.subscribe(),
             peer,
             listener,
+            cut_off: Arc::default(),
         };
         tokio::spawn(async move {
             let open = connection.gateway.metrics().client_connection();

@@ -6,6 +6,7 @@
 //! `204 No Content`, which tells an EventSource to stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -13,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-use crate::body::ResponseBody;
+use crate::body::{CutOff, EventFrame, Events, ResponseBody};
 use crate::cache::KeyBuf;
 use crate::cache::status::CacheStatus;
 use crate::family::{FamilyId, TaskRef};
@@ -21,16 +22,12 @@ use crate::fetch::Served;
 use crate::metrics::EventKind;
 use crate::push::Push;
 use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
-use crate::task::TaskClass;
 use crate::upstream::ClientInfo;
 use crate::work::WorkKind;
 
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Asks nginx-style proxies not to buffer the stream.
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
-
-/// Events written ahead of a slow client before the writer waits for it.
-const BACKLOG: usize = 16;
 
 impl Push {
     pub(crate) async fn events(
@@ -39,6 +36,7 @@ impl Push {
         task: TaskRef<'_>,
         fetch_path: String,
         client: ClientInfo,
+        connection: Arc<CutOff>,
     ) -> Served {
         let headers = request.headers();
         let fingerprint = self.fetcher.fingerprinter().fingerprint(headers);
@@ -48,7 +46,7 @@ impl Push {
             .admit(fingerprint, WatchKind::Stream, &self.metrics)
         {
             Ok(permit) => permit,
-            Err(e) => return Served::bypass(e.into_response()),
+            Err(e) => return Served::error(e),
         };
         let served = self.fetcher.fetch(&fetch_path, headers, task, client).await;
         let key = KeyBuf::new(&fingerprint, task);
@@ -59,10 +57,12 @@ impl Push {
             _ => return served,
         };
         let last_event_id = headers.get(&LAST_EVENT_ID).cloned();
-        if current.class() == TaskClass::Terminal && last_event_id.as_ref() == Some(&current.etag) {
+        if current.is_finished() && last_event_id.as_ref() == Some(&current.etag) {
             return Served::cached(no_content(), CacheStatus::Hit { ttl: None }, None);
         }
-        let (events, body) = mpsc::channel(BACKLOG);
+        // One event waits for the connection at most: a newer state replaces what a slow reader
+        // has not taken yet rather than queue behind it.
+        let (events, body) = mpsc::channel(1);
         let target = WatchTarget {
             key: key.to_key(),
             path: fetch_path,
@@ -74,6 +74,7 @@ impl Push {
             push: Arc::clone(self),
             family: task.family,
             events,
+            connection,
             _permit: permit,
         };
         self.fetcher
@@ -86,18 +87,25 @@ impl Push {
     }
 }
 
-/// One open stream: the writer's end of the body, and its place under the bounds.
+/// One open stream: the writer's end of the body, its connection, and its place under the bounds.
 struct Stream {
     push: Arc<Push>,
     /// The task's family, which says where its status is.
     family: FamilyId,
-    events: mpsc::Sender<Bytes>,
+    events: mpsc::Sender<EventFrame>,
+    /// Cut off when the reader falls behind: everything the connection holds for it goes.
+    connection: Arc<CutOff>,
     _permit: WatchPermit,
 }
 
-/// The stream is over: the client went away, or the task's last events are out. Either way the
-/// writer stops.
+/// The stream is over: the client went away, fell behind, or the task's last events are out.
+/// Either way the writer stops.
 struct Stop;
+
+/// Room for one event on a stream, and its bytes under `watch.stream_buffer`.
+struct Room {
+    permit: mpsc::OwnedPermit<EventFrame>,
+}
 
 impl Stream {
     async fn run(
@@ -106,15 +114,20 @@ impl Stream {
         current: Snapshot,
         last_event_id: Option<HeaderValue>,
     ) {
+        let _ = self.stream(target, current, last_event_id).await;
+    }
+
+    async fn stream(
+        &mut self,
+        target: WatchTarget,
+        current: Snapshot,
+        last_event_id: Option<HeaderValue>,
+    ) -> Result<(), Stop> {
         let mut sent = Arc::clone(&current);
-        if last_event_id.as_ref() != Some(&current.etag)
-            && self.send(EventKind::Status, &current).await.is_err()
-        {
-            return;
+        if last_event_id.as_ref() != Some(&current.etag) {
+            self.send(EventKind::Status, &current).await?;
         }
-        if self.finish_if_over(&current).await.is_err() {
-            return;
-        }
+        self.finish_if_over(&current).await?;
         let mut changes = self.push.watch(target, current);
         let mut draining = self.push.watchers.draining();
         let period = self.push.watchers.config().heartbeat;
@@ -122,52 +135,88 @@ impl Stream {
         loop {
             let latest = Arc::clone(&changes.borrow_and_update());
             if latest.etag != sent.etag {
-                if self.write_change(&sent, &latest).await.is_err() {
-                    return;
-                }
-                sent = latest;
+                // Whatever is newest once there is room: a slow reader skips what it missed.
+                self.write_change(&sent, &mut changes).await?;
+                sent = Arc::clone(&changes.borrow());
                 continue;
             }
             if *draining.borrow() {
-                let _ = self
-                    .write(EventKind::Shutdown, Bytes::from_static(SHUTDOWN))
-                    .await;
-                return;
+                let room = self.room().await?;
+                self.put(
+                    room,
+                    EventKind::Shutdown,
+                    frame_of(SHUTDOWN, Bytes::new(), ""),
+                )
+                .await;
+                return Err(Stop);
             }
             tokio::select! {
-                () = self.events.closed() => return,
+                () = self.events.closed() => return Err(Stop),
                 changed = changes.changed() => if changed.is_err() {
                     // The poller ended (the task is over): write what it knew last, then close.
-                    let latest = Arc::clone(&changes.borrow());
-                    if latest.etag != sent.etag {
-                        let _ = self.write_change(&sent, &latest).await;
+                    if changes.borrow().etag != sent.etag {
+                        self.write_change(&sent, &mut changes).await?;
                     }
-                    return;
+                    return Err(Stop);
                 },
                 _ = heartbeat.tick() => {
-                    if self.events.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                        return;
-                    }
+                    let room = self.room().await?;
+                    let _ = room.permit.send(EventFrame {
+                        head: Bytes::from_static(b": keep-alive\n\n"),
+                        data: Bytes::new(),
+                        tail: b"",
+                        charge: None,
+                    });
                 }
                 _ = draining.changed() => {}
             }
         }
     }
 
-    /// Writes the event for a change from `before` to `after`; `Finished` once the task is over.
-    async fn write_change(&mut self, before: &Snapshot, after: &Snapshot) -> Result<(), Stop> {
+    /// Room for the next event: waited for at most two heartbeats, then the reader is taken for one
+    /// that stopped reading and its connection is cut off (counted).
+    async fn room(&mut self) -> Result<Room, Stop> {
+        let behind = self.behind();
+        match tokio::time::timeout(behind, self.events.clone().reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(Room { permit }),
+            Ok(Err(_)) => Err(Stop),
+            Err(_) => Err(self.cut_off()),
+        }
+    }
+
+    /// How long a reader may leave an event untaken before it is cut off.
+    fn behind(&self) -> Duration {
+        self.push.watchers.config().heartbeat * 2
+    }
+
+    fn cut_off(&self) -> Stop {
+        self.push.metrics.watch.stream_cut();
+        tracing::debug!("event stream cut off: its reader fell behind");
+        self.connection.cut();
+        Stop
+    }
+
+    /// Writes the event for the change from `before` to the newest state `changes` holds once there is
+    /// room; ends the stream after the finished state.
+    async fn write_change(
+        &mut self,
+        before: &Snapshot,
+        changes: &mut tokio::sync::watch::Receiver<Snapshot>,
+    ) -> Result<(), Stop> {
+        let room = self.room().await?;
+        let after = Arc::clone(&changes.borrow_and_update());
         if !after.is_task() {
             // The task vanished (the upstream now says it does not exist).
-            self.send(EventKind::Error, after).await?;
+            self.put_task(room, EventKind::Error, &after).await?;
             return Err(Stop);
         }
-        let kind = if self.status_of(after) == self.status_of(before) {
+        let kind = if self.status_of(&after) == self.status_of(before) {
             EventKind::Progress
         } else {
             EventKind::Status
         };
-        self.send(kind, after).await?;
-        self.finish_if_over(after).await
+        self.put_task(room, kind, &after).await?;
+        self.finish_if_over(&after).await
     }
 
     /// The task's status value, as its family reads it.
@@ -181,55 +230,115 @@ impl Stream {
 
     /// After a terminal state: `event: end`, and the stream closes.
     async fn finish_if_over(&mut self, task: &Snapshot) -> Result<(), Stop> {
-        if task.class() == TaskClass::InProgress {
+        if !task.is_finished() {
             return Ok(());
         }
         let data = serde_json::json!({ "status": self.status_of(task) }).to_string();
-        self.write(
+        let room = self.room().await?;
+        self.put(
+            room,
             EventKind::End,
-            event("end", Some(&task.etag), data.as_bytes()),
+            frame_of(
+                &[event_head("end", Some(&task.etag)).as_slice(), b"data: "].concat(),
+                Bytes::from(data),
+                "\n\n",
+            ),
         )
-        .await?;
+        .await;
         Err(Stop)
     }
 
     async fn send(&mut self, kind: EventKind, task: &Snapshot) -> Result<(), Stop> {
-        self.write(kind, event(kind.as_str(), Some(&task.etag), &task.body))
-            .await
+        let room = self.room().await?;
+        self.put_task(room, kind, task).await
     }
 
-    async fn write(&mut self, kind: EventKind, bytes: Bytes) -> Result<(), Stop> {
-        self.events.send(bytes).await.map_err(|_| Stop)?;
-        self.push.metrics.watch.event(kind);
+    /// `task` as event `kind`, its data shared with every other stream of the task.
+    async fn put_task(&mut self, room: Room, kind: EventKind, task: &Snapshot) -> Result<(), Stop> {
+        let head = event_head(kind.as_str(), Some(&task.etag));
+        let frame = match task.event_data(data_lines) {
+            // A body of one line: the event's data is the upstream's own bytes, not a copy.
+            None => frame_of(
+                &[head.as_slice(), b"data: "].concat(),
+                task.body.clone(),
+                "\n\n",
+            ),
+            Some(lines) => frame_of(&head, lines, "\n"),
+        };
+        self.put(room, kind, frame).await;
         Ok(())
+    }
+
+    /// Charges `frame` to `watch.stream_buffer` and hands it to the connection. A full budget is
+    /// waited on like a full stream: the slowest readers are cut off and give theirs back.
+    async fn put(&mut self, room: Room, kind: EventKind, mut frame: EventFrame) {
+        let bytes = frame.head.len() + frame.data.len() + frame.tail.len();
+        let behind = self.behind();
+        match tokio::time::timeout(behind, self.push.watchers.stream_charge(bytes)).await {
+            Ok(Some(charge)) => frame.charge = Some(charge),
+            _ => {
+                self.cut_off();
+                return;
+            }
+        }
+        if room.permit.send(frame).is_closed() {
+            return;
+        }
+        self.push.metrics.watch.event(kind);
+    }
+}
+
+/// An event's own lines: `event:` and, when it has one, `id:`.
+fn event_head(name: &str, id: Option<&HeaderValue>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn frame_of(head: &[u8], data: Bytes, tail: &'static str) -> EventFrame {
+    EventFrame {
+        head: Bytes::copy_from_slice(head),
+        data,
+        tail: tail.as_bytes(),
+        charge: None,
     }
 }
 
 /// The event at shutdown: reconnect in a second (to a replica that is not stopping).
 const SHUTDOWN: &[u8] = b"event: shutdown\nretry: 1000\ndata: {}\n\n";
 
+/// `data` as an event stream's `data:` lines: every line of it (ended by LF, CRLF or CR, as an
+/// EventSource reads them) its own field.
+pub fn data_lines(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 64);
+    for line in data.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        for part in line.split(|b| *b == b'\r') {
+            out.put_slice(b"data: ");
+            out.put_slice(part);
+            out.put_u8(b'\n');
+        }
+    }
+    out.freeze()
+}
+
 /// One event in the EventSource wire format; every line of `data` gets its own `data:` field.
 pub fn event(name: &str, id: Option<&HeaderValue>, data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 64);
-    out.put_slice(b"event: ");
-    out.put_slice(name.as_bytes());
-    out.put_u8(b'\n');
-    if let Some(id) = id {
-        out.put_slice(b"id: ");
-        out.put_slice(id.as_bytes());
-        out.put_u8(b'\n');
-    }
-    for line in data.split(|b| *b == b'\n') {
-        out.put_slice(b"data: ");
-        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
-        out.put_u8(b'\n');
-    }
+    let mut out = BytesMut::from(event_head(name, id).as_slice());
+    out.put_slice(&data_lines(data));
     out.put_u8(b'\n');
     out.freeze()
 }
 
-fn stream_head(body: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::Events(body));
+fn stream_head(body: mpsc::Receiver<EventFrame>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Events(Events::new(body)));
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,

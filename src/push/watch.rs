@@ -47,6 +47,23 @@ pub struct Watchers {
     config: WatchConfig,
     /// Turns `true` when shutdown begins: held long-polls answer, streams end.
     draining: watch::Sender<bool>,
+    /// `watch.stream_buffer`: bytes of events handed to streams and not yet taken by their
+    /// connections.
+    stream_buffer: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Bytes of one event under `watch.stream_buffer`, given back (and uncounted) on drop.
+struct StreamCharge {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: i64,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for StreamCharge {
+    fn drop(&mut self) {
+        self.metrics.watch.stream_buffered(-self.bytes);
+    }
 }
 
 #[derive(Default)]
@@ -74,13 +91,38 @@ pub struct WatchTarget {
 }
 
 impl Watchers {
-    pub fn new(config: &WatchConfig) -> Self {
+    pub fn new(config: &WatchConfig, metrics: Arc<Metrics>) -> Self {
+        let budget = usize::try_from(config.stream_buffer)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Watchers {
             pollers: Mutex::new(HashMap::new()),
             open: Arc::new(Mutex::new(OpenCounts::default())),
             config: config.clone(),
             draining: watch::channel(false).0,
+            stream_buffer: Arc::new(tokio::sync::Semaphore::new(budget)),
+            metrics,
         }
+    }
+
+    /// Room for an event of `bytes` under `watch.stream_buffer`, waited for; `None` only if the
+    /// budget were closed. An event larger than the whole budget waits for all of it.
+    pub async fn stream_charge(
+        &self,
+        bytes: usize,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        let budget = usize::try_from(self.config.stream_buffer).unwrap_or(usize::MAX);
+        let n = u32::try_from(bytes.min(budget)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.stream_buffer)
+            .acquire_many_owned(n)
+            .await
+            .ok()?;
+        self.metrics.watch.stream_buffered(i64::from(n));
+        Some(Box::new(StreamCharge {
+            _permit: permit,
+            bytes: i64::from(n),
+            metrics: Arc::clone(&self.metrics),
+        }))
     }
 
     pub fn config(&self) -> &WatchConfig {

@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service as _;
 
 use super::stream::{ClientStream, Served};
-use crate::body::ResponseBody;
+use crate::body::{CutOff, ResponseBody};
 use crate::gateway::{Gateway, Handler, Listener, Peer};
 use crate::pipeline::{Envelope, Enveloped};
 
@@ -104,6 +104,8 @@ pub(super) struct Connection {
     pub(super) closing: watch::Receiver<bool>,
     pub(super) peer: SocketAddr,
     pub(super) listener: Listener,
+    /// Set by a response that needs the connection gone at once (a stalled event stream).
+    pub(super) cut_off: Arc<CutOff>,
 }
 
 /// Whether a connection may be parked.
@@ -154,18 +156,16 @@ impl Connection {
         let Ok(Some(http2)) = sniffed else {
             return;
         };
+        let peer = Peer {
+            addr: self.peer,
+            listener: self.listener,
+            tls: self.tls.is_some(),
+            cut_off: Arc::clone(&self.cut_off),
+        };
         let service = ConnectionService {
-            pipeline: std::cell::RefCell::new(self.gateway.pipeline(Peer {
-                addr: self.peer,
-                listener: self.listener,
-                tls: self.tls.is_some(),
-            })),
+            pipeline: std::cell::RefCell::new(self.gateway.pipeline(peer.clone())),
             gateway: Arc::clone(&self.gateway),
-            peer: Peer {
-                addr: self.peer,
-                listener: self.listener,
-                tls: self.tls.is_some(),
-            },
+            peer,
             activity: Arc::clone(&activity),
         };
         if http2 {
@@ -264,7 +264,9 @@ impl Connection {
         let drain = self.closing.wait_for(|closing| *closing);
         let tick_timer = tokio::time::sleep(serving.tick());
         let first_timer = tokio::time::sleep_until(first_request.unwrap_or_else(Instant::now));
-        tokio::pin!(drain, tick_timer, first_timer);
+        let cut_off = Arc::clone(&self.cut_off);
+        let cut = cut_off.wait();
+        tokio::pin!(drain, tick_timer, first_timer, cut);
         let mut first_pending = first_request.is_some();
         let mut closed = false;
         let mut taken_apart = false;
@@ -273,6 +275,12 @@ impl Connection {
             tokio::select! {
                 biased;
                 result = poll_fn(|cx| connection.poll_done(cx)) => break result,
+                // Dropped at once, hyper's buffers and every stream with it: no graceful close
+                // waits on a reader that does not read.
+                () = &mut cut => {
+                    tracing::debug!(%peer, "connection cut off: a reader fell behind");
+                    return Ended::Over;
+                }
                 () = &mut first_timer, if first_pending => {
                     first_pending = false;
                     if !quiet.served_any(activity) {
@@ -515,7 +523,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             .store(!request.body().is_end_stream(), Ordering::Relaxed);
         let inner = match self.pipeline.try_borrow_mut() {
             Ok(mut pipeline) => pipeline.call(request),
-            Err(_) => self.gateway.pipeline(self.peer).call(request),
+            Err(_) => self.gateway.pipeline(self.peer.clone()).call(request),
         };
         Counted {
             inner,
@@ -558,12 +566,12 @@ impl Drop for CountedBody {
 
 impl Body for CountedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 

@@ -324,6 +324,14 @@ impl Simulator {
     }
 
     /// Sets `progress` of an in-progress task, e.g. `"65%"`.
+    /// Sets a Midjourney task's prompt (it appears three times in its answer: a long one makes a
+    /// large answer).
+    pub fn set_prompt(&self, id: &str, prompt: &str) {
+        if let Some(task) = self.state.store.lock().tasks.get_mut(id) {
+            task.prompt = prompt.to_owned();
+        }
+    }
+
     pub fn set_progress(&self, id: &str, progress: &str) {
         if let Some(task) = self.state.store.lock().tasks.get_mut(id) {
             task.progress = progress.to_owned();

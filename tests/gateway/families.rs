@@ -416,7 +416,8 @@ async fn a_family_status_route_streams_events_to_clients_that_ask() {
     let mut body = response.into_body();
     sim.set_status_in(Api::Runway, "r", "SUCCEEDED");
     let mut text = String::new();
-    while !text.contains("event: end") {
+    // An event may arrive in several chunks: read until the end event is whole.
+    while !(text.contains("event: end") && text.ends_with("\n\n")) {
         let frame = tokio::time::timeout(
             Duration::from_secs(10),
             http_body_util::BodyExt::frame(&mut body),

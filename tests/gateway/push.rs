@@ -546,3 +546,63 @@ async fn streams_and_long_polls_outlive_their_connections_idle_timeout() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["status"], "SUCCESS");
 }
+
+/// Opens `/mj/task/{id}/events` on a raw socket with a tiny receive buffer, and never reads it.
+async fn stalled_stream(gateway: &Gateway, id: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut stream = socket.connect(gateway.addr).await.unwrap();
+    let head =
+        format!("GET /mj/task/{id}/events HTTP/1.1\r\nHost: gw\r\nAuthorization: {KEY_A}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stop_reading_are_cut_off_and_what_they_pinned_goes_with_them() {
+    let (sim, gw) = start(
+        "[cache]\nin_progress_ttl = \"50ms\"\n[watch]\nheartbeat = \"200ms\"\nstream_buffer = \"2MiB\"\n",
+    )
+    .await;
+    sim.create_task(KEY_A, "big", "IN_PROGRESS");
+    // An answer of about 300 KiB that changes on every poll.
+    sim.set_prompt("big", &"x".repeat(100 << 10));
+    let stalled: Vec<_> =
+        futures_util::future::join_all((0..20).map(|_| stalled_stream(&gw, "big"))).await;
+    wait_for_metric(&gw, "mjgate_open_streams", 20.0).await;
+    let sim = Arc::new(sim);
+    let changes = {
+        let sim_progress = Arc::clone(&sim);
+        tokio::spawn(async move {
+            for i in 0..400 {
+                sim_progress.set_progress("big", &format!("{}%", i % 100));
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    poll_until("every stalled reader is cut off", || async {
+        scrape(&gw).await.value("mjgate_streams_cut_total", &[]) == 20.0
+    })
+    .await;
+    wait_for_metric(&gw, "mjgate_open_streams", 0.0).await;
+    wait_for_metric(&gw, "mjgate_stream_buffered_bytes", 0.0).await;
+    let m = scrape(&gw).await;
+    assert_eq!(
+        m.value("mjgate_client_connections", &[]),
+        1.0,
+        "their connections closed: only the scrape's own is open"
+    );
+    // A reader that keeps reading is not touched.
+    let client = h1();
+    let mut stream = EventStream::open(&client, &gw, "big", KEY_A, None).await;
+    for _ in 0..3 {
+        assert!(stream.next().await.is_some());
+    }
+    assert_eq!(
+        scrape(&gw).await.value("mjgate_streams_cut_total", &[]),
+        20.0
+    );
+    changes.abort();
+    drop(stalled);
+}
