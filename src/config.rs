@@ -3,6 +3,7 @@
 //! Every key is optional in the file and has a default here, so a file may set only what it changes.
 //! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
 
+pub mod keys;
 mod url;
 mod webhooks;
 
@@ -409,9 +410,16 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates the file at `path`, then applies `overrides`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.display().to_string(),
             source,
+        };
+        let bytes = crate::file::read_bounded(path, crate::file::MAX_CONFIG).map_err(read)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8",
+            ))
         })?;
         Self::from_toml(&text, overrides)
     }
@@ -486,70 +494,49 @@ impl RawUpstream {
             reason: e.to_string(),
         })?;
 
-        let max_in_flight = at_least("upstream.max_in_flight", self.max_in_flight, 256, 1)?;
+        let max_in_flight = keys::UPSTREAM_MAX_IN_FLIGHT.count(self.max_in_flight)?;
         let roots = self.roots.unwrap_or_default();
         // Only an https upstream uses them, but a bad bundle is a bad config whatever the scheme.
         if roots != Roots::Webpki || self.ca_file.is_some() {
             upstream_roots(roots, self.ca_file.as_deref())?;
         }
+        let passthrough = self
+            .max_in_flight_passthrough
+            .unwrap_or(max_in_flight.div_ceil(2));
+        if !(1..=max_in_flight).contains(&passthrough) {
+            return Err(ConfigError::Invalid {
+                key: "upstream.max_in_flight_passthrough",
+                reason: format!("must be from 1 to upstream.max_in_flight ({max_in_flight})"),
+            });
+        }
+        let u32_count = |key: &keys::Key, value: Option<u32>| {
+            keys::Key::number(key, value.map(u64::from)).map(|n| n as u32)
+        };
         Ok(UpstreamConfig {
             url,
             roots,
             ca_file: self.ca_file,
-            connect_timeout: positive(
-                "upstream.connect_timeout",
-                self.connect_timeout,
-                Duration::from_secs(5),
-            )?,
-            request_timeout: positive(
-                "upstream.request_timeout",
-                self.request_timeout,
-                Duration::from_secs(30),
-            )?,
-            pool_idle_timeout: self.pool_idle_timeout.unwrap_or(Duration::from_secs(90)),
-            pool_max_idle_per_host: self.pool_max_idle_per_host.unwrap_or(64),
-            max_body: at_least(
-                "upstream.max_body",
-                self.max_body.map(|b| b.0),
-                8 << 20,
-                1024,
-            )?,
+            connect_timeout: keys::UPSTREAM_CONNECT_TIMEOUT.duration(self.connect_timeout)?,
+            request_timeout: keys::UPSTREAM_REQUEST_TIMEOUT.duration(self.request_timeout)?,
+            pool_idle_timeout: keys::UPSTREAM_POOL_IDLE_TIMEOUT.duration(self.pool_idle_timeout)?,
+            pool_max_idle_per_host: keys::UPSTREAM_POOL_MAX_IDLE_PER_HOST
+                .count(self.pool_max_idle_per_host)?,
+            max_body: keys::UPSTREAM_MAX_BODY.number(self.max_body.map(|b| b.0))?,
             max_in_flight,
-            max_in_flight_passthrough: at_most(
-                "upstream.max_in_flight_passthrough",
-                at_least(
-                    "upstream.max_in_flight_passthrough",
-                    self.max_in_flight_passthrough,
-                    max_in_flight.div_ceil(2),
-                    1,
-                )?,
-                max_in_flight,
+            max_in_flight_passthrough: passthrough,
+            max_in_flight_per_credential: keys::UPSTREAM_MAX_IN_FLIGHT_PER_CREDENTIAL
+                .count(self.max_in_flight_per_credential)?,
+            max_rps: u32_count(&keys::UPSTREAM_MAX_RPS, self.max_rps)?,
+            max_rps_per_credential: u32_count(
+                &keys::UPSTREAM_MAX_RPS_PER_CREDENTIAL,
+                self.max_rps_per_credential,
             )?,
-            max_in_flight_per_credential: at_least(
-                "upstream.max_in_flight_per_credential",
-                self.max_in_flight_per_credential,
-                32,
-                1,
-            )?,
-            max_rps: self.max_rps.unwrap_or(0),
-            max_rps_per_credential: self.max_rps_per_credential.unwrap_or(0),
-            queue_timeout: self.queue_timeout.unwrap_or(Duration::from_secs(1)),
-            retry_after_default: positive(
-                "upstream.retry_after_default",
-                self.retry_after_default,
-                Duration::from_secs(5),
-            )?,
-            retry_after_max: positive(
-                "upstream.retry_after_max",
-                self.retry_after_max,
-                Duration::from_secs(60),
-            )?,
-            breaker_failures: at_least("upstream.breaker_failures", self.breaker_failures, 5, 1)?,
-            breaker_cooldown: positive(
-                "upstream.breaker_cooldown",
-                self.breaker_cooldown,
-                Duration::from_secs(5),
-            )?,
+            queue_timeout: keys::UPSTREAM_QUEUE_TIMEOUT.duration(self.queue_timeout)?,
+            retry_after_default: keys::UPSTREAM_RETRY_AFTER_DEFAULT
+                .duration(self.retry_after_default)?,
+            retry_after_max: keys::UPSTREAM_RETRY_AFTER_MAX.duration(self.retry_after_max)?,
+            breaker_failures: u32_count(&keys::UPSTREAM_BREAKER_FAILURES, self.breaker_failures)?,
+            breaker_cooldown: keys::UPSTREAM_BREAKER_COOLDOWN.duration(self.breaker_cooldown)?,
         })
     }
 }
@@ -557,19 +544,10 @@ impl RawUpstream {
 impl RawCache {
     fn validate(self) -> Result<CacheConfig, ConfigError> {
         Ok(CacheConfig {
-            in_progress_ttl: positive(
-                "cache.in_progress_ttl",
-                self.in_progress_ttl,
-                Duration::from_secs(3),
-            )?,
-            max_memory: at_least(
-                "cache.max_memory",
-                self.max_memory.map(|b| b.0),
-                256 << 20,
-                64 << 10,
-            )?,
-            max_stale: self.max_stale.unwrap_or(Duration::from_secs(300)),
-            not_found_ttl: self.not_found_ttl.unwrap_or(Duration::from_secs(1)),
+            in_progress_ttl: keys::CACHE_IN_PROGRESS_TTL.duration(self.in_progress_ttl)?,
+            max_memory: keys::CACHE_MAX_MEMORY.number(self.max_memory.map(|b| b.0))?,
+            max_stale: keys::CACHE_MAX_STALE.duration(self.max_stale)?,
+            not_found_ttl: keys::CACHE_NOT_FOUND_TTL.duration(self.not_found_ttl)?,
             gzip: self.gzip.unwrap_or(true),
         })
     }
@@ -578,60 +556,39 @@ impl RawCache {
 impl RawBatch {
     fn validate(self) -> Result<BatchConfig, ConfigError> {
         Ok(BatchConfig {
-            max_body: at_least("batch.max_body", self.max_body.map(|b| b.0), 1 << 20, 64)?,
-            max_ids: at_least("batch.max_ids", self.max_ids, 500, 1)?,
-            upstream_chunk: at_least("batch.upstream_chunk", self.upstream_chunk, 100, 1)?,
+            max_body: keys::BATCH_MAX_BODY.number(self.max_body.map(|b| b.0))?,
+            max_ids: keys::BATCH_MAX_IDS.count(self.max_ids)?,
+            upstream_chunk: keys::BATCH_UPSTREAM_CHUNK.count(self.upstream_chunk)?,
         })
     }
 }
 
 impl RawServer {
     fn validate(self) -> Result<ServerConfig, ConfigError> {
-        let body_buffer_total = self.body_buffer_total.map_or(64 << 20, |b| b.0);
-        // Each buffer is one reservation of the total, counted as semaphore permits (u32).
-        let passthrough_buffer = at_most(
-            "server.passthrough_buffer",
-            self.passthrough_buffer.map_or(64 << 10, |b| b.0),
-            body_buffer_total.min(u64::from(u32::MAX)),
-        )?;
+        let body_buffer_total =
+            keys::SERVER_BODY_BUFFER_TOTAL.number(self.body_buffer_total.map(|b| b.0))?;
+        let passthrough_buffer =
+            keys::SERVER_PASSTHROUGH_BUFFER.number(self.passthrough_buffer.map(|b| b.0))?;
+        if passthrough_buffer > body_buffer_total {
+            return Err(ConfigError::Invalid {
+                key: "server.passthrough_buffer",
+                reason: "must not exceed server.body_buffer_total".into(),
+            });
+        }
         Ok(ServerConfig {
-            shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(30)),
-            header_read_timeout: positive(
-                "server.header_read_timeout",
-                self.header_read_timeout,
-                Duration::from_secs(10),
-            )?,
-            max_connections: at_most(
-                "server.max_connections",
-                at_least("server.max_connections", self.max_connections, 10_000, 1)?,
-                // Each is a file descriptor; the drain counts them back as semaphore permits (u32).
-                1_000_000,
-            )?,
-            max_header_bytes: at_least(
-                "server.max_header_bytes",
-                self.max_header_bytes.map(|b| b.0 as usize),
-                64 << 10,
-                8 << 10,
-            )?,
-            max_request_body: at_least(
-                "server.max_request_body",
-                self.max_request_body.map(|b| b.0),
-                32 << 20,
-                1024,
-            )?,
+            shutdown_grace: keys::SERVER_SHUTDOWN_GRACE.duration(self.shutdown_grace)?,
+            header_read_timeout: keys::SERVER_HEADER_READ_TIMEOUT
+                .duration(self.header_read_timeout)?,
+            max_connections: keys::SERVER_MAX_CONNECTIONS.count(self.max_connections)?,
+            max_header_bytes: keys::SERVER_MAX_HEADER_BYTES
+                .number(self.max_header_bytes.map(|b| b.0))? as usize,
+            max_request_body: keys::SERVER_MAX_REQUEST_BODY
+                .number(self.max_request_body.map(|b| b.0))?,
             passthrough_buffer,
             body_buffer_total,
-            body_read_timeout: positive(
-                "server.body_read_timeout",
-                self.body_read_timeout,
-                Duration::from_secs(30),
-            )?,
-            idle_timeout: positive(
-                "server.idle_timeout",
-                self.idle_timeout,
-                Duration::from_secs(60),
-            )?,
-            park_idle_after: Some(self.park_idle_after.unwrap_or(Duration::from_millis(250)))
+            body_read_timeout: keys::SERVER_BODY_READ_TIMEOUT.duration(self.body_read_timeout)?,
+            idle_timeout: keys::SERVER_IDLE_TIMEOUT.duration(self.idle_timeout)?,
+            park_idle_after: Some(keys::SERVER_PARK_IDLE_AFTER.duration(self.park_idle_after)?)
                 .filter(|after| !after.is_zero()),
         })
     }
@@ -640,21 +597,12 @@ impl RawServer {
 impl RawWatch {
     fn validate(self) -> Result<WatchConfig, ConfigError> {
         Ok(WatchConfig {
-            max_wait: positive("watch.max_wait", self.max_wait, Duration::from_secs(60))?,
-            max_open: at_least("watch.max_open", self.max_open, 10_000, 1)?,
-            max_open_per_credential: at_least(
-                "watch.max_open_per_credential",
-                self.max_open_per_credential,
-                1_000,
-                1,
-            )?,
-            heartbeat: positive("watch.heartbeat", self.heartbeat, Duration::from_secs(15))?,
-            stream_buffer: at_least(
-                "watch.stream_buffer",
-                self.stream_buffer.map(|b| b.0),
-                64 << 20,
-                1 << 20,
-            )?,
+            max_wait: keys::WATCH_MAX_WAIT.duration(self.max_wait)?,
+            max_open: keys::WATCH_MAX_OPEN.count(self.max_open)?,
+            max_open_per_credential: keys::WATCH_MAX_OPEN_PER_CREDENTIAL
+                .count(self.max_open_per_credential)?,
+            heartbeat: keys::WATCH_HEARTBEAT.duration(self.heartbeat)?,
+            stream_buffer: keys::WATCH_STREAM_BUFFER.number(self.stream_buffer.map(|b| b.0))?,
         })
     }
 }
@@ -695,11 +643,7 @@ fn listener_tls(raw: Option<RawTls>) -> Result<Option<ListenerTls>, ConfigError>
     let files = ListenerTls {
         cert_file: raw.cert_file.ok_or_else(|| missing("tls.cert_file"))?,
         key_file: raw.key_file.ok_or_else(|| missing("tls.key_file"))?,
-        reload_interval: positive(
-            "tls.reload_interval",
-            raw.reload_interval,
-            Duration::from_secs(10),
-        )?,
+        reload_interval: keys::TLS_RELOAD_INTERVAL.duration(raw.reload_interval)?,
     };
     tls::load_certified_key(&files.cert_file, &files.key_file).map_err(|e| {
         let names_key = match &e {
@@ -755,22 +699,9 @@ fn shared_cache(
             reason: "must be at least 16 characters".into(),
         });
     }
-    let lease_ttl = positive(
-        "shared_cache.lease_ttl",
-        raw.lease_ttl,
-        Duration::from_secs(5),
-    )?;
-    if lease_ttl < Duration::from_millis(100) {
-        return Err(ConfigError::Invalid {
-            key: "shared_cache.lease_ttl",
-            reason: "must be at least 100ms (it is renewed at a third of its length)".into(),
-        });
-    }
-    let terminal_ttl = positive(
-        "shared_cache.terminal_ttl",
-        raw.terminal_ttl,
-        Duration::from_secs(7 * 24 * 3600),
-    )?;
+    // At least 100ms: it is renewed at a third of its length.
+    let lease_ttl = keys::SHARED_CACHE_LEASE_TTL.duration(raw.lease_ttl)?;
+    let terminal_ttl = keys::SHARED_CACHE_TERMINAL_TTL.duration(raw.terminal_ttl)?;
     if terminal_ttl < in_progress_ttl {
         return Err(ConfigError::Invalid {
             key: "shared_cache.terminal_ttl",
@@ -782,68 +713,11 @@ fn shared_cache(
         key_prefix: raw.key_prefix.unwrap_or_else(|| "mjgate:".to_owned()),
         fingerprint_secret,
         terminal_ttl,
-        timeout: positive(
-            "shared_cache.timeout",
-            raw.timeout,
-            Duration::from_millis(250),
-        )?,
+        timeout: keys::SHARED_CACHE_TIMEOUT.duration(raw.timeout)?,
         lease_ttl,
-        poll_interval: positive(
-            "shared_cache.poll_interval",
-            raw.poll_interval,
-            Duration::from_millis(100),
-        )?,
-        retry_interval: positive(
-            "shared_cache.retry_interval",
-            raw.retry_interval,
-            Duration::from_secs(1),
-        )?,
+        poll_interval: keys::SHARED_CACHE_POLL_INTERVAL.duration(raw.poll_interval)?,
+        retry_interval: keys::SHARED_CACHE_RETRY_INTERVAL.duration(raw.retry_interval)?,
     }))
-}
-
-fn positive(
-    key: &'static str,
-    value: Option<Duration>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match value {
-        Some(d) if d.is_zero() => Err(ConfigError::Invalid {
-            key,
-            reason: "must be greater than zero".into(),
-        }),
-        Some(d) => Ok(d),
-        None => Ok(default),
-    }
-}
-
-fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &'static str,
-    value: Option<T>,
-    default: T,
-    minimum: T,
-) -> Result<T, ConfigError> {
-    match value {
-        Some(v) if v < minimum => Err(ConfigError::Invalid {
-            key,
-            reason: format!("must be at least {minimum}"),
-        }),
-        Some(v) => Ok(v),
-        None => Ok(default),
-    }
-}
-
-fn at_most<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &'static str,
-    value: T,
-    maximum: T,
-) -> Result<T, ConfigError> {
-    if value > maximum {
-        return Err(ConfigError::Invalid {
-            key,
-            reason: format!("must be at most {maximum}"),
-        });
-    }
-    Ok(value)
 }
 
 #[cfg(test)]
@@ -954,7 +828,7 @@ mod tests {
 
     #[test]
     fn connection_limits_are_bounded_both_ways() {
-        for (value, bound) in [("0", "at least 1"), ("2000000", "at most 1000000")] {
+        for (value, bound) in [("0", "from 1 to 1000000"), ("2000000", "from 1 to 1000000")] {
             let err = Config::from_toml(
                 &format!("[upstream]\nurl = \"http://a\"\n[server]\nmax_connections = {value}\n"),
                 &Overrides::default(),
@@ -985,6 +859,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("upstream.url"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_overflow_a_timer_or_a_semaphore_are_refused_naming_the_key() {
+        let huge = [
+            ("cache", "in_progress_ttl", "\"1000y\""),
+            ("upstream", "max_in_flight", "18446744073709551615"),
+            ("server", "header_read_timeout", "\"300000000000y\""),
+            ("upstream", "queue_timeout", "\"18446744073709551615s\""),
+            (
+                "upstream",
+                "retry_after_default",
+                "\"18446744073709551615s\"",
+            ),
+            ("upstream", "retry_after_max", "\"18446744073709551615s\""),
+            ("cache", "max_stale", "\"18446744073709551615s\""),
+            ("server", "body_read_timeout", "\"18446744073709551615s\""),
+            ("server", "idle_timeout", "\"18446744073709551615s\""),
+            ("watch", "heartbeat", "\"18446744073709551615s\""),
+            ("upstream", "pool_idle_timeout", "\"18446744073709551615s\""),
+        ];
+        for (table, key, value) in huge {
+            let text = format!("[upstream]\nurl = \"http://a\"\n[{table}]\n{key} = {value}\n")
+                .replacen(
+                    "[upstream]\nurl = \"http://a\"\n[upstream]\n",
+                    "[upstream]\nurl = \"http://a\"\n",
+                    1,
+                );
+            let err = Config::from_toml(&text, &Overrides::default())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{table}.{key}")), "{text}: {err}");
+        }
     }
 
     #[test]

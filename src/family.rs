@@ -19,6 +19,9 @@ use crate::task::{TaskClass, TaskId};
 pub use route::{At, Matched, RouteKind};
 pub use submit::{Submit, SubmitMatch};
 
+/// The longest a family's `finished_ttl` may be (ten years: past it, timers overflow).
+const MAX_FINISHED_TTL: Duration = Duration::from_secs(3650 * 86_400);
+
 /// Most families one gateway serves: the family's number is one byte of every cache key.
 pub const MAX_FAMILIES: usize = 64;
 
@@ -606,11 +609,14 @@ fn compile(
             "is required: at least one route",
         ));
     }
-    if spec.finished_ttl.is_some_and(|ttl| ttl.is_zero()) {
+    if spec
+        .finished_ttl
+        .is_some_and(|ttl| ttl.is_zero() || ttl > MAX_FINISHED_TTL)
+    {
         return Err(error(
             name,
             "finished_ttl",
-            "must be positive (unset keeps finished tasks)",
+            "must be from 1ms to 3650d (unset keeps finished tasks)",
         ));
     }
     let task_at = spec.task_at.clone().unwrap_or_default();

@@ -36,6 +36,7 @@ pub mod credential;
 pub mod error;
 pub mod family;
 pub mod fetch;
+pub mod file;
 pub mod gateway;
 pub mod gzip;
 pub mod hex;

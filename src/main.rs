@@ -57,9 +57,10 @@ enum Command {
     Simulator {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
-        /// Create this many tasks for each credential: `task-0` .. `task-{N-1}` for a single
-        /// credential, `task-{c}-{i}` for credential number c otherwise (a task has one owner).
-        #[arg(long, default_value_t = 0)]
+        /// Create this many tasks for each credential (at most 1,000,000): `task-0` .. `task-{N-1}`
+        /// for a single credential, `task-{c}-{i}` for credential number c otherwise (a task has one
+        /// owner).
+        #[arg(long, default_value_t = 0, value_parser = count)]
         tasks: usize,
         /// Credentials (Authorization values) owning the seeded tasks.
         #[arg(long = "credential", default_value = "Bearer sk-bench")]
@@ -82,13 +83,17 @@ enum Command {
     /// See it work: a simulated upstream, mjgate in front of it and a swarm of polling clients, all in
     /// this process, then a table of what mjgate saved.
     Demo {
-        #[arg(long, default_value_t = 200)]
+        /// Polling clients (at most 1,000,000).
+        #[arg(long, default_value_t = 200, value_parser = count)]
         clients: usize,
-        #[arg(long, default_value_t = 50)]
+        /// Tasks they poll (at most 1,000,000).
+        #[arg(long, default_value_t = 50, value_parser = count)]
         tasks: usize,
         /// Each client's poll interval.
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
+        /// How long the clients poll before the table is printed; the simulated tasks finish
+        /// between a fifth and two thirds of the way through it.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
         /// Clients submit with a notifyHook and never poll; the gateway delivers every change to a
@@ -105,10 +110,10 @@ enum Command {
         /// Base URL of the gateway under test.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         target: String,
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 200, value_parser = count)]
         clients: usize,
         /// Tasks per credential (`task-0` .. as `mjgate simulator --tasks` seeds them).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = count)]
         tasks: usize,
         /// Each client's poll interval; 0s sends the next request as soon as the answer is in.
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
@@ -245,7 +250,7 @@ fn tool(command: Command) -> ExitCode {
         bench @ Command::Bench { .. } => bench_tool(bench),
         Command::FixedBody { listen, body_file } => {
             let body = match body_file {
-                Some(path) => match std::fs::read(&path) {
+                Some(path) => match mjgate::file::read_bounded(&path, 1 << 30) {
                     Ok(bytes) => bytes::Bytes::from(bytes),
                     Err(e) => {
                         eprintln!("mjgate fixed-body: cannot read {}: {e}", path.display());
@@ -263,6 +268,16 @@ fn tool(command: Command) -> ExitCode {
 
 /// The config as the gateway reads it: the file (`--config`, else the default path when it exists),
 /// then the environment and flags over it.
+/// A count for the tools' flags: at most a million (a tool told to make 2^64 tasks would allocate
+/// until the kernel killed it).
+fn count(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if n > 1_000_000 {
+        return Err("at most 1000000".into());
+    }
+    Ok(n)
+}
+
 fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
     let overrides = Overrides {
         listen: args.listen,

@@ -99,7 +99,7 @@ fn pem_error(error: &pem::Error) -> String {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    crate::file::read_bounded(path, crate::file::MAX_PEM).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
     })

@@ -22,6 +22,8 @@ pub enum UrlError {
     Scheme,
     #[error("URL has no host")]
     Host,
+    #[error("the port must be from 1 to 65535")]
+    Port,
     #[error("URL must not carry a query string")]
     Query,
     /// `user:password@host`: never sent (each client's own credential headers are forwarded), and it
@@ -46,6 +48,20 @@ impl UpstreamUrl {
         }
         if uri.query().is_some() {
             return Err(UrlError::Query);
+        }
+        // A port written but not read (99999 parses as a URL, not as a port) would be dropped: the
+        // gateway would call the scheme's default port instead.
+        let host_end = match authority.as_str().find(']') {
+            Some(bracket) => bracket + 1,
+            None => authority
+                .as_str()
+                .find(':')
+                .unwrap_or(authority.as_str().len()),
+        };
+        if let Some(port) = authority.as_str()[host_end..].strip_prefix(':')
+            && !port.parse::<u16>().is_ok_and(|port| port > 0)
+        {
+            return Err(UrlError::Port);
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
         Ok(UpstreamUrl {
@@ -106,5 +122,26 @@ mod tests {
             Err(UrlError::Query)
         ));
         assert!(UpstreamUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn a_port_that_is_no_port_is_refused() {
+        for bad in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://[::1]:70000/",
+        ] {
+            assert!(
+                matches!(UpstreamUrl::parse(bad), Err(UrlError::Port)),
+                "{bad}"
+            );
+        }
+        for good in [
+            "http://127.0.0.1:65535",
+            "http://[::1]:8080/",
+            "https://example.com",
+        ] {
+            assert!(UpstreamUrl::parse(good).is_ok(), "{good}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, at_least, positive};
+use super::{ConfigError, keys};
 use crate::webhook::retry::Schedule;
 use crate::webhook::sign::SigningSecret;
 
@@ -77,15 +77,10 @@ impl RawWebhooks {
             key: "webhooks.secret",
             reason: e.to_string(),
         })?;
-        let defaults = Schedule::default();
         let retry = Schedule {
-            first: positive("webhooks.first_retry", raw.first_retry, defaults.first)?,
-            cap: positive(
-                "webhooks.max_retry_interval",
-                raw.max_retry_interval,
-                defaults.cap,
-            )?,
-            max_age: positive("webhooks.max_age", raw.max_age, defaults.max_age)?,
+            first: keys::WEBHOOKS_FIRST_RETRY.duration(raw.first_retry)?,
+            cap: keys::WEBHOOKS_MAX_RETRY_INTERVAL.duration(raw.max_retry_interval)?,
+            max_age: keys::WEBHOOKS_MAX_AGE.duration(raw.max_age)?,
         };
         if retry.first > retry.cap {
             return Err(ConfigError::Invalid {
@@ -98,21 +93,12 @@ impl RawWebhooks {
             allow_private: raw.allow_private.unwrap_or(false),
             finished_only: raw.finished_only.unwrap_or(false),
             retry,
-            timeout: positive("webhooks.timeout", raw.timeout, Duration::from_secs(10))?,
-            max_in_flight: at_least("webhooks.max_in_flight", raw.max_in_flight, 512, 1)?,
-            max_pending: at_least("webhooks.max_pending", raw.max_pending, 10_000, 1)?,
-            max_pending_per_credential: at_least(
-                "webhooks.max_pending_per_credential",
-                raw.max_pending_per_credential,
-                1_000,
-                1,
-            )?,
-            max_memory: at_least(
-                "webhooks.max_memory",
-                raw.max_memory.map(|b| b.0),
-                64 << 20,
-                1 << 20,
-            )?,
+            timeout: keys::WEBHOOKS_TIMEOUT.duration(raw.timeout)?,
+            max_in_flight: keys::WEBHOOKS_MAX_IN_FLIGHT.count(raw.max_in_flight)?,
+            max_pending: keys::WEBHOOKS_MAX_PENDING.count(raw.max_pending)?,
+            max_pending_per_credential: keys::WEBHOOKS_MAX_PENDING_PER_CREDENTIAL
+                .count(raw.max_pending_per_credential)?,
+            max_memory: keys::WEBHOOKS_MAX_MEMORY.number(raw.max_memory.map(|b| b.0))?,
             public_url: raw.public_url.map(public_url).transpose()?,
         }))
     }

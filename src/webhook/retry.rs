@@ -16,11 +16,13 @@ pub struct Schedule {
 }
 
 impl Default for Schedule {
+    /// The defaults of `webhooks.first_retry`, `max_retry_interval` and `max_age`.
     fn default() -> Self {
+        use crate::config::keys;
         Schedule {
-            first: Duration::from_secs(2),
-            cap: Duration::from_secs(3600),
-            max_age: Duration::from_secs(24 * 3600),
+            first: keys::WEBHOOKS_FIRST_RETRY.default_duration(),
+            cap: keys::WEBHOOKS_MAX_RETRY_INTERVAL.default_duration(),
+            max_age: keys::WEBHOOKS_MAX_AGE.default_duration(),
         }
     }
 }

@@ -28,28 +28,63 @@ async fn every_exported_metric_family_is_in_the_metrics_reference() {
     }
 }
 
-#[test]
-fn every_config_key_is_in_the_configuration_reference() {
+/// Every `key = value` of the shipped config (its optional sections are shipped commented out:
+/// `# [shared_cache]`, `# key = ...`), by dotted key.
+fn shipped_keys() -> Vec<(String, String)> {
     let mut section = String::new();
     let mut keys = Vec::new();
     for line in SHIPPED_CONFIG.lines() {
-        // The optional sections are shipped commented out (`# [shared_cache]`, `# key = ...`).
         let line = line.strip_prefix("# ").unwrap_or(line).trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = format!("{name}.");
-        } else if let Some((key, _)) = line.split_once(" = ")
+        } else if let Some((key, value)) = line.split_once(" = ")
             && !key.starts_with('#')
             && !key.contains(' ')
         {
-            keys.push(format!("{section}{key}"));
+            keys.push((
+                format!("{section}{key}"),
+                value.trim_matches('"').to_owned(),
+            ));
         }
     }
+    keys
+}
+
+#[test]
+fn every_config_key_is_in_the_configuration_reference() {
+    let keys = shipped_keys();
     assert!(keys.len() >= 40, "{keys:?}");
-    for key in keys {
+    for (key, _) in keys {
         assert!(
             CONFIGURATION.contains(&format!("`{key}`")),
             "docs/configuration.md lacks {key}"
         );
+    }
+}
+
+/// Defaults are written once, in `src/config/keys.rs`: the reference shows each with its range, and
+/// the shipped config sets each to it.
+#[test]
+fn every_numeric_default_and_range_is_the_one_the_gateway_uses() {
+    let shipped = shipped_keys();
+    for key in mjgate::config::keys::ALL {
+        let default = key.default.text();
+        let row = format!("| `{}` | `{default}`", key.name);
+        let line = CONFIGURATION
+            .lines()
+            .find(|line| line.starts_with(&row))
+            .unwrap_or_else(|| panic!("docs/configuration.md: no row {row}"));
+        assert!(
+            line.contains(&format!("| {} |", key.range())),
+            "docs/configuration.md: {} has not the range {}: {line}",
+            key.name,
+            key.range()
+        );
+        let (_, value) = shipped
+            .iter()
+            .find(|(name, _)| name == key.name)
+            .unwrap_or_else(|| panic!("config/mjgate.toml lacks {}", key.name));
+        assert_eq!(value, &default, "config/mjgate.toml sets {}", key.name);
     }
 }
 
