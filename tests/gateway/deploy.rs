@@ -122,7 +122,7 @@ fn compose_runs_the_three_services_with_files_that_exist() {
 
 #[test]
 fn kubernetes_probes_and_grace_period_match_the_configmap() {
-    let configmap = yaml("k8s/configmap.yaml");
+    let configmap = yaml("k8s/base/configmap.yaml");
     let toml = configmap["data"]["mjgate.toml"]
         .as_str()
         .expect("embedded config");
@@ -130,7 +130,7 @@ fn kubernetes_probes_and_grace_period_match_the_configmap() {
         Config::from_toml(toml, &Default::default()).expect("the ConfigMap's config is valid");
     let admin_port = config.admin_listen.expect("admin_listen").port();
 
-    let deployment = yaml("k8s/deployment.yaml");
+    let deployment = yaml("k8s/base/deployment.yaml");
     let pod = &deployment["spec"]["template"]["spec"];
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
@@ -148,7 +148,7 @@ fn kubernetes_probes_and_grace_period_match_the_configmap() {
         .expect("admin port");
     assert_eq!(admin["containerPort"].as_u64(), Some(u64::from(admin_port)));
     assert!(container["resources"]["limits"]["memory"].is_string());
-    let service = yaml("k8s/service.yaml");
+    let service = yaml("k8s/base/service.yaml");
     assert_eq!(
         service["spec"]["selector"],
         deployment["spec"]["selector"]["matchLabels"]
@@ -270,28 +270,28 @@ fn the_scale_out_compose_runs_three_replicas_on_one_redis_behind_a_hashing_balan
 
 #[test]
 fn the_kubernetes_scale_out_overlay_adds_redis_a_shared_secret_and_a_hashing_ingress() {
-    let base = yaml("k8s/kustomization.yaml");
+    let base = yaml("k8s/base/kustomization.yaml");
     for resource in base["resources"].as_sequence().unwrap() {
-        yaml(&format!("k8s/{}", resource.as_str().unwrap()));
+        yaml(&format!("k8s/base/{}", resource.as_str().unwrap()));
     }
     let overlay = yaml("k8s/scale-out/kustomization.yaml");
+    assert_eq!(overlay["bases"][0], "../base");
     let resources: Vec<&str> = overlay["resources"]
         .as_sequence()
         .unwrap()
         .iter()
         .filter_map(|r| r.as_str())
         .collect();
-    assert!(resources.contains(&"../"));
-    for resource in resources.iter().filter(|r| **r != "../") {
+    for resource in &resources {
         let documents = yaml_documents(&format!("k8s/scale-out/{resource}"));
         assert!(
             documents.iter().all(|d| d["kind"].is_string()),
             "{resource}"
         );
     }
-    let patch_path = overlay["patches"][0]["path"].as_str().unwrap();
+    let patch_path = overlay["patchesStrategicMerge"][0].as_str().unwrap();
     let patch = yaml(&format!("k8s/scale-out/{patch_path}"));
-    let deployment = yaml("k8s/deployment.yaml");
+    let deployment = yaml("k8s/base/deployment.yaml");
     assert_eq!(patch["metadata"]["name"], deployment["metadata"]["name"]);
     assert_eq!(patch["spec"]["replicas"].as_u64(), Some(3));
     let container = &patch["spec"]["template"]["spec"]["containers"][0];
@@ -308,7 +308,7 @@ fn the_kubernetes_scale_out_overlay_adds_redis_a_shared_secret_and_a_hashing_ing
     assert!(var("MJGATE_FINGERPRINT_SECRET")["valueFrom"]["secretKeyRef"].is_mapping());
 
     // The base ConfigMap plus the patch's environment is a valid shared-tier config.
-    let configmap = yaml("k8s/configmap.yaml");
+    let configmap = yaml("k8s/base/configmap.yaml");
     let toml = configmap["data"]["mjgate.toml"].as_str().unwrap();
     let overrides = mjgate::config::Overrides {
         redis_url: Some("redis://mjgate-redis:6379".into()),
@@ -339,7 +339,7 @@ fn the_kubernetes_scale_out_overlay_adds_redis_a_shared_secret_and_a_hashing_ing
         ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"],
         "$uri"
     );
-    let service = yaml("k8s/service.yaml");
+    let service = yaml("k8s/base/service.yaml");
     assert_eq!(
         ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
         service["metadata"]["name"]
@@ -359,4 +359,52 @@ fn systemd_checks_the_config_it_then_runs() {
         line("ExecStartPre="),
         format!("{} check-config", line("ExecStart="))
     );
+}
+
+/// `kubectl kustomize` of `dir` (under `deploy/`), as the documents it renders.
+fn rendered(dir: &str) -> Vec<serde_norway::Value> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(dir);
+    let output = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&root)
+        .output()
+        .expect("kubectl (Debian's kubernetes-client) renders the deploy kit; .ci/run installs it");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    text.split("\n---\n")
+        .map(|doc| serde_norway::from_str(doc).unwrap())
+        .collect()
+}
+
+fn deployment_named<'a>(docs: &'a [serde_norway::Value], name: &str) -> &'a serde_norway::Value {
+    docs.iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+#[test]
+fn kubectl_renders_the_base_as_one_replica_and_the_overlay_as_three_on_redis() {
+    for dir in ["k8s", "k8s/base"] {
+        let docs = rendered(dir);
+        let mjgate = deployment_named(&docs, "mjgate");
+        assert_eq!(mjgate["spec"]["replicas"].as_u64(), Some(1), "{dir}: no Redis, one replica");
+        let container = &mjgate["spec"]["template"]["spec"]["containers"][0];
+        assert_ne!(container["image"], "mjgate:latest", "a tag, not latest");
+        assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    }
+    let docs = rendered("k8s/scale-out");
+    let mjgate = deployment_named(&docs, "mjgate");
+    assert_eq!(mjgate["spec"]["replicas"].as_u64(), Some(3));
+    let env = mjgate["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap();
+    assert!(env.iter().any(|e| e["name"] == "MJGATE_REDIS_URL"));
+    deployment_named(&docs, "mjgate-redis");
+    assert!(docs.iter().any(|d| d["kind"] == "Ingress"));
 }

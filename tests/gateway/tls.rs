@@ -128,6 +128,17 @@ async fn tls_gateway(pki: &Pki, leaf: &Leaf) -> (Simulator, Gateway) {
 
 /// Fetches `id` over https, trusting `pki`, with `http2` or HTTP/1.1, on a new connection.
 async fn fetch_tls(pki: &Pki, gw: &Gateway, id: &str, http2: bool) -> (Version, u16) {
+    get_tls(pki, gw, &format!("/mj/task/{id}/fetch"), http2, &[]).await
+}
+
+/// `GET path` over https with `headers`, as `fetch_tls` sends it.
+async fn get_tls(
+    pki: &Pki,
+    gw: &Gateway,
+    path: &str,
+    http2: bool,
+    headers: &[(&str, &str)],
+) -> (Version, u16) {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(pki.client_config(&[]))
         .https_only();
@@ -140,11 +151,12 @@ async fn fetch_tls(pki: &Pki, gw: &Gateway, id: &str, http2: bool) -> (Version, 
         .http2_only(http2)
         .pool_max_idle_per_host(0)
         .build(connector);
-    let url = format!("https://localhost:{}/mj/task/{id}/fetch", gw.addr.port());
-    let request = Request::get(url)
-        .header("authorization", KEY_A)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let url = format!("https://localhost:{}{path}", gw.addr.port());
+    let mut request = Request::get(url).header("authorization", KEY_A);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .expect("in time")
@@ -349,5 +361,29 @@ fn tls_files_are_checked_at_start_up_naming_the_key() {
             .expect_err(key)
             .to_string();
         assert!(error.contains(key), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn the_upstream_is_told_the_client_came_over_https_and_never_a_clients_own_forwarded_host() {
+    let pki = Pki::new("forwarding");
+    let (sim, gw) = tls_gateway(&pki, &pki.leaf()).await;
+    for http2 in [false, true] {
+        let claims = [
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "gopher"),
+        ];
+        let (_, status) = get_tls(&pki, &gw, "/v1/models", http2, &claims).await;
+        assert_eq!(status, 404, "passed through to the simulator");
+        let forwarded = sim.requests().pop().unwrap();
+        let header = |name: &str| forwarded.headers[name].to_str().unwrap().to_owned();
+        assert_eq!(header("x-forwarded-proto"), "https", "http2: {http2}");
+        assert!(header("forwarded").ends_with(";proto=https"), "{}", header("forwarded"));
+        assert_eq!(
+            header("x-forwarded-host"),
+            format!("localhost:{}", gw.addr.port()),
+            "the host this hop was asked for, over HTTP/2 too (:authority)"
+        );
+        assert_eq!(forwarded.headers.get_all("x-forwarded-host").iter().count(), 1);
     }
 }
