@@ -45,11 +45,16 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
-    /// Probe a running gateway (exit 0 when it answers 2xx): for container health checks.
+    /// Probe a running gateway (exit 0 when it answers 2xx): for container health checks. Without
+    /// `--url`, probes `/healthz` of the gateway the config describes (`--config`, the environment
+    /// and the flags, as the gateway reads them): on `admin_listen` when set, else on `listen`.
     Healthcheck {
-        /// The URL to probe.
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
+        /// The URL to probe, instead of the config's.
+        #[arg(long)]
+        url: Option<String>,
+        /// The path probed on the config's listener: `/healthz` (alive) or `/readyz` (can serve).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
@@ -188,6 +193,22 @@ fn main() -> ExitCode {
     }
     let mut args = Args::parse();
     let check_only = matches!(args.command, Some(Command::CheckConfig));
+    if let Some(Command::Healthcheck { url, path, timeout }) = &args.command {
+        let url = match url {
+            Some(url) => url.clone(),
+            None => match load_config(&args)
+                .map_err(|e| e.to_string())
+                .and_then(|c| probe_url(&c, path))
+            {
+                Ok(url) => url,
+                Err(e) => {
+                    eprintln!("mjgate healthcheck: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        return healthcheck(&url, *timeout);
+    }
     if let Some(command) = args.command.take().filter(|_| !check_only) {
         return tool(command);
     }
@@ -211,7 +232,8 @@ fn main() -> ExitCode {
 /// and the benchmarks' ceiling.
 fn tool(command: Command) -> ExitCode {
     match command {
-        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
+        // Handled by `main`, which reads the config for it.
+        Command::Healthcheck { .. } => ExitCode::SUCCESS,
         Command::Simulator {
             listen,
             tasks,
@@ -333,6 +355,31 @@ fn run_gateway(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where the config's gateway answers `path`: its admin listener when it has one (cleartext), else
+/// its main one; an unspecified address (`0.0.0.0`, `[::]`) is probed on loopback.
+fn probe_url(config: &Config, path: &str) -> Result<String, String> {
+    let (addr, tls) = match config.admin_listen {
+        Some(admin) => (admin, false),
+        None => (config.listen, config.tls.is_some()),
+    };
+    if tls {
+        return Err(
+            "the listener serves TLS and there is no admin_listen: set admin_listen (cleartext, \
+             loopback) or give --url"
+                .into(),
+        );
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    Ok(format!(
+        "http://{}{path}",
+        std::net::SocketAddr::new(ip, addr.port())
+    ))
 }
 
 fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {

@@ -450,3 +450,57 @@ fn the_shipped_webhooks_example_is_valid_once_uncommented() {
     assert_eq!(webhooks.max_pending, 10_000);
     assert_eq!(webhooks.retry.max_age, Duration::from_secs(24 * 3600));
 }
+
+#[tokio::test]
+async fn healthcheck_probes_the_listener_its_config_names() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = Simulator::start().await.unwrap();
+    let _gw = start_gateway_on(listener, config(&sim.url(), ""));
+    let file = write_config(&format!(
+        "listen = \"0.0.0.0:{}\"\n[upstream]\nurl = \"{}\"\n",
+        addr.port(),
+        sim.url()
+    ));
+    let probe = |path: &'static str| {
+        let file = file.0.clone();
+        tokio::task::spawn_blocking(move || {
+            mjgate()
+                .arg("--config")
+                .arg(&file)
+                .args(["healthcheck", "--path", path])
+                .output()
+                .unwrap()
+        })
+    };
+    let alive = probe("/healthz").await.unwrap();
+    assert!(
+        alive.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alive.stderr)
+    );
+    assert!(probe("/readyz").await.unwrap().status.success());
+    let missing = probe("/nothing-here").await.unwrap();
+    assert!(!missing.status.success(), "a 404 is not healthy");
+    // A config naming a port nothing listens on: the probe fails, it does not probe 8080.
+    let elsewhere = write_config(&format!(
+        "listen = \"127.0.0.1:1\"\n[upstream]\nurl = \"{}\"\n",
+        sim.url()
+    ));
+    let dead = tokio::task::spawn_blocking(move || {
+        mjgate()
+            .arg("--config")
+            .arg(&elsewhere.0)
+            .arg("healthcheck")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!dead.status.success());
+    assert!(
+        String::from_utf8_lossy(&dead.stderr).contains("127.0.0.1:1"),
+        "{}",
+        String::from_utf8_lossy(&dead.stderr)
+    );
+}

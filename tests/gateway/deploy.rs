@@ -363,7 +363,9 @@ fn systemd_checks_the_config_it_then_runs() {
 
 /// `kubectl kustomize` of `dir` (under `deploy/`), as the documents it renders.
 fn rendered(dir: &str) -> Vec<serde_norway::Value> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(dir);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(dir);
     let output = std::process::Command::new("kubectl")
         .arg("kustomize")
         .arg(&root)
@@ -391,7 +393,11 @@ fn kubectl_renders_the_base_as_one_replica_and_the_overlay_as_three_on_redis() {
     for dir in ["k8s", "k8s/base"] {
         let docs = rendered(dir);
         let mjgate = deployment_named(&docs, "mjgate");
-        assert_eq!(mjgate["spec"]["replicas"].as_u64(), Some(1), "{dir}: no Redis, one replica");
+        assert_eq!(
+            mjgate["spec"]["replicas"].as_u64(),
+            Some(1),
+            "{dir}: no Redis, one replica"
+        );
         let container = &mjgate["spec"]["template"]["spec"]["containers"][0];
         assert_ne!(container["image"], "mjgate:latest", "a tag, not latest");
         assert_eq!(container["imagePullPolicy"], "IfNotPresent");

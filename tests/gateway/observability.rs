@@ -419,3 +419,30 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_main_one() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn process_cpu_time_is_exported_in_seconds_with_their_fractions() {
+    let (_sim, gw) = start("").await;
+    // Some work of this process's own: the gateway runs in it.
+    let mut x = 0u64;
+    for i in 0..20_000_000u64 {
+        x = x.wrapping_mul(31).wrapping_add(i);
+    }
+    std::hint::black_box(x);
+    let exported = scrape(&gw).await.value("process_cpu_seconds_total", &[]);
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) },
+        0
+    );
+    // SAFETY: initialised by the call above.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let used = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    assert!(exported > 0.0);
+    assert!(
+        (used - exported).abs() < 0.25,
+        "exported {exported} s, the kernel says {used} s (whole seconds would be up to 1 s off)"
+    );
+}

@@ -378,12 +378,19 @@ async fn the_upstream_is_told_the_client_came_over_https_and_never_a_clients_own
         let forwarded = sim.requests().pop().unwrap();
         let header = |name: &str| forwarded.headers[name].to_str().unwrap().to_owned();
         assert_eq!(header("x-forwarded-proto"), "https", "http2: {http2}");
-        assert!(header("forwarded").ends_with(";proto=https"), "{}", header("forwarded"));
+        assert!(
+            header("forwarded").ends_with(";proto=https"),
+            "{}",
+            header("forwarded")
+        );
         assert_eq!(
             header("x-forwarded-host"),
             format!("localhost:{}", gw.addr.port()),
             "the host this hop was asked for, over HTTP/2 too (:authority)"
         );
-        assert_eq!(forwarded.headers.get_all("x-forwarded-host").iter().count(), 1);
+        assert_eq!(
+            forwarded.headers.get_all("x-forwarded-host").iter().count(),
+            1
+        );
     }
 }
