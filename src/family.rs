@@ -78,6 +78,10 @@ pub struct FamilySpec {
     pub status_at: Option<Vec<String>>,
     /// JSON pointers to the task id: an answer naming another id is not stored.
     pub id_at: Option<Vec<String>>,
+    /// JSON pointers to the task's progress, tried in order: a webhook event is a change of status
+    /// or of this (unset: of status only), not of any byte (new-api appends `?rand=` to running
+    /// answers' URLs).
+    pub progress_at: Option<Vec<String>>,
     pub success: Option<Vec<String>>,
     pub failure: Option<Vec<String>>,
     pub not_found: Option<Vec<NotFoundShape>>,
@@ -159,6 +163,7 @@ pub struct Family {
     id: FamilyId,
     status_at: Vec<String>,
     id_at: Vec<String>,
+    progress_at: Vec<String>,
     success: Vec<String>,
     failure: Vec<String>,
     not_found: Vec<NotFoundShape>,
@@ -274,6 +279,17 @@ impl Family {
     /// The task id a status answer names, if it names one.
     pub fn task_id_in(&self, body: &[u8]) -> Option<String> {
         first_text(&json_object(body)?, &self.id_at).map(std::borrow::Cow::into_owned)
+    }
+
+    /// What a change of an answer is measured by: its status and, where the family says where it is,
+    /// its progress.
+    pub fn state_of(&self, body: &[u8]) -> (Option<String>, Option<String>) {
+        let Some(value) = json_object(body) else {
+            return (None, None);
+        };
+        let text =
+            |pointers: &[String]| first_text(&value, pointers).map(std::borrow::Cow::into_owned);
+        (text(&self.status_at), text(&self.progress_at))
     }
 
     /// The status value of a status answer, if it has one.
@@ -553,6 +569,7 @@ fn compile(
     };
     let status_at = pointers("status_at", &spec.status_at, true)?;
     let id_at = pointers("id_at", &spec.id_at, false)?;
+    let progress_at = pointers("progress_at", &spec.progress_at, false)?;
     let expires_at = pointers("expires_at", &spec.expires_at, false)?;
     let statuses = |key: &str, list: &Option<Vec<String>>, default: &[&str]| {
         let list: Vec<String> = match list {
@@ -645,6 +662,7 @@ fn compile(
         id,
         status_at,
         id_at,
+        progress_at,
         success,
         failure,
         not_found,

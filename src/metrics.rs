@@ -266,7 +266,7 @@ impl WebhookMetrics {
         WebhookMetrics {
             deliveries: r.counters(
                 "mjgate_webhook_deliveries_total",
-                "Webhook events by how they ended: delivered (2xx), superseded (a newer running state replaced it while it waited to be retried), gone (410: the hook is dropped), abandoned (retries ran out), refused (the hook resolves to an internal address), overflow (a submit's hook not taken over: webhooks.max_pending or its per-credential share was full).",
+                "Webhook events by how they ended: unchanged (a new answer with the status and progress of the last one delivered: not sent), delivered (2xx), superseded (a newer running state replaced it while it waited to be retried), gone (410: the hook is dropped), abandoned (retries ran out), refused (the hook resolves to an internal address), overflow (a submit's hook not taken over: webhooks.max_pending or its per-credential share was full).",
                 &["outcome"],
             ),
             attempts: r.counters(

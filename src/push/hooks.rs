@@ -202,6 +202,9 @@ impl Push {
             changes: Some(changes),
         };
         let mut closed = false;
+        let family = self.fetcher.families().get(task.family);
+        // The status and progress of the last state delivered: a change of neither is no event.
+        let mut delivered_state = None;
         loop {
             if *draining.borrow() {
                 return Tracked::Interrupted;
@@ -213,7 +216,17 @@ impl Push {
                 // The task vanished upstream after it was seen: nothing more will be delivered.
                 return Tracked::Over;
             }
+            let state = family.state_of(&latest.body);
+            if delivered.as_ref() != Some(&latest.etag)
+                && !latest.is_finished()
+                && delivered_state.as_ref() == Some(&state)
+            {
+                // Other bytes, the same status and progress (a relay's `?rand=`): not an event.
+                metrics.webhooks.delivery("unchanged");
+                delivered = Some(latest.etag.clone());
+            }
             if delivered.as_ref() != Some(&latest.etag) && hooks.wants(latest.class()) {
+                delivered_state = Some(state);
                 let event = Event {
                     id: pending_id(record.as_ref(), &latest.etag).unwrap_or_else(new_event_id),
                     body: latest.body.clone(),

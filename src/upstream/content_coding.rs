@@ -55,9 +55,16 @@ impl Coding {
     fn decode(self, body: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
         match self {
             Coding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), self, limit),
-            // HTTP's "deflate" is zlib-wrapped, but some servers send raw deflate.
-            Coding::Deflate => read_limited(flate2::read::ZlibDecoder::new(body), self, limit)
-                .or_else(|_| read_limited(flate2::read::DeflateDecoder::new(body), self, limit)),
+            // HTTP's "deflate" is zlib-wrapped, but some servers send raw deflate. Only bytes that
+            // are not zlib are tried raw: a zlib bomb is too large, not corrupt.
+            Coding::Deflate => {
+                match read_limited(flate2::read::ZlibDecoder::new(body), self, limit) {
+                    Err(DecodeError::Corrupt(_)) => {
+                        read_limited(flate2::read::DeflateDecoder::new(body), self, limit)
+                    }
+                    decoded => decoded,
+                }
+            }
             Coding::Brotli => read_limited(
                 brotli_decompressor::Decompressor::new(body, 4096),
                 self,
@@ -174,12 +181,24 @@ mod tests {
     }
 
     #[test]
-    fn a_body_that_expands_past_the_limit_is_refused() {
-        let (mut headers, body) = encoded("gzip", gzip(&vec![b' '; 100_000]));
-        assert_eq!(
-            decode(&mut headers, body, 10_000),
-            Err(DecodeError::TooLarge(10_000))
-        );
+    fn a_body_that_expands_past_the_limit_is_refused_as_too_large_whatever_its_coding() {
+        let spaces = vec![b' '; 100_000];
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(&spaces).unwrap();
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        raw.write_all(&spaces).unwrap();
+        for (coding, body) in [
+            ("gzip", gzip(&spaces)),
+            ("deflate", zlib.finish().unwrap()),
+            ("deflate", raw.finish().unwrap()),
+        ] {
+            let (mut headers, body) = encoded(coding, body);
+            assert_eq!(
+                decode(&mut headers, body, 10_000),
+                Err(DecodeError::TooLarge(10_000)),
+                "{coding}"
+            );
+        }
     }
 
     #[test]

@@ -348,3 +348,80 @@ async fn a_callback_token_is_answered_by_every_replica_and_outlives_the_one_that
     .await;
     assert_eq!(forged.status, 404);
 }
+
+#[tokio::test]
+async fn an_answer_whose_status_and_progress_did_not_change_is_no_event() {
+    let receiver = Receiver::start(&[]).await;
+    let sim = Simulator::start().await.unwrap();
+    sim.set_task_duration(Duration::from_secs(600));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let gw = start_gateway_on(
+        listener,
+        config(
+            &sim.url(),
+            &webhooks(&format!(
+                "public_url = \"{public}\"\n[cache]\nin_progress_ttl = \"1h\"\n"
+            ))
+            .replacen("[cache]\nin_progress_ttl = \"200ms\"\n", "", 1),
+        ),
+    );
+    let id = post(&gw, "/mj/submit/imagine", &imagine(&receiver.url()))
+        .await
+        .json()["result"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let callback = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .and_then(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["notifyHook"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap();
+    receiver.wait_for_status("SUBMITTED").await;
+    let state = |status: &str, progress: &str, url: &str| {
+        serde_json::json!({"id": id, "status": status, "progress": progress, "imageUrl": url})
+            .to_string()
+    };
+    // new-api's `?rand=` on a running task: other bytes, the same status and progress.
+    let rand = state(
+        "SUBMITTED",
+        "0%",
+        "https://relay.example/mj/image/1?rand=17",
+    );
+    assert_eq!(
+        send(request(Method::POST, &callback, None, &rand))
+            .await
+            .status,
+        200
+    );
+    poll_until("the byte-only change is seen and not sent", || async {
+        scrape(&gw).await.value(
+            "mjgate_webhook_deliveries_total",
+            &[("outcome", "unchanged")],
+        ) == 1.0
+    })
+    .await;
+    let real = state(
+        "IN_PROGRESS",
+        "40%",
+        "https://relay.example/mj/image/1?rand=18",
+    );
+    assert_eq!(
+        send(request(Method::POST, &callback, None, &real))
+            .await
+            .status,
+        200
+    );
+    receiver.wait_for_status("IN_PROGRESS").await;
+    let statuses: Vec<String> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| d.json()["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["SUBMITTED", "IN_PROGRESS"]);
+}
