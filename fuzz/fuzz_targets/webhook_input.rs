@@ -1,21 +1,39 @@
 //! What clients and upstreams put into webhooks: submit bodies (`notifyHook` and its spellings),
-//! submit answers, hook URLs and the addresses they name. None may panic; a body whose hook was taken
-//! out keeps no spelling of it; an address the guard calls public is never loopback, private or
-//! link-local.
+//! submit paths and answers, hook URLs and the addresses they name. None may panic; a body read
+//! strictly is one JSON object whose forwarded form keeps no spelling of the hook that a lenient
+//! (case-folding) decoder would take for it; an address the guard calls public is never loopback,
+//! private or link-local.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mjgate::webhook::guard::{HookUrl, is_public};
-use mjgate::webhook::submit::{NOTIFY_HOOK, submitted_task, take_over};
+use mjgate::family::Families;
+use mjgate::webhook::submit::take_over;
+
+const NOTIFY_HOOK: &str = "notifyHook";
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(taken) = take_over(data, NOTIFY_HOOK, None) {
+    let body = bytes::Bytes::copy_from_slice(data);
+    if let Ok(taken) = take_over(&body, NOTIFY_HOOK, None)
+        && taken.hook.is_some()
+    {
         let rest: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&taken.body).expect("still a JSON object");
-        assert!(rest.keys().all(|key| !key.eq_ignore_ascii_case(NOTIFY_HOOK)));
-        assert!(!taken.hook.trim().is_empty());
+        let fold = |key: &str| -> String {
+            key.chars()
+                .flat_map(char::to_uppercase)
+                .flat_map(char::to_lowercase)
+                .collect()
+        };
+        assert!(rest.keys().all(|key| fold(key) != fold(NOTIFY_HOOK)));
     }
-    let _ = submitted_task(data);
+    let families = Families::builtin();
+    if let Some(midjourney) = families.by_name("midjourney").and_then(|f| f.submit()) {
+        let _ = midjourney.task_id_in(data);
+    }
+    if let Ok(path) = std::str::from_utf8(data) {
+        let _ = families.submit_route(path);
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(hook) = HookUrl::parse(text) {
             assert!(hook.port > 0 || text.contains(":0"));
