@@ -73,6 +73,10 @@ enum Command {
         /// Seeded tasks finish this long after start; 0s makes them SUCCESS at once.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         task_duration: std::time::Duration,
+        /// Pad seeded Midjourney tasks' prompts so that each answer is about this many bytes (the
+        /// prompt appears three times in it), for memory benchmarks; 0 leaves them small.
+        #[arg(long, default_value = "0", value_parser = answer_bytes)]
+        answer_bytes: usize,
         /// Delay before every answer.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         latency: std::time::Duration,
@@ -239,6 +243,7 @@ fn tool(command: Command) -> ExitCode {
             tasks,
             credentials,
             task_duration,
+            answer_bytes,
             latency,
             chaos,
             api,
@@ -247,6 +252,7 @@ fn tool(command: Command) -> ExitCode {
                 tasks,
                 credentials: &credentials,
                 task_duration,
+                answer_bytes,
                 apis: &api.0,
             };
             simulator(listen, &seeding, latency, chaos)
@@ -290,6 +296,15 @@ fn tool(command: Command) -> ExitCode {
 
 /// The config as the gateway reads it: the file (`--config`, else the default path when it exists),
 /// then the environment and flags over it.
+/// `--answer-bytes`: at most 64 MiB per answer.
+fn answer_bytes(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if n > 64 << 20 {
+        return Err("at most 67108864".into());
+    }
+    Ok(n)
+}
+
 /// A count for the tools' flags: at most a million (a tool told to make 2^64 tasks would allocate
 /// until the kernel killed it).
 fn count(text: &str) -> Result<usize, String> {
@@ -627,6 +642,7 @@ struct Seeding<'a> {
     tasks: usize,
     credentials: &'a [String],
     task_duration: std::time::Duration,
+    answer_bytes: usize,
     apis: &'a [mjgate::tools::simulator::Api],
 }
 
@@ -640,8 +656,10 @@ fn simulator(
         tasks,
         credentials,
         task_duration,
+        answer_bytes,
         apis,
     } = *seeding;
+    let padding = "x".repeat(answer_bytes / 3);
     let runtime = match runtime("simulator") {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -673,6 +691,9 @@ fn simulator(
                     sim.create_task_in(api, credential, &id, done);
                 } else {
                     sim.submit_task_in(api, credential, &id, task_duration);
+                }
+                if !padding.is_empty() {
+                    sim.set_prompt(&id, &padding);
                 }
             }
         }
