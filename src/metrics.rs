@@ -156,23 +156,97 @@ const UPSTREAM_RESULTS: [&str; 8] = [
     "client_body",
 ];
 
-/// The `reason` labels of `mjgate_client_errors_total`: admission refusals
-/// ([`crate::request::admission::Refused::label`]) and request-body faults
-/// ([`crate::request::body::BodyFault::label`]).
-pub const CLIENT_ERRORS: [&str; 12] = [
-    "host",
-    "target",
-    "dot_segment",
-    "method",
-    "credentials",
-    "body_too_large",
-    "body_idle",
-    "body_broken",
-    "body_not_allowed",
-    "body_coding",
-    "submit_body",
-    "submit_hook",
-];
+/// Why a request was the client's fault, as the `reason` of `mjgate_client_errors_total`: admission
+/// refusals ([`crate::request::admission::Refused::label`]), request-body faults
+/// ([`crate::request::body::BodyFault::label`]) and submits refused while webhooks are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    Host,
+    Target,
+    DotSegment,
+    Method,
+    Credentials,
+    BodyTooLarge,
+    BodyIdle,
+    BodyBroken,
+    BodyNotAllowed,
+    BodyCoding,
+    /// A submit body a lenient upstream could read otherwise.
+    SubmitBody,
+    /// A submit's hook the gateway will not deliver to.
+    SubmitHook,
+}
+
+impl ClientError {
+    pub const ALL: [ClientError; 12] = [
+        ClientError::Host,
+        ClientError::Target,
+        ClientError::DotSegment,
+        ClientError::Method,
+        ClientError::Credentials,
+        ClientError::BodyTooLarge,
+        ClientError::BodyIdle,
+        ClientError::BodyBroken,
+        ClientError::BodyNotAllowed,
+        ClientError::BodyCoding,
+        ClientError::SubmitBody,
+        ClientError::SubmitHook,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientError::Host => "host",
+            ClientError::Target => "target",
+            ClientError::DotSegment => "dot_segment",
+            ClientError::Method => "method",
+            ClientError::Credentials => "credentials",
+            ClientError::BodyTooLarge => "body_too_large",
+            ClientError::BodyIdle => "body_idle",
+            ClientError::BodyBroken => "body_broken",
+            ClientError::BodyNotAllowed => "body_not_allowed",
+            ClientError::BodyCoding => "body_coding",
+            ClientError::SubmitBody => "submit_body",
+            ClientError::SubmitHook => "submit_hook",
+        }
+    }
+}
+
+/// How a webhook event ended (or was not sent), as the `outcome` of `mjgate_webhook_deliveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A new answer with the status and progress of the last one delivered: not sent.
+    Unchanged,
+    Delivered,
+    Superseded,
+    Gone,
+    Abandoned,
+    Refused,
+    Overflow,
+}
+
+impl Delivery {
+    pub const ALL: [Delivery; 7] = [
+        Delivery::Unchanged,
+        Delivery::Delivered,
+        Delivery::Superseded,
+        Delivery::Gone,
+        Delivery::Abandoned,
+        Delivery::Refused,
+        Delivery::Overflow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Unchanged => "unchanged",
+            Delivery::Delivered => "delivered",
+            Delivery::Superseded => "superseded",
+            Delivery::Gone => "gone",
+            Delivery::Abandoned => "abandoned",
+            Delivery::Refused => "refused",
+            Delivery::Overflow => "overflow",
+        }
+    }
+}
 
 /// Every metric the gateway exports, with its series pre-resolved.
 pub struct Metrics {
@@ -264,11 +338,11 @@ pub struct WebhookMetrics {
 impl WebhookMetrics {
     fn new(r: &Registrar<'_>) -> Self {
         WebhookMetrics {
-            deliveries: r.counters(
+            deliveries: labelled(r.counters(
                 "mjgate_webhook_deliveries_total",
                 "Webhook events by how they ended: unchanged (a new answer with the status and progress of the last one delivered: not sent), delivered (2xx), superseded (a newer running state replaced it while it waited to be retried), gone (410: the hook is dropped), abandoned (retries ran out), refused (the hook resolves to an internal address), overflow (a submit's hook not taken over: webhooks.max_pending or its per-credential share was full).",
                 &["outcome"],
-            ),
+            ), Delivery::ALL.map(Delivery::as_str)),
             attempts: r.counters(
                 "mjgate_webhook_attempts_total",
                 "Webhook delivery attempts by result: 2xx, 3xx (redirects are not followed), 4xx, 5xx, timeout, error (no connection).",
@@ -326,8 +400,8 @@ impl WebhookMetrics {
         self.capacity.load(Ordering::Relaxed)
     }
 
-    pub fn delivery(&self, outcome: &str) {
-        self.deliveries.with_label_values(&[outcome]).inc();
+    pub fn delivery(&self, outcome: Delivery) {
+        self.deliveries.with_label_values(&[outcome.as_str()]).inc();
     }
 
     pub fn attempt(&self, result: &str) {
@@ -666,7 +740,7 @@ fn refusal_series(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounte
                         "Requests refused for the client's own fault (never counted against the upstream): a request the gateway does not admit, or a request body too large, stalled, or malformed or cut short.",
                         &["reason"],
                     ),
-                    CLIENT_ERRORS,
+                    ClientError::ALL.map(ClientError::as_str),
                 ),
         labelled(
                     r.counters(
@@ -984,9 +1058,11 @@ impl Metrics {
         self.upstream_refused.with_label_values(&[reason]).inc();
     }
 
-    /// Counts a request refused for the client's own fault; `reason` is one of [`CLIENT_ERRORS`].
-    pub fn client_error(&self, reason: &'static str) {
-        self.client_errors.with_label_values(&[reason]).inc();
+    /// Counts a request refused for the client's own fault.
+    pub fn client_error(&self, reason: ClientError) {
+        self.client_errors
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Counts an upstream certificate refused for `cause`.

@@ -29,7 +29,7 @@ use crate::family::{Families, FamilyId};
 use crate::hex::push_hex;
 
 use crate::config::WebhooksConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Delivery, Metrics};
 use crate::shared::SharedCache;
 use crate::shared::hooks::CallbackRecord;
 use crate::task::TaskClass;
@@ -358,7 +358,7 @@ impl Hooks {
             })
             .flatten();
         let (Some(_), Some(memory)) = (taken, memory) else {
-            self.metrics.webhooks.delivery("overflow");
+            self.metrics.webhooks.delivery(Delivery::Overflow);
             return None;
         };
         *counts.entry(fingerprint).or_default() += 1;
@@ -424,12 +424,12 @@ impl Hooks {
                 self.metrics.webhooks.attempt(result.label());
                 match result {
                     Attempt::Delivered(_) => {
-                        self.metrics.webhooks.delivery("delivered");
+                        self.metrics.webhooks.delivery(Delivery::Delivered);
                         self.metrics.webhooks.delivered_after(since.elapsed());
                         return Ended::Done(etag);
                     }
                     Attempt::Gone => {
-                        self.metrics.webhooks.delivery("gone");
+                        self.metrics.webhooks.delivery(Delivery::Gone);
                         tracing::info!(
                             task = task_id,
                             "webhook receiver answered 410: hook dropped"
@@ -437,7 +437,7 @@ impl Hooks {
                         return Ended::Stop;
                     }
                     Attempt::Refused(e) => {
-                        self.metrics.webhooks.delivery("refused");
+                        self.metrics.webhooks.delivery(Delivery::Refused);
                         tracing::warn!(task = task_id, error = %e, "webhook refused");
                         return Ended::Stop;
                     }
@@ -447,7 +447,7 @@ impl Hooks {
                 }
             }
             let Some(wait) = self.retry.next(attempt, since.elapsed(), rand::random()) else {
-                self.metrics.webhooks.delivery("abandoned");
+                self.metrics.webhooks.delivery(Delivery::Abandoned);
                 tracing::warn!(task = task_id, event = %id, attempts = attempt, "webhook event abandoned");
                 return Ended::Done(etag);
             };
@@ -460,7 +460,7 @@ impl Hooks {
                 continue;
             };
             if latest.etag != etag && class == TaskClass::InProgress && latest.class.is_task() {
-                self.metrics.webhooks.delivery("superseded");
+                self.metrics.webhooks.delivery(Delivery::Superseded);
                 (id, etag, class) = (new_event_id(), latest.etag.clone(), latest.class);
                 attempt = 0;
                 since = Instant::now();

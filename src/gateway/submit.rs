@@ -22,7 +22,7 @@ use crate::body::ResponseBody;
 use crate::error::RequestError;
 use crate::family::SubmitMatch;
 use crate::fetch::Served;
-use crate::metrics::RouteLabel;
+use crate::metrics::{ClientError, RouteLabel};
 use crate::push::hooks::{HookTask, credential_only};
 use crate::request::body::HeldBody;
 use crate::task::TaskId;
@@ -70,7 +70,7 @@ impl Gateway {
         let taken = match submit::take_over(&held.bytes, &field, None) {
             Ok(taken) => taken,
             Err(error) => {
-                self.metrics.client_error("submit_body");
+                self.metrics.client_error(ClientError::SubmitBody);
                 return Served::error(RequestError::BadSubmitBody { error });
             }
         };
@@ -82,7 +82,7 @@ impl Gateway {
         // Checked before anything else, whatever happens next: a hook the gateway would refuse is
         // the client's error, never forwarded.
         let bad_hook = |error: HookError| {
-            self.metrics.client_error("submit_hook");
+            self.metrics.client_error(ClientError::SubmitHook);
             Served::error(RequestError::BadHook {
                 field: field.clone(),
                 error,

@@ -24,6 +24,7 @@ use super::watch::{Snapshot, WatchTarget};
 use crate::cache::{CacheKey, KeyBuf};
 use crate::credential::MJ_API_SECRET;
 use crate::family::{FamilyId, TaskRef};
+use crate::metrics::Delivery;
 use crate::shared::hooks::HookRecord;
 use crate::shared::{Lease, under_lease};
 use crate::task::TaskId;
@@ -182,7 +183,7 @@ impl Push {
             Some(Ok(first)) => first,
             Some(Err(())) => return Tracked::Interrupted,
             None => {
-                metrics.webhooks.delivery("abandoned");
+                metrics.webhooks.delivery(Delivery::Abandoned);
                 tracing::warn!(task = %task.id, "webhook: the task never became visible upstream");
                 return Tracked::Over;
             }
@@ -222,7 +223,7 @@ impl Push {
                 && delivered_state.as_ref() == Some(&state)
             {
                 // Other bytes, the same status and progress (a relay's `?rand=`): not an event.
-                metrics.webhooks.delivery("unchanged");
+                metrics.webhooks.delivery(Delivery::Unchanged);
                 delivered = Some(latest.etag.clone());
             }
             if delivered.as_ref() != Some(&latest.etag) && hooks.wants(latest.class()) {

@@ -25,6 +25,7 @@ use http::header::{
 };
 
 use crate::gzip;
+use crate::metrics::ClientError;
 use http::{Method, StatusCode, Uri, Version};
 
 pub use crate::credential::{CREDENTIAL_HEADERS, Credential, MJ_API_SECRET};
@@ -57,13 +58,13 @@ impl Refused {
     }
 
     /// The `reason` label of `mjgate_client_errors_total`.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> ClientError {
         match self {
-            Refused::NoHost | Refused::SeveralHosts => "host",
-            Refused::Target => "target",
-            Refused::DotSegment => "dot_segment",
-            Refused::Method(_) => "method",
-            Refused::SeveralCredentials | Refused::HopByHopCredential => "credentials",
+            Refused::NoHost | Refused::SeveralHosts => ClientError::Host,
+            Refused::Target => ClientError::Target,
+            Refused::DotSegment => ClientError::DotSegment,
+            Refused::Method(_) => ClientError::Method,
+            Refused::SeveralCredentials | Refused::HopByHopCredential => ClientError::Credentials,
         }
     }
 }

@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
+use crate::metrics::ClientError;
 
 /// The client sent nothing of its request body for this long.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,13 +70,13 @@ impl BodyFault {
     }
 
     /// The `reason` label of `mjgate_client_errors_total`.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> ClientError {
         match self {
-            BodyFault::TooLarge(_) => "body_too_large",
-            BodyFault::Idle(_) => "body_idle",
-            BodyFault::Broken => "body_broken",
-            BodyFault::NotAllowed(_) => "body_not_allowed",
-            BodyFault::TransferCoding | BodyFault::ContentCoding => "body_coding",
+            BodyFault::TooLarge(_) => ClientError::BodyTooLarge,
+            BodyFault::Idle(_) => ClientError::BodyIdle,
+            BodyFault::Broken => ClientError::BodyBroken,
+            BodyFault::NotAllowed(_) => ClientError::BodyNotAllowed,
+            BodyFault::TransferCoding | BodyFault::ContentCoding => ClientError::BodyCoding,
         }
     }
 }
