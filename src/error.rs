@@ -99,7 +99,8 @@ impl RequestError {
             RequestError::ClientBody(fault) => fault.status(),
             RequestError::Refused(refused) => refused.status(),
             RequestError::Upstream(e) => e.status(),
-            RequestError::Abandoned(_) => StatusCode::BAD_GATEWAY,
+            RequestError::Abandoned(Abandoned::Dangling) => StatusCode::BAD_GATEWAY,
+            RequestError::Abandoned(Abandoned::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -174,7 +174,7 @@ impl Fetcher {
                 Arc::clone(&metrics),
             )?,
             cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
-            flights: Collapser::new(),
+            flights: Collapser::new(flight_bound(config)),
             fingerprinter,
             shared,
             work: Work::new(&metrics),
@@ -423,6 +423,18 @@ impl Fetcher {
                 Arc::new(CachedTask::not_found(reply.status, body, content_type))
             })
     }
+}
+
+/// The longest a request waits on a collapsed call: the leader's call may wait on another replica's
+/// lease (`queue_timeout + request_timeout + lease_ttl` at most), then queue and run itself; a second
+/// beyond both means the leader is stuck, and the waiter is told so (`504`).
+fn flight_bound(config: &Config) -> std::time::Duration {
+    let call = config.upstream.queue_timeout + config.upstream.request_timeout;
+    let lease = config
+        .shared_cache
+        .as_ref()
+        .map_or(std::time::Duration::ZERO, |shared| call + shared.lease_ttl);
+    call + lease + std::time::Duration::from_secs(1)
 }
 
 /// The answer for a landed flight, for a request that took part in it: `collapsed` when it waited

@@ -4,14 +4,14 @@
 //!
 //! | route | handler |
 //! | --- | --- |
-//! | `POST` on a family's batch route | [`batch`] |
-//! | `POST` on a family's submit route | [`submit`] |
-//! | `POST /_mjgate/callback/{token}` | [`callback`] |
-//! | `/healthz`, `/readyz`, `/upstreamz`, `/metrics` | [`admin`] |
-//! | everything else | [`passthrough`] |
+//! | `POST` on a family's batch route | `gateway/batch.rs` |
+//! | `POST` on a family's submit route | `gateway/submit.rs` |
+//! | `POST /_mjgate/callback/{token}` | `gateway/callback.rs` |
+//! | `/healthz`, `/readyz`, `/upstreamz`, `/metrics` | `gateway/admin.rs` |
+//! | everything else | `gateway/passthrough.rs` |
 //!
-//! Every answer the gateway makes up is a [`RequestError`] turned into a response in one place
-//! ([`RequestError::into_response`]); every request is timed, counted and logged by the envelope
+//! Every answer the gateway makes up is a `RequestError` turned into a response in one place
+//! (`RequestError::into_response`, `error.rs`); every request is timed, counted and logged by the envelope
 //! around this ([`crate::pipeline`]).
 
 mod admin;

@@ -13,33 +13,34 @@
 //! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain, parking idle connections; the signal future |
 //! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
 //! | [`pipeline`] | the per-request envelope every request goes through: request id, 304, metrics, access log |
-//! | [`gateway`] | admission, routing to the handlers, passthrough |
+//! | [`gateway`] | admission and routing to the handlers, one file each under `gateway/`: batch, submit, callback, admin, passthrough |
 //! | [`fetch`] | the fetch core: cache, collapse, shared tier, upstream, classify, store; batches per id |
 //! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status`, representations (identity or gzip) |
 //! | [`gzip`] | what `Accept-Encoding` takes gzip; a body's gzip copy and its tag |
-//! | [`shared`] | the Redis tier replicas share |
+//! | [`shared`] | the Redis tier replicas share: values bound to their keys (`codec`), leases, hook records and callback tokens |
 //! | [`upstream`] | the pooled client and URL, protection (ceilings, backoff, breaker), content coding |
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |
 //! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
 //! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
 //! | [`family`] | the task APIs as data: descriptions, the route table, reading answers, expiry |
 //! | [`webhook`] | webhooks the gateway delivers for submits' `notifyHook`: signing, the hook guard, attempts, retries |
-//! | [`config`], [`metrics`], [`error`], [`body`], [`hex`] | typed config; Prometheus registry; errors mapped to HTTP; bodies; hex digits |
+//! | `work` | everything spawned on behalf of requests, tracked, in its request's span; what the drain waits for |
+//! | [`config`], [`metrics`], `error`, `body`, [`file`], `hex` | typed config (every numeric default and range in `config/keys.rs`); Prometheus registry; the one rescue from a typed error to an HTTP answer; bodies; files the operator names, read within a bound; hex digits |
 //!
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
 //! healthcheck probe); no product module imports it.
 
-pub mod body;
+pub(crate) mod body;
 pub mod cache;
 pub mod config;
 pub mod credential;
-pub mod error;
+pub(crate) mod error;
 pub mod family;
 pub mod fetch;
 pub mod file;
 pub mod gateway;
 pub mod gzip;
-pub mod hex;
+pub(crate) mod hex;
 pub mod metrics;
 pub mod pipeline;
 pub mod push;
@@ -52,7 +53,7 @@ pub mod tls;
 pub mod tools;
 pub mod upstream;
 pub mod webhook;
-pub mod work;
+pub(crate) mod work;
 
 pub use config::Config;
 pub use error::Error;

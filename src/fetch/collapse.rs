@@ -5,8 +5,10 @@
 //! end whatever happens to the client that started it. Its outcomes, named as Pingora's cache lock names
 //! them:
 //! - landed: [`Flight::land`] hands every waiter the value (success or an error result);
-//! - abandoned: the flight was dropped without landing (its task panicked or was cancelled); waiters get
-//!   [`Abandoned`] at once instead of hanging, and the key is free for a new leader.
+//! - dangling: the flight was dropped without landing (its task panicked or was cancelled); waiters get
+//!   [`Abandoned::Dangling`] at once instead of hanging, and the key is free for a new leader;
+//! - timed out: a waiter waits at most the collapser's bound (longer than any call the leader can
+//!   make), then gets [`Abandoned::Timeout`]: no wait is unbounded, whatever the leader does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,10 +20,16 @@ use tokio::sync::watch;
 
 use crate::cache::CacheKey;
 
-/// The flight a waiter was attached to ended without a result.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the upstream fetch this request waited on was abandoned")]
-pub struct Abandoned;
+/// The flight a waiter was attached to ended without a result for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Abandoned {
+    /// The leader went away without landing (its task panicked or was cancelled).
+    #[error("the upstream fetch this request waited on was abandoned")]
+    Dangling,
+    /// The flight did not land within the wait's bound.
+    #[error("the upstream fetch this request waited on took longer than {0:?}")]
+    Timeout(std::time::Duration),
+}
 
 /// The flights in the air, by key.
 pub struct Collapser<T> {
@@ -30,6 +38,8 @@ pub struct Collapser<T> {
     /// entry or the landed value, never nothing). The lock is never held across an await.
     inflight: Mutex<HashMap<CacheKey, Slot<T>>>,
     next_flight: AtomicU64,
+    /// The longest anyone waits for a flight to land.
+    bound: std::time::Duration,
 }
 
 struct Slot<T> {
@@ -53,14 +63,16 @@ pub struct Flight<T> {
     sender: watch::Sender<Option<T>>,
 }
 
-/// A waiter's view of a flight.
-pub struct Landing<T>(watch::Receiver<Option<T>>);
+/// A waiter's view of a flight, and how long it waits at most.
+pub struct Landing<T>(watch::Receiver<Option<T>>, std::time::Duration);
 
 impl<T: Clone> Collapser<T> {
-    pub fn new() -> Arc<Self> {
+    /// A collapser whose waiters wait at most `bound` for a flight to land.
+    pub fn new(bound: std::time::Duration) -> Arc<Self> {
         Arc::new(Collapser {
             inflight: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
+            bound,
         })
     }
 
@@ -68,7 +80,7 @@ impl<T: Clone> Collapser<T> {
     pub fn join(self: &Arc<Self>, key: &[u8]) -> Role<T> {
         let mut inflight = self.inflight.lock();
         if let Some(slot) = inflight.get(key) {
-            return Role::Follower(Landing(slot.landing.clone()));
+            return Role::Follower(Landing(slot.landing.clone(), self.bound));
         }
         let (sender, landing) = watch::channel(None);
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
@@ -97,7 +109,7 @@ impl<T: Clone> Collapser<T> {
 impl<T> Flight<T> {
     /// A landing on this flight, for the leader's own client.
     pub fn landing(&self) -> Landing<T> {
-        Landing(self.sender.subscribe())
+        Landing(self.sender.subscribe(), self.collapser.bound)
     }
 
     pub fn key(&self) -> &CacheKey {
@@ -123,11 +135,13 @@ impl<T> Drop for Flight<T> {
 }
 
 impl<T: Clone> Landing<T> {
-    /// Waits for the flight to land.
+    /// Waits for the flight to land, at most the collapser's bound.
     pub async fn wait(mut self) -> Result<T, Abandoned> {
-        match self.0.wait_for(Option::is_some).await {
-            Ok(value) => value.clone().ok_or(Abandoned),
-            Err(_) => Err(Abandoned),
+        let bound = self.1;
+        match tokio::time::timeout(bound, self.0.wait_for(Option::is_some)).await {
+            Ok(Ok(value)) => value.clone().ok_or(Abandoned::Dangling),
+            Ok(Err(_)) => Err(Abandoned::Dangling),
+            Err(_) => Err(Abandoned::Timeout(bound)),
         }
     }
 }
@@ -138,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_get_the_leaders_value() {
-        let c = Collapser::<u32>::new();
+        let c = Collapser::<u32>::new(std::time::Duration::from_secs(5));
         let Role::Leader(flight) = c.join(b"k") else {
             panic!("first joiner leads")
         };
@@ -159,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_flight_releases_its_waiters_and_its_key() {
-        let c = Collapser::<u32>::new();
+        let c = Collapser::<u32>::new(std::time::Duration::from_secs(5));
         let Role::Leader(flight) = c.join(b"k") else {
             panic!()
         };
@@ -167,13 +181,13 @@ mod tests {
             panic!()
         };
         drop(flight);
-        assert!(landing.wait().await.is_err());
+        assert_eq!(landing.wait().await, Err(Abandoned::Dangling));
         assert!(matches!(c.join(b"k"), Role::Leader(_)));
     }
 
     #[tokio::test]
     async fn a_panicking_leader_task_does_not_strand_waiters() {
-        let c = Collapser::<u32>::new();
+        let c = Collapser::<u32>::new(std::time::Duration::from_secs(5));
         let Role::Leader(flight) = c.join(b"k") else {
             panic!()
         };
@@ -186,9 +200,24 @@ mod tests {
         assert!(landing.wait().await.is_err());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_of_a_leader_that_never_lands_gives_up_at_its_bound() {
+        let c = Collapser::<u32>::new(std::time::Duration::from_secs(5));
+        let Role::Leader(_flight) = c.join(b"k") else {
+            panic!()
+        };
+        let Role::Follower(landing) = c.join(b"k") else {
+            panic!()
+        };
+        assert_eq!(
+            landing.wait().await,
+            Err(Abandoned::Timeout(std::time::Duration::from_secs(5)))
+        );
+    }
+
     #[test]
     fn distinct_keys_fly_independently() {
-        let c = Collapser::<u32>::new();
+        let c = Collapser::<u32>::new(std::time::Duration::from_secs(5));
         let a = c.join(b"a");
         let b = c.join(b"b");
         assert!(matches!(a, Role::Leader(_)) && matches!(b, Role::Leader(_)));
