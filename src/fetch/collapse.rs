@@ -36,13 +36,13 @@ pub struct Collapser<T> {
     /// One slot per key with a flight in the air. A slot is removed by its own flight's `Drop`, after the
     /// flight has landed (so a request arriving between the cache write and the removal finds the cache
     /// entry or the landed value, never nothing). The lock is never held across an await.
-    inflight: Mutex<HashMap<CacheKey, Slot<T>>>,
+    inflight: Mutex<HashMap<CacheKey, InFlight<T>>>,
     next_flight: AtomicU64,
     /// The longest anyone waits for a flight to land.
     bound: std::time::Duration,
 }
 
-struct Slot<T> {
+struct InFlight<T> {
     flight: u64,
     landing: watch::Receiver<Option<T>>,
 }
@@ -87,7 +87,7 @@ impl<T: Clone> Collapser<T> {
         let key = CacheKey::from_bytes(key);
         inflight.insert(
             key.clone(),
-            Slot {
+            InFlight {
                 flight: id,
                 landing,
             },

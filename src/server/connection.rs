@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::Service as _;
 
-use super::stream::{ClientStream, Served};
+use super::stream::{ClientIo, ClientStream};
 use crate::body::{CutOff, ResponseBody};
 use crate::gateway::{Gateway, Handler, Listener, Peer};
 use crate::pipeline::{Envelope, Enveloped};
@@ -120,7 +120,7 @@ enum Parking {
 }
 
 /// How a spell of serving with hyper ended.
-enum Ended {
+enum SpellEnd {
     /// The connection is over: closed by the client, by an error, or by the idle or drain check.
     Over,
     /// Idle and quiescent: hyper's connection was taken apart, the socket is to park.
@@ -142,7 +142,7 @@ impl Connection {
             return;
         };
         let activity = Arc::new(Activity::default());
-        let mut served = Served {
+        let mut served = ClientIo {
             unread: Bytes::new(),
             stream,
             activity: Arc::clone(&activity),
@@ -190,7 +190,7 @@ impl Connection {
     /// HTTP/1: serves with hyper, parks when idle, and serves again when the client writes.
     async fn serve_http1(
         &mut self,
-        mut served: Served,
+        mut served: ClientIo,
         mut service: ConnectionService,
         activity: &Arc<Activity>,
         first_request: Instant,
@@ -212,7 +212,7 @@ impl Connection {
             let parts = connection.0.into_parts();
             let mut io = parts.io.into_inner();
             service = parts.service;
-            if let Ended::Over = ended {
+            if let SpellEnd::Over = ended {
                 // hyper was told not to shut the stream down (it might have been parked): do it here.
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                 return;
@@ -234,7 +234,7 @@ impl Connection {
     /// its next request head, or `None` to close. The client has `header_read_timeout` since its
     /// last answer to send its next request (as it would with hyper holding the connection), and the
     /// drain closes a parked connection at once.
-    async fn park(&mut self, served: &Served) -> Option<Instant> {
+    async fn park(&mut self, served: &ClientIo) -> Option<Instant> {
         let ClientStream::Plain(socket) = &served.stream else {
             return Some(Instant::now() + self.serving.head_timeout);
         };
@@ -258,7 +258,7 @@ impl Connection {
         activity: &Activity,
         first_request: Option<Instant>,
         parking: Parking,
-    ) -> Ended {
+    ) -> SpellEnd {
         let serving = Arc::clone(&self.serving);
         let peer = self.peer;
         let drain = self.closing.wait_for(|closing| *closing);
@@ -279,20 +279,20 @@ impl Connection {
                 // waits on a reader that does not read.
                 () = &mut cut => {
                     tracing::debug!(%peer, "connection cut off: a reader fell behind");
-                    return Ended::Over;
+                    return SpellEnd::Over;
                 }
                 () = &mut first_timer, if first_pending => {
                     first_pending = false;
                     if !quiet.served_any(activity) {
                         tracing::debug!(%peer, "no request within header_read_timeout: closed");
-                        return Ended::Over;
+                        return SpellEnd::Over;
                     }
                 }
                 _ = &mut drain, if !closed => {
                     // HTTP/1 with nothing to finish: hyper would wait for a next head that may
                     // never come (or come slowly) before it closed.
                     if parking != Parking::Never && activity.nothing_to_send() {
-                        return Ended::Over;
+                        return SpellEnd::Over;
                     }
                     connection.shut_down();
                     closed = true;
@@ -320,11 +320,11 @@ impl Connection {
             }
         };
         match result {
-            Ok(()) if taken_apart => Ended::Park,
-            Ok(()) => Ended::Over,
+            Ok(()) if taken_apart => SpellEnd::Park,
+            Ok(()) => SpellEnd::Over,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
-                Ended::Over
+                SpellEnd::Over
             }
         }
     }
@@ -447,7 +447,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// HTTP/2, `None` when the client closed or failed first. What was read is left for hyper to read.
 /// TLS clients that chose `h2` by ALPN are sniffed the same way, so nothing is sent to a client
 /// before it has said something.
-async fn sniff(served: &mut Served) -> Option<bool> {
+async fn sniff(served: &mut ClientIo) -> Option<bool> {
     // One read takes a whole typical request head, so HTTP/1 costs no extra system call.
     let mut read = BytesMut::with_capacity(1024);
     let http2 = loop {
@@ -476,7 +476,7 @@ trait HyperConnection {
 }
 
 /// hyper's HTTP/1 connection, boxed so a parked connection's task holds none of it.
-struct Http1(Box<http1::Connection<TokioIo<Served>, ConnectionService>>);
+struct Http1(Box<http1::Connection<TokioIo<ClientIo>, ConnectionService>>);
 
 impl HyperConnection for Http1 {
     fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
@@ -488,7 +488,7 @@ impl HyperConnection for Http1 {
     }
 }
 
-type Http2 = Pin<Box<http2::Connection<TokioIo<Served>, ConnectionService, TokioExecutor>>>;
+type Http2 = Pin<Box<http2::Connection<TokioIo<ClientIo>, ConnectionService, TokioExecutor>>>;
 
 impl HyperConnection for Http2 {
     fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {

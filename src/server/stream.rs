@@ -22,13 +22,13 @@ pub(super) enum ClientStream {
 /// What hyper is given: the stream, any bytes already read from it that hyper has not seen yet
 /// (the sniffed protocol preface, or a parked connection's unparsed input), and the connection's
 /// activity, where every write records whether it had to wait for the socket.
-pub(super) struct Served {
+pub(super) struct ClientIo {
     pub(super) unread: Bytes,
     pub(super) stream: ClientStream,
     pub(super) activity: Arc<Activity>,
 }
 
-impl Served {
+impl ClientIo {
     fn blocked<T>(&self, poll: Poll<T>) -> Poll<T> {
         self.activity
             .write_blocked
@@ -37,7 +37,7 @@ impl Served {
     }
 }
 
-impl AsyncRead for Served {
+impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -61,7 +61,7 @@ impl AsyncRead for Served {
     }
 }
 
-impl AsyncWrite for Served {
+impl AsyncWrite for ClientIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
