@@ -76,7 +76,8 @@ async fn fifty_identical_concurrent_batches_cost_one_lookup_per_id() {
         })
         .collect();
     sim.wait_for_calls(1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One batch leads; the other 49 wait on its call.
+    wait_for_metric(&gw, "mjgate_collapse_waiters", 49.0).await;
     drop(hold);
     for reply in join_all(batches).await {
         assert_eq!(ids_of(&reply.unwrap()), ids);
@@ -142,7 +143,7 @@ async fn a_fetch_waiting_on_a_batch_that_lacked_its_id_gets_the_upstreams_own_an
         let gw = Arc::clone(&gw);
         tokio::spawn(async move { fetch(&gw, "ghost", KEY_A).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_metric(&gw, "mjgate_collapse_waiters", 1.0).await;
     drop(hold);
     assert_eq!(batched.await.unwrap().json(), json!([]));
     let single = single.await.unwrap();

@@ -89,7 +89,7 @@ async fn the_starting_client_disconnecting_does_not_cancel_the_fetch() {
         let gw = std::sync::Arc::clone(&gw);
         tokio::spawn(async move { fetch(&gw, "t", KEY_A).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_metric(&gw, "mjgate_collapse_waiters", 1.0).await;
     leader.abort(); // drops the leader's connection mid-fetch
     assert!(leader.await.unwrap_err().is_cancelled());
     drop(hold);

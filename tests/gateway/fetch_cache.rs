@@ -9,6 +9,7 @@ async fn a_terminal_task_is_fetched_from_upstream_once_and_then_served_from_cach
     let (sim, gw) = start("").await;
     sim.create_task(KEY_A, "t1", "SUCCESS");
 
+    let started = std::time::Instant::now();
     let first = fetch(&gw, "t1", KEY_A).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.cache_status(), "mjgate; fwd=uri-miss; stored");
@@ -17,7 +18,11 @@ async fn a_terminal_task_is_fetched_from_upstream_once_and_then_served_from_cach
     let second = fetch(&gw, "t1", KEY_A).await;
     assert_eq!(second.status, 200);
     assert_eq!(second.cache_status(), "mjgate; hit");
-    assert_eq!(second.header("age"), "0");
+    let age: u64 = second.header("age").parse().unwrap();
+    assert!(
+        age <= started.elapsed().as_secs(),
+        "Age counts from when the upstream answered"
+    );
     assert_eq!(
         second.body, first.body,
         "hits serve the upstream's bytes unchanged"
@@ -56,7 +61,8 @@ async fn cancel_is_terminal_too() {
 
 #[tokio::test]
 async fn an_in_progress_task_is_served_from_cache_until_the_ttl_then_refetched() {
-    let (sim, gw) = start("[cache]\nin_progress_ttl = \"300ms\"\n").await;
+    // Long enough that the second fetch falls inside it on the slowest machine.
+    let (sim, gw) = start("[cache]\nin_progress_ttl = \"2s\"\n").await;
     sim.create_task(KEY_A, "busy", "IN_PROGRESS");
 
     assert_eq!(fetch(&gw, "busy", KEY_A).await.json()["progress"], "50%");
@@ -67,10 +73,10 @@ async fn an_in_progress_task_is_served_from_cache_until_the_ttl_then_refetched()
         "50%",
         "within the TTL the cached answer is served"
     );
-    assert_eq!(hit.cache_status(), "mjgate; hit; ttl=0");
+    assert!(hit.cache_status().starts_with("mjgate; hit; ttl="));
     assert_eq!(sim.fetch_calls("busy"), 1);
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let refreshed = fetch(&gw, "busy", KEY_A).await;
     assert_eq!(refreshed.json()["progress"], "70%");
     assert_eq!(refreshed.cache_status(), "mjgate; fwd=uri-miss; stored");

@@ -134,20 +134,6 @@ async fn long_poll(gateway: &Gateway, id: &str, credential: &str, tag: &str, wai
     send(request).await
 }
 
-/// Polls `/metrics` until `name` reads `value` (bounded).
-async fn wait_for_metric(gateway: &Gateway, name: &str, value: f64) {
-    for _ in 0..200 {
-        if scrape(gateway).await.value(name, &[]) == value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "{name} stayed at {}, not {value}",
-        scrape(gateway).await.value(name, &[])
-    );
-}
-
 #[tokio::test]
 async fn a_long_poll_answers_at_once_without_a_tag_with_an_old_tag_or_for_a_finished_task() {
     let (sim, gw) = start("").await;
@@ -193,10 +179,10 @@ async fn a_long_poll_returns_the_new_state_when_the_task_changes() {
     let reply = held.await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["progress"], "60%");
-    assert_ne!(reply.header("etag"), tag);
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "not the whole wait"
+    assert_ne!(
+        reply.header("etag"),
+        tag,
+        "the change, not the wait's end (a 304)"
     );
     // The initial fetch, then one poll per TTL until the change was seen.
     let windows = started.elapsed().as_millis() / 300 + 2;

@@ -327,9 +327,18 @@ async fn idle_half_open_connections_do_not_stop_normal_requests_and_are_closed()
 async fn connections_over_the_limit_are_refused_while_existing_ones_keep_working() {
     let (sim, gw) = start("[server]\nmax_connections = 2\n").await;
     sim.create_task(KEY_A, "t", "SUCCESS");
-    let mut a = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let _b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Two connections, each known to hold its slot: it has been answered on.
+    let health = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(health).await.unwrap();
+        let mut answer = [0u8; 256];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut a = held.remove(0);
     let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = [0u8; 64];
     let refused = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;

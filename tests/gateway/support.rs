@@ -152,6 +152,21 @@ where
     }
 }
 
+/// Waits until the gauge (or counter) `name`, summed over its labels, reads `value` (5 s at most): how a
+/// test orders a race by what the gateway exposes, never by a sleep.
+pub async fn wait_for_metric(gateway: &Gateway, name: &str, value: f64) {
+    for _ in 0..200 {
+        if scrape(gateway).await.value(name, &[]) == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{name} stayed at {}, not {value}",
+        scrape(gateway).await.value(name, &[])
+    );
+}
+
 /// `POST /mj/task/list-by-condition` with `{"ids": ids}`.
 pub async fn batch(gw: &Gateway, credential: &str, ids: &[&str]) -> Reply {
     batch_at(gw, "/mj/task/list-by-condition", credential, ids).await
