@@ -452,10 +452,12 @@ impl Config {
     }
 
     fn validate(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let listen = overrides
-            .listen
-            .or(raw.listen)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listen = overrides.listen.or(raw.listen).unwrap_or_else(|| {
+            keys::LISTEN
+                .default
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        });
         if raw.admin_listen.is_some() && raw.admin_listen == Some(listen) {
             return Err(ConfigError::Invalid {
                 key: "admin_listen",
@@ -548,7 +550,7 @@ impl RawCache {
             max_memory: keys::CACHE_MAX_MEMORY.number(self.max_memory.map(|b| b.0))?,
             max_stale: keys::CACHE_MAX_STALE.duration(self.max_stale)?,
             not_found_ttl: keys::CACHE_NOT_FOUND_TTL.duration(self.not_found_ttl)?,
-            gzip: self.gzip.unwrap_or(true),
+            gzip: keys::CACHE_GZIP.flag(self.gzip),
         })
     }
 }
@@ -611,8 +613,8 @@ impl RawLog {
     fn validate(self) -> LogConfig {
         LogConfig {
             format: self.format.unwrap_or_default(),
-            filter: self.filter.unwrap_or_else(|| "info".to_owned()),
-            access: self.access.unwrap_or(false),
+            filter: keys::LOG_FILTER.word(self.filter),
+            access: keys::LOG_ACCESS.flag(self.access),
         }
     }
 }
@@ -710,7 +712,7 @@ fn shared_cache(
     }
     Ok(Some(SharedCacheConfig {
         redis_url,
-        key_prefix: raw.key_prefix.unwrap_or_else(|| "mjgate:".to_owned()),
+        key_prefix: keys::SHARED_CACHE_KEY_PREFIX.word(raw.key_prefix),
         fingerprint_secret,
         terminal_ttl,
         timeout: keys::SHARED_CACHE_TIMEOUT.duration(raw.timeout)?,
@@ -893,6 +895,23 @@ mod tests {
                 .to_string();
             assert!(err.contains(&format!("{table}.{key}")), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_word_defaults_are_the_ones_the_types_default_to() {
+        let base = "[upstream]\nurl = \"http://a\"\n";
+        let implicit = Config::from_toml(base, &Overrides::default()).unwrap();
+        let explicit = Config::from_toml(
+            &format!(
+                "{base}roots = \"{}\"\n[log]\nformat = \"{}\"\n",
+                keys::UPSTREAM_ROOTS.default,
+                keys::LOG_FORMAT.default
+            ),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(implicit.upstream.roots, explicit.upstream.roots);
+        assert_eq!(implicit.log.format, explicit.log.format);
     }
 
     #[test]

@@ -110,6 +110,80 @@ keys! {
     WEBHOOKS_MAX_MEMORY = "webhooks.max_memory", size(64 * MIB), size(MIB), size(1024 * GIB);
 }
 
+/// A key that holds a switch or a word, with its default as the file writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+}
+
+pub const LISTEN: Setting = Setting {
+    name: "listen",
+    default: "127.0.0.1:8080",
+};
+pub const UPSTREAM_ROOTS: Setting = Setting {
+    name: "upstream.roots",
+    default: "webpki",
+};
+pub const CACHE_GZIP: Setting = Setting {
+    name: "cache.gzip",
+    default: "true",
+};
+pub const LOG_FORMAT: Setting = Setting {
+    name: "log.format",
+    default: "pretty",
+};
+pub const LOG_FILTER: Setting = Setting {
+    name: "log.filter",
+    default: "info",
+};
+pub const LOG_ACCESS: Setting = Setting {
+    name: "log.access",
+    default: "false",
+};
+pub const SHARED_CACHE_KEY_PREFIX: Setting = Setting {
+    name: "shared_cache.key_prefix",
+    default: "mjgate:",
+};
+pub const WEBHOOKS_ALLOW_PRIVATE: Setting = Setting {
+    name: "webhooks.allow_private",
+    default: "false",
+};
+pub const WEBHOOKS_FINISHED_ONLY: Setting = Setting {
+    name: "webhooks.finished_only",
+    default: "false",
+};
+
+/// Every switch and word key, for the reference's test.
+pub const SETTINGS: &[Setting] = &[
+    LISTEN,
+    UPSTREAM_ROOTS,
+    CACHE_GZIP,
+    LOG_FORMAT,
+    LOG_FILTER,
+    LOG_ACCESS,
+    SHARED_CACHE_KEY_PREFIX,
+    WEBHOOKS_ALLOW_PRIVATE,
+    WEBHOOKS_FINISHED_ONLY,
+];
+
+impl Setting {
+    /// A switch's value: `value`, else the default.
+    pub fn flag(&self, value: Option<bool>) -> bool {
+        value.unwrap_or(self.default == "true")
+    }
+
+    /// A word's value: `value`, else the default.
+    pub fn word(&self, value: Option<String>) -> String {
+        value.unwrap_or_else(|| self.default.to_owned())
+    }
+
+    /// The default read as `T` (the table's own defaults always parse: its test says so).
+    pub fn parsed<T: std::str::FromStr + Default>(&self) -> T {
+        self.default.parse().unwrap_or_default()
+    }
+}
+
 impl Key {
     /// A duration key's value: `value`, else the default; refused outside the range, naming the key.
     pub fn duration(&self, value: Option<Duration>) -> Result<Duration, ConfigError> {
@@ -230,6 +304,19 @@ mod tests {
                     key.number(None).unwrap();
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_word_default_reads_as_its_key_takes_it() {
+        assert!(LISTEN.default.parse::<std::net::SocketAddr>().is_ok());
+        for flag in [
+            CACHE_GZIP,
+            LOG_ACCESS,
+            WEBHOOKS_ALLOW_PRIVATE,
+            WEBHOOKS_FINISHED_ONLY,
+        ] {
+            assert!(flag.default.parse::<bool>().is_ok(), "{}", flag.name);
         }
     }
 

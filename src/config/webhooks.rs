@@ -90,8 +90,8 @@ impl RawWebhooks {
         }
         Ok(Some(WebhooksConfig {
             secret: Arc::new(secret),
-            allow_private: raw.allow_private.unwrap_or(false),
-            finished_only: raw.finished_only.unwrap_or(false),
+            allow_private: keys::WEBHOOKS_ALLOW_PRIVATE.flag(raw.allow_private),
+            finished_only: keys::WEBHOOKS_FINISHED_ONLY.flag(raw.finished_only),
             retry,
             timeout: keys::WEBHOOKS_TIMEOUT.duration(raw.timeout)?,
             max_in_flight: keys::WEBHOOKS_MAX_IN_FLIGHT.count(raw.max_in_flight)?,

@@ -86,6 +86,22 @@ fn every_numeric_default_and_range_is_the_one_the_gateway_uses() {
             .unwrap_or_else(|| panic!("config/mjgate.toml lacks {}", key.name));
         assert_eq!(value, &default, "config/mjgate.toml sets {}", key.name);
     }
+    for setting in mjgate::config::keys::SETTINGS {
+        let row = format!("| `{}` | `{}`", setting.name, setting.default);
+        assert!(
+            CONFIGURATION.lines().any(|line| line.starts_with(&row)),
+            "docs/configuration.md: no row {row}"
+        );
+        let (_, value) = shipped
+            .iter()
+            .find(|(name, _)| name == setting.name)
+            .unwrap_or_else(|| panic!("config/mjgate.toml lacks {}", setting.name));
+        assert_eq!(
+            value, setting.default,
+            "config/mjgate.toml sets {}",
+            setting.name
+        );
+    }
 }
 
 #[test]
