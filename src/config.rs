@@ -79,6 +79,22 @@ pub struct Config {
     pub families: Families,
     /// `[webhooks]`: the gateway delivers submits' `notifyHook`s itself; `None` passes them on.
     pub webhooks: Option<WebhooksConfig>,
+    /// `[idempotency]`: `Idempotency-Key` on submits; `None` when turned off.
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// `[idempotency]`: submits that are safe to retry.
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a key's answer is kept for retries.
+    pub ttl: Duration,
+    /// Submits without a key are refused (`400`), the draft's "required" mode.
+    pub require: bool,
+    /// Bytes the keys of this process may hold (claims and the answers kept); past it, new keys get
+    /// `503`.
+    pub max_memory: u64,
+    /// Keys one credential may hold at once; past it, `429`.
+    pub max_keys_per_credential: usize,
 }
 
 /// `[watch]`: long-polls (`fetch?wait=`) and event streams (`/events`).
@@ -108,6 +124,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Deadline for a whole cached-route call, body included, and for a passthrough call's response head.
     pub request_timeout: Duration,
+    /// Deadline for a submit's answer head when it carries an `Idempotency-Key` (its work runs on its
+    /// own, whoever waits for it).
+    pub submit_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
@@ -272,6 +291,41 @@ struct RawConfig {
     #[serde(default)]
     families: toml::Table,
     webhooks: Option<webhooks::RawWebhooks>,
+    #[serde(default)]
+    idempotency: RawIdempotency,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+    require: Option<bool>,
+    max_memory: Option<ByteSize>,
+    max_keys_per_credential: Option<usize>,
+}
+
+impl RawIdempotency {
+    fn validate(self) -> Result<Option<IdempotencyConfig>, ConfigError> {
+        let config = IdempotencyConfig {
+            ttl: keys::IDEMPOTENCY_TTL.duration(self.ttl)?,
+            require: keys::IDEMPOTENCY_REQUIRE.flag(self.require),
+            max_memory: keys::IDEMPOTENCY_MAX_MEMORY.number(self.max_memory.map(|b| b.0))?,
+            max_keys_per_credential: keys::IDEMPOTENCY_MAX_KEYS_PER_CREDENTIAL
+                .count(self.max_keys_per_credential)?,
+        };
+        if !keys::IDEMPOTENCY_ENABLED.flag(self.enabled) {
+            if config.require {
+                return Err(ConfigError::Invalid {
+                    key: "idempotency.require",
+                    reason: "needs idempotency.enabled".into(),
+                });
+            }
+            return Ok(None);
+        }
+        Ok(Some(config))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +359,8 @@ struct RawUpstream {
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    submit_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: Option<usize>,
@@ -481,6 +537,7 @@ impl Config {
                 raw.webhooks,
                 overrides.webhook_secret.clone(),
             )?,
+            idempotency: raw.idempotency.validate()?,
         })
     }
 }
@@ -520,6 +577,7 @@ impl RawUpstream {
             ca_file: self.ca_file,
             connect_timeout: keys::UPSTREAM_CONNECT_TIMEOUT.duration(self.connect_timeout)?,
             request_timeout: keys::UPSTREAM_REQUEST_TIMEOUT.duration(self.request_timeout)?,
+            submit_timeout: keys::UPSTREAM_SUBMIT_TIMEOUT.duration(self.submit_timeout)?,
             pool_idle_timeout: keys::UPSTREAM_POOL_IDLE_TIMEOUT.duration(self.pool_idle_timeout)?,
             pool_max_idle_per_host: keys::UPSTREAM_POOL_MAX_IDLE_PER_HOST
                 .count(self.pool_max_idle_per_host)?,

@@ -78,6 +78,9 @@ pub enum RequestError {
     BodyBudget(&'static str),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A submit's `Idempotency-Key` answered without going upstream (problem+json, RFC 9457).
+    #[error(transparent)]
+    Idempotency(#[from] crate::idempotency::Refusal),
 }
 
 impl RequestError {
@@ -95,6 +98,16 @@ impl RequestError {
             RequestError::SubmitAnswerUnreadable => StatusCode::BAD_GATEWAY,
             RequestError::BodyBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RequestError::Idempotency(refusal) => {
+                use crate::idempotency::Refusal;
+                match refusal {
+                    Refusal::BadKey(_) | Refusal::Required => StatusCode::BAD_REQUEST,
+                    Refusal::InFlight => StatusCode::CONFLICT,
+                    Refusal::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
+                    Refusal::CredentialFull => StatusCode::TOO_MANY_REQUESTS,
+                    Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
             RequestError::TooManyWatches(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::ClientBody(fault) => fault.status(),
             RequestError::Refused(refused) => refused.status(),
@@ -105,16 +118,23 @@ impl RequestError {
         }
     }
 
-    /// The JSON answer: `{"code": <status>, "description": "...", "type": "mjgate_error"}`.
+    /// The JSON answer: `{"code": <status>, "description": "...", "type": "mjgate_error"}`; for an
+    /// idempotency refusal, RFC 9457 problem details, as the Idempotency-Key draft has them.
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
         let retry_after = match &self {
             RequestError::Draining | RequestError::BodyBudget(_) => Some(1),
+            RequestError::Idempotency(crate::idempotency::Refusal::InFlight) => Some(1),
+            RequestError::Idempotency(crate::idempotency::Refusal::CredentialFull) => Some(60),
+            RequestError::Idempotency(crate::idempotency::Refusal::Full) => Some(5),
             RequestError::TooManyWatches(_) => Some(5),
             RequestError::Upstream(e) => e.retry_after().map(crate::upstream::protect::seconds),
             _ => None,
         };
-        let mut response = json_error(status, &self.to_string());
+        let mut response = match &self {
+            RequestError::Idempotency(_) => problem(status, &self.to_string()),
+            _ => json_error(status, &self.to_string()),
+        };
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()
@@ -122,6 +142,23 @@ impl RequestError {
         }
         response
     }
+}
+
+/// RFC 9457 problem details (`application/problem+json`).
+fn problem(status: StatusCode, detail: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = Response::new(ResponseBody::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
 }
 
 /// A JSON error answer in the shape routers use (`code`, `description`), tagged as the gateway's own.

@@ -42,6 +42,7 @@ use crate::credential::FingerprintMemo;
 use crate::error::RequestError;
 use crate::family::TaskRef;
 use crate::fetch::{Fetcher, Served};
+use crate::idempotency::Idempotency;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::pipeline::{Answer, Call, Envelope, EnvelopeLayer, HitPath, SlowPath};
 use crate::push::Push;
@@ -121,6 +122,12 @@ pub struct Gateway {
     draining: AtomicBool,
     /// `[webhooks]`: submits' hooks delivered by the gateway; `None` passes them on untouched.
     hooks: Option<Arc<Hooks>>,
+    /// `[idempotency]`: submits' `Idempotency-Key`s; `None` when turned off.
+    idempotency: Option<Arc<Idempotency>>,
+    /// `upstream.submit_timeout`: how long a submit with a key may take (its work runs on its own).
+    submit_timeout: std::time::Duration,
+    /// `upstream.request_timeout`.
+    request_timeout: std::time::Duration,
 }
 
 impl Gateway {
@@ -138,7 +145,22 @@ impl Gateway {
             ))),
             None => None,
         };
+        let idempotency = config.idempotency.as_ref().map(|idempotency| {
+            Arc::new(Idempotency::new(
+                idempotency,
+                config.upstream.submit_timeout,
+                fetcher.shared().cloned(),
+                config
+                    .shared_cache
+                    .as_ref()
+                    .map(|shared| shared.fingerprint_secret.as_bytes()),
+                Arc::clone(&metrics),
+            ))
+        });
         Ok(Gateway {
+            idempotency,
+            submit_timeout: config.upstream.submit_timeout,
+            request_timeout: config.upstream.request_timeout,
             push: Arc::new(Push::new(
                 &config.watch,
                 Arc::clone(&fetcher),

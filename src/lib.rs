@@ -41,6 +41,7 @@ pub mod file;
 pub mod gateway;
 pub mod gzip;
 pub(crate) mod hex;
+pub mod idempotency;
 pub mod metrics;
 pub mod pipeline;
 pub mod push;

@@ -211,6 +211,49 @@ impl ClientError {
     }
 }
 
+/// What became of a submit and its `Idempotency-Key`, as the `outcome` of `mjgate_idempotency_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyOutcome {
+    /// The first request's answer, kept under its key.
+    Stored,
+    /// A retry answered with the kept answer.
+    Replayed,
+    /// A retry while the first was in flight (`409`).
+    InFlight,
+    /// The key with another body (`422`).
+    Mismatch,
+    /// A malformed key, or none where one is required (`400`).
+    Invalid,
+    /// A submit without a key, forwarded as before.
+    Bypassed,
+    /// Refused: the key budget, or the credential's share of it, is full.
+    Full,
+}
+
+impl IdempotencyOutcome {
+    pub const ALL: [IdempotencyOutcome; 7] = [
+        IdempotencyOutcome::Stored,
+        IdempotencyOutcome::Replayed,
+        IdempotencyOutcome::InFlight,
+        IdempotencyOutcome::Mismatch,
+        IdempotencyOutcome::Invalid,
+        IdempotencyOutcome::Bypassed,
+        IdempotencyOutcome::Full,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyOutcome::Stored => "stored",
+            IdempotencyOutcome::Replayed => "replayed",
+            IdempotencyOutcome::InFlight => "in_flight",
+            IdempotencyOutcome::Mismatch => "mismatch",
+            IdempotencyOutcome::Invalid => "invalid",
+            IdempotencyOutcome::Bypassed => "bypassed",
+            IdempotencyOutcome::Full => "full",
+        }
+    }
+}
+
 /// How a webhook event ended (or was not sent), as the `outcome` of `mjgate_webhook_deliveries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -273,6 +316,11 @@ pub struct Metrics {
     cache_final_kept: IntCounter,
     /// Bytes of client bodies held whole now, under `server.body_buffer_total`.
     body_buffered: IntGauge,
+    /// `[outcome]`
+    idempotency: Vec<IntCounter>,
+    /// Idempotency keys held in this process, and their bytes (under `idempotency.max_memory`).
+    idempotency_keys: IntGauge,
+    idempotency_bytes: IntGauge,
     /// Bodies that had to be read whole but did not fit the budget (503).
     body_over_budget: IntCounter,
     /// Live entry counts and weights by class, kept by inserts and moka's eviction listener.
@@ -947,6 +995,25 @@ impl Metrics {
                 "Bytes charged against cache.max_memory, by class.",
                 &["class"],
             ),
+            idempotency: {
+                let outcomes = r.counters(
+                    "mjgate_idempotency_total",
+                    "Submits by what their Idempotency-Key did: stored (the first request's answer kept), replayed (a retry answered with it), in_flight (a retry while the first ran: 409), mismatch (the key with another body: 422), invalid (a malformed key, or none where required: 400), bypassed (no key: forwarded as before), full (the key budget or the credential's share of it was full).",
+                    &["outcome"],
+                );
+                IdempotencyOutcome::ALL
+                    .iter()
+                    .map(|o| outcomes.with_label_values(&[o.as_str()]))
+                    .collect()
+            },
+            idempotency_keys: r.gauge(
+                "mjgate_idempotency_keys",
+                "Idempotency keys held in this process: claims in flight and answers kept for retries.",
+            ),
+            idempotency_bytes: r.gauge(
+                "mjgate_idempotency_bytes",
+                "Bytes those keys hold, bounded by idempotency.max_memory.",
+            ),
             body_buffered: r.gauge(
                 "mjgate_request_body_buffered_bytes",
                 "Bytes of client request bodies held whole right now (batch queries, submits read for their hook, small passthrough bodies), bounded by server.body_buffer_total.",
@@ -1017,6 +1084,16 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.refused_connections.inc();
+    }
+
+    pub fn idempotency(&self, outcome: IdempotencyOutcome) {
+        self.idempotency[outcome as usize].inc();
+    }
+
+    /// Adds to the idempotency keys held and their bytes.
+    pub fn idempotency_keys(&self, keys: i64, bytes: i64) {
+        self.idempotency_keys.add(keys);
+        self.idempotency_bytes.add(bytes);
     }
 
     /// Adds `delta` bytes to the client bodies held whole.

@@ -37,6 +37,7 @@ use crate::task::TaskClass;
 
 pub mod codec;
 pub mod hooks;
+mod idempotency;
 mod lease;
 
 pub use codec::{ValueKey, decode, encode};

@@ -112,6 +112,19 @@ impl UpstreamError {
         }
     }
 
+    /// Whether the request certainly never reached the upstream: refused by the gateway's own
+    /// protection, no connection made, a certificate refused, or the client's body broke before it
+    /// was sent. Anything else may have been received (and a submit, acted on).
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Refused(_)
+                | UpstreamError::Unreachable { connect: true, .. }
+                | UpstreamError::Certificate(_)
+                | UpstreamError::ClientBody(_)
+        )
+    }
+
     /// How long the client should wait before trying again, for refusals.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -389,6 +402,20 @@ impl Upstream {
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.forward_within(route, credential, request, client, self.request_timeout)
+            .await
+    }
+
+    /// [`forward`](Self::forward), the response head awaited at most `timeout` (a submit with an
+    /// idempotency key waits `upstream.submit_timeout`).
+    pub async fn forward_within(
+        &self,
+        route: RouteLabel,
+        credential: &CredentialFingerprint,
+        request: Request<UpstreamBody>,
+        client: ClientInfo,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         prepare_request_headers(&mut parts.headers, client);
         let path_and_query = parts
@@ -399,11 +426,10 @@ impl Upstream {
         let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
         let admitted = self.admit(credential, Lane::Passthrough).await?;
         let call = self.metrics.upstream_call(route);
-        let result =
-            match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
-                Ok(result) => result.map_err(|e| self.client_error(e)),
-                Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            };
+        let result = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(result) => result.map_err(|e| self.client_error(e)),
+            Err(_) => Err(UpstreamError::Timeout(timeout)),
+        };
         call.finish(UpstreamResult::of(result.as_ref().map(Response::status)));
         match &result {
             Ok(response) => self.record(

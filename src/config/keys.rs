@@ -60,6 +60,7 @@ macro_rules! keys {
 keys! {
     UPSTREAM_CONNECT_TIMEOUT = "upstream.connect_timeout", secs(5), ms(1), secs(10 * MINUTE);
     UPSTREAM_REQUEST_TIMEOUT = "upstream.request_timeout", secs(30), ms(1), secs(HOUR);
+    UPSTREAM_SUBMIT_TIMEOUT = "upstream.submit_timeout", secs(120), ms(1), secs(HOUR);
     UPSTREAM_POOL_IDLE_TIMEOUT = "upstream.pool_idle_timeout", secs(90), ms(1), secs(DAY);
     UPSTREAM_POOL_MAX_IDLE_PER_HOST = "upstream.pool_max_idle_per_host", count(64), count(0), count(100_000);
     UPSTREAM_MAX_BODY = "upstream.max_body", size(8 * MIB), size(KIB), size(GIB);
@@ -100,6 +101,9 @@ keys! {
     SHARED_CACHE_LEASE_TTL = "shared_cache.lease_ttl", secs(5), ms(100), secs(DAY);
     SHARED_CACHE_POLL_INTERVAL = "shared_cache.poll_interval", ms(100), ms(1), secs(10 * MINUTE);
     SHARED_CACHE_RETRY_INTERVAL = "shared_cache.retry_interval", secs(1), ms(1), secs(HOUR);
+    IDEMPOTENCY_TTL = "idempotency.ttl", secs(DAY), secs(1), secs(30 * DAY);
+    IDEMPOTENCY_MAX_MEMORY = "idempotency.max_memory", size(64 * MIB), size(MIB), size(1024 * GIB);
+    IDEMPOTENCY_MAX_KEYS_PER_CREDENTIAL = "idempotency.max_keys_per_credential", count(10_000), count(1), count(100_000_000);
     WEBHOOKS_FIRST_RETRY = "webhooks.first_retry", secs(2), ms(1), secs(DAY);
     WEBHOOKS_MAX_RETRY_INTERVAL = "webhooks.max_retry_interval", secs(HOUR), ms(1), secs(7 * DAY);
     WEBHOOKS_MAX_AGE = "webhooks.max_age", secs(DAY), ms(1), secs(30 * DAY);
@@ -145,6 +149,14 @@ pub const SHARED_CACHE_KEY_PREFIX: Setting = Setting {
     name: "shared_cache.key_prefix",
     default: "mjgate:",
 };
+pub const IDEMPOTENCY_ENABLED: Setting = Setting {
+    name: "idempotency.enabled",
+    default: "true",
+};
+pub const IDEMPOTENCY_REQUIRE: Setting = Setting {
+    name: "idempotency.require",
+    default: "false",
+};
 pub const WEBHOOKS_ALLOW_PRIVATE: Setting = Setting {
     name: "webhooks.allow_private",
     default: "false",
@@ -163,6 +175,8 @@ pub const SETTINGS: &[Setting] = &[
     LOG_FILTER,
     LOG_ACCESS,
     SHARED_CACHE_KEY_PREFIX,
+    IDEMPOTENCY_ENABLED,
+    IDEMPOTENCY_REQUIRE,
     WEBHOOKS_ALLOW_PRIVATE,
     WEBHOOKS_FINISHED_ONLY,
 ];

@@ -1,19 +1,22 @@
 //! `POST` on a family's submit route (`[/{mode}]/mj/submit/*`, `/suno/submit/*`, `/v1/videos`, ...):
 //! a request that starts a paid task.
 //!
-//! Without `[webhooks]` (or for a family that takes no callback URL) a submit is forwarded as any
-//! passthrough request is. With them, this handler owns the whole path: read the body once (under the
-//! body budget), take the hook over (strictly: a body a lenient upstream could read otherwise is
-//! refused), check where the hook points, forward, and learn the task id from the upstream's answer.
-//! Once the body is read that work runs on its own, tracked by the drain: a client that hangs up
-//! during a slow submit does not cancel it, so the task it started still gets its hook delivered and
+//! A submit with neither an `Idempotency-Key` nor a hook for the gateway to take over is forwarded as
+//! any passthrough request is, streamed. Otherwise this handler owns the whole path: read the body once
+//! (under the body budget); with `[webhooks]`, take the hook over (strictly: a body a lenient upstream
+//! could read otherwise is refused) and check where it points; with a key, claim it (a retry is
+//! answered from the first request's answer, `409` while that is in flight, `422` for another body);
+//! then forward, and learn the task id from the upstream's answer. Once the body is read that work runs
+//! on its own, tracked by the drain: a client that hangs up during a slow submit does not cancel it, so
+//! the task it started still gets its hook delivered, its key still gets its answer for the retry, and
 //! no callback token is left behind.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
-use http::{Request, Response};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -21,24 +24,31 @@ use super::{Gateway, full};
 use crate::body::ResponseBody;
 use crate::error::RequestError;
 use crate::family::SubmitMatch;
+use crate::family::submit::normalize;
 use crate::fetch::Served;
+use crate::idempotency::{self, IDEMPOTENT_REPLAYED, Refusal, StoredAnswer, Ticket};
 use crate::metrics::{ClientError, RouteLabel};
 use crate::push::hooks::{HookTask, credential_only};
 use crate::request::body::HeldBody;
 use crate::task::TaskId;
-use crate::upstream::ClientInfo;
+use crate::upstream::{ClientInfo, UpstreamError};
 use crate::webhook::guard::{HookError, HookUrl};
 use crate::webhook::{Hooks, Slot, submit};
 use crate::work::WorkKind;
 
-/// A submit whose hook was taken over, ready to go upstream.
-struct HookedSubmit {
+/// A submit read and checked, ready to go upstream on its own.
+struct SubmitWork {
     route: SubmitMatch,
     request: Request<Bytes>,
-    task: HookTask,
-    slot: Slot,
+    /// The hook the gateway delivers to, and its place among the watched hooks.
+    hook: Option<(Arc<Hooks>, HookTask, Slot)>,
+    /// The claimed `Idempotency-Key`, settled with the answer.
+    ticket: Option<Ticket>,
     /// The client's body, charged against the body budget until it is forwarded.
     held: HeldBody,
+    /// How long the upstream may take to answer.
+    timeout: Duration,
+    client: ClientInfo,
 }
 
 impl Gateway {
@@ -52,12 +62,28 @@ impl Gateway {
         let field = families
             .get(route.family)
             .submit()
-            .and_then(|submit| submit.callback_field.clone());
-        let (Some(hooks), Some(field)) = (self.hooks.clone(), field) else {
-            return self
-                .passthrough_as(RouteLabel::Submit, request, client)
-                .await;
+            .and_then(|submit| submit.callback_field.clone())
+            .filter(|_| self.hooks.is_some());
+        let key = match &self.idempotency {
+            Some(_) => match idempotency::key::of(request.headers()) {
+                Ok(key) => key,
+                Err(e) => return self.idempotency_refused(Refusal::BadKey(e)),
+            },
+            None => None,
         };
+        if key.is_none() {
+            if let Some(idempotency) = &self.idempotency {
+                if idempotency.required() {
+                    return self.idempotency_refused(Refusal::Required);
+                }
+                idempotency.bypassed();
+            }
+            if field.is_none() {
+                return self
+                    .passthrough_as(RouteLabel::Submit, request, client)
+                    .await;
+            }
+        }
         let (mut parts, body) = request.into_parts();
         // A content-coded body could hide a hook the gateway cannot read: refused (415), as a batch is.
         let held = match self
@@ -67,76 +93,101 @@ impl Gateway {
             Ok(held) => held,
             Err(e) => return self.read_failed(e),
         };
-        let taken = match submit::take_over(&held.bytes, &field, None) {
-            Ok(taken) => taken,
-            Err(error) => {
-                self.metrics.client_error(ClientError::SubmitBody);
-                return Served::error(RequestError::BadSubmitBody { error });
+        let fingerprint = self.fetcher.fingerprinter().fingerprint(&parts.headers);
+        // The hook first: a body or a hook the gateway refuses is the client's error, never claimed,
+        // never forwarded.
+        let mut body = held.bytes.clone();
+        let mut hook_task = None;
+        if let Some(field) = &field {
+            let taken = match submit::take_over(&held.bytes, field, None) {
+                Ok(taken) => taken,
+                Err(error) => {
+                    self.metrics.client_error(ClientError::SubmitBody);
+                    return Served::error(RequestError::BadSubmitBody { error });
+                }
+            };
+            if let Some(hook) = taken.hook {
+                let hook = match self.checked_hook(field, &hook).await {
+                    Ok(hook) => hook,
+                    Err(served) => return served,
+                };
+                hook_task = Some(HookTask {
+                    family: route.family,
+                    id: String::new(),
+                    path: String::new(),
+                    headers: credential_only(&parts.headers),
+                    client,
+                    hook,
+                    callback: None,
+                });
+                body = taken.body;
             }
+        }
+        let path = normalize(parts.uri.path());
+        let ticket = match (&self.idempotency, key) {
+            (Some(idempotency), Some(key)) => {
+                let scope = format!("{}:{path}", families.get(route.family).name());
+                let id = idempotency.key_id(&fingerprint, &scope, &key);
+                let digest =
+                    idempotency.digest(&scope, parts.headers.get(CONTENT_TYPE), &held.bytes);
+                match idempotency.claim(id, digest, fingerprint).await {
+                    idempotency::Claim::Fresh(ticket) => Some(ticket),
+                    idempotency::Claim::Replay(answer) => return replayed(&answer),
+                    idempotency::Claim::Refused(refusal) => return Served::error(refusal),
+                }
+            }
+            _ => None,
+        };
+        let hook = match (hook_task, self.hooks.clone()) {
+            (Some(mut task), Some(hooks)) => {
+                match hooks.reserve(fingerprint, task.record_bytes()) {
+                    Some(slot) => {
+                        // With `public_url`, the upstream gets the gateway's own callback URL instead of
+                        // nothing.
+                        if let (Some((url, token)), Some(field)) = (
+                            hooks
+                                .issue_callback(fingerprint, route.family, families)
+                                .await,
+                            &field,
+                        ) {
+                            task.callback = Some(token);
+                            body = submit::take_over(&held.bytes, field, Some(&url))
+                                .map_or(body, |replaced| replaced.body);
+                        }
+                        Some((hooks, task, slot))
+                    }
+                    // `webhooks.max_pending`, its per-credential share or `webhooks.max_memory` reached:
+                    // the submit goes on as it came (its hook checked), the upstream's own callback (if
+                    // any) in place of the gateway's delivery.
+                    None => {
+                        body = held.bytes.clone();
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         parts.headers.remove(CONTENT_LENGTH);
-        let Some(hook) = taken.hook else {
-            let request = Request::from_parts(parts, full(taken.body));
-            return self.forward_as(RouteLabel::Submit, request, client).await;
+        parts.headers.remove(&idempotency::IDEMPOTENCY_KEY);
+        let timeout = if ticket.is_some() {
+            self.submit_timeout
+        } else {
+            self.request_timeout
         };
-        // Checked before anything else, whatever happens next: a hook the gateway would refuse is
-        // the client's error, never forwarded.
-        let bad_hook = |error: HookError| {
-            self.metrics.client_error(ClientError::SubmitHook);
-            Served::error(RequestError::BadHook {
-                field: field.clone(),
-                error,
-            })
-        };
-        let hook = match HookUrl::parse(&hook) {
-            Ok(hook) => hook,
-            Err(e) => return bad_hook(e),
-        };
-        if let Err(e @ HookError::Internal(_)) = hook.resolve(hooks.allow_private()).await {
-            return bad_hook(e);
-        }
-        let task = HookTask {
-            family: route.family,
-            id: String::new(),
-            path: String::new(),
-            headers: credential_only(&parts.headers),
-            client,
-            hook,
-            callback: None,
-        };
-        let fingerprint = self.fetcher.fingerprinter().fingerprint(&parts.headers);
-        let Some(slot) = hooks.reserve(fingerprint, task.record_bytes()) else {
-            // `webhooks.max_pending`, its per-credential share or `webhooks.max_memory` reached: the
-            // submit goes on as it came (its hook checked), the upstream's own callback (if any) in
-            // place of the gateway's delivery.
-            let request = Request::from_parts(parts, full(held.bytes.clone()));
-            return self.forward_as(RouteLabel::Submit, request, client).await;
-        };
-        let mut task = task;
-        // With `public_url`, the upstream gets the gateway's own callback URL instead of nothing.
-        let body = match hooks
-            .issue_callback(fingerprint, route.family, families)
-            .await
-        {
-            Some((url, token)) => {
-                task.callback = Some(token);
-                submit::take_over(&held.bytes, &field, Some(&url))
-                    .map_or(taken.body, |replaced| replaced.body)
-            }
-            None => taken.body,
-        };
-        let submit = HookedSubmit {
+        let work = SubmitWork {
             route,
             request: Request::from_parts(parts, body),
-            task,
-            slot,
+            hook,
+            ticket,
             held,
+            timeout,
+            client,
         };
         // From here the work is the gateway's, not the client's: it runs to its end on its own.
         let (answer, answered) = tokio::sync::oneshot::channel();
         let gateway = Arc::clone(&self);
         self.fetcher.work().spawn(WorkKind::Submit, async move {
-            let served = gateway.forward_hooked(&hooks, submit).await;
+            let served = gateway.forward_submit(work).await;
             let _ = answer.send(served);
         });
         answered.await.unwrap_or_else(|_| {
@@ -146,46 +197,167 @@ impl Gateway {
         })
     }
 
-    /// Forwards a submit whose hook was taken over; once the upstream's answer names the task, its
-    /// changes are delivered to the hook. The client gets the answer unchanged.
-    async fn forward_hooked(&self, hooks: &Arc<Hooks>, submit: HookedSubmit) -> Served {
-        let HookedSubmit {
+    /// The hook a submit names, if the gateway will deliver to it; the client's `400` otherwise.
+    async fn checked_hook(&self, field: &str, hook: &str) -> Result<HookUrl, Served> {
+        let refuse = |error: HookError| {
+            self.metrics.client_error(ClientError::SubmitHook);
+            Served::error(RequestError::BadHook {
+                field: field.to_owned(),
+                error,
+            })
+        };
+        let hook = HookUrl::parse(hook).map_err(refuse)?;
+        let allow_private = self
+            .hooks
+            .as_ref()
+            .is_some_and(|hooks| hooks.allow_private());
+        if let Err(e @ HookError::Internal(_)) = hook.resolve(allow_private).await {
+            return Err(refuse(e));
+        }
+        Ok(hook)
+    }
+
+    fn idempotency_refused(&self, refusal: Refusal) -> Served {
+        if let Some(idempotency) = &self.idempotency {
+            idempotency.refused(&refusal);
+        }
+        Served::error(refusal)
+    }
+
+    /// Forwards a submit, settles its key and starts its hook's deliveries. The client (if it is still
+    /// there) gets the upstream's answer: exactly what a retry with its key will be replayed.
+    async fn forward_submit(&self, work: SubmitWork) -> Served {
+        let SubmitWork {
             route,
             request,
-            mut task,
-            slot,
+            hook,
+            ticket,
             held,
-        } = submit;
-        let served = self
-            .forward_as(RouteLabel::Submit, request.map(full), task.client)
+            timeout,
+            client,
+        } = work;
+        let fingerprint = self.fetcher.fingerprinter().fingerprint(request.headers());
+        let forwarded = self
+            .fetcher
+            .upstream()
+            .forward_within(
+                RouteLabel::Submit,
+                &fingerprint,
+                request.map(full),
+                client,
+                timeout,
+            )
             .await;
         drop(held);
-        let status = served.response.status();
-        let (head, answer) = served.response.into_parts();
-        let max = self.fetcher.upstream().max_body();
-        let answer = match Limited::new(answer, usize::try_from(max).unwrap_or(usize::MAX))
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                if let Some(token) = &task.callback {
+        let answer = match forwarded {
+            Ok(response) => self.read_answer(response).await,
+            Err(e) => Err(e),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                e.log();
+                if let Some((hooks, task, _)) = &hook
+                    && let Some(token) = &task.callback
+                {
                     hooks.forget_callback(token).await;
                 }
-                return Served::error(RequestError::SubmitAnswerUnreadable);
+                return self.settle_failed(ticket, e).await;
             }
         };
+        if let Some((hooks, task, slot)) = hook {
+            self.follow(&hooks, &route, task, slot, &answer).await;
+        }
+        if let Some(ticket) = ticket {
+            // Refused without starting anything: a retry is a fresh attempt.
+            if answer.status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
+                ticket.release().await;
+            } else {
+                ticket.complete(answer.clone()).await;
+            }
+        }
+        Served::forwarded(answer_response(&answer, false), answer.status)
+    }
+
+    /// The upstream's answer to a submit, read whole (at most `upstream.max_body`).
+    async fn read_answer(
+        &self,
+        response: Response<Incoming>,
+    ) -> Result<StoredAnswer, UpstreamError> {
+        let (head, body) = response.into_parts();
+        let max = self.fetcher.upstream().max_body();
+        let body = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+            .collect()
+            .await
+            .map_err(|e| UpstreamError::unreachable("the upstream's answer could not be read", e))?
+            .to_bytes();
+        Ok(StoredAnswer {
+            status: head.status.as_u16(),
+            headers: idempotency::kept_headers(&head.headers),
+            body,
+        })
+    }
+
+    /// A submit that got no answer: its key given back when the request never left (a retry is a
+    /// fresh attempt), kept as this very error when the upstream may have acted on it (a retry must
+    /// not start a second task).
+    async fn settle_failed(&self, ticket: Option<Ticket>, error: UpstreamError) -> Served {
+        if let UpstreamError::ClientBody(fault) = &error {
+            if let Some(ticket) = ticket {
+                ticket.release().await;
+            }
+            return self.client_fault(*fault);
+        }
+        let served = Served::error(error.clone());
+        let Some(ticket) = ticket else {
+            return served;
+        };
+        if error.never_sent() {
+            ticket.release().await;
+            return served;
+        }
+        let detail = format!(
+            "{error}; the upstream may have started the task: look it up before submitting again"
+        );
+        let status = error.status();
+        let answer = StoredAnswer {
+            status: status.as_u16(),
+            headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body: Bytes::from(
+                serde_json::json!({
+                    "code": status.as_u16(),
+                    "description": detail,
+                    "type": "mjgate_error",
+                })
+                .to_string(),
+            ),
+        };
+        ticket.complete(answer.clone()).await;
+        Served::forwarded(answer_response(&answer, false), answer.status)
+    }
+
+    /// Once the upstream's answer names the task, its changes are delivered to the hook; otherwise
+    /// the hook's place and callback token are given back.
+    async fn follow(
+        &self,
+        hooks: &Arc<Hooks>,
+        route: &SubmitMatch,
+        mut task: HookTask,
+        slot: Slot,
+        answer: &StoredAnswer,
+    ) {
         let families = self.fetcher.families();
         let id = families
             .get(route.family)
             .submit()
-            .and_then(|submit| submit.task_id_in(&answer));
+            .and_then(|submit| submit.task_id_in(&answer.body));
         let path = id.as_deref().and_then(|id| {
             let id = TaskId::parse(id).ok()?;
             families.status_path(route.family, &route.mode, id)
         });
+        let accepted = StatusCode::from_u16(answer.status).is_ok_and(|s| s.is_success());
         match (id, path) {
-            (Some(id), Some(path)) if status.is_success() => {
+            (Some(id), Some(path)) if accepted => {
                 if let Some(token) = &task.callback {
                     hooks.bind_callback(token, &id, families).await;
                 }
@@ -199,9 +371,28 @@ impl Gateway {
                 }
             }
         }
-        Served {
-            response: Response::from_parts(head, ResponseBody::full(answer)),
-            ..served
-        }
     }
+}
+
+/// A kept answer as a response: its status, headers and body; `replay` marks it
+/// `Idempotent-Replayed: true`.
+fn answer_response(answer: &StoredAnswer, replay: bool) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(answer.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    for (name, value) in &answer.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if replay {
+        headers.insert(
+            IDEMPOTENT_REPLAYED.clone(),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// A retry answered with its key's kept answer, byte for byte.
+fn replayed(answer: &StoredAnswer) -> Served {
+    Served::forwarded(answer_response(answer, true), answer.status)
 }
