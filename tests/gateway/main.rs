@@ -16,6 +16,7 @@ mod docs;
 mod families;
 mod fetch_cache;
 mod hardening;
+mod idempotency;
 mod layout;
 mod observability;
 mod parking;
