@@ -552,6 +552,17 @@ fn config_summary(config: &Config) -> String {
             }
         ),
     };
+    let idempotency = match &config.idempotency {
+        None => "off".to_owned(),
+        Some(i) => format!(
+            "on (answers kept {}, {}; {} keys a credential, {}; submits wait {})",
+            humantime::format_duration(i.ttl),
+            if i.require { "key required" } else { "key optional" },
+            i.max_keys_per_credential,
+            bytesize::ByteSize(i.max_memory),
+            humantime::format_duration(config.upstream.submit_timeout),
+        ),
+    };
     format!(
         "config ok\n\
          listen          {}\n\
@@ -562,6 +573,7 @@ fn config_summary(config: &Config) -> String {
          shared cache    {shared}\n\
          families        {families}\n\
          webhooks        {webhooks}\n\
+         idempotency     {idempotency}\n\
          gzip answers    {}\n\
          park idle after {}",
         config.listen,
