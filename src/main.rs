@@ -557,7 +557,11 @@ fn config_summary(config: &Config) -> String {
         Some(i) => format!(
             "on (answers kept {}, {}; {} keys a credential, {}; submits wait {})",
             humantime::format_duration(i.ttl),
-            if i.require { "key required" } else { "key optional" },
+            if i.require {
+                "key required"
+            } else {
+                "key optional"
+            },
             i.max_keys_per_credential,
             bytesize::ByteSize(i.max_memory),
             humantime::format_duration(config.upstream.submit_timeout),

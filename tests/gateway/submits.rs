@@ -31,6 +31,38 @@ fn imagine(hook: &str) -> String {
     serde_json::json!({"prompt": "a cat", "notifyHook": hook}).to_string()
 }
 
+/// A gateway that gives the upstream its own callback URL (`public_url`), `extra` appended to its
+/// `[webhooks]`; `quiet` makes running answers fresh for an hour, so only callbacks bring news.
+async fn with_callbacks(sim: &Simulator, extra: &str, quiet: bool) -> Gateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let mut text = webhooks(&format!("public_url = \"{public}\"\n{extra}"));
+    if quiet {
+        text = text.replacen("in_progress_ttl = \"200ms\"", "in_progress_ttl = \"1h\"", 1);
+    }
+    start_gateway_on(listener, config(&sim.url(), &text))
+}
+
+/// Submits an imagine with `hook`; the task id and the callback URL the upstream was given.
+async fn submit_with_callback(gw: &Gateway, sim: &Simulator, hook: &str) -> (String, String) {
+    let id = post(gw, "/mj/submit/imagine", &imagine(hook)).await.json()["result"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let callback = sim
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.uri == "/mj/submit/imagine")
+        .and_then(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["notifyHook"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .expect("the upstream got the gateway's callback URL");
+    (id, callback)
+}
+
 /// The task ids of every finished (`SUCCESS`) delivery the receiver got.
 fn finished(receiver: &Receiver) -> HashSet<String> {
     receiver
@@ -178,30 +210,8 @@ async fn a_finished_task_stays_finished_whatever_callbacks_arrive_after() {
     let receiver = Receiver::start(&[]).await;
     let sim = Simulator::start().await.unwrap();
     sim.set_task_duration(Duration::from_secs(600));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!("http://{}", listener.local_addr().unwrap());
-    let gw = start_gateway_on(
-        listener,
-        config(
-            &sim.url(),
-            &webhooks(&format!(
-                "public_url = \"{public}\"\nfinished_only = true\n"
-            )),
-        ),
-    );
-    let id = post(&gw, "/mj/submit/imagine", &imagine(&receiver.url()))
-        .await
-        .json()["result"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let callback = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["notifyHook"].clone())
-        .and_then(|hook| hook.as_str().map(str::to_owned))
-        .expect("the upstream got the gateway's callback URL");
+    let gw = with_callbacks(&sim, "finished_only = true\n", false).await;
+    let (id, callback) = submit_with_callback(&gw, &sim, &receiver.url()).await;
     let call_back = |status: &str| {
         let body = serde_json::json!({"id": id, "status": status, "progress": "50%"}).to_string();
         send(request(Method::POST, &callback, None, &body))
@@ -238,34 +248,8 @@ async fn every_event_has_its_own_id_even_when_a_state_comes_back() {
     let receiver = Receiver::start(&[]).await;
     let sim = Simulator::start().await.unwrap();
     sim.set_task_duration(Duration::from_secs(600));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!("http://{}", listener.local_addr().unwrap());
-    let gw = start_gateway_on(
-        listener,
-        config(
-            &sim.url(),
-            &webhooks(&format!(
-                "public_url = \"{public}\"\n[cache]\nin_progress_ttl = \"1h\"\n"
-            ))
-            .replacen("[cache]\nin_progress_ttl = \"200ms\"\n", "", 1),
-        ),
-    );
-    let id = post(&gw, "/mj/submit/imagine", &imagine(&receiver.url()))
-        .await
-        .json()["result"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let callback = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .and_then(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["notifyHook"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap();
+    let gw = with_callbacks(&sim, "", true).await;
+    let (id, callback) = submit_with_callback(&gw, &sim, &receiver.url()).await;
     receiver.wait_for_status("SUBMITTED").await;
     for (n, progress) in ["10%", "20%", "10%"].into_iter().enumerate() {
         let body = serde_json::json!({"id": id, "status": "IN_PROGRESS", "progress": progress})
@@ -354,34 +338,8 @@ async fn an_answer_whose_status_and_progress_did_not_change_is_no_event() {
     let receiver = Receiver::start(&[]).await;
     let sim = Simulator::start().await.unwrap();
     sim.set_task_duration(Duration::from_secs(600));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!("http://{}", listener.local_addr().unwrap());
-    let gw = start_gateway_on(
-        listener,
-        config(
-            &sim.url(),
-            &webhooks(&format!(
-                "public_url = \"{public}\"\n[cache]\nin_progress_ttl = \"1h\"\n"
-            ))
-            .replacen("[cache]\nin_progress_ttl = \"200ms\"\n", "", 1),
-        ),
-    );
-    let id = post(&gw, "/mj/submit/imagine", &imagine(&receiver.url()))
-        .await
-        .json()["result"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let callback = sim
-        .requests()
-        .into_iter()
-        .find(|r| r.uri == "/mj/submit/imagine")
-        .and_then(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["notifyHook"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap();
+    let gw = with_callbacks(&sim, "", true).await;
+    let (id, callback) = submit_with_callback(&gw, &sim, &receiver.url()).await;
     receiver.wait_for_status("SUBMITTED").await;
     let state = |status: &str, progress: &str, url: &str| {
         serde_json::json!({"id": id, "status": status, "progress": progress, "imageUrl": url})
