@@ -111,6 +111,9 @@ pub struct WatchConfig {
     /// Bytes of events waiting on their streams' connections, all streams together; a reader that
     /// leaves an event untaken for two heartbeats (or finds this full for as long) is cut off.
     pub stream_buffer: u64,
+    /// Bytes of answers watches hold beyond the cache (the latest state of every watched task); past
+    /// it, a watch holds its task's answer only while the cache does.
+    pub max_memory: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +199,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// A connection with no new request for this long is closed gracefully (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
+    /// Longest a connection's writes may wait on a client that takes nothing (nginx's
+    /// `send_timeout`); it is dropped past it, with every byte held for it.
+    pub send_timeout: Duration,
     /// A plaintext HTTP/1 connection idle this long gives up hyper's buffers until its next request
     /// (nginx's keep-alive); `None` (configured as 0) keeps every connection whole.
     pub park_idle_after: Option<Duration>,
@@ -347,6 +353,7 @@ struct RawWatch {
     #[serde(default, with = "humantime_serde")]
     heartbeat: Option<Duration>,
     stream_buffer: Option<ByteSize>,
+    max_memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,6 +427,8 @@ struct RawServer {
     body_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    send_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     park_idle_after: Option<Duration>,
 }
@@ -648,6 +657,7 @@ impl RawServer {
             body_buffer_total,
             body_read_timeout: keys::SERVER_BODY_READ_TIMEOUT.duration(self.body_read_timeout)?,
             idle_timeout: keys::SERVER_IDLE_TIMEOUT.duration(self.idle_timeout)?,
+            send_timeout: keys::SERVER_SEND_TIMEOUT.duration(self.send_timeout)?,
             park_idle_after: Some(keys::SERVER_PARK_IDLE_AFTER.duration(self.park_idle_after)?)
                 .filter(|after| !after.is_zero()),
         })
@@ -663,6 +673,7 @@ impl RawWatch {
                 .count(self.max_open_per_credential)?,
             heartbeat: keys::WATCH_HEARTBEAT.duration(self.heartbeat)?,
             stream_buffer: keys::WATCH_STREAM_BUFFER.number(self.stream_buffer.map(|b| b.0))?,
+            max_memory: keys::WATCH_MAX_MEMORY.number(self.max_memory.map(|b| b.0))?,
         })
     }
 }

@@ -309,6 +309,8 @@ pub struct Metrics {
     client_connections: IntGauge,
     parked_connections: IntGauge,
     refused_connections: IntCounter,
+    /// Connections dropped because the client took nothing for `server.send_timeout`.
+    send_timeouts: IntCounter,
     log_lines_dropped: IntCounter,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
@@ -490,6 +492,8 @@ pub struct WatchMetrics {
     stream_buffered: IntGauge,
     /// Streams cut off (with their connection) because their reader fell behind.
     streams_cut: IntCounter,
+    /// Bytes of answers watches hold strongly (`watch.max_memory`).
+    held: IntGauge,
 }
 
 /// The routes a `304 Not Modified` can answer, in the order of `WatchMetrics::not_modified`.
@@ -528,6 +532,10 @@ impl WatchMetrics {
                 "mjgate_stream_buffered_bytes",
                 "Bytes of server-sent events handed to streams whose connections have not taken them yet, bounded by watch.stream_buffer (event data is shared by every stream of a task, so this counts it once per stream).",
             ),
+            held: r.gauge(
+                "mjgate_watch_held_bytes",
+                "Bytes of answers watches hold strongly beyond the cache (the latest state of each watched task), bounded by watch.max_memory; past it a watch holds its task's answer only while the cache does.",
+            ),
             streams_cut: r.counter(
                 "mjgate_streams_cut_total",
                 "Event streams cut off with their connection because the reader fell behind: no room for the next event within two heartbeats.",
@@ -556,6 +564,11 @@ impl WatchMetrics {
     /// Adds `delta` bytes to the events waiting on their connections.
     pub fn stream_buffered(&self, delta: i64) {
         self.stream_buffered.add(delta);
+    }
+
+    /// Adds `delta` bytes to the answers watches hold.
+    pub fn held(&self, delta: i64) {
+        self.held.add(delta);
     }
 
     pub fn stream_cut(&self) {
@@ -981,6 +994,10 @@ impl Metrics {
                 "mjgate_client_connections_refused_total",
                 "Client connections closed on accept because server.max_connections was reached.",
             ),
+            send_timeouts: r.counter(
+                "mjgate_client_send_timeouts_total",
+                "Client connections dropped because the client took no byte for server.send_timeout.",
+            ),
             log_lines_dropped: r.counter(
                 "mjgate_log_lines_dropped_total",
                 "Log lines dropped because the log output (stderr) fell behind; requests never wait on it.",
@@ -1084,6 +1101,10 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.refused_connections.inc();
+    }
+
+    pub fn send_timed_out(&self) {
+        self.send_timeouts.inc();
     }
 
     pub fn idempotency(&self, outcome: IdempotencyOutcome) {

@@ -178,6 +178,7 @@ fn serving(config: &ServerConfig) -> Serving {
         http2,
         head_timeout: config.header_read_timeout,
         idle_timeout: config.idle_timeout,
+        send_timeout: config.send_timeout,
         park_after: config.park_idle_after,
     }
 }

@@ -89,6 +89,7 @@ keys! {
     SERVER_BODY_BUFFER_TOTAL = "server.body_buffer_total", size(64 * MIB), size(0), size(1024 * GIB);
     SERVER_BODY_READ_TIMEOUT = "server.body_read_timeout", secs(30), ms(1), secs(DAY);
     SERVER_IDLE_TIMEOUT = "server.idle_timeout", secs(60), ms(1), secs(7 * DAY);
+    SERVER_SEND_TIMEOUT = "server.send_timeout", secs(60), ms(1), secs(DAY);
     SERVER_PARK_IDLE_AFTER = "server.park_idle_after", ms(250), ms(0), secs(DAY);
     TLS_RELOAD_INTERVAL = "tls.reload_interval", secs(10), ms(100), secs(DAY);
     WATCH_MAX_WAIT = "watch.max_wait", secs(60), ms(1), secs(DAY);
@@ -96,6 +97,7 @@ keys! {
     WATCH_MAX_OPEN_PER_CREDENTIAL = "watch.max_open_per_credential", count(1_000), count(1), count(10_000_000);
     WATCH_HEARTBEAT = "watch.heartbeat", secs(15), ms(1), secs(HOUR);
     WATCH_STREAM_BUFFER = "watch.stream_buffer", size(64 * MIB), size(MIB), size(1024 * GIB);
+    WATCH_MAX_MEMORY = "watch.max_memory", size(64 * MIB), size(0), size(1024 * GIB);
     SHARED_CACHE_TERMINAL_TTL = "shared_cache.terminal_ttl", secs(7 * DAY), ms(1), secs(365 * DAY);
     SHARED_CACHE_TIMEOUT = "shared_cache.timeout", ms(250), ms(1), secs(10 * MINUTE);
     SHARED_CACHE_LEASE_TTL = "shared_cache.lease_ttl", secs(5), ms(100), secs(DAY);

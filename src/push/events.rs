@@ -21,7 +21,7 @@ use crate::family::{FamilyId, TaskRef};
 use crate::fetch::Served;
 use crate::metrics::EventKind;
 use crate::push::Push;
-use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget};
+use crate::push::watch::{Snapshot, WatchKind, WatchPermit, WatchTarget, Watched};
 use crate::upstream::ClientInfo;
 use crate::work::WorkKind;
 
@@ -98,6 +98,12 @@ struct Stream {
     _permit: WatchPermit,
 }
 
+/// The last state a stream sent: its tag and status.
+struct Sent {
+    etag: HeaderValue,
+    status: String,
+}
+
 /// The stream is over: the client went away, fell behind, or the task's last events are out.
 /// Either way the writer stops.
 struct Stop;
@@ -114,7 +120,19 @@ impl Stream {
         current: Snapshot,
         last_event_id: Option<HeaderValue>,
     ) {
-        let _ = self.stream(target, current, last_event_id).await;
+        let ended = self.stream(target, current, last_event_id).await;
+        let draining = *self.push.watchers.draining().borrow();
+        if ended.is_err() && !draining && !self.events.is_closed() {
+            // The last event may still wait in the channel, charged: the reader gets as long to
+            // take it as it would any other, else its connection goes (and the charge with it),
+            // rather than an idle connection pinning it for ever with no writer left to notice.
+            if tokio::time::timeout(self.behind(), self.events.reserve())
+                .await
+                .is_err()
+            {
+                self.cut_off();
+            }
+        }
     }
 
     async fn stream(
@@ -123,21 +141,24 @@ impl Stream {
         current: Snapshot,
         last_event_id: Option<HeaderValue>,
     ) -> Result<(), Stop> {
-        let mut sent = Arc::clone(&current);
+        // What was sent last, by tag and status: a stream keeps no body of its own between events.
+        let mut sent = Sent {
+            etag: current.etag.clone(),
+            status: self.status_of(&current),
+        };
         if last_event_id.as_ref() != Some(&current.etag) {
             self.send(EventKind::Status, &current).await?;
         }
         self.finish_if_over(&current).await?;
-        let mut changes = self.push.watch(target, current);
+        let mut changes = self.push.watch(target.clone(), current);
         let mut draining = self.push.watchers.draining();
         let period = self.push.watchers.config().heartbeat;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
-            let latest = Arc::clone(&changes.borrow_and_update());
-            if latest.etag != sent.etag {
+            let latest = changes.borrow_and_update().etag.clone();
+            if latest != sent.etag {
                 // Whatever is newest once there is room: a slow reader skips what it missed.
-                self.write_change(&sent, &mut changes).await?;
-                sent = Arc::clone(&changes.borrow());
+                sent = self.write_change(&sent, &mut changes, &target).await?;
                 continue;
             }
             if *draining.borrow() {
@@ -147,7 +168,7 @@ impl Stream {
                     EventKind::Shutdown,
                     frame_of(SHUTDOWN, Bytes::new(), ""),
                 )
-                .await;
+                .await?;
                 return Err(Stop);
             }
             tokio::select! {
@@ -155,7 +176,7 @@ impl Stream {
                 changed = changes.changed() => if changed.is_err() {
                     // The poller ended (the task is over): write what it knew last, then close.
                     if changes.borrow().etag != sent.etag {
-                        self.write_change(&sent, &mut changes).await?;
+                        self.write_change(&sent, &mut changes, &target).await?;
                     }
                     return Err(Stop);
                 },
@@ -197,26 +218,40 @@ impl Stream {
     }
 
     /// Writes the event for the change from `before` to the newest state `changes` holds once there is
-    /// room; ends the stream after the finished state.
+    /// room (its body read again if the watch no longer holds it); ends the stream after the finished
+    /// state. What it sent.
     async fn write_change(
         &mut self,
-        before: &Snapshot,
-        changes: &mut tokio::sync::watch::Receiver<Snapshot>,
-    ) -> Result<(), Stop> {
+        before: &Sent,
+        changes: &mut tokio::sync::watch::Receiver<Watched>,
+        target: &WatchTarget,
+    ) -> Result<Sent, Stop> {
         let room = self.room().await?;
-        let after = Arc::clone(&changes.borrow_and_update());
+        let watched = changes.borrow_and_update().clone();
+        let Some(after) = self.push.body_of(&watched, target).await else {
+            // Not readable now: the next change or heartbeat tries again.
+            return Ok(Sent {
+                etag: before.etag.clone(),
+                status: before.status.clone(),
+            });
+        };
         if !after.is_task() {
             // The task vanished (the upstream now says it does not exist).
             self.put_task(room, EventKind::Error, &after).await?;
             return Err(Stop);
         }
-        let kind = if self.status_of(&after) == self.status_of(before) {
+        let status = self.status_of(&after);
+        let kind = if status == before.status {
             EventKind::Progress
         } else {
             EventKind::Status
         };
         self.put_task(room, kind, &after).await?;
-        self.finish_if_over(&after).await
+        self.finish_if_over(&after).await?;
+        Ok(Sent {
+            etag: after.etag.clone(),
+            status,
+        })
     }
 
     /// The task's status value, as its family reads it.
@@ -244,7 +279,7 @@ impl Stream {
                 "\n\n",
             ),
         )
-        .await;
+        .await?;
         Err(Stop)
     }
 
@@ -265,26 +300,28 @@ impl Stream {
             ),
             Some(lines) => frame_of(&head, lines, "\n"),
         };
-        self.put(room, kind, frame).await;
-        Ok(())
+        self.put(room, kind, frame).await
     }
 
     /// Charges `frame` to `watch.stream_buffer` and hands it to the connection. A full budget is
     /// waited on like a full stream: the slowest readers are cut off and give theirs back.
-    async fn put(&mut self, room: Room, kind: EventKind, mut frame: EventFrame) {
+    async fn put(
+        &mut self,
+        room: Room,
+        kind: EventKind,
+        mut frame: EventFrame,
+    ) -> Result<(), Stop> {
         let bytes = frame.head.len() + frame.data.len() + frame.tail.len();
         let behind = self.behind();
         match tokio::time::timeout(behind, self.push.watchers.stream_charge(bytes)).await {
             Ok(Some(charge)) => frame.charge = Some(charge),
-            _ => {
-                self.cut_off();
-                return;
-            }
+            _ => return Err(self.cut_off()),
         }
         if room.permit.send(frame).is_closed() {
-            return;
+            return Err(Stop);
         }
         self.push.metrics.watch.event(kind);
+        Ok(())
     }
 }
 

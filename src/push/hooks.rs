@@ -20,8 +20,8 @@ use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use tokio::sync::watch;
 
 use super::Push;
-use super::watch::{Snapshot, WatchTarget};
-use crate::cache::{CacheKey, KeyBuf};
+use super::watch::{Snapshot, WatchTarget, Watched};
+use crate::cache::KeyBuf;
 use crate::credential::MJ_API_SECRET;
 use crate::family::{FamilyId, TaskRef};
 use crate::metrics::Delivery;
@@ -195,11 +195,11 @@ impl Push {
             task: (task.family, task.id.clone()),
             client: task.client,
         };
-        let changes = self.watch(target, first);
+        let changes = self.watch(target.clone(), first);
         let mut source = TrackerSource {
             push: Arc::clone(self),
             task: &task,
-            key: key.to_key(),
+            target,
             changes: Some(changes),
         };
         let mut closed = false;
@@ -210,13 +210,29 @@ impl Push {
             if *draining.borrow() {
                 return Tracked::Interrupted;
             }
-            let Some(latest) = source.peek() else {
+            let Some(watched) = source.peek() else {
                 return Tracked::Over;
             };
-            if !latest.is_task() {
+            if !watched.is_task() {
                 // The task vanished upstream after it was seen: nothing more will be delivered.
                 return Tracked::Over;
             }
+            // A watch past `watch.max_memory` holds no body: read it again (cache, else upstream).
+            let Some(latest) = self.body_of(&watched, &source.target).await else {
+                if closed {
+                    return Tracked::Over;
+                }
+                drop(watched);
+                let Some(changes) = source.changes.as_mut() else {
+                    return Tracked::Over;
+                };
+                tokio::select! {
+                    changed = changes.changed() => closed = changed.is_err(),
+                    _ = draining.changed() => {}
+                }
+                continue;
+            };
+            drop(watched);
             let state = family.state_of(&latest.body);
             if delivered.as_ref() != Some(&latest.etag)
                 && !latest.is_finished()
@@ -417,22 +433,23 @@ fn pending_id(record: Option<&HookRecord>, etag: &HeaderValue) -> Option<String>
 struct TrackerSource<'t> {
     push: Arc<Push>,
     task: &'t HookTask,
-    key: CacheKey,
-    changes: Option<watch::Receiver<Snapshot>>,
+    target: WatchTarget,
+    changes: Option<watch::Receiver<Watched>>,
 }
 
 impl TrackerSource<'_> {
     /// The state the watch holds now, if the tracker still watches.
-    fn peek(&mut self) -> Option<Snapshot> {
+    fn peek(&mut self) -> Option<Watched> {
         let changes = self.changes.as_mut()?;
-        Some(Arc::clone(&changes.borrow_and_update()))
+        Some(changes.borrow_and_update().clone())
     }
 }
 
 impl EventSource for TrackerSource<'_> {
     async fn latest(&mut self) -> Option<Event> {
-        let snapshot = match self.peek() {
-            Some(snapshot) => snapshot,
+        let watched = self.peek();
+        let snapshot = match watched {
+            Some(watched) => self.push.body_of(&watched, &self.target).await?,
             None => {
                 let id = TaskId::parse(&self.task.id).ok()?;
                 let task_ref = TaskRef {
@@ -446,7 +463,7 @@ impl EventSource for TrackerSource<'_> {
                     self.task.client,
                 ))
                 .await;
-                let key: &[u8] = std::borrow::Borrow::borrow(&self.key);
+                let key: &[u8] = std::borrow::Borrow::borrow(&self.target.key);
                 self.push.fetcher.cache().current(key)?.0
             }
         };

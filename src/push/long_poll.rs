@@ -90,18 +90,27 @@ impl Push {
             task: (task.family, task.id.as_str().to_owned()),
             client,
         };
-        let mut changes = self.watch(target, Arc::clone(&current));
+        // Only its tag is kept while the poll is held: the body is the watch's to hold, in its budget.
+        let current_tag = current.etag.clone();
+        let mut changes = self.watch(target.clone(), current);
         let mut draining = self.watchers.draining();
         let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
-        while changes.borrow_and_update().etag == current.etag && !*draining.borrow() {
+        while changes.borrow_and_update().etag == current_tag && !*draining.borrow() {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 () = &mut deadline => break,
                 _ = draining.changed() => {}
             }
         }
-        let latest = Arc::clone(&changes.borrow());
+        let watched = changes.borrow().clone();
+        let latest = match watched.task() {
+            Some(task) => task,
+            None => match self.body_of(&watched, &target).await {
+                Some(task) => task,
+                None => return self.fetcher.fetch(path, headers, task, client).await,
+            },
+        };
         let status = CacheStatus::Hit {
             ttl: self.fetcher.cache().fresh_left(&latest),
         };

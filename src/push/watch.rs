@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::sync::watch;
 
+use crate::body::Stored;
 use crate::cache::{CacheKey, CachedTask};
 use crate::config::WatchConfig;
 use crate::credential::CredentialFingerprint;
@@ -27,8 +28,65 @@ use crate::task::{TaskClass, TaskId};
 use crate::upstream::ClientInfo;
 use crate::work::WorkKind;
 
-/// The latest answer a poller knows for its task.
+/// A stored answer, as readers of a watch get it.
 pub type Snapshot = Arc<CachedTask>;
+
+/// The latest answer a poller knows for its task: its identity always, its body while
+/// `watch.max_memory` has room for it. Past the budget the answer is held weakly, alive only while
+/// the cache keeps it: a watch then costs its task's tag, and a reader that finds the body gone reads
+/// it again through the fetch core. So answers watchers hold beyond the cache are bounded in bytes, not
+/// by the number of watched tasks times their size.
+#[derive(Clone)]
+pub struct Watched {
+    pub etag: http::HeaderValue,
+    class: TaskClass,
+    pub stored_at: std::time::Instant,
+    held: Held,
+}
+
+#[derive(Clone)]
+enum Held {
+    // The charge is given back when the last clone of this state goes.
+    Strong(Snapshot, #[allow(dead_code)] Arc<SnapshotCharge>),
+    Weak(std::sync::Weak<CachedTask>),
+}
+
+/// Bytes of one held answer under `watch.max_memory`, given back when the last reader lets it go.
+struct SnapshotCharge {
+    bytes: u64,
+    held: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for SnapshotCharge {
+    fn drop(&mut self) {
+        self.held
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+        self.metrics.watch.held(-(self.bytes as i64));
+    }
+}
+
+impl Watched {
+    pub fn class(&self) -> TaskClass {
+        self.class
+    }
+
+    pub fn is_task(&self) -> bool {
+        self.class.is_task()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.class == TaskClass::Terminal
+    }
+
+    /// The answer itself, if it is still held (by this watch or the cache).
+    pub fn task(&self) -> Option<Snapshot> {
+        match &self.held {
+            Held::Strong(task, _) => Some(Arc::clone(task)),
+            Held::Weak(task) => task.upgrade(),
+        }
+    }
+}
 
 /// What a long-poll or a stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +100,13 @@ pub struct Watchers {
     /// Pollers by cache key. Each poller task owns its sender; entries are added by subscribers and
     /// removed by the poller as it retires, both under this lock, so nobody subscribes to a poller
     /// that is leaving.
-    pollers: Mutex<HashMap<CacheKey, Weak<watch::Sender<Snapshot>>>>,
+    pollers: Mutex<HashMap<CacheKey, Weak<watch::Sender<Watched>>>>,
     open: Arc<Mutex<OpenCounts>>,
     config: WatchConfig,
     /// Turns `true` when shutdown begins: held long-polls answer, streams end.
     draining: watch::Sender<bool>,
+    /// Bytes of answers held strongly by watches now, under `watch.max_memory`.
+    held: Arc<std::sync::atomic::AtomicU64>,
     /// `watch.stream_buffer`: bytes of events handed to streams and not yet taken by their
     /// connections.
     stream_buffer: Arc<tokio::sync::Semaphore>,
@@ -80,6 +140,7 @@ pub struct WatchPermit {
 }
 
 /// What a poller needs to refresh its task as the client that started it would.
+#[derive(Clone)]
 pub struct WatchTarget {
     pub key: CacheKey,
     /// The upstream path of the task's status and the starting request's headers.
@@ -101,7 +162,41 @@ impl Watchers {
             config: config.clone(),
             draining: watch::channel(false).0,
             stream_buffer: Arc::new(tokio::sync::Semaphore::new(budget)),
+            held: Arc::default(),
             metrics,
+        }
+    }
+
+    /// `task` as a watch holds it: strongly while `watch.max_memory` has room for its bytes, weakly
+    /// past it.
+    pub fn hold(&self, task: &Snapshot) -> Watched {
+        let bytes = (task.body.len() + task.gzipped().map_or(0, |g| g.body.len())) as u64;
+        let charged = self
+            .held
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |held| (held + bytes <= self.config.max_memory).then_some(held + bytes),
+            )
+            .is_ok();
+        let held = if charged {
+            self.metrics.watch.held(bytes as i64);
+            Held::Strong(
+                Arc::clone(task),
+                Arc::new(SnapshotCharge {
+                    bytes,
+                    held: Arc::clone(&self.held),
+                    metrics: Arc::clone(&self.metrics),
+                }),
+            )
+        } else {
+            Held::Weak(Arc::downgrade(task))
+        };
+        Watched {
+            etag: task.etag.clone(),
+            class: task.class(),
+            stored_at: task.stored_at,
+            held,
         }
     }
 
@@ -172,7 +267,7 @@ impl Watchers {
     }
 
     /// Removes `sender`'s entry if nobody subscribes to it any more; `false` when someone does.
-    fn retire(&self, key: &CacheKey, sender: &Arc<watch::Sender<Snapshot>>) -> bool {
+    fn retire(&self, key: &CacheKey, sender: &Arc<watch::Sender<Watched>>) -> bool {
         let mut pollers = self.pollers.lock();
         if sender.receiver_count() > 0 {
             return false;
@@ -182,7 +277,7 @@ impl Watchers {
     }
 
     /// Removes `sender`'s entry whoever still subscribes: its task is over.
-    fn finish(&self, key: &CacheKey, sender: &Arc<watch::Sender<Snapshot>>) {
+    fn finish(&self, key: &CacheKey, sender: &Arc<watch::Sender<Watched>>) {
         let mut pollers = self.pollers.lock();
         remove_own_entry(&mut pollers, key, sender);
     }
@@ -190,9 +285,9 @@ impl Watchers {
 
 /// Removes the entry for `key` if it is `sender`'s (a newer poller may have taken the key since).
 fn remove_own_entry(
-    pollers: &mut HashMap<CacheKey, Weak<watch::Sender<Snapshot>>>,
+    pollers: &mut HashMap<CacheKey, Weak<watch::Sender<Watched>>>,
     key: &CacheKey,
-    sender: &Arc<watch::Sender<Snapshot>>,
+    sender: &Arc<watch::Sender<Watched>>,
 ) {
     if pollers
         .get(key)
@@ -216,13 +311,48 @@ impl Drop for WatchPermit {
 }
 
 impl Push {
-    /// Subscribes to the poller of `target`'s task, starting one if none runs. `current` is the
-    /// answer the caller holds: a newer one than the poller's moves every subscriber forward. Compare
-    /// the receiver's value with what the client has, not only its change notices: the poller may
-    /// already know something newer than `current`.
+    /// The answer `watched` stands for: its own, the cache's (that state or a newer one), else read
+    /// again through the fetch core (the cache, or one collapsed upstream call). `None` only when
+    /// the task cannot be read now.
+    pub(crate) async fn body_of(
+        &self,
+        watched: &Watched,
+        target: &WatchTarget,
+    ) -> Option<Snapshot> {
+        if let Some(task) = watched.task() {
+            return Some(task);
+        }
+        let key: &[u8] = std::borrow::Borrow::borrow(&target.key);
+        let cached = |push: &Self| {
+            push.fetcher
+                .cache()
+                .current(key)
+                .map(|(task, _)| task)
+                .filter(|task| task.stored_at >= watched.stored_at)
+        };
+        if let Some(task) = cached(self) {
+            return Some(task);
+        }
+        let (family, id) = &target.task;
+        let id = TaskId::parse(id).ok()?;
+        let served = Box::pin(self.fetcher.fetch(
+            &target.path,
+            &target.headers,
+            TaskRef {
+                family: *family,
+                id,
+            },
+            target.client,
+        ))
+        .await;
+        drop(served);
+        cached(self).or_else(|| self.fetcher.cache().current(key).map(|(task, _)| task))
+    }
+
     /// Hands a fresher answer to the task's poller, if the task is watched: its long-polls, streams
     /// and hooks see it at once (an upstream called back with it).
     pub(crate) fn announce(&self, key: &CacheKey, latest: &Snapshot) {
+        let held = self.watchers.hold(latest);
         let sender = self
             .watchers
             .pollers
@@ -236,18 +366,23 @@ impl Push {
                     && latest.stored_at >= known.stored_at
                     && !known.is_finished();
                 if newer {
-                    *known = Arc::clone(latest);
+                    *known = held;
                 }
                 newer
             });
         }
     }
 
+    /// Subscribes to the poller of `target`'s task, starting one if none runs. `current` is the
+    /// answer the caller holds: a newer one than the poller's moves every subscriber forward. Compare
+    /// the receiver's value with what the client has, not only its change notices: the poller may
+    /// already know something newer than `current`.
     pub(crate) fn watch(
         self: &Arc<Self>,
         target: WatchTarget,
         current: Snapshot,
-    ) -> watch::Receiver<Snapshot> {
+    ) -> watch::Receiver<Watched> {
+        let current = self.watchers.hold(&current);
         let mut pollers = self.watchers.pollers.lock();
         if let Some(sender) = pollers.get(&target.key).and_then(Weak::upgrade) {
             sender.send_if_modified(|known| {
@@ -255,7 +390,7 @@ impl Push {
                     && current.stored_at > known.stored_at
                     && !known.is_finished();
                 if newer {
-                    *known = Arc::clone(&current);
+                    *known = current.clone();
                 }
                 newer
             });
@@ -276,7 +411,7 @@ impl Push {
     async fn poll_watched(
         self: Arc<Self>,
         target: WatchTarget,
-        sender: Arc<watch::Sender<Snapshot>>,
+        sender: Arc<watch::Sender<Watched>>,
     ) {
         let _gauge = self.metrics.watch.watcher();
         let (family, id) = &target.task;
@@ -285,7 +420,7 @@ impl Push {
             return;
         };
         loop {
-            let known = Arc::clone(&sender.borrow());
+            let known = sender.borrow().clone();
             if known.class() != TaskClass::InProgress {
                 // Terminal or gone: nothing more will change. Subscribers keep the last value.
                 self.watchers.finish(&target.key, &sender);
@@ -300,7 +435,7 @@ impl Push {
                 && latest.stored_at >= known.stored_at
             {
                 // Someone else refreshed it (a plain poll, a batch, another replica via Redis).
-                sender.send_replace(Arc::clone(latest));
+                sender.send_replace(self.watchers.hold(latest));
                 continue;
             }
             let fresh_for = cached.map_or(Duration::ZERO, |(_, left)| left);

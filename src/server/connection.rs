@@ -40,6 +40,7 @@ pub(super) struct Serving {
     pub(super) http2: http2::Builder<TokioExecutor>,
     pub(super) head_timeout: Duration,
     pub(super) idle_timeout: Duration,
+    pub(super) send_timeout: Duration,
     /// `None`: idle connections are never parked.
     pub(super) park_after: Option<Duration>,
 }
@@ -70,9 +71,34 @@ pub(super) struct Activity {
     with_body: AtomicBool,
     /// Whether the last write to the socket had to wait: hyper still holds bytes to send.
     pub(super) write_blocked: AtomicBool,
+    /// When writes began to wait (milliseconds since `epoch`), if they wait now.
+    pub(super) blocked_since: std::sync::atomic::AtomicU64,
+    pub(super) epoch: std::sync::OnceLock<Instant>,
 }
 
 impl Activity {
+    /// Notes whether a write had to wait; the moment it began to, when it did.
+    pub(super) fn wrote(&self, blocked: bool) {
+        let was = self.write_blocked.swap(blocked, Ordering::Relaxed);
+        if blocked && !was {
+            let epoch = *self.epoch.get_or_init(Instant::now);
+            let since = Instant::now().duration_since(epoch).as_millis() as u64;
+            self.blocked_since.store(since, Ordering::Relaxed);
+        }
+    }
+
+    /// How long writes have waited on the client without taking a byte; zero when they do not.
+    fn blocked_for(&self, now: Instant) -> Duration {
+        if !self.write_blocked.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let Some(epoch) = self.epoch.get() else {
+            return Duration::ZERO;
+        };
+        let since = *epoch + Duration::from_millis(self.blocked_since.load(Ordering::Relaxed));
+        now.saturating_duration_since(since)
+    }
+
     fn started(&self) -> usize {
         self.started.load(Ordering::Relaxed)
     }
@@ -266,7 +292,10 @@ impl Connection {
         let first_timer = tokio::time::sleep_until(first_request.unwrap_or_else(Instant::now));
         let cut_off = Arc::clone(&self.cut_off);
         let cut = cut_off.wait();
-        tokio::pin!(drain, tick_timer, first_timer, cut);
+        // Looked at four times per `send_timeout`: a stalled reader goes within 1.25 of it.
+        let send_look = serving.send_timeout / 4;
+        let send_timer = tokio::time::sleep(send_look);
+        tokio::pin!(drain, tick_timer, first_timer, cut, send_timer);
         let mut first_pending = first_request.is_some();
         let mut closed = false;
         let mut taken_apart = false;
@@ -280,6 +309,17 @@ impl Connection {
                 () = &mut cut => {
                     tracing::debug!(%peer, "connection cut off: a reader fell behind");
                     return SpellEnd::Over;
+                }
+                // nginx's `send_timeout`: a client that takes no byte of what it asked for loses
+                // the connection, and hyper's buffers and every stream of it go with it.
+                () = &mut send_timer => {
+                    let now = Instant::now();
+                    if activity.blocked_for(now) >= serving.send_timeout {
+                        tracing::debug!(%peer, "connection dropped: the client took nothing for send_timeout");
+                        self.gateway.metrics().send_timed_out();
+                        return SpellEnd::Over;
+                    }
+                    send_timer.as_mut().reset(now + send_look);
                 }
                 () = &mut first_timer, if first_pending => {
                     first_pending = false;

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -30,9 +29,7 @@ pub(super) struct ClientIo {
 
 impl ClientIo {
     fn blocked<T>(&self, poll: Poll<T>) -> Poll<T> {
-        self.activity
-            .write_blocked
-            .store(poll.is_pending(), Ordering::Relaxed);
+        self.activity.wrote(poll.is_pending());
         poll
     }
 }

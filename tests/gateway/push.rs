@@ -285,6 +285,48 @@ async fn an_event_stream_sends_every_change_in_order_and_closes_at_the_end() {
 }
 
 #[tokio::test]
+async fn watches_past_watch_max_memory_hold_no_answer_of_their_own_and_still_see_every_change() {
+    for (config, holds) in [
+        ("[cache]\nin_progress_ttl = \"200ms\"\n", true),
+        (
+            "[cache]\nin_progress_ttl = \"200ms\"\n[watch]\nmax_memory = \"0\"\n",
+            false,
+        ),
+    ] {
+        let (sim, gw) = start(config).await;
+        sim.create_task(KEY_A, "t", "IN_PROGRESS");
+        let client = h1();
+        let mut stream = EventStream::open(&client, &gw, "t", KEY_A, None).await;
+        assert_eq!(stream.next().await.unwrap().json()["status"], "IN_PROGRESS");
+        wait_for_metric(&gw, "mjgate_watchers", 1.0).await;
+        let held = scrape(&gw).await.value("mjgate_watch_held_bytes", &[]);
+        assert_eq!(held > 0.0, holds, "{config}: {held} bytes held");
+        sim.set_progress("t", "40%");
+        let progress = stream.next().await.unwrap();
+        assert_eq!(progress.name, "progress");
+        assert_eq!(progress.json()["progress"], "40%");
+        let tag = fetch(&gw, "t", KEY_A).await.header("etag").to_owned();
+        let waiting = {
+            let url = gw.url("/mj/task/t/fetch?wait=10s");
+            let mut request = request(Method::GET, &url, Some(KEY_A), "");
+            request
+                .headers_mut()
+                .insert("if-none-match", tag.parse().unwrap());
+            tokio::spawn(send(request))
+        };
+        wait_for_metric(&gw, "mjgate_open_long_polls", 1.0).await;
+        sim.set_status("t", "SUCCESS");
+        let answered = waiting.await.unwrap();
+        assert_eq!(answered.status, 200);
+        assert_eq!(answered.json()["status"], "SUCCESS");
+        assert_eq!(stream.next().await.unwrap().json()["status"], "SUCCESS");
+        assert_eq!(stream.next().await.unwrap().name, "end");
+        wait_for_metric(&gw, "mjgate_watchers", 0.0).await;
+        wait_for_metric(&gw, "mjgate_watch_held_bytes", 0.0).await;
+    }
+}
+
+#[tokio::test]
 async fn last_event_id_skips_what_the_client_has_and_after_the_end_gets_204() {
     let (sim, gw) = start(TTL).await;
     sim.create_task(KEY_A, "t", "IN_PROGRESS");
@@ -543,6 +585,38 @@ async fn stalled_stream(gateway: &Gateway, id: &str) -> tokio::net::TcpStream {
         format!("GET /mj/task/{id}/events HTTP/1.1\r\nHost: gw\r\nAuthorization: {KEY_A}\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_takes_the_last_events_of_a_finished_task_loses_its_connection() {
+    let (sim, gw) = start(
+        "[server]\nsend_timeout = \"400ms\"\n[cache]\nin_progress_ttl = \"50ms\"\n[watch]\nheartbeat = \"200ms\"\nstream_buffer = \"64MiB\"\n",
+    )
+    .await;
+    sim.create_task(KEY_A, "big", "IN_PROGRESS");
+    // About 3 MiB an answer: more than the kernel and hyper buffer for a connection together.
+    sim.set_prompt("big", &"x".repeat(1 << 20));
+    let stalled: Vec<_> =
+        futures_util::future::join_all((0..3).map(|_| stalled_stream(&gw, "big"))).await;
+    wait_for_metric(&gw, "mjgate_open_streams", 3.0).await;
+    // The task finishes: each stream's writer hands over its last events and has nothing more to
+    // do, while the readers still take nothing. Neither the events left waiting nor what the
+    // connection buffered is pinned by an idle connection for ever.
+    sim.set_status("big", "SUCCESS");
+    wait_for_metric(&gw, "mjgate_open_streams", 0.0).await;
+    poll_until("every stalled connection is gone", || async {
+        scrape(&gw).await.value("mjgate_client_connections", &[]) == 1.0
+    })
+    .await;
+    let m = scrape(&gw).await;
+    assert_eq!(m.value("mjgate_stream_buffered_bytes", &[]), 0.0);
+    assert_eq!(
+        m.value("mjgate_streams_cut_total", &[])
+            + m.value("mjgate_client_send_timeouts_total", &[]),
+        3.0,
+        "each was cut off, by the stream (events untaken) or the connection (bytes untaken)"
+    );
+    drop(stalled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -323,6 +323,38 @@ async fn idle_half_open_connections_do_not_stop_normal_requests_and_are_closed()
     assert_eq!(closed, 300);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_byte_of_its_answer_loses_the_connection_after_send_timeout() {
+    let (sim, gw) =
+        start("[server]\nsend_timeout = \"300ms\"\n[upstream]\nmax_body = \"64MiB\"\n").await;
+    sim.create_task(KEY_A, "big", "SUCCESS");
+    // About 12 MiB of answer: more than the kernel buffers for one connection.
+    sim.set_prompt("big", &"x".repeat(4 << 20));
+    assert_eq!(fetch(&gw, "big", KEY_A).await.status, 200);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    let head =
+        format!("GET /mj/task/big/fetch HTTP/1.1\r\nHost: gw\r\nAuthorization: {KEY_A}\r\n\r\n");
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    // It reads nothing: the gateway's writes wait, and past send_timeout the connection goes.
+    wait_for_metric(&gw, "mjgate_client_send_timeouts_total", 1.0).await;
+    poll_until("the stalled connection is closed", || async {
+        scrape(&gw).await.value("mjgate_client_connections", &[]) == 1.0
+    })
+    .await;
+    // A client that reads gets the same answer whole.
+    let reply = fetch(&gw, "big", KEY_A).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.len() > 12 << 20);
+    assert_eq!(
+        scrape(&gw)
+            .await
+            .value("mjgate_client_send_timeouts_total", &[]),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_while_existing_ones_keep_working() {
     let (sim, gw) = start("[server]\nmax_connections = 2\n").await;
