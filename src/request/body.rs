@@ -291,8 +291,10 @@ impl BodyBudget {
         charge.grow(self, bytes).then_some(charge)
     }
 
-    /// Reads a [`bounded`] body whole, charging its bytes as they arrive. `declared` (the
-    /// `Content-Length`, if any) sizes the buffer once, so the body is held once, not twice.
+    /// Reads a [`bounded`] body whole, charging its bytes as they arrive: a client trickling a
+    /// large declared body holds about twice what it has sent, not what it announced. The buffer
+    /// grows by doubling up to `declared` (the `Content-Length`, if any), so a body is held once,
+    /// never copied into a buffer larger than it.
     pub async fn read(
         &self,
         mut body: BoxBody<Bytes, BoxError>,
@@ -300,25 +302,28 @@ impl BodyBudget {
         declared: Option<u64>,
     ) -> Result<HeldBody, ReadError> {
         let mut charge = self.charge();
-        let capacity = declared.unwrap_or(0).min(max).min(1 << 20);
-        if !charge.grow(self, capacity as usize) {
-            return Err(ReadError::OverBudget);
-        }
-        let mut read = BytesMut::with_capacity(capacity as usize);
+        let declared = usize::try_from(declared.unwrap_or(0).min(max)).unwrap_or(usize::MAX);
+        let mut read = BytesMut::new();
         // What the buffer holds is what is charged: its capacity, growth included.
-        let mut charged = capacity as usize;
+        let mut charged = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| classify(&*e, max))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            read.extend_from_slice(&data);
-            if read.capacity() > charged {
+            let needed = read.len() + data.len();
+            if needed > read.capacity() {
+                let size = (read.capacity() * 2)
+                    .max(FIRST_BUFFER)
+                    .min(declared)
+                    .max(needed);
+                read.reserve(size - read.len());
                 if !charge.grow(self, read.capacity() - charged) {
                     return Err(ReadError::OverBudget);
                 }
                 charged = read.capacity();
             }
+            read.extend_from_slice(&data);
         }
         Ok(HeldBody {
             bytes: read.freeze(),
@@ -326,6 +331,9 @@ impl BodyBudget {
         })
     }
 }
+
+/// The first buffer of a body read whole: a typical submit or batch fits.
+const FIRST_BUFFER: usize = 16 << 10;
 
 /// A body error as the fault it stands for. Errors [`bounded`] produces are always one of the three;
 /// anything else is treated as a broken body.

@@ -468,31 +468,50 @@ async fn a_connection_that_never_sends_a_request_is_closed_after_the_head_timeou
 }
 
 #[tokio::test]
-async fn batch_bodies_trickled_in_share_one_budget_and_past_it_get_503() {
+async fn batch_bodies_trickled_in_are_charged_what_they_sent_and_past_the_budget_get_503() {
     use tokio::io::AsyncReadExt;
     let (sim, gw) = start(
         "[batch]\nmax_body = \"1MiB\"\n[server]\nbody_buffer_total = \"1MiB\"\nbody_read_timeout = \"30s\"\n",
     )
     .await;
     sim.create_task(KEY_A, "t", "SUCCESS");
-    // Clients declare 600 KiB bodies and trickle them: two would hold more than the budget.
+    // Clients declare 600 KiB bodies and trickle them: two whole ones would hold more than the
+    // budget, but what they have sent so far is all they hold.
     let head = format!(
         "POST /mj/task/list-by-condition HTTP/1.1\r\nHost: gw\r\nAuthorization: {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         600 << 10
     );
-    let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    first.write_all(head.as_bytes()).await.unwrap();
-    first.write_all(&vec![b' '; 100 << 10]).await.unwrap();
-    poll_until("the first body is held", || async {
+    let buffered = || async {
         scrape(&gw)
             .await
             .value("mjgate_request_body_buffered_bytes", &[])
-            > 0.0
+    };
+    let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for client in [&mut first, &mut second] {
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(&vec![b' '; 100 << 10]).await.unwrap();
+    }
+    poll_until("both have their first 100 KiB held", || async {
+        buffered().await >= (200 << 10) as f64
     })
     .await;
-    let mut second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    second.write_all(head.as_bytes()).await.unwrap();
-    second.write_all(&vec![b' '; 100 << 10]).await.unwrap();
+    assert!(
+        buffered().await <= (2 * 128 << 10) as f64,
+        "charged what was sent (in doubling buffers), not the 1200 KiB announced"
+    );
+    assert_eq!(
+        batch(&gw, KEY_A, &["t"]).await.status,
+        200,
+        "room for others"
+    );
+    // Both send most of the rest: the second no longer fits beside the first.
+    first.write_all(&vec![b' '; 400 << 10]).await.unwrap();
+    poll_until("the first body has grown to 512 KiB", || async {
+        buffered().await == ((512 + 128) << 10) as f64
+    })
+    .await;
+    second.write_all(&vec![b' '; 450 << 10]).await.unwrap();
     let mut answer = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut answer))
         .await
@@ -507,14 +526,10 @@ async fn batch_bodies_trickled_in_share_one_budget_and_past_it_get_503() {
     let m = scrape(&gw).await;
     assert_eq!(m.value("mjgate_request_body_over_budget_total", &[]), 1.0);
     assert!(m.value("mjgate_request_body_buffered_bytes", &[]) <= (1 << 20) as f64);
-    // A small batch still fits, and is answered; the held body is given back when its client goes.
-    assert_eq!(batch(&gw, KEY_A, &["t"]).await.status, 200);
+    // The held body is given back when its client goes.
     drop(first);
     poll_until("the held body is given back", || async {
-        scrape(&gw)
-            .await
-            .value("mjgate_request_body_buffered_bytes", &[])
-            == 0.0
+        buffered().await == 0.0
     })
     .await;
 }
