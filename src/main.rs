@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc: a request allocates a handful of small, short-lived blocks (header maps, buffers), which
 /// glibc's allocator serves noticeably slower (see docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -441,7 +442,6 @@ fn fixed_body(listen: SocketAddr, body: bytes::Bytes) -> ExitCode {
     })
 }
 
-/// The task APIs of `--api`.
 /// The tasks `mjgate simulator` starts with.
 struct Seeding<'a> {
     tasks: usize,
@@ -483,6 +483,10 @@ fn simulator(
             }
         };
         sim.set_latency(latency);
+        if !task_duration.is_zero() {
+            // Tasks submitted to it run as long as the seeded ones.
+            sim.set_task_duration(task_duration);
+        }
         for (c, credential) in credentials.iter().enumerate() {
             for i in 0..tasks {
                 let id = if credentials.len() == 1 {

@@ -113,7 +113,7 @@ keys! {
     WEBHOOKS_MAX_IN_FLIGHT = "webhooks.max_in_flight", count(512), count(1), count(1_000_000);
     WEBHOOKS_MAX_PENDING = "webhooks.max_pending", count(10_000), count(1), count(10_000_000);
     WEBHOOKS_MAX_PENDING_PER_CREDENTIAL = "webhooks.max_pending_per_credential", count(1_000), count(1), count(10_000_000);
-    WEBHOOKS_MAX_MEMORY = "webhooks.max_memory", size(64 * MIB), size(MIB), size(1024 * GIB);
+    WEBHOOKS_MAX_MEMORY = "webhooks.max_memory", size(256 * MIB), size(MIB), size(1024 * GIB);
 }
 
 /// A key that holds a switch or a word, with its default as the file writes it.

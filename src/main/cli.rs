@@ -60,7 +60,8 @@ pub enum Command {
         /// Credentials (Authorization values) owning the seeded tasks.
         #[arg(long = "credential", default_value = "Bearer sk-bench")]
         credentials: Vec<String>,
-        /// Seeded tasks finish this long after start; 0s makes them SUCCESS at once.
+        /// Seeded tasks finish this long after start, and tasks submitted to the simulator this long
+        /// after their submit (60 s when 0s); 0s makes the seeded ones SUCCESS at once.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         task_duration: std::time::Duration,
         /// Pad seeded Midjourney tasks' prompts so that each answer is about this many bytes (the

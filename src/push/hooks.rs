@@ -98,8 +98,10 @@ impl Push {
         let push = Arc::clone(self);
         let hooks = Arc::clone(hooks);
         self.fetcher.work().spawn(WorkKind::Hook, async move {
-            let record = push.record_of(&hooks, &task).await;
-            push.run_tracker(&hooks, slot, task, record, None).await;
+            // Boxed, here and below: what runs once (Redis writes, the lease) is not kept in the
+            // future every pending hook holds for as long as its task runs.
+            let record = Box::pin(push.record_of(&hooks, &task)).await;
+            Box::pin(push.run_tracker(&hooks, slot, task, record, None)).await;
         });
     }
 
@@ -147,14 +149,14 @@ impl Push {
         let tracked = under_lease(&leases, tracking).await;
         if tracked == Tracked::Over {
             if let (Some(shared), Some(record)) = (self.fetcher.shared(), &record) {
-                shared.delete_hook(&record.id).await;
+                Box::pin(shared.delete_hook(&record.id)).await;
             }
             if let Some(token) = callback {
-                hooks.finish_callback(&token, self.fetcher.families()).await;
+                Box::pin(hooks.finish_callback(&token, self.fetcher.families())).await;
             }
         }
         for lease in leases {
-            lease.release().await;
+            Box::pin(lease.release()).await;
         }
     }
 
@@ -218,7 +220,7 @@ impl Push {
                 return Tracked::Over;
             }
             // A watch past `watch.max_memory` holds no body: read it again (cache, else upstream).
-            let Some(latest) = self.body_of(&watched, &source.target).await else {
+            let Some(latest) = Box::pin(self.body_of(&watched, &source.target)).await else {
                 if closed {
                     return Tracked::Over;
                 }
@@ -256,7 +258,7 @@ impl Push {
                     // Nothing follows a finished state: the watch (and the body it holds) can go.
                     source.changes = None;
                 }
-                self.note_pending(hooks, record.as_mut(), &event).await;
+                Box::pin(self.note_pending(hooks, record.as_mut(), &event)).await;
                 let ended = Box::pin(hooks.deliver(
                     &task.hook,
                     &task.id,
@@ -270,7 +272,7 @@ impl Push {
                     Ended::Interrupted => return Tracked::Interrupted,
                     // The state delivered may be newer than `latest` (it replaced a waiting one).
                     Ended::Done(etag) => {
-                        self.remember(hooks, record.as_mut(), &etag).await;
+                        Box::pin(self.remember(hooks, record.as_mut(), &etag)).await;
                         delivered = Some(etag);
                     }
                 }
@@ -449,7 +451,7 @@ impl EventSource for TrackerSource<'_> {
     async fn latest(&mut self) -> Option<Event> {
         let watched = self.peek();
         let snapshot = match watched {
-            Some(watched) => self.push.body_of(&watched, &self.target).await?,
+            Some(watched) => Box::pin(self.push.body_of(&watched, &self.target)).await?,
             None => {
                 let id = TaskId::parse(&self.task.id).ok()?;
                 let task_ref = TaskRef {

@@ -298,7 +298,7 @@ async fn dot_segments_asterisk_and_connect_never_reach_the_upstream() {
     }
     let answer = raw(
         &gw,
-        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nconnection: close\r\n\r\n",
+        "CONNECT 127.0.0.1:443 HTTP/1.1\r\nhost: 127.0.0.1:443\r\nconnection: close\r\n\r\n",
     )
     .await;
     assert_json_error(&answer, 405);
