@@ -286,7 +286,7 @@ fn duration_text(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1000),
     ] {
-        if ms % per == 0 {
+        if ms.is_multiple_of(per) {
             return format!("{}{unit}", ms / per);
         }
     }
@@ -298,7 +298,7 @@ fn size_text(bytes: u64) -> String {
         return "0".into();
     }
     for (unit, per) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-        if bytes % per == 0 {
+        if bytes.is_multiple_of(per) {
             return format!("{}{unit}", bytes / per);
         }
     }

@@ -497,7 +497,7 @@ async fn batch_bodies_trickled_in_are_charged_what_they_sent_and_past_the_budget
     })
     .await;
     assert!(
-        buffered().await <= (2 * 128 << 10) as f64,
+        buffered().await <= ((2 * 128) << 10) as f64,
         "charged what was sent (in doubling buffers), not the 1200 KiB announced"
     );
     assert_eq!(
