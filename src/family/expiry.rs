@@ -43,13 +43,16 @@ pub fn signed_urls(value: &Value) -> Option<SystemTime> {
     }
 }
 
-/// The expiry a URL's query states: S3 SigV4 (`X-Amz-Date` plus `X-Amz-Expires` seconds) or a Unix
-/// `Expires=` (CloudFront, Aliyun OSS, S3 SigV2).
+/// The expiry a URL's query states: S3 SigV4 (`X-Amz-Date` plus `X-Amz-Expires` seconds), a Unix
+/// `Expires=` (CloudFront, Aliyun OSS, S3 SigV2), or Discord's signed attachment links (`ex=` the
+/// expiry in hex Unix seconds, beside `is=` and `hm=`: `ex` alone is too common a name to trust).
 pub fn url_expiry(url: &str) -> Option<SystemTime> {
     let (_, query) = url.split_once('?')?;
+    let query = query.split_once('#').map_or(query, |(query, _)| query);
     let mut amz_date = None;
     let mut amz_expires = None;
     let mut expires = None;
+    let mut discord = (None, false, false);
     for pair in query.split('&') {
         let Some((name, value)) = pair.split_once('=') else {
             continue;
@@ -60,12 +63,24 @@ pub fn url_expiry(url: &str) -> Option<SystemTime> {
             amz_expires = value.parse::<u64>().ok();
         } else if name == "Expires" {
             expires = value.parse::<u64>().ok().map(unix);
+        } else if name == "ex" {
+            discord.0 = (value.len() <= 16 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(value, 16).ok().map(unix))
+                .flatten();
+        } else if name == "is" {
+            discord.1 = true;
+        } else if name == "hm" {
+            discord.2 = true;
         }
     }
     let sigv4 = amz_date
         .zip(amz_expires)
         .map(|(date, seconds)| date + Duration::from_secs(seconds));
-    sigv4.into_iter().chain(expires).min()
+    let discord = match discord {
+        (Some(at), true, true) => Some(at),
+        _ => None,
+    };
+    sigv4.into_iter().chain(expires).chain(discord).min()
 }
 
 /// `20261130T120000Z`.
@@ -143,6 +158,18 @@ mod tests {
         assert_eq!(url_expiry("https://cdn.example/v.mp4"), None);
         assert_eq!(
             url_expiry("https://cdn.example/v.mp4?X-Amz-Expires=60"),
+            None
+        );
+        // Discord's CDN: `ex` is hex seconds (0x6b49d200 = 1,800,000,000), signed with `is` and `hm`.
+        let discord = "https://cdn.discordapp.com/attachments/1/2/grid_0.png?ex=6b49d200&is=6b487080&hm=ab12&";
+        assert_eq!(secs(url_expiry(discord).unwrap()), 1_800_000_000);
+        assert_eq!(
+            url_expiry("https://cdn.example/a.png?ex=6b49d200"),
+            None,
+            "an `ex` without Discord's signature beside it is not an expiry"
+        );
+        assert_eq!(
+            url_expiry("https://cdn.example/a.png?ex=zz&is=1&hm=2"),
             None
         );
         let answer = serde_json::json!({"output": ["https://a/x?Expires=1800000100", cloudfront], "id": "t"});
