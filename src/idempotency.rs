@@ -5,8 +5,9 @@
 //! needs, body) is kept under the key for `idempotency.ttl` and replayed byte for byte, marked
 //! `Idempotent-Replayed: true`, to any retry with the same key and body. A retry while the first is in
 //! flight gets `409` with `Retry-After`; the same key with another body `422`; a malformed key `400`.
-//! None of these reach the upstream. A claim is scoped to the credential's keyed fingerprint, the
-//! family and the route: two credentials with the same key never see each other's answers.
+//! None of these reach the upstream. A claim is scoped to the credential's keyed fingerprint and the
+//! family (as Stripe scopes keys to the account): two credentials with the same key never see each
+//! other's answers, and one key reused on another submit route is a different request (422).
 //!
 //! Nothing is kept when the request never reached the upstream (the ceilings or the breaker refused it,
 //! no connection could be made): the retry is a fresh attempt. Everything else the upstream answered is
@@ -44,7 +45,7 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 /// Past a submit that could still land, how much longer its claim is held.
 const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
-/// A claim's identity: a keyed hash of (credential, family, route, key).
+/// A claim's identity: a keyed hash of (credential, family, key).
 pub type KeyId = [u8; 32];
 /// A keyed hash of the request (method, route, content type, body).
 pub type Digest = [u8; 32];
@@ -181,12 +182,12 @@ impl Idempotency {
         });
     }
 
-    /// The claim id of `key` for `credential` on `route` (the family's name and the submit's path).
-    pub fn key_id(&self, credential: &CredentialFingerprint, route: &str, key: &str) -> KeyId {
+    /// The claim id of `key` for `credential` in `family` (its name).
+    pub fn key_id(&self, credential: &CredentialFingerprint, family: &str, key: &str) -> KeyId {
         let mut hash = blake3::Hasher::new_keyed(&self.hash_key);
         hash.update(b"key\0");
         hash.update(credential.as_bytes());
-        for part in [route, key] {
+        for part in [family, key] {
             hash.update(&(part.len() as u64).to_le_bytes());
             hash.update(part.as_bytes());
         }

@@ -163,13 +163,22 @@ impl Submit {
     }
 }
 
-/// `path` as a lenient upstream router reads it: `%XX` decoded (where that leaves UTF-8), runs of `/`
-/// made one, a trailing `/` dropped. (Dot segments never get this far: admission refuses them,
-/// encoded or not.)
+/// `path` as the most lenient upstream router would read it: `%XX` decoded (where that leaves UTF-8)
+/// until nothing is left to decode (a router behind a proxy that decodes once more takes `%2573` for
+/// `s`), `\` taken for `/` (as some frameworks fold it), runs of `/` made one, a trailing `/` dropped.
+/// (Dot segments never get this far: admission refuses them, encoded or not.)
 pub fn normalize(path: &str) -> String {
-    let decoded = percent_decoded(path);
+    let mut decoded = percent_decoded(path).into_owned();
+    // Each round shortens the text, so this ends; a few rounds cover every real double decoder.
+    for _ in 0..4 {
+        match percent_decoded(&decoded) {
+            std::borrow::Cow::Owned(again) if again != decoded => decoded = again,
+            _ => break,
+        }
+    }
     let mut out = String::with_capacity(decoded.len());
     for c in decoded.chars() {
+        let c = if c == '\\' { '/' } else { c };
         if c == '/' && out.ends_with('/') {
             continue;
         }
@@ -222,5 +231,10 @@ mod tests {
         assert_eq!(normalize("//"), "/");
         assert_eq!(normalize("/a/%ff"), "/a/%ff", "not UTF-8: left as it is");
         assert_eq!(normalize("/a/%4"), "/a/%4");
+        // Decoded again, for a router behind a proxy that decodes once more; `\` folded to `/`.
+        assert_eq!(normalize("/mj/%2573ubmit/imagine"), "/mj/submit/imagine");
+        assert_eq!(normalize("/mj/%252573ubmit/imagine"), "/mj/submit/imagine");
+        assert_eq!(normalize("/mj\\submit\\imagine"), "/mj/submit/imagine");
+        assert_eq!(normalize("/mj/%5Csubmit/imagine"), "/mj/submit/imagine");
     }
 }

@@ -7,7 +7,6 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::Gateway;
-use super::admin::plain;
 use crate::error::RequestError;
 use crate::family::TaskRef;
 use crate::fetch::{CalledBack, Served};
@@ -50,7 +49,7 @@ impl Gateway {
         };
         if callback.finished {
             self.metrics.webhooks.callback("ignored");
-            return Served::bypass(plain(StatusCode::OK, "ok"));
+            return Served::bypass(acknowledged());
         }
         let task = TaskRef {
             family,
@@ -69,14 +68,27 @@ impl Gateway {
             CalledBack::Stored(key, stored) => {
                 self.metrics.webhooks.callback("stored");
                 self.push.announce(&key, &stored);
-                Served::bypass(plain(StatusCode::OK, "ok"))
+                Served::bypass(acknowledged())
             }
             CalledBack::AlreadyFinished => {
                 self.metrics.webhooks.callback("ignored");
                 tracing::debug!(task = %id, "callback for a finished task ignored");
-                Served::bypass(plain(StatusCode::OK, "ok"))
+                Served::bypass(acknowledged())
             }
             CalledBack::NotThatTask => Served::error(RequestError::CallbackNotThatTask),
         }
     }
+}
+
+/// A callback taken (or acknowledged and ignored): JSON like every other answer of the gateway's, in
+/// the shape the relays' own callback endpoints answer.
+fn acknowledged() -> http::Response<crate::body::ResponseBody> {
+    let mut response = http::Response::new(crate::body::ResponseBody::full(
+        bytes::Bytes::from_static(br#"{"code":"success"}"#),
+    ));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }

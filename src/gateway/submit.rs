@@ -126,10 +126,15 @@ impl Gateway {
         let path = normalize(parts.uri.path());
         let ticket = match (&self.idempotency, key) {
             (Some(idempotency), Some(key)) => {
-                let scope = format!("{}:{path}", families.get(route.family).name());
-                let id = idempotency.key_id(&fingerprint, &scope, &key);
+                // A key names one request of the credential's, as Stripe scopes it: the family, not
+                // the route. The route (as a lenient upstream reads it, any spelling alike) is part
+                // of what the request is, so the key reused on another route gets 422, not a second
+                // task.
+                let family = families.get(route.family).name();
+                let id = idempotency.key_id(&fingerprint, family, &key);
+                let route = format!("{family}:{}", path.to_ascii_lowercase());
                 let digest =
-                    idempotency.digest(&scope, parts.headers.get(CONTENT_TYPE), &held.bytes);
+                    idempotency.digest(&route, parts.headers.get(CONTENT_TYPE), &held.bytes);
                 match idempotency.claim(id, digest, fingerprint).await {
                     idempotency::Claim::Fresh(ticket) => Some(ticket),
                     idempotency::Claim::Replay(answer) => return replayed(&answer),

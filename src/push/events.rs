@@ -311,9 +311,10 @@ impl Stream {
         kind: EventKind,
         mut frame: EventFrame,
     ) -> Result<(), Stop> {
-        let bytes = frame.head.len() + frame.data.len() + frame.tail.len();
+        let own = frame.head.len() + frame.tail.len();
         let behind = self.behind();
-        match tokio::time::timeout(behind, self.push.watchers.stream_charge(bytes)).await {
+        let charge = self.push.watchers.stream_charge(own, &frame.data);
+        match tokio::time::timeout(behind, charge).await {
             Ok(Some(charge)) => frame.charge = Some(charge),
             _ => return Err(self.cut_off()),
         }

@@ -110,7 +110,34 @@ pub struct Watchers {
     /// `watch.stream_buffer`: bytes of events handed to streams and not yet taken by their
     /// connections.
     stream_buffer: Arc<tokio::sync::Semaphore>,
+    /// The charge of each event's data, by where its bytes are: one task's event goes to every
+    /// stream of it with the same bytes, and is charged once however many streams hold it.
+    shared_data: SharedCharges,
     metrics: Arc<Metrics>,
+}
+
+type SharedCharges = Arc<Mutex<HashMap<(usize, usize), Weak<StreamCharge>>>>;
+
+/// The charge of one event's data, shared by the frames of every stream that holds it; it leaves the
+/// map as the last frame goes.
+struct SharedData {
+    charge: Arc<StreamCharge>,
+    key: (usize, usize),
+    map: SharedCharges,
+}
+
+impl Drop for SharedData {
+    fn drop(&mut self) {
+        let mut map = self.map.lock();
+        // Only this frame's reference left (the map's is weak): the data's last holder is going.
+        if Arc::strong_count(&self.charge) == 1
+            && map
+                .get(&self.key)
+                .is_some_and(|weak| weak.as_ptr() == Arc::as_ptr(&self.charge))
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// Bytes of one event under `watch.stream_buffer`, given back (and uncounted) on drop.
@@ -162,6 +189,7 @@ impl Watchers {
             config: config.clone(),
             draining: watch::channel(false).0,
             stream_buffer: Arc::new(tokio::sync::Semaphore::new(budget)),
+            shared_data: Arc::default(),
             held: Arc::default(),
             metrics,
         }
@@ -200,12 +228,47 @@ impl Watchers {
         }
     }
 
-    /// Room for an event of `bytes` under `watch.stream_buffer`, waited for; `None` only if the
-    /// budget were closed. An event larger than the whole budget waits for all of it.
+    /// Room for an event under `watch.stream_buffer`, waited for: `own` bytes of this stream's own
+    /// (its `event:` and `id:` lines), and `data`, charged once for every stream that holds the same
+    /// bytes. `None` only if the budget were closed. An event larger than the whole budget waits for
+    /// all of it.
     pub async fn stream_charge(
         &self,
-        bytes: usize,
+        own: usize,
+        data: &bytes::Bytes,
     ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        let own = self.charge_bytes(own).await?;
+        if data.is_empty() {
+            return Some(Box::new(own));
+        }
+        let key = (data.as_ptr() as usize, data.len());
+        let held = self.shared_data.lock().get(&key).and_then(Weak::upgrade);
+        let charge = match held {
+            Some(charge) => charge,
+            None => {
+                let fresh = Arc::new(self.charge_bytes(data.len()).await?);
+                let mut map = self.shared_data.lock();
+                // Another stream of the task may have charged it meanwhile: theirs, and ours goes.
+                match map.get(&key).and_then(Weak::upgrade) {
+                    Some(theirs) => theirs,
+                    None => {
+                        map.insert(key, Arc::downgrade(&fresh));
+                        fresh
+                    }
+                }
+            }
+        };
+        Some(Box::new((
+            own,
+            SharedData {
+                charge,
+                key,
+                map: Arc::clone(&self.shared_data),
+            },
+        )))
+    }
+
+    async fn charge_bytes(&self, bytes: usize) -> Option<StreamCharge> {
         let budget = usize::try_from(self.config.stream_buffer).unwrap_or(usize::MAX);
         let n = u32::try_from(bytes.min(budget)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.stream_buffer)
@@ -213,11 +276,11 @@ impl Watchers {
             .await
             .ok()?;
         self.metrics.watch.stream_buffered(i64::from(n));
-        Some(Box::new(StreamCharge {
+        Some(StreamCharge {
             _permit: permit,
             bytes: i64::from(n),
             metrics: Arc::clone(&self.metrics),
-        }))
+        })
     }
 
     pub fn config(&self) -> &WatchConfig {

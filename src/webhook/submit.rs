@@ -18,7 +18,9 @@ use serde_json::value::RawValue;
 pub enum SubmitBodyError {
     #[error("the body starts with a byte-order mark")]
     ByteOrderMark,
-    #[error("the body is not one JSON object (nothing may follow it)")]
+    #[error(
+        "the body is not one JSON object in UTF-8, as a strict parser reads it (no comments, no trailing data)"
+    )]
     NotOneObject,
     #[error("the key {0:?} appears more than once")]
     DuplicateKey(String),

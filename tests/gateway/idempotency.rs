@@ -140,7 +140,7 @@ async fn the_same_key_with_another_body_is_422_and_bad_keys_are_400_none_reachin
 }
 
 #[tokio::test]
-async fn keys_are_scoped_to_the_credential_and_the_route() {
+async fn keys_are_scoped_to_the_credential_and_no_spelling_of_a_route_makes_a_second_task() {
     let (sim, gw) = start("").await;
     let a = imagine(&gw, Some("shared-key")).await;
     let b = send(submit_request(
@@ -157,28 +157,43 @@ async fn keys_are_scoped_to_the_credential_and_the_route() {
         "B never sees A's answer"
     );
     assert_ne!(a.json()["result"], b.json()["result"]);
-    // The same key on another route (a mode segment, another action) is another key...
-    let fast = send(submit_request(
-        &gw,
+    // Spellings a lenient upstream routes alike are one request: the first answer, replayed.
+    for spelling in [
+        "/MJ/SUBMIT/IMAGINE",
+        "/mj//submit/imagine",
+        "/mj/submit/imagine/",
+        "/mj/%73ubmit/imagine",
+    ] {
+        let again = send(submit_request(
+            &gw,
+            spelling,
+            KEY_A,
+            Some("shared-key"),
+            IMAGINE,
+        ))
+        .await;
+        assert_eq!(again.header("idempotent-replayed"), "true", "{spelling}");
+        assert_eq!(again.body, a.body, "{spelling}");
+    }
+    // Another route under the same key (a mode segment, another action, a parameter) is another
+    // request: refused as a key reused for a different one (as Stripe does), never a second task.
+    for other in [
         "/mj-fast/mj/submit/imagine",
-        KEY_A,
-        Some("shared-key"),
-        IMAGINE,
-    ))
-    .await;
-    assert!(fast.headers.get("idempotent-replayed").is_none());
-    // ... and under a mode segment it is honoured like any other.
-    let again = send(submit_request(
-        &gw,
-        "/mj-fast/mj/submit/imagine",
-        KEY_A,
-        Some("shared-key"),
-        IMAGINE,
-    ))
-    .await;
-    assert_eq!(again.header("idempotent-replayed"), "true");
-    assert_eq!(again.body, fast.body);
-    assert_eq!(sim.submits(), 3);
+        "/a/b/mj/submit/imagine",
+        "/mj/submit/imagine;x=1",
+        "/mj/submit/blend",
+    ] {
+        let reused = send(submit_request(
+            &gw,
+            other,
+            KEY_A,
+            Some("shared-key"),
+            IMAGINE,
+        ))
+        .await;
+        assert_eq!(reused.status, 422, "{other}: {:?}", reused.body);
+    }
+    assert_eq!(sim.submits(), 2, "A's and B's, nothing more");
 }
 
 #[tokio::test]
