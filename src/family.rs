@@ -5,6 +5,7 @@
 //! the same shape. Nothing else in the gateway knows one task API from another.
 
 pub mod expiry;
+pub mod results;
 mod route;
 pub mod submit;
 
@@ -90,6 +91,8 @@ pub struct FamilySpec {
     pub expires_at: Option<Vec<String>>,
     /// Read the expiry of signed URLs (`X-Amz-Date` + `X-Amz-Expires`, `Expires=`) in finished answers.
     pub signed_urls: Option<bool>,
+    /// JSON pointers (a `*` segment for every element) to the result files' URLs in a finished answer.
+    pub results: Option<Vec<String>>,
     /// The longest a finished answer is kept (unset: until evicted or expired).
     #[serde(default, with = "humantime_serde")]
     pub finished_ttl: Option<Duration>,
@@ -169,6 +172,7 @@ pub struct Family {
     not_found: Vec<NotFoundShape>,
     expires_at: Vec<String>,
     signed_urls: bool,
+    results: Vec<results::ResultPointer>,
     finished_ttl: Option<Duration>,
     task_at: String,
     /// `task_answer` split around `{task}`.
@@ -274,6 +278,18 @@ impl Family {
             .min()
             .map(expiry::instant_of);
         capped.into_iter().chain(stated).min()
+    }
+
+    /// The result files a status answer names (its `results` pointers, from the answer's root), each
+    /// URL once. Empty for an answer that is not JSON.
+    pub fn result_urls(&self, body: &[u8]) -> Vec<results::ResultUrl> {
+        if self.results.is_empty() {
+            return Vec::new();
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(answer) => results::result_urls(&self.results, &answer),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The task id a status answer names, if it names one.
@@ -571,6 +587,10 @@ fn compile(
     let id_at = pointers("id_at", &spec.id_at, false)?;
     let progress_at = pointers("progress_at", &spec.progress_at, false)?;
     let expires_at = pointers("expires_at", &spec.expires_at, false)?;
+    let result_pointers = pointers("results", &spec.results, false)?
+        .iter()
+        .map(|pointer| results::ResultPointer::parse(pointer))
+        .collect();
     let statuses = |key: &str, list: &Option<Vec<String>>, default: &[&str]| {
         let list: Vec<String> = match list {
             Some(list) => list.clone(),
@@ -668,6 +688,7 @@ fn compile(
         not_found,
         expires_at,
         signed_urls: spec.signed_urls.unwrap_or(true),
+        results: result_pointers,
         finished_ttl: spec.finished_ttl,
         task_at,
         task_answer,

@@ -59,6 +59,35 @@ async fn finished_tasks_of_every_family_are_served_with_no_further_upstream_call
 }
 
 #[tokio::test]
+async fn every_family_says_where_its_finished_answers_name_their_result_files() {
+    let (sim, gw) = start("").await;
+    let families = mjgate::family::Families::builtin();
+    for api in Api::ALL {
+        sim.create_task_in(api, KEY_A, "done", api.status(Phase::Succeeded));
+        let answer = poll(&gw, api, "done", KEY_A).await;
+        let family = families
+            .by_name(api.name())
+            .expect("a built-in family per API");
+        let urls: Vec<String> = family
+            .result_urls(&answer.body)
+            .into_iter()
+            .map(|r| r.url)
+            .collect();
+        match api {
+            // Its file is the download route (`/v1/videos/{id}/content`), not a URL in the answer.
+            Api::OpenAiVideos => assert!(urls.is_empty(), "{urls:?}"),
+            Api::Midjourney => assert_eq!(urls, ["https://cdn.example/done.png"]),
+            _ => assert_eq!(
+                urls,
+                [format!("https://cdn.example/{}/done.mp4", api.name())],
+                "{api:?}: {}",
+                String::from_utf8_lossy(&answer.body)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
 async fn running_tasks_of_every_family_are_refetched_once_per_ttl() {
     let (sim, gw) = start("[cache]\nin_progress_ttl = \"300ms\"\n").await;
     for api in apis() {
