@@ -8,6 +8,7 @@
 //! every call.
 
 pub mod api;
+mod links;
 mod midjourney;
 
 use std::collections::{HashMap, VecDeque};
@@ -170,6 +171,8 @@ struct State {
     handshakes: AtomicU64,
     h2_handshakes: AtomicU64,
     next_id: AtomicU64,
+    /// The result files' signed links, and their downloads.
+    links: links::Links,
 }
 
 /// A running simulator. Stops when dropped.
@@ -231,7 +234,17 @@ impl Simulator {
             next_id: AtomicU64::new(1),
             handshakes: AtomicU64::new(0),
             h2_handshakes: AtomicU64::new(0),
+            links: links::Links::default(),
         });
+        let host = if tls.is_some() {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        state
+            .links
+            .set_origin(format!("{scheme}://{host}:{}", addr.port()));
         let (stop, stopped) = watch::channel(false);
         let is_tls = tls.is_some();
         tokio::spawn(accept_loop(listener, tls, Arc::clone(&state), stopped));
@@ -357,6 +370,20 @@ impl Simulator {
     /// Submits the simulator has created tasks for.
     pub fn submits(&self) -> u64 {
         self.state.submits.load(Ordering::Relaxed)
+    }
+
+    /// Signs result links as the real ones are (Discord's `ex=`/`is=`/`hm=`, a CDN's
+    /// `Expires=`/`Signature=`; Suno's and Luma's stay plain), expiring `ttl` after their task was
+    /// made; past it, or with a wrong signature, they answer `403`. `None`, the default: plain links
+    /// that never expire (answers then carry no expiry the gateway would read).
+    pub fn set_link_ttl(&self, ttl: Option<Duration>) {
+        self.state.links.set_ttl(ttl);
+    }
+
+    /// Downloads of the result file at `path` (a link's path, `/attachments/{id}/{id}.png` or
+    /// `/files/{api}/{id}.mp4`) that were answered with the file.
+    pub fn downloads(&self, path: &str) -> u64 {
+        self.state.links.downloads(path)
     }
 
     pub fn set_task_duration(&self, duration: Duration) {
@@ -629,6 +656,11 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         return submit_music(state, credential.as_deref());
     }
     if parts.method == Method::GET
+        && let Some(file) = state.links.serve(path, parts.uri.query())
+    {
+        return file;
+    }
+    if parts.method == Method::GET
         && let Some(id) = route.strip_prefix("/mj/image/")
     {
         return image(id);
@@ -673,7 +705,7 @@ fn fetch(state: &State, api: Api, id: &str, credential: Option<&str>) -> Respons
                 &json!({"code": 3, "description": "task_no_found"}),
             )
         }
-        Some(task) => json_response(StatusCode::OK, &answer_json(id, task)),
+        Some(task) => json_response(StatusCode::OK, &answer_json(id, task, &state.links)),
         None if api == Api::Midjourney => not_found(*state.not_found.lock()),
         None => {
             let (status, body) = api.not_found();
@@ -686,9 +718,10 @@ fn fetch(state: &State, api: Api, id: &str, credential: Option<&str>) -> Respons
 }
 
 /// A task's status answer in its API's shape.
-fn answer_json(id: &str, task: &Task) -> Value {
+fn answer_json(id: &str, task: &Task, links: &links::Links) -> Value {
+    let issued = task.submit_time / 1000;
     if task.api == Api::Midjourney {
-        return task_json(id, task);
+        return task_json(id, task, &links.discord(id, issued));
     }
     let (status, progress) = current_state(task);
     let status = task.api.status(Api::Midjourney.phase(&status));
@@ -706,6 +739,7 @@ fn answer_json(id: &str, task: &Task) -> Value {
             submit_time: task.submit_time,
             updated_ms: task.updated_ms,
             expires_at: task.expires_at,
+            result_url: links.signed(task.api.name(), id, issued),
         },
     )
 }
@@ -745,7 +779,7 @@ fn list(state: &State, api: Api, body: &[u8], credential: Option<&str>) -> Respo
         .filter_map(|key| {
             let task = store.tasks.get(key)?;
             let id = key.strip_prefix(&api.key("")).unwrap_or(key);
-            let answer = answer_json(id, task);
+            let answer = answer_json(id, task, &state.links);
             let item = match api {
                 Api::Suno => answer["data"].clone(),
                 _ => answer,

@@ -61,6 +61,7 @@ async fn finished_tasks_of_every_family_are_served_with_no_further_upstream_call
 #[tokio::test]
 async fn every_family_says_where_its_finished_answers_name_their_result_files() {
     let (sim, gw) = start("").await;
+    sim.set_link_ttl(Some(Duration::from_secs(24 * 3600)));
     let families = mjgate::family::Families::builtin();
     for api in Api::ALL {
         sim.create_task_in(api, KEY_A, "done", api.status(Phase::Succeeded));
@@ -73,18 +74,68 @@ async fn every_family_says_where_its_finished_answers_name_their_result_files() 
             .into_iter()
             .map(|r| r.url)
             .collect();
+        let origin = sim.url();
         match api {
             // Its file is the download route (`/v1/videos/{id}/content`), not a URL in the answer.
             Api::OpenAiVideos => assert!(urls.is_empty(), "{urls:?}"),
-            Api::Midjourney => assert_eq!(urls, ["https://cdn.example/done.png"]),
-            _ => assert_eq!(
-                urls,
-                [format!("https://cdn.example/{}/done.mp4", api.name())],
-                "{api:?}: {}",
-                String::from_utf8_lossy(&answer.body)
-            ),
+            // Discord's CDN shape: hex expiry, issue time and signature.
+            Api::Midjourney => {
+                assert_eq!(urls.len(), 1, "{urls:?}");
+                let link = format!("{origin}/attachments/done/done.png?ex=");
+                assert!(urls[0].starts_with(&link), "{urls:?}");
+                assert!(urls[0].contains("&is=") && urls[0].contains("&hm="));
+            }
+            // No signature seen on theirs.
+            Api::Suno | Api::Luma => {
+                assert_eq!(urls, [format!("{origin}/files/{}/done.mp4", api.name())]);
+            }
+            _ => {
+                assert_eq!(
+                    urls.len(),
+                    1,
+                    "{api:?}: {}",
+                    String::from_utf8_lossy(&answer.body)
+                );
+                let link = format!("{origin}/files/{}/done.mp4?Expires=", api.name());
+                assert!(urls[0].starts_with(&link), "{api:?}: {urls:?}");
+            }
         }
     }
+}
+
+#[tokio::test]
+async fn result_links_serve_their_file_until_they_expire_and_the_answer_is_not_served_past_them() {
+    let (sim, gw) = start("").await;
+    sim.set_link_ttl(Some(Duration::from_secs(2)));
+    sim.create_task(KEY_A, "img", "SUCCESS");
+    let answer = fetch(&gw, "img", KEY_A).await;
+    let link = answer.json()["imageUrl"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(fetch(&gw, "img", KEY_A).await.body, answer.body);
+    }
+    assert_eq!(sim.fetch_calls("img"), 1, "cached while its link lives");
+    let file = send(request(Method::GET, &link, None, "")).await;
+    assert_eq!(file.status, 200);
+    assert_eq!(file.header("content-type"), "image/png");
+    assert_eq!(file.body.len(), 256 << 10);
+    assert_eq!(sim.downloads("/attachments/img/img.png"), 1);
+    // A forged signature is refused like an expired link.
+    let forged = link.replace("&hm=", "&hm=0");
+    assert_eq!(
+        send(request(Method::GET, &forged, None, "")).await.status,
+        403
+    );
+    // Past `ex`: the link answers 403, and the gateway asks the upstream again rather than hand out
+    // a dead link.
+    poll_until("the link expires", || async {
+        send(request(Method::GET, &link, None, "")).await.status == 403
+    })
+    .await;
+    poll_until("the answer is refetched", || async {
+        fetch(&gw, "img", KEY_A).await;
+        sim.fetch_calls("img") >= 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -150,7 +201,8 @@ async fn another_credential_never_sees_a_family_task() {
             status,
             "{api:?}: the API's own not-found"
         );
-        assert!(!String::from_utf8_lossy(&theirs.body).contains("cdn.example"));
+        let theirs = String::from_utf8_lossy(&theirs.body);
+        assert!(!theirs.contains("/files/") && !theirs.contains("/attachments/"));
         assert_eq!(
             sim.fetch_calls_in(api, "mine"),
             2,

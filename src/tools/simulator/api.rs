@@ -156,7 +156,7 @@ impl Api {
     /// The answer to a status lookup of a task (not Midjourney: the simulator builds that one).
     pub fn answer(self, id: &str, task: &ApiTask<'_>) -> Value {
         let done = matches!(self.phase(task.status), Phase::Succeeded);
-        let url = format!("https://cdn.example/{}/{id}.mp4", self.name());
+        let url = task.result_url.clone();
         let result_url = if done {
             Value::from(url.clone())
         } else {
@@ -284,6 +284,8 @@ pub struct ApiTask<'a> {
     pub submit_time: u64,
     pub updated_ms: u64,
     pub expires_at: Option<u64>,
+    /// The signed link to its result file (served by the simulator).
+    pub result_url: String,
 }
 
 /// new-api's standard envelope.

@@ -78,7 +78,7 @@ pub(super) fn submit(
 }
 
 /// The task object as midjourney-proxy serialises it.
-pub(super) fn task_json(id: &str, task: &Task) -> Value {
+pub(super) fn task_json(id: &str, task: &Task, image_url: &str) -> Value {
     let (status, progress) = match task.lifecycle {
         Some((started, duration)) => lifecycle_state(started.elapsed(), duration, &task.prompt),
         None => (task.status.clone(), task.progress.clone()),
@@ -102,7 +102,7 @@ pub(super) fn task_json(id: &str, task: &Task) -> Value {
         "submitTime": task.submit_time,
         "startTime": task.submit_time + 1000,
         "finishTime": if done { Value::from(task.submit_time + 60_000) } else { Value::Null },
-        "imageUrl": if success { format!("https://cdn.example/{id}.png") } else { String::new() },
+        "imageUrl": if success { image_url } else { "" },
         "failReason": fail_reason,
         "buttons": if success { buttons(id) } else { json!([]) },
         "properties": {},
