@@ -22,7 +22,8 @@
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |
 //! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
 //! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
-//! | [`family`] | the task APIs as data: descriptions, the route table, reading answers, expiry |
+//! | [`family`] | the task APIs as data: descriptions, the route table, reading answers, expiry, where result files are |
+//! | [`artifacts`] | durable results: the content-addressed store of kept files (local directory or S3) |
 //! | [`webhook`] | webhooks the gateway delivers for submits' `notifyHook`: signing, the hook guard, attempts, retries |
 //! | `work` | everything spawned on behalf of requests, tracked, in its request's span; what the drain waits for |
 //! | [`config`], [`metrics`], `error`, `body`, [`file`], `hex` | typed config (every numeric default and range in `config/keys.rs`); Prometheus registry; the one rescue from a typed error to an HTTP answer; bodies; files the operator names, read within a bound; hex digits |
@@ -30,6 +31,7 @@
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
 //! healthcheck probe); no product module imports it.
 
+pub mod artifacts;
 pub(crate) mod body;
 pub mod cache;
 pub mod config;
