@@ -162,6 +162,22 @@ impl BlobId {
     }
 }
 
+/// An S3-compatible bucket (AWS, MinIO, R2, OSS, COS, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Bucket {
+    /// `None`: AWS's own endpoint for the region.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Keys under this prefix (`mjgate/`), so one bucket can hold more than the gateway's files.
+    pub prefix: Option<String>,
+    /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key` (MinIO, most
+    /// self-hosted stores).
+    pub path_style: bool,
+    /// An access key and its secret, when not from the environment (tests, a local MinIO).
+    pub access_key: Option<(String, String)>,
+}
+
 /// Why a file was not kept.
 #[derive(Debug, thiserror::Error)]
 pub enum PutError {
@@ -217,7 +233,33 @@ impl BlobStore {
         Ok(blobs)
     }
 
-    /// Blobs in `store` (an S3 bucket, say), none larger than `max_file`; no disk budget of ours.
+    /// Blobs in an S3-compatible bucket, none larger than `max_file`; credentials from the usual AWS
+    /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...),
+    /// the rest from `bucket`. No disk budget of ours: the bucket's lifecycle rules are its operator's.
+    pub fn s3(bucket: &S3Bucket, max_file: u64) -> Result<Self, object_store::Error> {
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket.bucket)
+            .with_region(&bucket.region)
+            .with_virtual_hosted_style_request(!bucket.path_style);
+        if let Some((id, secret)) = &bucket.access_key {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+        }
+        if let Some(endpoint) = &bucket.endpoint {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        let s3 = builder.build()?;
+        let store: Arc<dyn ObjectStore> = match bucket.prefix.as_deref().filter(|p| !p.is_empty()) {
+            Some(prefix) => Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)),
+            None => Arc::new(s3),
+        };
+        Ok(Self::remote(store, max_file))
+    }
+
+    /// Blobs in `store`, none larger than `max_file`; no disk budget of ours.
     pub fn remote(store: Arc<dyn ObjectStore>, max_file: u64) -> Self {
         BlobStore {
             store,
@@ -297,13 +339,13 @@ impl BlobStore {
         }
         writer.finish().await?;
         let id = BlobId::new(*hash.finalize().as_bytes(), kind);
-        let kept = match self.store.copy_if_not_exists(&incoming, &id.path()).await {
-            // Already kept (another credential's task had the same file): one copy serves both.
-            Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(PutError::Store(e)),
-        };
-        let _ = self.store.delete(&incoming).await;
-        kept?;
+        // Moved under its name whole. A blob already kept there (another credential's task had the
+        // same file) has the very same bytes, so replacing it loses nothing and needs no
+        // conditional write, which S3 stores do not all offer.
+        if let Err(e) = self.store.rename(&incoming, &id.path()).await {
+            let _ = self.store.delete(&incoming).await;
+            return Err(PutError::Store(e));
+        }
         if let Some(index) = &self.local {
             index.insert(id.clone(), len);
             index.run_pending_tasks();

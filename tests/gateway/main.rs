@@ -3,6 +3,7 @@
 
 mod support;
 
+mod artifacts;
 mod bad_input;
 mod batch;
 mod collapsing;

@@ -19,10 +19,12 @@ pub use mjgate::tools::simulator::{Fault, NotFound, Simulator};
 pub use pki::{Leaf, Pki, toml_path};
 pub use receiver::{Delivery, Receiver, SECRET};
 pub use redis_server::RedisServer;
+pub use s3_server::S3Server;
 
 mod pki;
 mod receiver;
 mod redis_server;
+mod s3_server;
 
 pub const KEY_A: &str = "Bearer sk-key-a";
 pub const KEY_B: &str = "Bearer sk-key-b";
