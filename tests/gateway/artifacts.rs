@@ -71,3 +71,135 @@ async fn replicas_on_one_bucket_keep_a_file_once_and_each_serves_it_whole_or_by_
     assert!(a.read(&unknown, None).await.is_none());
     assert_eq!(a.len(&unknown).await, None);
 }
+
+/// A downloader for tests: loopback allowed or not, short deadlines.
+fn downloader(allow_private: bool) -> mjgate::artifacts::download::Downloader {
+    let tls = mjgate::tls::client_config(mjgate::tls::Roots::Webpki, None).unwrap();
+    mjgate::artifacts::download::Downloader::new(
+        tls,
+        allow_private,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(500),
+    )
+}
+
+fn local_store(max_file: u64) -> (BlobStore, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "mjgate-artifacts-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    (BlobStore::local(&dir, 64 << 20, max_file).unwrap(), dir)
+}
+
+/// An origin that answers by path, as hostile or broken ones do: a page, an SVG, a redirect loop, a
+/// body that stalls. Loopback only.
+async fn hostile_origin() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let n = socket.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let answer = match path.as_str() {
+                    "/page" => "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 20\r\n\r\n<script>1</script>xx".to_owned(),
+                    "/svg" => "HTTP/1.1 200 OK\r\nContent-Type: image/svg+xml\r\nContent-Length: 5\r\n\r\n<svg>".to_owned(),
+                    "/loop" => "HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                    "/stall" => "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n0123456789".to_owned(),
+                    _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+                // Held open (a stalled body) until the downloader gives up.
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            });
+        }
+    });
+    origin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_link_is_downloaded_into_the_store_streamed_and_hashed() {
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(3600)));
+    sim.create_task(KEY_A, "img", "SUCCESS");
+    let link = image_link(&sim, "img").await;
+    let (store, dir) = local_store(1 << 20);
+    let (id, len) = downloader(true).fetch(&link, &store).await.unwrap();
+    assert_eq!(len, 256 << 10);
+    assert_eq!(id.kind(), MediaKind::Png);
+    assert_eq!(sim.downloads("/attachments/img/img.png"), 1);
+    assert_eq!(read(&store, &id, Some(0..4)).await.len(), 4);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_may_not_be_kept_is_refused_and_nothing_is_stored() {
+    use mjgate::artifacts::download::DownloadError;
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(3600)));
+    sim.create_task(KEY_A, "img", "SUCCESS");
+    let link = image_link(&sim, "img").await;
+    let (store, dir) = local_store(1 << 20);
+    // An inside address, without allow_private: refused before any connection.
+    let inside = downloader(false).fetch(&link, &store).await;
+    assert!(
+        matches!(inside, Err(DownloadError::Refused(_))),
+        "{inside:?}"
+    );
+    assert_eq!(
+        sim.downloads("/attachments/img/img.png"),
+        0,
+        "never connected"
+    );
+    // Past the size cap.
+    let (small, small_dir) = local_store(1000);
+    let large = downloader(true).fetch(&link, &small).await;
+    assert!(
+        large.as_ref().is_err_and(|e| e.cause() == "too_large"),
+        "{large:?}"
+    );
+    // A link that expired answers 403: not kept, not worth trying again.
+    sim.set_link_ttl(Some(std::time::Duration::ZERO));
+    sim.create_task(KEY_A, "old", "SUCCESS");
+    let expired = downloader(true)
+        .fetch(&image_link(&sim, "old").await, &store)
+        .await;
+    assert!(
+        matches!(&expired, Err(e @ DownloadError::Status(s)) if s.as_u16() == 403 && !e.is_transient()),
+        "{expired:?}"
+    );
+    // Pages, SVG, redirect loops and stalled bodies from a hostile origin.
+    let origin = hostile_origin().await;
+    let get = |path: &str| format!("{origin}{path}");
+    let d = downloader(true);
+    for (path, cause) in [
+        ("/page", "unsafe_type"),
+        ("/svg", "unsafe_type"),
+        ("/loop", "redirects"),
+        ("/stall", "connection"),
+        ("/missing", "status"),
+    ] {
+        let refused = d.fetch(&get(path), &store).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.cause() == cause),
+            "{path}: {refused:?}"
+        );
+    }
+    assert_eq!(store.disk_used(), 0, "nothing was kept");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(small_dir);
+}
+
+/// The `imageUrl` of a finished task, straight from the simulator.
+async fn image_link(sim: &mjgate::tools::simulator::Simulator, id: &str) -> String {
+    let url = format!("{}/mj/task/{id}/fetch", sim.url());
+    let answer = send(request(http::Method::GET, &url, Some(KEY_A), "")).await;
+    answer.json()["imageUrl"].as_str().unwrap().to_owned()
+}
