@@ -1,9 +1,13 @@
 //! Durable results: the files a finished task names, kept by the gateway so they outlive the
 //! upstream's signed links. `download` fetches one under the outbound guard's rules into `store`,
-//! which holds them (a local directory or an S3-compatible bucket, content-addressed).
+//! which holds them (a local directory or an S3-compatible bucket, content-addressed); `token` is the
+//! capability a kept file's URL carries (one per credential and file), and `serve` answers for a
+//! file (ranges, tags, the headers that keep it from becoming a script on the gateway's origin).
 //!
-//! Built so far: the store and the downloader. Mirroring finished tasks, rewriting answers and
-//! serving files come next (issue 25).
+//! Built so far: those parts. Mirroring finished tasks, rewriting answers to the gateway's URLs and
+//! the `/_mjgate/files/{token}` route come next (issue 25).
 
 pub mod download;
+pub mod serve;
 pub mod store;
+pub mod token;

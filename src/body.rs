@@ -25,6 +25,15 @@ pub enum ResponseBody {
     /// A stored task's answer, until the envelope picks its representation (identity or gzip,
     /// [`crate::cache::encoding`]); sent as its body if it never does. `None` once sent.
     Task(Option<Arc<dyn Stored>>),
+    /// A kept file (or a range of it), streamed from the store as the connection takes it; its exact
+    /// length is known up front.
+    File(FileBody),
+}
+
+/// A file's bytes as the store yields them, and how many are still to come.
+pub struct FileBody {
+    pub stream: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, BoxError>> + Send>>,
+    pub remaining: u64,
 }
 
 /// One server-sent event as the stream's writer hands it over: its own few bytes (`event:`, `id:`),
@@ -151,6 +160,15 @@ impl Body for ResponseBody {
                     .filter(|task| !task.identity().is_empty())
                     .map(|task| Ok(Frame::data(task.identity().clone()))),
             ),
+            ResponseBody::File(file) => match file.stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    file.remaining = file.remaining.saturating_sub(chunk.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -160,6 +178,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
             ResponseBody::Events(_) => false,
             ResponseBody::Task(task) => task.as_ref().is_none_or(|task| task.identity().is_empty()),
+            ResponseBody::File(file) => file.remaining == 0,
         }
     }
 
@@ -173,6 +192,7 @@ impl Body for ResponseBody {
             ResponseBody::Task(task) => {
                 SizeHint::with_exact(task.as_ref().map_or(0, |task| task.identity().len() as u64))
             }
+            ResponseBody::File(file) => SizeHint::with_exact(file.remaining),
         }
     }
 }

@@ -64,6 +64,18 @@ impl MediaKind {
         MediaKind::Binary,
     ];
 
+    /// A byte that stands for the kind (in file tokens).
+    pub fn code(self) -> u8 {
+        MediaKind::ALL
+            .iter()
+            .position(|kind| *kind == self)
+            .map_or(u8::MAX, |i| i as u8)
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        MediaKind::ALL.get(usize::from(code)).copied()
+    }
+
     /// The kind an origin's `Content-Type` names (parameters and case ignored).
     pub fn of_content_type(content_type: &str) -> Self {
         let essence = content_type
@@ -126,6 +138,10 @@ impl BlobId {
 
     pub fn kind(&self) -> MediaKind {
         self.kind
+    }
+
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
     }
 
     /// The content's hash in hex: a strong `ETag` for it.

@@ -1,0 +1,125 @@
+//! The capability in a kept file's URL: `/_mjgate/files/{token}`. A browser's `<img src>` sends no
+//! credential, so the URL itself must be the proof. A token names one file for one credential: the
+//! blob, the credential's keyed fingerprint, and a keyed MAC over both, so it cannot be guessed,
+//! altered to name another file, or made for another credential without the key. Two credentials
+//! holding the same file get different tokens for it, and neither token says anything of the
+//! other's. Stateless: any replica with the same secret opens any replica's token.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::store::{BlobId, MediaKind};
+use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
+
+/// Where kept files are served: this, then the token.
+pub const FILES_PREFIX: &str = "/_mjgate/files/";
+
+const MAC_LEN: usize = 16;
+/// hash, kind, fingerprint, MAC.
+const TOKEN_LEN: usize = 32 + 1 + FINGERPRINT_LEN + MAC_LEN;
+
+/// Issues and opens file tokens under one key.
+#[derive(Clone)]
+pub struct FileTokens {
+    key: [u8; 32],
+}
+
+impl FileTokens {
+    /// Tokens keyed from `secret` (the shared tier's fingerprint secret, so every replica agrees),
+    /// or from a random key for this process alone.
+    pub fn new(secret: Option<&[u8]>) -> Self {
+        let key = match secret {
+            Some(secret) => blake3::derive_key("mjgate 2026-12 file tokens", secret),
+            None => rand::random(),
+        };
+        FileTokens { key }
+    }
+
+    /// The token for `blob`, held for `credential`.
+    pub fn issue(&self, blob: &BlobId, credential: &CredentialFingerprint) -> String {
+        let mut raw = Vec::with_capacity(TOKEN_LEN);
+        raw.extend_from_slice(blob.hash());
+        raw.push(blob.kind().code());
+        raw.extend_from_slice(credential.as_bytes());
+        let mac = self.mac(&raw);
+        raw.extend_from_slice(&mac);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The file a token names, and for whom, if this key issued it.
+    pub fn open(&self, token: &str) -> Option<(BlobId, CredentialFingerprint)> {
+        if token.len() > 128 {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        if raw.len() != TOKEN_LEN {
+            return None;
+        }
+        let (signed, mac) = raw.split_at(TOKEN_LEN - MAC_LEN);
+        // Compared in constant time: a MAC is not to be found byte by byte.
+        if !constant_time_eq(&self.mac(signed), mac) {
+            return None;
+        }
+        let hash: [u8; 32] = signed[..32].try_into().ok()?;
+        let kind = MediaKind::from_code(signed[32])?;
+        let fingerprint: [u8; FINGERPRINT_LEN] = signed[33..].try_into().ok()?;
+        Some((
+            BlobId::new(hash, kind),
+            CredentialFingerprint::from_bytes(fingerprint),
+        ))
+    }
+
+    fn mac(&self, signed: &[u8]) -> [u8; MAC_LEN] {
+        let full = blake3::keyed_hash(&self.key, signed);
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&full.as_bytes()[..MAC_LEN]);
+        mac
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(byte: u8) -> BlobId {
+        BlobId::new([byte; 32], MediaKind::Png)
+    }
+
+    #[test]
+    fn a_token_opens_to_its_file_and_credential_and_only_with_its_key() {
+        let tokens = FileTokens::new(Some(b"a secret of sixteen bytes or more"));
+        let alice = CredentialFingerprint::from_bytes([1; FINGERPRINT_LEN]);
+        let token = tokens.issue(&blob(7), &alice);
+        assert_eq!(tokens.open(&token), Some((blob(7), alice)));
+        let replica = FileTokens::new(Some(b"a secret of sixteen bytes or more"));
+        assert_eq!(replica.open(&token), Some((blob(7), alice)), "any replica");
+        let other = FileTokens::new(Some(b"another secret, sixteen or more"));
+        assert_eq!(other.open(&token), None);
+    }
+
+    #[test]
+    fn two_credentials_get_different_tokens_and_none_can_be_altered() {
+        let tokens = FileTokens::new(None);
+        let alice = CredentialFingerprint::from_bytes([1; FINGERPRINT_LEN]);
+        let bob = CredentialFingerprint::from_bytes([2; FINGERPRINT_LEN]);
+        let a = tokens.issue(&blob(7), &alice);
+        let b = tokens.issue(&blob(7), &bob);
+        assert_ne!(a, b);
+        // Every single-character change is refused.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for i in 0..a.len() {
+            let mut changed = a.clone().into_bytes();
+            changed[i] =
+                alphabet[(alphabet.iter().position(|c| *c == changed[i]).unwrap() + 1) % 64];
+            let changed = String::from_utf8(changed).unwrap();
+            assert_eq!(tokens.open(&changed), None, "position {i}");
+        }
+        for junk in ["", "x", "../../etc/passwd", &"A".repeat(200), "%00"] {
+            assert_eq!(tokens.open(junk), None, "{junk}");
+        }
+    }
+}
