@@ -3,10 +3,12 @@
 //! Every key is optional in the file and has a default here, so a file may set only what it changes.
 //! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
 
+mod artifacts;
 pub mod keys;
 mod url;
 mod webhooks;
 
+pub use artifacts::{ArtifactStore, ArtifactsConfig};
 pub use webhooks::WebhooksConfig;
 
 pub use url::{UpstreamUrl, UrlError};
@@ -81,6 +83,8 @@ pub struct Config {
     pub webhooks: Option<WebhooksConfig>,
     /// `[idempotency]`: `Idempotency-Key` on submits; `None` when turned off.
     pub idempotency: Option<IdempotencyConfig>,
+    /// `[artifacts]`: finished tasks' files kept and served by the gateway; `None` when off.
+    pub artifacts: Option<ArtifactsConfig>,
 }
 
 /// `[idempotency]`: submits that are safe to retry.
@@ -299,6 +303,7 @@ struct RawConfig {
     webhooks: Option<webhooks::RawWebhooks>,
     #[serde(default)]
     idempotency: RawIdempotency,
+    artifacts: Option<artifacts::RawArtifacts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -547,6 +552,7 @@ impl Config {
                 overrides.webhook_secret.clone(),
             )?,
             idempotency: raw.idempotency.validate()?,
+            artifacts: artifacts::RawArtifacts::validate(raw.artifacts)?,
         })
     }
 }

@@ -571,6 +571,34 @@ fn config_summary(config: &Config) -> String {
             humantime::format_duration(config.upstream.submit_timeout),
         ),
     };
+    let artifacts = match &config.artifacts {
+        None => "off".to_owned(),
+        Some(a) => {
+            let store = match &a.store {
+                config::ArtifactStore::Local { dir, max_disk } => format!(
+                    "directory {} (at most {})",
+                    dir.display(),
+                    bytesize::ByteSize(*max_disk)
+                ),
+                config::ArtifactStore::S3(s3) => format!(
+                    "bucket {} at {} ({}{})",
+                    s3.bucket,
+                    s3.endpoint.as_deref().unwrap_or("AWS"),
+                    s3.region,
+                    if s3.path_style { ", path-style" } else { "" }
+                ),
+            };
+            format!(
+                "store only, not yet mirrored (docs/artifacts.md): {store}; files up to {}; private origins {}",
+                bytesize::ByteSize(a.max_file),
+                if a.allow_private {
+                    "allowed"
+                } else {
+                    "refused"
+                }
+            )
+        }
+    };
     format!(
         "config ok\n\
          listen          {}\n\
@@ -582,6 +610,7 @@ fn config_summary(config: &Config) -> String {
          families        {families}\n\
          webhooks        {webhooks}\n\
          idempotency     {idempotency}\n\
+         artifacts       {artifacts}\n\
          gzip answers    {}\n\
          park idle after {}",
         config.listen,

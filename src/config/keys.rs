@@ -114,6 +114,10 @@ keys! {
     WEBHOOKS_MAX_PENDING = "webhooks.max_pending", count(10_000), count(1), count(10_000_000);
     WEBHOOKS_MAX_PENDING_PER_CREDENTIAL = "webhooks.max_pending_per_credential", count(1_000), count(1), count(10_000_000);
     WEBHOOKS_MAX_MEMORY = "webhooks.max_memory", size(256 * MIB), size(MIB), size(1024 * GIB);
+    ARTIFACTS_MAX_DISK = "artifacts.max_disk", size(10 * GIB), size(MIB), size(1024 * 1024 * GIB);
+    ARTIFACTS_MAX_FILE = "artifacts.max_file", size(512 * MIB), size(KIB), size(64 * GIB);
+    ARTIFACTS_TIMEOUT = "artifacts.timeout", secs(5 * MINUTE), ms(1), secs(DAY);
+    ARTIFACTS_IDLE_TIMEOUT = "artifacts.idle_timeout", secs(30), ms(1), secs(HOUR);
 }
 
 /// A key that holds a switch or a word, with its default as the file writes it.
@@ -168,6 +172,23 @@ pub const WEBHOOKS_FINISHED_ONLY: Setting = Setting {
     default: "false",
 };
 
+pub const ARTIFACTS_DIR: Setting = Setting {
+    name: "artifacts.dir",
+    default: "artifacts",
+};
+pub const ARTIFACTS_ALLOW_PRIVATE: Setting = Setting {
+    name: "artifacts.allow_private",
+    default: "false",
+};
+pub const ARTIFACTS_S3_REGION: Setting = Setting {
+    name: "artifacts.s3.region",
+    default: "us-east-1",
+};
+pub const ARTIFACTS_S3_PATH_STYLE: Setting = Setting {
+    name: "artifacts.s3.path_style",
+    default: "false",
+};
+
 /// Every switch and word key, for the reference's test.
 pub const SETTINGS: &[Setting] = &[
     LISTEN,
@@ -181,6 +202,10 @@ pub const SETTINGS: &[Setting] = &[
     IDEMPOTENCY_REQUIRE,
     WEBHOOKS_ALLOW_PRIVATE,
     WEBHOOKS_FINISHED_ONLY,
+    ARTIFACTS_DIR,
+    ARTIFACTS_ALLOW_PRIVATE,
+    ARTIFACTS_S3_REGION,
+    ARTIFACTS_S3_PATH_STYLE,
 ];
 
 impl Setting {

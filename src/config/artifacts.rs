@@ -1,0 +1,163 @@
+//! `[artifacts]`: the gateway keeps finished tasks' result files (durable results).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, keys};
+use crate::artifacts::store::S3Bucket;
+
+/// `[artifacts]`, validated.
+#[derive(Debug, Clone)]
+pub struct ArtifactsConfig {
+    /// Where kept files live: a local directory, or an S3-compatible bucket.
+    pub store: ArtifactStore,
+    /// The largest file kept; larger ones keep the upstream's link.
+    pub max_file: u64,
+    /// Download from loopback, private and other internal addresses (tests, private networks).
+    pub allow_private: bool,
+    /// Deadline for one download, redirects included.
+    pub timeout: Duration,
+    /// Longest a download may go without a byte.
+    pub idle_timeout: Duration,
+}
+
+/// Where kept files live.
+#[derive(Debug, Clone)]
+pub enum ArtifactStore {
+    /// `artifacts.dir`, under `artifacts.max_disk`.
+    Local { dir: PathBuf, max_disk: u64 },
+    /// `[artifacts.s3]`.
+    S3(S3Bucket),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawArtifacts {
+    dir: Option<PathBuf>,
+    max_disk: Option<bytesize::ByteSize>,
+    max_file: Option<bytesize::ByteSize>,
+    allow_private: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    s3: Option<RawS3>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    prefix: Option<String>,
+    path_style: Option<bool>,
+}
+
+impl RawArtifacts {
+    /// `None` without an `[artifacts]` table: answers keep the upstream's links.
+    pub(super) fn validate(raw: Option<Self>) -> Result<Option<ArtifactsConfig>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let store = match raw.s3 {
+            Some(s3) => {
+                if raw.dir.is_some() || raw.max_disk.is_some() {
+                    return Err(ConfigError::Invalid {
+                        key: "artifacts.s3",
+                        reason: "keeps files in a bucket: artifacts.dir and max_disk do not apply"
+                            .into(),
+                    });
+                }
+                let bucket = s3
+                    .bucket
+                    .filter(|b| !b.is_empty())
+                    .ok_or(ConfigError::Invalid {
+                        key: "artifacts.s3.bucket",
+                        reason: "is required with [artifacts.s3]".into(),
+                    })?;
+                if let Some(endpoint) = &s3.endpoint
+                    && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "artifacts.s3.endpoint",
+                        reason: format!("{endpoint:?} is not an http or https URL"),
+                    });
+                }
+                ArtifactStore::S3(S3Bucket {
+                    endpoint: s3.endpoint,
+                    bucket,
+                    region: keys::ARTIFACTS_S3_REGION.word(s3.region),
+                    prefix: s3.prefix,
+                    path_style: keys::ARTIFACTS_S3_PATH_STYLE.flag(s3.path_style),
+                    access_key: None,
+                })
+            }
+            None => ArtifactStore::Local {
+                dir: raw
+                    .dir
+                    .unwrap_or_else(|| PathBuf::from(keys::ARTIFACTS_DIR.default)),
+                max_disk: keys::ARTIFACTS_MAX_DISK.number(raw.max_disk.map(|b| b.0))?,
+            },
+        };
+        Ok(Some(ArtifactsConfig {
+            store,
+            max_file: keys::ARTIFACTS_MAX_FILE.number(raw.max_file.map(|b| b.0))?,
+            allow_private: keys::ARTIFACTS_ALLOW_PRIVATE.flag(raw.allow_private),
+            timeout: keys::ARTIFACTS_TIMEOUT.duration(raw.timeout)?,
+            idle_timeout: keys::ARTIFACTS_IDLE_TIMEOUT.duration(raw.idle_timeout)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ArtifactStore, Config, Overrides};
+
+    fn load(artifacts: &str) -> Result<Config, String> {
+        Config::from_toml(
+            &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{artifacts}"),
+            &Overrides::default(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_table_is_off_and_an_empty_one_is_a_local_directory_with_the_defaults() {
+        assert!(load("").unwrap().artifacts.is_none());
+        let on = load("[artifacts]\n").unwrap().artifacts.unwrap();
+        assert!(matches!(
+            on.store,
+            ArtifactStore::Local { ref dir, max_disk } if dir.as_os_str() == "artifacts" && max_disk == 10 << 30
+        ));
+        assert_eq!(on.max_file, 512 << 20);
+        assert!(!on.allow_private);
+    }
+
+    #[test]
+    fn a_bucket_needs_its_name_an_http_endpoint_and_no_local_keys() {
+        let s3 = load("[artifacts.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\n")
+            .unwrap()
+            .artifacts
+            .unwrap();
+        assert!(
+            matches!(s3.store, ArtifactStore::S3(ref b) if b.bucket == "b" && b.path_style && b.region == "us-east-1")
+        );
+        for (bad, key) in [
+            ("[artifacts.s3]\nregion = \"x\"\n", "artifacts.s3.bucket"),
+            (
+                "[artifacts.s3]\nbucket = \"b\"\nendpoint = \"ftp://127.0.0.1\"\n",
+                "artifacts.s3.endpoint",
+            ),
+            (
+                "[artifacts]\ndir = \"/tmp/x\"\n[artifacts.s3]\nbucket = \"b\"\n",
+                "artifacts.s3",
+            ),
+            ("[artifacts]\nmax_file = \"10\"\n", "artifacts.max_file"),
+            ("[artifacts]\nunknown = 1\n", "unknown"),
+        ] {
+            let err = load(bad).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+}
