@@ -31,6 +31,10 @@ pub enum Error {
     SharedCache(#[from] redis::RedisError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The artifact store could not be opened (a directory it cannot create, a bucket URL it
+    /// cannot use).
+    #[error("artifacts: {0}")]
+    Artifacts(String),
 }
 
 /// A request the gateway answers itself, without (or instead of) an upstream answer.
@@ -60,6 +64,12 @@ pub enum RequestError {
     MethodNotAllowed(&'static str),
     #[error("no such callback")]
     UnknownCallback,
+    /// A file token that opens to nothing kept (never issued, altered, or its file evicted).
+    #[error("no such file")]
+    UnknownFile,
+    /// A `Range` that starts past the end of a kept file of this many bytes.
+    #[error("the range asked for is not in the file ({0} bytes)")]
+    RangeNotSatisfiable(u64),
     #[error("the callback names no task")]
     CallbackNamesNoTask,
     #[error("the callback is not that task's answer")]
@@ -93,7 +103,10 @@ impl RequestError {
             | RequestError::CallbackNotThatTask
             | RequestError::BadHook { .. }
             | RequestError::BadSubmitBody { .. } => StatusCode::BAD_REQUEST,
-            RequestError::AdminOnly | RequestError::UnknownCallback => StatusCode::NOT_FOUND,
+            RequestError::AdminOnly | RequestError::UnknownCallback | RequestError::UnknownFile => {
+                StatusCode::NOT_FOUND
+            }
+            RequestError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             RequestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::SubmitAnswerUnreadable => StatusCode::BAD_GATEWAY,
             RequestError::BodyBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -139,6 +152,14 @@ impl RequestError {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let RequestError::RangeNotSatisfiable(len) = &self
+            && let Ok(range) = HeaderValue::from_str(&format!("bytes */{len}"))
+        {
+            // RFC 9110 §15.5.17: the file's length, so the client can ask again within it.
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_RANGE, range);
         }
         response
     }

@@ -7,6 +7,7 @@
 //! | `POST` on a family's batch route | `gateway/batch.rs` |
 //! | `POST` on a family's submit route | `gateway/submit.rs` |
 //! | `POST /_mjgate/callback/{token}` | `gateway/callback.rs` |
+//! | `GET`/`HEAD /_mjgate/files/{token}` | `gateway/files.rs` |
 //! | `/healthz`, `/readyz`, `/upstreamz`, `/metrics` | `gateway/admin.rs` |
 //! | everything else | `gateway/passthrough.rs` |
 //!
@@ -17,6 +18,7 @@
 mod admin;
 mod batch;
 mod callback;
+mod files;
 mod passthrough;
 mod submit;
 
@@ -128,6 +130,14 @@ pub struct Gateway {
     submit_timeout: std::time::Duration,
     /// `upstream.request_timeout`.
     request_timeout: std::time::Duration,
+    /// `[artifacts]`: kept result files and the tokens that name them; `None` when off.
+    artifacts: Option<Arc<Artifacts>>,
+}
+
+/// The kept files and the tokens their URLs carry.
+pub struct Artifacts {
+    pub store: crate::artifacts::store::BlobStore,
+    pub tokens: crate::artifacts::token::FileTokens,
 }
 
 impl Gateway {
@@ -157,7 +167,36 @@ impl Gateway {
                 Arc::clone(&metrics),
             ))
         });
+        let artifacts = match &config.artifacts {
+            Some(artifacts) => {
+                let store = match &artifacts.store {
+                    crate::config::ArtifactStore::Local { dir, max_disk } => {
+                        crate::artifacts::store::BlobStore::local(
+                            dir,
+                            *max_disk,
+                            artifacts.max_file,
+                        )
+                        .map_err(|e| crate::Error::Artifacts(e.to_string()))?
+                    }
+                    crate::config::ArtifactStore::S3(bucket) => {
+                        crate::artifacts::store::BlobStore::s3(bucket, artifacts.max_file)
+                            .map_err(|e| crate::Error::Artifacts(e.to_string()))?
+                    }
+                };
+                // Keyed like the shared tier's fingerprints, so every replica opens every token.
+                let secret = config
+                    .shared_cache
+                    .as_ref()
+                    .map(|shared| shared.fingerprint_secret.as_bytes());
+                Some(Arc::new(Artifacts {
+                    store,
+                    tokens: crate::artifacts::token::FileTokens::new(secret),
+                }))
+            }
+            None => None,
+        };
         Ok(Gateway {
+            artifacts,
             idempotency,
             submit_timeout: config.upstream.submit_timeout,
             request_timeout: config.upstream.request_timeout,
@@ -366,6 +405,10 @@ impl Gateway {
                         .instrument(span.clone()),
                 )
                 .await
+            }
+            Route::File(token) => {
+                let token = token.to_owned();
+                Box::pin(self.file(&token, &request).instrument(span.clone())).await
             }
             Route::Passthrough => {
                 Box::pin(self.passthrough(request, client).instrument(span.clone())).await

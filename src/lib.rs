@@ -13,7 +13,7 @@
 //! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain, parking idle connections; the signal future |
 //! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
 //! | [`pipeline`] | the per-request envelope every request goes through: request id, 304, metrics, access log |
-//! | [`gateway`] | admission and routing to the handlers, one file each under `gateway/`: batch, submit, callback, admin, passthrough |
+//! | [`gateway`] | admission and routing to the handlers, one file each under `gateway/`: batch, submit, callback, files, admin, passthrough |
 //! | [`fetch`] | the fetch core: cache, collapse, shared tier, upstream, classify, store; batches per id |
 //! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status`, representations (identity or gzip) |
 //! | [`gzip`] | what `Accept-Encoding` takes gzip; a body's gzip copy and its tag |

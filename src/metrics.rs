@@ -40,10 +40,12 @@ pub enum RouteLabel {
     Callback = 6,
     /// `POST` on a family's submit route.
     Submit = 7,
+    /// `GET /_mjgate/files/{token}`: a kept result file.
+    File = 8,
 }
 
 impl RouteLabel {
-    const ALL: [RouteLabel; 8] = [
+    const ALL: [RouteLabel; 9] = [
         RouteLabel::Fetch,
         RouteLabel::Batch,
         RouteLabel::Passthrough,
@@ -52,6 +54,7 @@ impl RouteLabel {
         RouteLabel::Events,
         RouteLabel::Callback,
         RouteLabel::Submit,
+        RouteLabel::File,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl RouteLabel {
             RouteLabel::Events => "events",
             RouteLabel::Callback => "callback",
             RouteLabel::Submit => "submit",
+            RouteLabel::File => "file",
         }
     }
 }

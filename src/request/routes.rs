@@ -37,6 +37,8 @@ pub enum Route<'a> {
     Submit(SubmitMatch),
     /// `/_mjgate/callback/{token}`: an upstream calling back with a task (webhooks' callbacks in).
     Callback(&'a str),
+    /// `/_mjgate/files/{token}`: a kept result file (durable results).
+    File(&'a str),
     /// Everything else, forwarded untouched.
     Passthrough,
     /// Refused by [`crate::request::admission`] before routing mattered (set by the gateway, never by
@@ -68,6 +70,7 @@ impl Route<'_> {
             Route::Events(_) => RouteLabel::Events,
             Route::Batch(_) => RouteLabel::Batch,
             Route::Callback(_) => RouteLabel::Callback,
+            Route::File(_) => RouteLabel::File,
             Route::Submit(_) => RouteLabel::Submit,
             Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
         }
@@ -118,6 +121,9 @@ pub fn classify<'a>(
         (&Method::GET, "/metrics") => return Route::Metrics,
         (_, path) if path.starts_with(CALLBACK_PREFIX) => {
             return Route::Callback(&path[CALLBACK_PREFIX.len()..]);
+        }
+        (_, path) if path.starts_with(crate::artifacts::token::FILES_PREFIX) => {
+            return Route::File(&path[crate::artifacts::token::FILES_PREFIX.len()..]);
         }
         _ => {}
     }
@@ -179,6 +185,7 @@ mod tests {
             Route::Metrics => "metrics".into(),
             Route::Passthrough => "passthrough".into(),
             Route::Callback(token) => format!("callback {token}"),
+            Route::File(token) => format!("file {token}"),
             Route::Refused(r) => format!("refused {r:?}"),
         }
     }
@@ -310,6 +317,10 @@ mod tests {
             route(Method::GET, "/_mjgate/callback/0a1b", None),
             "callback 0a1b",
             "the gateway's own, whatever the method (it answers 405)"
+        );
+        assert_eq!(
+            route(Method::GET, "/_mjgate/files/AbC-_", None),
+            "file AbC-_"
         );
     }
 }
