@@ -188,6 +188,7 @@ impl Gateway {
                     .shared_cache
                     .as_ref()
                     .map(|shared| shared.fingerprint_secret.as_bytes());
+                metrics.artifacts_disk(store.disk_used());
                 Some(Arc::new(Artifacts {
                     store,
                     tokens: crate::artifacts::token::FileTokens::new(secret),

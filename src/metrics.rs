@@ -215,6 +215,45 @@ impl ClientError {
     }
 }
 
+/// How a request for a kept file was answered, as the `answer` of `mjgate_artifacts_served_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAnswer {
+    /// `200`: the whole file.
+    Whole,
+    /// `206`: one range of it.
+    Range,
+    /// `HEAD`.
+    Head,
+    /// `304`: the client has it.
+    NotModified,
+    /// `404`: a token that opens to nothing kept (never issued, altered, or evicted).
+    NotFound,
+    /// `416`: a range past the end.
+    Unsatisfiable,
+}
+
+impl FileAnswer {
+    pub const ALL: [FileAnswer; 6] = [
+        FileAnswer::Whole,
+        FileAnswer::Range,
+        FileAnswer::Head,
+        FileAnswer::NotModified,
+        FileAnswer::NotFound,
+        FileAnswer::Unsatisfiable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileAnswer::Whole => "whole",
+            FileAnswer::Range => "range",
+            FileAnswer::Head => "head",
+            FileAnswer::NotModified => "not_modified",
+            FileAnswer::NotFound => "not_found",
+            FileAnswer::Unsatisfiable => "unsatisfiable",
+        }
+    }
+}
+
 /// What became of a submit and its `Idempotency-Key`, as the `outcome` of `mjgate_idempotency_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdempotencyOutcome {
@@ -324,6 +363,10 @@ pub struct Metrics {
     body_buffered: IntGauge,
     /// `[outcome]`
     idempotency: Vec<IntCounter>,
+    /// `[answer]`: kept files served.
+    files_served: Vec<IntCounter>,
+    /// Bytes of kept files on the local disk.
+    artifacts_disk: IntGauge,
     /// Idempotency keys held in this process, and their bytes (under `idempotency.max_memory`).
     idempotency_keys: IntGauge,
     idempotency_bytes: IntGauge,
@@ -1027,6 +1070,21 @@ impl Metrics {
                     .map(|o| outcomes.with_label_values(&[o.as_str()]))
                     .collect()
             },
+            files_served: {
+                let answers = r.counters(
+                    "mjgate_artifacts_served_total",
+                    "Requests for kept files by answer: whole (200), range (206), head, not_modified (304), not_found (404: a token nobody issued, or its file evicted), unsatisfiable (416).",
+                    &["answer"],
+                );
+                FileAnswer::ALL
+                    .iter()
+                    .map(|a| answers.with_label_values(&[a.as_str()]))
+                    .collect()
+            },
+            artifacts_disk: r.gauge(
+                "mjgate_artifacts_disk_bytes",
+                "Bytes of kept files on the local disk, under artifacts.max_disk (0 with a bucket).",
+            ),
             idempotency_keys: r.gauge(
                 "mjgate_idempotency_keys",
                 "Idempotency keys held in this process: claims in flight and answers kept for retries.",
@@ -1109,6 +1167,15 @@ impl Metrics {
 
     pub fn send_timed_out(&self) {
         self.send_timeouts.inc();
+    }
+
+    pub fn file_served(&self, answer: FileAnswer) {
+        self.files_served[answer as usize].inc();
+    }
+
+    pub fn artifacts_disk(&self, bytes: u64) {
+        self.artifacts_disk
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn idempotency(&self, outcome: IdempotencyOutcome) {

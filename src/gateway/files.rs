@@ -2,13 +2,14 @@
 //! token is the capability: a browser's `<img src>` sends no credential). Without `[artifacts]`, or for
 //! a token that opens to nothing kept, `404`; see `artifacts::serve` for what the answer carries.
 
-use http::{Method, Request};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::Gateway;
 use crate::artifacts::serve::{self, FileError};
 use crate::error::RequestError;
 use crate::fetch::Served;
+use crate::metrics::FileAnswer;
 
 impl Gateway {
     pub(super) async fn file(&self, token: &str, request: &Request<Incoming>) -> Served {
@@ -25,12 +26,27 @@ impl Gateway {
             return Served::error(RequestError::UnknownFile);
         };
         let Some((blob, _credential)) = artifacts.tokens.open(token) else {
+            self.metrics.file_served(FileAnswer::NotFound);
             return Served::error(RequestError::UnknownFile);
         };
-        match serve::respond(&artifacts.store, &blob, head, request.headers()).await {
-            Ok(response) => Served::bypass(response),
-            Err(FileError::NotFound) => Served::error(RequestError::UnknownFile),
+        let answered = serve::respond(&artifacts.store, &blob, head, request.headers()).await;
+        self.metrics.artifacts_disk(artifacts.store.disk_used());
+        match answered {
+            Ok(response) => {
+                self.metrics.file_served(match response.status() {
+                    StatusCode::NOT_MODIFIED => FileAnswer::NotModified,
+                    StatusCode::PARTIAL_CONTENT => FileAnswer::Range,
+                    _ if head => FileAnswer::Head,
+                    _ => FileAnswer::Whole,
+                });
+                Served::bypass(response)
+            }
+            Err(FileError::NotFound) => {
+                self.metrics.file_served(FileAnswer::NotFound);
+                Served::error(RequestError::UnknownFile)
+            }
             Err(FileError::Unsatisfiable(len)) => {
+                self.metrics.file_served(FileAnswer::Unsatisfiable);
                 Served::error(RequestError::RangeNotSatisfiable(len))
             }
         }

@@ -273,5 +273,19 @@ async fn a_kept_file_is_served_at_its_token_with_ranges_and_a_bad_token_gets_a_j
     }
     let post = send(request(http::Method::POST, &url, None, "")).await;
     assert_eq!(post.status, 405);
+    let m = scrape(&gw).await;
+    let served = |answer: &str| m.value("mjgate_artifacts_served_total", &[("answer", answer)]);
+    assert_eq!(served("whole"), 1.0);
+    assert_eq!(served("range"), 1.0);
+    assert_eq!(served("unsatisfiable"), 1.0);
+    assert_eq!(
+        served("not_found"),
+        2.0,
+        "the path trick never reached the route"
+    );
+    assert_eq!(
+        m.value("mjgate_artifacts_disk_bytes", &[]),
+        data.len() as f64
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
