@@ -1,5 +1,7 @@
 //! Durable results: the store of kept files on a real S3 API server (moto), as replicas share it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use mjgate::artifacts::store::{BlobId, BlobStore, MediaKind, S3Bucket};
@@ -95,14 +97,22 @@ fn local_store(max_file: u64) -> (BlobStore, std::path::PathBuf) {
 /// An origin that answers by path, as hostile or broken ones do: a page, an SVG, a redirect loop, a
 /// body that stalls. Loopback only.
 async fn hostile_origin() -> String {
+    hostile_origin_counting().await.0
+}
+
+/// The same, with a count of the requests it had for `/busy` (always `503`).
+async fn hostile_origin_counting() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&busy);
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 let mut head = vec![0u8; 4096];
                 let n = socket.read(&mut head).await.unwrap_or(0);
@@ -113,6 +123,10 @@ async fn hostile_origin() -> String {
                     "/svg" => "HTTP/1.1 200 OK\r\nContent-Type: image/svg+xml\r\nContent-Length: 5\r\n\r\n<svg>".to_owned(),
                     "/loop" => "HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n".to_owned(),
                     "/stall" => "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n0123456789".to_owned(),
+                    "/busy" => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_owned()
+                    }
                     _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
                 };
                 let _ = socket.write_all(answer.as_bytes()).await;
@@ -121,7 +135,7 @@ async fn hostile_origin() -> String {
             });
         }
     });
-    origin
+    (origin, busy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,5 +301,63 @@ async fn a_kept_file_is_served_at_its_token_with_ranges_and_a_bad_token_gets_a_j
         m.value("mjgate_artifacts_disk_bytes", &[]),
         data.len() as f64
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_first_requests_for_one_file_cause_one_download_and_failures_are_tried_as_they_deserve()
+ {
+    use mjgate::artifacts::mirror::{ATTEMPTS, Mirror};
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(3600)));
+    sim.create_task(KEY_A, "img", "SUCCESS");
+    let link = image_link(&sim, "img").await;
+    let (store, dir) = local_store(1 << 20);
+    let mirror = Arc::new(Mirror::new(
+        downloader(true),
+        Arc::new(store),
+        4,
+        1000,
+        std::time::Duration::from_millis(10),
+    ));
+    let all = futures_util::future::join_all((0..50).map(|_| {
+        let mirror = Arc::clone(&mirror);
+        let link = link.clone();
+        tokio::spawn(async move { mirror.keep(&link).await })
+    }))
+    .await;
+    let ids: Vec<BlobId> = all.into_iter().map(|r| r.unwrap().unwrap().0).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one file");
+    assert_eq!(
+        sim.downloads("/attachments/img/img.png"),
+        1,
+        "one origin download"
+    );
+    assert_eq!(mirror.known(&link).map(|k| k.0), Some(ids[0].clone()));
+    mirror.keep(&link).await.unwrap();
+    assert_eq!(
+        sim.downloads("/attachments/img/img.png"),
+        1,
+        "answered from memory"
+    );
+
+    // A transient failure is tried ATTEMPTS times, then again on the next request.
+    let (origin, busy) = hostile_origin_counting().await;
+    let flaky = format!("{origin}/busy");
+    assert!(mirror.keep(&flaky).await.is_err());
+    assert_eq!(
+        busy.load(std::sync::atomic::Ordering::SeqCst),
+        ATTEMPTS as usize
+    );
+    assert!(mirror.keep(&flaky).await.is_err());
+    assert_eq!(
+        busy.load(std::sync::atomic::Ordering::SeqCst),
+        2 * ATTEMPTS as usize
+    );
+    // A failure for good (an unsafe type) is tried once and then remembered.
+    let page = format!("{origin}/page");
+    assert!(mirror.keep(&page).await.is_err());
+    let again = mirror.keep(&page).await.unwrap_err();
+    assert_eq!(again.cause(), "unsafe_type");
     let _ = std::fs::remove_dir_all(dir);
 }

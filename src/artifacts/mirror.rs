@@ -1,0 +1,118 @@
+//! Keeping a result file once, however many ask: every request for one URL while its download runs
+//! waits on that one download (collapsed, as fetches are), a kept URL is answered from memory, and a
+//! URL that failed for good is not tried again for a while. Downloads run at most `concurrency` at
+//! once; a transient failure (the origin's 5xx or 429, a timeout, a broken connection) is tried again
+//! after a backoff, a few times.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::download::{DownloadError, Downloader};
+use super::store::{BlobId, BlobStore};
+
+/// Attempts per file, the first included.
+pub const ATTEMPTS: u32 = 3;
+
+/// How long a URL that failed for good (refused, a 4xx, an unsafe type, too large) is not tried
+/// again.
+const REFUSED_FOR: Duration = Duration::from_secs(600);
+
+/// What became of a URL: kept as a blob of this length, or why not.
+pub type Kept = Result<(BlobId, u64), Arc<DownloadError>>;
+
+/// The downloads in flight, what was kept, and what was refused.
+pub struct Mirror {
+    downloader: Downloader,
+    store: Arc<BlobStore>,
+    slots: Semaphore,
+    first_backoff: Duration,
+    in_flight: Mutex<HashMap<String, Arc<OnceCell<Kept>>>>,
+    kept: moka::sync::Cache<String, (BlobId, u64)>,
+    refused: moka::sync::Cache<String, Arc<DownloadError>>,
+}
+
+impl Mirror {
+    /// `concurrency` downloads at once; `remembered` URLs kept in memory (each a few hundred bytes).
+    pub fn new(
+        downloader: Downloader,
+        store: Arc<BlobStore>,
+        concurrency: usize,
+        remembered: u64,
+        first_backoff: Duration,
+    ) -> Self {
+        Mirror {
+            downloader,
+            store,
+            slots: Semaphore::new(concurrency.max(1)),
+            first_backoff,
+            in_flight: Mutex::default(),
+            kept: moka::sync::Cache::new(remembered),
+            refused: moka::sync::Cache::builder()
+                .max_capacity(remembered)
+                .time_to_live(REFUSED_FOR)
+                .build(),
+        }
+    }
+
+    /// The blob `url` was kept as, if it was (no download).
+    pub fn known(&self, url: &str) -> Option<(BlobId, u64)> {
+        self.kept.get(url)
+    }
+
+    /// Keeps `url`'s file, downloading it unless it is kept already or being downloaded (then this
+    /// waits on that download). A caller that goes away mid-download leaves it to the next waiter.
+    pub async fn keep(&self, url: &str) -> Kept {
+        if let Some(kept) = self.kept.get(url) {
+            return Ok(kept);
+        }
+        if let Some(refused) = self.refused.get(url) {
+            return Err(refused);
+        }
+        let cell = Arc::clone(self.in_flight.lock().entry(url.to_owned()).or_default());
+        let kept = cell.get_or_init(|| self.download(url)).await.clone();
+        {
+            // The first to finish takes the entry out; later callers find the result cached.
+            let mut in_flight = self.in_flight.lock();
+            if in_flight.get(url).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                in_flight.remove(url);
+            }
+        }
+        kept
+    }
+
+    async fn download(&self, url: &str) -> Kept {
+        let mut backoff = self.first_backoff;
+        let mut attempt = 1;
+        loop {
+            let result = {
+                let Ok(_slot) = self.slots.acquire().await else {
+                    return Err(Arc::new(DownloadError::Timeout));
+                };
+                self.downloader.fetch(url, &self.store).await
+            };
+            match result {
+                Ok(kept) => {
+                    self.kept.insert(url.to_owned(), kept.clone());
+                    return Ok(kept);
+                }
+                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "artifact download failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    if !e.is_transient() {
+                        self.refused.insert(url.to_owned(), Arc::clone(&e));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
