@@ -195,3 +195,137 @@ mod tests {
         assert_eq!(urls(&["/output/*"], &answer).len(), MAX_RESULTS);
     }
 }
+
+/// `body` (a JSON document) with every string value `replace` has a new text for replaced by it, and
+/// every other byte as it was: keys, order, spacing and the upstream's own escapes (Go's encoder
+/// writes `&` as `\u0026`, others `/` as `\/`) are kept, so a rewritten answer differs from the
+/// upstream's only in the URLs. `None` when nothing was replaced.
+pub fn replace_strings(body: &[u8], replace: impl Fn(&str) -> Option<String>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let mut copied = 0;
+    let mut replaced = false;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        // A string token: find its closing quote, stepping over escapes.
+        let start = i;
+        i += 1;
+        while i < body.len() && body[i] != b'"' {
+            i += if body[i] == b'\\' { 2 } else { 1 };
+        }
+        let end = (i + 1).min(body.len());
+        i = end;
+        let token = &body[start..end];
+        let is_key = body[end..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b':');
+        // Cheap filter first: a URL's token holds `http` (escapes never split those letters).
+        if is_key || !token.windows(4).any(|w| w.eq_ignore_ascii_case(b"http")) {
+            continue;
+        }
+        let Ok(text) = serde_json::from_slice::<String>(token) else {
+            continue;
+        };
+        if let Some(new) = replace(&text) {
+            out.extend_from_slice(&body[copied..start]);
+            out.extend_from_slice(
+                serde_json::to_string(&new)
+                    .unwrap_or_else(|_| "\"\"".to_owned())
+                    .as_bytes(),
+            );
+            copied = end;
+            replaced = true;
+        }
+    }
+    if !replaced {
+        return None;
+    }
+    out.extend_from_slice(&body[copied..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod replace_tests {
+    use super::replace_strings;
+
+    fn swap(text: &str) -> Option<String> {
+        (text == "https://cdn.discordapp.com/a/x.png?ex=1&is=2&hm=3")
+            .then(|| "https://gw.test/_mjgate/files/T".to_owned())
+    }
+
+    #[test]
+    fn only_the_urls_change_and_every_other_byte_stays() {
+        // Go's encoder (new-api) escapes `&` as \u0026; keys, spacing and order stay as they were.
+        let body = br#"{"imageUrl" : "https:\/\/cdn.discordapp.com\/a\/x.png?ex=1\u0026is=2\u0026hm=3", "prompt":"https://cdn.discordapp.com/a/x.png?ex=1&is=2&hm=3 as text", "z":1}"#;
+        let out = replace_strings(body, swap).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"imageUrl" : "https://gw.test/_mjgate/files/T", "prompt":"https://cdn.discordapp.com/a/x.png?ex=1&is=2&hm=3 as text", "z":1}"#
+        );
+    }
+
+    #[test]
+    fn keys_and_answers_without_a_known_url_are_left_alone() {
+        let key = br#"{"https://cdn.discordapp.com/a/x.png?ex=1&is=2&hm=3":"v"}"#;
+        assert_eq!(replace_strings(key, swap), None);
+        assert_eq!(replace_strings(br#"{"a":"b\"c","d":[1,2]}"#, swap), None);
+        assert_eq!(replace_strings(br#"{"a":"unterminated"#, swap), None);
+    }
+
+    #[test]
+    fn every_place_the_url_appears_as_a_value_is_replaced() {
+        let body = br#"{"imageUrl":"https://cdn.discordapp.com/a/x.png?ex=1&is=2&hm=3","imageUrls":[{"url":"https://cdn.discordapp.com/a/x.png?ex=1&is=2&hm=3"}]}"#;
+        let out = String::from_utf8(replace_strings(body, swap).unwrap()).unwrap();
+        assert_eq!(out.matches("/_mjgate/files/T").count(), 2, "{out}");
+        assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
+    }
+
+    #[test]
+    fn any_bytes_are_survived_and_valid_json_stays_valid() {
+        // A bounded sweep over generated documents and byte soup (the fuzz targets go further).
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let parts: [&[u8]; 12] = [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b":",
+            b",",
+            b"\"",
+            b"\\",
+            b"http://h/x",
+            b"\\u0026",
+            b" ",
+            b"1",
+        ];
+        for _ in 0..20_000 {
+            let mut doc = Vec::new();
+            for _ in 0..(next() % 24) {
+                doc.extend_from_slice(parts[(next() % 12) as usize]);
+            }
+            let out = replace_strings(&doc, |t| {
+                t.starts_with("http").then(|| "https://g/\"q\"".to_owned())
+            });
+            if serde_json::from_slice::<serde_json::Value>(&doc).is_ok()
+                && let Some(out) = out
+            {
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(&out).is_ok(),
+                    "{:?} -> {:?}",
+                    String::from_utf8_lossy(&doc),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+}
