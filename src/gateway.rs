@@ -183,11 +183,11 @@ impl Gateway {
                             .map_err(|e| crate::Error::Artifacts(e.to_string()))?
                     }
                 };
-                // Keyed like the shared tier's fingerprints, so every replica opens every token.
-                let secret = config
+                // Its own secret, else the shared tier's: either way every replica opens every token.
+                let secret = artifacts.secret.as_deref().map(str::as_bytes).or(config
                     .shared_cache
                     .as_ref()
-                    .map(|shared| shared.fingerprint_secret.as_bytes());
+                    .map(|shared| shared.fingerprint_secret.as_bytes()));
                 metrics.artifacts_disk(store.disk_used());
                 Some(Arc::new(Artifacts {
                     store,

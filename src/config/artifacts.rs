@@ -21,6 +21,10 @@ pub struct ArtifactsConfig {
     pub timeout: Duration,
     /// Longest a download may go without a byte.
     pub idle_timeout: Duration,
+    /// Keys the file tokens (`artifacts.secret`, at least 16 bytes): set, tokens outlive restarts and
+    /// every replica opens every replica's. Unset: the shared tier's fingerprint secret, else a
+    /// random key for this process (tokens die with it).
+    pub secret: Option<String>,
 }
 
 /// Where kept files live.
@@ -43,6 +47,7 @@ pub(super) struct RawArtifacts {
     timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
+    secret: Option<String>,
     s3: Option<RawS3>,
 }
 
@@ -100,7 +105,16 @@ impl RawArtifacts {
                 max_disk: keys::ARTIFACTS_MAX_DISK.number(raw.max_disk.map(|b| b.0))?,
             },
         };
+        if let Some(secret) = &raw.secret
+            && secret.len() < 16
+        {
+            return Err(ConfigError::Invalid {
+                key: "artifacts.secret",
+                reason: "must be at least 16 bytes".into(),
+            });
+        }
         Ok(Some(ArtifactsConfig {
+            secret: raw.secret,
             store,
             max_file: keys::ARTIFACTS_MAX_FILE.number(raw.max_file.map(|b| b.0))?,
             allow_private: keys::ARTIFACTS_ALLOW_PRIVATE.flag(raw.allow_private),
@@ -155,6 +169,7 @@ mod tests {
             ),
             ("[artifacts]\nmax_file = \"10\"\n", "artifacts.max_file"),
             ("[artifacts]\nunknown = 1\n", "unknown"),
+            ("[artifacts]\nsecret = \"short\"\n", "artifacts.secret"),
         ] {
             let err = load(bad).unwrap_err();
             assert!(err.contains(key), "{bad}: {err}");

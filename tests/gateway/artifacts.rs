@@ -243,6 +243,12 @@ async fn a_kept_file_is_served_at_its_token_with_ranges_and_a_bad_token_gets_a_j
         dir.display()
     ))
     .await;
+    // Its own secret, without a shared tier, keys the tokens as well.
+    let (_sim2, own) = start(&format!(
+        "[artifacts]\ndir = \"{}\"\nsecret = \"{secret}\"\n",
+        dir.display()
+    ))
+    .await;
     // The gateway will issue such tokens as it rewrites answers; any holder of the secret can.
     let tokens = mjgate::artifacts::token::FileTokens::new(Some(secret.as_bytes()));
     let fingerprint = mjgate::credential::CredentialFingerprint::from_bytes([3; 16]);
@@ -252,6 +258,13 @@ async fn a_kept_file_is_served_at_its_token_with_ranges_and_a_bad_token_gets_a_j
     ));
     let whole = send(request(http::Method::GET, &url, None, "")).await;
     assert_eq!(whole.status, 200);
+    let path = url.trim_start_matches(&gw.url(""));
+    let again = send(request(http::Method::GET, &own.url(path), None, "")).await;
+    assert_eq!(
+        again.status, 200,
+        "the same token opens on a gateway with the same secret"
+    );
+    assert_eq!(again.body, whole.body);
     assert_eq!(whole.body.as_ref(), data.as_slice());
     assert_eq!(whole.header("content-type"), "image/webp");
     assert_eq!(whole.header("x-content-type-options"), "nosniff");
