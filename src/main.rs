@@ -31,6 +31,20 @@ fn main() -> ExitCode {
     }
     let mut args = Args::parse();
     let check_only = matches!(args.command, Some(Command::CheckConfig));
+    if let Some(Command::ArtifactsKeep {
+        file,
+        content_type,
+        credential,
+    }) = &args.command
+    {
+        return match load_config(&args) {
+            Ok(config) => artifacts_keep(&config, file, content_type, credential),
+            Err(e) => {
+                eprintln!("mjgate artifacts-keep: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Healthcheck { url, path, timeout }) = &args.command {
         let url = match url {
             Some(url) => url.clone(),
@@ -125,7 +139,94 @@ fn tool(command: Command) -> ExitCode {
         }
         // Handled by `main`, which checks the config itself.
         Command::CheckConfig => ExitCode::SUCCESS,
+        // Handled by `main`, which reads the config for it.
+        Command::ArtifactsKeep { .. } => ExitCode::SUCCESS,
     }
+}
+
+/// `mjgate artifacts-keep FILE`: the file streamed into the configured store, its URL path printed.
+fn artifacts_keep(
+    config: &Config,
+    file: &std::path::Path,
+    content_type: &str,
+    credential: &str,
+) -> ExitCode {
+    use mjgate::artifacts::store::{BlobStore, MediaKind};
+    let Some(artifacts) = &config.artifacts else {
+        eprintln!("mjgate artifacts-keep: the config has no [artifacts] table");
+        return ExitCode::from(2);
+    };
+    let runtime = match runtime("artifacts-keep") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let store = match &artifacts.store {
+            config::ArtifactStore::Local { dir, max_disk } => {
+                BlobStore::local(dir, *max_disk, artifacts.max_file).map_err(|e| e.to_string())
+            }
+            config::ArtifactStore::S3(bucket) => {
+                BlobStore::s3(bucket, artifacts.max_file).map_err(|e| e.to_string())
+            }
+        };
+        let store = match store {
+            Ok(store) => store,
+            Err(e) => {
+                eprintln!("mjgate artifacts-keep: cannot open the store: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let opened = match tokio::fs::File::open(file).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                eprintln!("mjgate artifacts-keep: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        let body = tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10);
+        let kind = MediaKind::of_content_type(content_type);
+        match store.put(body, kind).await {
+            Ok((blob, len)) => {
+                let secret = artifacts.secret.as_deref().map(str::as_bytes).or(config
+                    .shared_cache
+                    .as_ref()
+                    .map(|shared| shared.fingerprint_secret.as_bytes()));
+                if secret.is_none() {
+                    eprintln!(
+                        "mjgate artifacts-keep: kept {len} bytes, but with neither artifacts.secret \
+                         nor a shared tier a running gateway keys its tokens itself: set one"
+                    );
+                    return ExitCode::from(2);
+                }
+                let tokens = mjgate::artifacts::token::FileTokens::new(secret);
+                let mut headers = http::HeaderMap::new();
+                if let Ok(value) = http::HeaderValue::from_str(credential)
+                    && !credential.is_empty()
+                {
+                    headers.insert(http::header::AUTHORIZATION, value);
+                }
+                // As the gateway fingerprints: under the shared tier's secret when there is one.
+                let fingerprinter = match &config.shared_cache {
+                    Some(shared) => mjgate::credential::Fingerprinter::from_secret(
+                        shared.fingerprint_secret.as_bytes(),
+                    ),
+                    None => mjgate::credential::Fingerprinter::random(),
+                };
+                let fingerprint = fingerprinter.fingerprint(&headers);
+                let token = tokens.issue(&blob, &fingerprint);
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}{token}",
+                    mjgate::artifacts::token::FILES_PREFIX
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mjgate artifacts-keep: not kept: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn load_config(args: &Args) -> Result<Config, config::ConfigError> {

@@ -165,6 +165,19 @@ pub enum Command {
     /// would run with, and exit: 0 when valid, 2 with the offending key otherwise. Like `nginx -t`, for
     /// deploy pipelines and `ExecStartPre=`.
     CheckConfig,
+    /// Keep a local file in the `[artifacts]` store the config names (streamed, content-addressed)
+    /// and print its URL path for `--credential` (`/_mjgate/files/{token}`): for operators seeding a
+    /// store, and for the file-serving benchmark.
+    ArtifactsKeep {
+        /// The file to keep.
+        file: std::path::PathBuf,
+        /// Its media type (`image/png`, `video/mp4`, ...); anything else is kept as an attachment.
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+        /// The credential (Authorization value) the token is for.
+        #[arg(long, default_value = "")]
+        credential: String,
+    },
     /// The benchmarks' ceiling: a bare server answering every request with one fixed task body.
     FixedBody {
         #[arg(long, default_value = "127.0.0.1:9100")]
