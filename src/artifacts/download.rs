@@ -16,7 +16,6 @@ use http::header::{ACCEPT, CONTENT_TYPE, HOST, LOCATION, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::store::{BlobId, BlobStore, MediaKind, PutError};
 use crate::webhook::guard::{HookError, HookUrl};
@@ -167,30 +166,21 @@ impl Downloader {
         target: &HookUrl,
         addresses: &[std::net::SocketAddr],
     ) -> Result<(http::Response<hyper::body::Incoming>, AbortOnDrop), DownloadError> {
-        let mut last = String::from("no address");
-        for address in addresses {
-            let stream = match TcpStream::connect(address).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            return if target.https {
-                let name = rustls::pki_types::ServerName::try_from(target.host.clone())
-                    .map_err(|e| DownloadError::Connection(e.to_string()))?;
-                let tls = self
-                    .tls
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| DownloadError::Connection(e.to_string()))?;
-                send(TokioIo::new(tls), target).await
-            } else {
-                send(TokioIo::new(stream), target).await
-            };
+        let stream = crate::webhook::guard::connect(addresses)
+            .await
+            .map_err(DownloadError::Connection)?;
+        if target.https {
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| DownloadError::Connection(e.to_string()))?;
+            let tls = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| DownloadError::Connection(e.to_string()))?;
+            send(TokioIo::new(tls), target).await
+        } else {
+            send(TokioIo::new(stream), target).await
         }
-        Err(DownloadError::Connection(last))
     }
 }
 
@@ -239,12 +229,7 @@ where
 /// HTML, XHTML, SVG, XML and script types: what a browser would run if served from the gateway's
 /// origin. Never kept.
 fn is_unsafe(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = super::store::essence(content_type);
     matches!(
         essence.as_str(),
         "text/html" | "application/xhtml+xml" | "image/svg+xml" | "text/xml" | "application/xml"

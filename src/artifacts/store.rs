@@ -78,12 +78,7 @@ impl MediaKind {
 
     /// The kind an origin's `Content-Type` names (parameters and case ignored).
     pub fn of_content_type(content_type: &str) -> Self {
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = essence(content_type);
         MediaKind::ALL
             .into_iter()
             .find(|kind| kind.content_type() == essence)
@@ -129,6 +124,16 @@ impl MediaKind {
     pub fn is_media(self) -> bool {
         self != MediaKind::Binary
     }
+}
+
+/// A `Content-Type`'s type and subtype, lowercase, without its parameters.
+pub fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 impl BlobId {

@@ -200,7 +200,6 @@ impl Push {
         let changes = self.watch(target.clone(), first);
         let mut source = TrackerSource {
             push: Arc::clone(self),
-            task: &task,
             target,
             changes: Some(changes),
         };
@@ -432,14 +431,13 @@ fn pending_id(record: Option<&HookRecord>, etag: &HeaderValue) -> Option<String>
 
 /// Where a tracker reads its task's state: its watch while the task runs, the fetch core (the cache,
 /// else one upstream call) once the watch is let go.
-struct TrackerSource<'t> {
+struct TrackerSource {
     push: Arc<Push>,
-    task: &'t HookTask,
     target: WatchTarget,
     changes: Option<watch::Receiver<Watched>>,
 }
 
-impl TrackerSource<'_> {
+impl TrackerSource {
     /// The state the watch holds now, if the tracker still watches.
     fn peek(&mut self) -> Option<Watched> {
         let changes = self.changes.as_mut()?;
@@ -447,24 +445,14 @@ impl TrackerSource<'_> {
     }
 }
 
-impl EventSource for TrackerSource<'_> {
+impl EventSource for TrackerSource {
     async fn latest(&mut self) -> Option<Event> {
         let watched = self.peek();
         let snapshot = match watched {
             Some(watched) => Box::pin(self.push.body_of(&watched, &self.target)).await?,
             None => {
-                let id = TaskId::parse(&self.task.id).ok()?;
-                let task_ref = TaskRef {
-                    family: self.task.family,
-                    id,
-                };
-                let _ = Box::pin(self.push.fetcher.fetch(
-                    &self.task.path,
-                    &self.task.headers,
-                    task_ref,
-                    self.task.client,
-                ))
-                .await;
+                let id = TaskId::parse(&self.target.task.1).ok()?;
+                Box::pin(self.push.refresh(&self.target, id)).await;
                 let key: &[u8] = std::borrow::Borrow::borrow(&self.target.key);
                 self.push.fetcher.cache().current(key)?.0
             }

@@ -396,19 +396,8 @@ impl Push {
         if let Some(task) = cached(self) {
             return Some(task);
         }
-        let (family, id) = &target.task;
-        let id = TaskId::parse(id).ok()?;
-        let served = Box::pin(self.fetcher.fetch(
-            &target.path,
-            &target.headers,
-            TaskRef {
-                family: *family,
-                id,
-            },
-            target.client,
-        ))
-        .await;
-        drop(served);
+        let id = TaskId::parse(&target.task.1).ok()?;
+        Box::pin(self.refresh(target, id)).await;
         cached(self).or_else(|| self.fetcher.cache().current(key).map(|(task, _)| task))
     }
 
@@ -477,8 +466,7 @@ impl Push {
         sender: Arc<watch::Sender<Watched>>,
     ) {
         let _gauge = self.metrics.watch.watcher();
-        let (family, id) = &target.task;
-        let Ok(id) = TaskId::parse(id) else {
+        let Ok(id) = TaskId::parse(&target.task.1) else {
             self.watchers.retire(&target.key, &sender);
             return;
         };
@@ -520,20 +508,22 @@ impl Push {
             if sender.receiver_count() == 0 && self.watchers.retire(&target.key, &sender) {
                 return;
             }
-            // Errors are the fetch path's to handle (stale answers, backoff); the poller only reads
-            // what that left in the cache.
-            let _ = self
-                .fetcher
-                .fetch(
-                    &target.path,
-                    &target.headers,
-                    TaskRef {
-                        family: *family,
-                        id,
-                    },
-                    target.client,
-                )
-                .await;
+            self.refresh(&target, id).await;
         }
+    }
+
+    /// Asks the fetch core for `target`'s task as the client that started the watch would (the
+    /// cache, or one collapsed upstream call). Errors are the fetch path's to handle (stale answers,
+    /// backoff); callers read what it left in the cache.
+    pub(crate) async fn refresh(&self, target: &WatchTarget, id: TaskId<'_>) {
+        let task = TaskRef {
+            family: target.task.0,
+            id,
+        };
+        let served = self
+            .fetcher
+            .fetch(&target.path, &target.headers, task, target.client)
+            .await;
+        drop(served);
     }
 }

@@ -10,7 +10,6 @@ use http::header::{CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::guard::{HookError, HookUrl};
 use super::sign::SigningSecret;
@@ -130,30 +129,19 @@ impl Deliverer {
         addresses: &[std::net::SocketAddr],
         request: Request<Full<Bytes>>,
     ) -> Result<StatusCode, String> {
-        let mut last = String::from("no address");
-        for address in addresses {
-            let stream = match TcpStream::connect(address).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            return if hook.https {
-                let name = rustls::pki_types::ServerName::try_from(hook.host.clone())
-                    .map_err(|e| e.to_string())?;
-                let tls = self
-                    .tls
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                exchange(TokioIo::new(tls), request).await
-            } else {
-                exchange(TokioIo::new(stream), request).await
-            };
+        let stream = super::guard::connect(addresses).await?;
+        if hook.https {
+            let name = rustls::pki_types::ServerName::try_from(hook.host.clone())
+                .map_err(|e| e.to_string())?;
+            let tls = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            exchange(TokioIo::new(tls), request).await
+        } else {
+            exchange(TokioIo::new(stream), request).await
         }
-        Err(last)
     }
 }
 

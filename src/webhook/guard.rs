@@ -116,6 +116,22 @@ impl HookUrl {
     }
 }
 
+/// A connection to the first of `addresses` (those [`HookUrl::resolve`] checked, and no other) that
+/// takes it, with Nagle off: the request goes out in one write.
+pub async fn connect(addresses: &[SocketAddr]) -> Result<tokio::net::TcpStream, String> {
+    let mut last = String::from("no address");
+    for address in addresses {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// Whether `ip` is an address on the public internet.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
