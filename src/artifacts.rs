@@ -9,6 +9,7 @@
 //! the `/_mjgate/files/{token}` route come next (issue 25).
 
 pub mod download;
+pub mod keeper;
 pub mod mirror;
 pub mod serve;
 pub mod store;

@@ -244,6 +244,32 @@ impl CachedTask {
         })
     }
 
+    /// This finished answer with `body` in place of its own (its result links rewritten to the
+    /// gateway's), the task object at `span`, servable until `keep_until`; produced when this was.
+    pub fn rewritten(
+        &self,
+        body: Bytes,
+        span: Option<std::ops::Range<usize>>,
+        keep_until: Option<Instant>,
+    ) -> Self {
+        let mut task = CachedTask {
+            status: self.status,
+            etag: etag_of(&body),
+            task_span: whole(&body),
+            body,
+            content_type: self.content_type.clone(),
+            class: self.class,
+            stored_at: self.stored_at,
+            keep_until,
+            gzip: OnceLock::new(),
+            event_data: OnceLock::new(),
+        };
+        if let Some(span) = span {
+            task = task.task_at(span);
+        }
+        task
+    }
+
     /// Makes the gzip copy of a `200` answer, once; the cache does it before it weighs the entry.
     pub fn prepare_gzip(&self) {
         self.gzip.get_or_init(|| {
@@ -454,6 +480,30 @@ impl TaskCache {
         self.refresh_deferred.invalidate(&key);
         self.entries.insert(key, Arc::clone(&task));
         task
+    }
+
+    /// Replaces the answer held for `key` with `task` if it is still `held` (not refreshed, purged
+    /// or evicted meanwhile): how a finished answer gets its rewritten links, past "a finished state
+    /// is final". Whether it was replaced.
+    pub fn replace(&self, key: &CacheKey, held: &Arc<CachedTask>, task: Arc<CachedTask>) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        if self.gzip {
+            task.prepare_gzip();
+        }
+        let weight = weigh(key, &task);
+        let class = task.class();
+        let result = self
+            .entries
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), held) => Op::Put(task),
+                _ => Op::Nop,
+            });
+        let replaced = matches!(result, CompResult::ReplacedWith(_));
+        if replaced {
+            self.metrics.cache_added(class, weight);
+        }
+        replaced
     }
 
     /// Entries currently held (approximate: moka applies writes in batches).

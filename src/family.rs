@@ -264,8 +264,18 @@ impl Family {
     /// The moment a finished answer stops being servable, if any: the earliest of its `expires_at`,
     /// its signed URLs' expiry and the family's `finished_ttl`.
     fn keep_until(&self, value: &Value) -> Option<Instant> {
-        let now = Instant::now();
-        let capped = self.finished_ttl.map(|ttl| now + ttl);
+        self.keep_until_from(value, Instant::now())
+    }
+
+    /// [`keep_until`](Self::keep_until) of a finished answer rewritten after it was stored at
+    /// `stored_at` (its kept files now point at the gateway, whose links do not expire): what is
+    /// still stated in it, and the family's cap counted from when it was first stored.
+    pub fn rewritten_keep_until(&self, body: &[u8], stored_at: Instant) -> Option<Instant> {
+        self.keep_until_from(&json_object(body)?, stored_at)
+    }
+
+    fn keep_until_from(&self, value: &Value, stored_at: Instant) -> Option<Instant> {
+        let capped = self.finished_ttl.map(|ttl| stored_at + ttl);
         let stated = self
             .expires_at
             .iter()

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap};
 use http::{Method, Response, StatusCode};
 
+use crate::artifacts::keeper::Keeper;
 use crate::body::ResponseBody;
 use crate::cache::response::{compact_header, task_response};
 use crate::cache::status::{CACHE_STATUS, CacheStatus};
@@ -134,6 +135,8 @@ pub struct Fetcher {
     families: Families,
     /// Everything spawned on behalf of requests, here and in the handlers and watchers above.
     work: Work,
+    /// `[artifacts]`: finished tasks' files kept and their answers linked to them; `None` when off.
+    keeper: Option<Arc<Keeper>>,
 }
 
 impl Fetcher {
@@ -167,17 +170,22 @@ impl Fetcher {
             }
             None => (None, Fingerprinter::random()),
         };
+        let cache = TaskCache::new(&config.cache, Arc::clone(&metrics));
+        let work = Work::new(&metrics);
+        let keeper =
+            Keeper::new(config, cache.clone(), work.clone(), Arc::clone(&metrics))?.map(Arc::new);
         Ok(Fetcher {
             upstream: Upstream::new(
                 &config.upstream,
                 config.server.max_request_body,
                 Arc::clone(&metrics),
             )?,
-            cache: TaskCache::new(&config.cache, Arc::clone(&metrics)),
+            cache,
             flights: Collapser::new(flight_bound(config)),
             fingerprinter,
             shared,
-            work: Work::new(&metrics),
+            work,
+            keeper,
             metrics,
             upstream_chunk: config.batch.upstream_chunk,
             families: config.families.clone(),
@@ -208,6 +216,28 @@ impl Fetcher {
     /// The Redis tier, when configured.
     pub fn shared(&self) -> Option<&SharedCache> {
         self.shared.as_ref()
+    }
+
+    /// The kept result files, when `[artifacts]` is on.
+    pub fn keeper(&self) -> Option<&Arc<Keeper>> {
+        self.keeper.as_ref()
+    }
+
+    /// `task` was stored for `key`: a finished one gets its result files kept (for the client that
+    /// sent `headers`, over TLS or not, when one did).
+    pub(crate) fn stored(
+        &self,
+        key: &CacheKey,
+        family: FamilyId,
+        task: &Arc<CachedTask>,
+        client: Option<(&HeaderMap, bool)>,
+    ) {
+        if let Some(keeper) = &self.keeper
+            && task.is_finished()
+        {
+            let base = client.and_then(|(headers, tls)| keeper.base_for(headers, tls));
+            keeper.finished(key, family, task, base);
+        }
     }
 
     /// A task's status (`GET` on a family's status route; `path` is what the upstream is asked): a
@@ -325,7 +355,11 @@ impl Fetcher {
     ) -> Landed {
         let lease = match &self.shared {
             Some(shared) => match shared.claim(&key).await {
-                Claim::Found(task) => return Landed::Shared(self.cache.insert(key, task)),
+                Claim::Found(task) => {
+                    let held = self.cache.insert(key.clone(), task);
+                    self.stored(&key, family, &held, Some((headers, client.tls)));
+                    return Landed::Shared(held);
+                }
                 Claim::Lead(lease) => lease,
             },
             None => None,
@@ -353,6 +387,7 @@ impl Fetcher {
                     {
                         shared.publish(&[(&key, &task)]).await;
                     }
+                    self.stored(&key, family, &held, Some((headers, client.tls)));
                     Landed::Stored(held)
                 }
                 None => Landed::Passed(Arc::new(reply)),
@@ -386,6 +421,7 @@ impl Fetcher {
         if let Some(shared) = &self.shared {
             shared.publish(&[(&key, &stored)]).await;
         }
+        self.stored(&key, task.family, &stored, None);
         CalledBack::Stored(key, stored)
     }
 

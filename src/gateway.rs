@@ -130,14 +130,6 @@ pub struct Gateway {
     submit_timeout: std::time::Duration,
     /// `upstream.request_timeout`.
     request_timeout: std::time::Duration,
-    /// `[artifacts]`: kept result files and the tokens that name them; `None` when off.
-    artifacts: Option<Arc<Artifacts>>,
-}
-
-/// The kept files and the tokens their URLs carry.
-pub struct Artifacts {
-    pub store: crate::artifacts::store::BlobStore,
-    pub tokens: crate::artifacts::token::FileTokens,
 }
 
 impl Gateway {
@@ -167,37 +159,7 @@ impl Gateway {
                 Arc::clone(&metrics),
             ))
         });
-        let artifacts = match &config.artifacts {
-            Some(artifacts) => {
-                let store = match &artifacts.store {
-                    crate::config::ArtifactStore::Local { dir, max_disk } => {
-                        crate::artifacts::store::BlobStore::local(
-                            dir,
-                            *max_disk,
-                            artifacts.max_file,
-                        )
-                        .map_err(|e| crate::Error::Artifacts(e.to_string()))?
-                    }
-                    crate::config::ArtifactStore::S3(bucket) => {
-                        crate::artifacts::store::BlobStore::s3(bucket, artifacts.max_file)
-                            .map_err(|e| crate::Error::Artifacts(e.to_string()))?
-                    }
-                };
-                // Its own secret, else the shared tier's: either way every replica opens every token.
-                let secret = artifacts.secret.as_deref().map(str::as_bytes).or(config
-                    .shared_cache
-                    .as_ref()
-                    .map(|shared| shared.fingerprint_secret.as_bytes()));
-                metrics.artifacts_disk(store.disk_used());
-                Some(Arc::new(Artifacts {
-                    store,
-                    tokens: crate::artifacts::token::FileTokens::new(secret),
-                }))
-            }
-            None => None,
-        };
         Ok(Gateway {
-            artifacts,
             idempotency,
             submit_timeout: config.upstream.submit_timeout,
             request_timeout: config.upstream.request_timeout,

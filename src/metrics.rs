@@ -367,6 +367,16 @@ pub struct Metrics {
     files_served: Vec<IntCounter>,
     /// Bytes of kept files on the local disk.
     artifacts_disk: IntGauge,
+    /// Files downloaded and kept, and their bytes.
+    artifacts_stored: IntCounter,
+    artifacts_stored_bytes: IntCounter,
+    /// `[cause]`: result files not kept.
+    artifacts_failures: IntCounterVec,
+    /// Kept files the disk budget evicted.
+    artifacts_evictions: IntCounter,
+    /// Finished answers rewritten to the gateway's links, and finished answers not mirrored (`[reason]`).
+    artifacts_rewritten: IntCounter,
+    artifacts_skipped: IntCounterVec,
     /// Idempotency keys held in this process, and their bytes (under `idempotency.max_memory`).
     idempotency_keys: IntGauge,
     idempotency_bytes: IntGauge,
@@ -1085,6 +1095,32 @@ impl Metrics {
                 "mjgate_artifacts_disk_bytes",
                 "Bytes of kept files on the local disk, under artifacts.max_disk (0 with a bucket).",
             ),
+            artifacts_stored: r.counter(
+                "mjgate_artifacts_stored_total",
+                "Result files downloaded from their origin and kept (a file another replica or an earlier download kept is not counted again).",
+            ),
+            artifacts_stored_bytes: r.counter(
+                "mjgate_artifacts_stored_bytes_total",
+                "Bytes of result files downloaded and kept.",
+            ),
+            artifacts_failures: r.counters(
+                "mjgate_artifacts_failures_total",
+                "Result files not kept, by cause: refused (an inside address, a bad URL), status (the origin's error answer), redirects, unsafe_type (HTML, SVG, scripts), timeout, connection, too_large (past artifacts.max_file), store (the disk or bucket failed). Their answers keep the upstream's link.",
+                &["cause"],
+            ),
+            artifacts_evictions: r.counter(
+                "mjgate_artifacts_evictions_total",
+                "Kept files deleted to stay under artifacts.max_disk, least recently used first.",
+            ),
+            artifacts_rewritten: r.counter(
+                "mjgate_artifacts_rewritten_total",
+                "Finished answers whose result links were rewritten to the gateway's kept files.",
+            ),
+            artifacts_skipped: r.counters(
+                "mjgate_artifacts_skipped_total",
+                "Finished answers with result files not mirrored, by reason: busy (artifacts.max_pending tasks mirroring already), no_base (no artifacts.public_url and no client Host to build links on).",
+                &["reason"],
+            ),
             idempotency_keys: r.gauge(
                 "mjgate_idempotency_keys",
                 "Idempotency keys held in this process: claims in flight and answers kept for retries.",
@@ -1176,6 +1212,32 @@ impl Metrics {
     pub fn artifacts_disk(&self, bytes: u64) {
         self.artifacts_disk
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The store's eviction count so far (the store counts them where they happen, in its own
+    /// listener): the counter is brought up to it.
+    pub fn artifacts_evicted(&self, total: u64) {
+        let counted = self.artifacts_evictions.get();
+        if total > counted {
+            self.artifacts_evictions.inc_by(total - counted);
+        }
+    }
+
+    pub fn artifact_stored(&self, bytes: u64) {
+        self.artifacts_stored.inc();
+        self.artifacts_stored_bytes.inc_by(bytes);
+    }
+
+    pub fn artifact_failed(&self, cause: &'static str) {
+        self.artifacts_failures.with_label_values(&[cause]).inc();
+    }
+
+    pub fn artifacts_rewritten(&self) {
+        self.artifacts_rewritten.inc();
+    }
+
+    pub fn artifacts_skipped(&self, reason: &'static str) {
+        self.artifacts_skipped.with_label_values(&[reason]).inc();
     }
 
     pub fn idempotency(&self, outcome: IdempotencyOutcome) {

@@ -36,10 +36,12 @@ pub enum WorkKind {
     Stream,
     /// Housekeeping: lease releases, the Redis sweep.
     Housekeeping,
+    /// A finished task's result files being kept, then its answer rewritten to point at them.
+    Mirror,
 }
 
 impl WorkKind {
-    pub const ALL: [WorkKind; 7] = [
+    pub const ALL: [WorkKind; 8] = [
         WorkKind::Fetch,
         WorkKind::BatchChunk,
         WorkKind::Submit,
@@ -47,6 +49,7 @@ impl WorkKind {
         WorkKind::Poller,
         WorkKind::Stream,
         WorkKind::Housekeeping,
+        WorkKind::Mirror,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl WorkKind {
             WorkKind::Poller => "poller",
             WorkKind::Stream => "stream",
             WorkKind::Housekeeping => "housekeeping",
+            WorkKind::Mirror => "mirror",
         }
     }
 
@@ -87,7 +91,7 @@ impl Work {
     pub fn new(metrics: &Metrics) -> Self {
         let gauges = metrics.gauges(
             "mjgate_background_tasks",
-            "Work spawned on behalf of requests and running now, by kind: fetch (a collapsed upstream call), batch_chunk, submit (forwarded and followed up even if its client hung up), hook (a webhook tracker), poller (one per watched task), stream (an event stream's writer), housekeeping. Shutdown waits for them within server.shutdown_grace.",
+            "Work spawned on behalf of requests and running now, by kind: fetch (a collapsed upstream call), batch_chunk, submit (forwarded and followed up even if its client hung up), hook (a webhook tracker), poller (one per watched task), stream (an event stream's writer), housekeeping, mirror (a finished task's result files being kept). Shutdown waits for them within server.shutdown_grace.",
             &["kind"],
         );
         Work {

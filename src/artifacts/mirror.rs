@@ -21,6 +21,10 @@ pub const ATTEMPTS: u32 = 3;
 /// again.
 const REFUSED_FOR: Duration = Duration::from_secs(600);
 
+/// Most URLs waiting on a download at once: past it a new URL is turned away (`busy`, tried again
+/// on the task's next store) rather than queued without bound.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
 /// What became of a URL: kept as a blob of this length, or why not.
 pub type Kept = Result<(BlobId, u64), Arc<DownloadError>>;
 
@@ -33,6 +37,7 @@ pub struct Mirror {
     in_flight: Mutex<HashMap<String, Arc<OnceCell<Kept>>>>,
     kept: moka::sync::Cache<String, (BlobId, u64)>,
     refused: moka::sync::Cache<String, Arc<DownloadError>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Mirror {
@@ -55,7 +60,19 @@ impl Mirror {
                 .max_capacity(remembered)
                 .time_to_live(REFUSED_FOR)
                 .build(),
+            metrics: None,
         }
+    }
+
+    /// This mirror, counting what it downloads and what it could not keep in `metrics`.
+    pub fn counted(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The store files are kept in.
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.store
     }
 
     /// The blob `url` was kept as, if it was (no download).
@@ -72,15 +89,20 @@ impl Mirror {
         if let Some(refused) = self.refused.get(url) {
             return Err(refused);
         }
-        let cell = Arc::clone(self.in_flight.lock().entry(url.to_owned()).or_default());
-        let kept = cell.get_or_init(|| self.download(url)).await.clone();
-        {
-            // The first to finish takes the entry out; later callers find the result cached.
+        let cell = {
             let mut in_flight = self.in_flight.lock();
-            if in_flight.get(url).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                in_flight.remove(url);
+            if in_flight.len() >= MAX_IN_FLIGHT && !in_flight.contains_key(url) {
+                return Err(Arc::new(DownloadError::Busy));
             }
-        }
+            Arc::clone(in_flight.entry(url.to_owned()).or_default())
+        };
+        let waiting = Waiting {
+            mirror: self,
+            url,
+            cell: &cell,
+        };
+        let kept = cell.get_or_init(|| self.download(url)).await.clone();
+        drop(waiting);
         kept
     }
 
@@ -97,6 +119,9 @@ impl Mirror {
             match result {
                 Ok(kept) => {
                     self.kept.insert(url.to_owned(), kept.clone());
+                    if let Some(metrics) = &self.metrics {
+                        metrics.artifact_stored(kept.1);
+                    }
                     return Ok(kept);
                 }
                 Err(e) if e.is_transient() && attempt < ATTEMPTS => {
@@ -106,6 +131,10 @@ impl Mirror {
                     attempt += 1;
                 }
                 Err(e) => {
+                    tracing::info!(error = %e, "result file not kept; the answer keeps the upstream's link");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.artifact_failed(e.cause());
+                    }
                     let e = Arc::new(e);
                     if !e.is_transient() {
                         self.refused.insert(url.to_owned(), Arc::clone(&e));
@@ -113,6 +142,29 @@ impl Mirror {
                     return Err(e);
                 }
             }
+        }
+    }
+}
+
+/// One caller waiting on a URL's download. The last to leave, whether it got the result or went away
+/// mid-download (its future dropped), takes the URL's entry out, so the map holds only downloads
+/// someone still waits on; a later caller finds the result in `kept` or `refused`, or starts again.
+struct Waiting<'a> {
+    mirror: &'a Mirror,
+    url: &'a str,
+    cell: &'a Arc<OnceCell<Kept>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.mirror.in_flight.lock();
+        // Two holders left, the map's and ours: nobody else waits on this download.
+        if in_flight
+            .get(self.url)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+            && Arc::strong_count(self.cell) <= 2
+        {
+            in_flight.remove(self.url);
         }
     }
 }

@@ -102,7 +102,7 @@ impl MediaKind {
         }
     }
 
-    fn extension(self) -> &'static str {
+    pub fn extension(self) -> &'static str {
         match self {
             MediaKind::Png => "png",
             MediaKind::Jpeg => "jpg",
@@ -220,6 +220,8 @@ pub struct BlobStore {
     /// The local directory, read directly: `object_store`'s local reads go 8 KiB at a time through
     /// a blocking task each, an order of magnitude slower than a file read in large chunks.
     root: Option<std::path::PathBuf>,
+    /// Blobs the disk budget evicted so far.
+    evicted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How much of a local file is read at once when it is served.
@@ -239,6 +241,8 @@ impl BlobStore {
             .map_err(std::io::Error::other)?
             .with_automatic_cleanup(true);
         let root = dir.to_path_buf();
+        let evicted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&evicted);
         let index = moka::sync::Cache::builder()
             .max_capacity(max_disk)
             .weigher(|_: &BlobId, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
@@ -248,6 +252,7 @@ impl BlobStore {
             .eviction_listener(move |id: Arc<BlobId>, _, cause| {
                 if cause.was_evicted() {
                     let _ = std::fs::remove_file(root.join(id.path().as_ref()));
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })
             .build();
@@ -256,6 +261,7 @@ impl BlobStore {
             max_file,
             local: Some(index),
             root: Some(dir.to_path_buf()),
+            evicted,
         };
         blobs.reindex(&dir.join("blobs"));
         Ok(blobs)
@@ -294,6 +300,7 @@ impl BlobStore {
             max_file,
             local: None,
             root: None,
+            evicted: Arc::default(),
         }
     }
 
@@ -332,6 +339,11 @@ impl BlobStore {
             index.run_pending_tasks();
             index.weighted_size()
         })
+    }
+
+    /// Blobs the disk budget has evicted since the store was opened.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Streams `body` into the store as a blob of `kind`, hashing it as it goes, never holding more

@@ -25,6 +25,9 @@ pub struct ArtifactsConfig {
     /// every replica opens every replica's. Unset: the shared tier's fingerprint secret, else a
     /// random key for this process (tokens die with it).
     pub secret: Option<String>,
+    /// `artifacts.public_url`: where clients reach the gateway, for the links in answers; unset, the
+    /// scheme and `Host` of the client's request.
+    pub public_url: Option<String>,
 }
 
 /// Where kept files live.
@@ -39,6 +42,8 @@ pub enum ArtifactStore {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawArtifacts {
+    enabled: Option<bool>,
+    public_url: Option<String>,
     dir: Option<PathBuf>,
     max_disk: Option<bytesize::ByteSize>,
     max_file: Option<bytesize::ByteSize>,
@@ -62,9 +67,33 @@ struct RawS3 {
 }
 
 impl RawArtifacts {
-    /// `None` without an `[artifacts]` table: answers keep the upstream's links.
+    /// On by default (a local directory with the defaults, also without an `[artifacts]` table);
+    /// `None` with `enabled = false`: answers keep the upstream's links.
     pub(super) fn validate(raw: Option<Self>) -> Result<Option<ArtifactsConfig>, ConfigError> {
-        let Some(raw) = raw else { return Ok(None) };
+        let raw = raw.unwrap_or_default();
+        if !keys::ARTIFACTS_ENABLED.flag(raw.enabled) {
+            return Ok(None);
+        }
+        if let Some(url) = &raw.public_url {
+            let usable = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|uri| {
+                    matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty())
+                        && uri.query().is_none()
+                        && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
+                })
+                .is_some();
+            if !usable {
+                return Err(ConfigError::Invalid {
+                    key: "artifacts.public_url",
+                    reason: format!(
+                        "{url:?} is not an http or https URL without a query or credentials"
+                    ),
+                });
+            }
+        }
         let store = match raw.s3 {
             Some(s3) => {
                 if raw.dir.is_some() || raw.max_disk.is_some() {
@@ -115,6 +144,7 @@ impl RawArtifacts {
         }
         Ok(Some(ArtifactsConfig {
             secret: raw.secret,
+            public_url: raw.public_url,
             store,
             max_file: keys::ARTIFACTS_MAX_FILE.number(raw.max_file.map(|b| b.0))?,
             allow_private: keys::ARTIFACTS_ALLOW_PRIVATE.flag(raw.allow_private),
@@ -137,9 +167,15 @@ mod tests {
     }
 
     #[test]
-    fn no_table_is_off_and_an_empty_one_is_a_local_directory_with_the_defaults() {
-        assert!(load("").unwrap().artifacts.is_none());
-        let on = load("[artifacts]\n").unwrap().artifacts.unwrap();
+    fn on_by_default_in_a_local_directory_and_off_when_disabled() {
+        assert!(
+            load("[artifacts]\nenabled = false\n")
+                .unwrap()
+                .artifacts
+                .is_none()
+        );
+        let on = load("").unwrap().artifacts.unwrap();
+        assert!(on.public_url.is_none());
         assert!(matches!(
             on.store,
             ArtifactStore::Local { ref dir, max_disk } if dir.as_os_str() == "artifacts" && max_disk == 10 << 30
@@ -170,6 +206,14 @@ mod tests {
             ("[artifacts]\nmax_file = \"10\"\n", "artifacts.max_file"),
             ("[artifacts]\nunknown = 1\n", "unknown"),
             ("[artifacts]\nsecret = \"short\"\n", "artifacts.secret"),
+            (
+                "[artifacts]\npublic_url = \"ftp://files.example\"\n",
+                "artifacts.public_url",
+            ),
+            (
+                "[artifacts]\npublic_url = \"https://u:p@files.example\"\n",
+                "artifacts.public_url",
+            ),
         ] {
             let err = load(bad).unwrap_err();
             assert!(err.contains(key), "{bad}: {err}");

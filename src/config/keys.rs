@@ -172,6 +172,10 @@ pub const WEBHOOKS_FINISHED_ONLY: Setting = Setting {
     default: "false",
 };
 
+pub const ARTIFACTS_ENABLED: Setting = Setting {
+    name: "artifacts.enabled",
+    default: "true",
+};
 pub const ARTIFACTS_DIR: Setting = Setting {
     name: "artifacts.dir",
     default: "artifacts",
@@ -202,6 +206,7 @@ pub const SETTINGS: &[Setting] = &[
     IDEMPOTENCY_REQUIRE,
     WEBHOOKS_ALLOW_PRIVATE,
     WEBHOOKS_FINISHED_ONLY,
+    ARTIFACTS_ENABLED,
     ARTIFACTS_DIR,
     ARTIFACTS_ALLOW_PRIVATE,
     ARTIFACTS_S3_REGION,

@@ -75,6 +75,25 @@ impl UpstreamUrl {
         self.authority.as_str()
     }
 
+    /// The host (lowercase, an IPv6 address without its brackets) and port the upstream is at.
+    pub fn origin(&self) -> (String, u16) {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        (host, port)
+    }
+
     /// The upstream URI for a client's path and query.
     pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let pq = if self.prefix.is_empty() {

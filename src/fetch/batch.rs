@@ -397,6 +397,7 @@ impl Fetcher {
             match claim {
                 Claim::Found(task) => {
                     let held = self.cache.insert(flight.key().clone(), task);
+                    self.stored(flight.key(), family, &held, Some((headers, client.tls)));
                     flight.land(Landed::Shared(held));
                 }
                 Claim::Lead(lease) => {
@@ -450,6 +451,9 @@ impl Fetcher {
             }
             Ok(reply) => self.land_batch_reply(family, reply, chunk),
         };
+        for (key, task) in &stored {
+            self.stored(key, family.id(), task, Some((&headers, client.tls)));
+        }
         if let Some(shared) = &self.shared {
             let answers: Vec<(&CacheKey, &CachedTask)> =
                 stored.iter().map(|(key, task)| (key, &**task)).collect();

@@ -22,15 +22,20 @@ impl Gateway {
                 ));
             }
         };
-        let Some(artifacts) = &self.artifacts else {
+        let Some(keeper) = self.fetcher.keeper() else {
             return Served::error(RequestError::UnknownFile);
         };
-        let Some((blob, _credential)) = artifacts.tokens.open(token) else {
+        // Links end in the file's extension (`….png`), for clients that name a download after its
+        // URL; the token alone names the file.
+        let token = token
+            .split_once('.')
+            .map_or(token, |(token, _extension)| token);
+        let Some((blob, _credential)) = keeper.tokens().open(token) else {
             self.metrics.file_served(FileAnswer::NotFound);
             return Served::error(RequestError::UnknownFile);
         };
-        let answered = serve::respond(&artifacts.store, &blob, head, request.headers()).await;
-        self.metrics.artifacts_disk(artifacts.store.disk_used());
+        let answered = serve::respond(keeper.store(), &blob, head, request.headers()).await;
+        keeper.count_store();
         match answered {
             Ok(response) => {
                 self.metrics.file_served(match response.status() {

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::Push;
 use super::watch::{Snapshot, WatchTarget, Watched};
-use crate::cache::KeyBuf;
+use crate::cache::{CacheKey, KeyBuf};
 use crate::credential::MJ_API_SECRET;
 use crate::family::{FamilyId, TaskRef};
 use crate::metrics::Delivery;
@@ -35,6 +35,10 @@ use crate::work::WorkKind;
 
 /// The longest wait between two looks at a task the upstream does not show yet.
 const LOOK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+/// The longest a hook's finished event waits for its task's result files to be kept, so it carries
+/// the gateway's links; past it the event goes with the upstream's (still working then).
+const KEPT_WAIT: Duration = Duration::from_secs(30);
 
 /// How often each replica looks in Redis for hooks nobody is delivering.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -234,6 +238,7 @@ impl Push {
                 continue;
             };
             drop(watched);
+            let latest = Box::pin(self.with_kept_links(latest, &source.target.key)).await;
             let state = family.state_of(&latest.body);
             if delivered.as_ref() != Some(&latest.etag)
                 && !latest.is_finished()
@@ -292,6 +297,25 @@ impl Push {
                 changed = changes.changed() => closed = changed.is_err(),
                 _ = draining.changed() => {}
             }
+        }
+    }
+
+    /// A finished answer whose result files are being kept: waited on (at most [`KEPT_WAIT`]) so the
+    /// hook delivers the gateway's links, which outlive the upstream's; else `latest` as it is.
+    async fn with_kept_links(&self, latest: Snapshot, key: &CacheKey) -> Snapshot {
+        let Some(keeper) = self.fetcher.keeper().filter(|_| latest.is_finished()) else {
+            return latest;
+        };
+        keeper
+            .settled(std::borrow::Borrow::borrow(key), KEPT_WAIT)
+            .await;
+        match self
+            .fetcher
+            .cache()
+            .current(std::borrow::Borrow::borrow(key))
+        {
+            Some((current, _)) if current.is_finished() => current,
+            _ => latest,
         }
     }
 

@@ -15,6 +15,10 @@ use crate::tools::simulator::{Api, Simulator};
 
 const CREDENTIAL: &str = "Bearer sk-demo";
 
+/// How long the upstream's result links live past the run and one in-progress TTL (when the
+/// gateway has seen the last task finish): time to keep their files.
+const LINK_MARGIN_SECS: u64 = 2;
+
 /// The demo's knobs.
 #[derive(Debug, Clone)]
 pub struct DemoSpec {
@@ -52,6 +56,22 @@ pub struct DemoReport {
     pub p99_ms: f64,
     pub elapsed: Duration,
     pub tasks: usize,
+    /// Result files the finished answers link to on the gateway, read back after the simulated
+    /// upstream's own links had expired.
+    pub files: KeptFiles,
+}
+
+/// What became of the finished tasks' result files.
+#[derive(Debug, Clone, Default)]
+pub struct KeptFiles {
+    /// Links in finished answers that point at the gateway's kept files.
+    pub linked: u64,
+    /// Of those, served whole (`200`) once the upstream's links had died.
+    pub served: u64,
+    /// Links in finished answers still the upstream's (not kept).
+    pub upstream_links: u64,
+    /// Downloads the simulated upstream's file links answered, in all.
+    pub origin_downloads: u64,
 }
 
 impl DemoReport {
@@ -90,7 +110,16 @@ pub async fn run(
             spec.duration.mul_f64(share),
         );
     }
-    let config = Config::for_upstream(&sim.url()).map_err(std::io::Error::other)?;
+    // The upstream's result links die a little after the run ends (as Discord's do a day later):
+    // time enough for the gateway to see the last task finish (one in-progress TTL) and keep its files.
+    let mut config = Config::for_upstream(&sim.url()).map_err(std::io::Error::other)?;
+    let in_progress_ttl = config.cache.in_progress_ttl;
+    let link_ttl = Duration::from_secs(
+        (spec.duration + in_progress_ttl).as_secs_f64().ceil() as u64 + LINK_MARGIN_SECS,
+    );
+    sim.set_link_ttl(Some(link_ttl));
+    let links_made = Instant::now();
+    let kept_dir = KeptDir::new(&mut config);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let gateway_url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -149,19 +178,155 @@ pub async fn run(
     }
     let report = running.await.map_err(std::io::Error::other)?;
     let lookups = scrape_lookups(&gateway_url).await;
+    let upstream_requests = sim.all_fetch_calls();
+    // Every task's answer once more, one in-progress TTL after the run (the last to finish are
+    // stored now), their files kept...
+    tokio::time::sleep(
+        (links_made + spec.duration + in_progress_ttl).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    read_kept_files(&gateway_url, &sim.url(), spec).await;
+    wait_for_mirroring(&gateway_url).await;
+    // ... then, a second past the upstream's links' expiry (signed in whole seconds), read back
+    // through the gateway.
+    let dead =
+        (links_made + link_ttl + Duration::from_secs(1)).saturating_duration_since(Instant::now());
+    writeln!(
+        progress_out,
+        "waiting {:.1} s for the upstream's result links to expire, then reading every result file through mjgate",
+        dead.as_secs_f64()
+    )?;
+    tokio::time::sleep(dead).await;
+    let mut files = read_kept_files(&gateway_url, &sim.url(), spec).await;
+    files.origin_downloads = sim.all_downloads();
     let _ = stop.send(());
     let _ = server.await;
+    drop(kept_dir);
 
     Ok(DemoReport {
         client_requests: report.requests,
         client_errors: report.errors,
-        upstream_requests: sim.all_fetch_calls(),
+        upstream_requests,
+        files,
         hit_ratio: lookups.map_or(0.0, |(hit, all)| hit / all.max(1.0)),
         p50_ms: report.latency_ms.p50,
         p99_ms: report.latency_ms.p99,
         elapsed: Duration::from_secs_f64(report.elapsed_secs),
         tasks: spec.tasks,
     })
+}
+
+/// The demo's kept files, in a directory of their own that goes when the demo ends.
+pub(crate) struct KeptDir(Option<std::path::PathBuf>);
+
+impl KeptDir {
+    /// Points `config`'s kept files (on by default) at a fresh temporary directory.
+    pub(crate) fn new(config: &mut Config) -> Self {
+        let Some(artifacts) = config.artifacts.as_mut() else {
+            return KeptDir(None);
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "mjgate-demo-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        if let crate::config::ArtifactStore::Local { dir: kept, .. } = &mut artifacts.store {
+            kept.clone_from(&dir);
+        }
+        KeptDir(Some(dir))
+    }
+}
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Every task's answer through the gateway, and every result link in it: the gateway's links read
+/// whole, the upstream's counted.
+async fn read_kept_files(gateway_url: &str, upstream_url: &str, spec: &DemoSpec) -> KeptFiles {
+    let mut files = KeptFiles::default();
+    for i in 0..spec.tasks {
+        let api = spec
+            .apis
+            .get(i % spec.apis.len().max(1))
+            .copied()
+            .unwrap_or(Api::Midjourney);
+        let url = format!("{gateway_url}{}", api.status_path(&format!("task-{i}")));
+        let Some((_, body)) = get(&url, Some(CREDENTIAL)).await else {
+            continue;
+        };
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let mut links = Vec::new();
+        collect_links(&answer, &mut links);
+        for link in links {
+            if link.starts_with(&format!(
+                "{gateway_url}{}",
+                crate::artifacts::token::FILES_PREFIX
+            )) {
+                files.linked += 1;
+                if get(&link, None)
+                    .await
+                    .is_some_and(|(status, _)| status == 200)
+                {
+                    files.served += 1;
+                }
+            } else if link.starts_with(upstream_url) {
+                files.upstream_links += 1;
+            }
+        }
+    }
+    files
+}
+
+fn collect_links(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(text) if text.starts_with("http") => out.push(text.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_links(v, out)),
+        serde_json::Value::Object(fields) => fields.values().for_each(|v| collect_links(v, out)),
+        _ => {}
+    }
+}
+
+/// Waits (10 s at most) until the gateway is keeping no task's files.
+async fn wait_for_mirroring(gateway_url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let Some((_, body)) = get(&format!("{gateway_url}/metrics"), None).await else {
+            return;
+        };
+        let mirroring = String::from_utf8_lossy(&body).lines().any(|line| {
+            line.starts_with("mjgate_background_tasks{kind=\"mirror\"}") && !line.ends_with(" 0")
+        });
+        if !mirroring {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET url`: its status and body, `None` when it could not be asked.
+async fn get(url: &str, credential: Option<&str>) -> Option<(u16, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut request = http::Request::get(url);
+    if let Some(credential) = credential {
+        request = request.header(http::header::AUTHORIZATION, credential);
+    }
+    let response = client
+        .request(request.body(http_body_util::Empty::new()).ok()?)
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, body))
 }
 
 /// Writes one progress line: redrawn in place on a terminal, else printed once a second (this is
@@ -225,6 +390,7 @@ pub fn table(report: &DemoReport, spec: &DemoSpec) -> String {
          | cache hit ratio                   | {:.1}% |\n\
          | client latency p50 / p99          | {:.2} ms / {:.2} ms |\n\
          | upstream requests per task-minute | {:.1} through mjgate, {:.0} without (recommended: {:.0}-{:.0}, one poll per 3-5 s) |\n\
+         | result files kept                 | {} linked to mjgate, {} served after the upstream's links expired; {} downloads from the upstream, {} links left the upstream's |\n\
          \n{} clients, {} tasks, one poll per client every {:?}, for {:.1} s.\n",
         report.client_requests,
         report.client_errors,
@@ -237,6 +403,10 @@ pub fn table(report: &DemoReport, spec: &DemoSpec) -> String {
         report.direct_per_task_minute(),
         recommended_low,
         recommended_high,
+        report.files.linked,
+        report.files.served,
+        report.files.origin_downloads,
+        report.files.upstream_links,
         spec.clients,
         spec.tasks,
         spec.interval,

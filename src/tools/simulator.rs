@@ -386,6 +386,11 @@ impl Simulator {
         self.state.links.downloads(path)
     }
 
+    /// Downloads of every result file, in all.
+    pub fn all_downloads(&self) -> u64 {
+        self.state.links.all_downloads()
+    }
+
     pub fn set_task_duration(&self, duration: Duration) {
         *self.state.task_duration.lock() = duration;
     }

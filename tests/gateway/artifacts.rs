@@ -374,3 +374,107 @@ async fn fifty_first_requests_for_one_file_cause_one_download_and_failures_are_t
     assert_eq!(again.cause(), "unsafe_type");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn temp_dir(what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "mjgate-{what}-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_tasks_image_is_served_by_the_gateway_after_the_upstreams_link_expired() {
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    // Links signed as Discord's, dying 2 s after their task was made.
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(2)));
+    sim.create_task(KEY_A, "ab", "SUCCESS");
+    // Asked for only once its link has died.
+    sim.create_task(KEY_A, "late", "SUCCESS");
+    let dir = temp_dir("kept");
+    // Nothing but the upstream and a directory: kept files are on by default, and the simulator's
+    // links sit beside the upstream the operator configured (loopback, allowed for that reason).
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!("[artifacts]\ndir = \"{}\"\n", dir.display()),
+    ))
+    .await;
+
+    let first = fetch(&gw, "ab", KEY_A).await;
+    let upstream_link = first.json()["imageUrl"].as_str().unwrap().to_owned();
+    assert!(
+        upstream_link.starts_with(&sim.url()),
+        "until the file is kept, the answer keeps the upstream's link: {upstream_link}"
+    );
+    wait_for_metric(&gw, "mjgate_artifacts_rewritten_total", 1.0).await;
+    let kept = fetch(&gw, "ab", KEY_A).await;
+    assert_eq!(kept.cache_status(), "mjgate; hit");
+    let link = kept.json()["imageUrl"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&gw.url("/_mjgate/files/")) && link.ends_with(".png"),
+        "{link}"
+    );
+    let mut expected = first.json();
+    expected["imageUrl"] = link.clone().into();
+    assert_eq!(kept.json(), expected, "only the link changed");
+
+    let path = upstream_link.split('?').next().unwrap()[sim.url().len()..].to_owned();
+    assert_eq!(sim.downloads(&path), 1, "the upstream served the file once");
+    // The upstream's link dies (the test's own looks download it until then)...
+    poll_until("the upstream's link expired", || async {
+        send(request(http::Method::GET, &upstream_link, None, ""))
+            .await
+            .status
+            == 403
+    })
+    .await;
+    let downloads = sim.downloads(&path);
+    // ... and the cached answer, its link the gateway's, is still served, its image with it.
+    let later = fetch(&gw, "ab", KEY_A).await;
+    assert_eq!(later.json()["imageUrl"], link.as_str());
+    let image = send(request(http::Method::GET, &link, None, "")).await;
+    assert_eq!(image.status, 200);
+    assert_eq!(image.header("content-type"), "image/png");
+    assert_eq!(image.body.len(), 256 * 1024);
+    assert_eq!(
+        sim.downloads(&path),
+        downloads,
+        "served from the gateway's store"
+    );
+
+    // A link dead before the gateway saw it: not kept, the answer keeps it, the failure is counted.
+    let late = fetch(&gw, "late", KEY_A).await;
+    assert!(
+        late.json()["imageUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&sim.url())
+    );
+    poll_until("the dead link's failure counted", || async {
+        scrape(&gw)
+            .await
+            .value("mjgate_artifacts_failures_total", &[("cause", "status")])
+            == 1.0
+    })
+    .await;
+
+    // Another credential's task whose image has the very same bytes ("ab" and "ba" sum alike):
+    // its own token, one file on disk.
+    sim.create_task(KEY_B, "ba", "SUCCESS");
+    fetch(&gw, "ba", KEY_B).await;
+    wait_for_metric(&gw, "mjgate_artifacts_rewritten_total", 2.0).await;
+    let other = fetch(&gw, "ba", KEY_B).await.json()["imageUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(other.starts_with(&gw.url("/_mjgate/files/")), "{other}");
+    assert_ne!(other, link, "one credential's token never names another's");
+    let m = scrape(&gw).await;
+    assert_eq!(m.value("mjgate_artifacts_stored_total", &[]), 2.0);
+    assert_eq!(
+        m.value("mjgate_artifacts_disk_bytes", &[]),
+        (256 * 1024) as f64,
+        "content-addressed: stored once"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

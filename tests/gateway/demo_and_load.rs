@@ -28,6 +28,11 @@ async fn the_demo_runs_and_reports_what_the_gateway_saved() {
     assert!(report.upstream_requests <= 5 * 2, "{report:?}");
     assert!(report.calls_saved() > 20.0, "{report:?}");
     assert!(report.hit_ratio > 0.9, "{report:?}");
+    // Every task's image, kept once and served by the gateway after the upstream's link died.
+    assert_eq!(report.files.linked, 5, "{report:?}");
+    assert_eq!(report.files.served, 5, "{report:?}");
+    assert_eq!(report.files.upstream_links, 0, "{report:?}");
+    assert_eq!(report.files.origin_downloads, 5, "{report:?}");
     let table = demo::table(&report, &spec);
     for row in [
         "client requests",
@@ -36,6 +41,7 @@ async fn the_demo_runs_and_reports_what_the_gateway_saved() {
         "hit ratio",
         "p50 / p99",
         "task-minute",
+        "result files kept",
     ] {
         assert!(table.contains(row), "{row} missing from\n{table}");
     }

@@ -63,7 +63,9 @@ pub async fn run(
         "[upstream]\nurl = \"{}\"\n[webhooks]\nsecret = \"{secret}\"\nallow_private = true\nfirst_retry = \"200ms\"\n",
         sim.url()
     );
-    let config = Config::from_toml(&text, &Overrides::default()).map_err(std::io::Error::other)?;
+    let mut config =
+        Config::from_toml(&text, &Overrides::default()).map_err(std::io::Error::other)?;
+    let _kept_dir = super::KeptDir::new(&mut config);
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let gateway = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

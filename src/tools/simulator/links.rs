@@ -52,6 +52,11 @@ impl Links {
         self.downloads.lock().get(path).copied().unwrap_or(0)
     }
 
+    /// Downloads of every file, in all.
+    pub(super) fn all_downloads(&self) -> u64 {
+        self.downloads.lock().values().sum()
+    }
+
     /// A Midjourney result link for task `id`, issued `issued` (Unix seconds): Discord's shape.
     pub(super) fn discord(&self, id: &str, issued: u64) -> String {
         let path = format!("/attachments/{id}/{id}.png");

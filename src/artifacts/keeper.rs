@@ -1,0 +1,347 @@
+//! Keeping a finished task's result files and pointing its answer at them. When a finished answer
+//! is stored (from a fetch, a batch, a callback or the shared tier), its result URLs (the family's
+//! `results` pointers) are kept by the [`Mirror`] in a tracked task of their own, and the cache
+//! entry is then replaced by the same bytes with each kept file's upstream URL swapped for the
+//! gateway's (`{base}/_mjgate/files/{token}.{ext}`, one token per credential and file). A file that
+//! could not be kept keeps the upstream's URL, so an answer never carries a link that does not work;
+//! the rewritten answer's expiry is read again, from the links it still has.
+//!
+//! The Redis tier holds the upstream's own answer: every replica rewrites its copy to links it can
+//! serve (with a bucket, the same files; with local disks, each its own).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::HOST;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use super::download::Downloader;
+use super::mirror::Mirror;
+use super::store::{BlobId, BlobStore};
+use super::token::{FILES_PREFIX, FileTokens};
+use crate::cache::{CacheKey, CachedTask, TaskCache};
+use crate::config::{ArtifactStore, Config};
+use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
+use crate::family::results::{ResultUrl, replace_strings};
+use crate::family::{Families, FamilyId};
+use crate::metrics::Metrics;
+use crate::work::{Work, WorkKind};
+
+/// Downloads at once, across every task.
+const CONCURRENCY: usize = 16;
+
+/// URLs whose kept blob is remembered in memory (a few hundred bytes each).
+const REMEMBERED: u64 = 100_000;
+
+/// Tasks mirroring at once; a finished answer stored past it keeps its links (counted `busy`) and is
+/// mirrored on its next store.
+const MAX_PENDING: usize = 10_000;
+
+/// The wait before a failed download's second attempt (doubling after).
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The result files of finished tasks: kept, and linked to from their answers.
+pub struct Keeper {
+    mirror: Mirror,
+    tokens: FileTokens,
+    cache: TaskCache,
+    families: Families,
+    work: Work,
+    metrics: Arc<Metrics>,
+    /// `artifacts.public_url`, without a trailing slash.
+    public_url: Option<Arc<str>>,
+    /// The scheme and host the last client used, for answers stored without one (callbacks, the
+    /// shared tier's announcements) when `public_url` is unset.
+    last_base: RwLock<Option<Arc<str>>>,
+    /// Tasks whose files are being kept now, and a flag raised when they are done.
+    pending: Mutex<HashMap<CacheKey, watch::Receiver<bool>>>,
+}
+
+impl Keeper {
+    /// The keeper `config.artifacts` describes, or `None` when it is off. Opens (creates) the store.
+    pub fn new(
+        config: &Config,
+        cache: TaskCache,
+        work: Work,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, crate::Error> {
+        let Some(artifacts) = &config.artifacts else {
+            return Ok(None);
+        };
+        let store = match &artifacts.store {
+            ArtifactStore::Local { dir, max_disk } => {
+                BlobStore::local(dir, *max_disk, artifacts.max_file)
+                    .map_err(|e| crate::Error::Artifacts(format!("{}: {e}", dir.display())))?
+            }
+            ArtifactStore::S3(bucket) => BlobStore::s3(bucket, artifacts.max_file)
+                .map_err(|e| crate::Error::Artifacts(e.to_string()))?,
+        };
+        // Its own secret, else the shared tier's: either way every replica opens every token.
+        let secret = artifacts.secret.as_deref().map(str::as_bytes).or(config
+            .shared_cache
+            .as_ref()
+            .map(|shared| shared.fingerprint_secret.as_bytes()));
+        let (host, port) = config.upstream.url.origin();
+        let downloader = Downloader::new(
+            crate::tls::client_config(crate::tls::Roots::Webpki, None)?,
+            artifacts.allow_private,
+            artifacts.timeout,
+            artifacts.idle_timeout,
+        )
+        .trusting(&host, port);
+        metrics.artifacts_disk(store.disk_used());
+        let mirror = Mirror::new(
+            downloader,
+            Arc::new(store),
+            CONCURRENCY,
+            REMEMBERED,
+            FIRST_BACKOFF,
+        )
+        .counted(Arc::clone(&metrics));
+        Ok(Some(Keeper {
+            mirror,
+            tokens: FileTokens::new(secret),
+            cache,
+            families: config.families.clone(),
+            work,
+            metrics,
+            public_url: artifacts
+                .public_url
+                .as_deref()
+                .map(|url| Arc::from(url.trim_end_matches('/'))),
+            last_base: RwLock::default(),
+            pending: Mutex::default(),
+        }))
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        self.mirror.store()
+    }
+
+    pub fn tokens(&self) -> &FileTokens {
+        &self.tokens
+    }
+
+    /// Brings the store's gauges up to date.
+    pub fn count_store(&self) {
+        self.metrics.artifacts_disk(self.store().disk_used());
+        self.metrics.artifacts_evicted(self.store().evictions());
+    }
+
+    /// Where links to kept files start for a client that sent `headers` (over TLS or not):
+    /// `artifacts.public_url`, else the scheme and `Host` it used (remembered for answers stored
+    /// without a client). `None` without either.
+    pub fn base_for(&self, headers: &HeaderMap, tls: bool) -> Option<Arc<str>> {
+        if let Some(public) = &self.public_url {
+            return Some(Arc::clone(public));
+        }
+        let host = headers.get(HOST)?.to_str().ok().filter(|h| is_host(h))?;
+        let scheme = if tls { "https" } else { "http" };
+        if let Some(last) = self.last_base.read().as_ref()
+            && last
+                .strip_prefix(scheme)
+                .and_then(|r| r.strip_prefix("://"))
+                == Some(host)
+        {
+            return Some(Arc::clone(last));
+        }
+        let base: Arc<str> = Arc::from(format!("{scheme}://{host}"));
+        *self.last_base.write() = Some(Arc::clone(&base));
+        Some(base)
+    }
+
+    /// `task` was just stored for `key` (of `family`): when it is finished and names result files
+    /// not kept yet, they are kept in the background and the entry rewritten to link to them.
+    /// `base` is where the links start (see [`base_for`](Self::base_for)); `None` for an answer
+    /// stored without a client.
+    pub fn finished(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        family: FamilyId,
+        task: &Arc<CachedTask>,
+        base: Option<Arc<str>>,
+    ) {
+        if !task.is_finished() {
+            return;
+        }
+        let Some(base) = base
+            .or_else(|| self.public_url.clone())
+            .or_else(|| self.last_base.read().clone())
+        else {
+            if !self.families.get(family).result_urls(&task.body).is_empty() {
+                self.metrics.artifacts_skipped("no_base");
+            }
+            return;
+        };
+        let urls: Vec<ResultUrl> = self
+            .families
+            .get(family)
+            .result_urls(&task.body)
+            .into_iter()
+            .filter(|result| !is_ours(&result.url, &base))
+            .collect();
+        if urls.is_empty() {
+            return;
+        }
+        let done = {
+            let mut pending = self.pending.lock();
+            if pending.contains_key(key) {
+                return;
+            }
+            if pending.len() >= MAX_PENDING {
+                self.metrics.artifacts_skipped("busy");
+                return;
+            }
+            let (done, waiting) = watch::channel(false);
+            pending.insert(key.clone(), waiting);
+            done
+        };
+        let keeper = Arc::clone(self);
+        let (key, task) = (key.clone(), Arc::clone(task));
+        self.work.spawn(WorkKind::Mirror, async move {
+            let pending = Pending {
+                keeper: &keeper,
+                key: &key,
+                done,
+            };
+            keeper.keep(&key, family, &task, &urls, &base).await;
+            drop(pending);
+        });
+    }
+
+    /// Waits, at most `bound`, for the files of the task stored under `key` to be kept if they are
+    /// being kept now: a webhook then delivers the answer with the gateway's links.
+    pub async fn settled(&self, key: &[u8], bound: Duration) {
+        let waiting = self.pending.lock().get(key).cloned();
+        if let Some(mut waiting) = waiting {
+            let _ = tokio::time::timeout(bound, waiting.wait_for(|done| *done)).await;
+        }
+    }
+
+    async fn keep(
+        &self,
+        key: &CacheKey,
+        family: FamilyId,
+        task: &Arc<CachedTask>,
+        urls: &[ResultUrl],
+        base: &str,
+    ) {
+        let kept =
+            futures_util::future::join_all(urls.iter().map(|result| self.mirror.keep(&result.url)))
+                .await;
+        self.count_store();
+        let Some(credential) = key_credential(key) else {
+            return;
+        };
+        let links: HashMap<&str, String> = urls
+            .iter()
+            .zip(kept)
+            .filter_map(|(result, kept)| {
+                let (blob, _len) = kept.ok()?;
+                Some((result.url.as_str(), self.link(base, &blob, &credential)))
+            })
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        let Some(body) = replace_strings(&task.body, |text| links.get(text).cloned()) else {
+            return;
+        };
+        let family = self.families.get(family);
+        let body = Bytes::from(body);
+        let span = family.task_span(&body);
+        let keep_until = family.rewritten_keep_until(&body, task.stored_at);
+        let rewritten = Arc::new(task.rewritten(body, span, keep_until));
+        if self.cache.replace(key, task, rewritten) {
+            self.metrics.artifacts_rewritten();
+        }
+    }
+
+    /// The gateway's URL for `blob`, for `credential`.
+    pub fn link(&self, base: &str, blob: &BlobId, credential: &CredentialFingerprint) -> String {
+        format!(
+            "{base}{FILES_PREFIX}{}.{}",
+            self.tokens.issue(blob, credential),
+            blob.kind().extension()
+        )
+    }
+}
+
+/// A task's entry in `pending`, taken out (and its waiters woken) however its mirroring ends.
+struct Pending<'a> {
+    keeper: &'a Keeper,
+    key: &'a CacheKey,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.keeper.pending.lock().remove(self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+/// The credential a cache key is partitioned by.
+fn key_credential(key: &CacheKey) -> Option<CredentialFingerprint> {
+    let bytes: &[u8] = std::borrow::Borrow::borrow(key);
+    Some(CredentialFingerprint::from_bytes(
+        bytes.get(..FINGERPRINT_LEN)?.try_into().ok()?,
+    ))
+}
+
+/// Whether `url` is already one of this gateway's file links.
+fn is_ours(url: &str, base: &str) -> bool {
+    url.strip_prefix(base)
+        .is_some_and(|path| path.starts_with(FILES_PREFIX))
+}
+
+/// A `Host` header fit to build a URL on: a name or address and an optional port, nothing else.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_host_and_port_make_a_link_base() {
+        for good in ["gw.example", "127.0.0.1:8080", "[::1]:80", "a-b.c"] {
+            assert!(is_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "evil.example/x",
+            "a b",
+            "h\"><script>",
+            "user@host",
+            "h?q",
+        ] {
+            assert!(!is_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_link_of_ours_is_not_kept_again() {
+        assert!(is_ours(
+            "http://127.0.0.1:8080/_mjgate/files/abc.png",
+            "http://127.0.0.1:8080"
+        ));
+        assert!(!is_ours(
+            "http://127.0.0.1:8081/_mjgate/files/abc.png",
+            "http://127.0.0.1:8080"
+        ));
+        assert!(!is_ours(
+            "http://127.0.0.1:8080/attachments/1.png",
+            "http://127.0.0.1:8080"
+        ));
+    }
+}
