@@ -478,3 +478,100 @@ async fn a_finished_tasks_image_is_served_by_the_gateway_after_the_upstreams_lin
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hooks_finished_event_and_a_batch_carry_the_gateways_links_under_its_public_url() {
+    let receiver = Receiver::start(&[]).await;
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(3600)));
+    sim.set_task_duration(std::time::Duration::from_millis(600));
+    let dir = temp_dir("hooked");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Clients reach the gateway by another name than the one this test dials.
+    let public = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let gw = start_gateway_on(
+        listener,
+        config(
+            &sim.url(),
+            &format!(
+                "[cache]\nin_progress_ttl = \"200ms\"\n[webhooks]\nsecret = \"{SECRET}\"\nallow_private = true\n[artifacts]\ndir = \"{}\"\npublic_url = \"{public}/\"\n",
+                dir.display()
+            ),
+        ),
+    );
+    let body = serde_json::json!({"prompt": "a cat", "notifyHook": receiver.url()}).to_string();
+    let submitted = send(request(
+        http::Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        &body,
+    ))
+    .await;
+    let id = submitted.json()["result"].as_str().unwrap().to_owned();
+    let finished = receiver.wait_for_status("SUCCESS").await;
+    let hooked = finished.last().unwrap().json()["imageUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        hooked.starts_with(&format!("{public}/_mjgate/files/")),
+        "the finished event waited for the kept file: {hooked}"
+    );
+    let fetched = fetch(&gw, &id, KEY_A).await;
+    assert_eq!(fetched.json()["imageUrl"], hooked.as_str());
+    let listed = batch(&gw, KEY_A, &[&id]).await;
+    assert_eq!(listed.json()[0]["imageUrl"], hooked.as_str());
+    let image = send(request(http::Method::GET, &hooked, None, "")).await;
+    assert_eq!(image.status, 200);
+    assert_eq!(image.header("content-type"), "image/png");
+    assert_eq!(
+        image.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_link_to_an_inside_address_is_never_connected_to_and_the_answer_keeps_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // An inside address that is not the upstream: every connection to it counted.
+    let inside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inside_url = format!("http://{}/secret.png", inside.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while inside.accept().await.is_ok() {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    // The upstream's answer names it where the operator's family says results are.
+    sim.set_prompt("t", &inside_url);
+    let dir = temp_dir("inside");
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!(
+            "[families.midjourney]\nresults = [\"/prompt\"]\n[artifacts]\ndir = \"{}\"\n",
+            dir.display()
+        ),
+    ))
+    .await;
+    let first = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(first.json()["prompt"], inside_url.as_str());
+    poll_until("the refusal counted", || async {
+        scrape(&gw)
+            .await
+            .value("mjgate_artifacts_failures_total", &[("cause", "refused")])
+            == 1.0
+    })
+    .await;
+    let again = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(
+        again.json()["prompt"],
+        inside_url.as_str(),
+        "the answer keeps the upstream's link"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "never connected to");
+    let _ = std::fs::remove_dir_all(dir);
+}
