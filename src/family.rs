@@ -73,6 +73,10 @@ pub struct FamilySpec {
     pub events_routes: Option<Vec<String>>,
     /// A status route asked for `text/event-stream` is the task's event stream (default true).
     pub events_by_accept: Option<bool>,
+    /// Routes that are a task's result file itself (`/v1/videos/{id}/content`), answered from the
+    /// kept files: downloaded from the upstream once per credential and query, then served with
+    /// ranges from the store.
+    pub download_routes: Option<Vec<String>>,
     /// Routes may follow one mode segment (`/mj-fast/mj/task/{id}/fetch`).
     pub mode_prefix: Option<bool>,
     /// JSON pointers to the status, tried in order.

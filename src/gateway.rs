@@ -18,6 +18,7 @@
 mod admin;
 mod batch;
 mod callback;
+mod download;
 mod files;
 mod passthrough;
 mod submit;
@@ -372,6 +373,14 @@ impl Gateway {
             Route::File(token) => {
                 let token = token.to_owned();
                 Box::pin(self.file(&token, &request).instrument(span.clone())).await
+            }
+            Route::Download(task) => {
+                let (family, id) = (task.task.family, task.task.id.as_str().to_owned());
+                Box::pin(
+                    self.download(family, &id, request, client)
+                        .instrument(span.clone()),
+                )
+                .await
             }
             Route::Passthrough => {
                 Box::pin(self.passthrough(request, client).instrument(span.clone())).await

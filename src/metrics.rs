@@ -42,10 +42,12 @@ pub enum RouteLabel {
     Submit = 7,
     /// `GET /_mjgate/files/{token}`: a kept result file.
     File = 8,
+    /// A family's download route (`/v1/videos/{id}/content`), served from the kept files.
+    Download = 9,
 }
 
 impl RouteLabel {
-    const ALL: [RouteLabel; 9] = [
+    const ALL: [RouteLabel; 10] = [
         RouteLabel::Fetch,
         RouteLabel::Batch,
         RouteLabel::Passthrough,
@@ -55,6 +57,7 @@ impl RouteLabel {
         RouteLabel::Callback,
         RouteLabel::Submit,
         RouteLabel::File,
+        RouteLabel::Download,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl RouteLabel {
             RouteLabel::Callback => "callback",
             RouteLabel::Submit => "submit",
             RouteLabel::File => "file",
+            RouteLabel::Download => "download",
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct Keeper {
     last_base: RwLock<Option<Arc<str>>>,
     /// Tasks whose files are being kept now, and a flag raised when they are done.
     pending: Mutex<HashMap<CacheKey, watch::Receiver<bool>>>,
+    /// Download routes' files kept, by credential, family, task and query.
+    downloads: moka::sync::Cache<Box<[u8]>, (BlobId, u64)>,
+    /// One download route's file being downloaded: later requests for it wait on the first.
+    downloading: Mutex<HashMap<Box<[u8]>, TurnLock>>,
 }
 
 impl Keeper {
@@ -115,6 +119,8 @@ impl Keeper {
                 .map(|url| Arc::from(url.trim_end_matches('/'))),
             last_base: RwLock::default(),
             pending: Mutex::default(),
+            downloads: moka::sync::Cache::new(REMEMBERED),
+            downloading: Mutex::default(),
         }))
     }
 
@@ -261,6 +267,29 @@ impl Keeper {
         }
     }
 
+    /// The file a download route's request (`key`: its credential, task and query) was kept as.
+    pub fn downloaded(&self, key: &[u8]) -> Option<(BlobId, u64)> {
+        self.downloads.get(key)
+    }
+
+    /// Notes that a download route's file was kept.
+    pub fn remember_download(&self, key: &[u8], kept: (BlobId, u64)) {
+        self.downloads.insert(key.into(), kept);
+    }
+
+    /// Waits for any download of `key` in flight, then holds `key` until the guard goes: one
+    /// upstream download per file however many ask at once.
+    pub async fn download_turn(&self, key: &[u8]) -> DownloadTurn<'_> {
+        let lock = Arc::clone(self.downloading.lock().entry(key.into()).or_default());
+        let guard = Arc::clone(&lock).lock_owned().await;
+        DownloadTurn {
+            keeper: self,
+            key: key.into(),
+            lock,
+            _guard: guard,
+        }
+    }
+
     /// The gateway's URL for `blob`, for `credential`.
     pub fn link(&self, base: &str, blob: &BlobId, credential: &CredentialFingerprint) -> String {
         format!(
@@ -282,6 +311,27 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.keeper.pending.lock().remove(self.key);
         let _ = self.done.send(true);
+    }
+}
+
+/// Held by the one request downloading a download route's file.
+type TurnLock = Arc<tokio::sync::Mutex<()>>;
+
+/// A download route's file, held for one request's download.
+pub struct DownloadTurn<'a> {
+    keeper: &'a Keeper,
+    key: Box<[u8]>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for DownloadTurn<'_> {
+    fn drop(&mut self) {
+        let mut downloading = self.keeper.downloading.lock();
+        // Ours, the map's and the guard's: nobody else waits for this file.
+        if Arc::strong_count(&self.lock) <= 3 {
+            downloading.remove(&self.key);
+        }
     }
 }
 

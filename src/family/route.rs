@@ -19,6 +19,9 @@ pub enum RouteKind {
     Status,
     /// The gateway's own event stream for a task.
     Events,
+    /// A task's result file as a route (OpenAI videos' `/v1/videos/{id}/content`): answered from
+    /// the kept files, downloaded from the upstream once per credential.
+    Download,
 }
 
 /// A request on a family route.
@@ -118,6 +121,11 @@ impl Table {
                 "events_routes",
                 Some(RouteKind::Events),
                 spec.events_routes.clone().unwrap_or_default(),
+            ),
+            (
+                "download_routes",
+                Some(RouteKind::Download),
+                spec.download_routes.clone().unwrap_or_default(),
             ),
             (
                 "batch.route",

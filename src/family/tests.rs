@@ -72,15 +72,19 @@ fn every_builtin_status_route_is_matched() {
         task_route("/mj/task/1/events", None),
         Some(("midjourney".into(), RouteKind::Events, "1".into()))
     );
+    assert_eq!(
+        task_route("/v1/videos/video_1/content", None),
+        Some((
+            "openai-videos".into(),
+            RouteKind::Download,
+            "video_1".into()
+        )),
+        "the download is its own kind of route"
+    );
 }
 
 #[test]
 fn other_paths_are_not_family_routes() {
-    assert_eq!(
-        task_route("/v1/videos/video_1/content", None),
-        None,
-        "the download"
-    );
     assert_eq!(task_route("/v1/videos", None), None);
     assert_eq!(task_route("/v1/videos/", None), None);
     assert_eq!(task_route("/v1/video/query", None), None);

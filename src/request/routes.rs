@@ -39,6 +39,8 @@ pub enum Route<'a> {
     Callback(&'a str),
     /// `/_mjgate/files/{token}`: a kept result file (durable results).
     File(&'a str),
+    /// `GET` on a family's download route (`/v1/videos/{id}/content`): a task's file, kept.
+    Download(TaskRoute<'a>),
     /// Everything else, forwarded untouched.
     Passthrough,
     /// Refused by [`crate::request::admission`] before routing mattered (set by the gateway, never by
@@ -71,6 +73,7 @@ impl Route<'_> {
             Route::Batch(_) => RouteLabel::Batch,
             Route::Callback(_) => RouteLabel::Callback,
             Route::File(_) => RouteLabel::File,
+            Route::Download(_) => RouteLabel::Download,
             Route::Submit(_) => RouteLabel::Submit,
             Route::Passthrough | Route::Refused(_) => RouteLabel::Passthrough,
         }
@@ -146,7 +149,9 @@ pub fn classify<'a>(
                 task: TaskRef { family, id },
                 at,
             };
-            if kind == RouteKind::Events || (events_by_accept && accepts_events) {
+            if kind == RouteKind::Download {
+                Route::Download(route)
+            } else if kind == RouteKind::Events || (events_by_accept && accepts_events) {
                 Route::Events(route)
             } else if query.is_some_and(asks_to_wait) {
                 Route::LongPoll(route)
@@ -186,6 +191,7 @@ mod tests {
             Route::Passthrough => "passthrough".into(),
             Route::Callback(token) => format!("callback {token}"),
             Route::File(token) => format!("file {token}"),
+            Route::Download(t) => task("download", t),
             Route::Refused(r) => format!("refused {r:?}"),
         }
     }
@@ -303,6 +309,10 @@ mod tests {
         );
         assert_eq!(
             route(Method::GET, "/v1/videos/v1/content", None),
+            "download openai-videos v1"
+        );
+        assert_eq!(
+            route(Method::POST, "/v1/videos/v1/content", None),
             "passthrough"
         );
         assert_eq!(route(Method::GET, "/healthz", None), "health");

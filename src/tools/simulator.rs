@@ -676,7 +676,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             .and_then(|rest| rest.strip_suffix("/content"))
     {
         // OpenAI videos' download: binary, never a status.
-        return image(id);
+        return video_content(state, id, parts.uri.query(), credential.as_deref());
     }
     error(StatusCode::NOT_FOUND, 404, "not found")
 }
@@ -821,6 +821,63 @@ fn submit_music(state: &State, credential: Option<&str>) -> Response<Full<Bytes>
         StatusCode::OK,
         &json!({"code": "success", "message": "", "data": id}),
     )
+}
+
+/// `GET /v1/videos/{id}/content?variant=video|thumbnail|spritesheet`, as OpenAI answers it: the
+/// owner's finished video (MP4), its thumbnail (WebP) or spritesheet (JPEG), until `expires_at`;
+/// OpenAI's error object otherwise. Every file served is counted under its path and variant.
+fn video_content(
+    state: &State,
+    id: &str,
+    query: Option<&str>,
+    credential: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let openai_error = |status: StatusCode, message: &str| {
+        json_response(
+            status,
+            &json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}}),
+        )
+    };
+    let Some(credential) = credential else {
+        return openai_error(StatusCode::UNAUTHORIZED, "You didn't provide an API key.");
+    };
+    let variant = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("variant="))
+        .unwrap_or("video");
+    let content_type = match variant {
+        "video" => "video/mp4",
+        "thumbnail" => "image/webp",
+        "spritesheet" => "image/jpeg",
+        _ => return openai_error(StatusCode::BAD_REQUEST, "Invalid variant."),
+    };
+    {
+        let store = state.store.lock();
+        let Some(task) = store
+            .tasks
+            .get(&Api::OpenAiVideos.key(id))
+            .filter(|task| task.owner == credential)
+        else {
+            return openai_error(StatusCode::NOT_FOUND, "Video not found.");
+        };
+        let (status, _) = current_state(task);
+        if Api::Midjourney.phase(&status) != Phase::Succeeded
+            && task.api.phase(&task.status) != Phase::Succeeded
+        {
+            return openai_error(StatusCode::NOT_FOUND, "Video is not ready yet.");
+        }
+        if task.expires_at.is_some_and(|at| at <= epoch_ms() / 1000) {
+            return openai_error(StatusCode::NOT_FOUND, "Video content has expired.");
+        }
+    }
+    let path = format!("/v1/videos/{id}/content?variant={variant}");
+    state.links.count(&path);
+    let mut response = image(&path);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 fn image(id: &str) -> Response<Full<Bytes>> {

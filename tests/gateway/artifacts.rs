@@ -575,3 +575,72 @@ async fn a_result_link_to_an_inside_address_is_never_connected_to_and_the_answer
     assert_eq!(connections.load(Ordering::SeqCst), 0, "never connected to");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_video_download_is_kept_per_credential_and_variant_and_outlives_expires_at() {
+    use mjgate::tools::simulator::Api;
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.create_task_in(Api::OpenAiVideos, KEY_A, "v", "completed");
+    let dir = temp_dir("videos");
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!("[artifacts]\ndir = \"{}\"\n", dir.display()),
+    ))
+    .await;
+    let video = "/v1/videos/v/content?variant=video";
+    // Ten at once: one upstream download.
+    let first: Vec<Reply> =
+        futures_util::future::join_all((0..10).map(|_| get(&gw, "/v1/videos/v/content", KEY_A)))
+            .await;
+    for answer in &first {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("content-type"), "video/mp4");
+        assert_eq!(answer.body.len(), 256 * 1024);
+        assert_eq!(
+            answer.header("cache-control"),
+            "private, max-age=31536000, immutable"
+        );
+    }
+    assert_eq!(sim.downloads(video), 1);
+    // A range, from the store.
+    let mut ranged = request(
+        http::Method::GET,
+        &gw.url("/v1/videos/v/content"),
+        Some(KEY_A),
+        "",
+    );
+    ranged
+        .headers_mut()
+        .insert("range", "bytes=0-99".parse().unwrap());
+    let part = send(ranged).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, first[0].body.slice(0..100));
+    assert_eq!(sim.downloads(video), 1);
+    // Another variant is another file.
+    let thumbnail = get(&gw, "/v1/videos/v/content?variant=thumbnail", KEY_A).await;
+    assert_eq!(thumbnail.header("content-type"), "image/webp");
+    assert_eq!(sim.downloads("/v1/videos/v/content?variant=thumbnail"), 1);
+    // Another credential is not the owner: the upstream's refusal, as it came, nothing kept for it.
+    let stranger = get(&gw, "/v1/videos/v/content", KEY_B).await;
+    assert_eq!(stranger.status, 404);
+    assert_eq!(stranger.json()["error"]["message"], "Video not found.");
+    // The upstream's copy expires; the gateway's does not.
+    sim.set_expires_at(Api::OpenAiVideos, "v", Some(1));
+    let expired = send(request(
+        http::Method::GET,
+        &format!("{}/v1/videos/v/content", sim.url()),
+        Some(KEY_A),
+        "",
+    ))
+    .await;
+    assert_eq!(expired.status, 404, "the upstream's copy is gone");
+    let later = get(&gw, "/v1/videos/v/content", KEY_A).await;
+    assert_eq!(later.status, 200);
+    assert_eq!(later.body, first[0].body);
+    assert_eq!(
+        sim.downloads(video),
+        1,
+        "the upstream served the video once"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -329,7 +329,7 @@ async fn a_family_can_cap_how_long_finished_tasks_are_kept() {
 }
 
 #[tokio::test]
-async fn the_openai_video_download_is_passed_through_never_cached() {
+async fn without_kept_files_the_openai_video_download_is_passed_through() {
     let (sim, gw) = start("").await;
     sim.create_task_in(Api::OpenAiVideos, KEY_A, "v", "completed");
     let status = poll(&gw, Api::OpenAiVideos, "v", KEY_A).await;
@@ -337,7 +337,7 @@ async fn the_openai_video_download_is_passed_through_never_cached() {
     for _ in 0..2 {
         let content = get(&gw, "/v1/videos/v/content", KEY_A).await;
         assert_eq!(content.status, 200);
-        assert_eq!(content.header("content-type"), "image/png");
+        assert_eq!(content.header("content-type"), "video/mp4");
         assert_eq!(content.body.len(), 256 * 1024);
         assert!(
             content.headers.get("cache-status").is_none(),

@@ -52,6 +52,11 @@ impl Links {
         self.downloads.lock().get(path).copied().unwrap_or(0)
     }
 
+    /// Counts a download of `path` served elsewhere (OpenAI videos' content route).
+    pub(super) fn count(&self, path: &str) {
+        *self.downloads.lock().entry(path.to_owned()).or_default() += 1;
+    }
+
     /// Downloads of every file, in all.
     pub(super) fn all_downloads(&self) -> u64 {
         self.downloads.lock().values().sum()
