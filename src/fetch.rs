@@ -172,8 +172,14 @@ impl Fetcher {
         };
         let cache = TaskCache::new(&config.cache, Arc::clone(&metrics));
         let work = Work::new(&metrics);
-        let keeper =
-            Keeper::new(config, cache.clone(), work.clone(), Arc::clone(&metrics))?.map(Arc::new);
+        let keeper = Keeper::new(
+            config,
+            cache.clone(),
+            work.clone(),
+            shared.clone(),
+            Arc::clone(&metrics),
+        )?
+        .map(Arc::new);
         Ok(Fetcher {
             upstream: Upstream::new(
                 &config.upstream,

@@ -682,15 +682,23 @@ fn config_summary(config: &Config) -> String {
                     bytesize::ByteSize(*max_disk)
                 ),
                 config::ArtifactStore::S3(s3) => format!(
-                    "bucket {} at {} ({}{})",
+                    "bucket {} at {} ({}{}; keys from {})",
                     s3.bucket,
                     s3.endpoint.as_deref().unwrap_or("AWS"),
                     s3.region,
-                    if s3.path_style { ", path-style" } else { "" }
+                    if s3.path_style { ", path-style" } else { "" },
+                    if s3.access_key.is_some() {
+                        "the config"
+                    } else {
+                        "the AWS environment"
+                    }
                 ),
             };
             format!(
-                "store only, not yet mirrored (docs/artifacts.md): {store}; files up to {}; private origins {}",
+                "finished tasks' files kept (docs/artifacts.md): {store}; links under {}; files up to {}; private origins {}",
+                a.public_url
+                    .as_deref()
+                    .unwrap_or("the client's scheme and Host"),
                 bytesize::ByteSize(a.max_file),
                 if a.allow_private {
                     "allowed"

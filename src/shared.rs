@@ -407,6 +407,22 @@ impl SharedCache {
         }
     }
 
+    /// The lease on downloading the result file at `url` (one replica downloads each file): taken,
+    /// held by another replica (`Some(None)`), or `None` when Redis is down or failed.
+    pub async fn file_lease(&self, url: &str) -> Option<Option<Lease>> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut name = self.inner.prefix.clone();
+        name.extend_from_slice(b"file-lease:");
+        name.extend_from_slice(blake3::hash(url.as_bytes()).to_hex().as_bytes());
+        match self.try_lease_named(&name).await? {
+            LeaseTry::Taken(lease) => Some(Some(lease)),
+            LeaseTry::Held => Some(None),
+            LeaseTry::Foreign => None,
+        }
+    }
+
     /// `SET lease token NX PX ttl`, and the lease's time left when another holds it; `None` when
     /// Redis failed.
     async fn try_lease(&self, names: &Names) -> Option<LeaseTry> {

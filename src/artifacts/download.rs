@@ -104,6 +104,11 @@ impl Downloader {
         }
     }
 
+    /// The deadline of one download.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// This downloader, also connecting to `host:port` where it resolves to an inside address.
     pub fn trusting(mut self, host: &str, port: u16) -> Self {
         self.trusted.push((host.to_ascii_lowercase(), port));

@@ -71,6 +71,7 @@ impl Keeper {
         config: &Config,
         cache: TaskCache,
         work: Work,
+        shared: Option<crate::shared::SharedCache>,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, crate::Error> {
         let Some(artifacts) = &config.artifacts else {
@@ -105,7 +106,8 @@ impl Keeper {
             REMEMBERED,
             FIRST_BACKOFF,
         )
-        .counted(Arc::clone(&metrics));
+        .counted(Arc::clone(&metrics))
+        .leased(shared);
         Ok(Some(Keeper {
             mirror,
             tokens: FileTokens::new(secret),

@@ -14,6 +14,9 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::download::{DownloadError, Downloader};
 use super::store::{BlobId, BlobStore};
 
+/// How often a replica waiting on another's download looks for its note in the bucket.
+const NOTE_POLL: Duration = Duration::from_millis(250);
+
 /// Attempts per file, the first included.
 pub const ATTEMPTS: u32 = 3;
 
@@ -38,6 +41,8 @@ pub struct Mirror {
     kept: moka::sync::Cache<String, (BlobId, u64)>,
     refused: moka::sync::Cache<String, Arc<DownloadError>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// With the Redis tier: one replica downloads each file, the others wait for its note.
+    shared: Option<crate::shared::SharedCache>,
 }
 
 impl Mirror {
@@ -61,7 +66,15 @@ impl Mirror {
                 .time_to_live(REFUSED_FOR)
                 .build(),
             metrics: None,
+            shared: None,
         }
+    }
+
+    /// This mirror, taking the Redis tier's lease on each download so that replicas sharing a
+    /// bucket download each file once.
+    pub fn leased(mut self, shared: Option<crate::shared::SharedCache>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// This mirror, counting what it downloads and what it could not keep in `metrics`.
@@ -106,7 +119,57 @@ impl Mirror {
         kept
     }
 
+    /// Keeps `url`: what the bucket notes another replica kept, else a download (under the Redis
+    /// tier's lease, waiting on the replica holding it).
     async fn download(&self, url: &str) -> Kept {
+        if let Some(kept) = self.store.recall(url).await {
+            self.kept.insert(url.to_owned(), kept.clone());
+            return Ok(kept);
+        }
+        let lease = match &self.shared {
+            Some(shared) if self.store.is_shared() => self.lease(shared, url).await,
+            _ => None,
+        };
+        if let Some(Err(kept)) = lease {
+            self.kept.insert(url.to_owned(), kept.clone());
+            return Ok(kept);
+        }
+        let lease: Vec<crate::shared::Lease> = lease.and_then(Result::ok).into_iter().collect();
+        let kept = crate::shared::under_lease(&lease, self.attempts(url)).await;
+        if let Ok((id, len)) = &kept {
+            self.store.note(url, id, *len).await;
+        }
+        for lease in lease {
+            lease.release().await;
+        }
+        kept
+    }
+
+    /// The lease on downloading `url` (`Ok`), or what the replica that held it kept (`Err`);
+    /// `None` to download without one (Redis down, or the holder never noted the file).
+    async fn lease(
+        &self,
+        shared: &crate::shared::SharedCache,
+        url: &str,
+    ) -> Option<Result<crate::shared::Lease, (BlobId, u64)>> {
+        let deadline = tokio::time::Instant::now() + self.downloader.timeout();
+        loop {
+            match shared.file_lease(url).await? {
+                Some(lease) => return Some(Ok(lease)),
+                None => {
+                    tokio::time::sleep(NOTE_POLL).await;
+                    if let Some(kept) = self.store.recall(url).await {
+                        return Some(Err(kept));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempts(&self, url: &str) -> Kept {
         let mut backoff = self.first_backoff;
         let mut attempt = 1;
         loop {

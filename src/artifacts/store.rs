@@ -184,7 +184,7 @@ impl BlobId {
 }
 
 /// An S3-compatible bucket (AWS, MinIO, R2, OSS, COS, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Bucket {
     /// `None`: AWS's own endpoint for the region.
     pub endpoint: Option<String>,
@@ -197,6 +197,23 @@ pub struct S3Bucket {
     pub path_style: bool,
     /// An access key and its secret, when not from the environment (tests, a local MinIO).
     pub access_key: Option<(String, String)>,
+}
+
+/// Never the secret key.
+impl std::fmt::Debug for S3Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Bucket")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field(
+                "access_key",
+                &self.access_key.as_ref().map(|(id, _)| (id, "<redacted>")),
+            )
+            .finish()
+    }
 }
 
 /// Why a file was not kept.
@@ -341,6 +358,46 @@ impl BlobStore {
         })
     }
 
+    /// The blob another replica (or an earlier run) kept `url` as, in a bucket: each kept URL is
+    /// noted beside the blobs (`urls/ab/<hash of the URL>`), so replicas sharing the bucket download
+    /// a file once. Always `None` for a local directory (one process's; its memory knows).
+    pub async fn recall(&self, url: &str) -> Option<(BlobId, u64)> {
+        if self.local.is_some() {
+            return None;
+        }
+        let note = self
+            .store
+            .get(&url_note(url))
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()?;
+        let text = std::str::from_utf8(&note).ok()?;
+        let (name, len) = text.trim().split_once(' ')?;
+        let id = BlobId::from_path(&Path::from(format!("blobs/xx/{name}")))?;
+        let len: u64 = len.parse().ok()?;
+        // The note outlives nothing: a blob the bucket's lifecycle removed is downloaded again.
+        (self.len(&id).await? == len).then_some((id, len))
+    }
+
+    /// Notes that `url` was kept as `id` (a bucket only; see [`recall`](Self::recall)).
+    pub async fn note(&self, url: &str, id: &BlobId, len: u64) {
+        if self.local.is_some() {
+            return;
+        }
+        let name = id.path().filename().map(str::to_owned).unwrap_or_default();
+        let note = Bytes::from(format!("{name} {len}"));
+        if let Err(e) = self.store.put(&url_note(url), note.into()).await {
+            tracing::debug!(error = %e, "could not note a kept URL in the bucket");
+        }
+    }
+
+    /// Whether replicas may share this store (a bucket, not a local directory).
+    pub fn is_shared(&self) -> bool {
+        self.local.is_none()
+    }
+
     /// Blobs the disk budget has evicted since the store was opened.
     pub fn evictions(&self) -> u64 {
         self.evicted.load(std::sync::atomic::Ordering::Relaxed)
@@ -422,6 +479,13 @@ impl BlobStore {
         let result = self.store.get_opts(&id.path(), options).await.ok()?;
         Some(result.into_stream())
     }
+}
+
+/// Where the note of a kept URL lives: under the hash of the URL (signed links are long, and hold
+/// characters object names should not).
+fn url_note(url: &str) -> Path {
+    let hex = blake3::hash(url.as_bytes()).to_hex();
+    Path::from(format!("urls/{}/{hex}", &hex[..2]))
 }
 
 /// A local blob's bytes in `range`, in large chunks.

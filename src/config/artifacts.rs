@@ -64,6 +64,8 @@ struct RawS3 {
     region: Option<String>,
     prefix: Option<String>,
     path_style: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
 }
 
 impl RawArtifacts {
@@ -118,13 +120,23 @@ impl RawArtifacts {
                         reason: format!("{endpoint:?} is not an http or https URL"),
                     });
                 }
+                let access_key = match (s3.access_key_id, s3.secret_access_key) {
+                    (Some(id), Some(secret)) => Some((id, secret)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: "artifacts.s3.access_key_id",
+                            reason: "and secret_access_key go together (or both come from the AWS environment variables)".into(),
+                        });
+                    }
+                };
                 ArtifactStore::S3(S3Bucket {
                     endpoint: s3.endpoint,
                     bucket,
                     region: keys::ARTIFACTS_S3_REGION.word(s3.region),
                     prefix: s3.prefix,
                     path_style: keys::ARTIFACTS_S3_PATH_STYLE.flag(s3.path_style),
-                    access_key: None,
+                    access_key,
                 })
             }
             None => ArtifactStore::Local {

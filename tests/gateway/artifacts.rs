@@ -644,3 +644,53 @@ async fn the_openai_video_download_is_kept_per_credential_and_variant_and_outliv
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_redis_and_one_bucket_download_a_file_once_and_both_serve_it() {
+    let redis = RedisServer::start();
+    let server = S3Server::start();
+    server.create_bucket("shared-results");
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(3600)));
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let text = format!(
+        "[shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"0123456789abcdef0123456789abcdef\"\n\
+         [artifacts.s3]\nbucket = \"shared-results\"\nendpoint = \"{}\"\npath_style = true\nprefix = \"mj\"\n\
+         access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        redis.url(),
+        server.endpoint()
+    );
+    let a = start_gateway(config(&sim.url(), &text)).await;
+    let b = start_gateway(config(&sim.url(), &text)).await;
+    // Both see the task finished at once (one upstream call between them: the tier's lease), and
+    // both keep its image.
+    let (first_a, first_b) = tokio::join!(fetch(&a, "t", KEY_A), fetch(&b, "t", KEY_A));
+    assert_eq!(first_a.status, 200);
+    assert_eq!(first_b.status, 200);
+    wait_for_metric(&a, "mjgate_artifacts_rewritten_total", 1.0).await;
+    wait_for_metric(&b, "mjgate_artifacts_rewritten_total", 1.0).await;
+    assert_eq!(
+        sim.downloads("/attachments/t/t.png"),
+        1,
+        "one replica downloaded the file"
+    );
+    let stored = scrape(&a).await.value("mjgate_artifacts_stored_total", &[])
+        + scrape(&b).await.value("mjgate_artifacts_stored_total", &[]);
+    assert_eq!(stored, 1.0);
+    for gw in [&a, &b] {
+        let link = fetch(gw, "t", KEY_A).await.json()["imageUrl"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(link.starts_with(&gw.url("/_mjgate/files/")), "{link}");
+        let image = send(request(http::Method::GET, &link, None, "")).await;
+        assert_eq!(image.status, 200);
+        assert_eq!(image.body.len(), 256 * 1024);
+        // The token opens on the other replica too: one secret, one bucket.
+        let path = &link[gw.url("").len()..];
+        let other = if std::ptr::eq(gw, &a) { &b } else { &a };
+        let there = send(request(http::Method::GET, &other.url(path), None, "")).await;
+        assert_eq!(there.status, 200);
+        assert_eq!(there.body, image.body);
+    }
+}
