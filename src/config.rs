@@ -471,6 +471,9 @@ pub struct Overrides {
     pub upstream: Option<String>,
     /// `MJGATE_REDIS_URL` / `--redis-url`: turns the shared tier on (or points it elsewhere).
     pub redis_url: Option<String>,
+    /// `MJGATE_ARTIFACTS_DIR` / `--artifacts-dir`: where kept files live, in place of
+    /// `artifacts.dir` (a local store only).
+    pub artifacts_dir: Option<PathBuf>,
     /// `MJGATE_FINGERPRINT_SECRET`: kept out of files and process lists.
     pub fingerprint_secret: Option<String>,
     /// `MJGATE_WEBHOOK_SECRET`: the webhook signing secret, likewise.
@@ -552,7 +555,14 @@ impl Config {
                 overrides.webhook_secret.clone(),
             )?,
             idempotency: raw.idempotency.validate()?,
-            artifacts: artifacts::RawArtifacts::validate(raw.artifacts)?,
+            artifacts: artifacts::RawArtifacts::validate(raw.artifacts)?.map(|mut kept| {
+                if let (Some(dir), ArtifactStore::Local { dir: local, .. }) =
+                    (&overrides.artifacts_dir, &mut kept.store)
+                {
+                    local.clone_from(dir);
+                }
+                kept
+            }),
         })
     }
 }

@@ -67,6 +67,9 @@ pub enum RequestError {
     /// A file token that opens to nothing kept (never issued, altered, or its file evicted).
     #[error("no such file")]
     UnknownFile,
+    /// A lazily kept file whose download failed (its origin refused, or its link died first).
+    #[error("the file could not be fetched from its origin ({0})")]
+    FileUnavailable(&'static str),
     /// A `Range` that starts past the end of a kept file of this many bytes.
     #[error("the range asked for is not in the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -108,7 +111,9 @@ impl RequestError {
             }
             RequestError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             RequestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            RequestError::SubmitAnswerUnreadable => StatusCode::BAD_GATEWAY,
+            RequestError::SubmitAnswerUnreadable | RequestError::FileUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             RequestError::BodyBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RequestError::Idempotency(refusal) => {

@@ -97,6 +97,10 @@ pub struct FamilySpec {
     pub signed_urls: Option<bool>,
     /// JSON pointers (a `*` segment for every element) to the result files' URLs in a finished answer.
     pub results: Option<Vec<String>>,
+    /// When the files `results` names are kept: `eager` (downloaded when the task is stored
+    /// finished; the default), `lazy` (when a client first asks for one: large videos few open), or
+    /// `off` (the upstream's links stay).
+    pub artifacts: Option<KeepFiles>,
     /// The longest a finished answer is kept (unset: until evicted or expired).
     #[serde(default, with = "humantime_serde")]
     pub finished_ttl: Option<Duration>,
@@ -108,6 +112,19 @@ pub struct FamilySpec {
     /// The family's submit routes: the requests that start a task (webhooks take their callback
     /// field over; idempotency keys apply to them).
     pub submit: Option<SubmitSpec>,
+}
+
+/// When a family's result files are kept (`families.<name>.artifacts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepFiles {
+    /// Downloaded as soon as the task is stored finished.
+    #[default]
+    Eager,
+    /// Linked at once, downloaded when a client first opens the link.
+    Lazy,
+    /// Not kept: the answer keeps the upstream's links.
+    Off,
 }
 
 /// A family's submits: which requests start a task, where the client's callback URL is in their
@@ -178,6 +195,7 @@ pub struct Family {
     signed_urls: bool,
     results: Vec<results::ResultPointer>,
     finished_ttl: Option<Duration>,
+    keep_files: KeepFiles,
     task_at: String,
     /// `task_answer` split around `{task}`.
     task_answer: (String, String),
@@ -215,6 +233,11 @@ impl Family {
 
     pub fn id(&self) -> FamilyId {
         self.id
+    }
+
+    /// When this family's result files are kept.
+    pub fn keep_files(&self) -> KeepFiles {
+        self.keep_files
     }
 
     pub fn batch(&self) -> Option<&Batch> {
@@ -704,6 +727,7 @@ fn compile(
         signed_urls: spec.signed_urls.unwrap_or(true),
         results: result_pointers,
         finished_ttl: spec.finished_ttl,
+        keep_files: spec.artifacts.unwrap_or_default(),
         task_at,
         task_answer,
         batch,

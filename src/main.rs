@@ -234,6 +234,7 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
         listen: args.listen,
         upstream: args.upstream.clone(),
         redis_url: args.redis_url.clone(),
+        artifacts_dir: args.artifacts_dir.clone(),
         fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
         webhook_secret: std::env::var("MJGATE_WEBHOOK_SECRET").ok(),
     };

@@ -1107,11 +1107,18 @@ impl Metrics {
                 "mjgate_artifacts_stored_bytes_total",
                 "Bytes of result files downloaded and kept.",
             ),
-            artifacts_failures: r.counters(
-                "mjgate_artifacts_failures_total",
-                "Result files not kept, by cause: refused (an inside address, a bad URL), status (the origin's error answer), redirects, unsafe_type (HTML, SVG, scripts), timeout, connection, too_large (past artifacts.max_file), store (the disk or bucket failed). Their answers keep the upstream's link.",
-                &["cause"],
-            ),
+artifacts_failures: {
+                let failures = r.counters(
+                    "mjgate_artifacts_failures_total",
+                    "Result files not kept, by cause: refused (an inside address, a bad URL), status (the origin's error answer), redirects, unsafe_type (HTML, SVG, scripts), timeout, connection, too_large (past artifacts.max_file), store (the disk or bucket failed), busy (too many downloads waiting). Their answers keep the upstream's link.",
+                    &["cause"],
+                );
+                // Every cause at zero from the start, so a dashboard's rate() sees the first one.
+                for cause in crate::artifacts::download::DownloadError::CAUSES {
+                    failures.with_label_values(&[cause]);
+                }
+                failures
+            },
             artifacts_evictions: r.counter(
                 "mjgate_artifacts_evictions_total",
                 "Kept files deleted to stay under artifacts.max_disk, least recently used first.",

@@ -58,6 +58,19 @@ impl DownloadError {
         }
     }
 
+    /// Every `cause` label.
+    pub const CAUSES: [&'static str; 9] = [
+        "refused",
+        "status",
+        "redirects",
+        "unsafe_type",
+        "timeout",
+        "connection",
+        "too_large",
+        "store",
+        "busy",
+    ];
+
     /// The `cause` label of the failure metric.
     pub fn cause(&self) -> &'static str {
         match self {
@@ -283,6 +296,27 @@ fn resolve_location(current: &Uri, location: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_has_a_cause_the_metric_starts_at_zero() {
+        let failures = [
+            DownloadError::Refused(HookError::Scheme),
+            DownloadError::Status(StatusCode::FORBIDDEN),
+            DownloadError::Redirects,
+            DownloadError::Unsafe("text/html".into()),
+            DownloadError::Timeout,
+            DownloadError::Connection("reset".into()),
+            DownloadError::Put(PutError::TooLarge(1)),
+            DownloadError::Put(PutError::Source("cut".into())),
+            DownloadError::Busy,
+        ];
+        for failure in &failures {
+            assert!(
+                DownloadError::CAUSES.contains(&failure.cause()),
+                "{failure}"
+            );
+        }
+    }
 
     #[test]
     fn locations_are_resolved_against_the_current_url() {

@@ -21,13 +21,13 @@ use tokio::sync::watch;
 
 use super::download::Downloader;
 use super::mirror::Mirror;
-use super::store::{BlobId, BlobStore};
+use super::store::{BlobId, BlobStore, MediaKind};
 use super::token::{FILES_PREFIX, FileTokens};
 use crate::cache::{CacheKey, CachedTask, TaskCache};
 use crate::config::{ArtifactStore, Config};
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::family::results::{ResultUrl, replace_strings};
-use crate::family::{Families, FamilyId};
+use crate::family::{Families, FamilyId, KeepFiles};
 use crate::metrics::Metrics;
 use crate::work::{Work, WorkKind};
 
@@ -176,6 +176,10 @@ impl Keeper {
         if !task.is_finished() {
             return;
         }
+        let keep = self.families.get(family).keep_files();
+        if keep == KeepFiles::Off {
+            return;
+        }
         let Some(base) = base
             .or_else(|| self.public_url.clone())
             .or_else(|| self.last_base.read().clone())
@@ -193,6 +197,10 @@ impl Keeper {
             .filter(|result| !is_ours(&result.url, &base))
             .collect();
         if urls.is_empty() {
+            return;
+        }
+        if keep == KeepFiles::Lazy {
+            self.link_lazily(key, family, task, &urls, &base);
             return;
         }
         let done = {
@@ -292,6 +300,55 @@ impl Keeper {
         }
     }
 
+    /// A lazy family's finished answer, its result links swapped for the gateway's at once: each
+    /// opens to the file kept already, or downloads it when first asked for. Its expiry stays the
+    /// upstream links': a file nobody opened in time is not kept.
+    fn link_lazily(
+        &self,
+        key: &CacheKey,
+        family: FamilyId,
+        task: &Arc<CachedTask>,
+        urls: &[ResultUrl],
+        base: &str,
+    ) {
+        let Some(credential) = key_credential(key) else {
+            return;
+        };
+        let links: HashMap<&str, String> = urls
+            .iter()
+            .filter_map(|result| {
+                let link = match self.mirror.known(&result.url) {
+                    Some((blob, _)) => self.link(base, &blob, &credential),
+                    None => {
+                        let token = self.tokens.issue_for_url(&result.url, &credential)?;
+                        match extension_of(&result.url) {
+                            Some(extension) => format!("{base}{FILES_PREFIX}{token}.{extension}"),
+                            None => format!("{base}{FILES_PREFIX}{token}"),
+                        }
+                    }
+                };
+                Some((result.url.as_str(), link))
+            })
+            .collect();
+        let Some(body) = replace_strings(&task.body, |text| links.get(text).cloned()) else {
+            return;
+        };
+        let body = Bytes::from(body);
+        let span = self.families.get(family).task_span(&body);
+        let rewritten = Arc::new(task.rewritten(body, span, task.keep_until));
+        if self.cache.replace(key, task, rewritten) {
+            self.metrics.artifacts_rewritten();
+        }
+    }
+
+    /// The file a lazy link names, kept now if it is not yet (collapsed with every other request
+    /// for it): its blob, or why it could not be kept.
+    pub async fn keep_lazily(&self, url: &str) -> super::mirror::Kept {
+        let kept = self.mirror.keep(url).await;
+        self.count_store();
+        kept
+    }
+
     /// The gateway's URL for `blob`, for `credential`.
     pub fn link(&self, base: &str, blob: &BlobId, credential: &CredentialFingerprint) -> String {
         format!(
@@ -345,6 +402,19 @@ fn key_credential(key: &CacheKey) -> Option<CredentialFingerprint> {
     ))
 }
 
+/// The extension of a URL's last path segment, when it is one of a media type we keep (`png`,
+/// `mp4`, ...): the lazy link ends in it too.
+fn extension_of(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next()?;
+    let (_, extension) = path.rsplit('/').next()?.rsplit_once('.')?;
+    let extension = extension.to_ascii_lowercase();
+    MediaKind::ALL
+        .into_iter()
+        .filter(|kind| kind.is_media())
+        .map(MediaKind::extension)
+        .find(|known| *known == extension)
+}
+
 /// Whether `url` is already one of this gateway's file links.
 fn is_ours(url: &str, base: &str) -> bool {
     url.strip_prefix(base)
@@ -379,6 +449,15 @@ mod tests {
         ] {
             assert!(!is_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_lazy_link_ends_in_a_media_extension_only() {
+        assert_eq!(extension_of("https://c.example/a/b.PNG?ex=1"), Some("png"));
+        assert_eq!(extension_of("https://c.example/v.mp4#t=1"), Some("mp4"));
+        assert_eq!(extension_of("https://c.example/page.html"), None);
+        assert_eq!(extension_of("https://c.example/file"), None);
+        assert_eq!(extension_of("https://c.example.png/file"), None);
     }
 
     #[test]

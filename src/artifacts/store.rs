@@ -49,7 +49,7 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
-    const ALL: [MediaKind; 12] = [
+    pub const ALL: [MediaKind; 12] = [
         MediaKind::Png,
         MediaKind::Jpeg,
         MediaKind::Webp,

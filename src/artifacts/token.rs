@@ -18,6 +18,9 @@ const MAC_LEN: usize = 16;
 /// hash, kind, fingerprint, MAC.
 const TOKEN_LEN: usize = 32 + 1 + FINGERPRINT_LEN + MAC_LEN;
 
+/// The longest URL a lazy token carries (its token is about 4/3 of it).
+const MAX_LAZY_URL: usize = 2048;
+
 /// Issues and opens file tokens under one key.
 #[derive(Clone)]
 pub struct FileTokens {
@@ -67,6 +70,52 @@ impl FileTokens {
             BlobId::new(hash, kind),
             CredentialFingerprint::from_bytes(fingerprint),
         ))
+    }
+
+    /// The token for the file at `url`, not kept yet (a family kept lazily: it is downloaded when
+    /// first asked for), held for `credential`. It carries the URL (the client would have had it
+    /// anyway), so it opens on any replica and after a restart; `None` for a URL too long to carry.
+    pub fn issue_for_url(&self, url: &str, credential: &CredentialFingerprint) -> Option<String> {
+        if url.len() > MAX_LAZY_URL {
+            return None;
+        }
+        let mut raw = Vec::with_capacity(FINGERPRINT_LEN + url.len() + MAC_LEN);
+        raw.extend_from_slice(credential.as_bytes());
+        raw.extend_from_slice(url.as_bytes());
+        let mac = self.mac_lazy(&raw);
+        raw.extend_from_slice(&mac);
+        Some(URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// The URL a lazy token names, and for whom, if this key issued it.
+    pub fn open_url(&self, token: &str) -> Option<(String, CredentialFingerprint)> {
+        if token.len() > (FINGERPRINT_LEN + MAX_LAZY_URL + MAC_LEN).div_ceil(3) * 4 {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        if raw.len() < FINGERPRINT_LEN + MAC_LEN {
+            return None;
+        }
+        let (signed, mac) = raw.split_at(raw.len() - MAC_LEN);
+        if !constant_time_eq(&self.mac_lazy(signed), mac) {
+            return None;
+        }
+        let fingerprint: [u8; FINGERPRINT_LEN] = signed[..FINGERPRINT_LEN].try_into().ok()?;
+        let url = std::str::from_utf8(&signed[FINGERPRINT_LEN..]).ok()?;
+        Some((
+            url.to_owned(),
+            CredentialFingerprint::from_bytes(fingerprint),
+        ))
+    }
+
+    /// The MAC of a lazy token: keyed apart from a kept file's, so neither kind opens as the other.
+    fn mac_lazy(&self, signed: &[u8]) -> [u8; MAC_LEN] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        hasher.update(b"lazy\0");
+        hasher.update(signed);
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&hasher.finalize().as_bytes()[..MAC_LEN]);
+        mac
     }
 
     fn mac(&self, signed: &[u8]) -> [u8; MAC_LEN] {
@@ -121,5 +170,21 @@ mod tests {
         for junk in ["", "x", "../../etc/passwd", &"A".repeat(200), "%00"] {
             assert_eq!(tokens.open(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn a_lazy_token_carries_its_url_and_neither_kind_opens_as_the_other() {
+        let tokens = FileTokens::new(Some(b"a secret of sixteen bytes or more"));
+        let alice = CredentialFingerprint::from_bytes([1; FINGERPRINT_LEN]);
+        let url = "https://cdn.example/attachments/1/1.png?ex=6a&is=69&hm=ab";
+        let lazy = tokens.issue_for_url(url, &alice).unwrap();
+        assert_eq!(tokens.open_url(&lazy), Some((url.to_owned(), alice)));
+        assert_eq!(tokens.open(&lazy), None);
+        let kept = tokens.issue(&blob(7), &alice);
+        assert_eq!(tokens.open_url(&kept), None);
+        let mut altered = lazy.clone().into_bytes();
+        altered[30] = if altered[30] == b'A' { b'B' } else { b'A' };
+        assert_eq!(tokens.open_url(&String::from_utf8(altered).unwrap()), None);
+        assert!(tokens.issue_for_url(&"x".repeat(5000), &alice).is_none());
     }
 }

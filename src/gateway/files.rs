@@ -30,9 +30,19 @@ impl Gateway {
         let token = token
             .split_once('.')
             .map_or(token, |(token, _extension)| token);
-        let Some((blob, _credential)) = keeper.tokens().open(token) else {
-            self.metrics.file_served(FileAnswer::NotFound);
-            return Served::error(RequestError::UnknownFile);
+        let blob = match keeper.tokens().open(token) {
+            Some((blob, _credential)) => blob,
+            // A lazy family's link: the file is kept now, if it is not yet.
+            None => match keeper.tokens().open_url(token) {
+                Some((url, _credential)) => match keeper.keep_lazily(&url).await {
+                    Ok((blob, _len)) => blob,
+                    Err(e) => return Served::error(RequestError::FileUnavailable(e.cause())),
+                },
+                None => {
+                    self.metrics.file_served(FileAnswer::NotFound);
+                    return Served::error(RequestError::UnknownFile);
+                }
+            },
         };
         let answered = serve::respond(keeper.store(), &blob, head, request.headers()).await;
         keeper.count_store();

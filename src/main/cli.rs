@@ -31,6 +31,9 @@ pub struct Args {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+    /// Directory kept result files live in; beats `[artifacts] dir` (containers mount a volume here).
+    #[arg(long, value_name = "DIR", env = "MJGATE_ARTIFACTS_DIR")]
+    pub artifacts_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]

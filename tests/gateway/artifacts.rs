@@ -694,3 +694,64 @@ async fn two_replicas_on_redis_and_one_bucket_download_a_file_once_and_both_serv
         assert_eq!(there.body, image.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_familys_files_are_linked_at_once_and_downloaded_when_first_opened() {
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(2)));
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let dir = temp_dir("lazy");
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!(
+            "[families.midjourney]\nartifacts = \"lazy\"\n[artifacts]\ndir = \"{}\"\n",
+            dir.display()
+        ),
+    ))
+    .await;
+    fetch(&gw, "t", KEY_A).await;
+    let link = fetch(&gw, "t", KEY_A).await.json()["imageUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        link.starts_with(&gw.url("/_mjgate/files/")) && link.ends_with(".png"),
+        "linked at once: {link}"
+    );
+    assert_eq!(
+        sim.downloads("/attachments/t/t.png"),
+        0,
+        "nothing downloaded yet"
+    );
+    // Ten clients open it at once: one download.
+    let opened: Vec<Reply> = futures_util::future::join_all(
+        (0..10).map(|_| send(request(http::Method::GET, &link, None, ""))),
+    )
+    .await;
+    for image in &opened {
+        assert_eq!(image.status, 200);
+        assert_eq!(image.header("content-type"), "image/png");
+        assert_eq!(image.body.len(), 256 * 1024);
+    }
+    assert_eq!(sim.downloads("/attachments/t/t.png"), 1);
+
+    // A task whose link dies before anyone opens it: a clear 502, never a broken image.
+    sim.create_task(KEY_A, "u", "SUCCESS");
+    fetch(&gw, "u", KEY_A).await;
+    let unopened = fetch(&gw, "u", KEY_A).await.json()["imageUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let direct = image_link(&sim, "u").await;
+    poll_until("the upstream's link expired", || async {
+        send(request(http::Method::GET, &direct, None, ""))
+            .await
+            .status
+            == 403
+    })
+    .await;
+    let late = send(request(http::Method::GET, &unopened, None, "")).await;
+    assert_eq!(late.status, 502);
+    assert_eq!(late.json()["type"], "mjgate_error");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -12,6 +12,11 @@ pub(crate) fn mjgate() -> Command {
         .env_remove("MJGATE_LISTEN")
         .env_remove("MJGATE_UPSTREAM")
         .env_remove("RUST_LOG")
+        // Kept files are on by default, in ./artifacts: not in the source tree.
+        .env(
+            "MJGATE_ARTIFACTS_DIR",
+            std::env::temp_dir().join(format!("mjgate-cli-artifacts-{}", std::process::id())),
+        )
         .stdin(Stdio::null());
     command
 }
