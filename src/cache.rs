@@ -118,6 +118,12 @@ pub struct CachedTask {
     /// The gzip copy of a `200` answer, made once when the entry is stored (`cache.gzip`); empty
     /// until then, `None` inside when the answer is too short to be worth it.
     gzip: OnceLock<Option<Box<Gzipped>>>,
+    /// Where this answer's links to kept files start (`http://host:port`), when it has them; a client
+    /// that reached the gateway by another name gets them rebased to its own.
+    pub files_base: Option<Arc<str>>,
+    /// A finished answer stored with nobody's `Host` to build links on (a callback, another
+    /// replica's answer): its files are kept when a client next asks for it.
+    files_pending: std::sync::atomic::AtomicBool,
     /// The body as server-sent `data:` lines, made once on the first stream's first event and
     /// shared by every stream of the task, for a body of several lines (one of a single line is sent
     /// as it is).
@@ -138,6 +144,8 @@ impl CachedTask {
             stored_at: Instant::now(),
             keep_until: None,
             gzip: OnceLock::new(),
+            files_base: None,
+            files_pending: std::sync::atomic::AtomicBool::new(false),
             event_data: OnceLock::new(),
         }
     }
@@ -209,6 +217,8 @@ impl CachedTask {
             stored_at: Instant::now(),
             keep_until: None,
             gzip: OnceLock::new(),
+            files_base: None,
+            files_pending: std::sync::atomic::AtomicBool::new(false),
             event_data: OnceLock::new(),
         }
     }
@@ -240,6 +250,8 @@ impl CachedTask {
             stored_at: now.checked_sub(age).unwrap_or(now),
             keep_until: None,
             gzip: OnceLock::new(),
+            files_base: None,
+            files_pending: std::sync::atomic::AtomicBool::new(false),
             event_data: OnceLock::new(),
         })
     }
@@ -251,6 +263,7 @@ impl CachedTask {
         body: Bytes,
         span: Option<std::ops::Range<usize>>,
         keep_until: Option<Instant>,
+        files_base: Option<Arc<str>>,
     ) -> Self {
         let mut task = CachedTask {
             status: self.status,
@@ -262,12 +275,27 @@ impl CachedTask {
             stored_at: self.stored_at,
             keep_until,
             gzip: OnceLock::new(),
+            files_base,
+            files_pending: std::sync::atomic::AtomicBool::new(false),
             event_data: OnceLock::new(),
         };
         if let Some(span) = span {
             task = task.task_at(span);
         }
         task
+    }
+
+    /// Whether this finished answer's files wait for a client's `Host` to be kept.
+    #[inline]
+    pub fn files_pending(&self) -> bool {
+        self.files_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks (or clears) that this answer's files wait for a client's `Host`; whether they did.
+    pub fn set_files_pending(&self, pending: bool) -> bool {
+        self.files_pending
+            .swap(pending, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes the gzip copy of a `200` answer, once; the cache does it before it weighs the entry.

@@ -278,6 +278,15 @@ impl Gateway {
         let Lookup::Fresh { task, ttl } = self.fetcher.cache().lookup(key.as_bytes()) else {
             return None;
         };
+        // Kept files to link for this client first, or links on another name: the slow path.
+        if task.files_pending()
+            || self
+                .fetcher
+                .keeper()
+                .is_some_and(|keeper| keeper.may_rebase(&task, request.headers()))
+        {
+            return None;
+        }
         self.metrics
             .task_lookups(route.task.family, Outcome::Hit, 1);
         Some(task_response_for(

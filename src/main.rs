@@ -213,7 +213,7 @@ fn artifacts_keep(
                     None => mjgate::credential::Fingerprinter::random(),
                 };
                 let fingerprint = fingerprinter.fingerprint(&headers);
-                let token = tokens.issue(&blob, &fingerprint);
+                let token = tokens.issue(&blob, &fingerprint, None);
                 let _ = writeln!(
                     std::io::stdout().lock(),
                     "{}{token}",

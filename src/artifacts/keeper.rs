@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::HOST;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::download::Downloader;
@@ -54,9 +54,6 @@ pub struct Keeper {
     metrics: Arc<Metrics>,
     /// `artifacts.public_url`, without a trailing slash.
     public_url: Option<Arc<str>>,
-    /// The scheme and host the last client used, for answers stored without one (callbacks, the
-    /// shared tier's announcements) when `public_url` is unset.
-    last_base: RwLock<Option<Arc<str>>>,
     /// Tasks whose files are being kept now, and a flag raised when they are done.
     pending: Mutex<HashMap<CacheKey, watch::Receiver<bool>>>,
     /// Download routes' files kept, by credential, family, task and query.
@@ -85,11 +82,24 @@ impl Keeper {
             ArtifactStore::S3(bucket) => BlobStore::s3(bucket, artifacts.max_file)
                 .map_err(|e| crate::Error::Artifacts(e.to_string()))?,
         };
-        // Its own secret, else the shared tier's: either way every replica opens every token.
-        let secret = artifacts.secret.as_deref().map(str::as_bytes).or(config
-            .shared_cache
-            .as_ref()
-            .map(|shared| shared.fingerprint_secret.as_bytes()));
+        // Its own secret, else the shared tier's: either way every replica opens every token. Else,
+        // for a local directory, a key kept beside the files, so links outlive a restart.
+        let kept_key = match (&artifacts.secret, &config.shared_cache, &artifacts.store) {
+            (None, None, ArtifactStore::Local { dir, .. }) => Some(
+                local_key(dir)
+                    .map_err(|e| crate::Error::Artifacts(format!("{}: {e}", dir.display())))?,
+            ),
+            _ => None,
+        };
+        let secret = artifacts
+            .secret
+            .as_deref()
+            .map(str::as_bytes)
+            .or(config
+                .shared_cache
+                .as_ref()
+                .map(|shared| shared.fingerprint_secret.as_bytes()))
+            .or(kept_key.as_deref());
         let (host, port) = config.upstream.url.origin();
         let downloader = Downloader::new(
             crate::tls::client_config(crate::tls::Roots::Webpki, None)?,
@@ -119,7 +129,6 @@ impl Keeper {
                 .public_url
                 .as_deref()
                 .map(|url| Arc::from(url.trim_end_matches('/'))),
-            last_base: RwLock::default(),
             pending: Mutex::default(),
             downloads: moka::sync::Cache::new(REMEMBERED),
             downloading: Mutex::default(),
@@ -141,25 +150,67 @@ impl Keeper {
     }
 
     /// Where links to kept files start for a client that sent `headers` (over TLS or not):
-    /// `artifacts.public_url`, else the scheme and `Host` it used (remembered for answers stored
-    /// without a client). `None` without either.
+    /// `artifacts.public_url`, else the scheme and `Host` it used. `None` without either (or for
+    /// a `Host` that is not a plain name or address and port).
     pub fn base_for(&self, headers: &HeaderMap, tls: bool) -> Option<Arc<str>> {
         if let Some(public) = &self.public_url {
             return Some(Arc::clone(public));
         }
         let host = headers.get(HOST)?.to_str().ok().filter(|h| is_host(h))?;
         let scheme = if tls { "https" } else { "http" };
-        if let Some(last) = self.last_base.read().as_ref()
-            && last
-                .strip_prefix(scheme)
-                .and_then(|r| r.strip_prefix("://"))
-                == Some(host)
-        {
-            return Some(Arc::clone(last));
+        Some(Arc::from(format!(
+            "{scheme}://{}",
+            host.to_ascii_lowercase()
+        )))
+    }
+
+    /// Whether `task`'s links may need [`rebased`](Self::rebased) for a client that sent `headers`:
+    /// its links are on a `Host` other than this one. The hit path's cheap look (the scheme is
+    /// compared on the slow path).
+    #[inline]
+    pub fn may_rebase(&self, task: &CachedTask, headers: &HeaderMap) -> bool {
+        let Some(from) = task.files_base.as_deref() else {
+            return false;
+        };
+        if self.public_url.is_some() {
+            return false;
         }
-        let base: Arc<str> = Arc::from(format!("{scheme}://{host}"));
-        *self.last_base.write() = Some(Arc::clone(&base));
-        Some(base)
+        let host = headers.get(HOST).map_or(&b""[..], |h| h.as_bytes());
+        let stored = from.split_once("://").map_or("", |(_, host)| host);
+        !stored.as_bytes().eq_ignore_ascii_case(host)
+    }
+
+    /// `task` as the client that sent `headers` is to get it: its links to kept files rebased to
+    /// the scheme and `Host` this client used when another client's were stored (an inside name
+    /// and an outside one, say); `None` when it is fine as it is (the common case: one name, or
+    /// `artifacts.public_url`).
+    pub fn rebased(
+        &self,
+        task: &CachedTask,
+        family: FamilyId,
+        headers: &HeaderMap,
+        tls: bool,
+    ) -> Option<Arc<CachedTask>> {
+        if self.public_url.is_some() {
+            return None;
+        }
+        let from = task.files_base.as_deref()?;
+        let to = self.base_for(headers, tls)?;
+        if *to == *from {
+            return None;
+        }
+        let body = Bytes::from(replace_bytes(
+            &task.body,
+            format!("{from}{FILES_PREFIX}").as_bytes(),
+            format!("{to}{FILES_PREFIX}").as_bytes(),
+        ));
+        let span = self.families.get(family).task_span(&body);
+        Some(Arc::new(task.rewritten(
+            body,
+            span,
+            task.keep_until,
+            Some(to),
+        )))
     }
 
     /// `task` was just stored for `key` (of `family`): when it is finished and names result files
@@ -180,15 +231,17 @@ impl Keeper {
         if keep == KeepFiles::Off {
             return;
         }
-        let Some(base) = base
-            .or_else(|| self.public_url.clone())
-            .or_else(|| self.last_base.read().clone())
-        else {
-            if !self.families.get(family).result_urls(&task.body).is_empty() {
+        let Some(base) = base.or_else(|| self.public_url.clone()) else {
+            // Nobody's `Host` to link on (a callback, another replica's answer): kept when a
+            // client next asks for the task (never on another client's name).
+            if !task.set_files_pending(true)
+                && !self.families.get(family).result_urls(&task.body).is_empty()
+            {
                 self.metrics.artifacts_skipped("no_base");
             }
             return;
         };
+        task.set_files_pending(false);
         let urls: Vec<ResultUrl> = self
             .families
             .get(family)
@@ -258,7 +311,10 @@ impl Keeper {
             .zip(kept)
             .filter_map(|(result, kept)| {
                 let (blob, _len) = kept.ok()?;
-                Some((result.url.as_str(), self.link(base, &blob, &credential)))
+                Some((
+                    result.url.as_str(),
+                    self.link(base, &blob, &credential, &result.url),
+                ))
             })
             .collect();
         if links.is_empty() {
@@ -271,7 +327,7 @@ impl Keeper {
         let body = Bytes::from(body);
         let span = family.task_span(&body);
         let keep_until = family.rewritten_keep_until(&body, task.stored_at);
-        let rewritten = Arc::new(task.rewritten(body, span, keep_until));
+        let rewritten = Arc::new(task.rewritten(body, span, keep_until, Some(Arc::from(base))));
         if self.cache.replace(key, task, rewritten) {
             self.metrics.artifacts_rewritten();
         }
@@ -318,7 +374,7 @@ impl Keeper {
             .iter()
             .filter_map(|result| {
                 let link = match self.mirror.known(&result.url) {
-                    Some((blob, _)) => self.link(base, &blob, &credential),
+                    Some((blob, _)) => self.link(base, &blob, &credential, &result.url),
                     None => {
                         let token = self.tokens.issue_for_url(&result.url, &credential)?;
                         match extension_of(&result.url) {
@@ -335,7 +391,8 @@ impl Keeper {
         };
         let body = Bytes::from(body);
         let span = self.families.get(family).task_span(&body);
-        let rewritten = Arc::new(task.rewritten(body, span, task.keep_until));
+        let rewritten =
+            Arc::new(task.rewritten(body, span, task.keep_until, Some(Arc::from(base))));
         if self.cache.replace(key, task, rewritten) {
             self.metrics.artifacts_rewritten();
         }
@@ -349,11 +406,24 @@ impl Keeper {
         kept
     }
 
-    /// The gateway's URL for `blob`, for `credential`.
-    pub fn link(&self, base: &str, blob: &BlobId, credential: &CredentialFingerprint) -> String {
+    /// A kept file no longer in the store (evicted, or kept by another replica on its own disk),
+    /// kept again from `url`, the link it came from.
+    pub async fn keep_again(&self, url: &str) -> super::mirror::Kept {
+        self.mirror.forget(url);
+        self.keep_lazily(url).await
+    }
+
+    /// The gateway's URL for `blob` (kept from `url`), for `credential`.
+    pub fn link(
+        &self,
+        base: &str,
+        blob: &BlobId,
+        credential: &CredentialFingerprint,
+        url: &str,
+    ) -> String {
         format!(
             "{base}{FILES_PREFIX}{}.{}",
-            self.tokens.issue(blob, credential),
+            self.tokens.issue(blob, credential, Some(url)),
             blob.kind().extension()
         )
     }
@@ -375,6 +445,38 @@ impl Drop for Pending<'_> {
 
 /// Held by the one request downloading a download route's file.
 type TurnLock = Arc<tokio::sync::Mutex<()>>;
+
+/// The key of a local store's file tokens without a configured secret: read from `dir/token.key`,
+/// made (32 random bytes, readable by this user only) when missing.
+fn local_key(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let path = dir.join("token.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() == 32 => return Ok(key),
+        Ok(_) => {
+            return Err(std::io::Error::other(
+                "token.key is not 32 bytes; remove it to make a new one (links issued under it die)",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)?;
+    let key: [u8; 32] = rand::random();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, &key)?;
+            file.sync_all()?;
+            Ok(key.to_vec())
+        }
+        // Another process made it first: theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
+        Err(e) => Err(e),
+    }
+}
 
 /// A download route's file, held for one request's download.
 pub struct DownloadTurn<'a> {
@@ -413,6 +515,19 @@ fn extension_of(url: &str) -> Option<&'static str> {
         .filter(|kind| kind.is_media())
         .map(MediaKind::extension)
         .find(|known| *known == extension)
+}
+
+/// `body` with every `from` replaced by `to`.
+fn replace_bytes(body: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut rest = body;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Whether `url` is already one of this gateway's file links.

@@ -88,6 +88,11 @@ impl Mirror {
         &self.store
     }
 
+    /// Forgets what `url` was kept as (its blob is gone: evicted): the next keep downloads it.
+    pub fn forget(&self, url: &str) {
+        self.kept.invalidate(url);
+    }
+
     /// The blob `url` was kept as, if it was (no download).
     pub fn known(&self, url: &str) -> Option<(BlobId, u64)> {
         self.kept.get(url)

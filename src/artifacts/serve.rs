@@ -60,7 +60,17 @@ pub async fn respond(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(response);
     }
-    let range = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
+    // `If-Range` (RFC 9110 §13.1.5): the range only for the very representation it names, by a
+    // strong tag; a weak tag, another tag or a date (these files carry no Last-Modified) gets the
+    // whole file.
+    let range_holds = headers
+        .get(http::header::IF_RANGE)
+        .is_none_or(|tag| tag.as_bytes() == etag.as_bytes());
+    let range = match headers
+        .get(RANGE)
+        .filter(|_| range_holds)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(asked) => match one_range(asked, len) {
             Asked::Range(range) => Some(range),
             Asked::Unsatisfiable => return Err(FileError::Unsatisfiable(len)),
@@ -208,6 +218,25 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(name, value.parse().unwrap());
         headers
+    }
+
+    #[tokio::test]
+    async fn if_range_honours_the_range_only_for_its_own_strong_tag() {
+        let (store, id, dir) = store_with(b"0123456789", MediaKind::Png).await;
+        let tag = format!("\"{}\"", id.hex());
+        for (if_range, status) in [
+            (tag.clone(), StatusCode::PARTIAL_CONTENT),
+            (format!("W/{tag}"), StatusCode::OK),
+            ("\"other\"".to_owned(), StatusCode::OK),
+            ("Wed, 21 Oct 2015 07:28:00 GMT".to_owned(), StatusCode::OK),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(RANGE, HeaderValue::from_static("bytes=0-3"));
+            headers.insert(http::header::IF_RANGE, if_range.parse().unwrap());
+            let response = respond(&store, &id, false, &headers).await.unwrap();
+            assert_eq!(response.status(), status, "{if_range}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

@@ -38,37 +38,50 @@ impl FileTokens {
         FileTokens { key }
     }
 
-    /// The token for `blob`, held for `credential`.
-    pub fn issue(&self, blob: &BlobId, credential: &CredentialFingerprint) -> String {
-        let mut raw = Vec::with_capacity(TOKEN_LEN);
+    /// The token for `blob`, held for `credential`; with the `url` it was kept from (up to 2 KiB),
+    /// so that a replica without the file, or this one after the disk budget evicted it, can keep it
+    /// again while that link lives.
+    pub fn issue(
+        &self,
+        blob: &BlobId,
+        credential: &CredentialFingerprint,
+        url: Option<&str>,
+    ) -> String {
+        let url = url.filter(|url| url.len() <= MAX_LAZY_URL).unwrap_or("");
+        let mut raw = Vec::with_capacity(TOKEN_LEN + url.len());
         raw.extend_from_slice(blob.hash());
         raw.push(blob.kind().code());
         raw.extend_from_slice(credential.as_bytes());
+        raw.extend_from_slice(url.as_bytes());
         let mac = self.mac(&raw);
         raw.extend_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// The file a token names, and for whom, if this key issued it.
-    pub fn open(&self, token: &str) -> Option<(BlobId, CredentialFingerprint)> {
-        if token.len() > 128 {
+    /// The file a token names, for whom, and the URL it was kept from (if the token carries it),
+    /// if this key issued it.
+    pub fn open(&self, token: &str) -> Option<(BlobId, CredentialFingerprint, Option<String>)> {
+        if token.len() > (TOKEN_LEN + MAX_LAZY_URL).div_ceil(3) * 4 {
             return None;
         }
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-        if raw.len() != TOKEN_LEN {
+        if raw.len() < TOKEN_LEN {
             return None;
         }
-        let (signed, mac) = raw.split_at(TOKEN_LEN - MAC_LEN);
+        let (signed, mac) = raw.split_at(raw.len() - MAC_LEN);
         // Compared in constant time: a MAC is not to be found byte by byte.
         if !constant_time_eq(&self.mac(signed), mac) {
             return None;
         }
         let hash: [u8; 32] = signed[..32].try_into().ok()?;
         let kind = MediaKind::from_code(signed[32])?;
-        let fingerprint: [u8; FINGERPRINT_LEN] = signed[33..].try_into().ok()?;
+        let fingerprint: [u8; FINGERPRINT_LEN] =
+            signed[33..33 + FINGERPRINT_LEN].try_into().ok()?;
+        let url = std::str::from_utf8(&signed[33 + FINGERPRINT_LEN..]).ok()?;
         Some((
             BlobId::new(hash, kind),
             CredentialFingerprint::from_bytes(fingerprint),
+            (!url.is_empty()).then(|| url.to_owned()),
         ))
     }
 
@@ -142,10 +155,21 @@ mod tests {
     fn a_token_opens_to_its_file_and_credential_and_only_with_its_key() {
         let tokens = FileTokens::new(Some(b"a secret of sixteen bytes or more"));
         let alice = CredentialFingerprint::from_bytes([1; FINGERPRINT_LEN]);
-        let token = tokens.issue(&blob(7), &alice);
-        assert_eq!(tokens.open(&token), Some((blob(7), alice)));
+        let token = tokens.issue(&blob(7), &alice, None);
+        assert_eq!(tokens.open(&token), Some((blob(7), alice, None)));
         let replica = FileTokens::new(Some(b"a secret of sixteen bytes or more"));
-        assert_eq!(replica.open(&token), Some((blob(7), alice)), "any replica");
+        assert_eq!(
+            replica.open(&token),
+            Some((blob(7), alice, None)),
+            "any replica"
+        );
+        let url = "https://cdn.example/a.png?ex=1";
+        let carrying = tokens.issue(&blob(7), &alice, Some(url));
+        assert_eq!(
+            tokens.open(&carrying),
+            Some((blob(7), alice, Some(url.to_owned()))),
+            "the URL it was kept from travels with it"
+        );
         let other = FileTokens::new(Some(b"another secret, sixteen or more"));
         assert_eq!(other.open(&token), None);
     }
@@ -155,8 +179,8 @@ mod tests {
         let tokens = FileTokens::new(None);
         let alice = CredentialFingerprint::from_bytes([1; FINGERPRINT_LEN]);
         let bob = CredentialFingerprint::from_bytes([2; FINGERPRINT_LEN]);
-        let a = tokens.issue(&blob(7), &alice);
-        let b = tokens.issue(&blob(7), &bob);
+        let a = tokens.issue(&blob(7), &alice, Some("https://cdn.example/a.png"));
+        let b = tokens.issue(&blob(7), &bob, Some("https://cdn.example/a.png"));
         assert_ne!(a, b);
         // Every single-character change is refused.
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -180,7 +204,7 @@ mod tests {
         let lazy = tokens.issue_for_url(url, &alice).unwrap();
         assert_eq!(tokens.open_url(&lazy), Some((url.to_owned(), alice)));
         assert_eq!(tokens.open(&lazy), None);
-        let kept = tokens.issue(&blob(7), &alice);
+        let kept = tokens.issue(&blob(7), &alice, Some(url));
         assert_eq!(tokens.open_url(&kept), None);
         let mut altered = lazy.clone().into_bytes();
         altered[30] = if altered[30] == b'A' { b'B' } else { b'A' };

@@ -154,11 +154,24 @@ impl RawArtifacts {
                 reason: "must be at least 16 bytes".into(),
             });
         }
+        let max_file = keys::ARTIFACTS_MAX_FILE.number(raw.max_file.map(|b| b.0))?;
+        if let ArtifactStore::Local { max_disk, .. } = &store
+            && max_file > *max_disk
+        {
+            return Err(ConfigError::Invalid {
+                key: "artifacts.max_file",
+                reason: format!(
+                    "{} is more than artifacts.max_disk ({}): such a file would be evicted as it is kept",
+                    bytesize::ByteSize(max_file),
+                    bytesize::ByteSize(*max_disk)
+                ),
+            });
+        }
         Ok(Some(ArtifactsConfig {
             secret: raw.secret,
             public_url: raw.public_url,
             store,
-            max_file: keys::ARTIFACTS_MAX_FILE.number(raw.max_file.map(|b| b.0))?,
+            max_file,
             allow_private: keys::ARTIFACTS_ALLOW_PRIVATE.flag(raw.allow_private),
             timeout: keys::ARTIFACTS_TIMEOUT.duration(raw.timeout)?,
             idle_timeout: keys::ARTIFACTS_IDLE_TIMEOUT.duration(raw.idle_timeout)?,
@@ -216,6 +229,10 @@ mod tests {
                 "artifacts.s3",
             ),
             ("[artifacts]\nmax_file = \"10\"\n", "artifacts.max_file"),
+            (
+                "[artifacts]\nmax_disk = \"1MiB\"\nmax_file = \"4MiB\"\n",
+                "artifacts.max_file",
+            ),
             ("[artifacts]\nunknown = 1\n", "unknown"),
             ("[artifacts]\nsecret = \"short\"\n", "artifacts.secret"),
             (

@@ -208,6 +208,18 @@ impl Fetcher {
             Ok(tasks) => tasks,
             Err(served) => return served,
         };
+        // Kept files' links as this client reaches the gateway (see `Fetcher::for_client`).
+        let tasks: Vec<Arc<CachedTask>> = match self.keeper() {
+            Some(keeper) => tasks
+                .into_iter()
+                .map(|task| {
+                    keeper
+                        .rebased(&task, family, headers, client.tls)
+                        .unwrap_or(task)
+                })
+                .collect(),
+            None => tasks,
+        };
         drop(waiting);
         let status = tally.status();
         let Some(spec) = self.families.get(family).batch() else {

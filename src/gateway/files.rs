@@ -31,7 +31,15 @@ impl Gateway {
             .split_once('.')
             .map_or(token, |(token, _extension)| token);
         let blob = match keeper.tokens().open(token) {
-            Some((blob, _credential)) => blob,
+            // Not on this disk (evicted, or kept by another replica): kept again from the link it
+            // came from, while that lives.
+            Some((blob, _credential, Some(url))) if keeper.store().len(&blob).await.is_none() => {
+                match keeper.keep_again(&url).await {
+                    Ok((kept, _len)) => kept,
+                    Err(e) => return Served::error(RequestError::FileUnavailable(e.cause())),
+                }
+            }
+            Some((blob, _credential, _)) => blob,
             // A lazy family's link: the file is kept now, if it is not yet.
             None => match keeper.tokens().open_url(token) {
                 Some((url, _credential)) => match keeper.keep_lazily(&url).await {

@@ -114,6 +114,9 @@ impl Push {
         let status = CacheStatus::Hit {
             ttl: self.fetcher.cache().fresh_left(&latest),
         };
+        let latest = self
+            .fetcher
+            .for_client(latest, &key, task.family, headers, client.tls);
         // Unchanged: the handler's `If-None-Match` check turns this into `304`.
         Served::task(&latest, status, true, None)
     }

@@ -217,11 +217,11 @@ pub async fn run(
 }
 
 /// The demo's kept files, in a directory of their own that goes when the demo ends.
-pub(crate) struct KeptDir(Option<std::path::PathBuf>);
+struct KeptDir(Option<std::path::PathBuf>);
 
 impl KeptDir {
     /// Points `config`'s kept files (on by default) at a fresh temporary directory.
-    pub(crate) fn new(config: &mut Config) -> Self {
+    fn new(config: &mut Config) -> Self {
         let Some(artifacts) = config.artifacts.as_mut() else {
             return KeptDir(None);
         };

@@ -254,7 +254,7 @@ async fn a_kept_file_is_served_at_its_token_with_ranges_and_a_bad_token_gets_a_j
     let fingerprint = mjgate::credential::CredentialFingerprint::from_bytes([3; 16]);
     let url = gw.url(&format!(
         "/_mjgate/files/{}",
-        tokens.issue(&id, &fingerprint)
+        tokens.issue(&id, &fingerprint, None)
     ));
     let whole = send(request(http::Method::GET, &url, None, "")).await;
     assert_eq!(whole.status, 200);
@@ -753,5 +753,183 @@ async fn a_lazy_familys_files_are_linked_at_once_and_downloaded_when_first_opene
     let late = send(request(http::Method::GET, &unopened, None, "")).await;
     assert_eq!(late.status, 502);
     assert_eq!(late.json()["type"], "mjgate_error");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A fetch of `id` as `credential`, the request naming the gateway `host`.
+async fn fetch_as_host(gw: &Gateway, id: &str, credential: &str, host: &str) -> Reply {
+    let mut asked = request(
+        http::Method::GET,
+        &gw.url(&format!("/mj/task/{id}/fetch")),
+        Some(credential),
+        "",
+    );
+    asked.headers_mut().insert("host", host.parse().unwrap());
+    send(asked).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_follow_the_name_each_client_used_and_no_client_picks_anothers() {
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    sim.create_task(KEY_B, "u", "SUCCESS");
+    let dir = temp_dir("hosts");
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!("[artifacts]\ndir = \"{}\"\n", dir.display()),
+    ))
+    .await;
+    let port = gw.addr.port();
+    // The first to see it finished names the gateway as it pleases...
+    fetch_as_host(&gw, "t", KEY_A, "attacker.example").await;
+    wait_for_metric(&gw, "mjgate_artifacts_rewritten_total", 1.0).await;
+    let theirs = fetch_as_host(&gw, "t", KEY_A, "attacker.example")
+        .await
+        .json()["imageUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        theirs.starts_with("http://attacker.example/_mjgate/files/"),
+        "{theirs}"
+    );
+    // ... and every other client gets the link on the name it used itself.
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let link = fetch_as_host(&gw, "t", KEY_A, &host).await.json()["imageUrl"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            link,
+            theirs.replace("attacker.example", &host),
+            "the same token, on {host}"
+        );
+        let image = send(request(http::Method::GET, &link, None, "")).await;
+        assert_eq!(image.status, 200);
+    }
+    let listed = {
+        let mut asked = request(
+            http::Method::POST,
+            &gw.url("/mj/task/list-by-condition"),
+            Some(KEY_A),
+            r#"{"ids":["t"]}"#,
+        );
+        asked
+            .headers_mut()
+            .insert("host", format!("localhost:{port}").parse().unwrap());
+        send(asked).await
+    };
+    assert!(
+        listed.json()[0]["imageUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://localhost:{port}/_mjgate/files/"))
+    );
+
+    // A client whose Host is no name to build on: its task keeps the upstream's link (never
+    // another client's name), and is kept once a client with a usable one asks.
+    let bad = fetch_as_host(&gw, "u", KEY_B, "evil\"><script>").await;
+    assert!(
+        bad.json()["imageUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&sim.url())
+    );
+    let still = fetch_as_host(&gw, "u", KEY_B, "evil\"><script>").await;
+    assert!(
+        still.json()["imageUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&sim.url()),
+        "not on attacker.example, nor on anyone's name: {}",
+        still.json()["imageUrl"]
+    );
+    fetch_as_host(&gw, "u", KEY_B, &format!("127.0.0.1:{port}")).await;
+    wait_for_metric(&gw, "mjgate_artifacts_rewritten_total", 2.0).await;
+    let kept = fetch_as_host(&gw, "u", KEY_B, &format!("127.0.0.1:{port}")).await;
+    assert!(
+        kept.json()["imageUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://127.0.0.1:{port}/_mjgate/files/"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_files_link_outlives_a_restart_without_a_configured_secret() {
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let dir = temp_dir("restart");
+    let text = format!("[artifacts]\ndir = \"{}\"\n", dir.display());
+    let before = start_gateway(config(&sim.url(), &text)).await;
+    fetch(&before, "t", KEY_A).await;
+    wait_for_metric(&before, "mjgate_artifacts_rewritten_total", 1.0).await;
+    let link = fetch(&before, "t", KEY_A).await.json()["imageUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = link[before.url("").len()..].to_owned();
+    before.shutdown().await;
+    // The key of its tokens was kept beside the files, readable by this user only.
+    let key = std::fs::metadata(dir.join("token.key")).unwrap();
+    assert_eq!(key.len(), 32);
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o077,
+        0
+    );
+    let after = start_gateway(config(&sim.url(), &text)).await;
+    let image = send(request(http::Method::GET, &after.url(&path), None, "")).await;
+    assert_eq!(image.status, 200, "the old link opens after the restart");
+    assert_eq!(sim.downloads("/attachments/t/t.png"), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_budget_evicts_the_least_recently_used_file_and_its_link_keeps_it_again() {
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(std::time::Duration::from_secs(3600)));
+    let dir = temp_dir("budget");
+    // Room for three 256 KiB images, and a little.
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!(
+            "[artifacts]\ndir = \"{}\"\nmax_disk = \"1MiB\"\nmax_file = \"1MiB\"\n",
+            dir.display()
+        ),
+    ))
+    .await;
+    let mut links = Vec::new();
+    for (n, id) in ["t0", "t1", "t2", "t3", "t4"].into_iter().enumerate() {
+        sim.create_task(KEY_A, id, "SUCCESS");
+        fetch(&gw, id, KEY_A).await;
+        wait_for_metric(&gw, "mjgate_artifacts_rewritten_total", (n + 1) as f64).await;
+        links.push(
+            fetch(&gw, id, KEY_A).await.json()["imageUrl"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        if n == 0 {
+            continue;
+        }
+        // t0 is opened after every newer one: the most recently used, never the one evicted.
+        assert_eq!(
+            send(request(http::Method::GET, &links[0], None, ""))
+                .await
+                .status,
+            200
+        );
+    }
+    let m = scrape(&gw).await;
+    assert!(m.value("mjgate_artifacts_evictions_total", &[]) >= 1.0);
+    assert!(m.value("mjgate_artifacts_disk_bytes", &[]) <= (1 << 20) as f64);
+    assert_eq!(sim.downloads("/attachments/t0/t0.png"), 1, "t0 stayed");
+    // t1 went first; its link keeps it again from the upstream's (still living) link.
+    let evicted = send(request(http::Method::GET, &links[1], None, "")).await;
+    assert_eq!(evicted.status, 200);
+    assert_eq!(evicted.body.len(), 256 * 1024);
+    assert_eq!(sim.downloads("/attachments/t1/t1.png"), 2);
     let _ = std::fs::remove_dir_all(dir);
 }

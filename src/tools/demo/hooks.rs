@@ -60,12 +60,11 @@ pub async fn run(
     let sim = Simulator::start().await?;
     sim.set_task_duration(spec.duration.mul_f64(0.6));
     let text = format!(
-        "[upstream]\nurl = \"{}\"\n[webhooks]\nsecret = \"{secret}\"\nallow_private = true\nfirst_retry = \"200ms\"\n",
+        // Kept files off: this demo is about the polls hooks save (`mjgate demo` shows the files).
+        "[upstream]\nurl = \"{}\"\n[webhooks]\nsecret = \"{secret}\"\nallow_private = true\nfirst_retry = \"200ms\"\n[artifacts]\nenabled = false\n",
         sim.url()
     );
-    let mut config =
-        Config::from_toml(&text, &Overrides::default()).map_err(std::io::Error::other)?;
-    let _kept_dir = super::KeptDir::new(&mut config);
+    let config = Config::from_toml(&text, &Overrides::default()).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let gateway = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
