@@ -5,8 +5,8 @@
 //! capability a kept file's URL carries (one per credential and file), and `serve` answers for a
 //! file (ranges, tags, the headers that keep it from becoming a script on the gateway's origin).
 //!
-//! Built so far: those parts. Mirroring finished tasks, rewriting answers to the gateway's URLs and
-//! the `/_mjgate/files/{token}` route come next (issue 25).
+//! `keeper` ties them to the cache: a finished answer's files kept (eagerly, or lazily on first
+//! open), the entry rewritten to link to them, links rebased to each client's name.
 
 pub mod download;
 pub mod keeper;
