@@ -1101,7 +1101,7 @@ impl Metrics {
             ),
             artifacts_stored: r.counter(
                 "mjgate_artifacts_stored_total",
-                "Result files downloaded from their origin and kept (a file another replica or an earlier download kept is not counted again).",
+                "Downloads of result files from their origin that were kept (a URL this process or, with a bucket, another replica kept already is not downloaded again; the same bytes from another URL are downloaded, and stored once).",
             ),
             artifacts_stored_bytes: r.counter(
                 "mjgate_artifacts_stored_bytes_total",

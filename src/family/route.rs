@@ -208,7 +208,8 @@ impl Table {
         path: &'a str,
         query: Option<&'a str>,
     ) -> Option<Matched<'a>> {
-        let batch = if *method == Method::GET {
+        // `HEAD` matches as `GET` does; only a download route takes it (the caller sees the kind).
+        let batch = if *method == Method::GET || *method == Method::HEAD {
             false
         } else if *method == Method::POST {
             true

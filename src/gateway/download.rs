@@ -91,8 +91,8 @@ impl Gateway {
             .unwrap_or("")
             .to_owned();
         let kind = MediaKind::of_content_type(&content_type);
-        if status != 200 || !kind.is_media() || head {
-            // Not a file to keep (or a HEAD, which has no body to keep): as the upstream said it.
+        if status != 200 || !kind.is_media() {
+            // Not a file to keep: as the upstream said it.
             return Served::forwarded(response.map(ResponseBody::Upstream), status);
         }
         let body = Box::pin(http_body_util::BodyDataStream::new(response.into_body()));

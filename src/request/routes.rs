@@ -151,6 +151,8 @@ pub fn classify<'a>(
             };
             if kind == RouteKind::Download {
                 Route::Download(route)
+            } else if method == Method::HEAD {
+                Route::Passthrough
             } else if kind == RouteKind::Events || (events_by_accept && accepts_events) {
                 Route::Events(route)
             } else if query.is_some_and(asks_to_wait) {
@@ -315,6 +317,11 @@ mod tests {
             route(Method::POST, "/v1/videos/v1/content", None),
             "passthrough"
         );
+        assert_eq!(
+            route(Method::HEAD, "/v1/videos/v1/content", None),
+            "download openai-videos v1"
+        );
+        assert_eq!(route(Method::HEAD, "/mj/task/1/fetch", None), "passthrough");
         assert_eq!(route(Method::GET, "/healthz", None), "health");
         assert_eq!(route(Method::GET, "/readyz", None), "ready");
         assert_eq!(route(Method::GET, "/metrics", None), "metrics");

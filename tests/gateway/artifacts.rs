@@ -616,6 +616,25 @@ async fn the_openai_video_download_is_kept_per_credential_and_variant_and_outliv
     assert_eq!(part.status, 206);
     assert_eq!(part.body, first[0].body.slice(0..100));
     assert_eq!(sim.downloads(video), 1);
+    let head = send(request(
+        http::Method::HEAD,
+        &gw.url("/v1/videos/v/content"),
+        Some(KEY_A),
+        "",
+    ))
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), (256 * 1024).to_string());
+    let mut again = request(
+        http::Method::GET,
+        &gw.url("/v1/videos/v/content"),
+        Some(KEY_A),
+        "",
+    );
+    again
+        .headers_mut()
+        .insert("if-none-match", first[0].header("etag").parse().unwrap());
+    assert_eq!(send(again).await.status, 304);
     // Another variant is another file.
     let thumbnail = get(&gw, "/v1/videos/v/content?variant=thumbnail", KEY_A).await;
     assert_eq!(thumbnail.header("content-type"), "image/webp");
