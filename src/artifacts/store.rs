@@ -288,7 +288,15 @@ impl BlobStore {
     /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...),
     /// the rest from `bucket`. No disk budget of ours: the bucket's lifecycle rules are its operator's.
     pub fn s3(bucket: &S3Bucket, max_file: u64) -> Result<Self, object_store::Error> {
+        // The client's own retries, bounded: a bucket that is down costs a download a few seconds,
+        // not object_store's default of 10 tries over 3 minutes (the mirror tries again itself).
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(20),
+            ..object_store::RetryConfig::default()
+        };
         let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_retry(retry)
             .with_bucket_name(&bucket.bucket)
             .with_region(&bucket.region)
             .with_virtual_hosted_style_request(!bucket.path_style);

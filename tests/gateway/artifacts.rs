@@ -952,3 +952,56 @@ async fn the_disk_budget_evicts_the_least_recently_used_file_and_its_link_keeps_
     assert_eq!(sim.downloads("/attachments/t1/t1.png"), 2);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bucket_keeps_nothing_and_fetches_keep_working() {
+    // A loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let sim = mjgate::tools::simulator::Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    let gw = start_gateway(config(
+        &sim.url(),
+        &format!(
+            "[artifacts.s3]\nbucket = \"gone\"\nendpoint = \"{endpoint}\"\npath_style = true\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n"
+        ),
+    ))
+    .await;
+    let first = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(first.status, 200);
+    let link = first.json()["imageUrl"].as_str().unwrap().to_owned();
+    // Three attempts, each with the store client's own bounded retries: seconds, so not
+    // `poll_until`'s 10 s.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let m = scrape(&gw).await;
+        if m.value("mjgate_artifacts_failures_total", &[("cause", "store")])
+            + m.value(
+                "mjgate_artifacts_failures_total",
+                &[("cause", "connection")],
+            )
+            >= 1.0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failure was never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.json()["imageUrl"],
+        link.as_str(),
+        "the upstream's link stays"
+    );
+    assert_eq!(
+        scrape(&gw)
+            .await
+            .value("mjgate_artifacts_rewritten_total", &[]),
+        0.0
+    );
+}
