@@ -167,12 +167,7 @@ impl Downloader {
             if status != StatusCode::OK {
                 return Err(DownloadError::Status(status));
             }
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let content_type = content_type_of(response.headers());
             if is_unsafe(&content_type) {
                 return Err(DownloadError::Unsafe(content_type));
             }
@@ -221,6 +216,15 @@ impl Downloader {
             send(TokioIo::new(stream), target).await
         }
     }
+}
+
+/// A response's `Content-Type` as text, empty when it has none (or not as text).
+pub fn content_type_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// Aborts the connection's task when dropped.

@@ -317,6 +317,23 @@ impl Keeper {
                 ))
             })
             .collect();
+        // The gateway's links do not expire: the answer's expiry is what its other links still say.
+        self.swap_links(key, family, task, &links, base, |family, body| {
+            family.rewritten_keep_until(body, task.stored_at)
+        });
+    }
+
+    /// Replaces the entry `task` for `key` with its body, `links` swapped in (each upstream URL for
+    /// the gateway's), linked on `base`, servable until what `keep_until` says of the new body.
+    fn swap_links(
+        &self,
+        key: &CacheKey,
+        family: FamilyId,
+        task: &Arc<CachedTask>,
+        links: &HashMap<&str, String>,
+        base: &str,
+        keep_until: impl FnOnce(&crate::family::Family, &[u8]) -> Option<std::time::Instant>,
+    ) {
         if links.is_empty() {
             return;
         }
@@ -326,8 +343,8 @@ impl Keeper {
         let family = self.families.get(family);
         let body = Bytes::from(body);
         let span = family.task_span(&body);
-        let keep_until = family.rewritten_keep_until(&body, task.stored_at);
-        let rewritten = Arc::new(task.rewritten(body, span, keep_until, Some(Arc::from(base))));
+        let until = keep_until(family, &body);
+        let rewritten = Arc::new(task.rewritten(body, span, until, Some(Arc::from(base))));
         if self.cache.replace(key, task, rewritten) {
             self.metrics.artifacts_rewritten();
         }
@@ -386,16 +403,8 @@ impl Keeper {
                 Some((result.url.as_str(), link))
             })
             .collect();
-        let Some(body) = replace_strings(&task.body, |text| links.get(text).cloned()) else {
-            return;
-        };
-        let body = Bytes::from(body);
-        let span = self.families.get(family).task_span(&body);
-        let rewritten =
-            Arc::new(task.rewritten(body, span, task.keep_until, Some(Arc::from(base))));
-        if self.cache.replace(key, task, rewritten) {
-            self.metrics.artifacts_rewritten();
-        }
+        // Until a file is kept its link is only as good as the upstream's: the same expiry.
+        self.swap_links(key, family, task, &links, base, |_, _| task.keep_until);
     }
 
     /// The file a lazy link names, kept now if it is not yet (collapsed with every other request

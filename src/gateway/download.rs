@@ -6,11 +6,12 @@
 //! found, a page) is passed on as it came and nothing is kept. Without `[artifacts]`, passthrough.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{HeaderMap, Method, Request};
 use hyper::body::Incoming;
 
 use super::Gateway;
+use crate::artifacts::download::content_type_of;
 use crate::artifacts::serve;
 use crate::artifacts::store::MediaKind;
 use crate::body::ResponseBody;
@@ -84,13 +85,7 @@ impl Gateway {
             }
         };
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let kind = MediaKind::of_content_type(&content_type);
+        let kind = MediaKind::of_content_type(&content_type_of(response.headers()));
         if status != 200 || !kind.is_media() {
             // Not a file to keep: as the upstream said it.
             return Served::forwarded(response.map(ResponseBody::Upstream), status);
