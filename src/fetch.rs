@@ -245,9 +245,11 @@ impl Fetcher {
         let Some(keeper) = &self.keeper else {
             return task;
         };
-        if task.files_pending() {
-            self.stored(&key.to_key(), family, &task, Some((headers, tls)));
-        }
+        let task = if task.files_pending() {
+            self.stored(&key.to_key(), family, task, Some((headers, tls)))
+        } else {
+            task
+        };
         if task.files_base.is_none() {
             return task;
         }
@@ -256,19 +258,24 @@ impl Fetcher {
 
     /// `task` was stored for `key`: a finished one gets its result files kept (for the client that
     /// sent `headers`, over TLS or not, when one did).
+    /// What to serve of it: `task`, or its rewritten entry when its links were swapped at once (a
+    /// lazy family's).
     pub(crate) fn stored(
         &self,
         key: &CacheKey,
         family: FamilyId,
-        task: &Arc<CachedTask>,
+        task: Arc<CachedTask>,
         client: Option<(&HeaderMap, bool)>,
-    ) {
+    ) -> Arc<CachedTask> {
         if let Some(keeper) = &self.keeper
             && task.is_finished()
         {
             let base = client.and_then(|(headers, tls)| keeper.base_for(headers, tls));
-            keeper.finished(key, family, task, base);
+            if let Some(linked) = keeper.finished(key, family, &task, base) {
+                return linked;
+            }
         }
+        task
     }
 
     /// A task's status (`GET` on a family's status route; `path` is what the upstream is asked): a
@@ -390,7 +397,7 @@ impl Fetcher {
             Some(shared) => match shared.claim(&key).await {
                 Claim::Found(task) => {
                     let held = self.cache.insert(key.clone(), task);
-                    self.stored(&key, family, &held, Some((headers, client.tls)));
+                    let held = self.stored(&key, family, held, Some((headers, client.tls)));
                     return Landed::Shared(held);
                 }
                 Claim::Lead(lease) => lease,
@@ -420,8 +427,7 @@ impl Fetcher {
                     {
                         shared.publish(&[(&key, &task)]).await;
                     }
-                    self.stored(&key, family, &held, Some((headers, client.tls)));
-                    Landed::Stored(held)
+                    Landed::Stored(self.stored(&key, family, held, Some((headers, client.tls))))
                 }
                 None => Landed::Passed(Arc::new(reply)),
             },
@@ -454,7 +460,7 @@ impl Fetcher {
         if let Some(shared) = &self.shared {
             shared.publish(&[(&key, &stored)]).await;
         }
-        self.stored(&key, task.family, &stored, None);
+        let stored = self.stored(&key, task.family, stored, None);
         CalledBack::Stored(key, stored)
     }
 

@@ -695,8 +695,22 @@ fn config_summary(config: &Config) -> String {
                     }
                 ),
             };
+            let families = |mode: mjgate::family::KeepFiles| {
+                let names: Vec<&str> = config
+                    .families
+                    .all()
+                    .iter()
+                    .filter(|family| family.keep_files() == mode)
+                    .map(|family| family.name())
+                    .collect();
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            };
             format!(
-                "finished tasks' files kept (docs/artifacts.md): {store}; links under {}; files up to {}; private origins {}",
+                "finished tasks' files kept (docs/artifacts.md): {store}; links under {}; files up to {}; private origins {} (the upstream's own origin allowed); kept on open (lazy): {}; not kept: {}",
                 a.public_url
                     .as_deref()
                     .unwrap_or("the client's scheme and Host"),
@@ -705,7 +719,9 @@ fn config_summary(config: &Config) -> String {
                     "allowed"
                 } else {
                     "refused"
-                }
+                },
+                families(mjgate::family::KeepFiles::Lazy),
+                families(mjgate::family::KeepFiles::Off),
             )
         }
     };

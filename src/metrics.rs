@@ -237,6 +237,16 @@ pub enum FileAnswer {
 }
 
 impl FileAnswer {
+    /// How a kept file's answer of `status` counts (`head`: it answered a `HEAD`).
+    pub fn of(status: http::StatusCode, head: bool) -> Self {
+        match status {
+            http::StatusCode::NOT_MODIFIED => FileAnswer::NotModified,
+            http::StatusCode::PARTIAL_CONTENT => FileAnswer::Range,
+            _ if head => FileAnswer::Head,
+            _ => FileAnswer::Whole,
+        }
+    }
+
     pub const ALL: [FileAnswer; 6] = [
         FileAnswer::Whole,
         FileAnswer::Range,

@@ -214,7 +214,8 @@ impl Keeper {
     }
 
     /// `task` was just stored for `key` (of `family`): when it is finished and names result files
-    /// not kept yet, they are kept in the background and the entry rewritten to link to them.
+    /// not kept yet, they are kept in the background and the entry rewritten to link to them. The
+    /// entry now held when it was rewritten at once (a lazy family's), for the caller to serve.
     /// `base` is where the links start (see [`base_for`](Self::base_for)); `None` for an answer
     /// stored without a client.
     pub fn finished(
@@ -223,13 +224,13 @@ impl Keeper {
         family: FamilyId,
         task: &Arc<CachedTask>,
         base: Option<Arc<str>>,
-    ) {
+    ) -> Option<Arc<CachedTask>> {
         if !task.is_finished() {
-            return;
+            return None;
         }
         let keep = self.families.get(family).keep_files();
         if keep == KeepFiles::Off {
-            return;
+            return None;
         }
         let Some(base) = base.or_else(|| self.public_url.clone()) else {
             // Nobody's `Host` to link on (a callback, another replica's answer): kept when a
@@ -239,7 +240,7 @@ impl Keeper {
             {
                 self.metrics.artifacts_skipped("no_base");
             }
-            return;
+            return None;
         };
         task.set_files_pending(false);
         let urls: Vec<ResultUrl> = self
@@ -250,20 +251,19 @@ impl Keeper {
             .filter(|result| !is_ours(&result.url, &base))
             .collect();
         if urls.is_empty() {
-            return;
+            return None;
         }
         if keep == KeepFiles::Lazy {
-            self.link_lazily(key, family, task, &urls, &base);
-            return;
+            return self.link_lazily(key, family, task, &urls, &base);
         }
         let done = {
             let mut pending = self.pending.lock();
             if pending.contains_key(key) {
-                return;
+                return None;
             }
             if pending.len() >= MAX_PENDING {
                 self.metrics.artifacts_skipped("busy");
-                return;
+                return None;
             }
             let (done, waiting) = watch::channel(false);
             pending.insert(key.clone(), waiting);
@@ -280,6 +280,7 @@ impl Keeper {
             keeper.keep(&key, family, &task, &urls, &base).await;
             drop(pending);
         });
+        None
     }
 
     /// Waits, at most `bound`, for the files of the task stored under `key` to be kept if they are
@@ -318,7 +319,7 @@ impl Keeper {
             })
             .collect();
         // The gateway's links do not expire: the answer's expiry is what its other links still say.
-        self.swap_links(key, family, task, &links, base, |family, body| {
+        let _ = self.swap_links(key, family, task, &links, base, |family, body| {
             family.rewritten_keep_until(body, task.stored_at)
         });
     }
@@ -333,21 +334,21 @@ impl Keeper {
         links: &HashMap<&str, String>,
         base: &str,
         keep_until: impl FnOnce(&crate::family::Family, &[u8]) -> Option<std::time::Instant>,
-    ) {
+    ) -> Option<Arc<CachedTask>> {
         if links.is_empty() {
-            return;
+            return None;
         }
-        let Some(body) = replace_strings(&task.body, |text| links.get(text).cloned()) else {
-            return;
-        };
+        let body = replace_strings(&task.body, |text| links.get(text).cloned())?;
         let family = self.families.get(family);
         let body = Bytes::from(body);
         let span = family.task_span(&body);
         let until = keep_until(family, &body);
         let rewritten = Arc::new(task.rewritten(body, span, until, Some(Arc::from(base))));
-        if self.cache.replace(key, task, rewritten) {
-            self.metrics.artifacts_rewritten();
+        if !self.cache.replace(key, task, Arc::clone(&rewritten)) {
+            return None;
         }
+        self.metrics.artifacts_rewritten();
+        Some(rewritten)
     }
 
     /// The file a download route's request (`key`: its credential, task and query) was kept as.
@@ -375,7 +376,7 @@ impl Keeper {
 
     /// A lazy family's finished answer, its result links swapped for the gateway's at once: each
     /// opens to the file kept already, or downloads it when first asked for. Its expiry stays the
-    /// upstream links': a file nobody opened in time is not kept.
+    /// upstream links': a file nobody opened in time is not kept. The entry now held, when swapped.
     fn link_lazily(
         &self,
         key: &CacheKey,
@@ -383,10 +384,8 @@ impl Keeper {
         task: &Arc<CachedTask>,
         urls: &[ResultUrl],
         base: &str,
-    ) {
-        let Some(credential) = key_credential(key) else {
-            return;
-        };
+    ) -> Option<Arc<CachedTask>> {
+        let credential = key_credential(key)?;
         let links: HashMap<&str, String> = urls
             .iter()
             .filter_map(|result| {
@@ -404,7 +403,7 @@ impl Keeper {
             })
             .collect();
         // Until a file is kept its link is only as good as the upstream's: the same expiry.
-        self.swap_links(key, family, task, &links, base, |_, _| task.keep_until);
+        self.swap_links(key, family, task, &links, base, |_, _| task.keep_until)
     }
 
     /// The file a lazy link names, kept now if it is not yet (collapsed with every other request
@@ -547,11 +546,41 @@ fn is_ours(url: &str, base: &str) -> bool {
 
 /// A `Host` header fit to build a URL on: a name or address and an optional port, nothing else.
 fn is_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    if host.is_empty() || host.len() > 255 {
+        return false;
+    }
+    // `[v6]` or a name, then an optional `:port` (1-65535).
+    let (name, after) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((address, after)) if address.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (None, after)
+            }
+            _ => return false,
+        },
+        None => {
+            let at = host.find(':').unwrap_or(host.len());
+            (Some(&host[..at]), &host[at..])
+        }
+    };
+    let port_ok = after.is_empty()
+        || after.strip_prefix(':').is_some_and(|port| {
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    let name_ok = name.is_none_or(|name| {
+        // A trailing dot (`example.`) is a name too.
+        let name = name.strip_suffix('.').unwrap_or(name);
+        !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    });
+    port_ok && name_ok
 }
 
 #[cfg(test)]
@@ -560,7 +589,14 @@ mod tests {
 
     #[test]
     fn only_a_plain_host_and_port_make_a_link_base() {
-        for good in ["gw.example", "127.0.0.1:8080", "[::1]:80", "a-b.c"] {
+        for good in [
+            "gw.example",
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "[::1]",
+            "a-b.c",
+            "gw.example.",
+        ] {
             assert!(is_host(good), "{good}");
         }
         for bad in [
@@ -570,6 +606,19 @@ mod tests {
             "h\"><script>",
             "user@host",
             "h?q",
+            "[",
+            "[::1",
+            "[]",
+            "[x]",
+            "[::1]]",
+            ":80",
+            "a:b:c",
+            "a:",
+            "-a",
+            "a..b",
+            "h:99999",
+            "h:0",
+            "h:+80",
         ] {
             assert!(!is_host(bad), "{bad}");
         }

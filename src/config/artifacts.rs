@@ -120,6 +120,31 @@ impl RawArtifacts {
                         reason: format!("{endpoint:?} is not an http or https URL"),
                     });
                 }
+                let path_style = keys::ARTIFACTS_S3_PATH_STYLE.flag(s3.path_style);
+                // Virtual-hosted style puts the bucket in the host name: an endpoint at an address
+                // has none to put it in, and the requests would name no bucket at all.
+                if let Some(endpoint) = &s3.endpoint
+                    && !path_style
+                    && endpoint
+                        .parse::<http::Uri>()
+                        .ok()
+                        .and_then(|uri| uri.host().map(str::to_owned))
+                        .is_some_and(|host| {
+                            host.eq_ignore_ascii_case("localhost")
+                                || host
+                                    .trim_start_matches('[')
+                                    .trim_end_matches(']')
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok()
+                        })
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "artifacts.s3.path_style",
+                        reason: format!(
+                            "must be true for an endpoint at an address ({endpoint}): the bucket cannot go in its host name"
+                        ),
+                    });
+                }
                 let access_key = match (s3.access_key_id, s3.secret_access_key) {
                     (Some(id), Some(secret)) => Some((id, secret)),
                     (None, None) => None,
@@ -135,7 +160,7 @@ impl RawArtifacts {
                     bucket,
                     region: keys::ARTIFACTS_S3_REGION.word(s3.region),
                     prefix: s3.prefix,
-                    path_style: keys::ARTIFACTS_S3_PATH_STYLE.flag(s3.path_style),
+                    path_style,
                     access_key,
                 })
             }
@@ -235,6 +260,10 @@ mod tests {
             ),
             ("[artifacts]\nunknown = 1\n", "unknown"),
             ("[artifacts]\nsecret = \"short\"\n", "artifacts.secret"),
+            (
+                "[artifacts.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+                "artifacts.s3.path_style",
+            ),
             (
                 "[artifacts]\npublic_url = \"ftp://files.example\"\n",
                 "artifacts.public_url",

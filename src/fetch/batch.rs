@@ -409,7 +409,7 @@ impl Fetcher {
             match claim {
                 Claim::Found(task) => {
                     let held = self.cache.insert(flight.key().clone(), task);
-                    self.stored(flight.key(), family, &held, Some((headers, client.tls)));
+                    let held = self.stored(flight.key(), family, held, Some((headers, client.tls)));
                     flight.land(Landed::Shared(held));
                 }
                 Claim::Lead(lease) => {
@@ -461,11 +461,8 @@ impl Fetcher {
                 }
                 Vec::new()
             }
-            Ok(reply) => self.land_batch_reply(family, reply, chunk),
+            Ok(reply) => self.land_batch_reply(family, reply, chunk, (&headers, client.tls)),
         };
-        for (key, task) in &stored {
-            self.stored(key, family.id(), task, Some((&headers, client.tls)));
-        }
         if let Some(shared) = &self.shared {
             let answers: Vec<(&CacheKey, &CachedTask)> =
                 stored.iter().map(|(key, task)| (key, &**task)).collect();
@@ -481,6 +478,7 @@ impl Fetcher {
         family: &Family,
         reply: BufferedReply,
         chunk: Vec<(String, Flight<Landed>)>,
+        client: (&HeaderMap, bool),
     ) -> Vec<(CacheKey, Arc<CachedTask>)> {
         let mut stored = Vec::new();
         let tasks = (reply.status == StatusCode::OK && is_identity(&reply.headers))
@@ -517,6 +515,7 @@ impl Fetcher {
                             if Arc::ptr_eq(&held, &task) {
                                 stored.push((flight.key().clone(), task));
                             }
+                            let held = self.stored(flight.key(), family.id(), held, Some(client));
                             flight.land(Landed::Stored(held));
                         }
                         None => flight.land(Landed::NotReturned),

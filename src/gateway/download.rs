@@ -18,7 +18,7 @@ use crate::body::ResponseBody;
 use crate::credential::CredentialFingerprint;
 use crate::family::FamilyId;
 use crate::fetch::Served;
-use crate::metrics::RouteLabel;
+use crate::metrics::{FileAnswer, RouteLabel};
 use crate::upstream::ClientInfo;
 
 /// Longest query kept as part of a download's identity; a longer one is passed through.
@@ -134,6 +134,8 @@ impl Gateway {
         response
             .headers_mut()
             .insert(CACHE_CONTROL, PRIVATE_IMMUTABLE);
+        self.metrics
+            .file_served(FileAnswer::of(response.status(), head));
         Some(Served::bypass(response))
     }
 }

@@ -2,7 +2,7 @@
 //! token is the capability: a browser's `<img src>` sends no credential). Without `[artifacts]`, or for
 //! a token that opens to nothing kept, `404`; see `artifacts::serve` for what the answer carries.
 
-use http::{Method, Request, StatusCode};
+use http::{Method, Request};
 use hyper::body::Incoming;
 
 use super::Gateway;
@@ -56,12 +56,8 @@ impl Gateway {
         keeper.count_store();
         match answered {
             Ok(response) => {
-                self.metrics.file_served(match response.status() {
-                    StatusCode::NOT_MODIFIED => FileAnswer::NotModified,
-                    StatusCode::PARTIAL_CONTENT => FileAnswer::Range,
-                    _ if head => FileAnswer::Head,
-                    _ => FileAnswer::Whole,
-                });
+                self.metrics
+                    .file_served(FileAnswer::of(response.status(), head));
                 Served::bypass(response)
             }
             Err(FileError::NotFound) => {

@@ -661,6 +661,11 @@ async fn the_openai_video_download_is_kept_per_credential_and_variant_and_outliv
         1,
         "the upstream served the video once"
     );
+    let m = scrape(&gw).await;
+    let served = |answer: &str| m.value("mjgate_artifacts_served_total", &[("answer", answer)]);
+    assert_eq!(served("range"), 1.0);
+    assert_eq!(served("head"), 1.0);
+    assert_eq!(served("not_modified"), 1.0);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -728,7 +733,7 @@ async fn a_lazy_familys_files_are_linked_at_once_and_downloaded_when_first_opene
         ),
     ))
     .await;
-    fetch(&gw, "t", KEY_A).await;
+    // The very first answer links already.
     let link = fetch(&gw, "t", KEY_A).await.json()["imageUrl"]
         .as_str()
         .unwrap()
@@ -736,6 +741,10 @@ async fn a_lazy_familys_files_are_linked_at_once_and_downloaded_when_first_opene
     assert!(
         link.starts_with(&gw.url("/_mjgate/files/")) && link.ends_with(".png"),
         "linked at once: {link}"
+    );
+    assert_eq!(
+        fetch(&gw, "t", KEY_A).await.json()["imageUrl"],
+        link.as_str()
     );
     assert_eq!(
         sim.downloads("/attachments/t/t.png"),
@@ -756,8 +765,7 @@ async fn a_lazy_familys_files_are_linked_at_once_and_downloaded_when_first_opene
 
     // A task whose link dies before anyone opens it: a clear 502, never a broken image.
     sim.create_task(KEY_A, "u", "SUCCESS");
-    fetch(&gw, "u", KEY_A).await;
-    let unopened = fetch(&gw, "u", KEY_A).await.json()["imageUrl"]
+    let unopened = batch(&gw, KEY_A, &["u"]).await.json()[0]["imageUrl"]
         .as_str()
         .unwrap()
         .to_owned();
