@@ -99,7 +99,7 @@ impl Deliverer {
             // A name that does not resolve now may tomorrow (a DNS hiccup): tried again later.
             Err(HookError::Unresolved) => {
                 return Attempt::Failed(Failure::Connection(
-                    "the hook's host does not resolve".into(),
+                    "the URL's host does not resolve".into(),
                 ));
             }
             Err(e) => return Attempt::Refused(e),

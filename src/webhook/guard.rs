@@ -12,26 +12,26 @@ use http::Uri;
 /// Longest hook URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// Why a hook was refused.
+/// Why a URL the gateway would call (a hook, a result file) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HookError {
-    #[error("the hook is not a URL")]
+    #[error("not a URL")]
     NotAUrl,
-    #[error("the hook URL is longer than {MAX_URL_LEN} bytes")]
+    #[error("the URL is longer than {MAX_URL_LEN} bytes")]
     TooLong,
-    #[error("the hook must be an http or https URL")]
+    #[error("not an http or https URL")]
     Scheme,
-    #[error("the hook URL must not carry user information")]
+    #[error("the URL must not carry user information")]
     UserInfo,
-    #[error("the hook URL has no host")]
+    #[error("the URL has no host")]
     NoHost,
     /// Not a DNS name nor an IP address: an IPv6 zone id (`[fe80::1%25eth0]`), or characters no
     /// resolver takes. Retrying would never make it one.
-    #[error("the hook's host is not a DNS name or an IP address")]
+    #[error("the URL's host is not a DNS name or an IP address")]
     BadHost,
-    #[error("the hook's host does not resolve")]
+    #[error("the URL's host does not resolve")]
     Unresolved,
-    #[error("the hook resolves to {0}, a loopback, private or otherwise internal address")]
+    #[error("the URL resolves to {0}, a loopback, private or otherwise internal address")]
     Internal(IpAddr),
 }
 
