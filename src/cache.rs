@@ -22,7 +22,7 @@ use crate::body::Stored;
 use crate::cache::conditional::etag_of;
 use crate::config::CacheConfig;
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
-use crate::family::TaskRef;
+use crate::family::{FamilyId, TaskRef};
 use crate::gzip::Gzipped;
 use crate::metrics::Metrics;
 use crate::task::{MAX_ID_LEN, TaskClass};
@@ -61,6 +61,32 @@ impl std::fmt::Debug for CacheKey {
         let family = self.0.get(FINGERPRINT_LEN).copied().unwrap_or_default();
         let id = String::from_utf8_lossy(self.0.get(FINGERPRINT_LEN + 1..).unwrap_or_default());
         write!(f, "CacheKey({family}:{id})")
+    }
+}
+
+/// Which entries an operator's purge or inspection names: a family's, one task's, and of those the
+/// ones of credentials whose fingerprint starts with `credential` (hex); `None` for any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    pub family: Option<FamilyId>,
+    pub id: Option<&'a str>,
+    pub credential: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    /// Whether the entry under `key` is in scope.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        let Some((fingerprint, rest)) = key.split_at_checked(FINGERPRINT_LEN) else {
+            return false;
+        };
+        let Some((family, id)) = rest.split_first() else {
+            return false;
+        };
+        self.family.is_none_or(|f| f.0 == *family)
+            && self.id.is_none_or(|want| want.as_bytes() == id)
+            && self.credential.is_none_or(|prefix| {
+                crate::hex::to_hex(fingerprint).starts_with(&prefix.to_ascii_lowercase())
+            })
     }
 }
 
@@ -532,6 +558,26 @@ impl TaskCache {
             self.metrics.cache_added(class, weight);
         }
         replaced
+    }
+
+    /// The entries `scope` names, with their keys (a walk of the whole cache: an operator's look,
+    /// never a request's).
+    pub fn matching(&self, scope: &Scope<'_>) -> Vec<(CacheKey, Arc<CachedTask>)> {
+        self.entries
+            .iter()
+            .filter(|(key, _)| scope.matches(&key.0))
+            .map(|(key, task)| ((*key).clone(), task))
+            .collect()
+    }
+
+    /// Removes the entries `scope` names; how many there were.
+    pub fn purge(&self, scope: &Scope<'_>) -> usize {
+        let keys = self.matching(scope);
+        for (key, _) in &keys {
+            self.entries.invalidate(key);
+            self.refresh_deferred.invalidate(key);
+        }
+        keys.len()
     }
 
     /// Entries currently held (approximate: moka applies writes in batches).

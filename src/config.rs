@@ -67,6 +67,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// A separate listener for `/metrics`, `/healthz`, `/readyz`; `None` serves them on `listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// `admin.token` (or `MJGATE_ADMIN_TOKEN`): the bearer token the task admin routes
+    /// (`/admin/tasks/...`: inspect, purge) require; unset, they are refused.
+    pub admin_token: Option<String>,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub batch: BatchConfig,
@@ -280,9 +283,16 @@ pub struct LogConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
@@ -478,6 +488,8 @@ pub struct Overrides {
     pub fingerprint_secret: Option<String>,
     /// `MJGATE_WEBHOOK_SECRET`: the webhook signing secret, likewise.
     pub webhook_secret: Option<String>,
+    /// `MJGATE_ADMIN_TOKEN`: the admin routes' token, likewise.
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -538,9 +550,20 @@ impl Config {
             });
         }
         let cache = raw.cache.validate()?;
+        let admin_token = overrides
+            .admin_token
+            .clone()
+            .or(raw.admin.and_then(|admin| admin.token));
+        if admin_token.as_ref().is_some_and(|token| token.len() < 16) {
+            return Err(ConfigError::Invalid {
+                key: "admin.token",
+                reason: "must be at least 16 bytes".into(),
+            });
+        }
         Ok(Config {
             listen,
             admin_listen: raw.admin_listen,
+            admin_token,
             upstream: raw.upstream.validate(overrides.upstream.clone())?,
             shared_cache: shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?,
             cache,

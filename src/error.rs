@@ -58,8 +58,16 @@ pub enum RequestError {
     TooManyWatches(&'static str),
     #[error("invalid wait: {0}")]
     BadWait(String),
-    #[error("the admin listener serves /metrics, /healthz and /readyz only")]
+    #[error("the admin listener serves /metrics, /healthz, /readyz and /admin/tasks only")]
     AdminOnly,
+    /// The task admin routes without `admin.token` set.
+    #[error("the task admin routes are off: set admin.token (or MJGATE_ADMIN_TOKEN)")]
+    AdminOff,
+    /// A task admin request without the admin token.
+    #[error("the admin token is missing or wrong (Authorization: Bearer <admin.token>)")]
+    AdminUnauthorized,
+    #[error("{0}")]
+    BadAdminRequest(String),
     #[error("{0}")]
     MethodNotAllowed(&'static str),
     #[error("no such callback")]
@@ -106,6 +114,9 @@ impl RequestError {
             | RequestError::CallbackNotThatTask
             | RequestError::BadHook { .. }
             | RequestError::BadSubmitBody { .. } => StatusCode::BAD_REQUEST,
+            RequestError::AdminOff => StatusCode::FORBIDDEN,
+            RequestError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            RequestError::BadAdminRequest(_) => StatusCode::BAD_REQUEST,
             RequestError::AdminOnly | RequestError::UnknownCallback | RequestError::UnknownFile => {
                 StatusCode::NOT_FOUND
             }

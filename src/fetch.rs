@@ -171,6 +171,18 @@ impl Fetcher {
             None => (None, Fingerprinter::random()),
         };
         let cache = TaskCache::new(&config.cache, Arc::clone(&metrics));
+        if let Some(shared) = &shared {
+            // Another replica's purge: this one's copies go too.
+            let (cache, families) = (cache.clone(), config.families.clone());
+            shared.on_purge(Arc::new(move |announced: &[u8]| {
+                if let Some(scope) = crate::shared::PurgeScope::decode(announced)
+                    .as_ref()
+                    .and_then(|scope| scope.local(&families))
+                {
+                    cache.purge(&scope);
+                }
+            }));
+        }
         let work = Work::new(&metrics);
         let keeper = Keeper::new(
             config,

@@ -22,6 +22,7 @@ mod download;
 mod files;
 mod passthrough;
 mod submit;
+mod tasks;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -131,6 +132,8 @@ pub struct Gateway {
     submit_timeout: std::time::Duration,
     /// `upstream.request_timeout`.
     request_timeout: std::time::Duration,
+    /// `admin.token`: the task admin routes' bearer token; `None` turns them off.
+    admin_token: Option<String>,
 }
 
 impl Gateway {
@@ -164,6 +167,7 @@ impl Gateway {
             idempotency,
             submit_timeout: config.upstream.submit_timeout,
             request_timeout: config.upstream.request_timeout,
+            admin_token: config.admin_token.clone(),
             push: Arc::new(Push::new(
                 &config.watch,
                 Arc::clone(&fetcher),
@@ -333,6 +337,10 @@ impl Gateway {
             }
             Route::Health | Route::Ready | Route::Upstream | Route::Metrics => {
                 Served::bypass(self.admin(&route))
+            }
+            Route::AdminTasks(rest) => {
+                let rest = rest.to_owned();
+                Box::pin(self.admin_tasks(&rest, &request).instrument(span.clone())).await
             }
             Route::LongPoll(task) => {
                 let path = task.upstream_path(families);

@@ -31,6 +31,15 @@ fn main() -> ExitCode {
     }
     let mut args = Args::parse();
     let check_only = matches!(args.command, Some(Command::CheckConfig));
+    if let Some(call) = admin_call_of(&args.command) {
+        return match load_config(&args) {
+            Ok(config) => tasks_admin(&config, &call),
+            Err(e) => {
+                eprintln!("mjgate {}: {e}", call.name);
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::ArtifactsKeep {
         file,
         content_type,
@@ -85,7 +94,9 @@ fn main() -> ExitCode {
 fn tool(command: Command) -> ExitCode {
     match command {
         // Handled by `main`, which reads the config for it.
-        Command::Healthcheck { .. } => ExitCode::SUCCESS,
+        Command::Healthcheck { .. } | Command::Inspect { .. } | Command::Purge { .. } => {
+            ExitCode::SUCCESS
+        }
         Command::Simulator {
             listen,
             tasks,
@@ -237,6 +248,7 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
         artifacts_dir: args.artifacts_dir.clone(),
         fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
         webhook_secret: std::env::var("MJGATE_WEBHOOK_SECRET").ok(),
+        admin_token: std::env::var("MJGATE_ADMIN_TOKEN").ok(),
     };
     match &args.config {
         Some(path) => Config::load(path, &overrides),
@@ -310,6 +322,94 @@ fn probe_url(config: &Config, path: &str) -> Result<String, String> {
         "http://{}{path}",
         std::net::SocketAddr::new(ip, addr.port())
     ))
+}
+
+/// `mjgate inspect` or `mjgate purge`, as the request it makes.
+struct AdminCall {
+    name: &'static str,
+    method: http::Method,
+    /// `/admin/tasks...` and its query.
+    path: String,
+    url: Option<String>,
+}
+
+fn admin_call_of(command: &Option<Command>) -> Option<AdminCall> {
+    match command {
+        Some(Command::Inspect { family, id, url }) => Some(AdminCall {
+            name: "inspect",
+            method: http::Method::GET,
+            path: format!("/admin/tasks/{family}/{id}"),
+            url: url.clone(),
+        }),
+        Some(Command::Purge {
+            family,
+            id,
+            credential,
+            url,
+        }) => {
+            let mut path = "/admin/tasks".to_owned();
+            for part in [family, id].into_iter().flatten() {
+                path.push('/');
+                path.push_str(part);
+            }
+            if let Some(credential) = credential {
+                path.push_str(&format!("?credential={credential}"));
+            }
+            Some(AdminCall {
+                name: "purge",
+                method: http::Method::DELETE,
+                path,
+                url: url.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Calls the running gateway's task admin route with the config's `admin.token`; prints its JSON.
+/// Exit 0 on a 2xx, 1 on another answer, 2 when it cannot be asked.
+fn tasks_admin(config: &Config, call: &AdminCall) -> ExitCode {
+    let Some(token) = &config.admin_token else {
+        eprintln!(
+            "mjgate {}: no admin.token in the config (or MJGATE_ADMIN_TOKEN)",
+            call.name
+        );
+        return ExitCode::from(2);
+    };
+    let url = match &call.url {
+        Some(base) => format!("{}{}", base.trim_end_matches('/'), call.path),
+        None => match probe_url(config, &call.path) {
+            Ok(url) => url,
+            Err(e) => {
+                eprintln!("mjgate {}: {e}", call.name);
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let Ok(runtime) = runtime(call.name) else {
+        return ExitCode::from(2);
+    };
+    let answered = runtime.block_on(mjgate::tools::healthcheck::admin_call(
+        call.method.clone(),
+        &url,
+        token,
+        std::time::Duration::from_secs(30),
+    ));
+    match answered {
+        Ok((status, body)) => {
+            println!("{}", String::from_utf8_lossy(&body));
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("mjgate {}: {url} answered {status}", call.name);
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("mjgate {}: {url}: {e}", call.name);
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
@@ -729,6 +829,7 @@ fn config_summary(config: &Config) -> String {
         "config ok\n\
          listen          {}\n\
          admin_listen    {}\n\
+         task admin      {}\n\
          upstream        {}\n\
          in_progress_ttl {}\n\
          max_memory      {}\n\
@@ -743,6 +844,11 @@ fn config_summary(config: &Config) -> String {
         config
             .admin_listen
             .map_or_else(|| "(main listener)".to_owned(), |a| a.to_string()),
+        if config.admin_token.is_some() {
+            "on: /admin/tasks behind admin.token (mjgate inspect, mjgate purge)"
+        } else {
+            "off (no admin.token)"
+        },
         config.upstream.url,
         humantime::format_duration(config.cache.in_progress_ttl),
         bytesize::ByteSize(config.cache.max_memory),

@@ -35,6 +35,7 @@ use crate::hex::push_hex;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
 use crate::task::TaskClass;
 
+mod admin;
 pub mod codec;
 pub mod hooks;
 mod idempotency;
@@ -44,6 +45,11 @@ pub use codec::{ValueKey, decode, encode};
 pub use lease::{Lease, under_lease};
 
 use codec::millis;
+
+pub use admin::{PurgeScope, SharedEntry};
+
+/// What a replica does with a purge another announced: its scope, encoded.
+pub type PurgeHandler = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// `GET`, unless the value is larger than `ARGV[1]` bytes: then an empty string, which no value
 /// this version writes is, so it is counted corrupt. A value cannot make a replica read 60 MiB.
@@ -113,6 +119,10 @@ struct Inner {
     prefix: Vec<u8>,
     /// `{prefix}landed`: every replica publishes the task key it wrote, and listens.
     channel: Vec<u8>,
+    /// `{prefix}purged`: an operator's purge, announced so every replica drops its own copies.
+    purge_channel: Vec<u8>,
+    /// What a replica does with a purge announced by another (set by the fetch core).
+    on_purge: parking_lot::RwLock<Option<PurgeHandler>>,
     freshness: Freshness,
     timeout: Duration,
     lease_ttl: Duration,
@@ -169,11 +179,15 @@ impl SharedCache {
         let prefix = config.key_prefix.as_bytes().to_vec();
         let mut channel = prefix.clone();
         channel.extend_from_slice(b"landed");
+        let mut purge_channel = prefix.clone();
+        purge_channel.extend_from_slice(b"purged");
         let (stop, stopped) = watch::channel(());
         let inner = Arc::new(Inner {
             connection,
             prefix,
             channel: channel.clone(),
+            purge_channel: purge_channel.clone(),
+            on_purge: parking_lot::RwLock::new(None),
             freshness,
             timeout: config.timeout,
             lease_ttl: config.lease_ttl,
@@ -200,7 +214,7 @@ impl SharedCache {
         tokio::spawn(listen(
             Arc::downgrade(&inner),
             client,
-            channel,
+            [channel, purge_channel],
             stopped.clone(),
             config.retry_interval,
             config.timeout.max(Duration::from_secs(1)),
@@ -625,7 +639,7 @@ impl Drop for Registration {
 async fn listen(
     inner: Weak<Inner>,
     client: redis::Client,
-    channel: Vec<u8>,
+    [channel, purge_channel]: [Vec<u8>; 2],
     mut stop: watch::Receiver<()>,
     retry: Duration,
     connect_timeout: Duration,
@@ -638,12 +652,20 @@ async fn listen(
                 RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
             })??;
             pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&purge_channel).await?;
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
                 let Some(inner) = inner.upgrade() else {
                     return Ok(());
                 };
-                inner.announced(message.get_payload_bytes());
+                if message.get_channel_name().as_bytes() == purge_channel.as_slice() {
+                    let handler = inner.on_purge.read().clone();
+                    if let Some(handler) = handler {
+                        handler(message.get_payload_bytes());
+                    }
+                } else {
+                    inner.announced(message.get_payload_bytes());
+                }
             }
             Ok::<(), RedisError>(())
         };

@@ -181,6 +181,31 @@ pub enum Command {
         #[arg(long, default_value = "")]
         credential: String,
     },
+    /// Show what a running gateway holds for one task, on this replica and in Redis (`GET
+    /// /admin/tasks/{family}/{id}` on its admin listener, with `admin.token`).
+    Inspect {
+        /// The task family (`midjourney`, `suno`, ...).
+        family: String,
+        /// The task id.
+        id: String,
+        /// The gateway's URL, instead of the config's admin listener (or listener).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Purge cached answers from a running gateway, Redis and every replica (`DELETE
+    /// /admin/tasks[/{family}[/{id}]]`): one task, a family, or, with neither, everything.
+    Purge {
+        /// The task family; omit to purge every family.
+        family: Option<String>,
+        /// The task id; omit to purge the whole family.
+        id: Option<String>,
+        /// Only the credential whose fingerprint starts with these hex digits (as `inspect` shows).
+        #[arg(long)]
+        credential: Option<String>,
+        /// The gateway's URL, instead of the config's admin listener (or listener).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// The benchmarks' ceiling: a bare server answering every request with one fixed task body.
     FixedBody {
         #[arg(long, default_value = "127.0.0.1:9100")]

@@ -39,6 +39,9 @@ pub enum Route<'a> {
     Callback(&'a str),
     /// `/_mjgate/files/{token}`: a kept result file (durable results).
     File(&'a str),
+    /// `/admin/tasks[/{family}[/{id}]]`: an operator inspecting or purging cached answers (what
+    /// follows `/admin/tasks`).
+    AdminTasks(&'a str),
     /// `GET` on a family's download route (`/v1/videos/{id}/content`): a task's file, kept.
     Download(TaskRoute<'a>),
     /// Everything else, forwarded untouched.
@@ -66,7 +69,11 @@ impl Route<'_> {
     /// The bounded metric and log label: never an id or a raw path.
     pub fn label(&self) -> RouteLabel {
         match self {
-            Route::Health | Route::Ready | Route::Upstream | Route::Metrics => RouteLabel::Admin,
+            Route::Health
+            | Route::Ready
+            | Route::Upstream
+            | Route::Metrics
+            | Route::AdminTasks(_) => RouteLabel::Admin,
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
             Route::LongPoll(_) => RouteLabel::LongPoll,
             Route::Events(_) => RouteLabel::Events,
@@ -91,10 +98,14 @@ impl Route<'_> {
     pub fn is_admin(&self) -> bool {
         matches!(
             self,
-            Route::Health | Route::Ready | Route::Upstream | Route::Metrics
+            Route::Health | Route::Ready | Route::Upstream | Route::Metrics | Route::AdminTasks(_)
         )
     }
 }
+
+/// The operator's task routes.
+pub const ADMIN_TASKS: &str = "/admin/tasks";
+const ADMIN_TASKS_SLASH: &str = "/admin/tasks/";
 
 /// Where upstreams call the gateway back (`webhooks.public_url` + this + a token).
 pub const CALLBACK_PREFIX: &str = "/_mjgate/callback/";
@@ -122,6 +133,9 @@ pub fn classify<'a>(
         (&Method::GET, "/readyz") => return Route::Ready,
         (&Method::GET, "/upstreamz") => return Route::Upstream,
         (&Method::GET, "/metrics") => return Route::Metrics,
+        (_, path) if path == ADMIN_TASKS || path.starts_with(ADMIN_TASKS_SLASH) => {
+            return Route::AdminTasks(&path[ADMIN_TASKS.len()..]);
+        }
         (_, path) if path.starts_with(CALLBACK_PREFIX) => {
             return Route::Callback(&path[CALLBACK_PREFIX.len()..]);
         }
@@ -193,6 +207,7 @@ mod tests {
             Route::Passthrough => "passthrough".into(),
             Route::Callback(token) => format!("callback {token}"),
             Route::File(token) => format!("file {token}"),
+            Route::AdminTasks(rest) => format!("admin-tasks {rest}"),
             Route::Download(t) => task("download", t),
             Route::Refused(r) => format!("refused {r:?}"),
         }

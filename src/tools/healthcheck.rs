@@ -22,6 +22,43 @@ pub enum ProbeError {
     Status(http::StatusCode),
 }
 
+/// `method url` with `Authorization: Bearer {token}`: the answer's status and body, within `timeout`
+/// (`mjgate inspect` and `mjgate purge`).
+pub async fn admin_call(
+    method: http::Method,
+    url: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Bytes), ProbeError> {
+    use http_body_util::BodyExt;
+    let uri: Uri = url.parse()?;
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())
+        .map_err(|e| ProbeError::Request(e.to_string()))?;
+    let answer = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| ProbeError::Request(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ProbeError::Request(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| ProbeError::Timeout(timeout))?
+}
+
 /// GETs `url` and succeeds on a 2xx answer within `timeout`.
 pub async fn probe(url: &str, timeout: Duration) -> Result<(), ProbeError> {
     let uri: Uri = url.parse()?;

@@ -22,6 +22,7 @@ mod layout;
 mod observability;
 mod parking;
 mod passthrough;
+mod purge;
 mod push;
 mod resilience;
 mod shared_cache;
