@@ -186,6 +186,8 @@ pub struct BatchConfig {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// `server.trusted_proxies`: whose `Forwarded` / `X-Forwarded-For` name the real client.
+    pub trusted_proxies: crate::request::client_addr::TrustedProxies,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     pub shutdown_grace: Duration,
     /// Deadline for a client to send a complete request head (slowloris guard).
@@ -427,6 +429,8 @@ struct RawBatch {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -683,7 +687,15 @@ impl RawServer {
                 reason: "must not exceed server.body_buffer_total".into(),
             });
         }
+        let trusted_proxies = crate::request::client_addr::TrustedProxies::parse(
+            &self.trusted_proxies,
+        )
+        .map_err(|entry| ConfigError::Invalid {
+            key: "server.trusted_proxies",
+            reason: format!("{entry:?} is neither a CIDR (10.0.0.0/8) nor an address"),
+        })?;
         Ok(ServerConfig {
+            trusted_proxies,
             shutdown_grace: keys::SERVER_SHUTDOWN_GRACE.duration(self.shutdown_grace)?,
             header_read_timeout: keys::SERVER_HEADER_READ_TIMEOUT
                 .duration(self.header_read_timeout)?,

@@ -52,6 +52,7 @@ use crate::pipeline::{Answer, Call, Envelope, EnvelopeLayer, HitPath, SlowPath};
 use crate::push::Push;
 use crate::request::admission;
 use crate::request::body::BodyBudget;
+use crate::request::client_addr::TrustedProxies;
 use crate::request::id::X_REQUEST_ID;
 use crate::request::routes::{self, Route};
 use crate::upstream::{ClientInfo, UpstreamBody};
@@ -88,9 +89,13 @@ impl Peer {
         }
     }
 
-    fn client(&self) -> ClientInfo {
+    /// The client of a request over this connection with `headers`: the peer, or behind
+    /// `trusted` proxies the address they name.
+    fn client(&self, headers: &http::HeaderMap, trusted: &TrustedProxies) -> ClientInfo {
+        let peer = self.addr.ip();
         ClientInfo {
-            ip: self.addr.ip(),
+            ip: trusted.client(peer, headers),
+            peer,
             tls: self.tls,
         }
     }
@@ -134,6 +139,8 @@ pub struct Gateway {
     request_timeout: std::time::Duration,
     /// `admin.token`: the task admin routes' bearer token; `None` turns them off.
     admin_token: Option<String>,
+    /// `server.trusted_proxies`.
+    trusted_proxies: TrustedProxies,
 }
 
 impl Gateway {
@@ -168,6 +175,7 @@ impl Gateway {
             submit_timeout: config.upstream.submit_timeout,
             request_timeout: config.upstream.request_timeout,
             admin_token: config.admin_token.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
             push: Arc::new(Push::new(
                 &config.watch,
                 Arc::clone(&fetcher),
@@ -325,7 +333,7 @@ impl Gateway {
             id = request_id.to_str().unwrap_or(""),
             route = label.as_str(),
         );
-        let client = peer.client();
+        let client = peer.client(request.headers(), &self.trusted_proxies);
         let served = match route {
             Route::Refused(refused) => {
                 tracing::debug!(parent: &span, reason = %refused, "request refused");

@@ -3,5 +3,6 @@
 
 pub mod admission;
 pub mod body;
+pub mod client_addr;
 pub mod id;
 pub mod routes;

@@ -182,7 +182,11 @@ pub struct BufferedCall<'a> {
 /// Where the request came from, for the forwarding headers.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
+    /// The client: the connection's peer, or behind trusted proxies the address they name
+    /// (`server.trusted_proxies`). What `X-Real-IP` and `True-Client-IP` say.
     pub ip: IpAddr,
+    /// The connection's peer: the hop `X-Forwarded-For` and `Forwarded` gain.
+    pub peer: IpAddr,
     /// It came over TLS: the upstream is told `https`.
     pub tls: bool,
 }
@@ -521,12 +525,13 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     let proto = if client.tls { "https" } else { "http" };
     let ip =
         HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header");
-    // Every prior hop, however many header lines carried them, then this client.
-    let client_ip = client.ip.to_string();
-    let xff = joined(headers, &X_FORWARDED_FOR, &client_ip).unwrap_or_else(|| ip.clone());
+    // Every prior hop, however many header lines carried them, then this connection's peer.
+    let peer_ip = client.peer.to_string();
+    let peer = HeaderValue::from_str(&peer_ip).expect("an IP address is a valid header");
+    let xff = joined(headers, &X_FORWARDED_FOR, &peer_ip).unwrap_or(peer);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     // RFC 7239 likewise: prior elements kept, this hop's appended (IPv6 quoted and bracketed).
-    let element = match client.ip {
+    let element = match client.peer {
         IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
         IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
     };
@@ -535,8 +540,8 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: ClientInfo) {
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     // The single-address headers upstreams rate-limit by (trueai-org's midjourney-proxy reads both)
-    // name the connection's peer, never what the client claims, so a client cannot borrow another
-    // address's quota.
+    // name the client: the connection's peer, or the address trusted proxies name; never what a
+    // client claims, so a client cannot borrow another address's quota.
     headers.insert(TRUE_CLIENT_IP.clone(), ip.clone());
     headers.insert(X_REAL_IP.clone(), ip);
 }
@@ -571,6 +576,7 @@ pub fn partition_is_what_is_forwarded(
     let partition = fingerprinter.of(credential);
     let client = ClientInfo {
         ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        peer: std::net::Ipv4Addr::LOCALHOST.into(),
         tls: false,
     };
     let mut passthrough = headers.clone();
@@ -646,6 +652,7 @@ mod tests {
             &mut h,
             ClientInfo {
                 ip: "127.0.0.2".parse().unwrap(),
+                peer: "127.0.0.2".parse().unwrap(),
                 tls: false,
             },
         );
@@ -671,6 +678,7 @@ mod tests {
             &mut h,
             ClientInfo {
                 ip: "::1".parse().unwrap(),
+                peer: "::1".parse().unwrap(),
                 tls: false,
             },
         );

@@ -439,6 +439,7 @@ impl Push {
             headers: credential_only(&headers),
             client: ClientInfo {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                peer: std::net::Ipv4Addr::LOCALHOST.into(),
                 tls: false,
             },
             hook: HookUrl::parse(&record.hook).ok()?,

@@ -166,3 +166,38 @@ async fn http2_clients_are_served_too() {
             .all(|r| r.headers.get("host").is_some())
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_upstream_is_told_the_real_client_and_otherwise_never_a_claim() {
+    // The test's own connections come from loopback: trusted in one gateway, not in the other.
+    let (sim, trusting) = start("[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"::1\"]\n").await;
+    let (plain_sim, plain) = start("").await;
+    let ask = |gw: &Gateway, forwarded_for: &'static str| {
+        let request = Request::builder()
+            .uri(gw.url("/v1/models"))
+            .header("authorization", KEY_A)
+            .header("x-forwarded-for", forwarded_for)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        send(request)
+    };
+    // A client's claim on the left, then the balancer's view of it.
+    ask(&trusting, "6.6.6.6, 198.51.100.7").await;
+    let seen = sim.requests().pop().unwrap();
+    assert_eq!(
+        seen.headers["x-real-ip"], "198.51.100.7",
+        "the last untrusted hop"
+    );
+    assert_eq!(seen.headers["true-client-ip"], "198.51.100.7");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "6.6.6.6, 198.51.100.7, 127.0.0.1",
+        "the chain, and this hop"
+    );
+    ask(&plain, "198.51.100.7").await;
+    let seen = plain_sim.requests().pop().unwrap();
+    assert_eq!(
+        seen.headers["x-real-ip"], "127.0.0.1",
+        "an untrusted peer's claim is not believed"
+    );
+    assert_eq!(seen.headers["true-client-ip"], "127.0.0.1");
+}
