@@ -152,8 +152,12 @@ async fn mjgate_inspect_and_mjgate_purge_call_a_running_gateway_from_the_shell()
         "[upstream]\nurl = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n",
         sim.url()
     ));
-    let run = |args: Vec<String>| {
+    let base = gw.url("");
+    // `mjgate --config F <args> --url <gateway>`, from a shell.
+    let run = |args: &[&str]| {
         let path = file.0.clone();
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--url".to_owned(), base.clone()]);
         tokio::task::spawn_blocking(move || {
             crate::config_cli::mjgate()
                 .arg("--config")
@@ -163,34 +167,15 @@ async fn mjgate_inspect_and_mjgate_purge_call_a_running_gateway_from_the_shell()
                 .unwrap()
         })
     };
-    let base = gw.url("");
-    let inspected = run(vec![
-        "inspect".into(),
-        "midjourney".into(),
-        "t".into(),
-        "--url".into(),
-        base.clone(),
-    ])
-    .await
-    .unwrap();
+    let inspected = run(&["inspect", "midjourney", "t"]).await.unwrap();
     assert!(inspected.status.success(), "{inspected:?}");
     let shown: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(shown["replica"].as_array().unwrap().len(), 1);
-    let purged = run(vec![
-        "purge".into(),
-        "midjourney".into(),
-        "t".into(),
-        "--url".into(),
-        base.clone(),
-    ])
-    .await
-    .unwrap();
+    let purged = run(&["purge", "midjourney", "t"]).await.unwrap();
     assert!(purged.status.success(), "{purged:?}");
     let said: Value = serde_json::from_slice(&purged.stdout).unwrap();
     assert_eq!(said["purged"]["replica"], 1);
     // A family that does not exist: the gateway's 400, exit 1.
-    let refused = run(vec!["purge".into(), "nosuch".into(), "--url".into(), base])
-        .await
-        .unwrap();
+    let refused = run(&["purge", "nosuch"]).await.unwrap();
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
 }
