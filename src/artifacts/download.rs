@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, LOCATION, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
 use super::store::{BlobId, BlobStore, MediaKind, PutError};
@@ -117,9 +117,9 @@ impl Downloader {
         }
     }
 
-    /// The deadline of one download.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
+    /// The deadline of one download, and the longest it may go without a byte.
+    pub fn bounds(&self) -> (Duration, Duration) {
+        (self.timeout, self.idle)
     }
 
     /// This downloader, also connecting to `host:port` where it resolves to an inside address.
@@ -172,23 +172,9 @@ impl Downloader {
                 return Err(DownloadError::Unsafe(content_type));
             }
             let kind = MediaKind::of_content_type(&content_type);
-            let idle = self.idle;
-            let body = response.into_body().into_data_stream();
-            let body = Box::pin(futures_util::stream::unfold(
-                body,
-                move |mut body| async move {
-                    use futures_util::StreamExt;
-                    match tokio::time::timeout(idle, body.next()).await {
-                        Ok(Some(Ok(chunk))) => Some((Ok::<Bytes, String>(chunk), body)),
-                        Ok(Some(Err(e))) => Some((Err(e.to_string()), body)),
-                        Ok(None) => None,
-                        Err(_) => {
-                            Some((Err("the origin sent nothing for too long".to_owned()), body))
-                        }
-                    }
-                },
-            ));
-            return Ok(store.put(body, kind).await?);
+            return Ok(store
+                .put(idle_bounded(response.into_body(), self.idle), kind)
+                .await?);
         }
         Err(DownloadError::Redirects)
     }
@@ -216,6 +202,30 @@ impl Downloader {
             send(TokioIo::new(stream), target).await
         }
     }
+}
+
+/// `body`'s bytes, failing when none comes for `idle`: a stalled origin ends the download.
+pub fn idle_bounded<B>(
+    body: B,
+    idle: Duration,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, String>> + Send>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let body = http_body_util::BodyDataStream::new(body);
+    Box::pin(futures_util::stream::unfold(
+        Box::pin(body),
+        move |mut body| async move {
+            use futures_util::StreamExt;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), body)),
+                Ok(Some(Err(e))) => Some((Err(e.to_string()), body)),
+                Ok(None) => None,
+                Err(_) => Some((Err("the origin sent nothing for too long".to_owned()), body)),
+            }
+        },
+    ))
 }
 
 /// A response's `Content-Type` as text, empty when it has none (or not as text).

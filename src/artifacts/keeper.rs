@@ -361,6 +361,40 @@ impl Keeper {
         self.downloads.insert(key.into(), kept);
     }
 
+    /// Keeps a download route's file from the upstream's answer `body` (of `kind`) for `key`, in
+    /// tracked work of its own under the downloads' deadline and idle bound: a client that hangs
+    /// up does not cut it short, and a stalled upstream ends it.
+    pub async fn keep_download(
+        self: &Arc<Self>,
+        key: &[u8],
+        body: hyper::body::Incoming,
+        kind: MediaKind,
+    ) -> Result<(BlobId, u64), super::download::DownloadError> {
+        let (deadline, idle) = self.mirror.bounds();
+        let keeper = Arc::clone(self);
+        let key: Box<[u8]> = key.into();
+        let kept = self.work.spawn(WorkKind::Mirror, async move {
+            let put = keeper
+                .store()
+                .put(super::download::idle_bounded(body, idle), kind);
+            let kept = match tokio::time::timeout(deadline, put).await {
+                Ok(kept) => kept.map_err(super::download::DownloadError::from),
+                Err(_) => Err(super::download::DownloadError::Timeout),
+            };
+            match &kept {
+                Ok(kept) => {
+                    keeper.metrics.artifact_stored(kept.1);
+                    keeper.remember_download(&key, kept.clone());
+                }
+                Err(e) => keeper.metrics.artifact_failed(e.cause()),
+            }
+            keeper.count_store();
+            kept
+        });
+        kept.await
+            .unwrap_or(Err(super::download::DownloadError::Timeout))
+    }
+
     /// Waits for any download of `key` in flight, then holds `key` until the guard goes: one
     /// upstream download per file however many ask at once.
     pub async fn download_turn(&self, key: &[u8]) -> DownloadTurn<'_> {

@@ -83,6 +83,11 @@ impl Mirror {
         self
     }
 
+    /// A download's deadline and idle bound.
+    pub fn bounds(&self) -> (Duration, Duration) {
+        self.downloader.bounds()
+    }
+
     /// The store files are kept in.
     pub fn store(&self) -> &Arc<BlobStore> {
         &self.store
@@ -157,7 +162,7 @@ impl Mirror {
         shared: &crate::shared::SharedCache,
         url: &str,
     ) -> Option<Result<crate::shared::Lease, (BlobId, u64)>> {
-        let deadline = tokio::time::Instant::now() + self.downloader.timeout();
+        let deadline = tokio::time::Instant::now() + self.downloader.bounds().0;
         loop {
             match shared.file_lease(url).await? {
                 Some(lease) => return Some(Ok(lease)),

@@ -90,11 +90,8 @@ impl Gateway {
             // Not a file to keep: as the upstream said it.
             return Served::forwarded(response.map(ResponseBody::Upstream), status);
         }
-        let body = Box::pin(http_body_util::BodyDataStream::new(response.into_body()));
-        match keeper.store().put(body, kind).await {
-            Ok(kept) => {
-                self.metrics.artifact_stored(kept.1);
-                keeper.remember_download(&key, kept);
+        match keeper.keep_download(&key, response.into_body(), kind).await {
+            Ok(_) => {
                 drop(turn);
                 match self.serve_download(&key, head, &parts.headers).await {
                     Some(served) => served,
@@ -105,8 +102,6 @@ impl Gateway {
                 // Too large to keep, or the store failed: the client still gets the file, straight
                 // from the upstream (a second download, the rare case).
                 tracing::info!(error = %e, "download route's file not kept; passed through");
-                self.metrics
-                    .artifact_failed(crate::artifacts::download::DownloadError::from(e).cause());
                 drop(turn);
                 let mut again = Request::new(super::full(Bytes::new()));
                 *again.method_mut() = Method::GET;

@@ -142,12 +142,21 @@ impl SharedCache {
     /// Deletes the answers `scope` names from Redis and announces the purge to every replica;
     /// how many were deleted, `None` when Redis failed.
     pub async fn purge(&self, scope: &PurgeScope) -> Option<u64> {
-        let keys = self.scan(scope).await?;
+        // Deleted round by round, so a purge of everything holds one round's keys, never the whole
+        // keyspace's.
+        let pattern = scope.pattern(&self.inner.prefix);
         let mut connection = self.inner.connection.clone();
-        let mut deleted = 0;
-        for chunk in keys.chunks(500) {
-            let n: u64 = self.run(connection.del(chunk)).await?;
-            deleted += n;
+        let (mut cursor, mut deleted) = (0u64, 0u64);
+        for _ in 0..MAX_ROUNDS {
+            let (next, found) = self.scan_round(&pattern, cursor).await?;
+            if !found.is_empty() {
+                let n: u64 = self.run(connection.del(&found)).await?;
+                deleted += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
         let _: i64 = self
             .run(connection.publish(&self.inner.purge_channel, scope.encode()))
@@ -160,23 +169,13 @@ impl SharedCache {
         *self.inner.on_purge.write() = Some(handler);
     }
 
+    /// The task keys `scope` names (one task's, for an inspection: a handful).
     async fn scan(&self, scope: &PurgeScope) -> Option<Vec<Vec<u8>>> {
         let pattern = scope.pattern(&self.inner.prefix);
-        let mut connection = self.inner.connection.clone();
         let mut cursor = 0u64;
         let mut keys = Vec::new();
         for _ in 0..MAX_ROUNDS {
-            let (next, found): (u64, Vec<Vec<u8>>) = self
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut connection),
-                )
-                .await?;
+            let (next, found) = self.scan_round(&pattern, cursor).await?;
             keys.extend(found);
             cursor = next;
             if cursor == 0 {
@@ -184,6 +183,21 @@ impl SharedCache {
             }
         }
         Some(keys)
+    }
+
+    /// One `SCAN cursor MATCH pattern COUNT 1000`: the next cursor (0 at the end) and its keys.
+    async fn scan_round(&self, pattern: &[u8], cursor: u64) -> Option<(u64, Vec<Vec<u8>>)> {
+        let mut connection = self.inner.connection.clone();
+        self.run(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection),
+        )
+        .await
     }
 }
 
