@@ -135,7 +135,7 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("cache hit: the pipeline's hit path", |b| {
         b.iter(|| {
             let response =
-                pipeline::hit(&mut handler, black_box(&request), gateway.metrics(), false);
+                pipeline::hit(&mut handler, black_box(&request), gateway.metrics(), None);
             assert!(response.is_some());
             response
         })
@@ -144,8 +144,7 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("cache hit: a mix of six families", |b| {
         b.iter(|| {
             let request = next.next().unwrap();
-            let response =
-                pipeline::hit(&mut handler, black_box(request), gateway.metrics(), false);
+            let response = pipeline::hit(&mut handler, black_box(request), gateway.metrics(), None);
             assert!(response.is_some());
             response
         })

@@ -10,6 +10,7 @@ pub mod response;
 pub mod status;
 
 use std::borrow::Borrow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -416,15 +417,12 @@ fn weigh(key: &CacheKey, task: &CachedTask) -> u32 {
 impl TaskCache {
     pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Self {
         let on_removal = Arc::clone(&metrics);
-        let lifetime = Lifetime {
-            in_progress_ttl: config.in_progress_ttl,
-            max_stale: config.max_stale,
-            not_found_ttl: config.not_found_ttl,
-        };
+        let lifetime = Lifetime::default();
+        lifetime.set(config);
         let entries = Cache::builder()
             .max_capacity(config.max_memory)
             .weigher(|key: &CacheKey, task: &Arc<CachedTask>| weigh(key, task))
-            .expire_after(lifetime)
+            .expire_after(lifetime.clone())
             // TinyLFU (moka's default, named so it stays): a new entry gets in only when it is asked
             // for more often than the entries it would push out, so a flood of one-off ids cannot evict
             // the tasks clients keep polling.
@@ -471,7 +469,7 @@ impl TaskCache {
                 ttl: Some(left),
             },
             _ if task.class() == TaskClass::InProgress
-                && age < fresh_for + self.lifetime.max_stale =>
+                && age < fresh_for + self.lifetime.max_stale() =>
             {
                 Lookup::Stale(task)
             }
@@ -500,7 +498,13 @@ impl TaskCache {
     }
 
     pub fn in_progress_ttl(&self) -> Duration {
-        self.lifetime.in_progress_ttl
+        self.lifetime.in_progress_ttl()
+    }
+
+    /// Takes a reloaded config's TTLs (`in_progress_ttl`, `not_found_ttl`, `max_stale`): lookups
+    /// judge every entry by them from now on, those already held included.
+    pub fn set_lifetime(&self, config: &CacheConfig) {
+        self.lifetime.set(config);
     }
 
     /// Defers refreshing `key` for one in-progress TTL after a refresh failed with `status`.
@@ -597,21 +601,46 @@ impl TaskCache {
 }
 
 /// Tells moka when an entry can no longer serve anyone: never for terminal tasks, after the TTL plus the
-/// stale window for in-progress ones, after the not-found TTL for "no such task" answers.
-#[derive(Debug, Clone, Copy)]
-struct Lifetime {
-    in_progress_ttl: Duration,
-    max_stale: Duration,
-    not_found_ttl: Duration,
-}
+/// stale window for in-progress ones, after the not-found TTL for "no such task" answers. Shared by
+/// the cache and moka, and changed in place by a reload (nanoseconds in atomics: the hit path reads
+/// them with a plain load).
+#[derive(Debug, Clone, Default)]
+struct Lifetime(Arc<[AtomicU64; 3]>);
+
+const IN_PROGRESS: usize = 0;
+const MAX_STALE: usize = 1;
+const NOT_FOUND: usize = 2;
 
 impl Lifetime {
+    fn set(&self, config: &CacheConfig) {
+        for (slot, ttl) in [
+            (IN_PROGRESS, config.in_progress_ttl),
+            (MAX_STALE, config.max_stale),
+            (NOT_FOUND, config.not_found_ttl),
+        ] {
+            let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+            self.0[slot].store(nanos, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self, slot: usize) -> Duration {
+        Duration::from_nanos(self.0[slot].load(Ordering::Relaxed))
+    }
+
+    fn in_progress_ttl(&self) -> Duration {
+        self.get(IN_PROGRESS)
+    }
+
+    fn max_stale(&self) -> Duration {
+        self.get(MAX_STALE)
+    }
+
     /// How long an answer of `class` is fresh; `None` for a terminal task, fresh for ever.
     fn fresh_for(&self, class: TaskClass) -> Option<Duration> {
         match class {
             TaskClass::Terminal => None,
-            TaskClass::InProgress => Some(self.in_progress_ttl),
-            TaskClass::NotFound => Some(self.not_found_ttl),
+            TaskClass::InProgress => Some(self.in_progress_ttl()),
+            TaskClass::NotFound => Some(self.get(NOT_FOUND)),
         }
     }
 
@@ -620,8 +649,8 @@ impl Lifetime {
             TaskClass::Terminal => task
                 .keep_until
                 .map(|until| until.saturating_duration_since(Instant::now())),
-            TaskClass::InProgress => Some(self.in_progress_ttl + self.max_stale),
-            TaskClass::NotFound => Some(self.not_found_ttl),
+            TaskClass::InProgress => Some(self.in_progress_ttl() + self.max_stale()),
+            TaskClass::NotFound => Some(self.get(NOT_FOUND)),
         }
     }
 }

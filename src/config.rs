@@ -194,6 +194,15 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Most simultaneous client connections; further ones are closed on accept.
     pub max_connections: usize,
+    /// `server.per_client_rps` / `per_client_burst`: requests per second one client address may
+    /// make, and how far ahead of that rate it may burst; 0 turns the limit off.
+    pub per_client_rps: u32,
+    pub per_client_burst: u32,
+    /// `server.per_client_connections`: connections one address may hold open; 0 for no limit.
+    pub per_client_connections: u32,
+    /// `server.proxy_protocol`: the main listener's connections start with a PROXY protocol header
+    /// (v1 or v2, as HAProxy and cloud load balancers send it) naming the client.
+    pub proxy_protocol: bool,
     /// Largest request head a client may send.
     pub max_header_bytes: usize,
     /// Largest passthrough request body (streamed, counted as it flows).
@@ -277,8 +286,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `RUST_LOG`-style filter used when `RUST_LOG` is unset.
     pub filter: String,
-    /// One `info` line per request (target `mjgate::access`); otherwise those lines are `debug`.
-    pub access: bool,
+    /// The access log (`log.access` and the `log.access_*` keys).
+    pub access: crate::access::AccessLogConfig,
 }
 
 // ---- the file as serde reads it ----
@@ -436,6 +445,10 @@ struct RawServer {
     #[serde(default, with = "humantime_serde")]
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    per_client_rps: Option<usize>,
+    per_client_burst: Option<usize>,
+    per_client_connections: Option<usize>,
+    proxy_protocol: Option<bool>,
     max_header_bytes: Option<ByteSize>,
     max_request_body: Option<ByteSize>,
     passthrough_buffer: Option<ByteSize>,
@@ -458,6 +471,11 @@ struct RawLog {
     format: Option<LogFormat>,
     filter: Option<String>,
     access: Option<bool>,
+    access_format: Option<crate::access::AccessFormat>,
+    access_fields: Option<Vec<crate::access::Field>>,
+    access_query: Option<bool>,
+    access_hit_sample: Option<f64>,
+    access_to: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -573,7 +591,7 @@ impl Config {
             cache,
             batch: raw.batch.validate()?,
             server: raw.server.validate()?,
-            log: raw.log.validate(),
+            log: raw.log.validate()?,
             watch: raw.watch.validate()?,
             tls: listener_tls(raw.tls)?,
             families: Families::new(raw.families)?,
@@ -700,6 +718,11 @@ impl RawServer {
             header_read_timeout: keys::SERVER_HEADER_READ_TIMEOUT
                 .duration(self.header_read_timeout)?,
             max_connections: keys::SERVER_MAX_CONNECTIONS.count(self.max_connections)?,
+            per_client_rps: keys::SERVER_PER_CLIENT_RPS.count(self.per_client_rps)? as u32,
+            per_client_burst: keys::SERVER_PER_CLIENT_BURST.count(self.per_client_burst)? as u32,
+            per_client_connections: keys::SERVER_PER_CLIENT_CONNECTIONS
+                .count(self.per_client_connections)? as u32,
+            proxy_protocol: keys::SERVER_PROXY_PROTOCOL.flag(self.proxy_protocol),
             max_header_bytes: keys::SERVER_MAX_HEADER_BYTES
                 .number(self.max_header_bytes.map(|b| b.0))? as usize,
             max_request_body: keys::SERVER_MAX_REQUEST_BODY
@@ -730,12 +753,46 @@ impl RawWatch {
 }
 
 impl RawLog {
-    fn validate(self) -> LogConfig {
-        LogConfig {
+    fn validate(self) -> Result<LogConfig, ConfigError> {
+        let hit_sample = self
+            .access_hit_sample
+            .unwrap_or_else(|| keys::LOG_ACCESS_HIT_SAMPLE.parsed());
+        if !(0.0..=1.0).contains(&hit_sample) {
+            return Err(ConfigError::Invalid {
+                key: keys::LOG_ACCESS_HIT_SAMPLE.name,
+                reason: format!("{hit_sample} is not a share from 0 to 1"),
+            });
+        }
+        let fields = self
+            .access_fields
+            .unwrap_or_else(|| crate::access::Field::ALL.to_vec());
+        if fields.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "log.access_fields",
+                reason: "names no field: leave it out for all of them".to_owned(),
+            });
+        }
+        let to = crate::access::AccessTarget::parse(&keys::LOG_ACCESS_TO.word(self.access_to));
+        if let crate::access::AccessTarget::File(path) = &to
+            && path.file_name().is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: keys::LOG_ACCESS_TO.name,
+                reason: format!("{} is not a file", path.display()),
+            });
+        }
+        Ok(LogConfig {
             format: self.format.unwrap_or_default(),
             filter: keys::LOG_FILTER.word(self.filter),
-            access: keys::LOG_ACCESS.flag(self.access),
-        }
+            access: crate::access::AccessLogConfig {
+                enabled: keys::LOG_ACCESS.flag(self.access),
+                format: self.access_format.unwrap_or_default(),
+                fields,
+                query: keys::LOG_ACCESS_QUERY.flag(self.access_query),
+                hit_sample,
+                to,
+            },
+        })
     }
 }
 

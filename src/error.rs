@@ -56,6 +56,9 @@ pub enum RequestError {
     Draining,
     #[error("too many open long-polls and streams ({0}); retry later or poll")]
     TooManyWatches(&'static str),
+    /// Over `server.per_client_rps`: retry after this many seconds.
+    #[error("too many requests from this address; retry in {0}s")]
+    ClientRateLimited(u64),
     #[error("invalid wait: {0}")]
     BadWait(String),
     #[error("the admin listener serves /metrics, /healthz, /readyz and /admin/tasks only")]
@@ -137,7 +140,9 @@ impl RequestError {
                     Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
                 }
             }
-            RequestError::TooManyWatches(_) => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::TooManyWatches(_) | RequestError::ClientRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             RequestError::ClientBody(fault) => fault.status(),
             RequestError::Refused(refused) => refused.status(),
             RequestError::Upstream(e) => e.status(),
@@ -157,6 +162,7 @@ impl RequestError {
             RequestError::Idempotency(crate::idempotency::Refusal::CredentialFull) => Some(60),
             RequestError::Idempotency(crate::idempotency::Refusal::Full) => Some(5),
             RequestError::TooManyWatches(_) => Some(5),
+            RequestError::ClientRateLimited(seconds) => Some(*seconds),
             RequestError::Upstream(e) => e.retry_after().map(crate::upstream::protect::seconds),
             _ => None,
         };

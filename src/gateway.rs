@@ -9,6 +9,8 @@
 //! | `POST /_mjgate/callback/{token}` | `gateway/callback.rs` |
 //! | `GET`/`HEAD /_mjgate/files/{token}` | `gateway/files.rs` |
 //! | `/healthz`, `/readyz`, `/upstreamz`, `/metrics` | `gateway/admin.rs` |
+//! | `/admin/tasks...` | `gateway/tasks.rs` |
+//! | `/admin/config`, `/admin/reload` | `gateway/config.rs` |
 //! | everything else | `gateway/passthrough.rs` |
 //!
 //! Every answer the gateway makes up is a `RequestError` turned into a response in one place
@@ -18,6 +20,7 @@
 mod admin;
 mod batch;
 mod callback;
+mod config;
 mod download;
 mod files;
 mod passthrough;
@@ -37,6 +40,9 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tracing::Instrument;
 
+use arc_swap::ArcSwap;
+
+use crate::access::{AccessLog, Who};
 use crate::body::{BoxError, CutOff, ResponseBody};
 use crate::cache::response::task_response_for;
 use crate::cache::status::CacheStatus;
@@ -53,6 +59,7 @@ use crate::push::Push;
 use crate::request::admission;
 use crate::request::body::BodyBudget;
 use crate::request::client_addr::TrustedProxies;
+use crate::request::client_limits::{ClientLimits, Verdict};
 use crate::request::id::X_REQUEST_ID;
 use crate::request::routes::{self, Route};
 use crate::upstream::{ClientInfo, UpstreamBody};
@@ -74,6 +81,8 @@ pub struct Peer {
     pub listener: Listener,
     /// The connection is TLS (the upstream is told `proto=https`).
     pub tls: bool,
+    /// The TLS version it speaks, for the access log.
+    pub tls_version: Option<&'static str>,
     /// Cuts the connection off: what an event stream whose reader stopped reading asks for.
     pub cut_off: Arc<CutOff>,
 }
@@ -85,6 +94,7 @@ impl Peer {
             addr,
             listener: Listener::Main,
             tls: false,
+            tls_version: None,
             cut_off: Arc::default(),
         }
     }
@@ -102,6 +112,7 @@ impl Peer {
 }
 
 /// Request limits the handlers enforce, copied out of the config.
+#[derive(Debug)]
 struct Limits {
     batch_max_body: u64,
     batch_max_ids: usize,
@@ -116,15 +127,20 @@ pub struct Gateway {
     fetcher: Arc<Fetcher>,
     /// Long-polls and event streams, over the fetch core.
     push: Arc<Push>,
-    limits: Limits,
     metrics: Arc<Metrics>,
     /// Bytes of client bodies held whole at once (passthrough buffers, batch queries, submits read
     /// for their hook): `server.body_buffer_total`, taken as the bytes arrive.
     bodies: BodyBudget,
     /// Admin routes live on their own listener, so the main one passes those paths through.
     admin_separate: bool,
-    /// Log every request at `info` (else at `debug`, under the `mjgate::access` target).
-    access_log: bool,
+    /// What a reload changes: read afresh by every request.
+    settings: Arc<ArcSwap<Settings>>,
+    /// The config running now, as its file said it (reloads compare against it), and where a
+    /// reload reads the next one (set by the binary).
+    running: parking_lot::Mutex<Config>,
+    /// `server.per_client_*`: the per-address request rate and connection limits.
+    client_limits: Arc<ClientLimits>,
+    reload_source: std::sync::OnceLock<crate::reload::Source>,
     /// `cache.gzip`.
     gzip: bool,
     /// Set when shutdown begins, so `/readyz` tells load balancers to stop sending.
@@ -137,10 +153,35 @@ pub struct Gateway {
     submit_timeout: std::time::Duration,
     /// `upstream.request_timeout`.
     request_timeout: std::time::Duration,
-    /// `admin.token`: the task admin routes' bearer token; `None` turns them off.
-    admin_token: Option<String>,
+}
+
+/// The part of the config a reload swaps in whole for the requests that come after it.
+#[derive(Debug)]
+pub struct Settings {
+    limits: Limits,
     /// `server.trusted_proxies`.
     trusted_proxies: TrustedProxies,
+    /// `[log]`'s access log.
+    access: Arc<AccessLog>,
+    /// `admin.token`: the task admin routes' bearer token; `None` turns them off.
+    admin_token: Option<String>,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Self {
+        Settings {
+            limits: Limits {
+                batch_max_body: config.batch.max_body,
+                batch_max_ids: config.batch.max_ids,
+                max_request_body: config.server.max_request_body,
+                passthrough_buffer: config.server.passthrough_buffer,
+                body_read_timeout: config.server.body_read_timeout,
+            },
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            access: AccessLog::new(config.log.access.clone()),
+            admin_token: config.admin_token.clone(),
+        }
+    }
 }
 
 impl Gateway {
@@ -174,25 +215,23 @@ impl Gateway {
             idempotency,
             submit_timeout: config.upstream.submit_timeout,
             request_timeout: config.upstream.request_timeout,
-            admin_token: config.admin_token.clone(),
-            trusted_proxies: config.server.trusted_proxies.clone(),
+            settings: Arc::new(ArcSwap::from_pointee(Settings::of(config))),
+            running: parking_lot::Mutex::new(config.clone()),
+            client_limits: ClientLimits::new(
+                config.server.per_client_rps,
+                config.server.per_client_burst,
+                config.server.per_client_connections,
+            ),
+            reload_source: std::sync::OnceLock::new(),
             push: Arc::new(Push::new(
                 &config.watch,
                 Arc::clone(&fetcher),
                 Arc::clone(&metrics),
             )),
             fetcher,
-            limits: Limits {
-                batch_max_body: config.batch.max_body,
-                batch_max_ids: config.batch.max_ids,
-                max_request_body: config.server.max_request_body,
-                passthrough_buffer: config.server.passthrough_buffer,
-                body_read_timeout: config.server.body_read_timeout,
-            },
             bodies: BodyBudget::new(config.server.body_buffer_total, Arc::clone(&metrics)),
             metrics,
             admin_separate: config.admin_listen.is_some(),
-            access_log: config.log.access,
             gzip: config.cache.gzip,
             draining: AtomicBool::new(false),
             hooks,
@@ -220,6 +259,80 @@ impl Gateway {
         &self.metrics
     }
 
+    /// The settings as they stand now.
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Applies a reloaded config (already checked by [`crate::reload::check`]): the request
+    /// settings for every request from now on, the cache's TTLs in place.
+    fn apply(&self, config: &Config) {
+        self.settings.store(Arc::new(Settings::of(config)));
+        self.fetcher.cache().set_lifetime(&config.cache);
+        self.client_limits.set(
+            config.server.per_client_rps,
+            config.server.per_client_burst,
+            config.server.per_client_connections,
+        );
+    }
+
+    /// The per-address limits.
+    pub fn client_limits(&self) -> &Arc<ClientLimits> {
+        &self.client_limits
+    }
+
+    /// Whether `peer` is one of `server.trusted_proxies` (whose connections carry many clients).
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.settings.load().trusted_proxies.trusts(peer)
+    }
+
+    /// The config this gateway runs, as its file said it (before the listeners it was given
+    /// changed anything).
+    pub fn set_running(&self, config: Config) {
+        *self.running.lock() = config;
+    }
+
+    /// Where reloads read the config from (the binary's file and command line).
+    pub fn set_reload_source(&self, source: crate::reload::Source) {
+        let _ = self.reload_source.set(source);
+    }
+
+    /// The running config, described key by key (secrets redacted).
+    pub fn running_config(&self) -> std::collections::BTreeMap<String, String> {
+        crate::reload::describe(&self.running.lock())
+    }
+
+    /// Reads the config again and applies it, or refuses it whole (invalid, or changing a key only
+    /// a restart applies) and keeps the running one. Counted and logged either way.
+    pub fn reload_now(&self) -> Result<Vec<crate::reload::Change>, crate::reload::Refused> {
+        let result = self.try_reload();
+        match &result {
+            Ok(changes) => {
+                self.metrics.config_reload("ok");
+                let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+                tracing::info!(changed = ?keys, "config reloaded");
+            }
+            Err(refused) => {
+                self.metrics.config_reload(refused.label());
+                tracing::warn!(error = %refused, "config not reloaded: the running one keeps serving");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Vec<crate::reload::Change>, crate::reload::Refused> {
+        use crate::reload::Refused;
+        let source = self.reload_source.get().ok_or(Refused::NoSource)?;
+        let new = (source.load)().map_err(Refused::Invalid)?;
+        // One reload at a time: two racing would each check against the same old config.
+        let mut running = self.running.lock();
+        let changes = crate::reload::check(&running, &new)?;
+        (source.apply)(&new).map_err(Refused::Invalid)?;
+        self.apply(&new);
+        *running = new;
+        Ok(changes)
+    }
+
     /// Everything spawned on behalf of requests, for the drain to wait on.
     pub fn work(&self) -> &crate::work::Work {
         self.fetcher.work()
@@ -235,11 +348,7 @@ impl Gateway {
     pub fn pipeline(self: &Arc<Self>, peer: Peer) -> Envelope<Handler> {
         ServiceBuilder::new()
             // Outermost: times, counts and logs everything below it, refusals included.
-            .layer(EnvelopeLayer::new(
-                Arc::clone(&self.metrics),
-                self.access_log,
-                self.gzip,
-            ))
+            .layer(EnvelopeLayer::new(Arc::clone(&self.metrics), self.gzip))
             .service(self.handler(peer))
     }
 
@@ -247,6 +356,8 @@ impl Gateway {
     pub fn handler(self: &Arc<Self>, peer: Peer) -> Handler {
         Handler {
             gateway: Arc::clone(self),
+            settings: arc_swap::Cache::new(Arc::clone(&self.settings)),
+            rate: None,
             peer,
             memo: FingerprintMemo::default(),
         }
@@ -315,7 +426,9 @@ impl Gateway {
         let Call {
             mut request,
             request_id,
+            notes: _,
         } = call;
+        let settings = self.settings();
         request
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -333,7 +446,7 @@ impl Gateway {
             id = request_id.to_str().unwrap_or(""),
             route = label.as_str(),
         );
-        let client = peer.client(request.headers(), &self.trusted_proxies);
+        let client = peer.client(request.headers(), &settings.trusted_proxies);
         let served = match route {
             Route::Refused(refused) => {
                 tracing::debug!(parent: &span, reason = %refused, "request refused");
@@ -346,6 +459,7 @@ impl Gateway {
             Route::Health | Route::Ready | Route::Upstream | Route::Metrics => {
                 Served::bypass(self.admin(&route))
             }
+            Route::AdminConfig(which) => Served::bypass(self.admin_config(which, &request)),
             Route::AdminTasks(rest) => {
                 let rest = rest.to_owned();
                 Box::pin(self.admin_tasks(&rest, &request).instrument(span.clone())).await
@@ -457,6 +571,11 @@ impl Gateway {
 /// The gateway's side of one connection's pipeline: admission, routing and the handlers.
 pub struct Handler {
     gateway: Arc<Gateway>,
+    /// The settings, looked at once per request (one atomic load unless a reload swapped them).
+    settings: arc_swap::Cache<Arc<ArcSwap<Settings>>, Arc<Settings>>,
+    /// The per-address rate's verdict on the request the hit path just looked at, for the slow
+    /// path to act on without asking (and charging) again.
+    rate: Option<Verdict>,
     peer: Peer,
     /// The credential this connection sent last, so its hits need not hash it again.
     memo: FingerprintMemo,
@@ -465,8 +584,43 @@ pub struct Handler {
 impl<B> HitPath<B> for Handler {
     #[inline(always)]
     fn try_hit(&mut self, request: &Request<B>) -> Option<Response<ResponseBody>> {
+        let limits = &self.gateway.client_limits;
+        if limits.rate_limited() && self.peer.listener == Listener::Main {
+            let client = self
+                .peer
+                .client(request.headers(), &self.settings.load().trusted_proxies);
+            let verdict = limits.admit(client.ip);
+            self.rate = Some(verdict);
+            if verdict != Verdict::Admitted {
+                return None;
+            }
+        }
         self.gateway
             .try_hit(request, self.peer.listener, &mut self.memo)
+    }
+
+    fn access_log(&mut self) -> Option<Arc<AccessLog>> {
+        let access = &self.settings.load().access;
+        access.enabled().then(|| Arc::clone(access))
+    }
+
+    fn who(&mut self, headers: &HeaderMap) -> Who {
+        let client = self
+            .peer
+            .client(headers, &self.settings.load().trusted_proxies);
+        let credential = admission::credential_of(headers).map(|credential| {
+            self.gateway
+                .fetcher
+                .fingerprinter()
+                .of_memo(credential, &mut self.memo)
+                .short()
+        });
+        Who {
+            client: client.ip,
+            peer: client.peer,
+            tls: self.peer.tls_version,
+            credential,
+        }
     }
 }
 
@@ -484,8 +638,15 @@ impl Service<Call<Incoming>> for Handler {
     }
 
     fn call(&mut self, call: Call<Incoming>) -> SlowPath {
+        if let Some(Verdict::Limited(seconds)) = self.rate.take() {
+            self.gateway.metrics.client_limited(false);
+            let served = Served::error(RequestError::ClientRateLimited(seconds));
+            let (_, route) = self.gateway.route_of(&call.request, self.peer.listener);
+            return Box::pin(std::future::ready(Ok(Answer { served, route })));
+        }
+        let notes = call.notes.clone();
         let handling = Arc::clone(&self.gateway).handle(call, self.peer.clone());
-        Box::pin(async move { Ok(handling.await) })
+        Box::pin(async move { Ok(crate::access::with_notes(notes, handling).await) })
     }
 }
 

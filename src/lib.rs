@@ -31,6 +31,7 @@
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
 //! healthcheck probe); no product module imports it.
 
+pub mod access;
 pub mod artifacts;
 pub(crate) mod body;
 pub mod cache;
@@ -47,6 +48,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod pipeline;
 pub mod push;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod shared;
@@ -54,10 +56,11 @@ pub mod shutdown;
 pub mod task;
 pub mod tls;
 pub mod tools;
+pub mod trace;
 pub mod upstream;
 pub mod webhook;
 pub(crate) mod work;
 
 pub use config::Config;
 pub use error::Error;
-pub use server::{Drain, run};
+pub use server::{Drain, run, run_reloadable};

@@ -30,7 +30,16 @@ fn main() -> ExitCode {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
     let mut args = Args::parse();
-    let check_only = matches!(args.command, Some(Command::CheckConfig));
+    let check_only = matches!(args.command, Some(Command::CheckConfig { diff: false, .. }));
+    if let Some(Command::CheckConfig { diff: true, url }) = &args.command {
+        return match load_config(&args) {
+            Ok(config) => config_diff(&config, url.clone()),
+            Err(e) => {
+                eprintln!("mjgate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(call) = admin_call_of(&args.command) {
         return match load_config(&args) {
             Ok(config) => tasks_admin(&config, &call),
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout().lock(), "{}", config_summary(&config));
         return ExitCode::SUCCESS;
     }
-    run_gateway(config)
+    run_gateway(config, args)
 }
 
 /// The subcommands that are not the gateway: the probe, the simulator, the demo, the load generator
@@ -149,7 +158,7 @@ fn tool(command: Command) -> ExitCode {
             fixed_body(listen, body)
         }
         // Handled by `main`, which checks the config itself.
-        Command::CheckConfig => ExitCode::SUCCESS,
+        Command::CheckConfig { .. } | Command::Reload { .. } => ExitCode::SUCCESS,
         // Handled by `main`, which reads the config for it.
         Command::ArtifactsKeep { .. } => ExitCode::SUCCESS,
     }
@@ -259,10 +268,18 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
     }
 }
 
-/// Binds, serves until SIGTERM or SIGINT, drains, and says how it went.
-fn run_gateway(config: Config) -> ExitCode {
+/// Binds, serves until SIGTERM or SIGINT (reloading on SIGHUP), drains, and says how it went.
+fn run_gateway(config: Config, args: Args) -> ExitCode {
     // Held to the end: dropping it flushes the log lines still queued.
-    let _log_writer = init_logging(&config.log);
+    let (_log_writer, log) = init_logging(&config.log);
+    if let Err(e) = mjgate::access::install(&config.log.access.to, &log.writer) {
+        eprintln!("mjgate: log.access_to: {e}");
+        return ExitCode::from(2);
+    }
+    let source = mjgate::reload::Source {
+        load: Box::new(move || load_config(&args).map_err(|e| e.to_string())),
+        apply: Box::new(move |config: &Config| log.apply(&config.log)),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -287,8 +304,9 @@ fn run_gateway(config: Config) -> ExitCode {
         };
         tracing::info!(upstream = %config.upstream.url, "mjgate starting");
         let listeners = mjgate::server::Listeners { main, admin };
-        mjgate::run(listeners, config, stop).await
+        mjgate::run_reloadable(listeners, config, Some(source), stop).await
     });
+    mjgate::access::flush();
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -362,7 +380,90 @@ fn admin_call_of(command: &Option<Command>) -> Option<AdminCall> {
                 url: url.clone(),
             })
         }
+        Some(Command::Reload { url }) => Some(AdminCall {
+            name: "reload",
+            method: http::Method::POST,
+            path: "/admin/reload".to_owned(),
+            url: url.clone(),
+        }),
         _ => None,
+    }
+}
+
+/// `check-config --diff`: the file's config against the running gateway's, key by key. Exit 0 when
+/// a reload would take it, 3 when a key differs that needs a restart, 2 when it cannot be asked.
+fn config_diff(config: &Config, url: Option<String>) -> ExitCode {
+    let call = AdminCall {
+        name: "check-config --diff",
+        method: http::Method::GET,
+        path: "/admin/config".to_owned(),
+        url,
+    };
+    let Some(body) = admin_answer(config, &call) else {
+        return ExitCode::from(2);
+    };
+    let running: std::collections::BTreeMap<String, String> = match serde_json::from_slice(&body) {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("mjgate check-config --diff: the gateway's answer is not a config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let changes = mjgate::reload::diff(&running, &mjgate::reload::describe(config));
+    let mut out = std::io::stdout().lock();
+    if changes.is_empty() {
+        let _ = writeln!(out, "no difference from the running config");
+        return ExitCode::SUCCESS;
+    }
+    for change in &changes {
+        let _ = writeln!(out, "{change}");
+    }
+    if changes.iter().any(|change| !change.reloadable) {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The body of the running gateway's `2xx` answer to `call`; `None` (said on stderr) otherwise.
+fn admin_answer(config: &Config, call: &AdminCall) -> Option<Vec<u8>> {
+    let Some(token) = &config.admin_token else {
+        eprintln!(
+            "mjgate {}: no admin.token in the config (or MJGATE_ADMIN_TOKEN)",
+            call.name
+        );
+        return None;
+    };
+    let url = match &call.url {
+        Some(base) => format!("{}{}", base.trim_end_matches('/'), call.path),
+        None => match probe_url(config, &call.path) {
+            Ok(url) => url,
+            Err(e) => {
+                eprintln!("mjgate {}: {e}", call.name);
+                return None;
+            }
+        },
+    };
+    let runtime = runtime(call.name).ok()?;
+    match runtime.block_on(mjgate::tools::healthcheck::admin_call(
+        call.method.clone(),
+        &url,
+        token,
+        std::time::Duration::from_secs(30),
+    )) {
+        Ok((status, body)) if status.is_success() => Some(body.to_vec()),
+        Ok((status, body)) => {
+            eprintln!(
+                "mjgate {}: {url} answered {status}: {}",
+                call.name,
+                String::from_utf8_lossy(&body)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("mjgate {}: {url}: {e}", call.name);
+            None
+        }
     }
 }
 
@@ -862,8 +963,10 @@ fn config_summary(config: &Config) -> String {
 
 /// Logs go to stderr through a writer thread, so a request never waits on a slow or stopped log
 /// consumer (a full pipe, a stalled journald): when the queue is full, lines are dropped and counted
-/// in `mjgate_log_lines_dropped_total` instead.
-fn init_logging(log: &config::LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+/// in `mjgate_log_lines_dropped_total` instead. The filter and the format sit behind reload handles,
+/// so a reload changes them in place.
+fn init_logging(log: &config::LogConfig) -> (tracing_appender::non_blocking::WorkerGuard, Logging) {
+    use tracing_subscriber::prelude::*;
     const QUEUED_LINES: usize = 16 * 1024;
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -872,19 +975,69 @@ fn init_logging(log: &config::LogConfig) -> tracing_appender::non_blocking::Work
         .thread_name("mjgate-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
-    mjgate::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
+    // The access log's own writers (stdout, a file) count theirs beside it.
+    mjgate::metrics::count_dropped_log_lines(move || {
+        dropped.dropped_lines() as u64 + mjgate::access::dropped_lines()
+    });
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter_of(&log.filter));
+    let (format, format_handle) =
+        tracing_subscriber::reload::Layer::new(format_layer(log.format, &writer, ansi));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .init();
+    let logging = Logging {
+        writer,
+        ansi,
+        filter: filter_handle,
+        format: format_handle,
+    };
+    (guard, logging)
+}
+
+/// `RUST_LOG` when it is set (it wins over the file, at start and on reload), else `log.filter`.
+fn filter_of(configured: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured))
+}
+
+type Filtered = tracing_subscriber::layer::Layered<
+    tracing_subscriber::reload::Layer<EnvFilter, tracing_subscriber::Registry>,
+    tracing_subscriber::Registry,
+>;
+type FormatLayer = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
+
+fn format_layer(
+    format: LogFormat,
+    writer: &tracing_appender::non_blocking::NonBlocking,
+    ansi: bool,
+) -> FormatLayer {
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer.clone())
         .with_ansi(ansi);
-    match log.format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Pretty => builder.init(),
+    match format {
+        LogFormat::Json => Box::new(layer.json().with_current_span(true).with_span_list(false)),
+        LogFormat::Pretty => Box::new(layer),
     }
-    guard
+}
+
+/// What a reload re-applies of `[log]`: the filter, the format, the access log's destination.
+struct Logging {
+    writer: tracing_appender::non_blocking::NonBlocking,
+    ansi: bool,
+    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    format: tracing_subscriber::reload::Handle<FormatLayer, Filtered>,
+}
+
+impl Logging {
+    fn apply(&self, log: &config::LogConfig) -> Result<(), String> {
+        // The access file first: the one step that can fail, before anything has changed.
+        mjgate::access::install(&log.access.to, &self.writer)
+            .map_err(|e| format!("log.access_to: {e}"))?;
+        self.filter
+            .reload(filter_of(&log.filter))
+            .map_err(|e| format!("log.filter: {e}"))?;
+        self.format
+            .reload(format_layer(log.format, &self.writer, self.ansi))
+            .map_err(|e| format!("log.format: {e}"))
+    }
 }

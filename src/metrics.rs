@@ -408,6 +408,10 @@ pub struct Metrics {
     /// `[ok, error]`: listener TLS handshakes, and certificate reloads.
     tls_handshakes: [IntCounter; 2],
     tls_reloads: [IntCounter; 2],
+    config_reloads: IntCounterVec,
+    proxy_headers: IntCounterVec,
+    /// Requests and connections refused by the per-address limits, by limit.
+    client_limited: [IntCounter; 2],
     circuit_open: IntGauge,
     /// The Redis tier's counters (registered whether or not it is configured).
     pub shared: SharedMetrics,
@@ -1169,6 +1173,24 @@ artifacts_failures: {
             upstream_tls_errors,
             tls_handshakes: ["ok", "error"].map(|result| handshakes.with_label_values(&[result])),
             tls_reloads: ["ok", "error"].map(|result| reloads.with_label_values(&[result])),
+            proxy_headers: r.counters(
+                "mjgate_proxy_protocol_headers_total",
+                "PROXY protocol headers read on the main listener (server.proxy_protocol), by result: proxied (named the client), local (the balancer's own connection), missing, malformed, truncated, timeout (the connection was closed for the last four).",
+                &["result"],
+            ),
+            config_reloads: r.counters(
+                "mjgate_config_reloads_total",
+                "Config reloads (SIGHUP, POST /admin/reload), by result: ok, invalid (the file did not validate), needs_restart (it changed keys only a restart applies); refused ones change nothing.",
+                &["result"],
+            ),
+            client_limited: {
+                let limited = r.counters(
+                    "mjgate_client_limited_total",
+                    "Requests (limit=rate, answered 429) and connections (limit=connections, closed on accept) refused by the per-address limits (server.per_client_rps, server.per_client_connections).",
+                    &["limit"],
+                );
+                ["rate", "connections"].map(|limit| limited.with_label_values(&[limit]))
+            },
             circuit_open: r.gauge(
                 "mjgate_upstream_circuit_open",
                 "1 while the circuit breaker fails upstream calls fast, else 0.",
@@ -1330,6 +1352,21 @@ artifacts_failures: {
         self.tls_reloads[usize::from(!ok)].inc();
     }
 
+    /// Counts a PROXY protocol header by its result.
+    pub fn proxy_header(&self, result: &'static str) {
+        self.proxy_headers.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a config reload by its result (`ok`, `invalid`, `needs_restart`).
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a request (`connection == false`) or a connection refused by the per-address limits.
+    pub fn client_limited(&self, connection: bool) {
+        self.client_limited[usize::from(connection)].inc();
+    }
+
     pub fn set_circuit_open(&self, open: bool) {
         self.circuit_open.set(i64::from(open));
     }
@@ -1345,10 +1382,9 @@ artifacts_failures: {
                 .with_label_values(&[class.as_str()])
                 .set(self.class_bytes[i].load(Ordering::Relaxed));
         }
-        if let Some(dropped) = DROPPED_LOG_LINES.get() {
-            let behind = dropped().saturating_sub(self.log_lines_dropped.get());
-            self.log_lines_dropped.inc_by(behind);
-        }
+        let dropped = DROPPED_LOG_LINES.get().map_or(0, |dropped| dropped());
+        let behind = dropped.saturating_sub(self.log_lines_dropped.get());
+        self.log_lines_dropped.inc_by(behind);
         let mut out = Vec::with_capacity(16 << 10);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "encoding metrics failed");

@@ -3,8 +3,9 @@
 //! The stack, outermost first, is assembled in `Gateway::pipeline`:
 //! 1. [`Envelope`] (a tower [`Layer`]): the request id (taken from the client or generated, echoed on
 //!    the response, handed to the handler for the upstream), `304 Not Modified` from the gateway's own
-//!    `ETag`s, the request's metrics and its access-log line. It sits outermost so that it times and
-//!    counts everything, the refusals included.
+//!    `ETag`s, the request's metrics and its access-log record ([`crate::access`], written once the
+//!    connection has sent the body). It sits outermost so that it times and counts everything, the
+//!    refusals included.
 //! 2. [`crate::gateway::Handler`]: admission, routing and the handlers (fetch core, push, passthrough).
 //!
 //! The hit path stays synchronous and allocation-free: before calling the handler, the envelope offers
@@ -25,6 +26,7 @@ use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderValue, IF_NONE_MATCH};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use crate::access::{AccessLog, AccessRecord, Notes, RequestHead, Who};
 use crate::body::ResponseBody;
 use crate::cache::{conditional, encoding};
 use crate::error::RequestError;
@@ -33,28 +35,19 @@ use crate::gzip;
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::request::id::{self as request_id, X_REQUEST_ID};
 
-/// One access-log line (target `mjgate::access`), at `info` when `log.access` is on, else `debug`.
-/// An event, not a span: nothing to carry into other work. A macro, not a function, so the fields
-/// are computed only when the line is written (the hit path pays nothing when it is not).
-macro_rules! access_line {
-    ($level:ident, $request_id:expr, $route:expr, $outcome:expr, $status:expr, $upstream_status:expr, $duration:expr) => {
-        tracing::$level!(
-            target: "mjgate::access",
-            id = $request_id.to_str().unwrap_or(""),
-            route = $route.as_str(),
-            cache = $outcome.as_str(),
-            status = $status.as_u16(),
-            upstream_status = $upstream_status,
-            duration_ms = $duration.as_secs_f64() * 1000.0,
-            "served"
-        )
-    };
-}
-
-/// A request as the envelope hands it on: the client's request and its request id.
+/// A request as the envelope hands it on: the client's request, its request id, and the notes its
+/// access-log line is to report (when the log is on).
 pub struct Call<B> {
     pub request: Request<B>,
     pub request_id: HeaderValue,
+    pub notes: Option<Arc<Notes>>,
+}
+
+/// The envelope's answer: the response, and the access-log record its body carries to the
+/// connection (which counts the bytes sent; the record writes its line when dropped).
+pub struct Logged {
+    pub response: Response<ResponseBody>,
+    pub record: Option<Box<AccessRecord>>,
 }
 
 /// A handler's answer and the route it took, for the envelope to finish.
@@ -68,6 +61,13 @@ pub struct Answer {
 /// this hot, every wrapper around a response is another copy of it.
 pub trait HitPath<B> {
     fn try_hit(&mut self, request: &Request<B>) -> Option<Response<ResponseBody>>;
+
+    /// The access log as it stands now (a reload may change it between two requests); `None` when
+    /// it is off.
+    fn access_log(&mut self) -> Option<Arc<AccessLog>>;
+
+    /// Who sent a request with these headers, for its access-log line.
+    fn who(&mut self, headers: &HeaderMap) -> Who;
 }
 
 /// The future of a request that took the slow path.
@@ -77,18 +77,13 @@ pub type SlowPath = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Se
 #[derive(Clone)]
 pub struct EnvelopeLayer {
     metrics: Arc<Metrics>,
-    access_log: bool,
     /// `cache.gzip`: answers may be compressed for clients that take gzip.
     gzip: bool,
 }
 
 impl EnvelopeLayer {
-    pub fn new(metrics: Arc<Metrics>, access_log: bool, gzip: bool) -> Self {
-        EnvelopeLayer {
-            metrics,
-            access_log,
-            gzip,
-        }
+    pub fn new(metrics: Arc<Metrics>, gzip: bool) -> Self {
+        EnvelopeLayer { metrics, gzip }
     }
 }
 
@@ -99,7 +94,6 @@ impl<S> Layer<S> for EnvelopeLayer {
         Envelope {
             inner,
             metrics: Arc::clone(&self.metrics),
-            access_log: self.access_log,
             gzip: self.gzip,
         }
     }
@@ -109,7 +103,6 @@ impl<S> Layer<S> for EnvelopeLayer {
 pub struct Envelope<S> {
     inner: S,
     metrics: Arc<Metrics>,
-    access_log: bool,
     gzip: bool,
 }
 
@@ -117,7 +110,7 @@ impl<S, B> Service<Request<B>> for Envelope<S>
 where
     S: Service<Call<B>, Response = Answer, Error = Infallible, Future = SlowPath> + HitPath<B>,
 {
-    type Response = Response<ResponseBody>;
+    type Response = Logged;
     type Error = Infallible;
     type Future = Enveloped;
 
@@ -126,8 +119,9 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Enveloped {
-        if let Some(response) = hit(&mut self.inner, &request, &self.metrics, self.access_log) {
-            return Enveloped::Ready(Some(response));
+        let access = self.inner.access_log();
+        if let Some(answered) = hit(&mut self.inner, &request, &self.metrics, access.as_ref()) {
+            return Enveloped::Ready(Some(answered));
         }
         let started = Instant::now();
         // Owned, like the If-None-Match lines below: a view of hyper's read buffer would keep all of
@@ -142,9 +136,21 @@ where
             }
             encodings.gzip()
         };
+        let (record, notes) = match &access {
+            Some(log) => {
+                let notes = Arc::new(Notes::default());
+                let who = self.inner.who(request.headers());
+                let head = head_of(&request, who);
+                let record =
+                    log.begin(&head, started, request_id.clone(), Some(Arc::clone(&notes)));
+                (Some(record), Some(notes))
+            }
+            None => (None, None),
+        };
         let slow = self.inner.call(Call {
             request,
             request_id: request_id.clone(),
+            notes,
         });
         Enveloped::Pending {
             slow,
@@ -153,42 +159,55 @@ where
                 request_id,
                 if_none_match,
                 accepts_gzip,
+                record,
             }),
             metrics: Arc::clone(&self.metrics),
-            access_log: self.access_log,
         }
     }
 }
 
+fn head_of<B>(request: &Request<B>, who: Who) -> RequestHead<'_> {
+    RequestHead {
+        method: request.method(),
+        uri: request.uri(),
+        version: request.version(),
+        headers: request.headers(),
+        who,
+    }
+}
+
 /// The envelope's hit path on its own: `handler`'s answer to `request` if it is a fresh cache hit,
-/// finished (304 check, metrics, access log, request id). What [`Envelope`] runs before anything
-/// else; public so the criterion benchmark measures exactly this.
+/// finished (304 check, metrics, access-log record, request id). What [`Envelope`] runs before
+/// anything else; public so the criterion benchmark measures exactly this.
 #[inline]
 pub fn hit<B, H: HitPath<B>>(
     handler: &mut H,
     request: &Request<B>,
     metrics: &Metrics,
-    access_log: bool,
-) -> Option<Response<ResponseBody>> {
+    access: Option<&Arc<AccessLog>>,
+) -> Option<Logged> {
     let started = Instant::now();
     let response = handler.try_hit(request)?;
+    let request_id = request_id::of_request(request.headers());
+    let record = match access {
+        Some(log) if log.sample_hit() => {
+            let who = handler.who(request.headers());
+            Some(log.begin(&head_of(request, who), started, request_id.clone(), None))
+        }
+        _ => None,
+    };
     let finish = Finish {
         started,
-        request_id: request_id::of_request(request.headers()),
+        request_id,
         if_none_match: None,
         // The hit path picked the representation already, from the headers admission read.
         accepts_gzip: false,
+        record,
     };
     let mut response = response;
     let hit = (RouteLabel::Fetch, Outcome::Hit, None);
-    finish.apply(
-        &mut response,
-        hit,
-        Some(request.headers()),
-        metrics,
-        access_log,
-    );
-    Some(response)
+    let record = finish.apply(&mut response, hit, Some(request.headers()), metrics);
+    Some(Logged { response, record })
 }
 
 /// What the envelope needs to finish a request once its answer is known.
@@ -199,12 +218,14 @@ pub struct Finish {
     if_none_match: Option<HeaderMap>,
     /// Whether the request's `Accept-Encoding` takes gzip.
     accepts_gzip: bool,
+    /// The request's access-log record, when the log is on (and the hit is sampled).
+    record: Option<Box<AccessRecord>>,
 }
 
 impl Finish {
-    /// The 304 check, the metrics, the access-log line and the echoed request id. `request` is the
-    /// request's headers when the hit path still has them. Inlined: on the hit path the answer then
-    /// moves straight into the response instead of through three return slots.
+    /// The 304 check, the metrics, the access-log record and the echoed request id. `request` is
+    /// the request's headers when the hit path still has them. Inlined: on the hit path the answer
+    /// then moves straight into the response instead of through three return slots.
     #[inline]
     fn apply(
         self,
@@ -212,8 +233,7 @@ impl Finish {
         (route, outcome, upstream_status): (RouteLabel, Outcome, Option<u16>),
         request: Option<&HeaderMap>,
         metrics: &Metrics,
-        access_log: bool,
-    ) {
+    ) -> Option<Box<AccessRecord>> {
         encoding::represent(response, self.accepts_gzip, route == RouteLabel::Batch);
         let conditions = request
             .filter(|headers| headers.contains_key(IF_NONE_MATCH))
@@ -233,71 +253,56 @@ impl Finish {
         }
         let elapsed = self.started.elapsed();
         metrics.request(route, outcome, elapsed);
-        let status = response.status();
-        if access_log {
-            access_line!(
-                info,
-                self.request_id,
-                route,
-                outcome,
-                status,
-                upstream_status,
-                elapsed
-            );
-        } else {
-            access_line!(
-                debug,
-                self.request_id,
-                route,
-                outcome,
-                status,
-                upstream_status,
-                elapsed
-            );
+        let mut record = self.record;
+        if let Some(record) = &mut record {
+            record.answered(route, outcome, response.status().as_u16(), upstream_status);
         }
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), self.request_id);
+        record
     }
 }
 
 /// The future a request is served by: ready at once for a cache hit, the slow path's otherwise.
 pub enum Enveloped {
-    Ready(Option<Response<ResponseBody>>),
+    Ready(Option<Logged>),
     Pending {
         slow: SlowPath,
         finish: Option<Finish>,
         metrics: Arc<Metrics>,
-        access_log: bool,
     },
 }
 
 impl Future for Enveloped {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+    type Output = Result<Logged, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Enveloped::Ready(response) => Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+            Enveloped::Ready(answered) => Poll::Ready(Ok(answered.take().unwrap_or_else(|| {
                 // hyper never polls a finished future; answer sanely rather than panic if it did.
-                RequestError::Internal("response already sent").into_response()
+                Logged {
+                    response: RequestError::Internal("response already sent").into_response(),
+                    record: None,
+                }
             }))),
             Enveloped::Pending {
                 slow,
                 finish,
                 metrics,
-                access_log,
             } => {
                 let Ok(answer) = std::task::ready!(slow.as_mut().poll(cx));
                 let Answer { served, route } = answer;
                 let how = (route, served.outcome(), served.upstream_status);
                 let mut response = served.response;
-                match finish.take() {
-                    Some(finish) => finish.apply(&mut response, how, None, metrics, *access_log),
+                let record = match finish.take() {
+                    Some(finish) => finish.apply(&mut response, how, None, metrics),
                     None => {
-                        response = RequestError::Internal("response already sent").into_response()
+                        response = RequestError::Internal("response already sent").into_response();
+                        None
                     }
-                }
-                Poll::Ready(Ok(response))
+                };
+                Poll::Ready(Ok(Logged { response, record }))
             }
         }
     }

@@ -4,5 +4,6 @@
 pub mod admission;
 pub mod body;
 pub mod client_addr;
+pub mod client_limits;
 pub mod id;
 pub mod routes;

@@ -18,6 +18,7 @@ use crate::tls::{ListenerCert, Reload};
 use crate::work::Settled;
 
 mod connection;
+mod proxy_protocol;
 mod stream;
 
 use connection::{Connection, Serving};
@@ -53,6 +54,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drain, Error> {
+    run_reloadable(listeners, config, None, shutdown).await
+}
+
+/// [`run`], reloading the config from `source` on SIGHUP and `POST /admin/reload`.
+pub async fn run_reloadable(
+    listeners: impl Into<Listeners>,
+    config: Config,
+    source: Option<crate::reload::Source>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Drain, Error> {
+    let as_configured = config.clone();
     let mut config = config;
     let listeners = listeners.into();
     // The admin routes move off the main listener only when there is an admin listener to take them.
@@ -60,7 +72,17 @@ pub async fn run(
         config.admin_listen = None;
     }
     let gateway = Arc::new(Gateway::new(&config)?);
+    gateway.set_running(as_configured);
     gateway.start_background();
+    let _reloads = source.map(|source| {
+        gateway.set_reload_source(source);
+        // Installed now, not when the task first runs: a SIGHUP's default action ends the process.
+        #[cfg(unix)]
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        #[cfg(not(unix))]
+        let hangup = None::<()>;
+        AbortOnDrop(tokio::spawn(reload_on_hangup(Arc::clone(&gateway), hangup)))
+    });
     let tls = match &config.tls {
         Some(files) => Some(ListenerCert::load(files)?),
         None => None,
@@ -180,6 +202,7 @@ fn serving(config: &ServerConfig) -> Serving {
         idle_timeout: config.idle_timeout,
         send_timeout: config.send_timeout,
         park_after: config.park_idle_after,
+        proxy_protocol: config.proxy_protocol,
     }
 }
 
@@ -264,6 +287,24 @@ async fn reload_on_change(cert: Arc<ListenerCert>, gateway: Arc<Gateway>) {
         }
     }
 }
+
+/// Reloads the config on every SIGHUP (the listener's certificate reloads on it too).
+#[cfg(unix)]
+async fn reload_on_hangup(gateway: Arc<Gateway>, hangup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangup) = hangup else {
+        tracing::warn!("cannot listen for SIGHUP: reload with POST /admin/reload");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!(signal = "SIGHUP", "reloading the config");
+        // Reading a file: off the workers that serve requests.
+        let gateway = Arc::clone(&gateway);
+        let _ = tokio::task::spawn_blocking(move || gateway.reload_now()).await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_gateway: Arc<Gateway>, _hangup: Option<()>) {}
 
 /// Aborts a background task when the server that started it returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

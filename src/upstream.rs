@@ -378,10 +378,12 @@ impl Upstream {
             })
         };
         let call = self.metrics.upstream_call(route);
+        let began = std::time::Instant::now();
         let result = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
         };
+        crate::access::note_upstream(began.elapsed());
         call.finish(UpstreamResult::of(
             result.as_ref().map(|reply| reply.status),
         ));
@@ -430,10 +432,13 @@ impl Upstream {
         let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
         let admitted = self.admit(credential, Lane::Passthrough).await?;
         let call = self.metrics.upstream_call(route);
+        let began = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(result) => result.map_err(|e| self.client_error(e)),
             Err(_) => Err(UpstreamError::Timeout(timeout)),
         };
+        // To the answer's head: a forwarded body streams to the client after it.
+        crate::access::note_upstream(began.elapsed());
         call.finish(UpstreamResult::of(result.as_ref().map(Response::status)));
         match &result {
             Ok(response) => self.record(

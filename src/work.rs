@@ -3,7 +3,7 @@
 //! grace and says what it abandoned.
 //!
 //! Every spawn goes through [`Work::spawn`]: it keeps the caller's span (a request's log lines carry
-//! its id whichever task writes them), counts the task by kind while it runs
+//! its id whichever task writes them) and, for a request's own upstream work, its access-log notes, counts the task by kind while it runs
 //! (`mjgate_background_tasks{kind}`), and registers it with a [`TaskTracker`] the drain waits on.
 //! Long-lived kinds end on the drain signal by themselves (watchers answer, trackers leave their hook
 //! to the Redis tier), so waiting for all of them is waiting for what is still worth finishing.
@@ -110,10 +110,18 @@ impl Work {
         F::Output: Send + 'static,
     {
         let running = GaugeGuard::new(&self.running[kind.index()]);
+        // A request's own upstream work times against its access-log line; a watch's poller or a
+        // hook's tracker outlives the request that started it, and is nobody's.
+        let notes = match kind {
+            WorkKind::Fetch | WorkKind::BatchChunk | WorkKind::Submit => {
+                crate::access::current_notes()
+            }
+            _ => None,
+        };
         self.tracker.spawn(
             async move {
                 let _running: GaugeGuard = running;
-                future.await
+                crate::access::with_notes(notes, future).await
             }
             .in_current_span(),
         )

@@ -83,6 +83,9 @@ keys! {
     SERVER_SHUTDOWN_GRACE = "server.shutdown_grace", secs(30), ms(0), secs(DAY);
     SERVER_HEADER_READ_TIMEOUT = "server.header_read_timeout", secs(10), ms(1), secs(HOUR);
     SERVER_MAX_CONNECTIONS = "server.max_connections", count(10_000), count(1), count(1_000_000);
+    SERVER_PER_CLIENT_RPS = "server.per_client_rps", count(0), count(0), count(10_000_000);
+    SERVER_PER_CLIENT_BURST = "server.per_client_burst", count(50), count(1), count(10_000_000);
+    SERVER_PER_CLIENT_CONNECTIONS = "server.per_client_connections", count(0), count(0), count(1_000_000);
     SERVER_MAX_HEADER_BYTES = "server.max_header_bytes", size(64 * KIB), size(8 * KIB), size(16 * MIB);
     SERVER_MAX_REQUEST_BODY = "server.max_request_body", size(32 * MIB), size(KIB), size(64 * GIB);
     SERVER_PASSTHROUGH_BUFFER = "server.passthrough_buffer", size(64 * KIB), size(0), size(4 * GIB - 1);
@@ -151,6 +154,26 @@ pub const LOG_ACCESS: Setting = Setting {
     name: "log.access",
     default: "false",
 };
+pub const LOG_ACCESS_FORMAT: Setting = Setting {
+    name: "log.access_format",
+    default: "json",
+};
+pub const LOG_ACCESS_QUERY: Setting = Setting {
+    name: "log.access_query",
+    default: "false",
+};
+pub const LOG_ACCESS_HIT_SAMPLE: Setting = Setting {
+    name: "log.access_hit_sample",
+    default: "1.0",
+};
+pub const LOG_ACCESS_TO: Setting = Setting {
+    name: "log.access_to",
+    default: "log",
+};
+pub const SERVER_PROXY_PROTOCOL: Setting = Setting {
+    name: "server.proxy_protocol",
+    default: "false",
+};
 pub const SHARED_CACHE_KEY_PREFIX: Setting = Setting {
     name: "shared_cache.key_prefix",
     default: "mjgate:",
@@ -201,6 +224,11 @@ pub const SETTINGS: &[Setting] = &[
     LOG_FORMAT,
     LOG_FILTER,
     LOG_ACCESS,
+    LOG_ACCESS_FORMAT,
+    LOG_ACCESS_QUERY,
+    LOG_ACCESS_HIT_SAMPLE,
+    LOG_ACCESS_TO,
+    SERVER_PROXY_PROTOCOL,
     SHARED_CACHE_KEY_PREFIX,
     IDEMPOTENCY_ENABLED,
     IDEMPOTENCY_REQUIRE,

@@ -24,7 +24,7 @@ impl Gateway {
     ) -> Served {
         let (parts, body) = request.into_parts();
         let held = match self
-            .read_whole(&parts.headers, body, self.limits.batch_max_body)
+            .read_whole(&parts.headers, body, self.settings().limits.batch_max_body)
             .await
         {
             Ok(held) => held,
@@ -37,7 +37,7 @@ impl Gateway {
             .get(family)
             .batch()
             .map_or(&[][..], |batch| &batch.ignore_fields[..]);
-        let query = BatchQuery::parse(body, self.limits.batch_max_ids, ignored);
+        let query = BatchQuery::parse(body, self.settings().limits.batch_max_ids, ignored);
         let ids: Vec<TaskId<'_>> = match &query {
             // Validated by the parser; parsing again only turns them into `TaskId`s.
             Ok(BatchQuery::Ids(ids)) => {
@@ -69,7 +69,7 @@ impl Gateway {
         if declared.is_some_and(|len| len > max) {
             return Err(BodyFault::TooLarge(max).into());
         }
-        let body = request_body::bounded(body, max, self.limits.body_read_timeout);
+        let body = request_body::bounded(body, max, self.settings().limits.body_read_timeout);
         self.bodies.read(body, max, declared).await
     }
 

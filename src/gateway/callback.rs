@@ -29,7 +29,7 @@ impl Gateway {
         let families = self.fetcher.families();
         let (parts, body) = request.into_parts();
         let held = match self
-            .read_whole(&parts.headers, body, self.limits.batch_max_body)
+            .read_whole(&parts.headers, body, self.settings().limits.batch_max_body)
             .await
         {
             Ok(held) => held,

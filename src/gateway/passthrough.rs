@@ -37,17 +37,17 @@ impl Gateway {
         {
             return self.client_fault(fault);
         }
-        let max = self.limits.max_request_body;
+        let max = self.settings().limits.max_request_body;
         let declared = declared_length(request.headers());
         if declared.is_some_and(|len| len > max) {
             return self.client_fault(BodyFault::TooLarge(max));
         }
         // Counted and timed as it streams: a chunked body that grows too large (413), stalls (408) or
         // breaks (400) aborts the upstream call, and is the client's error.
-        let idle = self.limits.body_read_timeout;
+        let idle = self.settings().limits.body_read_timeout;
         let (parts, body) = request.into_parts();
         let body = request_body::bounded(body, max, idle);
-        let buffer = self.limits.passthrough_buffer;
+        let buffer = self.settings().limits.passthrough_buffer;
         // Only what the budget allows is buffered: past it, bodies stream as they always could.
         let reservation = (buffer > 0 && declared.is_none_or(|len| len <= buffer))
             .then(|| self.bodies.reserve(buffer as usize))

@@ -87,7 +87,11 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         // A content-coded body could hide a hook the gateway cannot read: refused (415), as a batch is.
         let held = match self
-            .read_whole(&parts.headers, body, self.limits.max_request_body)
+            .read_whole(
+                &parts.headers,
+                body,
+                self.settings().limits.max_request_body,
+            )
             .await
         {
             Ok(held) => held,

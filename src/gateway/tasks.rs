@@ -22,9 +22,11 @@ use crate::shared::PurgeScope;
 use crate::task::TaskId;
 
 impl Gateway {
-    pub(super) async fn admin_tasks(&self, rest: &str, request: &Request<Incoming>) -> Served {
-        let Some(token) = &self.admin_token else {
-            return Served::error(RequestError::AdminOff);
+    /// The request carries `Authorization: Bearer <admin.token>` (compared in constant time).
+    pub(super) fn admin_authorized<B>(&self, request: &Request<B>) -> Result<(), RequestError> {
+        let settings = self.settings();
+        let Some(token) = &settings.admin_token else {
+            return Err(RequestError::AdminOff);
         };
         let offered = request
             .headers()
@@ -32,8 +34,16 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !same(offered.as_bytes(), token.as_bytes()) {
-            return Served::error(RequestError::AdminUnauthorized);
+        if same(offered.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(RequestError::AdminUnauthorized)
+        }
+    }
+
+    pub(super) async fn admin_tasks(&self, rest: &str, request: &Request<Incoming>) -> Served {
+        if let Err(e) = self.admin_authorized(request) {
+            return Served::error(e);
         }
         let scope = match self.admin_scope(rest, request.uri().query()) {
             Ok(scope) => scope,

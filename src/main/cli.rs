@@ -166,8 +166,24 @@ pub enum Command {
     },
     /// Check the config as the gateway would read it (file, environment, flags), print what it
     /// would run with, and exit: 0 when valid, 2 with the offending key otherwise. Like `nginx -t`, for
-    /// deploy pipelines and `ExecStartPre=`.
-    CheckConfig,
+    /// deploy pipelines and `ExecStartPre=`. With `--diff`, also compare it key by key with what the
+    /// running gateway runs (`GET /admin/config`, behind `admin.token`): exit 3 when a key that
+    /// needs a restart differs (a reload would be refused).
+    CheckConfig {
+        /// Compare with the running gateway.
+        #[arg(long)]
+        diff: bool,
+        /// The gateway's URL, instead of the config's admin listener (or listener).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Make a running gateway read its config file again (`POST /admin/reload`, what SIGHUP does):
+    /// prints what changed, or why nothing did (a key that needs a restart, an invalid file).
+    Reload {
+        /// The gateway's URL, instead of the config's admin listener (or listener).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Keep a local file in the `[artifacts]` store the config names (streamed, content-addressed)
     /// and print its URL path for `--credential` (`/_mjgate/files/{token}`): for operators seeding a
     /// store, and for the file-serving benchmark.

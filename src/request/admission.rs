@@ -153,6 +153,25 @@ pub fn admit<'a>(
     })
 }
 
+/// The one credential `headers` carry, for the access log; `None` when they carry none (or more
+/// than one, which admission refuses).
+pub fn credential_of(headers: &HeaderMap) -> Option<Credential<'_>> {
+    let mut found = None;
+    for (name, value) in headers {
+        let credential = if name == AUTHORIZATION {
+            Credential::Authorization(value)
+        } else if name == MJ_API_SECRET {
+            Credential::Secret(value)
+        } else {
+            continue;
+        };
+        if found.replace(credential).is_some() {
+            return None;
+        }
+    }
+    found
+}
+
 /// Whether an `Accept` value names `text/event-stream`.
 fn accepts_event_stream(accept: &HeaderValue) -> bool {
     const SSE: &[u8] = b"text/event-stream";

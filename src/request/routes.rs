@@ -42,6 +42,8 @@ pub enum Route<'a> {
     /// `/admin/tasks[/{family}[/{id}]]`: an operator inspecting or purging cached answers (what
     /// follows `/admin/tasks`).
     AdminTasks(&'a str),
+    /// `/admin/config` (the running config) or `/admin/reload` (read the file again).
+    AdminConfig(AdminConfigRoute),
     /// `GET` on a family's download route (`/v1/videos/{id}/content`): a task's file, kept.
     Download(TaskRoute<'a>),
     /// Everything else, forwarded untouched.
@@ -73,7 +75,8 @@ impl Route<'_> {
             | Route::Ready
             | Route::Upstream
             | Route::Metrics
-            | Route::AdminTasks(_) => RouteLabel::Admin,
+            | Route::AdminTasks(_)
+            | Route::AdminConfig(_) => RouteLabel::Admin,
             Route::Fetch(_) | Route::BadTaskId(_) => RouteLabel::Fetch,
             Route::LongPoll(_) => RouteLabel::LongPoll,
             Route::Events(_) => RouteLabel::Events,
@@ -98,9 +101,21 @@ impl Route<'_> {
     pub fn is_admin(&self) -> bool {
         matches!(
             self,
-            Route::Health | Route::Ready | Route::Upstream | Route::Metrics | Route::AdminTasks(_)
+            Route::Health
+                | Route::Ready
+                | Route::Upstream
+                | Route::Metrics
+                | Route::AdminTasks(_)
+                | Route::AdminConfig(_)
         )
     }
+}
+
+/// Which of the operator's config routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminConfigRoute {
+    Show,
+    Reload,
 }
 
 /// The operator's task routes.
@@ -133,6 +148,8 @@ pub fn classify<'a>(
         (&Method::GET, "/readyz") => return Route::Ready,
         (&Method::GET, "/upstreamz") => return Route::Upstream,
         (&Method::GET, "/metrics") => return Route::Metrics,
+        (_, "/admin/config") => return Route::AdminConfig(AdminConfigRoute::Show),
+        (_, "/admin/reload") => return Route::AdminConfig(AdminConfigRoute::Reload),
         (_, path) if path == ADMIN_TASKS || path.starts_with(ADMIN_TASKS_SLASH) => {
             return Route::AdminTasks(&path[ADMIN_TASKS.len()..]);
         }
@@ -208,6 +225,7 @@ mod tests {
             Route::Callback(token) => format!("callback {token}"),
             Route::File(token) => format!("file {token}"),
             Route::AdminTasks(rest) => format!("admin-tasks {rest}"),
+            Route::AdminConfig(route) => format!("admin-config {route:?}"),
             Route::Download(t) => task("download", t),
             Route::Refused(r) => format!("refused {r:?}"),
         }

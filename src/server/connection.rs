@@ -29,10 +29,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::Service as _;
 
+use super::proxy_protocol;
 use super::stream::{ClientIo, ClientStream};
+use crate::access::AccessRecord;
 use crate::body::{CutOff, ResponseBody};
 use crate::gateway::{Gateway, Handler, Listener, Peer};
-use crate::pipeline::{Envelope, Enveloped};
+use crate::pipeline::{Envelope, Enveloped, Logged};
 
 /// How every connection is served: hyper's two protocol builders and the connection timers.
 pub(super) struct Serving {
@@ -43,6 +45,8 @@ pub(super) struct Serving {
     pub(super) send_timeout: Duration,
     /// `None`: idle connections are never parked.
     pub(super) park_after: Option<Duration>,
+    /// `server.proxy_protocol`: main-listener connections begin with a PROXY protocol header.
+    pub(super) proxy_protocol: bool,
 }
 
 impl Serving {
@@ -164,8 +168,43 @@ impl Connection {
         // or the read that tells HTTP/1 from HTTP/2: like nginx's client_header_timeout, the first
         // request must arrive within `header_read_timeout` of the connection.
         let first_request = Instant::now() + self.serving.head_timeout;
+        let mut stream = stream;
+        if self.serving.proxy_protocol && self.listener == Listener::Main {
+            let Some(client) = self.proxy_header(&mut stream, first_request).await else {
+                return;
+            };
+            self.peer = client;
+        }
+        // Per-address connections, counted for the client (a trusted balancer carries many).
+        let _slot = if self.listener == Listener::Main && !self.gateway.trusts(self.peer.ip()) {
+            match self.gateway.client_limits().connect(self.peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.gateway.metrics().client_limited(true);
+                    tracing::debug!(peer = %self.peer, "per-address connection limit reached: closed");
+                    self.refuse(
+                        &mut stream,
+                        "429 Too Many Requests",
+                        "too many connections from this address (server.per_client_connections)",
+                        Some(1),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let Some(stream) = self.handshake(stream).await else {
             return;
+        };
+        let tls_version = match &stream {
+            ClientStream::Tls(tls) => match tls.get_ref().1.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+                Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+                _ => Some("TLS"),
+            },
+            ClientStream::Plain(_) => None,
         };
         let activity = Arc::new(Activity::default());
         let mut served = ClientIo {
@@ -186,6 +225,7 @@ impl Connection {
             addr: self.peer,
             listener: self.listener,
             tls: self.tls.is_some(),
+            tls_version,
             cut_off: Arc::clone(&self.cut_off),
         };
         let service = ConnectionService {
@@ -367,6 +407,71 @@ impl Connection {
                 SpellEnd::Over
             }
         }
+    }
+
+    /// Reads the connection's PROXY protocol header by `deadline`: the client it names (the peer for
+    /// the balancer's own connections), or `None` when the connection is to go (counted, and for a
+    /// plaintext listener answered with a `400` that says why).
+    async fn proxy_header(&self, stream: &mut TcpStream, deadline: Instant) -> Option<SocketAddr> {
+        let metrics = self.gateway.metrics();
+        let refused = match tokio::time::timeout_at(deadline, proxy_protocol::read(stream)).await {
+            Ok(Ok(proxy_protocol::Header::Proxied(client))) => {
+                metrics.proxy_header("proxied");
+                return Some(client);
+            }
+            Ok(Ok(proxy_protocol::Header::Local)) => {
+                metrics.proxy_header("local");
+                return Some(self.peer);
+            }
+            Ok(Err(malformed)) => {
+                metrics.proxy_header(malformed.label());
+                malformed.to_string()
+            }
+            Err(_) => {
+                metrics.proxy_header("timeout");
+                "no PROXY protocol header within server.header_read_timeout".to_owned()
+            }
+        };
+        tracing::debug!(peer = %self.peer, reason = %refused, "connection refused");
+        self.refuse(
+            stream,
+            "400 Bad Request",
+            &format!("{refused} (server.proxy_protocol is on: connect through the balancer)"),
+            None,
+        )
+        .await;
+        None
+    }
+
+    /// Answers a connection about to be closed unserved, before reading its request, when the
+    /// listener is plaintext (a TLS client would read it as a broken handshake, so it is just
+    /// closed): the status and a JSON body that says why, written within a second or not at all.
+    async fn refuse(
+        &self,
+        stream: &mut TcpStream,
+        status: &str,
+        description: &str,
+        retry_after: Option<u64>,
+    ) {
+        if self.tls.is_some() {
+            return;
+        }
+        let code = status.split(' ').next().unwrap_or("400");
+        let body = serde_json::json!({
+            "code": code.parse::<u16>().unwrap_or(400),
+            "description": description,
+            "type": "mjgate_error",
+        })
+        .to_string();
+        let retry_after = retry_after
+            .map(|secs| format!("retry-after: {secs}\r\n"))
+            .unwrap_or_default();
+        let answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry_after}connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
     }
 
     /// The stream to serve: the socket, or TLS over it once the handshake is done. The handshake runs
@@ -583,24 +688,35 @@ impl Future for Counted {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let Ok(response) = ready!(Pin::new(&mut this.inner).poll(cx));
+        let Ok(Logged { response, record }) = ready!(Pin::new(&mut this.inner).poll(cx));
         let activity = this.activity.take().unwrap_or_default();
         if response.status().as_u16() < 400 {
             activity.with_body.store(false, Ordering::Relaxed);
         }
-        Poll::Ready(Ok(response.map(|body| CountedBody { body, activity })))
+        Poll::Ready(Ok(response.map(|body| CountedBody {
+            body,
+            activity,
+            record,
+        })))
     }
 }
 
-/// A response body that tells the connection, when hyper drops it, that its request is done.
+/// A response body that tells the connection, when hyper drops it, that its request is done, and
+/// counts what it sent for the request's access-log line (written as the record drops with it).
 pub(super) struct CountedBody {
     body: ResponseBody,
     activity: Arc<Activity>,
+    record: Option<Box<AccessRecord>>,
 }
 
 impl Drop for CountedBody {
     fn drop(&mut self) {
         self.activity.finished.fetch_add(1, Ordering::Relaxed);
+        if let Some(record) = &mut self.record
+            && self.body.is_end_stream()
+        {
+            record.completed();
+        }
     }
 }
 
@@ -612,7 +728,20 @@ impl Body for CountedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(record) = &mut this.record {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.sent(data.len());
+                    }
+                }
+                Poll::Ready(None) => record.completed(),
+                _ => {}
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

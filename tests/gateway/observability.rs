@@ -273,7 +273,8 @@ async fn no_credential_appears_in_logs_or_metrics() {
 
     const SECRET: &str = "Bearer sk-never-log-me-0123456789";
     const MJ_SECRET: &str = "mj-secret-never-log-me";
-    let (sim, gw) = start("[upstream]\nrequest_timeout = \"300ms\"\n").await;
+    // With the access log on, every request writes a line: none of them may carry a credential.
+    let (sim, gw) = start("[upstream]\nrequest_timeout = \"300ms\"\n[log]\naccess = true\n").await;
     sim.create_task(SECRET, "t", "SUCCESS");
     let mut with_id = request(Method::GET, &gw.url("/mj/task/t/fetch"), Some(SECRET), "");
     with_id
@@ -309,7 +310,7 @@ async fn no_credential_appears_in_logs_or_metrics() {
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("logged-id-1"),
-        "the request span carries the id:\n{logs}"
+        "the access line carries the client's request id:\n{logs}"
     );
     assert!(
         logs.contains("upstream call failed"),

@@ -1,0 +1,299 @@
+//! Reload without restart: `SIGHUP` (or `POST /admin/reload`, what `mjgate reload` sends) reads the
+//! config file again and swaps in what can change under running connections; `check-config --diff`
+//! compares a file with what a gateway runs.
+//!
+//! A new config is validated whole first; one that fails is refused and the old one keeps serving. A
+//! valid one that changes a key only a restart can apply (the listeners, the upstream client, the
+//! Redis tier, the families, ...) is refused too, naming those keys: half a reload would leave the
+//! operator guessing which config runs. The keys a reload applies are [`RELOADABLE`]: the request
+//! settings are swapped in whole for the requests after it (connections, held requests and the cache
+//! carry on), the cache's TTLs change in place, and the binary re-applies its log filter, format and
+//! access-log destination.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::config::Config;
+
+/// The keys a reload applies, as [`describe`] names them (a key applies when it is one of these or
+/// lies under one).
+pub const RELOADABLE: &[&str] = &[
+    "admin_token",
+    "cache.in_progress_ttl",
+    "cache.not_found_ttl",
+    "cache.max_stale",
+    "batch.max_body",
+    "batch.max_ids",
+    "server.trusted_proxies",
+    "server.max_request_body",
+    "server.passthrough_buffer",
+    "server.body_read_timeout",
+    "server.per_client",
+    "log",
+];
+
+/// The config as flat `key = value` lines, named like the file's keys where the two agree
+/// (`cache.in_progress_ttl`); secrets are redacted. Read from the config's `{:#?}` output, so that
+/// every key a type adds is covered without a list to keep.
+pub fn describe(config: &Config) -> BTreeMap<String, String> {
+    flatten(&format!("{config:#?}"), true)
+}
+
+/// The same with secrets kept, to tell a changed secret from an unchanged one in this process.
+fn describe_raw(config: &Config) -> BTreeMap<String, String> {
+    flatten(&format!("{config:#?}"), false)
+}
+
+fn is_secret(path: &str) -> bool {
+    ["token", "secret", "password", "access_key"]
+        .iter()
+        .any(|word| path.contains(word))
+}
+
+/// Reads `{:#?}` output: one field per line, a line ending in `{`, `[` or `(` opens a level that
+/// its matching closing line ends, and a value without a name (an item of a list) is named by its
+/// place.
+fn flatten(pretty: &str, redact: bool) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut stack: Vec<Level> = Vec::new();
+    for (n, line) in pretty.lines().enumerate() {
+        let line = line.trim().trim_end_matches(',');
+        if n == 0 {
+            // `Config {`: the root.
+            continue;
+        }
+        if matches!(line, "}" | "]" | ")") {
+            stack.pop();
+            continue;
+        }
+        let parent = stack.last().map(|level| level.path.clone());
+        let parent = parent.as_deref();
+        let (path, value) = match (field(line), stack.last_mut()) {
+            (Some((name, value)), _) => (join(parent, name), value),
+            // `Some(x)` and its like: the value of the key that holds it.
+            (None, Some(level)) if level.tuple => (level.path.clone(), line),
+            (None, level) => {
+                let index = level.map_or(0, |level| {
+                    level.items += 1;
+                    level.items - 1
+                });
+                (join(parent, &index.to_string()), line)
+            }
+        };
+        if let Some(opener) = value.strip_suffix(['{', '[', '(']) {
+            let tuple = value.ends_with('(');
+            let kind = opener.trim();
+            if !kind.is_empty() && kind != "Some" {
+                // `UpstreamConfig {`, `Local {`: which kind of value this is.
+                out.insert(path.clone(), kind.to_owned());
+            }
+            stack.push(Level {
+                path,
+                items: 0,
+                tuple,
+            });
+            continue;
+        }
+        let value = if redact && is_secret(&path) && value != "None" {
+            "<redacted>"
+        } else {
+            value
+        };
+        out.entry(path)
+            .and_modify(|held| {
+                held.push(' ');
+                held.push_str(value);
+            })
+            .or_insert_with(|| value.to_owned());
+    }
+    out
+}
+
+/// An open level of `{:#?}` output.
+struct Level {
+    path: String,
+    /// Unnamed items so far (a list's).
+    items: usize,
+    /// Opened by `(`: a wrapper (`Some(...)`) whose items are its key's value.
+    tuple: bool,
+}
+
+fn join(parent: Option<&str>, name: &str) -> String {
+    match parent {
+        Some(parent) => format!("{parent}.{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// `name: value`, where `name` is an identifier: `in_progress_ttl: 3s`.
+fn field(line: &str) -> Option<(&str, &str)> {
+    let (name, value) = line.split_once(": ")?;
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .then_some((name, value))
+}
+
+/// One key that differs between two configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// A reload applies it; otherwise only a restart does.
+    pub reloadable: bool,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".to_owned());
+        write!(
+            f,
+            "{}: {} -> {}{}",
+            self.key,
+            show(&self.from),
+            show(&self.to),
+            if self.reloadable {
+                ""
+            } else {
+                "  (needs a restart)"
+            }
+        )
+    }
+}
+
+pub fn reloadable(key: &str) -> bool {
+    RELOADABLE
+        .iter()
+        .any(|prefix| key == *prefix || key.starts_with(&format!("{prefix}.")))
+}
+
+/// What differs between two described configs, key by key.
+pub fn diff(from: &BTreeMap<String, String>, to: &BTreeMap<String, String>) -> Vec<Change> {
+    let mut keys: Vec<&String> = from.keys().chain(to.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| from.get(*key) != to.get(*key))
+        .map(|key| Change {
+            key: key.clone(),
+            from: from.get(key).cloned(),
+            to: to.get(key).cloned(),
+            reloadable: reloadable(key),
+        })
+        .collect()
+}
+
+/// What a reload from `old` to `new` changes, secrets compared as they are but shown redacted.
+pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
+    let (old_raw, new_raw) = (describe_raw(old), describe_raw(new));
+    let (old_shown, new_shown) = (describe(old), describe(new));
+    diff(&old_raw, &new_raw)
+        .into_iter()
+        .map(|mut change| {
+            change.from = old_shown.get(&change.key).cloned();
+            change.to = new_shown.get(&change.key).cloned();
+            change
+        })
+        .collect()
+}
+
+/// Where a reload reads its config, and what the binary re-applies once it is taken (the log's
+/// filter, format and access-log destination live outside the gateway).
+pub struct Source {
+    /// Reads and validates the config file again, with the command line's overrides.
+    pub load: Box<Load>,
+    /// Applies a checked config's log settings; an error refuses the reload.
+    pub apply: Box<Apply>,
+}
+
+type Load = dyn Fn() -> Result<Config, String> + Send + Sync;
+type Apply = dyn Fn(&Config) -> Result<(), String> + Send + Sync;
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("this gateway was not started from a config file: nothing to reload")]
+    NoSource,
+    #[error("these keys need a restart, so nothing was reloaded: {}", .0.join(", "))]
+    NeedsRestart(Vec<String>),
+}
+
+impl Refused {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Invalid(_) | Refused::NoSource => "invalid",
+            Refused::NeedsRestart(_) => "needs_restart",
+        }
+    }
+}
+
+/// Checks that a reload from `old` to `new` may be applied; the changes it makes if so.
+pub fn check(old: &Config, new: &Config) -> Result<Vec<Change>, Refused> {
+    let changes = changes(old, new);
+    let restart: Vec<String> = changes
+        .iter()
+        .filter(|change| !change.reloadable)
+        .map(|change| change.key.clone())
+        .collect();
+    if restart.is_empty() {
+        Ok(changes)
+    } else {
+        Err(Refused::NeedsRestart(restart))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml(
+            &format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}"),
+            &Overrides::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_config_is_described_key_by_key_with_its_secrets_redacted() {
+        let described = describe(&config(
+            "[admin]\ntoken = \"0123456789abcdef-secret\"\n[cache]\nin_progress_ttl = \"7s\"\n",
+        ));
+        assert_eq!(described["cache.in_progress_ttl"], "7s");
+        assert_eq!(described["admin_token"], "<redacted>");
+        assert!(
+            !described.values().any(|v| v.contains("0123456789abcdef")),
+            "{described:#?}"
+        );
+        assert!(described.contains_key("upstream.max_in_flight"));
+    }
+
+    #[test]
+    fn a_ttl_change_reloads_and_a_listener_change_needs_a_restart() {
+        let old = config("");
+        let ttl = config("[cache]\nin_progress_ttl = \"9s\"\n");
+        let changes = check(&old, &ttl).unwrap();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].key, "cache.in_progress_ttl");
+        assert_eq!(changes[0].to.as_deref(), Some("9s"));
+
+        let mut moved = config("[cache]\nin_progress_ttl = \"9s\"\n");
+        moved.listen = "127.0.0.1:9999".parse().unwrap();
+        match check(&old, &moved) {
+            Err(Refused::NeedsRestart(keys)) => assert_eq!(keys, ["listen"]),
+            other => panic!("{other:?}"),
+        }
+        let token = config("[admin]\ntoken = \"0123456789abcdef-other\"\n");
+        let changes = check(&old, &token).unwrap();
+        assert_eq!(changes[0].key, "admin_token");
+        assert_eq!(changes[0].to.as_deref(), Some("<redacted>"));
+    }
+
+    #[test]
+    fn an_unchanged_config_changes_nothing() {
+        assert!(check(&config(""), &config("")).unwrap().is_empty());
+    }
+}
