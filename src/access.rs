@@ -383,6 +383,11 @@ impl Notes {
         *self.trace.lock() = Some(ids);
     }
 
+    /// The request's trace and the gateway's span in it, once the handler has begun it.
+    pub fn trace(&self) -> Option<TraceIds> {
+        *self.trace.lock()
+    }
+
     fn upstream(&self) -> Option<Duration> {
         (self.upstream_calls.load(Ordering::Relaxed) > 0)
             .then(|| Duration::from_micros(self.upstream_us.load(Ordering::Relaxed)))

@@ -5,10 +5,12 @@
 
 mod artifacts;
 pub mod keys;
+mod trace;
 mod url;
 mod webhooks;
 
 pub use artifacts::{ArtifactStore, ArtifactsConfig};
+pub use trace::{OtlpProtocol, TraceConfig};
 pub use webhooks::WebhooksConfig;
 
 pub use url::{UpstreamUrl, UrlError};
@@ -88,6 +90,9 @@ pub struct Config {
     pub idempotency: Option<IdempotencyConfig>,
     /// `[artifacts]`: finished tasks' files kept and served by the gateway; `None` when off.
     pub artifacts: Option<ArtifactsConfig>,
+    /// `[trace]`: spans exported over OTLP/HTTP; `None` exports nothing (trace context is still
+    /// continued to the upstream).
+    pub trace: Option<TraceConfig>,
 }
 
 /// `[idempotency]`: submits that are safe to retry.
@@ -325,6 +330,7 @@ struct RawConfig {
     #[serde(default)]
     idempotency: RawIdempotency,
     artifacts: Option<artifacts::RawArtifacts>,
+    trace: Option<trace::RawTrace>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -608,6 +614,7 @@ impl Config {
                 }
                 kept
             }),
+            trace: trace::RawTrace::validate(raw.trace)?,
         })
     }
 }

@@ -426,7 +426,7 @@ impl Gateway {
         let Call {
             mut request,
             request_id,
-            notes: _,
+            notes,
         } = call;
         let settings = self.settings();
         request
@@ -445,7 +445,16 @@ impl Gateway {
             "request",
             id = request_id.to_str().unwrap_or(""),
             route = label.as_str(),
+            otel.kind = tracing::field::Empty,
         );
+        if crate::trace::exporting() {
+            crate::trace::describe_request(&span, &request, label.as_str());
+        }
+        // The client's trace continues here: this span is the parent of every upstream call.
+        let trace = crate::trace::begin(&span, request.headers());
+        if let Some(notes) = &notes {
+            notes.set_trace(trace);
+        }
         let client = peer.client(request.headers(), &settings.trusted_proxies);
         let served = match route {
             Route::Refused(refused) => {
@@ -526,6 +535,9 @@ impl Gateway {
             }
         };
 
+        if crate::trace::exporting() {
+            crate::trace::describe_answer(&span, &served);
+        }
         Answer {
             served,
             route: label,

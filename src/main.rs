@@ -271,7 +271,19 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
 /// Binds, serves until SIGTERM or SIGINT (reloading on SIGHUP), drains, and says how it went.
 fn run_gateway(config: Config, args: Args) -> ExitCode {
     // Held to the end: dropping it flushes the log lines still queued.
-    let (_log_writer, log) = init_logging(&config.log);
+    let export = match config
+        .trace
+        .as_ref()
+        .map(mjgate::trace::Export::new)
+        .transpose()
+    {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("mjgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (_log_writer, log) = init_logging(&config.log, export.as_ref());
     if let Err(e) = mjgate::access::install(&config.log.access.to, &log.writer) {
         eprintln!("mjgate: log.access_to: {e}");
         return ExitCode::from(2);
@@ -307,6 +319,10 @@ fn run_gateway(config: Config, args: Args) -> ExitCode {
         mjgate::run_reloadable(listeners, config, Some(source), stop).await
     });
     mjgate::access::flush();
+    // Off the runtime: the exporter's last batch is sent with its own blocking client.
+    if let Some(export) = &export {
+        export.shutdown();
+    }
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -965,7 +981,10 @@ fn config_summary(config: &Config) -> String {
 /// consumer (a full pipe, a stalled journald): when the queue is full, lines are dropped and counted
 /// in `mjgate_log_lines_dropped_total` instead. The filter and the format sit behind reload handles,
 /// so a reload changes them in place.
-fn init_logging(log: &config::LogConfig) -> (tracing_appender::non_blocking::WorkerGuard, Logging) {
+fn init_logging(
+    log: &config::LogConfig,
+    export: Option<&mjgate::trace::Export>,
+) -> (tracing_appender::non_blocking::WorkerGuard, Logging) {
     use tracing_subscriber::prelude::*;
     const QUEUED_LINES: usize = 16 * 1024;
     let ansi = std::io::stderr().is_terminal();
@@ -979,12 +998,14 @@ fn init_logging(log: &config::LogConfig) -> (tracing_appender::non_blocking::Wor
     mjgate::metrics::count_dropped_log_lines(move || {
         dropped.dropped_lines() as u64 + mjgate::access::dropped_lines()
     });
+    // The filter is the log lines' own: spans exported over OTLP are recorded whatever it says.
     let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter_of(&log.filter));
     let (format, format_handle) =
         tracing_subscriber::reload::Layer::new(format_layer(log.format, &writer, ansi));
+    let spans: Option<SpanLayer> = export.map(|export| Box::new(export.layer()) as SpanLayer);
     tracing_subscriber::registry()
-        .with(filter)
-        .with(format)
+        .with(spans)
+        .with(format.with_filter(filter))
         .init();
     let logging = Logging {
         writer,
@@ -1000,10 +1021,9 @@ fn filter_of(configured: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured))
 }
 
-type Filtered = tracing_subscriber::layer::Layered<
-    tracing_subscriber::reload::Layer<EnvFilter, tracing_subscriber::Registry>,
-    tracing_subscriber::Registry,
->;
+/// The OTLP span layer, when `[trace]` configures one.
+type SpanLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+type Filtered = tracing_subscriber::layer::Layered<Option<SpanLayer>, tracing_subscriber::Registry>;
 type FormatLayer = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
 
 fn format_layer(
@@ -1024,7 +1044,7 @@ fn format_layer(
 struct Logging {
     writer: tracing_appender::non_blocking::NonBlocking,
     ansi: bool,
-    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    filter: tracing_subscriber::reload::Handle<EnvFilter, Filtered>,
     format: tracing_subscriber::reload::Handle<FormatLayer, Filtered>,
 }
 

@@ -136,21 +136,18 @@ where
             }
             encodings.gzip()
         };
-        let (record, notes) = match &access {
-            Some(log) => {
-                let notes = Arc::new(Notes::default());
-                let who = self.inner.who(request.headers());
-                let head = head_of(&request, who);
-                let record =
-                    log.begin(&head, started, request_id.clone(), Some(Arc::clone(&notes)));
-                (Some(record), Some(notes))
-            }
-            None => (None, None),
-        };
+        // What the handling learns (its trace, its upstream time) is noted for the access line and
+        // for the upstream calls the request makes, wherever they run.
+        let notes = Arc::new(Notes::default());
+        let record = access.as_ref().map(|log| {
+            let who = self.inner.who(request.headers());
+            let head = head_of(&request, who);
+            log.begin(&head, started, request_id.clone(), Some(Arc::clone(&notes)))
+        });
         let slow = self.inner.call(Call {
             request,
             request_id: request_id.clone(),
-            notes,
+            notes: Some(notes),
         });
         Enveloped::Pending {
             slow,

@@ -1,11 +1,37 @@
-//! W3C Trace Context (`traceparent`, `tracestate`): the ids a request's trace carries, read from a
-//! client and written towards the upstream.
+//! W3C Trace Context (`traceparent`, `tracestate`) continued through the gateway, and its spans
+//! exported over OTLP/HTTP when `[trace]` names a collector.
+//!
+//! A request on the slow path runs in the `request` span ([`crate::gateway`]); [`begin`] makes the
+//! client's trace its parent (or starts one), and every upstream call runs in an `upstream` span
+//! under it whose context [`outgoing`] writes into the upstream request, replacing whatever the
+//! client sent. With no collector configured no span is recorded, yet the trace is still continued:
+//! the upstream sees the client's trace with the gateway's own span id as the parent, the id the
+//! access log writes as `span_id`. Fresh cache hits never reach the upstream and make no span.
+//!
+//! Parsing and writing the headers is the `opentelemetry` SDK's [`TraceContextPropagator`];
+//! recording is `tracing-opentelemetry`'s layer over the SDK's batch exporter, off the request path
+//! (a slow or absent collector delays and drops spans, never a request).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::{OtlpProtocol, TraceConfig};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Whether spans are being recorded (the OTLP layer is installed).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The span names the OTLP layer records: the gateway's request and its upstream calls.
+pub const REQUEST_SPAN: &str = "request";
+pub const UPSTREAM_SPAN: &str = "upstream";
 
 /// A trace and one span of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,61 +61,268 @@ impl TraceIds {
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// `traceparent` as the W3C spec reads it: version `00` exactly (a later version's first four
-    /// fields, with anything after), ids of lowercase hex that are not all zeros.
+    /// `traceparent` as the W3C spec reads it (the SDK's propagator): version `00` exactly (a later
+    /// version's first four fields, with anything after), ids of lowercase hex that are not all
+    /// zeros.
     pub fn parse(value: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(value).ok()?.trim();
-        let mut parts = text.split('-');
-        let version = parts.next()?;
-        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || !is_lower_hex(version) {
-            return None;
-        }
-        // Version 00 has exactly four fields; a later one may add more.
-        if version == "00" && (parts.next().is_some() || flags.len() != 2) {
-            return None;
-        }
-        if trace.len() != 32 || span.len() != 16 || flags.len() < 2 {
-            return None;
-        }
-        let trace_id: [u8; 16] = hex_bytes(trace)?;
-        let span_id: [u8; 8] = hex_bytes(span)?;
-        let flags = u8::from_str_radix(flags.get(..2)?, 16).ok()?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(TraceIds {
-            trace_id,
-            span_id,
-            sampled: flags & 1 == 1,
+        let mut headers = HeaderMap::new();
+        headers.insert(&TRACEPARENT, HeaderValue::from_bytes(value).ok()?);
+        of_headers(&headers)
+    }
+
+    fn of_context(context: &SpanContext) -> Option<Self> {
+        context.is_valid().then(|| TraceIds {
+            trace_id: context.trace_id().to_bytes(),
+            span_id: context.span_id().to_bytes(),
+            sampled: context.is_sampled(),
         })
+    }
+
+    /// A span of this trace the gateway names itself.
+    fn child(trace_id: [u8; 16], sampled: bool) -> Self {
+        TraceIds {
+            trace_id,
+            span_id: nonzero(),
+            sampled,
+        }
     }
 }
 
 /// The client's trace, if its `traceparent` is valid (one header line: two make it invalid).
 pub fn of_headers(headers: &HeaderMap) -> Option<TraceIds> {
-    let mut values = headers.get_all(&TRACEPARENT).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    TraceIds::parse(value.as_bytes())
+    let context = TraceContextPropagator::new().extract(&Extract(headers));
+    TraceIds::of_context(&context.span().span_context().clone())
 }
 
-fn is_lower_hex(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// Makes the client's trace (from `headers`) the parent of `span`, the request's span, or starts a
+/// trace when the client sent none: the ids the access log writes and the upstream is told of.
+pub fn begin(span: &tracing::Span, headers: &HeaderMap) -> TraceIds {
+    if exporting() {
+        let parent = TraceContextPropagator::new().extract(&Extract(headers));
+        let _ = span.set_parent(parent);
+        if let Some(ids) = TraceIds::of_context(&span.context().span().span_context().clone()) {
+            return ids;
+        }
+    }
+    match of_headers(headers) {
+        Some(client) => TraceIds::child(client.trace_id, client.sampled),
+        // Started here and recorded nowhere: not sampled, so no one downstream waits for a parent.
+        None => TraceIds::child(nonzero(), false),
+    }
 }
 
-fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 || !is_lower_hex(text) {
-        return None;
+/// Writes the trace context of the call being made into its request's `headers`: the current
+/// `upstream` span's when spans are recorded, else the request's trace with the gateway's span
+/// as the parent (its `tracestate` passed on). What the client sent is never passed on as it was,
+/// and work no request owns (a watch's poller) sends none.
+pub fn outgoing(headers: &mut HeaderMap) {
+    headers.remove(&TRACEPARENT);
+    if exporting() {
+        let context = tracing::Span::current().context();
+        if context.span().span_context().is_valid() {
+            headers.remove(&TRACESTATE);
+            TraceContextPropagator::new().inject_context(&context, &mut Inject(headers));
+            return;
+        }
     }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+    match crate::access::current_notes().and_then(|notes| notes.trace()) {
+        Some(ids) => {
+            headers.insert(TRACEPARENT.clone(), ids.traceparent());
+        }
+        None => {
+            headers.remove(&TRACESTATE);
+        }
     }
-    Some(out)
+}
+
+/// The request span's attributes, in OpenTelemetry's HTTP server conventions (when recording).
+pub fn describe_request<B>(span: &tracing::Span, request: &http::Request<B>, route: &str) {
+    span.record("otel.kind", "server");
+    span.set_attribute("http.request.method", request.method().as_str().to_owned());
+    span.set_attribute("url.path", request.uri().path().to_owned());
+    span.set_attribute("http.route", route.to_owned());
+    span.set_attribute(
+        "network.protocol.version",
+        match request.version() {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        },
+    );
+}
+
+/// The answer's status and cache outcome on the request span (when recording).
+pub fn describe_answer(span: &tracing::Span, served: &crate::fetch::Served) {
+    let status = served.response.status();
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    if let Some(cache) = served.cache {
+        span.set_attribute("mjgate.cache", cache.outcome().as_str());
+    }
+    if status.is_server_error() {
+        span.set_status(opentelemetry::trace::Status::error(
+            status.as_str().to_owned(),
+        ));
+    }
+}
+
+/// The span of one upstream call (recorded only when exporting: a `debug` span the log's filter
+/// leaves out, so log lines keep their shape).
+pub fn upstream_span(method: &http::Method, path_and_query: &str) -> tracing::Span {
+    let span = tracing::debug_span!(target: "mjgate::upstream", "upstream", otel.kind = "client");
+    if exporting() && !span.is_disabled() {
+        span.set_attribute("http.request.method", method.as_str().to_owned());
+        // The path only: a query may carry what a client did not mean to have recorded.
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        span.set_attribute("url.path", path.to_owned());
+    }
+    span
+}
+
+/// The upstream's answer on its call's span (when recording).
+pub fn upstream_answer<E: std::fmt::Display>(
+    span: &tracing::Span,
+    answer: Result<http::StatusCode, &E>,
+) {
+    if !exporting() || span.is_disabled() {
+        return;
+    }
+    match answer {
+        Ok(status) => {
+            span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                span.set_status(opentelemetry::trace::Status::error(
+                    status.as_str().to_owned(),
+                ));
+            }
+        }
+        Err(e) => {
+            span.set_attribute("error.type", e.to_string());
+            span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+        }
+    }
+}
+
+/// Whether spans are recorded and exported.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The exporter `[trace]` configures, ready to become a `tracing` layer ([`Export::layer`]).
+pub struct Export {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+/// Why the exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("trace.otlp_endpoint: {0}")]
+pub struct ExportError(String);
+
+impl Export {
+    /// Builds the OTLP/HTTP exporter and its batch processor (a thread of its own). Nothing is
+    /// recorded until [`layer`](Self::layer) is installed.
+    pub fn new(config: &TraceConfig) -> Result<Self, ExportError> {
+        use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+        use opentelemetry_sdk::trace::Sampler;
+        let protocol = match config.protocol {
+            OtlpProtocol::Protobuf => Protocol::HttpBinary,
+            OtlpProtocol::Json => Protocol::HttpJson,
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(config.otlp_endpoint.clone())
+            .with_timeout(config.timeout)
+            .with_headers(config.headers.clone().into_iter().collect())
+            .build()
+            .map_err(|e| ExportError(e.to_string()))?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build();
+        Ok(Export { provider })
+    }
+
+    /// The `tracing` layer that records the gateway's `request` and `upstream` spans (nothing
+    /// else: log events stay log lines), whatever `log.filter` says.
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + Send + Sync + use<S>
+    where
+        S: tracing::Subscriber
+            + for<'span> tracing_subscriber::registry::LookupSpan<'span>
+            + Send
+            + Sync,
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::Layer as _;
+        EXPORTING.store(true, Ordering::Relaxed);
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("mjgate"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.is_span()
+                    && metadata.target().starts_with("mjgate")
+                    && matches!(metadata.name(), REQUEST_SPAN | UPSTREAM_SPAN)
+            }))
+    }
+
+    /// Sends what is still queued (within the export timeout) and stops the exporter's thread.
+    /// Blocking: call it off the runtime's threads.
+    pub fn shutdown(&self) {
+        EXPORTING.store(false, Ordering::Relaxed);
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "exporting the last spans failed");
+        }
+    }
+}
+
+/// A random id that is not all zeros (which W3C reserves for "none").
+fn nonzero<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = std::array::from_fn(|_| rand::random());
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+/// The request's headers as the propagator reads them; a header sent twice reads as absent (the
+/// spec makes two `traceparent` lines invalid).
+struct Extract<'a>(&'a HeaderMap);
+
+impl Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let mut values = self.0.get_all(key).iter();
+        let value = values.next()?;
+        if values.next().is_some() && key == TRACEPARENT.as_str() {
+            return None;
+        }
+        value.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct Inject<'a>(&'a mut HeaderMap);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
@@ -341,7 +342,9 @@ impl Upstream {
         } else {
             Full::new(body).map_err(|never| match never {}).boxed()
         };
-        let request = self.build_request(method, path_and_query, forwarded, body)?;
+        let span = crate::trace::upstream_span(&method, path_and_query);
+        let request =
+            span.in_scope(|| self.build_request(method, path_and_query, forwarded, body))?;
         let admitted = self.admit(credential, Lane::Cached).await?;
         let max_body = self.max_body;
         let exchange = async {
@@ -379,11 +382,15 @@ impl Upstream {
         };
         let call = self.metrics.upstream_call(route);
         let began = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.request_timeout, exchange).await {
+        let result = match tokio::time::timeout(self.request_timeout, exchange)
+            .instrument(span.clone())
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
         };
         crate::access::note_upstream(began.elapsed());
+        crate::trace::upstream_answer(&span, result.as_ref().map(|reply| reply.status));
         call.finish(UpstreamResult::of(
             result.as_ref().map(|reply| reply.status),
         ));
@@ -429,16 +436,22 @@ impl Upstream {
             .path_and_query()
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
-        let request = self.build_request(parts.method, path_and_query, parts.headers, body)?;
+        let span = crate::trace::upstream_span(&parts.method, path_and_query);
+        let request = span
+            .in_scope(|| self.build_request(parts.method, path_and_query, parts.headers, body))?;
         let admitted = self.admit(credential, Lane::Passthrough).await?;
         let call = self.metrics.upstream_call(route);
         let began = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, self.client.request(request)).await {
+        let result = match tokio::time::timeout(timeout, self.client.request(request))
+            .instrument(span.clone())
+            .await
+        {
             Ok(result) => result.map_err(|e| self.client_error(e)),
             Err(_) => Err(UpstreamError::Timeout(timeout)),
         };
         // To the answer's head: a forwarded body streams to the client after it.
         crate::access::note_upstream(began.elapsed());
+        crate::trace::upstream_answer(&span, result.as_ref().map(Response::status));
         call.finish(UpstreamResult::of(result.as_ref().map(Response::status)));
         match &result {
             Ok(response) => self.record(
@@ -470,6 +483,9 @@ impl Upstream {
         // The pooled client negotiates HTTP/2 by ALPN on its own; a client's HTTP/2 must not force it.
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
+        // The current span (the call's) is the upstream's parent; the client's own context is not
+        // passed on as it came.
+        crate::trace::outgoing(request.headers_mut());
         Ok(request)
     }
 }

@@ -99,6 +99,7 @@ keys! {
     WATCH_MAX_OPEN = "watch.max_open", count(10_000), count(1), count(10_000_000);
     WATCH_MAX_OPEN_PER_CREDENTIAL = "watch.max_open_per_credential", count(1_000), count(1), count(10_000_000);
     WATCH_HEARTBEAT = "watch.heartbeat", secs(15), ms(1), secs(HOUR);
+    TRACE_OTLP_TIMEOUT = "trace.otlp_timeout", secs(10), ms(1), secs(10 * MINUTE);
     WATCH_STREAM_BUFFER = "watch.stream_buffer", size(64 * MIB), size(MIB), size(1024 * GIB);
     WATCH_MAX_MEMORY = "watch.max_memory", size(64 * MIB), size(0), size(1024 * GIB);
     SHARED_CACHE_TERMINAL_TTL = "shared_cache.terminal_ttl", secs(7 * DAY), ms(1), secs(365 * DAY);
@@ -170,6 +171,18 @@ pub const LOG_ACCESS_TO: Setting = Setting {
     name: "log.access_to",
     default: "log",
 };
+pub const TRACE_SERVICE_NAME: Setting = Setting {
+    name: "trace.service_name",
+    default: "mjgate",
+};
+pub const TRACE_SAMPLE_RATIO: Setting = Setting {
+    name: "trace.sample_ratio",
+    default: "1.0",
+};
+pub const TRACE_OTLP_PROTOCOL: Setting = Setting {
+    name: "trace.otlp_protocol",
+    default: "http/protobuf",
+};
 pub const SERVER_PROXY_PROTOCOL: Setting = Setting {
     name: "server.proxy_protocol",
     default: "false",
@@ -229,6 +242,9 @@ pub const SETTINGS: &[Setting] = &[
     LOG_ACCESS_HIT_SAMPLE,
     LOG_ACCESS_TO,
     SERVER_PROXY_PROTOCOL,
+    TRACE_SERVICE_NAME,
+    TRACE_SAMPLE_RATIO,
+    TRACE_OTLP_PROTOCOL,
     SHARED_CACHE_KEY_PREFIX,
     IDEMPOTENCY_ENABLED,
     IDEMPOTENCY_REQUIRE,

@@ -82,7 +82,7 @@ fn a_missing_config_file_is_an_error() {
 
 /// Starts the binary and reads its log up to the "listening" line. Returns the child, its address and
 /// the rest of its stderr, unread: the caller drains it or, to play a stuck log consumer, does not.
-fn spawn_logging(
+pub(crate) fn spawn_logging(
     command: &mut Command,
 ) -> (
     std::process::Child,
@@ -122,7 +122,7 @@ pub(crate) fn spawn_listening(command: &mut Command) -> (std::process::Child, St
     (child, addr)
 }
 
-fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+pub(crate) fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     // SIGTERM, as an orchestrator sends it.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

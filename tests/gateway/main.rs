@@ -29,4 +29,5 @@ mod shared_cache;
 mod shutdown;
 mod submits;
 mod tls;
+mod traces;
 mod webhooks;
