@@ -301,15 +301,25 @@ impl Extractor for Extract<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let mut values = self.0.get_all(key).iter();
         let value = values.next()?;
-        if values.next().is_some() && key == TRACEPARENT.as_str() {
+        let value = value.to_str().ok()?;
+        if key == TRACEPARENT.as_str() && (values.next().is_some() || !fields_sized(value)) {
             return None;
         }
-        value.to_str().ok()
+        Some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
     }
+}
+
+/// Whether a `traceparent`'s first four fields have the sizes the spec gives them (the SDK reads
+/// its ids as numbers, so it would take a short one).
+fn fields_sized(traceparent: &str) -> bool {
+    let mut fields = traceparent.trim().split('-');
+    [2, 32, 16, 2]
+        .iter()
+        .all(|&size| fields.next().is_some_and(|field| field.len() == size))
 }
 
 struct Inject<'a>(&'a mut HeaderMap);
