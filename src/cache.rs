@@ -401,6 +401,9 @@ pub struct TaskCache {
     metrics: Arc<Metrics>,
     /// `cache.gzip`: entries get their gzip copy as they are stored.
     gzip: bool,
+    /// Counts purges that removed something: the pollers behind held long-polls and streams wake on
+    /// it, so a purged task is fetched again at once instead of at its old TTL.
+    purges: tokio::sync::watch::Sender<u64>,
 }
 
 /// What an entry costs against the memory budget.
@@ -442,6 +445,7 @@ impl TaskCache {
             lifetime,
             metrics,
             gzip: config.gzip,
+            purges: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -581,7 +585,15 @@ impl TaskCache {
             self.entries.invalidate(key);
             self.refresh_deferred.invalidate(key);
         }
+        if !keys.is_empty() {
+            self.purges.send_modify(|purges| *purges += 1);
+        }
         keys.len()
+    }
+
+    /// Changes on every purge that removed an entry (see `purges`).
+    pub fn purges(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.purges.subscribe()
     }
 
     /// Entries currently held (approximate: moka applies writes in batches).

@@ -470,6 +470,7 @@ impl Push {
             self.watchers.retire(&target.key, &sender);
             return;
         };
+        let mut purged = self.fetcher.cache().purges();
         loop {
             let known = sender.borrow().clone();
             if known.class() != TaskClass::InProgress {
@@ -504,6 +505,14 @@ impl Push {
                     continue;
                 }
                 () = tokio::time::sleep(wait) => {}
+                Ok(()) = purged.changed() => {
+                    // An operator purged something: if it was this task, its held clients get
+                    // the upstream's answer now, not at the purged entry's TTL.
+                    let key: &[u8] = std::borrow::Borrow::borrow(&target.key);
+                    if self.fetcher.cache().current(key).is_some() {
+                        continue;
+                    }
+                }
             }
             if sender.receiver_count() == 0 && self.watchers.retire(&target.key, &sender) {
                 return;

@@ -179,3 +179,40 @@ async fn mjgate_inspect_and_mjgate_purge_call_a_running_gateway_from_the_shell()
     let refused = run(&["purge", "nosuch"]).await.unwrap();
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
 }
+
+#[tokio::test]
+async fn a_long_poll_held_on_a_purged_task_is_answered_with_the_upstreams_fresh_state() {
+    // Entries stay fresh for an hour: only the purge can make the held poll see the change.
+    let (sim, gw) = start(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[cache]\nin_progress_ttl = \"1h\"\n"
+    ))
+    .await;
+    sim.create_task(KEY_A, "t", "IN_PROGRESS");
+    sim.set_progress("t", "10%");
+    let first = fetch(&gw, "t", KEY_A).await;
+    assert_eq!(first.json()["progress"], "10%");
+    let tag = first.header("etag").to_owned();
+    let held = tokio::spawn({
+        let url = gw.url("/mj/task/t/fetch?wait=20s");
+        async move {
+            let mut poll = request(Method::GET, &url, Some(KEY_A), "");
+            poll.headers_mut()
+                .insert("if-none-match", tag.parse().unwrap());
+            send(poll).await
+        }
+    });
+    wait_for_metric(&gw, "mjgate_open_long_polls", 1.0).await;
+    sim.set_progress("t", "50%");
+    let purged = admin(
+        &gw,
+        Method::DELETE,
+        "/admin/tasks/midjourney/t",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(purged.status, 200);
+    let answered = held.await.unwrap();
+    assert_eq!(answered.status, 200, "refreshed, not ended: {answered:?}");
+    assert_eq!(answered.json()["progress"], "50%");
+    assert_eq!(sim.fetch_calls("t"), 2, "the purge cost one upstream call");
+}
