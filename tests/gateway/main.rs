@@ -20,6 +20,7 @@ mod hardening;
 mod idempotency;
 mod layout;
 mod observability;
+mod operations;
 mod parking;
 mod passthrough;
 mod purge;
