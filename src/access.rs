@@ -555,7 +555,7 @@ impl AccessRecord {
             "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.3} {} {} {}",
             self.who.client,
             dash(self.who.credential.as_deref()),
-            rfc3339(self.at),
+            time_local(self.at),
             self.method,
             self.target.replace(['"', ' '], "_"),
             version(self.version),
@@ -604,6 +604,24 @@ fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// nginx's `$time_local` (in UTC): `04/Dec/2026:17:02:11 +0000`, what log parsers of the combined
+/// format read.
+fn time_local(at: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // `2026-12-04T17:02:11Z`: fixed widths.
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    let month: usize = text[5..7].parse().unwrap_or(1);
+    format!(
+        "{}/{}/{}:{} +0000",
+        &text[8..10],
+        MONTHS[month.clamp(1, 12) - 1],
+        &text[0..4],
+        &text[11..19]
+    )
+}
+
 /// Writes `text` as a JSON string (escaped by serde_json); always `true`.
 fn json_string(line: &mut String, text: &str) -> bool {
     match serde_json::to_string(text) {
@@ -626,6 +644,12 @@ fn millis(line: &mut String, time: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_combined_time_is_nginxs_time_local() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_403_731);
+        assert_eq!(time_local(at), "04/Dec/2026:17:02:11 +0000");
+    }
 
     fn record(config: AccessLogConfig, uri: &str) -> Box<AccessRecord> {
         let uri: http::Uri = uri.parse().unwrap();

@@ -394,7 +394,12 @@ async fn the_access_log_says_who_asked_for_what_field_by_field_and_a_reload_chan
     gw.hangup();
     gw.reloads("ok", 1.0).await;
     send(asked("t", "req-combined")).await;
-    let lines = wait_lines(&log, 3).await;
+    // (The scrapes that waited for the reload wrote lines too.)
+    poll_until("the combined line was written", || async {
+        read_lines(&log).iter().any(|l| l.contains("req-combined"))
+    })
+    .await;
+    let lines = read_lines(&log);
     let combined = lines.iter().find(|l| l.contains("req-combined")).unwrap();
     assert!(
         combined.starts_with(&format!("127.0.0.1 - {credential} [")),
