@@ -9,8 +9,8 @@ mod trace;
 mod url;
 mod webhooks;
 
+pub use crate::trace::{OtlpProtocol, TraceConfig};
 pub use artifacts::{ArtifactStore, ArtifactsConfig};
-pub use trace::{OtlpProtocol, TraceConfig};
 pub use webhooks::WebhooksConfig;
 
 pub use url::{UpstreamUrl, UrlError};

@@ -536,7 +536,8 @@ impl Gateway {
         };
 
         if crate::trace::exporting() {
-            crate::trace::describe_answer(&span, &served);
+            let cache = served.cache.map(|cache| cache.outcome().as_str());
+            crate::trace::describe_answer(&span, served.response.status(), cache);
         }
         Answer {
             served,

@@ -443,88 +443,63 @@ fn config_diff(config: &Config, url: Option<String>) -> ExitCode {
 
 /// The body of the running gateway's `2xx` answer to `call`; `None` (said on stderr) otherwise.
 fn admin_answer(config: &Config, call: &AdminCall) -> Option<Vec<u8>> {
+    let (url, status, body) = ask_admin(config, call).ok()?;
+    if status.is_success() {
+        return Some(body.to_vec());
+    }
+    eprintln!(
+        "mjgate {}: {url} answered {status}: {}",
+        call.name,
+        String::from_utf8_lossy(&body)
+    );
+    None
+}
+
+/// Calls the running gateway's task admin route with the config's `admin.token`; prints its JSON.
+/// Exit 0 on a 2xx, 1 on another answer, 2 when it cannot be asked.
+fn tasks_admin(config: &Config, call: &AdminCall) -> ExitCode {
+    let Ok((url, status, body)) = ask_admin(config, call) else {
+        return ExitCode::from(2);
+    };
+    println!("{}", String::from_utf8_lossy(&body));
+    if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("mjgate {}: {url} answered {status}", call.name);
+        ExitCode::from(1)
+    }
+}
+
+/// Asks the running gateway `call` with the config's admin token: its URL, status and body, or
+/// `Err` (said on stderr) when it cannot be asked at all.
+fn ask_admin(
+    config: &Config,
+    call: &AdminCall,
+) -> Result<(String, http::StatusCode, bytes::Bytes), ()> {
     let Some(token) = &config.admin_token else {
         eprintln!(
             "mjgate {}: no admin.token in the config (or MJGATE_ADMIN_TOKEN)",
             call.name
         );
-        return None;
+        return Err(());
     };
     let url = match &call.url {
         Some(base) => format!("{}{}", base.trim_end_matches('/'), call.path),
-        None => match probe_url(config, &call.path) {
-            Ok(url) => url,
-            Err(e) => {
-                eprintln!("mjgate {}: {e}", call.name);
-                return None;
-            }
-        },
+        None => probe_url(config, &call.path).map_err(|e| {
+            eprintln!("mjgate {}: {e}", call.name);
+        })?,
     };
-    let runtime = runtime(call.name).ok()?;
+    let runtime = runtime(call.name).map_err(|_| ())?;
     match runtime.block_on(mjgate::tools::healthcheck::admin_call(
         call.method.clone(),
         &url,
         token,
         std::time::Duration::from_secs(30),
     )) {
-        Ok((status, body)) if status.is_success() => Some(body.to_vec()),
-        Ok((status, body)) => {
-            eprintln!(
-                "mjgate {}: {url} answered {status}: {}",
-                call.name,
-                String::from_utf8_lossy(&body)
-            );
-            None
-        }
+        Ok((status, body)) => Ok((url, status, body)),
         Err(e) => {
             eprintln!("mjgate {}: {url}: {e}", call.name);
-            None
-        }
-    }
-}
-
-/// Calls the running gateway's task admin route with the config's `admin.token`; prints its JSON.
-/// Exit 0 on a 2xx, 1 on another answer, 2 when it cannot be asked.
-fn tasks_admin(config: &Config, call: &AdminCall) -> ExitCode {
-    let Some(token) = &config.admin_token else {
-        eprintln!(
-            "mjgate {}: no admin.token in the config (or MJGATE_ADMIN_TOKEN)",
-            call.name
-        );
-        return ExitCode::from(2);
-    };
-    let url = match &call.url {
-        Some(base) => format!("{}{}", base.trim_end_matches('/'), call.path),
-        None => match probe_url(config, &call.path) {
-            Ok(url) => url,
-            Err(e) => {
-                eprintln!("mjgate {}: {e}", call.name);
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let Ok(runtime) = runtime(call.name) else {
-        return ExitCode::from(2);
-    };
-    let answered = runtime.block_on(mjgate::tools::healthcheck::admin_call(
-        call.method.clone(),
-        &url,
-        token,
-        std::time::Duration::from_secs(30),
-    ));
-    match answered {
-        Ok((status, body)) => {
-            println!("{}", String::from_utf8_lossy(&body));
-            if status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("mjgate {}: {url} answered {status}", call.name);
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("mjgate {}: {url}: {e}", call.name);
-            ExitCode::from(2)
+            Err(())
         }
     }
 }

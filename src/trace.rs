@@ -12,7 +12,9 @@
 //! recording is `tracing-opentelemetry`'s layer over the SDK's batch exporter, off the request path
 //! (a slow or absent collector delays and drops spans, never a request).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -21,7 +23,33 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::config::{OtlpProtocol, TraceConfig};
+/// How spans are encoded for the collector (`trace.otlp_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+pub enum OtlpProtocol {
+    /// `application/x-protobuf`, what every collector takes.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    Protobuf,
+    #[serde(rename = "http/json")]
+    Json,
+}
+
+/// `[trace]`, validated: `None` when no endpoint is configured (nothing is exported).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceConfig {
+    /// The collector's traces URL (`http://collector:4318/v1/traces`).
+    pub otlp_endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// The share of traces the gateway starts that are recorded; a client's `traceparent` decides
+    /// for its own trace (parent-based sampling).
+    pub sample_ratio: f64,
+    /// Deadline for one export; a slow collector delays spans, never requests.
+    pub timeout: Duration,
+    /// Headers sent with every export (a collector's API key).
+    pub headers: BTreeMap<String, String>,
+}
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -113,9 +141,10 @@ pub fn begin(span: &tracing::Span, headers: &HeaderMap) -> TraceIds {
 
 /// Writes the trace context of the call being made into its request's `headers`: the current
 /// `upstream` span's when spans are recorded, else the request's trace with the gateway's span
-/// as the parent (its `tracestate` passed on). What the client sent is never passed on as it was,
-/// and work no request owns (a watch's poller) sends none.
-pub fn outgoing(headers: &mut HeaderMap) {
+/// as the parent (its `tracestate` passed on): `request`, the ids of the request the call is for.
+/// What the client sent is never passed on as it was, and work no request owns (a watch's poller)
+/// sends none.
+pub fn outgoing(headers: &mut HeaderMap, request: Option<TraceIds>) {
     headers.remove(&TRACEPARENT);
     if exporting() {
         let context = tracing::Span::current().context();
@@ -125,7 +154,7 @@ pub fn outgoing(headers: &mut HeaderMap) {
             return;
         }
     }
-    match crate::access::current_notes().and_then(|notes| notes.trace()) {
+    match request {
         Some(ids) => {
             headers.insert(TRACEPARENT.clone(), ids.traceparent());
         }
@@ -152,11 +181,14 @@ pub fn describe_request<B>(span: &tracing::Span, request: &http::Request<B>, rou
 }
 
 /// The answer's status and cache outcome on the request span (when recording).
-pub fn describe_answer(span: &tracing::Span, served: &crate::fetch::Served) {
-    let status = served.response.status();
+pub fn describe_answer(
+    span: &tracing::Span,
+    status: http::StatusCode,
+    cache: Option<&'static str>,
+) {
     span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
-    if let Some(cache) = served.cache {
-        span.set_attribute("mjgate.cache", cache.outcome().as_str());
+    if let Some(cache) = cache {
+        span.set_attribute("mjgate.cache", cache);
     }
     if status.is_server_error() {
         span.set_status(opentelemetry::trace::Status::error(

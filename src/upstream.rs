@@ -485,7 +485,8 @@ impl Upstream {
         *request.headers_mut() = headers;
         // The current span (the call's) is the upstream's parent; the client's own context is not
         // passed on as it came.
-        crate::trace::outgoing(request.headers_mut());
+        let trace = crate::access::current_notes().and_then(|notes| notes.trace());
+        crate::trace::outgoing(request.headers_mut(), trace);
         Ok(request)
     }
 }

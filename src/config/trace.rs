@@ -7,34 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, keys};
-
-/// How spans are encoded for the collector (`trace.otlp_protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-pub enum OtlpProtocol {
-    /// `application/x-protobuf`, what every collector takes.
-    #[default]
-    #[serde(rename = "http/protobuf")]
-    Protobuf,
-    #[serde(rename = "http/json")]
-    Json,
-}
-
-/// `[trace]`, validated: `None` when no endpoint is configured (nothing is exported).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TraceConfig {
-    /// The collector's traces URL (`http://collector:4318/v1/traces`).
-    pub otlp_endpoint: String,
-    pub protocol: OtlpProtocol,
-    /// The `service.name` resource attribute.
-    pub service_name: String,
-    /// The share of traces the gateway starts that are recorded; a client's `traceparent` decides
-    /// for its own trace (parent-based sampling).
-    pub sample_ratio: f64,
-    /// Deadline for one export; a slow collector delays spans, never requests.
-    pub timeout: Duration,
-    /// Headers sent with every export (a collector's API key).
-    pub headers: BTreeMap<String, String>,
-}
+use crate::trace::{OtlpProtocol, TraceConfig};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

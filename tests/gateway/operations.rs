@@ -299,6 +299,17 @@ impl Running {
             .status();
     }
 
+    /// Runs `mjgate --config <its file> <args> --url <it>`, as an operator at its shell would.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        mjgate()
+            .arg("--config")
+            .arg(&self.config.0)
+            .args(args)
+            .args(["--url", &self.url("")])
+            .output()
+            .unwrap()
+    }
+
     async fn reloads(&self, result: &str, count: f64) {
         poll_until(&format!("a reload counted as {result}"), || async {
             self.metric("mjgate_config_reloads_total", &[("result", result)])
@@ -485,12 +496,7 @@ async fn a_reload_changes_a_ttl_under_load_with_every_request_answered_and_a_bad
 
     // A key only a restart applies: named, refused, nothing else taken from the file.
     gw.rewrite(&text("2s", "").replace("127.0.0.1:0", "127.0.0.1:1"));
-    let out = mjgate()
-        .arg("--config")
-        .arg(&gw.config.0)
-        .args(["reload", "--url", &gw.url("")])
-        .output()
-        .unwrap();
+    let out = gw.cli(&["reload"]);
     assert!(!out.status.success());
     let said = format!(
         "{}{}",
@@ -499,12 +505,7 @@ async fn a_reload_changes_a_ttl_under_load_with_every_request_answered_and_a_bad
     );
     assert!(said.contains("listen"), "{said}");
     gw.reloads("needs_restart", 1.0).await;
-    let diff = mjgate()
-        .arg("--config")
-        .arg(&gw.config.0)
-        .args(["check-config", "--diff", "--url", &gw.url("")])
-        .output()
-        .unwrap();
+    let diff = gw.cli(&["check-config", "--diff"]);
     assert_eq!(diff.status.code(), Some(3), "{diff:?}");
     let diff = String::from_utf8_lossy(&diff.stdout);
     assert!(
@@ -514,12 +515,7 @@ async fn a_reload_changes_a_ttl_under_load_with_every_request_answered_and_a_bad
 
     // And `mjgate reload` applies a good one.
     gw.rewrite(&text("2s", ""));
-    let out = mjgate()
-        .arg("--config")
-        .arg(&gw.config.0)
-        .args(["reload", "--url", &gw.url("")])
-        .output()
-        .unwrap();
+    let out = gw.cli(&["reload"]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("cache.in_progress_ttl"));
     gw.reloads("ok", 2.0).await;
