@@ -4,6 +4,7 @@
 #
 #   git worktree add /tmp/base 98a8a41 && (cd /tmp/base && cargo build --release)
 #   BASE=/tmp/base/target/release/mjgate bench/ab.sh      # this tree's release build against it
+#   NEW=/tmp/other/release/mjgate BASE=... bench/ab.sh     # or any two builds
 set -euo pipefail
 : "${BASE:?set BASE to the other mjgate binary}"
 ROUNDS=${ROUNDS:-5}
@@ -13,8 +14,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 ensure wrk:wrk
-cargo build --release --quiet
-NEW=$PWD/target/release/mjgate
+# NEW: a binary built elsewhere (another target dir); else this tree's release build.
+if [ -z "${NEW:-}" ]; then
+    cargo build --release --quiet
+    NEW=$PWD/target/release/mjgate
+fi
 SIM=127.0.0.1:19900
 GW=127.0.0.1:19901
 KEY="Bearer sk-bench"
