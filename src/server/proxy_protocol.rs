@@ -18,6 +18,9 @@ use tokio::net::TcpStream;
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Version 1's longest line, CRLF included.
 const V1_MAX: usize = 107;
+/// The longest version 2 header taken after its 16 fixed bytes: addresses and TLVs. Balancers send
+/// tens to a few hundred bytes; a longer one is refused rather than read.
+const V2_MAX: usize = 4096;
 
 /// What a header said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +83,23 @@ pub async fn read(stream: &mut TcpStream) -> Result<Header, Malformed> {
     }
     let (version_command, family) = (rest[7], rest[8]);
     let length = usize::from(u16::from_be_bytes([rest[9], rest[10]]));
-    let mut body = vec![0u8; length];
-    read_exact(stream, &mut body).await?;
-    parse_v2(version_command, family, &body)
+    if length > V2_MAX {
+        return Err(Malformed::V2("longer than 4 KiB"));
+    }
+    // The addresses (36 bytes at most) are all the gateway reads; the TLVs after them (a VPC
+    // endpoint id, TLS details) are read past in a small buffer, so a connection holds no more
+    // than this however long a header it announces.
+    let mut addresses = [0u8; 36];
+    let kept = length.min(addresses.len());
+    read_exact(stream, &mut addresses[..kept]).await?;
+    let mut skip = length - kept;
+    let mut scratch = [0u8; 512];
+    while skip > 0 {
+        let n = skip.min(scratch.len());
+        read_exact(stream, &mut scratch[..n]).await?;
+        skip -= n;
+    }
+    parse_v2(version_command, family, &addresses[..kept])
 }
 
 async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), Malformed> {
@@ -211,5 +228,53 @@ mod tests {
             "version 1 in a v2 header"
         );
         assert!(parse_v2(0x22, 0x11, &v4).is_err(), "no such command");
+    }
+
+    /// A v2 header with `tlvs` bytes of TLVs after its IPv4 addresses, announcing `length`.
+    fn v2_with_tlvs(tlvs: usize, length: u16) -> Vec<u8> {
+        let mut header = V2_SIGNATURE.to_vec();
+        header.extend([0x21, 0x11]);
+        header.extend(length.to_be_bytes());
+        header.extend([127, 0, 0, 9, 127, 0, 0, 1]);
+        header.extend(1234u16.to_be_bytes());
+        header.extend(443u16.to_be_bytes());
+        header.extend(std::iter::repeat_n(0xEE, tlvs));
+        header
+    }
+
+    async fn read_after_writing(bytes: Vec<u8>) -> (Result<Header, Malformed>, Vec<u8>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(&bytes).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let (mut server, _) = listener.accept().await.unwrap();
+        let header = read(&mut server).await;
+        let mut after = Vec::new();
+        let _ = server.read_to_end(&mut after).await;
+        drop(writer.await);
+        (header, after)
+    }
+
+    #[tokio::test]
+    async fn a_v2_headers_tlvs_are_read_past_and_what_follows_is_left_on_the_socket() {
+        let mut bytes = v2_with_tlvs(1500, 12 + 1500);
+        bytes.extend(b"GET / HTTP/1.1\r\n");
+        let (header, after) = read_after_writing(bytes).await;
+        assert_eq!(
+            header,
+            Ok(Header::Proxied("127.0.0.9:1234".parse().unwrap()))
+        );
+        assert_eq!(after, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_v2_header_announcing_more_than_4_kib_is_refused_unread() {
+        let (header, _) = read_after_writing(v2_with_tlvs(0, 12 + 5000)).await;
+        assert_eq!(header, Err(Malformed::V2("longer than 4 KiB")));
     }
 }
