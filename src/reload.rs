@@ -272,6 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn no_secret_of_any_section_shows_in_the_description() {
+        let described = describe(&config(
+            "[shared_cache]
+redis_url = \"redis://mjgate:redis-pass-7f3a@127.0.0.1:6379\"
+             fingerprint_secret = \"fp-secret-0123456789abcdef0123456789\"
+             [webhooks]
+secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"
+             [trace]
+otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"
+             otlp_headers = { \"x-api-key\" = \"otlp-key-5e1d\" }
+",
+        ));
+        let text = format!("{described:#?}");
+        for secret in [
+            "redis-pass-7f3a",
+            "fp-secret-0123456789",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "otlp-key-5e1d",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+
+    #[test]
     fn a_ttl_change_reloads_and_a_listener_change_needs_a_restart() {
         let old = config("");
         let ttl = config("[cache]\nin_progress_ttl = \"9s\"\n");

@@ -48,7 +48,20 @@ pub struct TraceConfig {
     /// Deadline for one export; a slow collector delays spans, never requests.
     pub timeout: Duration,
     /// Headers sent with every export (a collector's API key).
-    pub headers: BTreeMap<String, String>,
+    pub headers: ExportHeaders,
+}
+
+/// `trace.otlp_headers`: a collector's API key is a secret, so only the names show in `{:?}` (and
+/// so in `/admin/config`, `check-config --diff` and logs).
+#[derive(Clone, PartialEq, Default)]
+pub struct ExportHeaders(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for ExportHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|name| (name, "<redacted>")))
+            .finish()
+    }
 }
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -264,7 +277,7 @@ impl Export {
             .with_protocol(protocol)
             .with_endpoint(config.otlp_endpoint.clone())
             .with_timeout(config.timeout)
-            .with_headers(config.headers.clone().into_iter().collect())
+            .with_headers(config.headers.0.clone().into_iter().collect())
             .build()
             .map_err(|e| ExportError(e.to_string()))?;
         let resource = opentelemetry_sdk::Resource::builder()

@@ -64,7 +64,7 @@ impl RawTrace {
             service_name: keys::TRACE_SERVICE_NAME.word(raw.service_name),
             sample_ratio,
             timeout,
-            headers: raw.otlp_headers,
+            headers: crate::trace::ExportHeaders(raw.otlp_headers),
         }))
     }
 }
