@@ -10,10 +10,13 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, drain, parking idle connections; the signal future |
-//! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies |
-//! | [`pipeline`] | the per-request envelope every request goes through: request id, 304, metrics, access log |
-//! | [`gateway`] | admission and routing to the handlers, one file each under `gateway/`: batch, submit, callback, files, admin, passthrough |
+//! | [`server`], [`shutdown`] | the accept loop, connection limits, TLS on the listener, the PROXY protocol, drain, parking idle connections; the signal future |
+//! | [`request`] | what comes in: admission, routing, the request id, bounded request bodies, the client's address, per-address limits |
+//! | [`pipeline`] | the per-request envelope every request goes through: request id, 304, metrics, access-log record |
+//! | [`access`] | the access log: fields, formats, sampling, its writers |
+//! | [`trace`] | W3C trace context continued to the upstream; spans exported over OTLP/HTTP |
+//! | [`reload`] | reload without restart: describing, diffing and checking a config against the running one |
+//! | [`gateway`] | admission and routing to the handlers, one file each under `gateway/`: batch, submit, callback, files, download, admin, tasks, config, passthrough |
 //! | [`fetch`] | the fetch core: cache, collapse, shared tier, upstream, classify, store; batches per id |
 //! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status`, representations (identity or gzip) |
 //! | [`gzip`] | what `Accept-Encoding` takes gzip; a body's gzip copy and its tag |
