@@ -10,6 +10,7 @@ mod route;
 pub mod submit;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -454,17 +455,33 @@ pub fn raw_at<'b>(body: &'b [u8], pointer: &str) -> Option<&'b str> {
 }
 
 /// Every family the gateway serves, in number order, and the route table over them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Families {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
-    families: Vec<Family>,
+    /// By number. A family a reload took away stays here, [`retired`](Inner::retired), so that a
+    /// number is never reused for another family while entries filed under it may still exist.
+    families: Vec<Arc<Family>>,
+    retired: Vec<bool>,
     routes: route::Table,
     /// Whether any family has submit routes (a `POST` elsewhere then needs no look).
     any_submit: bool,
+    /// `[families]` as the file had it, to build the set again over a running one ([`Families::rebase`]).
+    overrides: toml::Table,
+}
+
+/// The families as the config file has them: by name, the ones in force only, so that two configs
+/// compare (and `check-config --diff` reads) key by key whatever their numbers.
+impl fmt::Debug for Families {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Families");
+        for family in self.live() {
+            out.field(&family.name, family);
+        }
+        out.finish()
+    }
 }
 
 impl Families {
@@ -473,6 +490,18 @@ impl Families {
     /// families, `enabled = false` turns one off. The merge is of TOML tables, before anything is
     /// typed, so a new key of a description is one field of [`FamilySpec`] and nothing else.
     pub fn new(overrides: toml::Table) -> Result<Self, FamilyError> {
+        Self::build(overrides, None)
+    }
+
+    /// The same families built over `running` (a reload's): a family both have keeps its number,
+    /// a new one takes a number never used, and one `running` has that this set lacks stays retired
+    /// under its own (and has it back if a later reload restores it). A number so never names two
+    /// families, and the cache's keys and the metrics, filed by number, stay true.
+    pub fn rebase(&self, running: &Families) -> Result<Self, FamilyError> {
+        Self::build(self.inner.overrides.clone(), Some(running))
+    }
+
+    fn build(overrides: toml::Table, running: Option<&Families>) -> Result<Self, FamilyError> {
         // The built-in file's own order (`preserve_order`): the built-ins come first and keep their
         // numbers whatever the operator adds.
         let mut merged: toml::Table = toml::from_str(BUILTIN).map_err(|e| FamilyError {
@@ -480,7 +509,7 @@ impl Families {
             reason: format!("built-in descriptions: {e}"),
         })?;
         let mut is_new = std::collections::HashSet::new();
-        for (name, over) in overrides {
+        for (name, over) in overrides.clone() {
             let toml::Value::Table(over) = over else {
                 return Err(error(&name, "", "must be a table"));
             };
@@ -492,8 +521,12 @@ impl Families {
                 }
             }
         }
-        let mut families = Vec::new();
-        let mut routes = route::Table::default();
+        // Numbers: a running set's first, then new ones after every number it ever used.
+        let mut slots: Vec<Option<Arc<Family>>> = running.map_or_else(Vec::new, |running| {
+            running.inner.families.iter().cloned().map(Some).collect()
+        });
+        let mut retired: Vec<bool> = vec![true; slots.len()];
+        let mut specs = Vec::new();
         for (name, table) in merged {
             let spec: FamilySpec = serde_path_to_error::deserialize(table).map_err(|e| {
                 let path = e.path().to_string();
@@ -503,24 +536,50 @@ impl Families {
             if spec.enabled == Some(false) {
                 continue;
             }
-            if families.len() == MAX_FAMILIES {
-                return Err(error(
-                    &name,
-                    "",
-                    format!("more than {MAX_FAMILIES} families"),
-                ));
-            }
-            let id = FamilyId(families.len() as u8);
+            let known = running
+                .and_then(|running| running.inner.families.iter().find(|f| f.name == name))
+                .map(|f| f.id);
+            let id = match known {
+                Some(id) => id,
+                None if slots.len() == MAX_FAMILIES => {
+                    let reason = match running {
+                        Some(_) => format!(
+                            "more than {MAX_FAMILIES} families since the gateway started \
+                             (removed ones keep their numbers until a restart)"
+                        ),
+                        None => format!("more than {MAX_FAMILIES} families"),
+                    };
+                    return Err(error(&name, "", reason));
+                }
+                None => {
+                    slots.push(None);
+                    retired.push(true);
+                    FamilyId((slots.len() - 1) as u8)
+                }
+            };
             let family = compile(&name, id, &spec, is_new.contains(&name))?;
-            routes.add(&name, id, &spec, &families)?;
-            families.push(family);
+            slots[id.index()] = Some(Arc::new(family));
+            retired[id.index()] = false;
+            specs.push((name, id, spec));
         }
-        let any_submit = families.iter().any(|f| f.submit.is_some());
+        let families: Vec<Arc<Family>> = slots
+            .into_iter()
+            .map(|slot| slot.expect("every number has its family"))
+            .collect();
+        let mut routes = route::Table::default();
+        for (name, id, spec) in &specs {
+            routes.add(name, *id, spec, &families)?;
+        }
+        let any_submit = specs
+            .iter()
+            .any(|(_, id, _)| families[id.index()].submit.is_some());
         Ok(Families {
             inner: Arc::new(Inner {
                 families,
+                retired,
                 routes,
                 any_submit,
+                overrides,
             }),
         })
     }
@@ -534,12 +593,33 @@ impl Families {
         &self.inner.families[id.index()]
     }
 
+    /// The family in force named `name` (not one a reload retired).
     pub fn by_name(&self, name: &str) -> Option<&Family> {
-        self.inner.families.iter().find(|f| f.name == name)
+        self.live().find(|f| f.name == name)
     }
 
-    pub fn all(&self) -> &[Family] {
+    /// Every family by number, retired ones included (their entries may still be filed under them).
+    pub fn all(&self) -> &[Arc<Family>] {
         &self.inner.families
+    }
+
+    /// The families in force.
+    pub fn live(&self) -> impl Iterator<Item = &Family> {
+        self.inner
+            .families
+            .iter()
+            .zip(&self.inner.retired)
+            .filter(|(_, retired)| !**retired)
+            .map(|(family, _)| &**family)
+    }
+
+    /// The families `running` has that this set (built over it by [`rebase`](Self::rebase)) retired.
+    pub fn retired_from(&self, running: &Families) -> Vec<FamilyId> {
+        running
+            .live()
+            .filter(|family| self.inner.retired.get(family.id.index()) == Some(&true))
+            .map(|family| family.id)
+            .collect()
     }
 
     /// The family route a request is on, if any (see [`route`]).
@@ -560,7 +640,7 @@ impl Families {
             return None;
         }
         let normalized = submit::normalize(path);
-        self.inner.families.iter().find_map(|family| {
+        self.live().find_map(|family| {
             let prefix = family.submit.as_ref()?.prefix_of(&normalized)?;
             Some(SubmitMatch {
                 family: family.id,
@@ -577,6 +657,34 @@ impl Families {
     /// The path (and query) a task's status is fetched from upstream, for a request that matched `at`.
     pub fn upstream_path(&self, at: At<'_>, id: TaskId<'_>) -> String {
         self.inner.routes.upstream_path(at, id)
+    }
+}
+
+/// The families in force, shared by everything that reads them (the fetch core, the Redis tier,
+/// the keeper of result files): a reload swaps the set for every holder at once, and a request
+/// reads the set as it stood when it looked.
+#[derive(Clone)]
+pub struct LiveFamilies(Arc<arc_swap::ArcSwap<Families>>);
+
+impl LiveFamilies {
+    pub fn new(families: Families) -> Self {
+        LiveFamilies(Arc::new(arc_swap::ArcSwap::from_pointee(families)))
+    }
+
+    /// The set as it stands now.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Families>> {
+        self.0.load()
+    }
+
+    /// The set as it stands now, to hold across an `.await`.
+    pub fn load_full(&self) -> Arc<Families> {
+        self.0.load_full()
+    }
+
+    /// Puts `families` in force (built over the running set by [`Families::rebase`]).
+    pub fn store(&self, families: Families) {
+        self.0.store(Arc::new(families));
     }
 }
 

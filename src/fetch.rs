@@ -20,7 +20,7 @@ use crate::cache::{CacheKey, CachedTask, KeyBuf, Lookup, TaskCache};
 use crate::config::Config;
 use crate::credential::{CredentialFingerprint, Fingerprinter};
 use crate::error::RequestError;
-use crate::family::{Families, FamilyId, TaskRef};
+use crate::family::{Families, FamilyId, LiveFamilies, TaskRef};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::upstream::content_coding::is_identity;
@@ -132,7 +132,7 @@ pub struct Fetcher {
     /// Most ids sent in one upstream batch call (`batch.upstream_chunk`).
     upstream_chunk: usize,
     /// The task APIs: how to read each one's answers.
-    families: Families,
+    families: LiveFamilies,
     /// Everything spawned on behalf of requests, here and in the handlers and watchers above.
     work: Work,
     /// `[artifacts]`: finished tasks' files kept and their answers linked to them; `None` when off.
@@ -144,6 +144,7 @@ impl Fetcher {
     /// listener and probe) and fails only on a Redis URL the client cannot parse or TLS roots that
     /// cannot be loaded.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, crate::Error> {
+        let families = LiveFamilies::new(config.families.clone());
         let (shared, fingerprinter) = match &config.shared_cache {
             Some(shared_config) => {
                 let freshness = Freshness {
@@ -162,7 +163,7 @@ impl Fetcher {
                     max_wait,
                     config.upstream.max_body,
                     Arc::clone(&metrics),
-                    config.families.clone(),
+                    families.clone(),
                 )?;
                 let fingerprinter =
                     Fingerprinter::from_secret(shared_config.fingerprint_secret.as_bytes());
@@ -173,11 +174,11 @@ impl Fetcher {
         let cache = TaskCache::new(&config.cache, Arc::clone(&metrics));
         if let Some(shared) = &shared {
             // Another replica's purge: this one's copies go too.
-            let (cache, families) = (cache.clone(), config.families.clone());
+            let (cache, families) = (cache.clone(), families.clone());
             shared.on_purge(Arc::new(move |announced: &[u8]| {
                 if let Some(scope) = crate::shared::PurgeScope::decode(announced)
                     .as_ref()
-                    .and_then(|scope| scope.local(&families))
+                    .and_then(|scope| scope.local(&families.load()))
                 {
                     cache.purge(&scope);
                 }
@@ -189,6 +190,7 @@ impl Fetcher {
             cache.clone(),
             work.clone(),
             shared.clone(),
+            families.clone(),
             Arc::clone(&metrics),
         )?
         .map(Arc::new);
@@ -206,7 +208,7 @@ impl Fetcher {
             keeper,
             metrics,
             upstream_chunk: config.batch.upstream_chunk,
-            families: config.families.clone(),
+            families,
         })
     }
 
@@ -222,7 +224,14 @@ impl Fetcher {
         &self.upstream
     }
 
-    pub fn families(&self) -> &Families {
+    /// The families in force now.
+    #[inline]
+    pub fn families(&self) -> arc_swap::Guard<Arc<Families>> {
+        self.families.load()
+    }
+
+    /// The handle every holder of the families shares, for a reload to swap them.
+    pub fn live_families(&self) -> &LiveFamilies {
         &self.families
     }
 
@@ -487,7 +496,8 @@ impl Fetcher {
         if !is_identity(&reply.headers) {
             return None;
         }
-        let family = self.families.get(family);
+        let families = self.families.load();
+        let family = families.get(family);
         let content_type = reply.headers.get(CONTENT_TYPE).map(compact_header);
         // Copies, not slices: the upstream's bytes may share a connection's read buffer, which a
         // long-lived entry would otherwise pin (and the memory budget would not see).

@@ -266,8 +266,18 @@ impl Gateway {
 
     /// Applies a reloaded config (already checked by [`crate::reload::check`]): the request
     /// settings for every request from now on, the cache's TTLs in place.
-    fn apply(&self, config: &Config) {
+    fn apply(&self, config: &Config, running: &Config) {
         self.settings.store(Arc::new(Settings::of(config)));
+        self.metrics.add_families(&config.families);
+        self.fetcher.live_families().store(config.families.clone());
+        // A family taken away: its entries are unreachable now, so their memory is given back.
+        for family in config.families.retired_from(&running.families) {
+            self.fetcher.cache().purge(&crate::cache::Scope {
+                family: Some(family),
+                id: None,
+                credential: None,
+            });
+        }
         self.fetcher.cache().set_lifetime(&config.cache);
         self.client_limits.set(
             config.server.per_client_rps,
@@ -323,12 +333,17 @@ impl Gateway {
     fn try_reload(&self) -> Result<Vec<crate::reload::Change>, crate::reload::Refused> {
         use crate::reload::Refused;
         let source = self.reload_source.get().ok_or(Refused::NoSource)?;
-        let new = (source.load)().map_err(Refused::Invalid)?;
+        let mut new = (source.load)().map_err(Refused::Invalid)?;
         // One reload at a time: two racing would each check against the same old config.
         let mut running = self.running.lock();
+        // The families numbered as the running ones are, so that entries stay filed right.
+        new.families = new
+            .families
+            .rebase(&running.families)
+            .map_err(|e| Refused::Invalid(e.to_string()))?;
         let changes = crate::reload::check(&running, &new)?;
         (source.apply)(&new).map_err(Refused::Invalid)?;
-        self.apply(&new);
+        self.apply(&new, &running);
         *running = new;
         Ok(changes)
     }
@@ -387,7 +402,7 @@ impl Gateway {
         .ok()
         .filter(|admitted| !admitted.opaque_credential)?;
         let Route::Fetch(route) = routes::classify(
-            self.fetcher.families(),
+            &self.fetcher.families(),
             request.method(),
             request.uri().path(),
             request.uri().query(),
@@ -433,7 +448,7 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         keep_authority_as_host(&mut request);
-        let families = self.fetcher.families();
+        let families = &*self.fetcher.live_families().load_full();
         let (mut route, mut label) = self.route_of(&request, peer.listener);
         if matches!(route, Route::LongPoll(_) | Route::Events(_)) {
             // Held for as long as the task takes: a head that still views hyper's read buffer would
@@ -559,7 +574,7 @@ impl Gateway {
             request.headers(),
         );
         let mut route = routes::classify(
-            self.fetcher.families(),
+            &self.fetcher.families(),
             request.method(),
             request.uri().path(),
             request.uri().query(),

@@ -356,7 +356,7 @@ pub struct Metrics {
     /// `[route]`
     request_duration: Vec<Histogram>,
     /// Per task id looked up, `[family][outcome]` (a batch of 50 ids counts 50).
-    task_lookups: Vec<Vec<IntCounter>>,
+    task_lookups: FamilyLookups,
     /// `[upstream route][result]`
     upstream_requests: Vec<Vec<IntCounter>>,
     upstream_duration: Vec<Histogram>,
@@ -785,7 +785,29 @@ fn class_index(class: TaskClass) -> usize {
 }
 
 /// Client requests by route and outcome, their durations, and task lookups by outcome.
-type ClientSeries = (Vec<Vec<IntCounter>>, Vec<Histogram>, Vec<Vec<IntCounter>>);
+type ClientSeries = (Vec<Vec<IntCounter>>, Vec<Histogram>, FamilyLookups);
+
+/// `mjgate_task_lookups_total` by family number: a family a reload adds gets its series then, and
+/// a retired one keeps its own (its number is never reused).
+struct FamilyLookups {
+    vec: prometheus::IntCounterVec,
+    by_family: Box<[std::sync::OnceLock<Vec<IntCounter>>]>,
+}
+
+impl FamilyLookups {
+    fn add(&self, families: &Families) {
+        for family in families.live() {
+            if let Some(slot) = self.by_family.get(family.id().index()) {
+                slot.get_or_init(|| {
+                    Outcome::ALL
+                        .iter()
+                        .map(|o| self.vec.with_label_values(&[family.name(), o.as_str()]))
+                        .collect()
+                });
+            }
+        }
+    }
+}
 
 fn client_series(r: &Registrar<'_>, families: &Families) -> ClientSeries {
     let requests = r.counters(
@@ -817,16 +839,16 @@ fn client_series(r: &Registrar<'_>, families: &Families) -> ClientSeries {
             .iter()
             .map(|route| duration.with_label_values(&[route.as_str()]))
             .collect(),
-        families
-            .all()
-            .iter()
-            .map(|family| {
-                Outcome::ALL
-                    .iter()
-                    .map(|o| lookups.with_label_values(&[family.name(), o.as_str()]))
-                    .collect()
-            })
-            .collect(),
+        {
+            let lookups = FamilyLookups {
+                vec: lookups,
+                by_family: (0..crate::family::MAX_FAMILIES)
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+            };
+            lookups.add(families);
+            lookups
+        },
     )
 }
 
@@ -1209,9 +1231,19 @@ artifacts_failures: {
 
     /// Counts `n` task ids of `family` looked up with `outcome`.
     pub fn task_lookups(&self, family: FamilyId, outcome: Outcome, n: u64) {
-        if let Some(family) = self.task_lookups.get(family.index()) {
+        if let Some(family) = self
+            .task_lookups
+            .by_family
+            .get(family.index())
+            .and_then(|slot| slot.get())
+        {
             family[outcome as usize].inc_by(n);
         }
+    }
+
+    /// Gives the families a reload added their series.
+    pub fn add_families(&self, families: &Families) {
+        self.task_lookups.add(families);
     }
 
     /// Marks an upstream call as started; the returned guard records its result and time.

@@ -30,18 +30,28 @@ pub const RELOADABLE: &[&str] = &[
     "server.body_read_timeout",
     "server.per_client",
     "log",
+    "families",
 ];
 
 /// The config as flat `key = value` lines, named like the file's keys where the two agree
 /// (`cache.in_progress_ttl`); secrets are redacted. Read from the config's `{:#?}` output, so that
 /// every key a type adds is covered without a list to keep.
 pub fn describe(config: &Config) -> BTreeMap<String, String> {
-    flatten(&format!("{config:#?}"), true)
+    numberless(flatten(&format!("{config:#?}"), true))
 }
 
 /// The same with secrets kept, to tell a changed secret from an unchanged one in this process.
 fn describe_raw(config: &Config) -> BTreeMap<String, String> {
-    flatten(&format!("{config:#?}"), false)
+    numberless(flatten(&format!("{config:#?}"), false))
+}
+
+/// Without the families' numbers: a file numbers them in its order, a running gateway keeps the
+/// numbers it started with (see [`crate::family::Families::rebase`]), and neither is a setting.
+fn numberless(mut described: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    described.retain(|key, _| {
+        !(key.starts_with("families.") && key.ends_with(".id") && key.matches('.').count() == 2)
+    });
+    described
 }
 
 fn is_secret(path: &str) -> bool {
@@ -128,8 +138,9 @@ fn join(parent: Option<&str>, name: &str) -> String {
 /// `name: value`, where `name` is an identifier: `in_progress_ttl: 3s`.
 fn field(line: &str) -> Option<(&str, &str)> {
     let (name, value) = line.split_once(": ")?;
+    // `-` for the family names (`[families.my-api]`).
     name.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         .then_some((name, value))
 }
 
@@ -314,6 +325,27 @@ otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"
         let changes = check(&old, &token).unwrap();
         assert_eq!(changes[0].key, "admin_token");
         assert_eq!(changes[0].to.as_deref(), Some("<redacted>"));
+    }
+
+    #[test]
+    fn families_are_added_changed_and_removed_by_a_reload() {
+        let old = config("[families.suno]\nfinished_ttl = \"1h\"\n");
+        let new = config(
+            "[families.suno]\nfinished_ttl = \"2h\"\n\
+             [families.my-api]\nstatus_routes = [\"/my/{id}\"]\nstatus_at = [\"/s\"]\n",
+        );
+        let changes = check(&old, &new).unwrap();
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert!(keys.contains(&"families.suno.finished_ttl"), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("families.my-api.")),
+            "{keys:?}"
+        );
+        assert!(changes.iter().all(|c| c.reloadable));
+        // Taken away again: the numbers a running gateway keeps are not a change of their own.
+        let back = check(&new, &old).unwrap();
+        assert!(back.iter().all(|c| !c.key.ends_with(".id")), "{back:?}");
+        assert!(back.iter().any(|c| c.key.starts_with("families.my-api.")));
     }
 
     #[test]

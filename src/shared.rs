@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use crate::cache::{CacheKey, CachedTask};
 use crate::config::{SharedCacheConfig, redact_url};
 use crate::credential::FINGERPRINT_LEN;
-use crate::family::Families;
+use crate::family::LiveFamilies;
 use crate::hex::push_hex;
 use crate::metrics::{LeaseOutcome, Metrics, SharedError, SharedLookup};
 use crate::task::TaskClass;
@@ -150,7 +150,7 @@ struct Inner {
     /// The Redis URL without its password, for log lines.
     redis: String,
     /// Family names, for Redis key names that mean the same on replicas whose family numbers differ.
-    families: Families,
+    families: LiveFamilies,
     /// Seals the webhook records kept here (they hold a client's credential), keyed by the
     /// fingerprint secret every replica shares.
     sealer: hooks::Sealer,
@@ -167,7 +167,7 @@ impl SharedCache {
         max_wait: Duration,
         max_body: u64,
         metrics: Arc<Metrics>,
-        families: Families,
+        families: LiveFamilies,
     ) -> Result<Self, RedisError> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let manager_config = ConnectionManagerConfig::new()
@@ -531,8 +531,8 @@ impl Inner {
         let bytes: &[u8] = key.borrow();
         let (fingerprint, rest) = bytes.split_at(FINGERPRINT_LEN.min(bytes.len()));
         let (family, id) = rest.split_first().unwrap_or((&0, &[]));
-        let family = self
-            .families
+        let families = self.families.load();
+        let family = families
             .all()
             .get(usize::from(*family))
             .map_or("", |f| f.name());

@@ -27,7 +27,7 @@ use crate::cache::{CacheKey, CachedTask, TaskCache};
 use crate::config::{ArtifactStore, Config};
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::family::results::{ResultUrl, replace_strings};
-use crate::family::{Families, FamilyId, KeepFiles};
+use crate::family::{FamilyId, KeepFiles, LiveFamilies};
 use crate::metrics::Metrics;
 use crate::work::{Work, WorkKind};
 
@@ -49,7 +49,7 @@ pub struct Keeper {
     mirror: Mirror,
     tokens: FileTokens,
     cache: TaskCache,
-    families: Families,
+    families: LiveFamilies,
     work: Work,
     metrics: Arc<Metrics>,
     /// `artifacts.public_url`, without a trailing slash.
@@ -69,6 +69,7 @@ impl Keeper {
         cache: TaskCache,
         work: Work,
         shared: Option<crate::shared::SharedCache>,
+        families: LiveFamilies,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, crate::Error> {
         let Some(artifacts) = &config.artifacts else {
@@ -122,7 +123,7 @@ impl Keeper {
             mirror,
             tokens: FileTokens::new(secret),
             cache,
-            families: config.families.clone(),
+            families,
             work,
             metrics,
             public_url: artifacts
@@ -204,7 +205,7 @@ impl Keeper {
             format!("{from}{FILES_PREFIX}").as_bytes(),
             format!("{to}{FILES_PREFIX}").as_bytes(),
         ));
-        let span = self.families.get(family).task_span(&body);
+        let span = self.families.load().get(family).task_span(&body);
         Some(Arc::new(task.rewritten(
             body,
             span,
@@ -228,7 +229,7 @@ impl Keeper {
         if !task.is_finished() {
             return None;
         }
-        let keep = self.families.get(family).keep_files();
+        let keep = self.families.load().get(family).keep_files();
         if keep == KeepFiles::Off {
             return None;
         }
@@ -236,7 +237,12 @@ impl Keeper {
             // Nobody's `Host` to link on (a callback, another replica's answer): kept when a
             // client next asks for the task (never on another client's name).
             if !task.set_files_pending(true)
-                && !self.families.get(family).result_urls(&task.body).is_empty()
+                && !self
+                    .families
+                    .load()
+                    .get(family)
+                    .result_urls(&task.body)
+                    .is_empty()
             {
                 self.metrics.artifacts_skipped("no_base");
             }
@@ -245,6 +251,7 @@ impl Keeper {
         task.set_files_pending(false);
         let urls: Vec<ResultUrl> = self
             .families
+            .load()
             .get(family)
             .result_urls(&task.body)
             .into_iter()
@@ -339,7 +346,8 @@ impl Keeper {
             return None;
         }
         let body = replace_strings(&task.body, |text| links.get(text).cloned())?;
-        let family = self.families.get(family);
+        let families = self.families.load();
+        let family = families.get(family);
         let body = Bytes::from(body);
         let span = family.task_span(&body);
         let until = keep_until(family, &body);

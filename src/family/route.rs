@@ -7,6 +7,8 @@
 //! a router's, at the cost of a route scan of the whole table measured at 158 ns before the buckets
 //! (the hit path's budget is about 450 ns in all).
 
+use std::sync::Arc;
+
 use http::Method;
 
 use super::{Family, FamilyError, FamilyId, FamilySpec, error};
@@ -107,7 +109,7 @@ impl Table {
         name: &str,
         family: FamilyId,
         spec: &FamilySpec,
-        earlier: &[Family],
+        earlier: &[Arc<Family>],
     ) -> Result<(), FamilyError> {
         let mode_prefix = spec.mode_prefix.unwrap_or(false);
         let events_by_accept = spec.events_by_accept.unwrap_or(true);

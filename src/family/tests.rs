@@ -521,3 +521,81 @@ fn midjourney_answers_classify_as_before() {
     assert!(!mj.is_not_found(400, br#"{"code":400,"description":"bad request"}"#));
     assert!(!mj.is_not_found(429, b""));
 }
+
+fn overrides(toml_text: &str) -> toml::Table {
+    toml::from_str(toml_text).unwrap()
+}
+
+const ACME: &str = r#"
+[acme]
+status_routes = ["/acme/jobs/{id}"]
+status_at = ["/job/state"]
+success = ["done"]
+"#;
+
+#[test]
+fn a_reload_keeps_every_number_and_never_reuses_a_removed_one() {
+    let running = Families::new(overrides(&format!("[luma]\nenabled = false\n{ACME}"))).unwrap();
+    let acme = running.by_name("acme").unwrap().id();
+    let suno = running.by_name("suno").unwrap().id();
+
+    // Luma back on, acme gone, a new family added: written in another order.
+    let file = overrides(
+        r#"
+        [zeta]
+        status_routes = ["/zeta/{id}"]
+        status_at = ["/state"]
+        "#,
+    );
+    let next = Families::new(file).unwrap().rebase(&running).unwrap();
+    assert_eq!(next.by_name("suno").unwrap().id(), suno, "kept");
+    assert!(next.by_name("acme").is_none(), "retired");
+    assert_eq!(next.retired_from(&running), [acme]);
+    let fresh: Vec<FamilyId> = ["luma", "zeta"]
+        .iter()
+        .map(|name| next.by_name(name).unwrap().id())
+        .collect();
+    assert!(
+        fresh.iter().all(|id| id.index() >= running.all().len()),
+        "new families take numbers never used: {fresh:?}"
+    );
+    assert_eq!(next.route(&Method::GET, "/acme/jobs/j1", None), None);
+    assert!(matches!(
+        next.route(&Method::GET, "/zeta/z1", None),
+        Some(Matched::Task { family, .. }) if family == fresh[1]
+    ));
+
+    // Acme again: its own number back (never another family's, and its entries were purged).
+    let again = Families::new(overrides(ACME))
+        .unwrap()
+        .rebase(&next)
+        .unwrap();
+    let back = again.by_name("acme").unwrap().id();
+    assert_eq!(back, acme);
+    assert_eq!(again.retired_from(&next), [fresh[1]], "zeta");
+    assert!(again.by_name("zeta").is_none() && again.by_name("luma").is_some());
+}
+
+#[test]
+fn numbers_run_out_only_after_many_reloads_and_say_so() {
+    let mut running = Families::builtin();
+    let mut refused = None;
+    for n in 0..MAX_FAMILIES {
+        let file = overrides(&format!(
+            "[f{n}]\nstatus_routes = [\"/f{n}/{{id}}\"]\nstatus_at = [\"/s\"]\n"
+        ));
+        match Families::new(file).unwrap().rebase(&running) {
+            Ok(next) => running = next,
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("numbers are bounded");
+    assert!(refused.contains("restart"), "{refused}");
+    assert!(
+        running.by_name("suno").is_some(),
+        "the last good set stands"
+    );
+}

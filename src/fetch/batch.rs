@@ -222,7 +222,8 @@ impl Fetcher {
         };
         drop(waiting);
         let status = tally.status();
-        let Some(spec) = self.families.get(family).batch() else {
+        let families = self.families.load();
+        let Some(spec) = families.get(family).batch() else {
             return Served::error(RequestError::Internal("the family has no batch route"));
         };
         Served::cached(
@@ -293,7 +294,8 @@ impl Fetcher {
         sources: Vec<(Source, Option<Arc<CachedTask>>)>,
         tally: &mut Tally,
     ) -> Result<Vec<Arc<CachedTask>>, Served> {
-        let rules = self.families.get(family);
+        let families = self.families.load_full();
+        let rules = families.get(family);
         let mut tasks = Vec::with_capacity(sources.len());
         for (index, (source, stale)) in sources.into_iter().enumerate() {
             let landed = match source {
@@ -438,7 +440,8 @@ impl Fetcher {
             client,
             family,
         } = call;
-        let family = self.families.get(family);
+        let families = self.families.load_full();
+        let family = families.get(family);
         let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
         let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
         let mut headers = headers.clone();

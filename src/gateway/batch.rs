@@ -31,9 +31,8 @@ impl Gateway {
             Err(e) => return self.read_failed(e),
         };
         let body = &held.bytes;
-        let ignored = self
-            .fetcher
-            .families()
+        let families = self.fetcher.live_families().load_full();
+        let ignored = families
             .get(family)
             .batch()
             .map_or(&[][..], |batch| &batch.ignore_fields[..]);

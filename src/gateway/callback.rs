@@ -26,7 +26,7 @@ impl Gateway {
         if request.method() != Method::POST {
             return Served::error(RequestError::MethodNotAllowed("callbacks are POSTed"));
         }
-        let families = self.fetcher.families();
+        let families = &*self.fetcher.live_families().load_full();
         let (parts, body) = request.into_parts();
         let held = match self
             .read_whole(&parts.headers, body, self.settings().limits.batch_max_body)

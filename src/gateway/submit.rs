@@ -58,7 +58,7 @@ impl Gateway {
         route: SubmitMatch,
         client: ClientInfo,
     ) -> Served {
-        let families = self.fetcher.families();
+        let families = &*self.fetcher.live_families().load_full();
         let field = families
             .get(route.family)
             .submit()
@@ -355,7 +355,7 @@ impl Gateway {
         slot: Slot,
         answer: &StoredAnswer,
     ) {
-        let families = self.fetcher.families();
+        let families = &*self.fetcher.live_families().load_full();
         let id = families
             .get(route.family)
             .submit()

@@ -100,7 +100,7 @@ impl Gateway {
     }
 
     async fn inspect_task(&self, scope: &PurgeScope) -> Served {
-        let held = match scope.local(self.fetcher.families()) {
+        let held = match scope.local(&self.fetcher.families()) {
             Some(local) => self.fetcher.cache().matching(&local),
             None => Vec::new(),
         };
@@ -143,7 +143,7 @@ impl Gateway {
 
     async fn purge_tasks(&self, scope: &PurgeScope) -> Served {
         let local = scope
-            .local(self.fetcher.families())
+            .local(&self.fetcher.families())
             .map_or(0, |local| self.fetcher.cache().purge(&local));
         let shared = match self.fetcher.shared() {
             None => serde_json::Value::Null,

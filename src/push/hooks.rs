@@ -156,7 +156,8 @@ impl Push {
                 Box::pin(shared.delete_hook(&record.id)).await;
             }
             if let Some(token) = callback {
-                Box::pin(hooks.finish_callback(&token, self.fetcher.families())).await;
+                Box::pin(hooks.finish_callback(&token, &self.fetcher.live_families().load_full()))
+                    .await;
             }
         }
         for lease in leases {
@@ -208,7 +209,8 @@ impl Push {
             changes: Some(changes),
         };
         let mut closed = false;
-        let family = self.fetcher.families().get(task.family);
+        let families = self.fetcher.live_families().load_full();
+        let family = families.get(task.family);
         // The status and progress of the last state delivered: a change of neither is no event.
         let mut delivered_state = None;
         loop {

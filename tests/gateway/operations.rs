@@ -521,3 +521,76 @@ async fn a_reload_changes_a_ttl_under_load_with_every_request_answered_and_a_bad
     gw.reloads("ok", 2.0).await;
     assert!(terminate(&mut gw.child).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_a_family_and_keeps_the_others_cache() {
+    use mjgate::tools::simulator::Api;
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    sim.create_task_in(Api::Luma, KEY_A, "a", "completed");
+    // Luma's route, claimed by an operator's own family once the file says so.
+    let acme = r#"
+[families.acme-video]
+status_routes = ["/luma/generations/{id}"]
+status_at = ["/state"]
+id_at = ["/id"]
+success = ["completed"]
+not_found = [{ status = 404 }]
+"#;
+    let text = |extra: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[artifacts]\nenabled = false\n\
+             [families.luma]\nenabled = false\n{extra}",
+            sim.url()
+        )
+    };
+    let mut gw = run(&text(""));
+    let fetch = |path: &str| send(request(Method::GET, &gw.url(path), Some(KEY_A), ""));
+    assert_eq!(fetch("/mj/task/t/fetch").await.status, 200);
+    // Not a family yet: every poll goes upstream.
+    for _ in 0..2 {
+        assert_eq!(fetch("/luma/generations/a").await.status, 200);
+    }
+    assert_eq!(sim.fetch_calls_in(Api::Luma, "a"), 2, "passed through");
+
+    gw.rewrite(&text(acme));
+    gw.hangup();
+    gw.reloads("ok", 1.0).await;
+    for _ in 0..3 {
+        assert_eq!(fetch("/luma/generations/a").await.status, 200);
+    }
+    assert_eq!(
+        sim.fetch_calls_in(Api::Luma, "a"),
+        3,
+        "cached from the reload on"
+    );
+    assert_eq!(fetch("/mj/task/t/fetch").await.status, 200);
+    assert_eq!(
+        sim.fetch_calls("t"),
+        1,
+        "the other families' entries were kept"
+    );
+    assert_eq!(
+        gw.metric(
+            "mjgate_task_lookups_total",
+            &[("family", "acme-video"), ("cache", "hit")]
+        )
+        .await,
+        2.0,
+        "the new family is counted"
+    );
+
+    // Taken away again: its route is an ordinary path once more.
+    gw.rewrite(&text(""));
+    gw.hangup();
+    gw.reloads("ok", 2.0).await;
+    assert_eq!(fetch("/luma/generations/a").await.status, 200);
+    assert_eq!(
+        sim.fetch_calls_in(Api::Luma, "a"),
+        4,
+        "passed through again"
+    );
+    assert_eq!(fetch("/mj/task/t/fetch").await.status, 200);
+    assert_eq!(sim.fetch_calls("t"), 1);
+    assert!(terminate(&mut gw.child).success());
+}
