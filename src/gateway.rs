@@ -278,6 +278,14 @@ impl Gateway {
                 credential: None,
             });
         }
+        // Turning either section on or off needs a restart (`reload::check` refused it), so each
+        // is here on both sides or on neither.
+        if let (Some(hooks), Some(webhooks)) = (&self.hooks, &config.webhooks) {
+            hooks.reconfigure(webhooks);
+        }
+        if let (Some(keeper), Some(artifacts)) = (self.fetcher.keeper(), &config.artifacts) {
+            keeper.reconfigure(artifacts);
+        }
         self.fetcher.cache().set_lifetime(&config.cache);
         self.client_limits.set(
             config.server.per_client_rps,

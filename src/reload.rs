@@ -4,11 +4,13 @@
 //!
 //! A new config is validated whole first; one that fails is refused and the old one keeps serving. A
 //! valid one that changes a key only a restart can apply (the listeners, the upstream client, the
-//! Redis tier, the families, ...) is refused too, naming those keys: half a reload would leave the
-//! operator guessing which config runs. The keys a reload applies are [`RELOADABLE`]: the request
-//! settings are swapped in whole for the requests after it (connections, held requests and the cache
-//! carry on), the cache's TTLs change in place, and the binary re-applies its log filter, format and
-//! access-log destination.
+//! Redis tier, the sizes of the memory budgets, turning webhooks or artifacts on or off, ...) is
+//! refused too, naming those keys: half a reload would leave the operator guessing which config
+//! runs. The keys a reload applies are [`RELOADABLE`]: the request settings and the families are
+//! swapped in whole for the requests after it (connections, held requests and the cache carry on;
+//! a removed family's entries are dropped), the cache's TTLs change in place, webhook delivery and
+//! result downloads take their new terms at their next attempt, and the binary re-applies its log
+//! filter, format and access-log destination.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +33,18 @@ pub const RELOADABLE: &[&str] = &[
     "server.per_client",
     "log",
     "families",
+    "webhooks.secret",
+    "webhooks.allow_private",
+    "webhooks.finished_only",
+    "webhooks.retry",
+    "webhooks.timeout",
+    "webhooks.max_pending",
+    "webhooks.max_pending_per_credential",
+    "webhooks.public_url",
+    "artifacts.allow_private",
+    "artifacts.timeout",
+    "artifacts.idle_timeout",
+    "artifacts.public_url",
 ];
 
 /// The config as flat `key = value` lines, named like the file's keys where the two agree
@@ -346,6 +360,37 @@ otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"
         let back = check(&new, &old).unwrap();
         assert!(back.iter().all(|c| !c.key.ends_with(".id")), "{back:?}");
         assert!(back.iter().any(|c| c.key.starts_with("families.my-api.")));
+    }
+
+    #[test]
+    fn webhook_and_artifact_terms_reload_and_their_budgets_and_switches_need_a_restart() {
+        let hooks = |extra: &str| {
+            config(&format!(
+                "[webhooks]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}"
+            ))
+        };
+        let old = hooks("");
+        let new = hooks(
+            "timeout = \"3s\"\nfirst_retry = \"1s\"\nmax_pending = 5\n\
+             [artifacts]\npublic_url = \"https://files.example\"\nallow_private = true\n",
+        );
+        let changes = check(&old, &new).unwrap();
+        assert!(changes.len() >= 5, "{changes:?}");
+        for sized in ["max_memory = \"1MiB\"", "max_in_flight = 2"] {
+            match check(&old, &hooks(sized)) {
+                Err(Refused::NeedsRestart(keys)) => assert!(keys[0].starts_with("webhooks.max_")),
+                other => panic!("{sized}: {other:?}"),
+            }
+        }
+        match check(&config(""), &old) {
+            Err(Refused::NeedsRestart(keys)) => assert!(keys.contains(&"webhooks".to_owned())),
+            other => panic!("{other:?}"),
+        }
+        let moved = config("[artifacts]\ndir = \"/tmp/elsewhere\"\n");
+        assert!(matches!(
+            check(&config(""), &moved),
+            Err(Refused::NeedsRestart(_))
+        ));
     }
 
     #[test]

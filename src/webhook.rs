@@ -33,7 +33,8 @@ use crate::metrics::{Delivery, Metrics};
 use crate::shared::SharedCache;
 use crate::shared::hooks::CallbackRecord;
 use crate::task::TaskClass;
-use deliver::{Attempt, Deliverer};
+use arc_swap::ArcSwap;
+use deliver::{Attempt, Deliverer, Terms};
 use guard::HookUrl;
 use retry::Schedule;
 
@@ -83,10 +84,8 @@ pub enum Ended {
 /// bytes), and the callback tokens handed to upstreams.
 pub struct Hooks {
     deliverer: Deliverer,
-    retry: Schedule,
-    finished_only: bool,
-    max_pending: usize,
-    max_pending_per_credential: usize,
+    /// What a reload changes ([`Hooks::reconfigure`]), read afresh at every use.
+    settings: ArcSwap<Settings>,
     pending: AtomicUsize,
     /// Watched hooks by submitting credential, for `webhooks.max_pending_per_credential`.
     per_credential: Mutex<HashMap<CredentialFingerprint, usize>>,
@@ -95,8 +94,6 @@ pub struct Hooks {
     /// event waits (holding no body) until its bytes fit.
     memory: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    /// `webhooks.public_url`: where the upstream calls the gateway back.
-    public_url: Option<String>,
     /// Callback tokens this replica handed to the upstream for tasks still watched, by token (as many
     /// as watched hooks at most). With the Redis tier they are also kept there (sealed, as hook
     /// records are), so any replica answers them.
@@ -105,6 +102,38 @@ pub struct Hooks {
     /// `webhooks.max_pending`, the least recently used dropped first).
     finished_tokens: moka::sync::Cache<String, Callback>,
     shared: Option<SharedCache>,
+}
+
+/// The part of `[webhooks]` a reload applies: the signing secret (events from then on are signed with
+/// the new one), where hooks may point, the deadline and retries of an attempt, which states are
+/// delivered, the bounds on watched hooks in number, and where the upstream calls back.
+/// `max_in_flight` and `max_memory` size the semaphores at start-up and need a restart.
+#[derive(Debug)]
+struct Settings {
+    terms: Terms,
+    retry: Schedule,
+    finished_only: bool,
+    max_pending: usize,
+    max_pending_per_credential: usize,
+    /// `webhooks.public_url`: where the upstream calls the gateway back.
+    public_url: Option<String>,
+}
+
+impl Settings {
+    fn of(config: &WebhooksConfig) -> Self {
+        Settings {
+            terms: Terms {
+                secret: Arc::clone(&config.secret),
+                allow_private: config.allow_private,
+                timeout: config.timeout,
+            },
+            retry: config.retry,
+            finished_only: config.finished_only,
+            max_pending: config.max_pending,
+            max_pending_per_credential: config.max_pending_per_credential,
+            public_url: config.public_url.clone(),
+        }
+    }
 }
 
 /// What a callback token was issued for: one submit's task, under one credential.
@@ -165,22 +194,12 @@ impl Hooks {
             .min(Semaphore::MAX_PERMITS);
         metrics.webhooks.set_capacity(memory);
         Hooks {
-            deliverer: Deliverer::new(
-                Arc::clone(&config.secret),
-                tls,
-                config.allow_private,
-                config.timeout,
-                config.max_in_flight,
-            ),
-            retry: config.retry,
-            finished_only: config.finished_only,
-            max_pending: config.max_pending,
-            max_pending_per_credential: config.max_pending_per_credential,
+            deliverer: Deliverer::new(tls, config.max_in_flight),
+            settings: ArcSwap::from_pointee(Settings::of(config)),
             pending: AtomicUsize::new(0),
             per_credential: Mutex::new(HashMap::new()),
             memory: Arc::new(Semaphore::new(memory)),
             metrics,
-            public_url: config.public_url.clone(),
             callbacks: Mutex::new(HashMap::new()),
             finished_tokens: moka::sync::Cache::builder()
                 .max_capacity(config.max_pending as u64)
@@ -189,6 +208,12 @@ impl Hooks {
                 .build(),
             shared,
         }
+    }
+
+    /// Applies a reloaded `[webhooks]` (see [`Settings`]) to every attempt and reservation from now
+    /// on. Hooks already watched keep their places, even past a lowered `max_pending`.
+    pub fn reconfigure(&self, config: &WebhooksConfig) {
+        self.settings.store(Arc::new(Settings::of(config)));
     }
 
     /// A new callback URL for a submit by `fingerprint`, and its token; `None` without
@@ -201,7 +226,8 @@ impl Hooks {
         family: FamilyId,
         families: &Families,
     ) -> Option<(String, String)> {
-        let base = self.public_url.as_ref()?;
+        let settings = self.settings.load();
+        let base = settings.public_url.as_ref()?;
         let mut token = Vec::with_capacity(32);
         push_hex(&mut token, &rand::random::<[u8; 16]>());
         let token = String::from_utf8(token).unwrap_or_default();
@@ -211,8 +237,13 @@ impl Hooks {
             task_id: None,
             finished: false,
         };
-        self.save_callback(&token, &callback, families, self.retry.max_age)
-            .await;
+        self.save_callback(
+            &token,
+            &callback,
+            families,
+            self.settings.load().retry.max_age,
+        )
+        .await;
         self.callbacks.lock().insert(token.clone(), callback);
         Some((format!("{base}/_mjgate/callback/{token}"), token))
     }
@@ -270,7 +301,7 @@ impl Hooks {
             callback.task_id = Some(task_id.to_owned());
             callback.clone()
         };
-        self.save_callback(token, &bound, families, self.retry.max_age)
+        self.save_callback(token, &bound, families, self.settings.load().retry.max_age)
             .await;
     }
 
@@ -291,8 +322,13 @@ impl Hooks {
                 if let Some(mine) = self.callbacks.lock().get_mut(token) {
                     mine.task_id = Some(task_id.to_owned());
                 }
-                self.save_callback(token, &callback, families, self.retry.max_age)
-                    .await;
+                self.save_callback(
+                    token,
+                    &callback,
+                    families,
+                    self.settings.load().retry.max_age,
+                )
+                .await;
             }
         }
         Some(callback)
@@ -319,12 +355,12 @@ impl Hooks {
     }
 
     pub fn allow_private(&self) -> bool {
-        self.deliverer.allow_private()
+        self.settings.load().terms.allow_private
     }
 
     /// How long an event is retried (`webhooks.max_age`): also how long a hook's record is kept.
     pub fn max_age(&self) -> std::time::Duration {
-        self.retry.max_age
+        self.settings.load().retry.max_age
     }
 
     /// Whether a state is delivered at all: never "no such task", and with `finished_only` only the
@@ -332,7 +368,7 @@ impl Hooks {
     pub fn wants(&self, class: TaskClass) -> bool {
         match class {
             TaskClass::NotFound => false,
-            TaskClass::InProgress => !self.finished_only,
+            TaskClass::InProgress => !self.settings.load().finished_only,
             TaskClass::Terminal => true,
         }
     }
@@ -351,11 +387,12 @@ impl Hooks {
             .and_then(|n| Arc::clone(&self.memory).try_acquire_many_owned(n).ok());
         let mut counts = self.per_credential.lock();
         let mine = counts.get(&fingerprint).copied().unwrap_or(0);
-        let taken = (mine < self.max_pending_per_credential && memory.is_some())
+        let settings = self.settings.load();
+        let taken = (mine < settings.max_pending_per_credential && memory.is_some())
             .then(|| {
                 self.pending
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < self.max_pending).then_some(n + 1)
+                        (n < settings.max_pending).then_some(n + 1)
                     })
                     .ok()
             })
@@ -422,7 +459,8 @@ impl Hooks {
                 let Some(sending) = self.room_for(event.body.len(), draining).await else {
                     return Ended::Interrupted;
                 };
-                let result = self.deliverer.attempt(hook, &id, &event.body).await;
+                let terms = self.settings.load().terms.clone();
+                let result = self.deliverer.attempt(&terms, hook, &id, &event.body).await;
                 drop(sending);
                 self.metrics.webhooks.attempt(result.label());
                 match result {
@@ -449,7 +487,12 @@ impl Hooks {
                     }
                 }
             }
-            let Some(wait) = self.retry.next(attempt, since.elapsed(), rand::random()) else {
+            let Some(wait) =
+                self.settings
+                    .load()
+                    .retry
+                    .next(attempt, since.elapsed(), rand::random())
+            else {
                 self.metrics.webhooks.delivery(Delivery::Abandoned);
                 tracing::warn!(task = task_id, event = %id, attempts = attempt, "webhook event abandoned");
                 return Ended::Done(etag);

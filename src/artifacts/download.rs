@@ -88,38 +88,48 @@ impl DownloadError {
     }
 }
 
+/// What a download is made under that a reload may change (`artifacts.allow_private`, `timeout`,
+/// `idle_timeout`): read afresh for every download.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    pub allow_private: bool,
+    /// For the whole download, redirects included.
+    pub timeout: Duration,
+    /// Between two reads of the body.
+    pub idle: Duration,
+}
+
 /// Downloads result files under the guard's rules and the time bounds.
 pub struct Downloader {
     tls: tokio_rustls::TlsConnector,
-    allow_private: bool,
+    terms: arc_swap::ArcSwap<Terms>,
     /// Origins (host, port) that may be inside addresses all the same: the upstream the operator
     /// configured, whose own result links (a self-hosted proxy's, the simulator's) sit beside it.
     trusted: Vec<(String, u16)>,
-    /// For the whole download, redirects included.
-    timeout: Duration,
-    /// Between two reads of the body.
-    idle: Duration,
 }
 
 impl Downloader {
-    pub fn new(
-        tls: rustls::ClientConfig,
-        allow_private: bool,
-        timeout: Duration,
-        idle: Duration,
-    ) -> Self {
+    pub fn new(tls: rustls::ClientConfig, terms: Terms) -> Self {
         Downloader {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            allow_private,
+            terms: arc_swap::ArcSwap::from_pointee(terms),
             trusted: Vec::new(),
-            timeout,
-            idle,
         }
+    }
+
+    /// Puts reloaded terms in force for the downloads that start from now on.
+    pub fn set_terms(&self, terms: Terms) {
+        self.terms.store(Arc::new(terms));
+    }
+
+    fn terms(&self) -> Terms {
+        **self.terms.load()
     }
 
     /// The deadline of one download, and the longest it may go without a byte.
     pub fn bounds(&self) -> (Duration, Duration) {
-        (self.timeout, self.idle)
+        let terms = self.terms();
+        (terms.timeout, terms.idle)
     }
 
     /// This downloader, also connecting to `host:port` where it resolves to an inside address.
@@ -129,7 +139,7 @@ impl Downloader {
     }
 
     fn allows_private(&self, target: &HookUrl) -> bool {
-        self.allow_private
+        self.terms().allow_private
             || self
                 .trusted
                 .iter()
@@ -142,7 +152,7 @@ impl Downloader {
         url: &str,
         store: &BlobStore,
     ) -> Result<(BlobId, u64), DownloadError> {
-        match tokio::time::timeout(self.timeout, self.follow(url, store)).await {
+        match tokio::time::timeout(self.terms().timeout, self.follow(url, store)).await {
             Ok(result) => result,
             Err(_) => Err(DownloadError::Timeout),
         }
@@ -173,7 +183,7 @@ impl Downloader {
             }
             let kind = MediaKind::of_content_type(&content_type);
             return Ok(store
-                .put(idle_bounded(response.into_body(), self.idle), kind)
+                .put(idle_bounded(response.into_body(), self.terms().idle), kind)
                 .await?);
         }
         Err(DownloadError::Redirects)

@@ -19,12 +19,14 @@ use http::header::HOST;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::download::Downloader;
+use arc_swap::ArcSwap;
+
+use super::download::{Downloader, Terms};
 use super::mirror::Mirror;
 use super::store::{BlobId, BlobStore, MediaKind};
 use super::token::{FILES_PREFIX, FileTokens};
 use crate::cache::{CacheKey, CachedTask, TaskCache};
-use crate::config::{ArtifactStore, Config};
+use crate::config::{ArtifactStore, ArtifactsConfig, Config};
 use crate::credential::{CredentialFingerprint, FINGERPRINT_LEN};
 use crate::family::results::{ResultUrl, replace_strings};
 use crate::family::{FamilyId, KeepFiles, LiveFamilies};
@@ -52,8 +54,8 @@ pub struct Keeper {
     families: LiveFamilies,
     work: Work,
     metrics: Arc<Metrics>,
-    /// `artifacts.public_url`, without a trailing slash.
-    public_url: Option<Arc<str>>,
+    /// `artifacts.public_url`, without a trailing slash (a reload may change it).
+    public_url: ArcSwap<Option<Arc<str>>>,
     /// Tasks whose files are being kept now, and a flag raised when they are done.
     pending: Mutex<HashMap<CacheKey, watch::Receiver<bool>>>,
     /// Download routes' files kept, by credential, family, task and query.
@@ -104,9 +106,7 @@ impl Keeper {
         let (host, port) = config.upstream.url.origin();
         let downloader = Downloader::new(
             crate::tls::client_config(crate::tls::Roots::Webpki, None)?,
-            artifacts.allow_private,
-            artifacts.timeout,
-            artifacts.idle_timeout,
+            terms_of(artifacts),
         )
         .trusting(&host, port);
         metrics.artifacts_disk(store.disk_used());
@@ -126,14 +126,18 @@ impl Keeper {
             families,
             work,
             metrics,
-            public_url: artifacts
-                .public_url
-                .as_deref()
-                .map(|url| Arc::from(url.trim_end_matches('/'))),
+            public_url: ArcSwap::from_pointee(public_url_of(artifacts)),
             pending: Mutex::default(),
             downloads: moka::sync::Cache::new(REMEMBERED),
             downloading: Mutex::default(),
         }))
+    }
+
+    /// Applies a reloaded `[artifacts]`: where downloads may connect, their deadlines, and where
+    /// links point. The store, `max_file` and the token secret need a restart.
+    pub fn reconfigure(&self, artifacts: &ArtifactsConfig) {
+        self.mirror.set_terms(terms_of(artifacts));
+        self.public_url.store(Arc::new(public_url_of(artifacts)));
     }
 
     pub fn store(&self) -> &BlobStore {
@@ -154,7 +158,7 @@ impl Keeper {
     /// `artifacts.public_url`, else the scheme and `Host` it used. `None` without either (or for
     /// a `Host` that is not a plain name or address and port).
     pub fn base_for(&self, headers: &HeaderMap, tls: bool) -> Option<Arc<str>> {
-        if let Some(public) = &self.public_url {
+        if let Some(public) = &**self.public_url.load() {
             return Some(Arc::clone(public));
         }
         let host = headers.get(HOST)?.to_str().ok().filter(|h| is_host(h))?;
@@ -173,8 +177,9 @@ impl Keeper {
         let Some(from) = task.files_base.as_deref() else {
             return false;
         };
-        if self.public_url.is_some() {
-            return false;
+        // Stored under another `public_url` (a reload changed it): rebased to the new one.
+        if let Some(public) = &**self.public_url.load() {
+            return **public != *from;
         }
         let host = headers.get(HOST).map_or(&b""[..], |h| h.as_bytes());
         let stored = from.split_once("://").map_or("", |(_, host)| host);
@@ -184,7 +189,8 @@ impl Keeper {
     /// `task` as the client that sent `headers` is to get it: its links to kept files rebased to
     /// the scheme and `Host` this client used when another client's were stored (an inside name
     /// and an outside one, say); `None` when it is fine as it is (the common case: one name, or
-    /// `artifacts.public_url`).
+    /// `artifacts.public_url`). With `public_url`, only entries stored under an earlier one (before
+    /// a reload) are rebased, to the one in force.
     pub fn rebased(
         &self,
         task: &CachedTask,
@@ -192,9 +198,6 @@ impl Keeper {
         headers: &HeaderMap,
         tls: bool,
     ) -> Option<Arc<CachedTask>> {
-        if self.public_url.is_some() {
-            return None;
-        }
         let from = task.files_base.as_deref()?;
         let to = self.base_for(headers, tls)?;
         if *to == *from {
@@ -233,7 +236,7 @@ impl Keeper {
         if keep == KeepFiles::Off {
             return None;
         }
-        let Some(base) = base.or_else(|| self.public_url.clone()) else {
+        let Some(base) = base.or_else(|| (**self.public_url.load()).clone()) else {
             // Nobody's `Host` to link on (a callback, another replica's answer): kept when a
             // client next asks for the task (never on another client's name).
             if !task.set_files_pending(true)
@@ -623,6 +626,21 @@ fn is_host(host: &str) -> bool {
             })
     });
     port_ok && name_ok
+}
+
+fn terms_of(artifacts: &ArtifactsConfig) -> Terms {
+    Terms {
+        allow_private: artifacts.allow_private,
+        timeout: artifacts.timeout,
+        idle: artifacts.idle_timeout,
+    }
+}
+
+fn public_url_of(artifacts: &ArtifactsConfig) -> Option<Arc<str>> {
+    artifacts
+        .public_url
+        .as_deref()
+        .map(|url| Arc::from(url.trim_end_matches('/')))
 }
 
 #[cfg(test)]

@@ -83,6 +83,12 @@ impl Mirror {
         self
     }
 
+    /// Puts reloaded download terms in force; what was refused under the old ones is asked again.
+    pub fn set_terms(&self, terms: super::download::Terms) {
+        self.downloader.set_terms(terms);
+        self.refused.invalidate_all();
+    }
+
     /// A download's deadline and idle bound.
     pub fn bounds(&self) -> (Duration, Duration) {
         self.downloader.bounds()

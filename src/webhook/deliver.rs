@@ -56,45 +56,38 @@ impl Attempt {
     }
 }
 
-/// Makes delivery attempts: the signing secret, the TLS roots for `https` hooks, the limits.
+/// What an attempt is made with that a reload may change: read afresh for every attempt.
+#[derive(Debug, Clone)]
+pub struct Terms {
+    pub secret: Arc<SigningSecret>,
+    pub allow_private: bool,
+    pub timeout: Duration,
+}
+
+/// Makes delivery attempts: the TLS roots for `https` hooks and the bound on attempts under way; the
+/// secret and deadline each attempt is given ([`Terms`]).
 pub struct Deliverer {
-    secret: Arc<SigningSecret>,
     tls: tokio_rustls::TlsConnector,
-    allow_private: bool,
-    timeout: Duration,
     /// One permit per attempt under way: receivers that hang cannot make the gateway hold a
     /// connection (and its buffers, about 70 KB with TLS) for every pending hook at once.
     in_flight: tokio::sync::Semaphore,
 }
 
 impl Deliverer {
-    pub fn new(
-        secret: Arc<SigningSecret>,
-        tls: rustls::ClientConfig,
-        allow_private: bool,
-        timeout: Duration,
-        max_in_flight: usize,
-    ) -> Self {
+    pub fn new(tls: rustls::ClientConfig, max_in_flight: usize) -> Self {
         Deliverer {
-            secret,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            allow_private,
-            timeout,
             in_flight: tokio::sync::Semaphore::new(max_in_flight),
         }
     }
 
-    pub fn allow_private(&self) -> bool {
-        self.allow_private
-    }
-
     /// One attempt to deliver event `id` (`body`, the task's JSON) to `hook`.
-    pub async fn attempt(&self, hook: &HookUrl, id: &str, body: &Bytes) -> Attempt {
+    pub async fn attempt(&self, terms: &Terms, hook: &HookUrl, id: &str, body: &Bytes) -> Attempt {
         // Never closed, so the acquire cannot fail; the attempt's deadline starts once it is this one's turn.
         let Ok(_turn) = self.in_flight.acquire().await else {
             return Attempt::Failed(Failure::Timeout);
         };
-        let addresses = match hook.resolve(self.allow_private).await {
+        let addresses = match hook.resolve(terms.allow_private).await {
             Ok(addresses) => addresses,
             // A name that does not resolve now may tomorrow (a DNS hiccup): tried again later.
             Err(HookError::Unresolved) => {
@@ -107,12 +100,12 @@ impl Deliverer {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let signature = self.secret.sign(id, timestamp, body);
+        let signature = terms.secret.sign(id, timestamp, body);
         let request = match signed_request(hook, id, timestamp, &signature, body) {
             Ok(request) => request,
             Err(e) => return Attempt::Failed(Failure::Connection(e.to_string())),
         };
-        let sent = tokio::time::timeout(self.timeout, self.send(hook, &addresses, request)).await;
+        let sent = tokio::time::timeout(terms.timeout, self.send(hook, &addresses, request)).await;
         match sent {
             Err(_) => Attempt::Failed(Failure::Timeout),
             Ok(Err(e)) => Attempt::Failed(Failure::Connection(e)),

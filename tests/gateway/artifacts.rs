@@ -79,9 +79,11 @@ fn downloader(allow_private: bool) -> mjgate::artifacts::download::Downloader {
     let tls = mjgate::tls::client_config(mjgate::tls::Roots::Webpki, None).unwrap();
     mjgate::artifacts::download::Downloader::new(
         tls,
-        allow_private,
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(500),
+        mjgate::artifacts::download::Terms {
+            allow_private,
+            timeout: std::time::Duration::from_secs(10),
+            idle: std::time::Duration::from_millis(500),
+        },
     )
 }
 

@@ -594,3 +594,71 @@ not_found = [{ status = 404 }]
     assert_eq!(sim.fetch_calls("t"), 1);
     assert!(terminate(&mut gw.child).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_webhook_secret_and_moves_the_links_to_kept_files() {
+    const ROTATED: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let receiver = Receiver::start(&[]).await;
+    let sim = Simulator::start().await.unwrap();
+    sim.set_link_ttl(Some(Duration::from_secs(3600)));
+    // Submitted tasks run until the test finishes them.
+    sim.set_task_duration(Duration::from_secs(3600));
+    sim.create_task(KEY_A, "done", "SUCCESS");
+    let dir = std::env::temp_dir().join(format!("mjgate-reload-files-{}", std::process::id()));
+    // Where clients are told the files are: names only, never dialled here.
+    let (before, after) = ("http://127.0.0.2:7001", "http://127.0.0.3:7002");
+    let text = |secret: &str, public: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[cache]\nin_progress_ttl = \"200ms\"\n\
+             [webhooks]\nsecret = \"{secret}\"\nallow_private = true\nfirst_retry = \"100ms\"\n\
+             [artifacts]\ndir = \"{}\"\npublic_url = \"{public}\"\n",
+            sim.url(),
+            dir.display()
+        )
+    };
+    let mut gw = run(&text(SECRET, before));
+    let link = |path: &str| {
+        let url = gw.url(path);
+        async move {
+            let answer = send(request(Method::GET, &url, Some(KEY_A), "")).await;
+            answer.json()["imageUrl"].as_str().unwrap_or("").to_owned()
+        }
+    };
+    poll_until("the finished task's file is kept", || async {
+        link("/mj/task/done/fetch").await.starts_with(before)
+    })
+    .await;
+    let body = serde_json::json!({"prompt": "a cat", "notifyHook": receiver.url()}).to_string();
+    let submitted = send(request(
+        Method::POST,
+        &gw.url("/mj/submit/imagine"),
+        Some(KEY_A),
+        &body,
+    ))
+    .await;
+    let id = submitted.json()["result"].as_str().unwrap().to_owned();
+    poll_until("a first event is delivered", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    assert!(receiver.deliveries()[0].signed_with(SECRET));
+
+    gw.rewrite(&text(ROTATED, after));
+    gw.hangup();
+    gw.reloads("ok", 1.0).await;
+    sim.set_status(&id, "SUCCESS");
+    let finished = receiver.wait_for_status("SUCCESS").await;
+    let last = finished.last().unwrap();
+    assert!(last.signed_with(ROTATED), "signed with the new secret");
+    assert!(!last.signed_with(SECRET));
+    assert!(
+        last.json()["imageUrl"].as_str().unwrap().starts_with(after),
+        "{}",
+        last.json()
+    );
+    // An entry kept before the reload is linked under the new name too.
+    assert!(link("/mj/task/done/fetch").await.starts_with(after));
+    assert_eq!(sim.fetch_calls("done"), 1, "from the cache, rebased");
+    assert!(terminate(&mut gw.child).success());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -38,7 +38,12 @@ impl Delivery {
 
     /// Whether the Standard Webhooks signature is the one `SECRET` gives.
     pub fn signed(&self) -> bool {
-        let secret = SigningSecret::parse(SECRET).unwrap();
+        self.signed_with(SECRET)
+    }
+
+    /// Whether the Standard Webhooks signature is the one `secret` gives.
+    pub fn signed_with(&self, secret: &str) -> bool {
+        let secret = SigningSecret::parse(secret).unwrap();
         let timestamp: u64 = self.header("webhook-timestamp").parse().unwrap();
         self.header("webhook-signature")
             == secret.sign(&self.header("webhook-id"), timestamp, &self.body)
