@@ -130,7 +130,15 @@ pub struct WatchConfig {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// The first member's URL (the only one's, without `[[upstream.members]]`).
     pub url: UpstreamUrl,
+    /// The pool: `[[upstream.members]]`, or one member named `default` at `url`.
+    pub members: Vec<MemberConfig>,
+    /// How submits are spread over the members.
+    pub policy: Policy,
+    /// How long a submitted task counts against its member's `max_running` without being seen
+    /// finished (a task nobody polls to the end must not hold its place for ever).
+    pub running_ttl: Duration,
     /// The built-in roots an `https` upstream's certificate is checked against.
     pub roots: Roots,
     /// Extra roots (a private CA), trusted in addition to `roots`.
@@ -164,6 +172,34 @@ pub struct UpstreamConfig {
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
 }
+
+/// One upstream instance of the pool (`[[upstream.members]]`): a midjourney-proxy, an account.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// What logs, metrics and errors call it.
+    pub name: String,
+    pub url: UpstreamUrl,
+    /// Its share of submits under `weighted`, and the tie-break under `least-busy`.
+    pub weight: u32,
+    /// Most tasks it runs at once (Discord's 3 on a basic plan, 10 on Pro); 0: no limit.
+    pub max_running: usize,
+}
+
+/// How submits are spread over the members (`upstream.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Fewest running tasks (relative to weight), then the highest weight.
+    #[default]
+    LeastBusy,
+    /// At random, in proportion to weight.
+    Weighted,
+    /// Each in turn.
+    RoundRobin,
+}
+
+/// Most members in one pool.
+pub const MAX_MEMBERS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -392,6 +428,10 @@ struct RawWatch {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     url: Option<String>,
+    members: Option<Vec<RawMember>>,
+    policy: Option<Policy>,
+    #[serde(default, with = "humantime_serde")]
+    running_ttl: Option<Duration>,
     roots: Option<Roots>,
     ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
@@ -418,6 +458,15 @@ struct RawUpstream {
     breaker_failures: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     breaker_cooldown: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: String,
+    url: String,
+    weight: Option<u32>,
+    max_running: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -621,14 +670,8 @@ impl Config {
 
 impl RawUpstream {
     fn validate(self, url_override: Option<String>) -> Result<UpstreamConfig, ConfigError> {
-        let url_text = url_override.or(self.url).ok_or(ConfigError::Invalid {
-            key: "upstream.url",
-            reason: "is required (set it in the file, MJGATE_UPSTREAM or --upstream)".into(),
-        })?;
-        let url = UpstreamUrl::parse(&url_text).map_err(|e| ConfigError::Invalid {
-            key: "upstream.url",
-            reason: e.to_string(),
-        })?;
+        let members = members(url_override, self.url, self.members)?;
+        let url = members[0].url.clone();
 
         let max_in_flight = keys::UPSTREAM_MAX_IN_FLIGHT.count(self.max_in_flight)?;
         let roots = self.roots.unwrap_or_default();
@@ -650,6 +693,9 @@ impl RawUpstream {
         };
         Ok(UpstreamConfig {
             url,
+            members,
+            policy: self.policy.unwrap_or_default(),
+            running_ttl: keys::UPSTREAM_RUNNING_TTL.duration(self.running_ttl)?,
             roots,
             ca_file: self.ca_file,
             connect_timeout: keys::UPSTREAM_CONNECT_TIMEOUT.duration(self.connect_timeout)?,
@@ -675,6 +721,86 @@ impl RawUpstream {
             breaker_failures: u32_count(&keys::UPSTREAM_BREAKER_FAILURES, self.breaker_failures)?,
             breaker_cooldown: keys::UPSTREAM_BREAKER_COOLDOWN.duration(self.breaker_cooldown)?,
         })
+    }
+}
+
+/// The pool: `--upstream` (or `MJGATE_UPSTREAM`) alone, else `upstream.url` alone, else the members.
+fn members(
+    url_override: Option<String>,
+    url: Option<String>,
+    raw: Option<Vec<RawMember>>,
+) -> Result<Vec<MemberConfig>, ConfigError> {
+    let parse = |key: &'static str, text: &str| {
+        UpstreamUrl::parse(text).map_err(|e| ConfigError::Invalid {
+            key,
+            reason: e.to_string(),
+        })
+    };
+    let one = |url: UpstreamUrl| {
+        vec![MemberConfig {
+            name: "default".to_owned(),
+            url,
+            weight: 1,
+            max_running: 0,
+        }]
+    };
+    if let Some(text) = url_override {
+        return Ok(one(parse("upstream.url", &text)?));
+    }
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "upstream.members",
+        reason,
+    };
+    match (url, raw) {
+        (Some(_), Some(_)) => Err(invalid(
+            "and upstream.url both set: list the first upstream as a member too".into(),
+        )),
+        (None, None) => Err(ConfigError::Invalid {
+            key: "upstream.url",
+            reason: "is required (set it in the file, MJGATE_UPSTREAM or --upstream), or \
+                     [[upstream.members]]"
+                .into(),
+        }),
+        (Some(text), None) => Ok(one(parse("upstream.url", &text)?)),
+        (None, Some(raw)) => {
+            if raw.is_empty() || raw.len() > MAX_MEMBERS {
+                return Err(invalid(format!("must list 1 to {MAX_MEMBERS} members")));
+            }
+            let mut members: Vec<MemberConfig> = Vec::with_capacity(raw.len());
+            for member in raw {
+                let name = member.name;
+                let named = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !named {
+                    return Err(invalid(format!(
+                        "a member's name is 1 to 64 letters, digits, `-` or `_`: {:?}",
+                        name.chars().take(64).collect::<String>()
+                    )));
+                }
+                if members.iter().any(|m| m.name == name) {
+                    return Err(invalid(format!("two members are named `{name}`")));
+                }
+                let url = UpstreamUrl::parse(&member.url)
+                    .map_err(|e| invalid(format!("member `{name}`: url: {e}")))?;
+                let weight = keys::UPSTREAM_MEMBER_WEIGHT
+                    .number(member.weight.map(u64::from))
+                    .map_err(|e| invalid(format!("member `{name}`: {e}")))?
+                    as u32;
+                let max_running = keys::UPSTREAM_MEMBER_MAX_RUNNING
+                    .count(member.max_running)
+                    .map_err(|e| invalid(format!("member `{name}`: {e}")))?;
+                members.push(MemberConfig {
+                    name,
+                    url,
+                    weight,
+                    max_running,
+                });
+            }
+            Ok(members)
+        }
     }
 }
 

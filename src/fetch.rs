@@ -23,7 +23,9 @@ use crate::error::RequestError;
 use crate::family::{Families, FamilyId, LiveFamilies, TaskRef};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::shared::{self, Claim, Freshness, SharedCache};
+use crate::task::TaskClass;
 use crate::upstream::content_coding::is_identity;
+use crate::upstream::pool::{MemberId, Pool};
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
 use crate::work::{Work, WorkKind};
 use collapse::{Abandoned, Collapser, Flight, Role};
@@ -121,7 +123,8 @@ impl Served {
 
 /// The fetch core's state, shared by every request, batch and watch poller.
 pub struct Fetcher {
-    upstream: Upstream,
+    /// The upstream members, and which one owns each task.
+    pool: Arc<Pool>,
     cache: TaskCache,
     /// Task lookups in the air, by cache key, whether a fetch or a batch started them.
     flights: Arc<Collapser<Landed>>,
@@ -195,11 +198,11 @@ impl Fetcher {
         )?
         .map(Arc::new);
         Ok(Fetcher {
-            upstream: Upstream::new(
+            pool: Arc::new(Pool::new(
                 &config.upstream,
                 config.server.max_request_body,
                 Arc::clone(&metrics),
-            )?,
+            )?),
             cache,
             flights: Collapser::new(flight_bound(config)),
             fingerprinter,
@@ -220,8 +223,13 @@ impl Fetcher {
         &self.fingerprinter
     }
 
+    /// The pool's first member: passthrough requests and anything not tied to a task go to it.
     pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+        self.pool.default_member()
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// The families in force now.
@@ -425,7 +433,7 @@ impl Fetcher {
             },
             None => None,
         };
-        let call = self.upstream.call_buffered(BufferedCall {
+        let call = BufferedCall {
             route: RouteLabel::Fetch,
             credential: &fingerprint,
             method: Method::GET,
@@ -433,8 +441,8 @@ impl Fetcher {
             headers,
             client,
             body: Bytes::new(),
-        });
-        let reply = shared::under_lease(lease.as_slice(), call).await;
+        };
+        let reply = shared::under_lease(lease.as_slice(), self.call_owner(call, family, id)).await;
         let landed = match reply {
             Err(e) => {
                 e.log();
@@ -457,6 +465,69 @@ impl Fetcher {
             lease.release().await;
         }
         landed
+    }
+
+    /// Calls the member that owns task `id`; for a task of a pool no submit here made (or one
+    /// forgotten), every member at once, the first answer that is the task winning (and its member
+    /// remembered). Not-found from all is the first member's not-found.
+    async fn call_owner(
+        &self,
+        call: BufferedCall<'_>,
+        family: FamilyId,
+        id: &str,
+    ) -> Result<BufferedReply, UpstreamError> {
+        if let Some(owner) = self.pool.owner(family, id) {
+            let reply = self.pool.member(owner).upstream.call_buffered(call).await;
+            if let Ok(reply) = &reply {
+                self.note_finished(reply, family, id);
+            }
+            return reply;
+        }
+        let mut asked: futures_util::stream::FuturesUnordered<_> = self
+            .pool
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(member, m)| {
+                let call = call.clone();
+                async move { (member, m.upstream.call_buffered(call).await) }
+            })
+            .collect();
+        let mut first: Option<(MemberId, Result<BufferedReply, UpstreamError>)> = None;
+        while let Some((member, reply)) = futures_util::StreamExt::next(&mut asked).await {
+            if let Ok(answer) = &reply
+                && self
+                    .entry_for(answer, family, id)
+                    .is_some_and(|task| task.is_task())
+            {
+                self.pool.remember(family, id, member);
+                self.note_finished(answer, family, id);
+                return reply;
+            }
+            // Kept in member order: the first member's answer stands for "nowhere".
+            if first.as_ref().is_none_or(|(m, _)| member < *m) {
+                first = Some((member, reply));
+            }
+        }
+        first.map_or_else(
+            || {
+                Err(UpstreamError::unreachable(
+                    "no upstream member",
+                    "the pool is empty",
+                ))
+            },
+            |(_, reply)| reply,
+        )
+    }
+
+    /// A finished answer frees its task's place under its member's running limit.
+    fn note_finished(&self, reply: &BufferedReply, family: FamilyId, id: &str) {
+        if reply.status == StatusCode::OK
+            && let Some(classified) = self.families.load().get(family).classify(&reply.body, id)
+            && classified.class == TaskClass::Terminal
+        {
+            self.pool.finished(family, id);
+        }
     }
 
     /// Stores a task's answer an upstream called back with (webhooks' callbacks in) under the

@@ -2,6 +2,7 @@
 //! calls it: buffered (cached routes, whose body must be read) and streamed (passthrough).
 
 pub mod content_coding;
+pub mod pool;
 pub mod protect;
 
 use std::error::Error as StdError;
@@ -168,6 +169,7 @@ pub struct BufferedReply {
 }
 
 /// One call on a cached route, read whole.
+#[derive(Clone)]
 pub struct BufferedCall<'a> {
     pub route: RouteLabel,
     /// Whose call it is, for the per-credential ceilings and backoff.

@@ -49,6 +49,21 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// A pool member's keys (`[[upstream.members]]`), outside [`ALL`]: an array of tables has no one
+/// dotted name for the shipped config to set.
+pub const UPSTREAM_MEMBER_WEIGHT: Key = Key {
+    name: "upstream.members.weight",
+    default: count(1),
+    min: count(1),
+    max: count(1_000),
+};
+pub const UPSTREAM_MEMBER_MAX_RUNNING: Key = Key {
+    name: "upstream.members.max_running",
+    default: count(0),
+    min: count(0),
+    max: count(1_000_000),
+};
+
 macro_rules! keys {
     ($($id:ident = $name:literal, $default:expr, $min:expr, $max:expr;)*) => {
         $(pub const $id: Key = Key { name: $name, default: $default, min: $min, max: $max };)*
@@ -73,6 +88,7 @@ keys! {
     UPSTREAM_RETRY_AFTER_MAX = "upstream.retry_after_max", secs(60), ms(1), secs(DAY);
     UPSTREAM_BREAKER_FAILURES = "upstream.breaker_failures", count(5), count(1), count(1_000_000);
     UPSTREAM_BREAKER_COOLDOWN = "upstream.breaker_cooldown", secs(5), ms(1), secs(DAY);
+    UPSTREAM_RUNNING_TTL = "upstream.running_ttl", secs(HOUR), secs(1), secs(7 * DAY);
     CACHE_IN_PROGRESS_TTL = "cache.in_progress_ttl", secs(3), ms(1), secs(DAY);
     CACHE_MAX_MEMORY = "cache.max_memory", size(256 * MIB), size(64 * KIB), size(1024 * GIB);
     CACHE_MAX_STALE = "cache.max_stale", secs(5 * MINUTE), ms(0), secs(30 * DAY);

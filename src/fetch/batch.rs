@@ -27,6 +27,7 @@ use crate::metrics::{Outcome, RouteLabel};
 use crate::shared::{self, Claim, Lease};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::content_coding::is_identity;
+use crate::upstream::pool::MemberId;
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, UpstreamError};
 use crate::work::WorkKind;
 
@@ -442,36 +443,123 @@ impl Fetcher {
         } = call;
         let families = self.families.load_full();
         let family = families.get(family);
-        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-        let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
         let mut headers = headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let call = self.upstream.call_buffered(BufferedCall {
-            route: RouteLabel::Batch,
-            credential: &fingerprint,
-            method: Method::POST,
-            path_and_query: path,
-            headers: &headers,
-            client,
-            body,
-        });
-        let reply = shared::under_lease(&leases, call).await;
-        let stored = match reply {
-            Err(e) => {
-                e.log();
-                for (_, flight) in chunk {
-                    flight.land(Landed::Failed(e.clone()));
-                }
-                Vec::new()
+        let call = |ids: &[&str], member: MemberId| {
+            let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
+            let headers = &headers;
+            let fingerprint = &fingerprint;
+            async move {
+                self.pool()
+                    .member(member)
+                    .upstream
+                    .call_buffered(BufferedCall {
+                        route: RouteLabel::Batch,
+                        credential: fingerprint,
+                        method: Method::POST,
+                        path_and_query: path,
+                        headers,
+                        client,
+                        body,
+                    })
+                    .await
             }
-            Ok(reply) => self.land_batch_reply(family, reply, chunk, (&headers, client.tls)),
         };
+        // By owner: each member is asked for its own tasks; the ids no submit here made go to every
+        // member, and each lands with the answer of the member that returned it.
+        let mut owned: Vec<Vec<(String, Flight<Landed>)>> = (0..self.pool().members().len())
+            .map(|_| Vec::new())
+            .collect();
+        let mut unknown = Vec::new();
+        for (id, flight) in chunk {
+            match self.pool().owner(family.id(), &id) {
+                Some(member) => owned[member].push((id, flight)),
+                None => unknown.push((id, flight)),
+            }
+        }
+        let calls = owned
+            .into_iter()
+            .enumerate()
+            .filter(|(_, chunk)| !chunk.is_empty())
+            .map(|(member, chunk)| async move {
+                let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+                let reply = call(&ids, member).await;
+                vec![(reply, chunk)]
+            });
+        let unknown = async {
+            if unknown.is_empty() {
+                return Vec::new();
+            }
+            let ids: Vec<&str> = unknown.iter().map(|(id, _)| id.as_str()).collect();
+            let replies = futures_util::future::join_all(
+                (0..self.pool().members().len()).map(|member| call(&ids, member)),
+            )
+            .await;
+            self.assign_to_finders(family, replies, unknown)
+        };
+        let (landings, unknown) = shared::under_lease(&leases, async {
+            futures_util::future::join(futures_util::future::join_all(calls), unknown).await
+        })
+        .await;
+        let mut stored = Vec::new();
+        for (reply, chunk) in landings.into_iter().flatten().chain(unknown) {
+            match reply {
+                Err(e) => {
+                    e.log();
+                    for (_, flight) in chunk {
+                        flight.land(Landed::Failed(e.clone()));
+                    }
+                }
+                Ok(reply) => stored.extend(self.land_batch_reply(
+                    family,
+                    reply,
+                    chunk,
+                    (&headers, client.tls),
+                )),
+            }
+        }
         if let Some(shared) = &self.shared {
             let answers: Vec<(&CacheKey, &CachedTask)> =
                 stored.iter().map(|(key, task)| (key, &**task)).collect();
             shared.publish(&answers).await;
         }
         futures_util::future::join_all(leases.into_iter().map(Lease::release)).await;
+    }
+
+    /// Pairs each id every member was asked for with the answer of the first member (in pool order)
+    /// that returned it, remembering that member as its owner; ids no member returned go with the
+    /// first member's answer (its "not returned", or its error).
+    fn assign_to_finders(
+        &self,
+        family: &Family,
+        replies: Vec<Result<BufferedReply, UpstreamError>>,
+        chunk: Vec<(String, Flight<Landed>)>,
+    ) -> Vec<MemberLanding> {
+        let found: Vec<Option<HashMap<String, Item>>> = replies
+            .iter()
+            .map(|reply| {
+                let reply = reply.as_ref().ok()?;
+                (reply.status == StatusCode::OK && is_identity(&reply.headers))
+                    .then(|| split_tasks(family, &reply.body))
+                    .flatten()
+            })
+            .collect();
+        let mut assigned: Vec<Vec<(String, Flight<Landed>)>> =
+            replies.iter().map(|_| Vec::new()).collect();
+        for (id, flight) in chunk {
+            let finder = found
+                .iter()
+                .position(|tasks| tasks.as_ref().is_some_and(|t| t.contains_key(&id)));
+            if let Some(member) = finder {
+                self.pool().remember(family.id(), &id, member);
+            }
+            assigned[finder.unwrap_or(0)].push((id, flight));
+        }
+        replies
+            .into_iter()
+            .zip(assigned)
+            .filter(|(_, chunk)| !chunk.is_empty())
+            .collect()
     }
 
     /// Lands every flight of `chunk` from one upstream batch answer, storing the tasks it holds;
@@ -513,6 +601,9 @@ impl Fetcher {
                 for (id, flight) in chunk {
                     match tasks.remove(id.as_str()) {
                         Some(item) => {
+                            if item.class() == TaskClass::Terminal {
+                                self.pool().finished(family.id(), &id);
+                            }
                             let task = Arc::new(item.into_task(content_type.clone()));
                             let held = self.cache.insert(flight.key().clone(), Arc::clone(&task));
                             if Arc::ptr_eq(&held, &task) {
@@ -529,6 +620,12 @@ impl Fetcher {
         stored
     }
 }
+
+/// One member's batch answer and the flights it lands.
+type MemberLanding = (
+    Result<BufferedReply, UpstreamError>,
+    Vec<(String, Flight<Landed>)>,
+);
 
 /// One task of an upstream batch answer, as a status answer of its family would carry it.
 pub struct Item {
