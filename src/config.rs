@@ -139,6 +139,8 @@ pub struct UpstreamConfig {
     /// How long a submitted task counts against its member's `max_running` without being seen
     /// finished (a task nobody polls to the end must not hold its place for ever).
     pub running_ttl: Duration,
+    /// How long a submit waits for a member under its running limit when all are at it (then `429`).
+    pub queue_wait: Duration,
     /// The built-in roots an `https` upstream's certificate is checked against.
     pub roots: Roots,
     /// Extra roots (a private CA), trusted in addition to `roots`.
@@ -432,6 +434,8 @@ struct RawUpstream {
     policy: Option<Policy>,
     #[serde(default, with = "humantime_serde")]
     running_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    queue_wait: Option<Duration>,
     roots: Option<Roots>,
     ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
@@ -696,6 +700,7 @@ impl RawUpstream {
             members,
             policy: self.policy.unwrap_or_default(),
             running_ttl: keys::UPSTREAM_RUNNING_TTL.duration(self.running_ttl)?,
+            queue_wait: keys::UPSTREAM_QUEUE_WAIT.duration(self.queue_wait)?,
             roots,
             ca_file: self.ca_file,
             connect_timeout: keys::UPSTREAM_CONNECT_TIMEOUT.duration(self.connect_timeout)?,

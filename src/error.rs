@@ -37,6 +37,10 @@ pub enum Error {
     Artifacts(String),
 }
 
+/// `Retry-After` when every member is at its running limit: a task takes 30 s to minutes, and the
+/// upstreams ask for a poll every 3 to 5 s.
+pub const POOL_BUSY_RETRY: u64 = 5;
+
 /// A request the gateway answers itself, without (or instead of) an upstream answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -100,6 +104,13 @@ pub enum RequestError {
     /// Every byte the gateway may hold for request bodies being read is taken: try again shortly.
     #[error("too many request bodies are being read at once ({0}); retry shortly")]
     BodyBudget(&'static str),
+    /// Every member of the upstream pool is at its running-task limit (`max_running`).
+    #[error("every upstream member is at its running-task limit; retry in {POOL_BUSY_RETRY}s")]
+    PoolBusy,
+    /// No member of the upstream pool can take a submit: each is down (its breaker open) or could not
+    /// be reached. Nothing was sent.
+    #[error("no upstream member can take a submit now: {0}")]
+    PoolDown(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
     /// A submit's `Idempotency-Key` answered without going upstream (problem+json, RFC 9457).
@@ -128,7 +139,10 @@ impl RequestError {
             RequestError::SubmitAnswerUnreadable | RequestError::FileUnavailable(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            RequestError::BodyBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::BodyBudget(_) | RequestError::PoolDown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RequestError::PoolBusy => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RequestError::Idempotency(refusal) => {
                 use crate::idempotency::Refusal;
@@ -157,7 +171,10 @@ impl RequestError {
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
         let retry_after = match &self {
-            RequestError::Draining | RequestError::BodyBudget(_) => Some(1),
+            RequestError::Draining | RequestError::BodyBudget(_) | RequestError::PoolDown(_) => {
+                Some(1)
+            }
+            RequestError::PoolBusy => Some(POOL_BUSY_RETRY),
             RequestError::Idempotency(crate::idempotency::Refusal::InFlight) => Some(1),
             RequestError::Idempotency(crate::idempotency::Refusal::CredentialFull) => Some(60),
             RequestError::Idempotency(crate::idempotency::Refusal::Full) => Some(5),

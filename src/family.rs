@@ -144,6 +144,9 @@ pub struct SubmitSpec {
     pub accepted_at: Option<String>,
     /// ... and the values that say it did (compared as text: `1`, `21`, `22`).
     pub accepted: Option<Vec<String>>,
+    /// JSON pointers to a parent task in the submit's own body (Midjourney's `/taskId` of an action or
+    /// a modal): with a pool, such a submit goes to the member that owns the parent.
+    pub parent_at: Option<Vec<String>>,
 }
 
 /// One way the upstream says "no such task": a status, and optionally what the body is.

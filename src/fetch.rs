@@ -23,9 +23,9 @@ use crate::error::RequestError;
 use crate::family::{Families, FamilyId, LiveFamilies, TaskRef};
 use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::shared::{self, Claim, Freshness, SharedCache};
-use crate::task::TaskClass;
+use crate::task::{TaskClass, TaskId};
 use crate::upstream::content_coding::is_identity;
-use crate::upstream::pool::{MemberId, Pool};
+use crate::upstream::pool::{MemberId, Place, Pool};
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
 use crate::work::{Work, WorkKind};
 use collapse::{Abandoned, Collapser, Flight, Role};
@@ -501,6 +501,11 @@ impl Fetcher {
                     .is_some_and(|task| task.is_task())
             {
                 self.pool.remember(family, id, member);
+                self.metrics
+                    .members
+                    .owner_lookups
+                    .with_label_values(&["found"])
+                    .inc();
                 self.note_finished(answer, family, id);
                 return reply;
             }
@@ -509,6 +514,11 @@ impl Fetcher {
                 first = Some((member, reply));
             }
         }
+        self.metrics
+            .members
+            .owner_lookups
+            .with_label_values(&["nowhere"])
+            .inc();
         first.map_or_else(
             || {
                 Err(UpstreamError::unreachable(
@@ -518,6 +528,43 @@ impl Fetcher {
             },
             |(_, reply)| reply,
         )
+    }
+
+    /// The member a follow-up naming task `id` (an action's parent, a download) goes to: its owner,
+    /// looked for on every member (with the client's credential, on the status route under `mode`)
+    /// when unknown; `None` when no member knows it.
+    pub(crate) async fn member_for(
+        &self,
+        family: FamilyId,
+        mode: &str,
+        id: &str,
+        headers: &HeaderMap,
+        client: ClientInfo,
+    ) -> Option<MemberId> {
+        if let Some(owner) = self.pool.owner(family, id) {
+            return Some(owner);
+        }
+        let path = self
+            .families
+            .load()
+            .status_path(family, mode, TaskId::parse(id).ok()?)?;
+        let fingerprint = self.fingerprinter.fingerprint(headers);
+        let call = BufferedCall {
+            route: RouteLabel::Fetch,
+            credential: &fingerprint,
+            method: Method::GET,
+            path_and_query: &path,
+            headers,
+            client,
+            body: Bytes::new(),
+        };
+        let _ = self.call_owner(call, family, id).await;
+        self.pool.owner(family, id)
+    }
+
+    /// A submit placed on a member made task `id` of `family`: that member owns it from now on.
+    pub(crate) async fn owned(&self, family: FamilyId, id: &str, place: Place<'_>) {
+        place.made(family, id);
     }
 
     /// A finished answer frees its task's place under its member's running limit.

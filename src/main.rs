@@ -941,7 +941,7 @@ fn config_summary(config: &Config) -> String {
         } else {
             "off (no admin.token)"
         },
-        config.upstream.url,
+        upstream_summary(&config.upstream),
         humantime::format_duration(config.cache.in_progress_ttl),
         bytesize::ByteSize(config.cache.max_memory),
         if config.cache.gzip { "on" } else { "off" },
@@ -950,6 +950,34 @@ fn config_summary(config: &Config) -> String {
             |after| humantime::format_duration(after).to_string()
         ),
     )
+}
+
+/// The upstream, or the pool's members one per line (docs/pools.md).
+fn upstream_summary(upstream: &config::UpstreamConfig) -> String {
+    if let [only] = upstream.members.as_slice() {
+        return only.url.to_string();
+    }
+    let policy = match upstream.policy {
+        config::Policy::LeastBusy => "least-busy",
+        config::Policy::Weighted => "weighted",
+        config::Policy::RoundRobin => "round-robin",
+    };
+    let mut text = format!(
+        "{} members, submits spread {policy} (queue_wait {})",
+        upstream.members.len(),
+        humantime::format_duration(upstream.queue_wait)
+    );
+    for member in &upstream.members {
+        let limit = match member.max_running {
+            0 => "no running limit".to_owned(),
+            n => format!("max_running {n}"),
+        };
+        text.push_str(&format!(
+            "\n  member {:<13} {} (weight {}, {limit})",
+            member.name, member.url, member.weight
+        ));
+    }
+    text
 }
 
 /// Logs go to stderr through a writer thread, so a request never waits on a slow or stopped log

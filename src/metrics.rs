@@ -413,6 +413,8 @@ pub struct Metrics {
     /// Requests and connections refused by the per-address limits, by limit.
     client_limited: [IntCounter; 2],
     circuit_open: IntGauge,
+    /// The upstream pool's members, by `member` (their names, from the config: never a URL).
+    pub members: MemberMetrics,
     /// The Redis tier's counters (registered whether or not it is configured).
     pub shared: SharedMetrics,
     /// Long-polls, event streams and the watchers behind them.
@@ -1217,6 +1219,7 @@ artifacts_failures: {
                 "mjgate_upstream_circuit_open",
                 "1 while the circuit breaker fails upstream calls fast, else 0.",
             ),
+            members: MemberMetrics::new(&r),
             shared: SharedMetrics::new(&r),
             watch: WatchMetrics::new(&r),
             webhooks: WebhookMetrics::new(&r),
@@ -1422,6 +1425,61 @@ artifacts_failures: {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// The upstream pool's series, each by `member`.
+pub struct MemberMetrics {
+    /// Calls made to each member (every route).
+    pub calls: IntCounterVec,
+    /// 1 while a member's breaker fails its calls fast.
+    pub circuit_open: IntGaugeVec,
+    /// Tasks a member owns that the gateway has not seen finish (set at scrape time).
+    pub running: IntGaugeVec,
+    /// Submits, by member and outcome: `sent` (forwarded to it), `skipped` (it could not be
+    /// reached, the next member tried).
+    pub submits: IntCounterVec,
+    /// Submits no member could take, by reason: `busy` (all at their running limit: 429),
+    /// `down` (none reachable: 503).
+    pub submits_refused: IntCounterVec,
+    /// Owners looked up on every member, by result: `found`, `nowhere`.
+    pub owner_lookups: IntCounterVec,
+}
+
+impl MemberMetrics {
+    fn new(r: &Registrar<'_>) -> Self {
+        MemberMetrics {
+            calls: r.counters(
+                "mjgate_member_calls_total",
+                "Upstream calls made to each member of the pool (every route).",
+                &["member"],
+            ),
+            circuit_open: r.gauges(
+                "mjgate_member_circuit_open",
+                "1 while a member's circuit breaker fails its calls fast (and keeps it out of the submit rotation), else 0.",
+                &["member"],
+            ),
+            running: r.gauges(
+                "mjgate_member_running_tasks",
+                "Tasks a member owns that the gateway has not seen finish (what least-busy and max_running count).",
+                &["member"],
+            ),
+            submits: r.counters(
+                "mjgate_member_submits_total",
+                "Submits by member and outcome: sent (forwarded to it), skipped (it could not be reached; the next member was tried).",
+                &["member", "outcome"],
+            ),
+            submits_refused: r.counters(
+                "mjgate_pool_submits_refused_total",
+                "Submits no member could take, by reason: busy (every member at its running limit, answered 429), down (none reachable, answered 503).",
+                &["reason"],
+            ),
+            owner_lookups: r.counters(
+                "mjgate_owner_lookups_total",
+                "Tasks whose owner was unknown, looked for on every member at once, by result: found, nowhere.",
+                &["result"],
+            ),
+        }
     }
 }
 

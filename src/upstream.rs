@@ -206,12 +206,17 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     protection: Arc<Protection>,
     certificate_faults: Arc<FaultLog>,
+    /// Its name in the pool (`default` for `upstream.url`), and its series under it.
+    name: Arc<str>,
+    calls: prometheus::IntCounter,
+    circuit: prometheus::IntGauge,
 }
 
 impl Upstream {
     /// The pooled client for `config`; fails only when its TLS roots cannot be loaded.
     pub fn new(
         config: &UpstreamConfig,
+        name: &str,
         max_request_body: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, TlsError> {
@@ -240,9 +245,12 @@ impl Upstream {
             request_timeout: config.request_timeout,
             max_body: config.max_body,
             max_request_body,
-            metrics,
             protection: Arc::new(Protection::new(config)),
             certificate_faults: Arc::default(),
+            name: Arc::from(name),
+            calls: metrics.members.calls.with_label_values(&[name]),
+            circuit: metrics.members.circuit_open.with_label_values(&[name]),
+            metrics,
         })
     }
 
@@ -287,6 +295,11 @@ impl Upstream {
         self.url.authority()
     }
 
+    /// Its name in the pool.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `upstream.max_body`: the most of an answer read whole.
     pub fn max_body(&self) -> u64 {
         self.max_body
@@ -316,8 +329,8 @@ impl Upstream {
         headers: Option<&HeaderMap>,
     ) {
         self.protection.record(admitted, credential, end, headers);
-        self.metrics
-            .set_circuit_open(self.protection.breaker().is_open());
+        self.circuit
+            .set(i64::from(self.protection.breaker().is_open()));
     }
 
     /// Calls a cached route and reads the whole answer, within `request_timeout` and `max_body`.
@@ -383,6 +396,7 @@ impl Upstream {
             })
         };
         let call = self.metrics.upstream_call(route);
+        self.calls.inc();
         let began = std::time::Instant::now();
         let result = match tokio::time::timeout(self.request_timeout, exchange)
             .instrument(span.clone())
@@ -443,6 +457,7 @@ impl Upstream {
             .in_scope(|| self.build_request(parts.method, path_and_query, parts.headers, body))?;
         let admitted = self.admit(credential, Lane::Passthrough).await?;
         let call = self.metrics.upstream_call(route);
+        self.calls.inc();
         let began = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, self.client.request(request))
             .instrument(span.clone())

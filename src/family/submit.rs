@@ -23,6 +23,8 @@ pub struct Submit {
     accepted: Option<(String, Vec<String>)>,
     /// Routes may follow any prefix of segments (the family's `mode_prefix`).
     any_prefix: bool,
+    /// Where a submit's body names the task it acts on.
+    parent_at: Vec<String>,
 }
 
 /// One submit route: `/mj/submit/*` (any last segment) or an exact path, lower-cased.
@@ -117,12 +119,17 @@ impl Submit {
                 ));
             }
         };
+        let parent_at = spec.parent_at.clone().unwrap_or_default();
+        for pointer in &parent_at {
+            check_pointer(name, "submit.parent_at", pointer)?;
+        }
         Ok(Submit {
             routes,
             callback_field,
             id_at,
             accepted,
             any_prefix,
+            parent_at,
         })
     }
 
@@ -158,6 +165,19 @@ impl Submit {
             }
         }
         first_text(&value, &self.id_at)
+            .filter(|id| !id.is_empty())
+            .map(std::borrow::Cow::into_owned)
+    }
+}
+
+impl Submit {
+    /// The task a submit's `body` acts on (an action's or a modal's `taskId`), if it names one.
+    pub fn parent_in(&self, body: &[u8]) -> Option<String> {
+        if self.parent_at.is_empty() {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(body).ok()?;
+        first_text(&value, &self.parent_at)
             .filter(|id| !id.is_empty())
             .map(std::borrow::Cow::into_owned)
     }

@@ -2,9 +2,11 @@
 //! while starting or draining, whatever the upstream's state), `/upstreamz` (the upstream's state:
 //! 503 while the circuit breaker is open) and `/metrics`.
 //!
-//! Readiness deliberately ignores the upstream: during an upstream outage the cache still answers
-//! finished tasks and stale running ones, so pulling every replica out of its load balancer would
-//! turn a partial outage into a total one. Alert on `/upstreamz` or `mjgate_upstream_circuit_open`.
+//! Readiness deliberately ignores a lone upstream: during its outage the cache still answers finished
+//! tasks and stale running ones, so pulling every replica out of its load balancer would turn a
+//! partial outage into a total one. Alert on `/upstreamz` or `mjgate_upstream_circuit_open`. With a
+//! pool (`[[upstream.members]]`), readiness fails only when no member can take a submit (every
+//! breaker open): one member down is the pool's normal life, and its tasks are served stale.
 
 use std::sync::atomic::Ordering;
 
@@ -24,6 +26,9 @@ impl Gateway {
             Route::Ready if self.draining.load(Ordering::Relaxed) => {
                 RequestError::Draining.into_response()
             }
+            Route::Ready if self.fetcher.pool().is_pool() && self.fetcher.pool().all_down() => {
+                RequestError::PoolDown("every member's circuit is open".to_owned()).into_response()
+            }
             Route::Ready => plain(StatusCode::OK, "ready"),
             Route::Upstream => self.upstream_state(),
             Route::Metrics => self.metrics_response(),
@@ -31,10 +36,26 @@ impl Gateway {
         }
     }
 
-    /// The upstream as the gateway sees it: `200` with `{"circuit":"closed"}`, or `503` while the
-    /// breaker fails calls fast.
+    /// The upstream as the gateway sees it: `200` with `{"circuit":"closed"}`, or `503` while every
+    /// member's breaker fails calls fast; each member's circuit and running tasks under `members`.
     fn upstream_state(&self) -> Response<ResponseBody> {
-        let open = self.fetcher.upstream().protection().breaker().is_open();
+        let pool = self.fetcher.pool();
+        let members: Vec<serde_json::Value> = pool
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(id, member)| {
+                let open = member.upstream.protection().breaker().is_open();
+                serde_json::json!({
+                    "name": member.name,
+                    "upstream": member.upstream.authority(),
+                    "circuit": if open { "open" } else { "closed" },
+                    "running": pool.running(id),
+                    "max_running": member.max_running(),
+                })
+            })
+            .collect();
+        let open = pool.all_down();
         let (status, circuit) = if open {
             (StatusCode::SERVICE_UNAVAILABLE, "open")
         } else {
@@ -43,6 +64,7 @@ impl Gateway {
         let body = serde_json::json!({
             "upstream": self.fetcher.upstream().authority(),
             "circuit": circuit,
+            "members": members,
         });
         let mut response = Response::new(ResponseBody::full(body.to_string()));
         *response.status_mut() = status;
@@ -55,6 +77,7 @@ impl Gateway {
     fn metrics_response(&self) -> Response<ResponseBody> {
         // Apply pending evictions first, so the cache gauges are exact at scrape time.
         self.fetcher.cache().sync();
+        self.fetcher.pool().export();
         let mut response = Response::new(ResponseBody::full(self.metrics.render()));
         response.headers_mut().insert(
             CONTENT_TYPE,

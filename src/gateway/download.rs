@@ -72,9 +72,19 @@ impl Gateway {
         *upstream_request.method_mut() = Method::GET;
         *upstream_request.uri_mut() = parts.uri.clone();
         *upstream_request.headers_mut() = headers;
-        let response = match self
-            .fetcher
-            .upstream()
+        // The file is on the member that made the task.
+        let pool = self.fetcher.pool();
+        let member = match pool.is_pool() {
+            true => self
+                .fetcher
+                .member_for(family, "", id, &parts.headers, client)
+                .await
+                .unwrap_or(0),
+            false => 0,
+        };
+        let response = match pool
+            .member(member)
+            .upstream
             .forward(RouteLabel::Download, &fingerprint, upstream_request, client)
             .await
         {
@@ -107,7 +117,8 @@ impl Gateway {
                 *again.method_mut() = Method::GET;
                 *again.uri_mut() = parts.uri;
                 *again.headers_mut() = parts.headers;
-                self.forward_as(RouteLabel::Download, again, client).await
+                self.forward_to(member, RouteLabel::Download, again, client)
+                    .await
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::body::ResponseBody;
 use crate::fetch::Served;
 use crate::metrics::RouteLabel;
 use crate::request::body::{self as request_body, BodyFault, Prefetched};
+use crate::upstream::pool::MemberId;
 use crate::upstream::{ClientInfo, UpstreamBody, UpstreamError};
 
 impl Gateway {
@@ -91,10 +92,23 @@ impl Gateway {
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Served {
+        self.forward_to(0, route, request, client).await
+    }
+
+    /// [`forward_as`](Self::forward_as), to pool member `member`.
+    pub(super) async fn forward_to(
+        &self,
+        member: MemberId,
+        route: RouteLabel,
+        request: Request<UpstreamBody>,
+        client: ClientInfo,
+    ) -> Served {
         let fingerprint = self.fetcher.fingerprinter().fingerprint(request.headers());
         match self
             .fetcher
-            .upstream()
+            .pool()
+            .member(member)
+            .upstream
             .forward(route, &fingerprint, request, client)
             .await
         {

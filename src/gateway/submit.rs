@@ -31,6 +31,7 @@ use crate::metrics::{ClientError, RouteLabel};
 use crate::push::hooks::{HookTask, credential_only};
 use crate::request::body::HeldBody;
 use crate::task::TaskId;
+use crate::upstream::pool::{MemberId, NoMember};
 use crate::upstream::{ClientInfo, UpstreamError};
 use crate::webhook::guard::{HookError, HookUrl};
 use crate::webhook::{Hooks, Slot, submit};
@@ -78,7 +79,9 @@ impl Gateway {
                 }
                 idempotency.bypassed();
             }
-            if field.is_none() {
+            // With a pool, the gateway places every submit (and learns the task's owner from its
+            // answer), so it is read whole like the others.
+            if field.is_none() && !self.fetcher.pool().places_submits() {
                 return self
                     .passthrough_as(RouteLabel::Submit, request, client)
                     .await;
@@ -246,22 +249,78 @@ impl Gateway {
             client,
         } = work;
         let fingerprint = self.fetcher.fingerprinter().fingerprint(request.headers());
-        let forwarded = self
-            .fetcher
-            .upstream()
-            .forward_within(
-                RouteLabel::Submit,
-                &fingerprint,
-                request.map(full),
-                client,
-                timeout,
-            )
-            .await;
-        drop(held);
-        let answer = match forwarded {
-            Ok(response) => self.read_answer(response).await,
-            Err(e) => Err(e),
+        let pool = self.fetcher.pool();
+        let (parts, body) = request.into_parts();
+        // An action or a modal acts on a task that exists only on its owner.
+        let parent = pool
+            .is_pool()
+            .then(|| {
+                let families = self.fetcher.live_families().load();
+                families
+                    .get(route.family)
+                    .submit()
+                    .and_then(|submit| submit.parent_in(&body))
+            })
+            .flatten();
+        let only = match &parent {
+            Some(parent) => {
+                self.fetcher
+                    .member_for(route.family, &route.mode, parent, &parts.headers, client)
+                    .await
+            }
+            None => None,
         };
+        let mut tried = Vec::new();
+        // A member that could not be reached never saw the submit: the next one is tried. One that
+        // may have seen it (its answer lost, timed out) is not: that could start a second paid task.
+        let (answer, place) = loop {
+            let place = if pool.places_submits() {
+                match pool.place(&tried, only).await {
+                    Ok(place) => Some(place),
+                    Err(no_member) => {
+                        drop(held);
+                        return self.no_member(no_member, &tried, hook, ticket).await;
+                    }
+                }
+            } else {
+                None
+            };
+            let upstream = place
+                .as_ref()
+                .map_or(pool.default_member(), |p| p.upstream());
+            let mut request = Request::new(full(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let forwarded = upstream
+                .forward_within(RouteLabel::Submit, &fingerprint, request, client, timeout)
+                .await;
+            let answer = match forwarded {
+                Ok(response) => self.read_answer(response).await,
+                Err(e) => Err(e),
+            };
+            if let Some(place) = &place {
+                let outcome = match &answer {
+                    Err(e) if e.never_sent() && !matches!(e, UpstreamError::ClientBody(_)) => {
+                        "skipped"
+                    }
+                    _ => "sent",
+                };
+                self.metrics
+                    .members
+                    .submits
+                    .with_label_values(&[place.name(), outcome])
+                    .inc();
+                if outcome == "skipped" {
+                    tracing::warn!(member = place.name(), error = %answer.as_ref().err().map(ToString::to_string).unwrap_or_default(), "submit not sent: trying the next member");
+                    tried.push(place.member());
+                    continue;
+                }
+            }
+            break (answer, place);
+        };
+        drop(held);
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
@@ -274,6 +333,18 @@ impl Gateway {
                 return self.settle_failed(ticket, e).await;
             }
         };
+        if let Some(place) = place
+            && StatusCode::from_u16(answer.status).is_ok_and(|s| s.is_success())
+            && let Some(id) = self
+                .fetcher
+                .live_families()
+                .load()
+                .get(route.family)
+                .submit()
+                .and_then(|submit| submit.task_id_in(&answer.body))
+        {
+            self.fetcher.owned(route.family, &id, place).await;
+        }
         if let Some((hooks, task, slot)) = hook {
             self.follow(&hooks, &route, task, slot, &answer).await;
         }
@@ -286,6 +357,48 @@ impl Gateway {
             }
         }
         Served::forwarded(answer_response(&answer, false), answer.status)
+    }
+
+    /// A submit no member could take: `429` when all are at their running limit, `503` when none
+    /// could be reached. Nothing was sent, so its key (if any) is given back and its hook forgotten.
+    async fn no_member(
+        &self,
+        no_member: NoMember,
+        tried: &[MemberId],
+        hook: Option<(Arc<Hooks>, HookTask, Slot)>,
+        ticket: Option<Ticket>,
+    ) -> Served {
+        if let Some((hooks, task, _)) = &hook
+            && let Some(token) = &task.callback
+        {
+            hooks.forget_callback(token).await;
+        }
+        if let Some(ticket) = ticket {
+            ticket.release().await;
+        }
+        let pool = self.fetcher.pool();
+        let (reason, error) = match no_member {
+            NoMember::AllBusy => ("busy", RequestError::PoolBusy),
+            NoMember::AllDown => {
+                let names: Vec<&str> = pool.members().iter().map(|m| m.name.as_str()).collect();
+                let unreachable: Vec<&str> = tried.iter().map(|&m| names[m]).collect();
+                let detail = if unreachable.is_empty() {
+                    format!("every member's circuit is open ({})", names.join(", "))
+                } else {
+                    format!(
+                        "could not connect to {}; the others are down or full",
+                        unreachable.join(", ")
+                    )
+                };
+                ("down", RequestError::PoolDown(detail))
+            }
+        };
+        self.metrics
+            .members
+            .submits_refused
+            .with_label_values(&[reason])
+            .inc();
+        Served::error(error)
     }
 
     /// The upstream's answer to a submit, read whole (at most `upstream.max_body`).

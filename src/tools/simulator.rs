@@ -171,8 +171,24 @@ struct State {
     handshakes: AtomicU64,
     h2_handshakes: AtomicU64,
     next_id: AtomicU64,
+    /// This instance's part of every id it makes (random), so several simulators (a pool's members)
+    /// never make the same id, as real instances' snowflake-like ids do not collide.
+    worker: u64,
     /// The result files' signed links, and their downloads.
     links: links::Links,
+}
+
+impl State {
+    /// A fresh task id: the time in ms, this instance's worker number, a counter (19 digits, as
+    /// midjourney-proxy's ids are digits).
+    fn new_id(&self) -> String {
+        format!(
+            "{}{:03}{:03}",
+            epoch_ms(),
+            self.worker,
+            self.next_id.fetch_add(1, Ordering::Relaxed) % 1000
+        )
+    }
 }
 
 /// A running simulator. Stops when dropped.
@@ -232,6 +248,7 @@ impl Simulator {
             held: watch::channel(false).0,
             arrived: Notify::new(),
             next_id: AtomicU64::new(1),
+            worker: rand::random::<u64>() % 1000,
             handshakes: AtomicU64::new(0),
             h2_handshakes: AtomicU64::new(0),
             links: links::Links::default(),
@@ -800,11 +817,7 @@ fn submit_music(state: &State, credential: Option<&str>) -> Response<Full<Bytes>
     let Some(credential) = credential else {
         return error(StatusCode::UNAUTHORIZED, 401, "missing credential");
     };
-    let id = format!(
-        "suno-{}{:03}",
-        epoch_ms(),
-        state.next_id.fetch_add(1, Ordering::Relaxed) % 1000
-    );
+    let id = format!("suno-{}", state.new_id());
     let duration = *state.task_duration.lock();
     let lifecycle = Some((Instant::now(), duration));
     let task = Task::new(

@@ -38,23 +38,47 @@ pub struct Member {
     max_running: usize,
     /// Its tasks not yet seen finished, with when they were submitted (each forgotten past
     /// `upstream.running_ttl`, so a task nobody polls to the end does not hold its place).
-    running: Mutex<HashMap<TaskKey, Instant>>,
+    running: Mutex<Running>,
+    /// Submits sent to it and not answered yet: they count as running, so concurrent submits cannot
+    /// overshoot `max_running` before the first of them is answered.
+    pending: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Running {
+    tasks: HashMap<TaskKey, Instant>,
+    /// When tasks past the TTL were last dropped (at most once a second: a sweep is a full pass).
+    swept: Option<Instant>,
 }
 
 type TaskKey = (FamilyId, Box<str>);
 
 impl Member {
-    /// Its running tasks, those past `ttl` dropped first.
-    fn running(&self, ttl: Duration) -> usize {
+    /// Its running tasks and submits in flight, those past `ttl` dropped first.
+    fn load(&self, ttl: Duration) -> usize {
         let mut running = self.running.lock();
-        running.retain(|_, since| since.elapsed() < ttl);
-        running.len()
+        if running
+            .swept
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            running.tasks.retain(|_, since| since.elapsed() < ttl);
+            running.swept = Some(Instant::now());
+        }
+        running.tasks.len() + self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Most tasks it runs at once; 0: no limit.
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
+    fn has_room(&self, load: usize) -> bool {
+        self.max_running == 0 || load < self.max_running
     }
 
     /// Whether it takes a submit now: under its running limit, its breaker closed.
-    fn open_for_submits(&self, running: usize) -> bool {
-        (self.max_running == 0 || running < self.max_running)
-            && !self.upstream.protection().breaker().is_open()
+    fn open_for_submits(&self, load: usize) -> bool {
+        self.has_room(load) && !self.upstream.protection().breaker().is_open()
     }
 }
 
@@ -72,9 +96,52 @@ pub struct Pool {
     members: Box<[Member]>,
     policy: Policy,
     running_ttl: Duration,
+    queue_wait: Duration,
+    /// A member under a running limit, or more than one member: submits are placed by [`Pool::place`].
+    places_submits: bool,
     /// For `round-robin`, and the weighted draw's counter.
     turn: AtomicUsize,
+    /// Held while a member is chosen and its place taken, so two submits never take the last place.
+    choosing: Mutex<()>,
+    /// Woken when a place frees (a task seen finished, a submit that made nothing).
+    freed: tokio::sync::Notify,
     owners: moka::sync::Cache<TaskKey, MemberId>,
+    metrics: Arc<Metrics>,
+}
+
+/// A place on a member taken for one submit: counted against its running limit until dropped, or
+/// turned into the running task the submit made ([`Place::made`]).
+pub struct Place<'p> {
+    pool: &'p Pool,
+    member: MemberId,
+}
+
+impl Place<'_> {
+    pub fn member(&self) -> MemberId {
+        self.member
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.pool.members[self.member].upstream
+    }
+
+    pub fn name(&self) -> &str {
+        &self.pool.members[self.member].name
+    }
+
+    /// The submit made task `id` of `family`: owned by this member and running there.
+    pub fn made(self, family: FamilyId, id: &str) {
+        self.pool.submitted(family, id, self.member);
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.pool.members[self.member]
+            .pending
+            .fetch_sub(1, Ordering::Relaxed);
+        self.pool.freed.notify_waiters();
+    }
 }
 
 impl Pool {
@@ -92,21 +159,33 @@ impl Pool {
                 own.url = member.url.clone();
                 Ok(Member {
                     name: member.name.clone(),
-                    upstream: Upstream::new(&own, max_request_body, Arc::clone(&metrics))?,
+                    upstream: Upstream::new(
+                        &own,
+                        &member.name,
+                        max_request_body,
+                        Arc::clone(&metrics),
+                    )?,
                     weight: member.weight.max(1),
                     max_running: member.max_running,
                     running: Mutex::default(),
+                    pending: AtomicUsize::new(0),
                 })
             })
             .collect::<Result<Vec<_>, TlsError>>()?;
+        let places_submits = members.len() > 1 || members.iter().any(|m| m.max_running > 0);
         Ok(Pool {
             members: members.into_boxed_slice(),
             policy: config.policy,
             running_ttl: config.running_ttl,
+            queue_wait: config.queue_wait,
+            places_submits,
             turn: AtomicUsize::new(0),
+            choosing: Mutex::new(()),
+            freed: tokio::sync::Notify::new(),
             owners: moka::sync::Cache::builder()
                 .max_capacity(OWNERS_REMEMBERED)
                 .build(),
+            metrics,
         })
     }
 
@@ -129,6 +208,13 @@ impl Pool {
         self.members.len() > 1
     }
 
+    /// Whether submits are placed on a member by the policy (and counted against running limits),
+    /// rather than simply forwarded to the only member.
+    #[inline]
+    pub fn places_submits(&self) -> bool {
+        self.places_submits
+    }
+
     /// The member that owns `id` of `family`, if known.
     pub fn owner(&self, family: FamilyId, id: &str) -> Option<MemberId> {
         if !self.is_pool() {
@@ -137,20 +223,28 @@ impl Pool {
         self.owners.get(&(family, Box::from(id)))
     }
 
-    /// Remembers that `member` knows task `id` (a lookup found it there).
+    /// Remembers that `member` knows task `id` (a lookup found it there, or another replica said so).
     pub fn remember(&self, family: FamilyId, id: &str, member: MemberId) {
-        if self.is_pool() {
+        if self.is_pool() && member < self.members.len() {
             self.owners.insert((family, Box::from(id)), member);
         }
+    }
+
+    /// The member named `name`, if there is one.
+    pub fn named(&self, name: &str) -> Option<MemberId> {
+        self.members.iter().position(|m| m.name == name)
     }
 
     /// A submit `member` accepted made task `id`: owned by it, and running there until seen finished.
     pub fn submitted(&self, family: FamilyId, id: &str, member: MemberId) {
         let key: TaskKey = (family, Box::from(id));
-        self.members[member]
-            .running
-            .lock()
-            .insert(key.clone(), Instant::now());
+        if self.places_submits {
+            self.members[member]
+                .running
+                .lock()
+                .tasks
+                .insert(key.clone(), Instant::now());
+        }
         if self.is_pool() {
             self.owners.insert(key, member);
         }
@@ -158,47 +252,109 @@ impl Pool {
 
     /// Task `id` was seen finished: its place under its member's running limit is free.
     pub fn finished(&self, family: FamilyId, id: &str) {
+        if !self.places_submits {
+            return;
+        }
         let key: TaskKey = (family, Box::from(id));
         let owner = if self.is_pool() {
             self.owners.get(&key)
         } else {
             Some(0)
         };
-        if let Some(owner) = owner {
-            self.members[owner].running.lock().remove(&key);
+        if let Some(owner) = owner
+            && self.members[owner]
+                .running
+                .lock()
+                .tasks
+                .remove(&key)
+                .is_some()
+        {
+            self.freed.notify_waiters();
         }
     }
 
-    /// Tasks running on `member` now.
+    /// Tasks running on `member` now, submits in flight to it included.
     pub fn running(&self, member: MemberId) -> usize {
-        self.members[member].running(self.running_ttl)
+        self.members[member].load(self.running_ttl)
     }
 
-    /// Whether any member takes submits now (readiness).
-    pub fn takes_submits(&self) -> bool {
-        (0..self.members.len()).any(|m| self.members[m].open_for_submits(self.running(m)))
+    /// Whether every member's breaker is open: nothing can be sent anywhere (readiness, with a pool).
+    pub fn all_down(&self) -> bool {
+        self.members
+            .iter()
+            .all(|m| m.upstream.protection().breaker().is_open())
+    }
+
+    /// Sets the per-member gauges (at scrape time), and the pool's circuit gauge: open only when
+    /// every member's is.
+    pub fn export(&self) {
+        let mut all_open = true;
+        for (id, member) in self.members.iter().enumerate() {
+            let open = member.upstream.protection().breaker().is_open();
+            all_open &= open;
+            let label = [member.name.as_str()];
+            self.metrics
+                .members
+                .running
+                .with_label_values(&label)
+                .set(self.running(id) as i64);
+            self.metrics
+                .members
+                .circuit_open
+                .with_label_values(&label)
+                .set(i64::from(open));
+        }
+        self.metrics.set_circuit_open(all_open);
+    }
+
+    /// A place for a submit: [`Pool::pick`], waiting up to `upstream.queue_wait` for one to free
+    /// while every member is at its running limit.
+    pub async fn place(
+        &self,
+        tried: &[MemberId],
+        only: Option<MemberId>,
+    ) -> Result<Place<'_>, NoMember> {
+        let deadline = tokio::time::Instant::now() + self.queue_wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.pick(tried, only) {
+                Err(NoMember::AllBusy) if tokio::time::Instant::now() < deadline => {
+                    // Places also free by `running_ttl` expiry, which wakes nobody: look again
+                    // each second.
+                    let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+                    let _ = tokio::time::timeout_at(wake, freed).await;
+                }
+                picked => return picked,
+            }
+        }
     }
 
     /// The member to take a submit, by `upstream.policy`, skipping those `tried` already, those at
-    /// their running limit, and those whose breaker is open.
-    pub fn pick(&self, tried: &[MemberId]) -> Result<MemberId, NoMember> {
+    /// their running limit, and those whose breaker is open; its place taken. With `only`, that
+    /// member or none (an action goes to the owner of the task it acts on).
+    pub fn pick(&self, tried: &[MemberId], only: Option<MemberId>) -> Result<Place<'_>, NoMember> {
+        let _choosing = self.choosing.lock();
         let mut any_free = false;
         let mut open: Vec<(MemberId, usize)> = Vec::with_capacity(self.members.len());
         for (id, member) in self.members.iter().enumerate() {
-            let running = member.running(self.running_ttl);
-            if member.max_running == 0 || running < member.max_running {
-                any_free = true;
+            if only.is_some_and(|only| only != id) {
+                continue;
             }
-            if !tried.contains(&id) && member.open_for_submits(running) {
-                open.push((id, running));
+            let load = member.load(self.running_ttl);
+            any_free |= member.has_room(load);
+            if !tried.contains(&id) && member.open_for_submits(load) {
+                open.push((id, load));
             }
         }
         if open.is_empty() {
-            return Err(if any_free {
+            let reason = if any_free {
                 NoMember::AllDown
             } else {
                 NoMember::AllBusy
-            });
+            };
+            return Err(reason);
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let chosen = match self.policy {
@@ -245,7 +401,11 @@ impl Pool {
                     .map_or(open[0].0, |&(id, _)| id)
             }
         };
-        Ok(chosen)
+        self.members[chosen].pending.fetch_add(1, Ordering::Relaxed);
+        Ok(Place {
+            pool: self,
+            member: chosen,
+        })
     }
 }
 
@@ -255,7 +415,12 @@ mod tests {
     use crate::config::{Config, Overrides};
 
     fn pool(policy: &str, members: &[(&str, u32, usize)]) -> Pool {
-        let mut text = format!("[upstream]\npolicy = \"{policy}\"\n");
+        pool_waiting(policy, "0s", members)
+    }
+
+    fn pool_waiting(policy: &str, queue_wait: &str, members: &[(&str, u32, usize)]) -> Pool {
+        let mut text =
+            format!("[upstream]\npolicy = \"{policy}\"\nqueue_wait = \"{queue_wait}\"\n");
         for (i, (name, weight, max_running)) in members.iter().enumerate() {
             text.push_str(&format!(
                 "[[upstream.members]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{}\"\n\
@@ -275,40 +440,101 @@ mod tests {
         let pool = pool("least-busy", &[("a", 1, 2), ("b", 1, 2), ("c", 1, 2)]);
         let mut counts = [0; 3];
         for n in 0..6 {
-            let member = pool.pick(&[]).unwrap();
-            counts[member] += 1;
-            pool.submitted(F, &format!("t{n}"), member);
+            let place = pool.pick(&[], None).unwrap();
+            counts[place.member()] += 1;
+            place.made(F, &format!("t{n}"));
         }
         assert_eq!(counts, [2, 2, 2]);
-        assert_eq!(pool.pick(&[]), Err(NoMember::AllBusy));
-        assert!(!pool.takes_submits());
+        assert_eq!(pool.pick(&[], None).err(), Some(NoMember::AllBusy));
+        assert!(!pool.all_down(), "full, not down");
         pool.finished(F, "t0");
         let freed = pool.owner(F, "t0").unwrap();
-        assert_eq!(pool.pick(&[]), Ok(freed), "the freed place");
+        assert_eq!(
+            pool.pick(&[], None).map(|p| p.member()).ok(),
+            Some(freed),
+            "the freed place"
+        );
     }
 
     #[test]
     fn round_robin_takes_each_in_turn_and_a_tried_member_is_skipped() {
         let pool = pool("round-robin", &[("a", 1, 0), ("b", 5, 0), ("c", 1, 0)]);
-        let picks: Vec<MemberId> = (0..6).map(|_| pool.pick(&[]).unwrap()).collect();
+        let picks: Vec<MemberId> = (0..6)
+            .map(|_| pool.pick(&[], None).unwrap().member())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        let next = pool.pick(&[0, 1, 2]);
-        assert_eq!(next, Err(NoMember::AllDown), "every member tried");
-        assert_ne!(pool.pick(&[0]).unwrap(), 0);
+        let next = pool.pick(&[0, 1, 2], None).err();
+        assert_eq!(next, Some(NoMember::AllDown), "every member tried");
+        assert_ne!(pool.pick(&[0], None).unwrap().member(), 0);
     }
 
     #[test]
     fn weighted_spreads_in_proportion_to_weight() {
         let pool = pool("weighted", &[("a", 1, 0), ("b", 3, 0)]);
-        let heavy = (0..4000).filter(|_| pool.pick(&[]).unwrap() == 1).count();
+        let heavy = (0..4000)
+            .filter(|_| pool.pick(&[], None).unwrap().member() == 1)
+            .count();
         // 3000 expected; the bound is many standard deviations (27) wide.
         assert!((2700..3300).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn submits_in_flight_hold_their_places_so_a_limit_is_never_overshot() {
+        let pool = pool("least-busy", &[("a", 1, 1), ("b", 1, 1)]);
+        let first = pool.pick(&[], None).unwrap();
+        let second = pool.pick(&[], None).unwrap();
+        assert_ne!(first.member(), second.member(), "one place each");
+        assert_eq!(
+            pool.pick(&[], None).err(),
+            Some(NoMember::AllBusy),
+            "both answers pending"
+        );
+        let member = first.member();
+        drop(first);
+        let again = pool.pick(&[], None).unwrap();
+        assert_eq!(
+            again.member(),
+            member,
+            "a submit that made nothing gives its place back"
+        );
+        again.made(F, "t");
+        assert_eq!(pool.running(member), 1);
+        assert_eq!(pool.pick(&[], None).err(), Some(NoMember::AllBusy));
+        let other = 1 - member;
+        assert_eq!(
+            pool.pick(&[], Some(member)).err(),
+            Some(NoMember::AllBusy),
+            "an action for a full member's task waits for that member"
+        );
+        assert!(pool.pick(&[], Some(other)).is_err(), "b's place is pending");
+    }
+
+    #[tokio::test]
+    async fn a_submit_waits_for_a_place_up_to_queue_wait() {
+        let pool = Arc::new(pool_waiting("least-busy", "1m", &[("a", 1, 1)]));
+        pool.pick(&[], None).unwrap().made(F, "t");
+        let waiting = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.place(&[], None).await.map(|p| p.member()).ok() })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        pool.finished(F, "t");
+        assert_eq!(waiting.await.unwrap(), Some(0));
+
+        let impatient = pool_waiting("least-busy", "0s", &[("a", 1, 1)]);
+        impatient.pick(&[], None).unwrap().made(F, "t");
+        assert_eq!(
+            impatient.place(&[], None).await.err(),
+            Some(NoMember::AllBusy)
+        );
     }
 
     #[test]
     fn owners_are_remembered_per_family_and_one_member_owns_everything() {
         let many = pool("least-busy", &[("a", 1, 0), ("b", 1, 0)]);
         many.submitted(F, "x", 1);
+        assert_eq!(many.named("b"), Some(1));
         assert_eq!(many.owner(F, "x"), Some(1));
         assert_eq!(many.owner(FamilyId(1), "x"), None, "another family's x");
         assert_eq!(many.owner(F, "y"), None);

@@ -23,6 +23,7 @@ mod observability;
 mod operations;
 mod parking;
 mod passthrough;
+mod pools;
 mod purge;
 mod push;
 mod resilience;

@@ -40,11 +40,22 @@ pub(super) fn submit(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let id = format!(
-        "{}{:03}",
-        epoch_ms(),
-        state.next_id.fetch_add(1, Ordering::Relaxed) % 1000
-    );
+    // An action (U1, V1, ...) or a modal acts on a task of this instance's: midjourney-proxy answers
+    // `NOT_FOUND` (code 3, HTTP 200) for a parent it does not hold, or one of another's.
+    let parent = request.get("taskId").and_then(Value::as_str);
+    if matches!(action, "action" | "modal")
+        && let Some(parent) = parent
+    {
+        let store = state.store.lock();
+        let known = store
+            .tasks
+            .get(parent)
+            .is_some_and(|task| task.api == Api::Midjourney && task.owner == credential);
+        if !known {
+            return error(StatusCode::OK, 3, "关联任务不存在或已失效");
+        }
+    }
+    let id = state.new_id();
     let duration = *state.task_duration.lock();
     let mut store = state.store.lock();
     store.order.push(id.clone());

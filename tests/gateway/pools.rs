@@ -1,0 +1,386 @@
+//! Many upstreams behind one gateway (`[[upstream.members]]`): submits are spread by the policy and
+//! held under each member's running limit, and every follow-up (fetch, action, batch, download)
+//! reaches the member that owns its task, whichever member a lookup found it on.
+
+use http::Method;
+use mjgate::tools::simulator::Api;
+use serde_json::json;
+
+use crate::support::*;
+
+/// Three (or `n`) simulators, as independent upstream instances.
+async fn members(n: usize) -> Vec<Simulator> {
+    let mut sims = Vec::with_capacity(n);
+    for _ in 0..n {
+        sims.push(Simulator::start().await.unwrap());
+    }
+    sims
+}
+
+/// A config listing `sims` as members `m0`, `m1`, ... with `max_running`, under `policy`, plus
+/// `extra` (which must not open `[upstream]`).
+fn pool_config(
+    sims: &[Simulator],
+    policy: &str,
+    max_running: usize,
+    extra: &str,
+) -> mjgate::Config {
+    let mut text = format!("{extra}\n[upstream]\npolicy = \"{policy}\"\n");
+    for (i, sim) in sims.iter().enumerate() {
+        text.push_str(&format!(
+            "[[upstream.members]]\nname = \"m{i}\"\nurl = \"{}\"\nmax_running = {max_running}\n",
+            sim.url()
+        ));
+    }
+    text.push_str("[artifacts]\nenabled = false\n");
+    mjgate::Config::from_toml(&text, &Default::default()).expect("pool config")
+}
+
+async fn submit(gw: &Gateway, path: &str, credential: &str, body: serde_json::Value) -> Reply {
+    send(request(
+        Method::POST,
+        &gw.url(path),
+        Some(credential),
+        &body.to_string(),
+    ))
+    .await
+}
+
+async fn imagine(gw: &Gateway, credential: &str) -> Reply {
+    submit(
+        gw,
+        "/mj/submit/imagine",
+        credential,
+        json!({"prompt": "a cat"}),
+    )
+    .await
+}
+
+/// Imagines one task, which must be accepted; its id.
+async fn imagined(gw: &Gateway) -> String {
+    let reply = imagine(gw, KEY_A).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["code"], 1, "{:?}", reply.body);
+    reply.json()["result"].as_str().unwrap().to_owned()
+}
+
+fn submits(sims: &[Simulator]) -> Vec<u64> {
+    sims.iter().map(Simulator::submits).collect()
+}
+
+#[tokio::test]
+async fn round_robin_and_least_busy_spread_submits_evenly() {
+    for policy in ["round-robin", "least-busy"] {
+        let sims = members(3).await;
+        let gw = start_gateway(pool_config(&sims, policy, 0, "")).await;
+        for _ in 0..9 {
+            imagined(&gw).await;
+        }
+        assert_eq!(submits(&sims), [3, 3, 3], "{policy}");
+        let metrics = scrape(&gw).await;
+        for m in ["m0", "m1", "m2"] {
+            let labels = [("member", m), ("outcome", "sent")];
+            assert_eq!(
+                metrics.value("mjgate_member_submits_total", &labels),
+                3.0,
+                "{policy} {m}"
+            );
+            assert_eq!(
+                metrics.value("mjgate_member_running_tasks", &[("member", m)]),
+                3.0
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn weighted_sends_nothing_to_nobody_and_most_to_the_heaviest() {
+    let sims = members(2).await;
+    let mut text = "[upstream]\npolicy = \"weighted\"\n".to_owned();
+    for (sim, weight) in sims.iter().zip([1, 1000]) {
+        text.push_str(&format!(
+            "[[upstream.members]]\nname = \"w{weight}\"\nurl = \"{}\"\nweight = {weight}\n",
+            sim.url()
+        ));
+    }
+    text.push_str("[artifacts]\nenabled = false\n");
+    let gw = start_gateway(mjgate::Config::from_toml(&text, &Default::default()).unwrap()).await;
+    for _ in 0..40 {
+        imagined(&gw).await;
+    }
+    // 1 in 1001 per submit goes to the light one: more than 3 of 40 is a broken draw (p < 1e-7).
+    assert_eq!(sims[0].submits() + sims[1].submits(), 40);
+    assert!(sims[1].submits() >= 37, "{:?}", submits(&sims));
+}
+
+#[tokio::test]
+async fn a_running_limit_holds_and_a_full_pool_answers_429_itself() {
+    let sims = members(2).await;
+    let gw = start_gateway(pool_config(&sims, "least-busy", 2, "")).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(imagined(&gw).await);
+    }
+    assert_eq!(submits(&sims), [2, 2]);
+
+    let full = imagine(&gw, KEY_A).await;
+    assert_eq!(full.status, 429);
+    assert_eq!(full.header("retry-after"), "5");
+    assert!(
+        full.json()["description"]
+            .as_str()
+            .unwrap()
+            .contains("running-task limit")
+    );
+    assert_eq!(
+        submits(&sims),
+        [2, 2],
+        "the full pool's submit reached nobody"
+    );
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value("mjgate_pool_submits_refused_total", &[("reason", "busy")]),
+        1.0
+    );
+    assert_eq!(
+        send(request(Method::GET, &gw.url("/readyz"), None, ""))
+            .await
+            .status,
+        200,
+        "full is not down"
+    );
+
+    // A task seen finished frees its member's place.
+    let done = &ids[0];
+    for sim in &sims {
+        sim.set_status(done, "SUCCESS"); // on its holder; nothing on the other
+    }
+    let owner = holder_by_submit(&sims, &gw, done).await;
+    assert_eq!(fetch(&gw, done, KEY_A).await.json()["status"], "SUCCESS");
+    imagined(&gw).await;
+    let mut expected = [2, 2];
+    expected[owner] = 3;
+    assert_eq!(
+        submits(&sims),
+        expected,
+        "the freed place took the next submit"
+    );
+}
+
+/// The member whose fetch answers task `id` through the gateway (each member is asked once at most).
+async fn holder_by_submit(sims: &[Simulator], gw: &Gateway, id: &str) -> usize {
+    let reply = fetch(gw, id, KEY_A).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let asked: Vec<usize> = (0..sims.len())
+        .filter(|&m| sims[m].fetch_calls(id) > 0)
+        .collect();
+    assert_eq!(
+        asked.len(),
+        1,
+        "the owner alone is asked for {id}: {asked:?}"
+    );
+    asked[0]
+}
+
+#[tokio::test]
+async fn every_follow_up_reaches_the_member_that_owns_its_task() {
+    let sims = members(3).await;
+    let gw = start_gateway(pool_config(&sims, "round-robin", 0, "")).await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(imagined(&gw).await);
+        }
+        ids
+    };
+    // Fetches: each asks its owner only (round-robin put task i on member i).
+    for (m, id) in ids.iter().enumerate() {
+        assert_eq!(holder_by_submit(&sims, &gw, id).await, m);
+    }
+    // Actions name their parent in the body: each goes to the parent's owner, which knows it.
+    for (m, id) in ids.iter().enumerate() {
+        let before = submits(&sims);
+        let action = submit(
+            &gw,
+            "/mj/submit/action",
+            KEY_A,
+            json!({"customId": "MJ::JOB::upsample::1::x", "taskId": id}),
+        )
+        .await;
+        assert_eq!(action.json()["code"], 1, "{:?}", action.body);
+        let mut expected = before.clone();
+        expected[m] += 1;
+        assert_eq!(submits(&sims), expected, "the action on {id} went to m{m}");
+    }
+    // A batch spanning three new tasks is split by owner and merged in request order.
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.push(imagined(&gw).await);
+    }
+    let order = [fresh[2].as_str(), fresh[0].as_str(), fresh[1].as_str()];
+    let reply = batch(&gw, KEY_A, &order).await;
+    assert_eq!(reply.status, 200);
+    let answered: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(answered, order);
+    for (m, sim) in sims.iter().enumerate() {
+        assert_eq!(
+            sim.batch_calls_in(Api::Midjourney),
+            [vec![fresh[m].clone()]],
+            "m{m} is asked for its own task only"
+        );
+    }
+    // The cache stays the credential's: another key is not served m1's task.
+    let other = fetch(&gw, &ids[1], KEY_B).await;
+    assert_eq!(other.status, 404, "{:?}", other.body);
+}
+
+#[tokio::test]
+async fn a_task_made_elsewhere_is_found_on_every_member_at_once_then_routed_directly() {
+    let sims = members(3).await;
+    let gw = start_gateway(pool_config(&sims, "round-robin", 0, "")).await;
+    sims[2].create_task(KEY_A, "1700000000000000001", "SUCCESS");
+
+    let action = || {
+        submit(
+            &gw,
+            "/mj/submit/action",
+            KEY_A,
+            json!({"customId": "MJ::JOB::variation::2::x", "taskId": "1700000000000000001"}),
+        )
+    };
+    assert_eq!(action().await.json()["code"], 1);
+    assert_eq!(submits(&sims), [0, 0, 1], "the action went to the finder");
+    let lookups: Vec<u64> = sims
+        .iter()
+        .map(|s| s.fetch_calls("1700000000000000001"))
+        .collect();
+    assert_eq!(lookups, [1, 1, 1], "each member asked once");
+    assert_eq!(action().await.json()["code"], 1);
+    assert_eq!(submits(&sims), [0, 0, 2]);
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value("mjgate_owner_lookups_total", &[("result", "found")]),
+        1.0,
+        "the owner is remembered: no second lookup"
+    );
+    assert_eq!(
+        fetch(&gw, "1700000000000000001", KEY_A).await.json()["status"],
+        "SUCCESS"
+    );
+    assert_eq!(sims[2].fetch_calls("1700000000000000001"), 2);
+    assert_eq!(sims[0].fetch_calls("1700000000000000001"), 1);
+
+    // Nowhere is not found, as one upstream says it.
+    let missing = fetch(&gw, "1700000000000000009", KEY_A).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        scrape(&gw)
+            .await
+            .value("mjgate_owner_lookups_total", &[("result", "nowhere")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_is_down_takes_no_submits_and_its_tasks_are_served_stale() {
+    let mut sims = members(2).await;
+    let extra = "[cache]\nin_progress_ttl = \"100ms\"\nmax_stale = \"1h\"\n";
+    let mut config = pool_config(&sims, "round-robin", 0, extra);
+    config.upstream.breaker_failures = 1;
+    config.upstream.breaker_cooldown = std::time::Duration::from_secs(3600);
+    let gw = start_gateway(config).await;
+    let _on_m0 = imagined(&gw).await;
+    let on_m1 = imagined(&gw).await;
+    assert_eq!(fetch(&gw, &on_m1, KEY_A).await.status, 200);
+
+    drop(sims.pop()); // m1 stops: its port refuses connections
+    for _ in 0..4 {
+        imagined(&gw).await;
+    }
+    assert_eq!(sims[0].submits(), 5, "every submit went to m0");
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value(
+            "mjgate_member_submits_total",
+            &[("member", "m1"), ("outcome", "skipped")]
+        ),
+        1.0,
+        "tried once, then out of the rotation"
+    );
+    assert_eq!(
+        metrics.value("mjgate_member_circuit_open", &[("member", "m1")]),
+        1.0
+    );
+    assert_eq!(metrics.value("mjgate_upstream_circuit_open", &[]), 0.0);
+
+    // m1's task: served stale once its TTL passed, nothing else slowed.
+    poll_until("m1's task answered stale", || async {
+        fetch(&gw, &on_m1, KEY_A)
+            .await
+            .cache_status()
+            .contains("fwd=stale")
+    })
+    .await;
+    let ready = send(request(Method::GET, &gw.url("/readyz"), None, "")).await;
+    assert_eq!(ready.status, 200, "one member down is not the pool down");
+    let state = send(request(Method::GET, &gw.url("/upstreamz"), None, "")).await;
+    assert_eq!(state.status, 200);
+    let members = state.json()["members"].clone();
+    let circuits: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["circuit"].as_str().unwrap())
+        .collect();
+    assert_eq!(circuits, ["closed", "open"]);
+}
+
+#[tokio::test]
+async fn a_pool_with_every_member_down_refuses_submits_with_503_and_is_not_ready() {
+    let sims = members(2).await;
+    let mut config = pool_config(&sims, "least-busy", 0, "");
+    config.upstream.breaker_failures = 1;
+    config.upstream.breaker_cooldown = std::time::Duration::from_secs(3600);
+    drop(sims);
+    let gw = start_gateway(config).await;
+    let reply = imagine(&gw, KEY_A).await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert!(
+        reply.json()["description"].as_str().unwrap().contains("m0"),
+        "the members are named: {:?}",
+        reply.body
+    );
+    let ready = send(request(Method::GET, &gw.url("/readyz"), None, "")).await;
+    assert_eq!(ready.status, 503);
+}
+
+#[test]
+fn check_config_lists_the_members_and_how_submits_are_spread() {
+    let file = crate::config_cli::write_config(
+        "[upstream]\npolicy = \"round-robin\"\nqueue_wait = \"2s\"\n\
+         [[upstream.members]]\nname = \"basic-1\"\nurl = \"http://127.0.0.1:9101\"\nmax_running = 3\n\
+         [[upstream.members]]\nname = \"pro-1\"\nurl = \"http://127.0.0.1:9102\"\nweight = 3\n",
+    );
+    let out = crate::config_cli::mjgate()
+        .args(["--config", file.0.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2 members, submits spread round-robin (queue_wait 2s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("member basic-1       http://127.0.0.1:9101 (weight 1, max_running 3)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pro-1"), "{stdout}");
+    assert!(stdout.contains("(weight 3, no running limit)"), "{stdout}");
+}
