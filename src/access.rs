@@ -373,6 +373,9 @@ pub struct Who {
 /// upstream client notes its time here through [`note_upstream`]).
 #[derive(Debug, Default)]
 pub struct Notes {
+    /// The route plus one, as soon as the request is routed (0 until then): what a request that
+    /// ends before its answer (a long-poll whose client left) is logged under.
+    route: std::sync::atomic::AtomicU8,
     upstream_us: AtomicU64,
     upstream_calls: AtomicU64,
     trace: parking_lot::Mutex<Option<TraceIds>>,
@@ -405,6 +408,11 @@ pub async fn with_notes<F: std::future::Future>(notes: Option<Arc<Notes>>, futur
         Some(notes) => NOTES.scope(notes, future).await,
         None => future.await,
     }
+}
+
+/// Notes the request's route, once it is known.
+pub fn note_route(route: RouteLabel) {
+    let _ = NOTES.try_with(|notes| notes.route.store(route as u8 + 1, Ordering::Relaxed));
 }
 
 /// Notes an upstream call's time against the request being handled, if any is.
@@ -471,6 +479,20 @@ impl AccessRecord {
         self.complete = true;
     }
 
+    /// The route it was answered on, or, never answered, the one it was routed to.
+    fn route(&self) -> RouteLabel {
+        if self.status != 0 {
+            return self.route;
+        }
+        self.notes
+            .as_ref()
+            .and_then(|notes| {
+                let noted = notes.route.load(Ordering::Relaxed);
+                RouteLabel::from_index(noted.checked_sub(1)?)
+            })
+            .unwrap_or(self.route)
+    }
+
     fn trace(&self) -> Option<TraceIds> {
         self.notes
             .as_ref()
@@ -512,7 +534,7 @@ impl AccessRecord {
                 Field::UpstreamMs => upstream.is_some_and(|time| millis(line, time)),
                 Field::UpstreamStatus => self.upstream_status.is_some_and(|s| number(line, s)),
                 Field::Cache => json_string(line, self.outcome.as_str()),
-                Field::Route => json_string(line, self.route.as_str()),
+                Field::Route => json_string(line, self.route().as_str()),
                 Field::RequestId => json_string(line, self.request_id.to_str().unwrap_or("")),
                 Field::Client => json_string(line, &self.who.client.to_string()),
                 Field::Peer => json_string(line, &self.who.peer.to_string()),
@@ -538,7 +560,8 @@ impl AccessRecord {
                 line.truncate(mark);
             }
         }
-        if !self.complete && self.status != 0 {
+        // Not answered at all (the client left first) is incomplete too.
+        if !self.complete {
             if !first {
                 line.push(',');
             }

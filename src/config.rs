@@ -293,14 +293,29 @@ impl std::fmt::Debug for SharedCacheConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedCacheConfig")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field(
+                "redis_credentials",
+                &crate::redact::redacted(userinfo(&self.redis_url).as_bytes()),
+            )
             .field("key_prefix", &self.key_prefix)
-            .field("fingerprint_secret", &"<redacted>")
+            .field(
+                "fingerprint_secret",
+                &crate::redact::redacted(self.fingerprint_secret.as_bytes()),
+            )
             .field("terminal_ttl", &self.terminal_ttl)
             .field("timeout", &self.timeout)
             .field("lease_ttl", &self.lease_ttl)
             .field("poll_interval", &self.poll_interval)
             .field("retry_interval", &self.retry_interval)
             .finish()
+    }
+}
+
+/// The `user:password` of `url`, if any.
+fn userinfo(url: &str) -> &str {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => &url[scheme_end + 3..at],
+        _ => "",
     }
 }
 

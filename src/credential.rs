@@ -205,6 +205,7 @@ mod tests {
                 &uri,
                 http::Version::HTTP_2,
                 request,
+                usize::MAX,
             )
             .unwrap()
             .credential;

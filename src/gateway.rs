@@ -151,6 +151,9 @@ pub struct Gateway {
     idempotency: Option<Arc<Idempotency>>,
     /// `upstream.submit_timeout`: how long a submit with a key may take (its work runs on its own).
     submit_timeout: std::time::Duration,
+    /// `server.max_header_bytes`, checked on every request: hyper's read buffer bounds only a
+    /// connection's first head exactly.
+    max_header_bytes: usize,
     /// `upstream.request_timeout`.
     request_timeout: std::time::Duration,
 }
@@ -214,6 +217,7 @@ impl Gateway {
         Ok(Gateway {
             idempotency,
             submit_timeout: config.upstream.submit_timeout,
+            max_header_bytes: config.server.max_header_bytes,
             request_timeout: config.upstream.request_timeout,
             settings: Arc::new(ArcSwap::from_pointee(Settings::of(config))),
             running: parking_lot::Mutex::new(config.clone()),
@@ -406,6 +410,7 @@ impl Gateway {
             request.uri(),
             request.version(),
             request.headers(),
+            self.max_header_bytes,
         )
         .ok()
         .filter(|admitted| !admitted.opaque_credential)?;
@@ -464,6 +469,7 @@ impl Gateway {
             request = detached(request);
             (route, label) = self.route_of(&request, peer.listener);
         }
+        crate::access::note_route(label);
         let span = tracing::info_span!(
             "request",
             id = request_id.to_str().unwrap_or(""),
@@ -580,6 +586,7 @@ impl Gateway {
             request.uri(),
             request.version(),
             request.headers(),
+            self.max_header_bytes,
         );
         let mut route = routes::classify(
             &self.fetcher.families(),
@@ -589,7 +596,13 @@ impl Gateway {
             admitted.is_ok_and(|a| a.accepts_events),
         );
         if self.admin_separate && listener == Listener::Main && route.is_admin() {
-            route = Route::Passthrough;
+            // An admin call sent to the wrong listener is answered here: the admin token never
+            // goes upstream.
+            route = if self.admin_authorized(request).is_ok() {
+                Route::Refused(admission::Refused::AdminElsewhere)
+            } else {
+                Route::Passthrough
+            };
         }
         let label = route.label();
         match admitted {

@@ -21,7 +21,7 @@
 //! | [`cache`] | the task cache: entries, freshness, memory budget, ETags and 304s, `Cache-Status`, representations (identity or gzip) |
 //! | [`gzip`] | what `Accept-Encoding` takes gzip; a body's gzip copy and its tag |
 //! | [`shared`] | the Redis tier replicas share: values bound to their keys (`codec`), leases, hook records and callback tokens |
-//! | [`upstream`] | the pooled client and URL, protection (ceilings, backoff, breaker), content coding |
+//! | [`upstream`] | the pooled client and URL, protection (ceilings, backoff, breaker), content coding; the pool of members, submit placement and task owners (`upstream/pool.rs`) |
 //! | [`push`] | watchers (one poller per task), long-poll, event streams |
 //! | [`task`], [`credential`] | task ids and answer classes; the keyed credential fingerprint |
 //! | [`tls`] | upstream roots, the listener's reloadable certificate, certificate faults |
@@ -29,7 +29,7 @@
 //! | [`artifacts`] | durable results: the content-addressed store of kept files (local directory or S3) |
 //! | [`webhook`] | webhooks the gateway delivers for submits' `notifyHook`: signing, the hook guard, attempts, retries |
 //! | `work` | everything spawned on behalf of requests, tracked, in its request's span; what the drain waits for |
-//! | [`config`], [`metrics`], `error`, `body`, [`file`], `hex` | typed config (every numeric default and range in `config/keys.rs`); Prometheus registry; the one rescue from a typed error to an HTTP answer; bodies; files the operator names, read within a bound; hex digits |
+//! | [`config`], [`metrics`], `error`, `body`, [`file`], `hex`, `redact` | typed config (every numeric default and range in `config/keys.rs`); Prometheus registry; the one rescue from a typed error to an HTTP answer; bodies; files the operator names, read within a bound; hex digits; secrets shown as a digest |
 //!
 //! [`tools`] holds what is not the product (simulator, load generator, demo, fixed-body ceiling,
 //! healthcheck probe); no product module imports it.
@@ -51,6 +51,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod pipeline;
 pub mod push;
+pub(crate) mod redact;
 pub mod reload;
 pub mod request;
 pub mod server;

@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(problem) = admin_args_problem(&args.command) {
+        eprintln!("mjgate: {problem}");
+        return ExitCode::from(2);
+    }
     if let Some(call) = admin_call_of(&args.command) {
         return match load_config(&args) {
             Ok(config) => tasks_admin(&config, &call),
@@ -367,6 +371,27 @@ struct AdminCall {
     url: Option<String>,
 }
 
+/// What is wrong with an admin subcommand's arguments: an empty family, id or credential (a script's
+/// unset variable) would widen a purge to the whole family, or to everything.
+fn admin_args_problem(command: &Option<Command>) -> Option<&'static str> {
+    let empty = |part: &Option<String>| part.as_deref().is_some_and(str::is_empty);
+    match command {
+        Some(Command::Inspect { family, id, .. }) if family.is_empty() || id.is_empty() => {
+            Some("an empty family or id (an unset variable?): name the task")
+        }
+        Some(Command::Purge {
+            family,
+            id,
+            credential,
+            ..
+        }) if empty(family) || empty(id) || empty(credential) => Some(
+            "an empty family, id or --credential (an unset variable?) would widen the purge: \
+             name it, or leave it out",
+        ),
+        _ => None,
+    }
+}
+
 fn admin_call_of(command: &Option<Command>) -> Option<AdminCall> {
     match command {
         Some(Command::Inspect { family, id, url }) => Some(AdminCall {
@@ -498,7 +523,13 @@ fn ask_admin(
     )) {
         Ok((status, body)) => Ok((url, status, body)),
         Err(e) => {
-            eprintln!("mjgate {}: {url}: {e}", call.name);
+            let hint = if call.url.is_none() {
+                " (the address is the file's admin_listen, else listen: if the running gateway's \
+                 differs, name it with --url)"
+            } else {
+                ""
+            };
+            eprintln!("mjgate {}: {url}: {e}{hint}", call.name);
             Err(())
         }
     }

@@ -47,6 +47,11 @@ pub enum RouteLabel {
 }
 
 impl RouteLabel {
+    /// The label whose `as u8` is `index`.
+    pub fn from_index(index: u8) -> Option<RouteLabel> {
+        Self::ALL.get(usize::from(index)).copied()
+    }
+
     const ALL: [RouteLabel; 10] = [
         RouteLabel::Fetch,
         RouteLabel::Batch,
@@ -174,6 +179,8 @@ pub enum ClientError {
     DotSegment,
     Method,
     Credentials,
+    /// Headers larger than `server.max_header_bytes`.
+    Headers,
     BodyTooLarge,
     BodyIdle,
     BodyBroken,
@@ -186,12 +193,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub const ALL: [ClientError; 12] = [
+    pub const ALL: [ClientError; 13] = [
         ClientError::Host,
         ClientError::Target,
         ClientError::DotSegment,
         ClientError::Method,
         ClientError::Credentials,
+        ClientError::Headers,
         ClientError::BodyTooLarge,
         ClientError::BodyIdle,
         ClientError::BodyBroken,
@@ -208,6 +216,7 @@ impl ClientError {
             ClientError::DotSegment => "dot_segment",
             ClientError::Method => "method",
             ClientError::Credentials => "credentials",
+            ClientError::Headers => "headers",
             ClientError::BodyTooLarge => "body_too_large",
             ClientError::BodyIdle => "body_idle",
             ClientError::BodyBroken => "body_broken",

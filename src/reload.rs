@@ -30,7 +30,9 @@ pub const RELOADABLE: &[&str] = &[
     "server.max_request_body",
     "server.passthrough_buffer",
     "server.body_read_timeout",
-    "server.per_client",
+    "server.per_client_rps",
+    "server.per_client_burst",
+    "server.per_client_connections",
     "log",
     "families",
     "webhooks.secret",
@@ -118,8 +120,12 @@ fn flatten(pretty: &str, redact: bool) -> BTreeMap<String, String> {
             });
             continue;
         }
-        let value = if redact && is_secret(&path) && value != "None" {
-            "<redacted>"
+        // Secrets a type shows as its digest already (`<redacted #...>`) stay as they are.
+        let digest;
+        let value = if redact && is_secret(&path) && value != "None" && !value.contains("<redacted")
+        {
+            digest = crate::redact::redacted(value.as_bytes());
+            digest.as_str()
         } else {
             value
         };
@@ -151,6 +157,13 @@ fn join(parent: Option<&str>, name: &str) -> String {
 
 /// `name: value`, where `name` is an identifier: `in_progress_ttl: 3s`.
 fn field(line: &str) -> Option<(&str, &str)> {
+    // A map's entry: `"x-api-key": value`, named by its key.
+    if let Some(rest) = line.strip_prefix('"')
+        && let Some((name, value)) = rest.split_once("\": ")
+        && !name.contains('"')
+    {
+        return Some((name, value));
+    }
     let (name, value) = line.split_once(": ")?;
     // `-` for the family names (`[families.my-api]`).
     name.chars()
@@ -288,7 +301,11 @@ mod tests {
             "[admin]\ntoken = \"0123456789abcdef-secret\"\n[cache]\nin_progress_ttl = \"7s\"\n",
         ));
         assert_eq!(described["cache.in_progress_ttl"], "7s");
-        assert_eq!(described["admin_token"], "<redacted>");
+        assert!(
+            described["admin_token"].starts_with("<redacted #"),
+            "a digest only: {}",
+            described["admin_token"]
+        );
         assert!(
             !described.values().any(|v| v.contains("0123456789abcdef")),
             "{described:#?}"
@@ -338,7 +355,56 @@ otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"
         let token = config("[admin]\ntoken = \"0123456789abcdef-other\"\n");
         let changes = check(&old, &token).unwrap();
         assert_eq!(changes[0].key, "admin_token");
-        assert_eq!(changes[0].to.as_deref(), Some("<redacted>"));
+        assert!(changes[0].to.as_deref().unwrap().starts_with("<redacted #"));
+    }
+
+    #[test]
+    fn per_address_limits_reload() {
+        let old = config("[server]\nper_client_rps = 5\nper_client_burst = 5\n");
+        let new = config(
+            "[server]\nper_client_rps = 10\nper_client_burst = 20\nper_client_connections = 3\n",
+        );
+        let changes = check(&old, &new).unwrap();
+        let mut keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "server.per_client_burst",
+                "server.per_client_connections",
+                "server.per_client_rps"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rotated_secret_shows_as_a_change_and_its_value_never_does() {
+        let hook = |secret: &str, key: &str| {
+            config(&format!(
+                "[webhooks]\nsecret = \"{secret}\"\n[trace]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n\
+                 otlp_headers = {{ \"x-api-key\" = \"{key}\" }}\n"
+            ))
+        };
+        let old = hook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "otlp-key-1");
+        let rotated = hook("whsec_AAAQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "otlp-key-1");
+        let changes = check(&old, &rotated).unwrap();
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["webhooks.secret"], "reloadable, and named");
+        // The collector's key is sent by the exporter built at start-up: a restart changes it.
+        let new_key = hook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "otlp-key-2");
+        match check(&old, &new_key) {
+            Err(Refused::NeedsRestart(keys)) => {
+                assert_eq!(keys, ["trace.headers.x-api-key"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Across processes alike: the file's description differs where the running one would.
+        assert_ne!(
+            describe(&old)["webhooks.secret"],
+            describe(&rotated)["webhooks.secret"]
+        );
+        let text = format!("{:?}", diff(&describe(&old), &describe(&new_key)));
+        assert!(!text.contains("otlp-key"), "{text}");
     }
 
     #[test]

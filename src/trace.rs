@@ -51,15 +51,19 @@ pub struct TraceConfig {
     pub headers: ExportHeaders,
 }
 
-/// `trace.otlp_headers`: a collector's API key is a secret, so only the names show in `{:?}` (and
-/// so in `/admin/config`, `check-config --diff` and logs).
+/// `trace.otlp_headers`: a collector's API key is a secret, so only the names and a digest of each
+/// value show in `{:?}` (and so in `/admin/config`, `check-config --diff` and logs).
 #[derive(Clone, PartialEq, Default)]
 pub struct ExportHeaders(pub BTreeMap<String, String>);
 
 impl std::fmt::Debug for ExportHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.0.keys().map(|name| (name, "<redacted>")))
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(name, value)| (name, crate::redact::redacted(value.as_bytes()))),
+            )
             .finish()
     }
 }
@@ -164,6 +168,13 @@ pub fn outgoing(headers: &mut HeaderMap, request: Option<TraceIds>) {
         if context.span().span_context().is_valid() {
             headers.remove(&TRACESTATE);
             TraceContextPropagator::new().inject_context(&context, &mut Inject(headers));
+            // The propagator writes `tracestate` even when it is empty; an empty one is no header.
+            if headers
+                .get(&TRACESTATE)
+                .is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
+            {
+                headers.remove(&TRACESTATE);
+            }
             return;
         }
     }

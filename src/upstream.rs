@@ -611,7 +611,7 @@ pub fn partition_is_what_is_forwarded(
     version: Version,
     headers: &HeaderMap,
 ) -> Result<bool, Refused> {
-    let credential = admission::admit(method, uri, version, headers)?.credential;
+    let credential = admission::admit(method, uri, version, headers, usize::MAX)?.credential;
     let partition = fingerprinter.of(credential);
     let client = ClientInfo {
         ip: std::net::Ipv4Addr::LOCALHOST.into(),
@@ -785,7 +785,8 @@ mod tests {
                 );
                 admitted += 1;
                 with_credential += usize::from(
-                    admission::admit(&Method::GET, &uri, version, &headers).map(|a| a.credential)
+                    admission::admit(&Method::GET, &uri, version, &headers, usize::MAX)
+                        .map(|a| a.credential)
                         != Ok(Credential::Anonymous),
                 );
             }

@@ -210,7 +210,10 @@ impl std::fmt::Debug for S3Bucket {
             .field("path_style", &self.path_style)
             .field(
                 "access_key",
-                &self.access_key.as_ref().map(|(id, _)| (id, "<redacted>")),
+                &self
+                    .access_key
+                    .as_ref()
+                    .map(|(id, secret)| (id, crate::redact::redacted(secret.as_bytes()))),
             )
             .finish()
     }

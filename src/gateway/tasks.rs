@@ -45,6 +45,11 @@ impl Gateway {
         if let Err(e) = self.admin_authorized(request) {
             return Served::error(e);
         }
+        if request_has_body(request.headers()) {
+            return Served::error(RequestError::BadAdminRequest(
+                "task admin requests take no body: the path and ?credential= say what".into(),
+            ));
+        }
         let scope = match self.admin_scope(rest, request.uri().query()) {
             Ok(scope) => scope,
             Err(e) => return Served::error(e),
@@ -66,6 +71,14 @@ impl Gateway {
     /// The scope `/admin/tasks{rest}?{query}` names, its family checked and its id and credential
     /// prefix well formed.
     fn admin_scope(&self, rest: &str, query: Option<&str>) -> Result<PurgeScope, RequestError> {
+        // An empty segment (`/admin/tasks/midjourney/`, a script's unset `$ID`) must not widen a purge
+        // to the whole family.
+        if rest.ends_with('/') || rest.contains("//") {
+            return Err(RequestError::BadAdminRequest(
+                "an empty family or id in the path: name it, or leave the segment out to mean all"
+                    .into(),
+            ));
+        }
         let mut parts = rest.trim_start_matches('/').splitn(2, '/');
         let family = parts.next().filter(|f| !f.is_empty());
         let id = parts.next().filter(|id| !id.is_empty());
@@ -79,10 +92,30 @@ impl Gateway {
         if let Some(id) = id {
             TaskId::parse(id).map_err(RequestError::BadTaskId)?;
         }
-        let credential = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("credential="));
+        // A typo (`?credentail=`) or a second value would widen or change the scope silently.
+        let mut credential = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("credential", value)) if credential.is_none() => credential = Some(value),
+                Some(("credential", _)) => {
+                    return Err(RequestError::BadAdminRequest(
+                        "credential= given twice: one prefix per request".into(),
+                    ));
+                }
+                _ => {
+                    let name: String = pair
+                        .split('=')
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(32)
+                        .collect();
+                    return Err(RequestError::BadAdminRequest(format!(
+                        "unknown parameter {name:?}: the task admin routes take credential= only"
+                    )));
+                }
+            }
+        }
         if let Some(prefix) = credential
             && (prefix.is_empty()
                 || prefix.len() > 32
@@ -163,6 +196,14 @@ impl Gateway {
             "purged": { "replica": local, "shared": shared },
         })))
     }
+}
+
+/// Whether a request declares a body (a `Content-Length` above 0, or any `Transfer-Encoding`).
+fn request_has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn json_response(body: serde_json::Value) -> Response<ResponseBody> {

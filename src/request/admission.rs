@@ -47,12 +47,22 @@ pub enum Refused {
     SeveralCredentials,
     #[error("a credential header cannot be named in Connection (it would not be forwarded)")]
     HopByHopCredential,
+    #[error("the request's headers are larger than server.max_header_bytes")]
+    HeadersTooLarge,
+    /// A request on the main listener carrying the admin token, while the admin routes are on
+    /// `admin_listen`: answered, never forwarded (the token would reach the upstream).
+    #[error(
+        "the admin routes are served on admin_listen only; this request carries the admin token and was not forwarded"
+    )]
+    AdminElsewhere,
 }
 
 impl Refused {
     pub fn status(self) -> StatusCode {
         match self {
             Refused::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refused::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refused::AdminElsewhere => StatusCode::MISDIRECTED_REQUEST,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -65,6 +75,8 @@ impl Refused {
             Refused::DotSegment => ClientError::DotSegment,
             Refused::Method(_) => ClientError::Method,
             Refused::SeveralCredentials | Refused::HopByHopCredential => ClientError::Credentials,
+            Refused::HeadersTooLarge => ClientError::Headers,
+            Refused::AdminElsewhere => ClientError::Target,
         }
     }
 }
@@ -99,6 +111,7 @@ pub fn admit<'a>(
     uri: &Uri,
     version: Version,
     headers: &'a HeaderMap,
+    max_header_bytes: usize,
 ) -> Result<Admitted<'a>, Refused> {
     if method == Method::CONNECT {
         return Err(Refused::Method("CONNECT"));
@@ -114,7 +127,11 @@ pub fn admit<'a>(
     let mut accepts_events = false;
     let mut encodings = gzip::Acceptance::default();
     let mut opaque = false;
+    // As the head would be on the wire (`name: value\r\n`): a later request on a kept-alive
+    // connection may arrive in a read buffer hyper has already grown past the limit.
+    let mut size = uri.path_and_query().map_or(1, |p| p.as_str().len()) + 16;
     for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
         if name == HOST {
             hosts += 1;
         } else if name == AUTHORIZATION {
@@ -132,6 +149,9 @@ pub fn admit<'a>(
         } else if OPAQUE_CREDENTIALS.contains(name) {
             opaque = true;
         }
+    }
+    if size > max_header_bytes {
+        return Err(Refused::HeadersTooLarge);
     }
     match hosts {
         0 if version == Version::HTTP_11 => return Err(Refused::NoHost),
@@ -255,7 +275,7 @@ pub(crate) mod tests {
     fn admit_get(path: &str, pairs: &[(&'static str, &'static str)]) -> Result<(), Refused> {
         let uri: Uri = path.parse().unwrap();
         let h = headers(pairs);
-        admit(&Method::GET, &uri, Version::HTTP_11, &h).map(|_| ())
+        admit(&Method::GET, &uri, Version::HTTP_11, &h, 1 << 16).map(|_| ())
     }
 
     #[test]
@@ -269,7 +289,8 @@ pub(crate) mod tests {
         let uri: Uri = "/x".parse().unwrap();
         for version in [Version::HTTP_10, Version::HTTP_2] {
             assert_eq!(
-                admit(&Method::GET, &uri, version, &HeaderMap::new()).map(|a| a.credential),
+                admit(&Method::GET, &uri, version, &HeaderMap::new(), 1 << 16)
+                    .map(|a| a.credential),
                 Ok(Credential::Anonymous),
                 "{version:?} may leave Host out"
             );
@@ -313,17 +334,17 @@ pub(crate) mod tests {
         let h = headers(&[("host", "g")]);
         let star: Uri = "*".parse().unwrap();
         assert_eq!(
-            admit(&Method::OPTIONS, &star, Version::HTTP_11, &h),
+            admit(&Method::OPTIONS, &star, Version::HTTP_11, &h, 1 << 16),
             Err(Refused::Target)
         );
         let authority: Uri = "example.com:443".parse().unwrap();
         assert_eq!(
-            admit(&Method::CONNECT, &authority, Version::HTTP_11, &h),
+            admit(&Method::CONNECT, &authority, Version::HTTP_11, &h, 1 << 16),
             Err(Refused::Method("CONNECT"))
         );
         let path: Uri = "/mj/task/1/fetch".parse().unwrap();
         assert_eq!(
-            admit(&Method::TRACE, &path, Version::HTTP_11, &h),
+            admit(&Method::TRACE, &path, Version::HTTP_11, &h, 1 << 16),
             Err(Refused::Method("TRACE"))
         );
     }

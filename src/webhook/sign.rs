@@ -21,11 +21,13 @@ pub enum SecretError {
 }
 
 /// A Standard Webhooks signing secret, ready to sign.
-pub struct SigningSecret(hmac::Key);
+pub struct SigningSecret(hmac::Key, String);
 
+/// A digest of the secret only (see [`crate::redact::redacted`]): a rotation shows in a reload's
+/// changes.
 impl std::fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningSecret(<redacted>)")
+        write!(f, "SigningSecret({})", self.1)
     }
 }
 
@@ -39,7 +41,10 @@ impl SigningSecret {
         if !SECRET_BYTES.contains(&bytes.len()) {
             return Err(SecretError::Length(bytes.len()));
         }
-        Ok(SigningSecret(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
+        Ok(SigningSecret(
+            hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            crate::redact::redacted(&bytes),
+        ))
     }
 
     /// The `webhook-signature` value for one delivery attempt.
@@ -98,12 +103,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("c2hvcnQ"));
-        assert_eq!(
-            format!(
-                "{:?}",
-                SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
-            ),
-            "SigningSecret(<redacted>)"
+        let shown = format!(
+            "{:?}",
+            SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
         );
+        assert!(shown.starts_with("SigningSecret(<redacted #"), "{shown}");
+        assert!(!shown.contains("MfKQ9r8G"), "{shown}");
     }
 }

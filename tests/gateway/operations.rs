@@ -425,6 +425,53 @@ async fn the_access_log_says_who_asked_for_what_field_by_field_and_a_reload_chan
     let _ = std::fs::remove_file(&log);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_its_client_left_is_logged_on_its_route_as_incomplete() {
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "busy", "IN_PROGRESS");
+    let log = temp_log("access-left");
+    let mut gw = run(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[artifacts]\nenabled = false\n\
+         [log]\naccess = true\naccess_to = {:?}\n",
+        sim.url(),
+        log.display().to_string()
+    ));
+    let first = send(request(
+        Method::GET,
+        &gw.url("/mj/task/busy/fetch"),
+        Some(KEY_A),
+        "",
+    ))
+    .await;
+    let mut held = request(
+        Method::GET,
+        &gw.url("/mj/task/busy/fetch?wait=30s"),
+        Some(KEY_A),
+        "",
+    );
+    held.headers_mut()
+        .insert("if-none-match", first.header("etag").parse().unwrap());
+    held.headers_mut()
+        .insert("x-request-id", "req-left".parse().unwrap());
+    let waiting = tokio::spawn(client().request(held));
+    poll_until("the long-poll is held", || async {
+        gw.metric("mjgate_open_long_polls", &[]).await == 1.0
+    })
+    .await;
+    waiting.abort(); // the client leaves
+    poll_until("the abandoned long-poll's line was written", || async {
+        read_lines(&log).iter().any(|l| l.contains("req-left"))
+    })
+    .await;
+    let lines = read_lines(&log);
+    let line: Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("req-left")).unwrap()).unwrap();
+    assert_eq!(line["route"], "long_poll", "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+    assert!(terminate(&mut gw.child).success());
+    let _ = std::fs::remove_file(&log);
+}
+
 // ---- reload without restart ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,6 +178,95 @@ async fn mjgate_inspect_and_mjgate_purge_call_a_running_gateway_from_the_shell()
     // A family that does not exist: the gateway's 400, exit 1.
     let refused = run(&["purge", "nosuch"]).await.unwrap();
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    // A script's unset `$ID` must not purge the whole family: refused before anything is sent.
+    fetch(&gw, "t", KEY_A).await;
+    for args in [
+        &["purge", "midjourney", ""][..],
+        &["purge", "", ""],
+        &["purge", "midjourney", "t", "--credential", ""],
+        &["inspect", "midjourney", ""],
+    ] {
+        let refused = run(args).await.unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {refused:?}");
+    }
+    let inspected = run(&["inspect", "midjourney", "t"]).await.unwrap();
+    let shown: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        shown["replica"].as_array().unwrap().len(),
+        1,
+        "still cached"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_request_that_could_widen_or_change_its_scope_is_refused() {
+    let (sim, gw) = start(&format!("[admin]\ntoken = \"{TOKEN}\"\n")).await;
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    fetch(&gw, "t", KEY_A).await;
+    for path in [
+        "/admin/tasks/midjourney/",
+        "/admin/tasks//",
+        "/admin/tasks/midjourney/t?credentail=91",
+        "/admin/tasks/midjourney/t?credential=aa&credential=bb",
+    ] {
+        let refused = admin(&gw, Method::DELETE, path, Some(TOKEN)).await;
+        assert_eq!(refused.status, 400, "{path}: {:?}", refused.body);
+        assert_eq!(refused.json()["type"], "mjgate_error");
+    }
+    let mut with_body = request(
+        Method::DELETE,
+        &gw.url("/admin/tasks/midjourney/t"),
+        Some(&format!("Bearer {TOKEN}")),
+        "{\"id\": \"other\"}",
+    );
+    with_body
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    assert_eq!(send(with_body).await.status, 400);
+    let inspected = admin(&gw, Method::GET, "/admin/tasks/midjourney/t", Some(TOKEN)).await;
+    assert_eq!(held(&inspected).len(), 1, "nothing was purged");
+}
+
+#[tokio::test]
+async fn the_admin_token_sent_to_the_main_listener_is_answered_there_never_forwarded() {
+    let sim = Simulator::start().await.unwrap();
+    let main = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let main_addr = main.local_addr().unwrap();
+    let admin_addr = admin_listener.local_addr().unwrap();
+    let config = config(
+        &sim.url(),
+        &format!("admin_listen = \"{admin_addr}\"\n[admin]\ntoken = \"{TOKEN}\"\n"),
+    );
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mjgate::run(
+        mjgate::server::Listeners {
+            main,
+            admin: Some(admin_listener),
+        },
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let on_main = |path: &str, token: Option<&str>| {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        send(request(
+            Method::DELETE,
+            &format!("http://{main_addr}{path}"),
+            bearer.as_deref(),
+            "",
+        ))
+    };
+    let misdirected = on_main("/admin/tasks", Some(TOKEN)).await;
+    assert_eq!(misdirected.status, 421, "{:?}", misdirected.body);
+    assert!(
+        sim.requests().iter().all(|r| !r.uri.starts_with("/admin")),
+        "the admin token reached the upstream"
+    );
+    // Without the token, the upstream's own /admin routes are still its own.
+    on_main("/admin/anything", None).await;
+    assert!(sim.requests().iter().any(|r| r.uri == "/admin/anything"));
 }
 
 #[tokio::test]

@@ -662,3 +662,40 @@ async fn request_heads_over_the_header_limit_are_refused_and_the_gateway_keeps_s
     assert_eq!(sim.total_calls(), 0);
     assert_eq!(fetch(&gw, "t", KEY_A).await.status, 200);
 }
+
+#[tokio::test]
+async fn the_header_limit_holds_for_every_request_of_a_kept_alive_connection() {
+    let (sim, gw) = start("").await; // max_header_bytes 64 KiB
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // hyper bounds its read buffer exactly for a connection's first head only: a small first
+    // request ...
+    let allowed = format!(
+        "GET /mj/task/t/fetch HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\nx-padding: {}\r\n\r\n",
+        "p".repeat(10)
+    );
+    // ... then one over the limit, on the same connection, must not reach the upstream.
+    let over = format!(
+        "GET /anything HTTP/1.1\r\nhost: x\r\nauthorization: {KEY_A}\r\nx-padding: {}\r\nconnection: close\r\n\r\n",
+        "p".repeat(70_000)
+    );
+    stream.write_all(allowed.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 404"));
+    let _ = stream.write_all(over.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.uri == "/anything")
+            .count(),
+        0,
+        "never forwarded"
+    );
+}

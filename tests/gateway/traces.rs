@@ -161,7 +161,9 @@ async fn spans_are_exported_over_otlp_the_upstream_call_a_child_of_the_request()
     ));
     let (mut child, addr) = spawn_listening(mjgate().arg("--config").arg(&file.0));
     let url = format!("http://{addr}/mj/task/t/fetch");
-    let reply = send(traced_fetch(&url, &format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    let mut traced = traced_fetch(&url, &format!("00-{TRACE}-{CLIENT_SPAN}-01"));
+    traced.headers_mut().remove("tracestate");
+    let reply = send(traced).await;
     assert_eq!(reply.status, 200);
     // The batch exporter sends what it holds at shutdown.
     assert!(terminate(&mut child).success());
@@ -199,6 +201,12 @@ async fn spans_are_exported_over_otlp_the_upstream_call_a_child_of_the_request()
     let told = upstream_traceparent(&sim, "/mj/task/t/fetch");
     assert_eq!(told[1], TRACE);
     assert_eq!(told[2], hex(&upstream_span.span_id));
+    let sent = sim.requests();
+    let sent = sent.iter().find(|r| r.uri == "/mj/task/t/fetch").unwrap();
+    assert!(
+        !sent.headers.contains_key("tracestate"),
+        "the client sent none: no empty tracestate either"
+    );
     let line = std::fs::read_to_string(&log).unwrap();
     let line: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     assert_eq!(line["trace_id"], TRACE);
