@@ -476,7 +476,7 @@ impl Fetcher {
         family: FamilyId,
         id: &str,
     ) -> Result<BufferedReply, UpstreamError> {
-        if let Some(owner) = self.pool.owner(family, id) {
+        if let Some(owner) = self.known_owner(family, id).await {
             let reply = self.pool.member(owner).upstream.call_buffered(call).await;
             if let Ok(reply) = &reply {
                 self.note_finished(reply, family, id);
@@ -501,6 +501,11 @@ impl Fetcher {
                     .is_some_and(|task| task.is_task())
             {
                 self.pool.remember(family, id, member);
+                if let Some(shared) = &self.shared {
+                    shared
+                        .set_owner(family, id, &self.pool.member(member).name)
+                        .await;
+                }
                 self.metrics
                     .members
                     .owner_lookups
@@ -541,7 +546,7 @@ impl Fetcher {
         headers: &HeaderMap,
         client: ClientInfo,
     ) -> Option<MemberId> {
-        if let Some(owner) = self.pool.owner(family, id) {
+        if let Some(owner) = self.known_owner(family, id).await {
             return Some(owner);
         }
         let path = self
@@ -564,7 +569,21 @@ impl Fetcher {
 
     /// A submit placed on a member made task `id` of `family`: that member owns it from now on.
     pub(crate) async fn owned(&self, family: FamilyId, id: &str, place: Place<'_>) {
+        if let Some(shared) = self.shared.as_ref().filter(|_| self.pool.is_pool()) {
+            shared.set_owner(family, id, place.name()).await;
+        }
         place.made(family, id);
+    }
+
+    /// The owner of task `id`: remembered here, else as another replica recorded it in Redis.
+    async fn known_owner(&self, family: FamilyId, id: &str) -> Option<MemberId> {
+        if let Some(owner) = self.pool.owner(family, id) {
+            return Some(owner);
+        }
+        let shared = self.shared.as_ref()?;
+        let owner = self.pool.named(&shared.owner(family, id).await?)?;
+        self.pool.remember(family, id, owner);
+        Some(owner)
     }
 
     /// A finished answer frees its task's place under its member's running limit.

@@ -40,6 +40,7 @@ pub mod codec;
 pub mod hooks;
 mod idempotency;
 mod lease;
+mod owners;
 
 pub use codec::{ValueKey, decode, encode};
 pub use lease::{Lease, under_lease};

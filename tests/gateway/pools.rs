@@ -384,3 +384,41 @@ fn check_config_lists_the_members_and_how_submits_are_spread() {
     assert!(stdout.contains("pro-1"), "{stdout}");
     assert!(stdout.contains("(weight 3, no running limit)"), "{stdout}");
 }
+
+#[tokio::test]
+async fn two_replicas_on_redis_route_one_task_to_the_same_member() {
+    let redis = RedisServer::start();
+    let sims = members(3).await;
+    let shared = format!(
+        "[shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"fp-secret-0123456789abcdef0123456789\"\nkey_prefix = \"pools:\"\n",
+        redis.url()
+    );
+    let a = start_gateway(pool_config(&sims, "round-robin", 0, &shared)).await;
+    let b = start_gateway(pool_config(&sims, "round-robin", 0, &shared)).await;
+    // Replica a places two submits (m0, then m1); replica b never saw them.
+    imagined(&a).await;
+    let on_m1 = imagined(&a).await;
+    assert_eq!(submits(&sims), [1, 1, 0]);
+
+    let fetched = fetch(&b, &on_m1, KEY_A).await;
+    assert_eq!(fetched.status, 200, "{:?}", fetched.body);
+    let asked: Vec<u64> = sims.iter().map(|s| s.fetch_calls(&on_m1)).collect();
+    assert_eq!(asked, [0, 1, 0], "b went straight to the owner a recorded");
+    assert_eq!(
+        scrape(&b)
+            .await
+            .value("mjgate_owner_lookups_total", &[("result", "found")]),
+        0.0,
+        "no lookup on every member"
+    );
+    // An action on b for a's task goes to the owner too.
+    let action = submit(
+        &b,
+        "/mj/submit/action",
+        KEY_A,
+        json!({"customId": "MJ::JOB::upsample::1::x", "taskId": on_m1}),
+    )
+    .await;
+    assert_eq!(action.json()["code"], 1, "{:?}", action.body);
+    assert_eq!(submits(&sims), [1, 2, 0]);
+}
