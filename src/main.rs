@@ -135,8 +135,20 @@ fn tool(command: Command) -> ExitCode {
             interval,
             duration,
             webhooks,
+            members,
+            max_running,
             api,
         } => {
+            if let Some(members) = members {
+                let spec = mjgate::tools::demo::pool::PoolSpec {
+                    members: usize::from(members),
+                    tasks,
+                    max_running,
+                    interval,
+                    ..Default::default()
+                };
+                return pool_demo(&spec);
+            }
             let spec = mjgate::tools::demo::DemoSpec {
                 clients,
                 tasks,
@@ -587,6 +599,28 @@ fn demo(spec: &mjgate::tools::demo::DemoSpec, webhooks: bool) -> ExitCode {
         Ok(table) => {
             println!("{table}");
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mjgate demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pool_demo(spec: &mjgate::tools::demo::pool::PoolSpec) -> ExitCode {
+    use mjgate::tools::demo::pool;
+    let runtime = match runtime("demo") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(pool::run(spec, &mut std::io::stderr())) {
+        Ok(report) => {
+            let _ = pool::print(&report, spec, &mut std::io::stdout().lock());
+            if report.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("mjgate demo: {e}");

@@ -103,6 +103,15 @@ pub enum Command {
         /// receiver in this process (signatures checked), set against the polls avoided.
         #[arg(long)]
         webhooks: bool,
+        /// Several members behind the gateway (midjourney-proxy-like, each with --max-running):
+        /// clients submit --tasks tasks through it, poll them to the end, upscale each (an action
+        /// naming its parent) and read everything back in batches; the table shows where each
+        /// submit went and how many tasks each member ran at once.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        members: Option<u16>,
+        /// With --members: each member's limit of tasks running at once.
+        #[arg(long, default_value_t = 10, value_parser = count)]
+        max_running: usize,
         /// The task APIs of the tasks, in turn: a name (midjourney, suno, kling, openai-videos,
         /// video-generations, video-query, runway, luma, volcengine), a comma-separated list, or mix.
         #[arg(long, default_value = "midjourney", value_parser = parse_apis)]

@@ -3,6 +3,7 @@
 //! `--webhooks` ([`hooks`]): clients that submit with a hook and never poll.
 
 pub mod hooks;
+pub mod pool;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -171,6 +171,9 @@ struct State {
     handshakes: AtomicU64,
     h2_handshakes: AtomicU64,
     next_id: AtomicU64,
+    /// The most Midjourney tasks it ever had running at once (counted at each submit): what a
+    /// Discord account's concurrency limit would have seen.
+    peak_running: AtomicU64,
     /// This instance's part of every id it makes (random), so several simulators (a pool's members)
     /// never make the same id, as real instances' snowflake-like ids do not collide.
     worker: u64,
@@ -248,6 +251,7 @@ impl Simulator {
             held: watch::channel(false).0,
             arrived: Notify::new(),
             next_id: AtomicU64::new(1),
+            peak_running: AtomicU64::new(0),
             worker: rand::random::<u64>() % 1000,
             handshakes: AtomicU64::new(0),
             h2_handshakes: AtomicU64::new(0),
@@ -385,6 +389,11 @@ impl Simulator {
     }
 
     /// Submits the simulator has created tasks for.
+    /// The most submitted Midjourney tasks running here at once.
+    pub fn peak_running(&self) -> u64 {
+        self.state.peak_running.load(Ordering::Relaxed)
+    }
+
     pub fn submits(&self) -> u64 {
         self.state.submits.load(Ordering::Relaxed)
     }

@@ -251,3 +251,43 @@ async fn the_holder_opens_and_holds_connections_of_each_kind() {
     // Thirty long-polls and thirty streams on one running task: one poller, one upstream call.
     assert_eq!(sim.fetch_calls("busy-0"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_demo_routes_every_follow_up_to_its_owner_within_each_limit() {
+    use mjgate::tools::demo::pool::{self, PoolSpec};
+    let spec = PoolSpec {
+        members: 3,
+        tasks: 45,
+        max_running: 4,
+        task_duration: Duration::from_millis(400),
+        interval: Duration::from_millis(100),
+        deadline: Duration::from_secs(60),
+    };
+    let mut progress = Vec::new();
+    let report = pool::run(&spec, &mut progress).await.unwrap();
+    // Every imagine, every upscale (accepted only by its parent's owner) and every batched read
+    // reached the right member.
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.finished, 90, "{report:?}");
+    assert_eq!(report.actions_accepted, 45, "{report:?}");
+    assert_eq!(report.batched, 90, "{report:?}");
+    assert_eq!(report.owner_lookups, 0, "{report:?}");
+    assert_eq!(report.submits.iter().sum::<u64>(), 90, "{report:?}");
+    for (member, &peak) in report.peak_running.iter().enumerate() {
+        assert!(peak <= 4, "member {member} ran {peak} at once: {report:?}");
+        assert!(
+            report.submits[member] > 0,
+            "member {member} idle: {report:?}"
+        );
+    }
+    // As with one member: about one fetch per in-progress TTL window of each task, plus its end.
+    assert!(
+        report.fetches_per_task() <= 400.0 / 100.0 + 3.0,
+        "{report:?}"
+    );
+    let mut table = Vec::new();
+    pool::print(&report, &spec, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.contains("| proxy-2 |"), "{table}");
+    assert!(table.contains("0 errors"), "{table}");
+}

@@ -58,6 +58,17 @@ pub(super) fn submit(
     let id = state.new_id();
     let duration = *state.task_duration.lock();
     let mut store = state.store.lock();
+    let running = store
+        .tasks
+        .values()
+        .filter(|task| {
+            task.api == Api::Midjourney
+                && task
+                    .lifecycle
+                    .is_some_and(|(since, lasts)| since.elapsed() < lasts)
+        })
+        .count() as u64;
+    state.peak_running.fetch_max(running + 1, Ordering::Relaxed);
     store.order.push(id.clone());
     store.tasks.insert(
         id.clone(),
