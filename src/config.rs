@@ -53,6 +53,20 @@ pub enum ConfigError {
     /// A task family's description (`[families.<name>]`), the key named in full.
     #[error("invalid config: {0}")]
     Family(#[from] crate::family::FamilyError),
+    /// A key of a named pool (`[upstreams.<name>]`), which takes every key `[upstream]` does.
+    #[error("invalid config: in `[upstreams.{pool}]`: {}", pool_error(error))]
+    Pool {
+        pool: String,
+        error: Box<ConfigError>,
+    },
+}
+
+/// An `[upstream]` key's error, said of the named pool's table (`upstreams.<name>.max_body`).
+fn pool_error(error: &ConfigError) -> String {
+    let text = error.to_string();
+    text.strip_prefix("invalid config: ")
+        .unwrap_or(&text)
+        .replace("`upstream.", "`")
 }
 
 fn key_prefix(key: &str) -> String {
@@ -72,7 +86,11 @@ pub struct Config {
     /// `admin.token` (or `MJGATE_ADMIN_TOKEN`): the bearer token the task admin routes
     /// (`/admin/tasks/...`: inspect, purge) require; unset, they are refused.
     pub admin_token: Option<String>,
+    /// The default pool (`[upstream]`): passthrough, and every family that names no other.
     pub upstream: UpstreamConfig,
+    /// The named pools (`[upstreams.<name>]`), in name order; a family goes to one with
+    /// `families.<name>.upstream`.
+    pub upstreams: Vec<(String, UpstreamConfig)>,
     pub cache: CacheConfig,
     pub batch: BatchConfig,
     pub server: ServerConfig,
@@ -173,6 +191,20 @@ pub struct UpstreamConfig {
     /// Consecutive connection failures that open the circuit, and how long it stays open.
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    /// The active health check of every member (`[upstream.probe]`); `None`: members are judged
+    /// by client traffic alone.
+    pub probe: Option<ProbeConfig>,
+}
+
+/// `[upstream.probe]`: every member is asked for `path` each `interval`. Any HTTP answer (even a
+/// `401`: the gateway holds no upstream credential) is up; no answer within `timeout` counts as a
+/// connection failure toward the breaker, so a dead member leaves the submit rotation before a
+/// client finds it, and a recovered one returns without a client's request as the trial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// One upstream instance of the pool (`[[upstream.members]]`): a midjourney-proxy, an account.
@@ -202,6 +234,9 @@ pub enum Policy {
 
 /// Most members in one pool.
 pub const MAX_MEMBERS: usize = 64;
+
+/// Most named pools (`[upstreams.<name>]`).
+pub const MAX_POOLS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -365,6 +400,8 @@ struct RawConfig {
     #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
+    upstreams: std::collections::BTreeMap<String, RawUpstream>,
+    #[serde(default)]
     cache: RawCache,
     #[serde(default)]
     batch: RawBatch,
@@ -477,6 +514,38 @@ struct RawUpstream {
     breaker_failures: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     breaker_cooldown: Option<Duration>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+impl RawProbe {
+    fn validate(self) -> Result<ProbeConfig, ConfigError> {
+        let path = self.path.unwrap_or_else(|| "/".to_owned());
+        let valid = path.starts_with('/')
+            && path.len() <= 1024
+            && http::uri::PathAndQuery::try_from(path.as_str()).is_ok();
+        if !valid {
+            return Err(ConfigError::Invalid {
+                key: "upstream.probe.path",
+                reason: "must be a path starting with `/` (and a query, if any), up to 1 KiB"
+                    .into(),
+            });
+        }
+        Ok(ProbeConfig {
+            path,
+            interval: keys::UPSTREAM_PROBE_INTERVAL.duration(self.interval)?,
+            timeout: keys::UPSTREAM_PROBE_TIMEOUT.duration(self.timeout)?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,6 +715,12 @@ impl Config {
             });
         }
         let cache = raw.cache.validate()?;
+        let upstream = raw
+            .upstream
+            .validate(overrides.upstream.clone(), "default")?;
+        let upstreams = named_pools(raw.upstreams, &upstream)?;
+        let families = Families::new(raw.families)?;
+        family_pools(&families, &upstreams)?;
         let admin_token = overrides
             .admin_token
             .clone()
@@ -660,7 +735,8 @@ impl Config {
             listen,
             admin_listen: raw.admin_listen,
             admin_token,
-            upstream: raw.upstream.validate(overrides.upstream.clone())?,
+            upstream,
+            upstreams,
             shared_cache: shared_cache(raw.shared_cache, overrides, cache.in_progress_ttl)?,
             cache,
             batch: raw.batch.validate()?,
@@ -668,7 +744,7 @@ impl Config {
             log: raw.log.validate()?,
             watch: raw.watch.validate()?,
             tls: listener_tls(raw.tls)?,
-            families: Families::new(raw.families)?,
+            families,
             webhooks: webhooks::RawWebhooks::validate(
                 raw.webhooks,
                 overrides.webhook_secret.clone(),
@@ -687,9 +763,125 @@ impl Config {
     }
 }
 
+/// The named pools, each checked as `[upstream]` is, its errors said of its own table; a pool with
+/// `url` alone is one member named after the pool. Member names are unique across every pool
+/// (metrics, logs and the shared tier's owner records name them).
+fn named_pools(
+    raw: std::collections::BTreeMap<String, RawUpstream>,
+    default: &UpstreamConfig,
+) -> Result<Vec<(String, UpstreamConfig)>, ConfigError> {
+    if raw.len() > MAX_POOLS {
+        return Err(ConfigError::Invalid {
+            key: "upstreams",
+            reason: format!("at most {MAX_POOLS} named pools"),
+        });
+    }
+    let mut names: Vec<String> = default.members.iter().map(|m| m.name.clone()).collect();
+    let mut pools = Vec::with_capacity(raw.len());
+    for (pool, table) in raw {
+        if pool == "default" || !is_name(&pool) {
+            return Err(ConfigError::Invalid {
+                key: "upstreams",
+                reason: format!(
+                    "a pool's name is 1 to 64 letters, digits, `-` or `_`, and not `default`: {:?}",
+                    pool.chars().take(64).collect::<String>()
+                ),
+            });
+        }
+        let config = table
+            .validate(None, &pool)
+            .map_err(|error| ConfigError::Pool {
+                pool: pool.clone(),
+                error: Box::new(error),
+            })?;
+        for member in &config.members {
+            if names.contains(&member.name) {
+                return Err(ConfigError::Pool {
+                    pool,
+                    error: Box::new(ConfigError::Invalid {
+                        key: "upstream.members",
+                        reason: format!(
+                            "a member is named `{}` in another pool too (names are unique across pools)",
+                            member.name
+                        ),
+                    }),
+                });
+            }
+            names.push(member.name.clone());
+        }
+        pools.push((pool, config));
+    }
+    Ok(pools)
+}
+
+/// Every family's `upstream` names a pool there is; and no two families on different pools claim
+/// the same passthrough prefix (which pool would a request under it go to?).
+fn family_pools(
+    families: &Families,
+    upstreams: &[(String, UpstreamConfig)],
+) -> Result<(), ConfigError> {
+    for family in families.live() {
+        if let Some(pool) = family.upstream()
+            && !upstreams.iter().any(|(name, _)| name == pool)
+        {
+            return Err(ConfigError::Family(crate::family::FamilyError {
+                key: format!("families.{}.upstream", family.name()),
+                reason: format!("names no pool: there is no [upstreams.{pool}]"),
+            }));
+        }
+    }
+    for a in families.live().filter(|f| f.upstream().is_some()) {
+        if let Some(b) = families
+            .live()
+            .find(|b| b.prefix() == a.prefix() && b.upstream() != a.upstream())
+        {
+            return Err(ConfigError::Family(crate::family::FamilyError {
+                key: format!("families.{}.upstream", a.name()),
+                reason: format!(
+                    "family `{}` shares its path prefix `{}` but goes to another pool: passthrough \
+                     requests under it could go to either",
+                    b.name(),
+                    a.prefix()
+                ),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// A member's or a pool's name: what metrics, logs and the shared tier call it.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    /// Every pool, the default first: `("default", [upstream])`, then the named ones.
+    pub fn pools(&self) -> impl Iterator<Item = (&str, &UpstreamConfig)> {
+        std::iter::once(("default", &self.upstream)).chain(
+            self.upstreams
+                .iter()
+                .map(|(name, pool)| (name.as_str(), pool)),
+        )
+    }
+
+    /// Every member of every pool.
+    pub fn all_members(&self) -> impl Iterator<Item = &MemberConfig> {
+        self.pools().flat_map(|(_, pool)| pool.members.iter())
+    }
+}
+
 impl RawUpstream {
-    fn validate(self, url_override: Option<String>) -> Result<UpstreamConfig, ConfigError> {
-        let members = members(url_override, self.url, self.members)?;
+    /// `[upstream]` (or a named pool's table, its lone member named `lone`).
+    fn validate(
+        self,
+        url_override: Option<String>,
+        lone: &str,
+    ) -> Result<UpstreamConfig, ConfigError> {
+        let members = members(url_override, self.url, self.members, lone)?;
         let url = members[0].url.clone();
 
         let max_in_flight = keys::UPSTREAM_MAX_IN_FLIGHT.count(self.max_in_flight)?;
@@ -740,6 +932,7 @@ impl RawUpstream {
             retry_after_max: keys::UPSTREAM_RETRY_AFTER_MAX.duration(self.retry_after_max)?,
             breaker_failures: u32_count(&keys::UPSTREAM_BREAKER_FAILURES, self.breaker_failures)?,
             breaker_cooldown: keys::UPSTREAM_BREAKER_COOLDOWN.duration(self.breaker_cooldown)?,
+            probe: self.probe.map(RawProbe::validate).transpose()?,
         })
     }
 }
@@ -749,6 +942,7 @@ fn members(
     url_override: Option<String>,
     url: Option<String>,
     raw: Option<Vec<RawMember>>,
+    lone: &str,
 ) -> Result<Vec<MemberConfig>, ConfigError> {
     let parse = |key: &'static str, text: &str| {
         UpstreamUrl::parse(text).map_err(|e| ConfigError::Invalid {
@@ -758,7 +952,7 @@ fn members(
     };
     let one = |url: UpstreamUrl| {
         vec![MemberConfig {
-            name: "default".to_owned(),
+            name: lone.to_owned(),
             url,
             weight: 1,
             max_running: 0,
@@ -789,12 +983,7 @@ fn members(
             let mut members: Vec<MemberConfig> = Vec::with_capacity(raw.len());
             for member in raw {
                 let name = member.name;
-                let named = !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !named {
+                if !is_name(&name) {
                     return Err(invalid(format!(
                         "a member's name is 1 to 64 letters, digits, `-` or `_`: {:?}",
                         name.chars().take(64).collect::<String>()
@@ -1170,6 +1359,75 @@ mod tests {
             assert!(err.contains("server.max_connections"), "{err}");
             assert!(err.contains(bound), "{err}");
         }
+    }
+
+    #[test]
+    fn named_pools_take_the_keys_of_upstream_and_families_name_them() {
+        let c = Config::from_toml(
+            "[upstream]\nurl = \"http://a\"\n[upstreams.relay]\nurl = \"http://r\"\nmax_in_flight = 7\n\
+             [upstreams.relay.probe]\ninterval = \"5s\"\n[families.suno]\nupstream = \"relay\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        let (name, relay) = &c.upstreams[0];
+        assert_eq!(name, "relay");
+        assert_eq!(relay.max_in_flight, 7);
+        assert_eq!(
+            relay.members[0].name, "relay",
+            "a lone url is a member named after its pool"
+        );
+        let probe = relay.probe.as_ref().unwrap();
+        assert_eq!(
+            (probe.path.as_str(), probe.interval),
+            ("/", Duration::from_secs(5))
+        );
+        assert!(c.upstream.probe.is_none());
+        assert_eq!(
+            c.families.by_name("suno").unwrap().upstream(),
+            Some("relay")
+        );
+        assert_eq!(c.families.by_name("midjourney").unwrap().upstream(), None);
+        assert_eq!(c.all_members().count(), 2);
+    }
+
+    #[test]
+    fn a_named_pool_is_checked_and_its_errors_name_its_table() {
+        let refused = |text: &str| {
+            Config::from_toml(
+                &format!("[upstream]\nurl = \"http://a\"\n{text}"),
+                &Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let err = refused("[upstreams.relay]\nurl = \"http://r\"\nmax_in_flight = 0\n");
+        assert!(
+            err.contains("[upstreams.relay]") && err.contains("`max_in_flight`"),
+            "{err}"
+        );
+        let err = refused("[families.suno]\nupstream = \"nowhere\"\n");
+        assert!(
+            err.contains("families.suno.upstream") && err.contains("nowhere"),
+            "{err}"
+        );
+        let err = refused("[upstreams.default]\nurl = \"http://r\"\n");
+        assert!(err.contains("not `default`"), "{err}");
+        // Member names are unique across pools: metrics and the shared tier's records name them.
+        let err = refused(
+            "[upstreams.relay]\n[[upstreams.relay.members]]\nname = \"default\"\nurl = \"http://r\"\n",
+        );
+        assert!(err.contains("another pool"), "{err}");
+        let err = refused(
+            "[upstreams.relay]\nurl = \"http://r\"\n[upstreams.relay.probe]\npath = \"health\"\n",
+        );
+        assert!(err.contains("probe.path"), "{err}");
+        // Two families on different pools may not claim one passthrough prefix.
+        let err = refused(
+            "[upstreams.relay]\nurl = \"http://r\"\n[families.mine]\nupstream = \"relay\"\n\
+             status_routes = [\"/mj/mine/{id}\", \"/mj/other/{id}\"]\nstatus_at = [\"/s\"]\nid_at = [\"/id\"]\n",
+        );
+        assert!(err.contains("path prefix `/mj/`"), "{err}");
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct FamilySpec {
     /// The family's submit routes: the requests that start a task (webhooks take their callback
     /// field over; idempotency keys apply to them).
     pub submit: Option<SubmitSpec>,
+    /// The pool its requests go to (`[upstreams.<name>]`; unset: the default pool, `[upstream]`).
+    /// Passthrough requests under the family's path prefix go there too.
+    pub upstream: Option<String>,
 }
 
 /// When a family's result files are kept (`families.<name>.artifacts`).
@@ -205,6 +208,11 @@ pub struct Family {
     task_answer: (String, String),
     batch: Option<Batch>,
     submit: Option<Submit>,
+    /// `upstream`: the named pool it goes to; `None`, the default pool.
+    upstream: Option<String>,
+    /// The longest path prefix, ending at a `/`, all its routes share (`/mj/`, `/suno/`,
+    /// `/v1/videos/`): passthrough requests under it go to the family's pool.
+    prefix: String,
 }
 
 /// A validated batch route.
@@ -231,6 +239,24 @@ pub struct Classified {
 }
 
 impl Family {
+    /// The named pool this family's requests go to; `None`: the default pool.
+    pub fn upstream(&self) -> Option<&str> {
+        self.upstream.as_deref()
+    }
+
+    /// The path prefix its routes share (see [`routes_prefix`]).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The length of its prefix when `path` lies under it (`/v1/videos` itself too); `None`
+    /// otherwise, and for a family whose routes share nothing but `/`.
+    pub fn claims(&self, path: &str) -> Option<usize> {
+        let prefix = self.prefix.as_str();
+        let under = path.starts_with(prefix) || path == &prefix[..prefix.len() - 1];
+        (prefix.len() > 1 && under).then_some(prefix.len())
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -824,8 +850,11 @@ fn compile(
             spec.mode_prefix.unwrap_or(false),
         )?),
     };
+    let upstream = spec.upstream.clone().filter(|pool| pool != "default");
     Ok(Family {
         submit,
+        prefix: routes_prefix(spec),
+        upstream,
         name: name.to_owned(),
         id,
         status_at,
@@ -843,6 +872,53 @@ fn compile(
         task_answer,
         batch,
     })
+}
+
+/// The longest prefix, cut after a `/`, that every route of `spec` starts with (`/` when they share
+/// nothing more).
+fn routes_prefix(spec: &FamilySpec) -> String {
+    let routes = [
+        spec.status_routes.iter().flatten().collect::<Vec<_>>(),
+        spec.events_routes.iter().flatten().collect(),
+        spec.download_routes.iter().flatten().collect(),
+        spec.batch.iter().filter_map(|b| b.route.as_ref()).collect(),
+        spec.submit
+            .iter()
+            .filter_map(|s| s.routes.as_ref())
+            .flatten()
+            .collect(),
+    ]
+    .concat();
+    let Some(first) = routes.first() else {
+        return "/".to_owned();
+    };
+    let mut shared = first.len();
+    for route in &routes[1..] {
+        shared = first
+            .bytes()
+            .zip(route.bytes())
+            .take(shared)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    while !first.is_char_boundary(shared) {
+        shared -= 1;
+    }
+    // Only the literal part before a placeholder or a query, cut back to the last whole segment
+    // (or kept whole when it is a segment of every route: `/v1/videos` and `/v1/videos/{id}`).
+    let literal = &first[..shared];
+    let literal = &literal[..literal.find(['{', '?', '*']).unwrap_or(literal.len())];
+    let whole_segment = routes.iter().all(|route| {
+        let rest = &route[literal.len()..];
+        rest.is_empty() || rest.starts_with(['/', '?'])
+    });
+    if whole_segment && literal.len() > 1 && !literal.ends_with('/') {
+        return format!("{literal}/");
+    }
+    match literal.rfind('/') {
+        Some(end) if end > 0 => literal[..=end].to_owned(),
+        _ => "/".to_owned(),
+    }
 }
 
 fn compile_batch(

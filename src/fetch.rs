@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, Outcome, RouteLabel};
 use crate::shared::{self, Claim, Freshness, SharedCache};
 use crate::task::{TaskClass, TaskId};
 use crate::upstream::content_coding::is_identity;
-use crate::upstream::pool::{MemberId, Place, Pool};
+use crate::upstream::pool::{MemberId, Place, Pool, Pools};
 use crate::upstream::{BufferedCall, BufferedReply, ClientInfo, Upstream, UpstreamError};
 use crate::work::{Work, WorkKind};
 use collapse::{Abandoned, Collapser, Flight, Role};
@@ -124,7 +124,7 @@ impl Served {
 /// The fetch core's state, shared by every request, batch and watch poller.
 pub struct Fetcher {
     /// The upstream members, and which one owns each task.
-    pool: Arc<Pool>,
+    pools: Arc<Pools>,
     cache: TaskCache,
     /// Task lookups in the air, by cache key, whether a fetch or a batch started them.
     flights: Arc<Collapser<Landed>>,
@@ -198,11 +198,7 @@ impl Fetcher {
         )?
         .map(Arc::new);
         Ok(Fetcher {
-            pool: Arc::new(Pool::new(
-                &config.upstream,
-                config.server.max_request_body,
-                Arc::clone(&metrics),
-            )?),
+            pools: Arc::new(Pools::new(config, Arc::clone(&metrics))?),
             cache,
             flights: Collapser::new(flight_bound(config)),
             fingerprinter,
@@ -223,13 +219,30 @@ impl Fetcher {
         &self.fingerprinter
     }
 
-    /// The pool's first member: passthrough requests and anything not tied to a task go to it.
+    /// The default pool's first member: anything not tied to a task or a family goes to it.
     pub fn upstream(&self) -> &Upstream {
-        self.pool.default_member()
+        self.pools.default_pool().default_member()
     }
 
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    pub fn pools(&self) -> &Arc<Pools> {
+        &self.pools
+    }
+
+    /// The pool `family`'s requests go to (`families.<name>.upstream`).
+    pub fn pool_of(&self, family: FamilyId) -> &Arc<Pool> {
+        self.pools.get(self.families.load().get(family).upstream())
+    }
+
+    /// The pool a passthrough request for `path` goes to: the one of the family that claims the
+    /// longest prefix of it, else the default pool.
+    pub fn pool_for_path(&self, path: &str) -> &Arc<Pool> {
+        let families = self.families.load();
+        let claimed = families
+            .live()
+            .filter(|family| family.upstream().is_some())
+            .filter_map(|family| Some((family.claims(path)?, family.upstream())))
+            .max_by_key(|(len, _)| *len);
+        self.pools.get(claimed.and_then(|(_, pool)| pool))
     }
 
     /// The families in force now.
@@ -477,14 +490,20 @@ impl Fetcher {
         id: &str,
     ) -> Result<BufferedReply, UpstreamError> {
         if let Some(owner) = self.known_owner(family, id).await {
-            let reply = self.pool.member(owner).upstream.call_buffered(call).await;
+            let pool = self.pool_of(family);
+            let reply = pool
+                .member(owner)
+                .upstream
+                .call_buffered(call)
+                .await
+                .map_err(|e| pool.blame(owner, e));
             if let Ok(reply) = &reply {
                 self.note_finished(reply, family, id);
             }
             return reply;
         }
-        let mut asked: futures_util::stream::FuturesUnordered<_> = self
-            .pool
+        let pool = self.pool_of(family);
+        let mut asked: futures_util::stream::FuturesUnordered<_> = pool
             .members()
             .iter()
             .enumerate()
@@ -500,10 +519,10 @@ impl Fetcher {
                     .entry_for(answer, family, id)
                     .is_some_and(|task| task.is_task())
             {
-                self.pool.remember(family, id, member);
+                pool.remember(family, id, member);
                 if let Some(shared) = &self.shared {
                     shared
-                        .set_owner(family, id, &self.pool.member(member).name)
+                        .set_owner(family, id, &pool.member(member).name)
                         .await;
                 }
                 self.metrics
@@ -531,7 +550,7 @@ impl Fetcher {
                     "the pool is empty",
                 ))
             },
-            |(_, reply)| reply,
+            |(member, reply)| reply.map_err(|e| pool.blame(member, e)),
         )
     }
 
@@ -564,12 +583,16 @@ impl Fetcher {
             body: Bytes::new(),
         };
         let _ = self.call_owner(call, family, id).await;
-        self.pool.owner(family, id)
+        self.pool_of(family).owner(family, id)
     }
 
     /// A submit placed on a member made task `id` of `family`: that member owns it from now on.
     pub(crate) async fn owned(&self, family: FamilyId, id: &str, place: Place<'_>) {
-        if let Some(shared) = self.shared.as_ref().filter(|_| self.pool.is_pool()) {
+        if let Some(shared) = self
+            .shared
+            .as_ref()
+            .filter(|_| self.pool_of(family).is_pool())
+        {
             shared.set_owner(family, id, place.name()).await;
         }
         place.made(family, id);
@@ -577,12 +600,13 @@ impl Fetcher {
 
     /// The owner of task `id`: remembered here, else as another replica recorded it in Redis.
     async fn known_owner(&self, family: FamilyId, id: &str) -> Option<MemberId> {
-        if let Some(owner) = self.pool.owner(family, id) {
+        let pool = self.pool_of(family);
+        if let Some(owner) = pool.owner(family, id) {
             return Some(owner);
         }
         let shared = self.shared.as_ref()?;
-        let owner = self.pool.named(&shared.owner(family, id).await?)?;
-        self.pool.remember(family, id, owner);
+        let owner = pool.named(&shared.owner(family, id).await?)?;
+        pool.remember(family, id, owner);
         Some(owner)
     }
 
@@ -592,7 +616,7 @@ impl Fetcher {
             && let Some(classified) = self.families.load().get(family).classify(&reply.body, id)
             && classified.class == TaskClass::Terminal
         {
-            self.pool.finished(family, id);
+            self.pool_of(family).finished(family, id);
         }
     }
 

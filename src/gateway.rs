@@ -263,6 +263,11 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Every upstream pool.
+    pub fn pools(&self) -> &Arc<crate::upstream::pool::Pools> {
+        self.fetcher.pools()
+    }
+
     /// The settings as they stand now.
     fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()

@@ -1006,7 +1006,7 @@ fn config_summary(config: &Config) -> String {
         } else {
             "off (no admin.token)"
         },
-        upstream_summary(&config.upstream),
+        pools_summary(config),
         humantime::format_duration(config.cache.in_progress_ttl),
         bytesize::ByteSize(config.cache.max_memory),
         if config.cache.gzip { "on" } else { "off" },
@@ -1018,9 +1018,37 @@ fn config_summary(config: &Config) -> String {
 }
 
 /// The upstream, or the pool's members one per line (docs/pools.md).
+/// The default pool, then each named pool and the families that go to it.
+fn pools_summary(config: &config::Config) -> String {
+    let mut text = upstream_summary(&config.upstream);
+    for (name, pool) in &config.upstreams {
+        let families: Vec<&str> = config
+            .families
+            .live()
+            .filter(|family| family.upstream() == Some(name.as_str()))
+            .map(|family| family.name())
+            .collect();
+        let families = match families.as_slice() {
+            [] => "no family goes to it".to_owned(),
+            names => format!("for {}", names.join(", ")),
+        };
+        let summary = upstream_summary(pool).replace('\n', "\n  ");
+        text.push_str(&format!("\n  pool {name} ({families}): {summary}"));
+    }
+    text
+}
+
 fn upstream_summary(upstream: &config::UpstreamConfig) -> String {
+    let probe = upstream.probe.as_ref().map_or_else(String::new, |probe| {
+        format!(
+            ", probe GET {} every {} (timeout {})",
+            probe.path,
+            humantime::format_duration(probe.interval),
+            humantime::format_duration(probe.timeout)
+        )
+    });
     if let [only] = upstream.members.as_slice() {
-        return only.url.to_string();
+        return format!("{}{probe}", only.url);
     }
     let policy = match upstream.policy {
         config::Policy::LeastBusy => "least-busy",
@@ -1028,7 +1056,7 @@ fn upstream_summary(upstream: &config::UpstreamConfig) -> String {
         config::Policy::RoundRobin => "round-robin",
     };
     let mut text = format!(
-        "{} members, submits spread {policy} (queue_wait {})",
+        "{} members, submits spread {policy} (queue_wait {}){probe}",
         upstream.members.len(),
         humantime::format_duration(upstream.queue_wait)
     );

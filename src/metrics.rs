@@ -1453,6 +1453,8 @@ pub struct MemberMetrics {
     pub submits_refused: IntCounterVec,
     /// Owners looked up on every member, by result: `found`, `nowhere`.
     pub owner_lookups: IntCounterVec,
+    /// Active health checks (`[upstream.probe]`), by member and result: `up`, `down`.
+    pub probes: IntCounterVec,
 }
 
 impl MemberMetrics {
@@ -1487,6 +1489,11 @@ impl MemberMetrics {
                 "mjgate_owner_lookups_total",
                 "Tasks whose owner was unknown, looked for on every member at once, by result: found, nowhere.",
                 &["result"],
+            ),
+            probes: r.counters(
+                "mjgate_member_probes_total",
+                "Active health checks of each member (upstream.probe), by result: up (any HTTP answer), down (no answer within probe.timeout; counted toward its breaker).",
+                &["member", "result"],
             ),
         }
     }

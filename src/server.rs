@@ -74,6 +74,10 @@ pub async fn run_reloadable(
     let gateway = Arc::new(Gateway::new(&config)?);
     gateway.set_running(as_configured);
     gateway.start_background();
+    let _probes: Vec<AbortOnDrop> = crate::upstream::probe::start(gateway.pools())
+        .into_iter()
+        .map(AbortOnDrop)
+        .collect();
     let _reloads = source.map(|source| {
         gateway.set_reload_source(source);
         // Installed now, not when the task first runs: a SIGHUP's default action ends the process.

@@ -3,6 +3,7 @@
 
 pub mod content_coding;
 pub mod pool;
+pub mod probe;
 pub mod protect;
 
 use std::error::Error as StdError;
@@ -71,6 +72,12 @@ pub enum UpstreamError {
     /// cut short): the client's error (413, 408, 400), never the upstream's.
     #[error(transparent)]
     ClientBody(BodyFault),
+    /// One member of a pool failed: the client is told which (its name, never its address).
+    #[error("pool member {member}: {error}")]
+    AtMember {
+        member: Arc<str>,
+        error: Box<UpstreamError>,
+    },
 }
 
 impl UpstreamError {
@@ -83,12 +90,33 @@ impl UpstreamError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    /// This error, said of pool member `member` (a client error stays the client's).
+    pub fn at_member(self, member: &Arc<str>) -> Self {
         match self {
+            UpstreamError::ClientBody(_) | UpstreamError::AtMember { .. } => self,
+            error => UpstreamError::AtMember {
+                member: Arc::clone(member),
+                error: Box::new(error),
+            },
+        }
+    }
+
+    /// The error itself, whichever member it happened at.
+    fn inner(&self) -> &UpstreamError {
+        match self {
+            UpstreamError::AtMember { error, .. } => error.inner(),
+            error => error,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.inner() {
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            // (`inner` is never `AtMember`.)
             UpstreamError::Unreachable { .. }
             | UpstreamError::Certificate(_)
-            | UpstreamError::BodyTooLarge(_) => StatusCode::BAD_GATEWAY,
+            | UpstreamError::BodyTooLarge(_)
+            | UpstreamError::AtMember { .. } => StatusCode::BAD_GATEWAY,
             UpstreamError::Refused(Refusal::Backoff(_)) => StatusCode::TOO_MANY_REQUESTS,
             UpstreamError::Refused(Refusal::CircuitOpen(_)) => StatusCode::BAD_GATEWAY,
             UpstreamError::Refused(Refusal::Overloaded(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,7 +129,7 @@ impl UpstreamError {
     /// `mjgate_client_errors_total`); neither costs the upstream anything, so they are debug lines: at
     /// warn, one client could write a line per request.
     pub fn log(&self) {
-        match self {
+        match self.inner() {
             UpstreamError::Refused(_) => tracing::debug!(error = %self, "upstream call refused"),
             UpstreamError::Certificate(_) => tracing::debug!(error = %self, "upstream call failed"),
             UpstreamError::ClientBody(_) => {
@@ -119,7 +147,7 @@ impl UpstreamError {
     /// was sent. Anything else may have been received (and a submit, acted on).
     pub fn never_sent(&self) -> bool {
         matches!(
-            self,
+            self.inner(),
             UpstreamError::Refused(_)
                 | UpstreamError::Unreachable { connect: true, .. }
                 | UpstreamError::Certificate(_)
@@ -129,14 +157,14 @@ impl UpstreamError {
 
     /// How long the client should wait before trying again, for refusals.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.inner() {
             UpstreamError::Refused(refusal) => Some(refusal.retry_after()),
             _ => None,
         }
     }
 
     fn call_end(&self) -> CallEnd {
-        match self {
+        match self.inner() {
             UpstreamError::Unreachable { connect: true, .. } | UpstreamError::Certificate(_) => {
                 CallEnd::Unreachable
             }
@@ -151,7 +179,7 @@ impl UpstreamError {
 
 impl UpstreamResult {
     fn of(result: Result<StatusCode, &UpstreamError>) -> Self {
-        match result {
+        match result.map_err(UpstreamError::inner) {
             Ok(status) => UpstreamResult::Status(status.as_u16()),
             Err(UpstreamError::Timeout(_)) => UpstreamResult::Timeout,
             Err(UpstreamError::ClientBody(_)) => UpstreamResult::ClientBody,

@@ -103,12 +103,15 @@ impl Keeper {
                 .as_ref()
                 .map(|shared| shared.fingerprint_secret.as_bytes()))
             .or(kept_key.as_deref());
-        let (host, port) = config.upstream.url.origin();
-        let downloader = Downloader::new(
+        // Every member the operator configured may link to itself, inside addresses or not.
+        let mut downloader = Downloader::new(
             crate::tls::client_config(crate::tls::Roots::Webpki, None)?,
             terms_of(artifacts),
-        )
-        .trusting(&host, port);
+        );
+        for member in config.all_members() {
+            let (host, port) = member.url.origin();
+            downloader = downloader.trusting(&host, port);
+        }
         metrics.artifacts_disk(store.disk_used());
         let mirror = Mirror::new(
             downloader,

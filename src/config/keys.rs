@@ -90,6 +90,8 @@ keys! {
     UPSTREAM_BREAKER_COOLDOWN = "upstream.breaker_cooldown", secs(5), ms(1), secs(DAY);
     UPSTREAM_RUNNING_TTL = "upstream.running_ttl", secs(HOUR), secs(1), secs(7 * DAY);
     UPSTREAM_QUEUE_WAIT = "upstream.queue_wait", secs(0), ms(0), secs(10 * MINUTE);
+    UPSTREAM_PROBE_INTERVAL = "upstream.probe.interval", secs(10), ms(100), secs(HOUR);
+    UPSTREAM_PROBE_TIMEOUT = "upstream.probe.timeout", secs(2), ms(10), secs(MINUTE);
     CACHE_IN_PROGRESS_TTL = "cache.in_progress_ttl", secs(3), ms(1), secs(DAY);
     CACHE_MAX_MEMORY = "cache.max_memory", size(256 * MIB), size(64 * KIB), size(1024 * GIB);
     CACHE_MAX_STALE = "cache.max_stale", secs(5 * MINUTE), ms(0), secs(30 * DAY);

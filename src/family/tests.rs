@@ -599,3 +599,43 @@ fn numbers_run_out_only_after_many_reloads_and_say_so() {
         "the last good set stands"
     );
 }
+
+#[test]
+fn each_family_claims_the_path_prefix_its_routes_share() {
+    let f = families();
+    let prefix = |name: &str| f.by_name(name).unwrap().prefix().to_owned();
+    assert_eq!(prefix("midjourney"), "/mj/");
+    assert_eq!(prefix("suno"), "/suno/");
+    assert_eq!(prefix("kling"), "/kling/v1/");
+    // `/v1/videos` is itself a route: the prefix is that segment, not all of `/v1/`.
+    assert_eq!(prefix("openai-videos"), "/v1/videos/");
+    assert_eq!(prefix("video-generations"), "/v1/video/generations/");
+    assert_eq!(prefix("video-query"), "/v1/video/");
+    let mj = f.by_name("midjourney").unwrap();
+    assert_eq!(mj.claims("/mj/image/123"), Some(4));
+    assert_eq!(mj.claims("/mjx/image"), None);
+    let videos = f.by_name("openai-videos").unwrap();
+    assert_eq!(videos.claims("/v1/videos"), Some(11));
+    assert_eq!(videos.claims("/v1/videos/v_1/remix"), Some(11));
+    assert_eq!(videos.claims("/v1/chat/completions"), None);
+    assert_eq!(videos.claims("/v1/videosx"), None);
+}
+
+#[test]
+fn a_family_whose_routes_share_nothing_claims_no_passthrough() {
+    let mut table = toml::Table::new();
+    table.insert(
+        "odd".into(),
+        toml::toml! {
+            status_routes = ["/a/{id}", "/b/{id}"]
+            status_at = ["/status"]
+            id_at = ["/id"]
+        }
+        .into(),
+    );
+    let f = Families::new(table).unwrap();
+    let odd = f.by_name("odd").unwrap();
+    assert_eq!(odd.prefix(), "/");
+    assert_eq!(odd.claims("/a/1"), None);
+    assert_eq!(odd.claims("/"), None);
+}

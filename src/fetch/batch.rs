@@ -445,13 +445,13 @@ impl Fetcher {
         let family = families.get(family);
         let mut headers = headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let pool = self.pool_of(family.id());
         let call = |ids: &[&str], member: MemberId| {
             let body = Bytes::from(serde_json::json!({ "ids": ids }).to_string());
             let headers = &headers;
             let fingerprint = &fingerprint;
             async move {
-                self.pool()
-                    .member(member)
+                pool.member(member)
                     .upstream
                     .call_buffered(BufferedCall {
                         route: RouteLabel::Batch,
@@ -463,19 +463,35 @@ impl Fetcher {
                         body,
                     })
                     .await
+                    .map_err(|e| pool.blame(member, e))
             }
         };
         // By owner: each member is asked for its own tasks; the ids no submit here made go to every
         // member, and each lands with the answer of the member that returned it.
-        let mut owned: Vec<Vec<(String, Flight<Landed>)>> = (0..self.pool().members().len())
-            .map(|_| Vec::new())
-            .collect();
+        let mut owned: Vec<Vec<(String, Flight<Landed>)>> =
+            (0..pool.members().len()).map(|_| Vec::new()).collect();
         let mut unknown = Vec::new();
         for (id, flight) in chunk {
-            match self.pool().owner(family.id(), &id) {
+            match pool.owner(family.id(), &id) {
                 Some(member) => owned[member].push((id, flight)),
                 None => unknown.push((id, flight)),
             }
+        }
+        // Owners another replica recorded, in one round trip.
+        if let Some(shared) = self.shared.as_ref().filter(|_| !unknown.is_empty()) {
+            let ids: Vec<&str> = unknown.iter().map(|(id, _)| id.as_str()).collect();
+            let recorded = shared.owners(family.id(), &ids).await;
+            let mut still = Vec::with_capacity(unknown.len());
+            for ((id, flight), name) in unknown.into_iter().zip(recorded) {
+                match name.and_then(|name| pool.named(&name)) {
+                    Some(member) => {
+                        pool.remember(family.id(), &id, member);
+                        owned[member].push((id, flight));
+                    }
+                    None => still.push((id, flight)),
+                }
+            }
+            unknown = still;
         }
         let calls = owned
             .into_iter()
@@ -492,10 +508,10 @@ impl Fetcher {
             }
             let ids: Vec<&str> = unknown.iter().map(|(id, _)| id.as_str()).collect();
             let replies = futures_util::future::join_all(
-                (0..self.pool().members().len()).map(|member| call(&ids, member)),
+                (0..pool.members().len()).map(|member| call(&ids, member)),
             )
             .await;
-            self.assign_to_finders(family, replies, unknown)
+            self.assign_to_finders(family, replies, unknown).await
         };
         let (landings, unknown) = shared::under_lease(&leases, async {
             futures_util::future::join(futures_util::future::join_all(calls), unknown).await
@@ -529,7 +545,7 @@ impl Fetcher {
     /// Pairs each id every member was asked for with the answer of the first member (in pool order)
     /// that returned it, remembering that member as its owner; ids no member returned go with the
     /// first member's answer (its "not returned", or its error).
-    fn assign_to_finders(
+    async fn assign_to_finders(
         &self,
         family: &Family,
         replies: Vec<Result<BufferedReply, UpstreamError>>,
@@ -544,16 +560,31 @@ impl Fetcher {
                     .flatten()
             })
             .collect();
+        let pool = self.pool_of(family.id());
         let mut assigned: Vec<Vec<(String, Flight<Landed>)>> =
             replies.iter().map(|_| Vec::new()).collect();
+        let mut found_owners = Vec::new();
         for (id, flight) in chunk {
             let finder = found
                 .iter()
                 .position(|tasks| tasks.as_ref().is_some_and(|t| t.contains_key(&id)));
             if let Some(member) = finder {
-                self.pool().remember(family.id(), &id, member);
+                pool.remember(family.id(), &id, member);
+                found_owners.push((id.clone(), member));
             }
             assigned[finder.unwrap_or(0)].push((id, flight));
+        }
+        self.metrics
+            .members
+            .owner_lookups
+            .with_label_values(&["found"])
+            .inc_by(found_owners.len() as u64);
+        if let Some(shared) = self.shared.as_ref().filter(|_| !found_owners.is_empty()) {
+            let named: Vec<(&str, &str)> = found_owners
+                .iter()
+                .map(|(id, member)| (id.as_str(), pool.member(*member).name.as_str()))
+                .collect();
+            shared.set_owners(family.id(), &named).await;
         }
         replies
             .into_iter()
@@ -602,7 +633,7 @@ impl Fetcher {
                     match tasks.remove(id.as_str()) {
                         Some(item) => {
                             if item.class() == TaskClass::Terminal {
-                                self.pool().finished(family.id(), &id);
+                                self.pool_of(family.id()).finished(family.id(), &id);
                             }
                             let task = Arc::new(item.into_task(content_type.clone()));
                             let held = self.cache.insert(flight.key().clone(), Arc::clone(&task));

@@ -18,6 +18,7 @@ use super::Gateway;
 use crate::body::ResponseBody;
 use crate::error::RequestError;
 use crate::request::routes::Route;
+use crate::upstream::pool::Pool;
 
 impl Gateway {
     /// `/healthz`, `/readyz`, `/upstreamz` and `/metrics`.
@@ -26,7 +27,7 @@ impl Gateway {
             Route::Ready if self.draining.load(Ordering::Relaxed) => {
                 RequestError::Draining.into_response()
             }
-            Route::Ready if self.fetcher.pool().is_pool() && self.fetcher.pool().all_down() => {
+            Route::Ready if self.fetcher.pools().is_many() && self.fetcher.pools().all_down() => {
                 RequestError::PoolDown("every member's circuit is open".to_owned()).into_response()
             }
             Route::Ready => plain(StatusCode::OK, "ready"),
@@ -37,35 +38,50 @@ impl Gateway {
     }
 
     /// The upstream as the gateway sees it: `200` with `{"circuit":"closed"}`, or `503` while every
-    /// member's breaker fails calls fast; each member's circuit and running tasks under `members`.
+    /// member's breaker fails calls fast; each member's circuit and running tasks under `members`
+    /// (and with named pools, each pool's under `pools`).
     fn upstream_state(&self) -> Response<ResponseBody> {
-        let pool = self.fetcher.pool();
-        let members: Vec<serde_json::Value> = pool
-            .members()
-            .iter()
-            .enumerate()
-            .map(|(id, member)| {
-                let open = member.upstream.protection().breaker().is_open();
-                serde_json::json!({
-                    "name": member.name,
-                    "upstream": member.upstream.authority(),
-                    "circuit": if open { "open" } else { "closed" },
-                    "running": pool.running(id),
-                    "max_running": member.max_running(),
+        let pools = self.fetcher.pools();
+        let members_of = |pool: &Pool| -> Vec<serde_json::Value> {
+            pool.members()
+                .iter()
+                .enumerate()
+                .map(|(id, member)| {
+                    let open = member.upstream.protection().breaker().is_open();
+                    serde_json::json!({
+                        "name": member.name,
+                        "upstream": member.upstream.authority(),
+                        "circuit": if open { "open" } else { "closed" },
+                        "running": pool.running(id),
+                        "max_running": member.max_running(),
+                    })
                 })
-            })
-            .collect();
-        let open = pool.all_down();
-        let (status, circuit) = if open {
-            (StatusCode::SERVICE_UNAVAILABLE, "open")
-        } else {
-            (StatusCode::OK, "closed")
+                .collect()
         };
-        let body = serde_json::json!({
+        let circuit = |open: bool| if open { "open" } else { "closed" };
+        let open = pools.all_down();
+        let status = if open {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let mut body = serde_json::json!({
             "upstream": self.fetcher.upstream().authority(),
-            "circuit": circuit,
-            "members": members,
+            "circuit": circuit(open),
+            "members": members_of(pools.default_pool()),
         });
+        if pools.all().count() > 1 {
+            body["pools"] = pools
+                .all()
+                .map(|(name, pool)| {
+                    serde_json::json!({
+                        "name": name,
+                        "circuit": circuit(pool.all_down()),
+                        "members": members_of(pool),
+                    })
+                })
+                .collect();
+        }
         let mut response = Response::new(ResponseBody::full(body.to_string()));
         *response.status_mut() = status;
         response
@@ -77,7 +93,7 @@ impl Gateway {
     fn metrics_response(&self) -> Response<ResponseBody> {
         // Apply pending evictions first, so the cache gauges are exact at scrape time.
         self.fetcher.cache().sync();
-        self.fetcher.pool().export();
+        self.fetcher.pools().export();
         let mut response = Response::new(ResponseBody::full(self.metrics.render()));
         response.headers_mut().insert(
             CONTENT_TYPE,

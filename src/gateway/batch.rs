@@ -11,6 +11,7 @@ use crate::error::RequestError;
 use crate::family::FamilyId;
 use crate::fetch::Served;
 use crate::fetch::batch::BatchQuery;
+use crate::metrics::RouteLabel;
 use crate::request::body::{self as request_body, BodyFault, HeldBody, ReadError};
 use crate::task::TaskId;
 use crate::upstream::ClientInfo;
@@ -44,7 +45,10 @@ impl Gateway {
             }
             Ok(BatchQuery::Other) => {
                 let request = Request::from_parts(parts, full(body.clone()));
-                return self.forward(request, client).await;
+                let pool = self.fetcher.pool_of(family);
+                return self
+                    .forward_to(pool, 0, RouteLabel::Passthrough, request, client)
+                    .await;
             }
             Err(e) => return Served::error(RequestError::BadBatch(e.to_string())),
         };

@@ -5,6 +5,8 @@
 //! expired too. What the upstream answers with anything but a `200` of a media type (an error, not
 //! found, a page) is passed on as it came and nothing is kept. Without `[artifacts]`, passthrough.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{HeaderMap, Method, Request};
@@ -73,7 +75,7 @@ impl Gateway {
         *upstream_request.uri_mut() = parts.uri.clone();
         *upstream_request.headers_mut() = headers;
         // The file is on the member that made the task.
-        let pool = self.fetcher.pool();
+        let pool = Arc::clone(self.fetcher.pool_of(family));
         let member = match pool.is_pool() {
             true => self
                 .fetcher
@@ -90,6 +92,7 @@ impl Gateway {
         {
             Ok(response) => response,
             Err(e) => {
+                let e = pool.blame(member, e);
                 e.log();
                 return Served::error(e);
             }
@@ -117,7 +120,7 @@ impl Gateway {
                 *again.method_mut() = Method::GET;
                 *again.uri_mut() = parts.uri;
                 *again.headers_mut() = parts.headers;
-                self.forward_to(member, RouteLabel::Download, again, client)
+                self.forward_to(&pool, member, RouteLabel::Download, again, client)
                     .await
             }
         }

@@ -3,6 +3,8 @@
 //! so a client trickling its upload holds no upstream slot meanwhile; a larger one streams, bounded in
 //! size and in idle time.
 
+use std::sync::Arc;
+
 use http::Request;
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -13,23 +15,27 @@ use crate::body::ResponseBody;
 use crate::fetch::Served;
 use crate::metrics::RouteLabel;
 use crate::request::body::{self as request_body, BodyFault, Prefetched};
-use crate::upstream::pool::MemberId;
+use crate::upstream::pool::{MemberId, Pool};
 use crate::upstream::{ClientInfo, UpstreamBody, UpstreamError};
 
 impl Gateway {
+    /// To the pool of the family that claims the request's path prefix, else the default pool.
     pub(super) async fn passthrough(
         &self,
         request: Request<Incoming>,
         client: ClientInfo,
     ) -> Served {
-        self.passthrough_as(RouteLabel::Passthrough, request, client)
+        let pool = Arc::clone(self.fetcher.pool_for_path(request.uri().path()));
+        self.passthrough_as(RouteLabel::Passthrough, &pool, request, client)
             .await
     }
 
-    /// Passthrough, its upstream call counted under `route` (a submit's is `submit`).
+    /// Passthrough to `pool`'s first member, its upstream call counted under `route` (a submit's is
+    /// `submit`).
     pub(super) async fn passthrough_as(
         &self,
         route: RouteLabel,
+        pool: &Pool,
         request: Request<Incoming>,
         client: ClientInfo,
     ) -> Served {
@@ -62,7 +68,7 @@ impl Gateway {
             },
         };
         let served = self
-            .forward_as(route, Request::from_parts(parts, body), client)
+            .forward_to(pool, 0, route, Request::from_parts(parts, body), client)
             .await;
         drop(reservation);
         served
@@ -75,38 +81,18 @@ impl Gateway {
         Served::error(fault)
     }
 
-    /// Forwards the request untouched (but for hop-by-hop and forwarding headers), streaming both ways.
-    pub(super) async fn forward(
-        &self,
-        request: Request<UpstreamBody>,
-        client: ClientInfo,
-    ) -> Served {
-        self.forward_as(RouteLabel::Passthrough, request, client)
-            .await
-    }
-
-    /// [`forward`](Self::forward), the upstream call counted under `route`.
-    pub(super) async fn forward_as(
-        &self,
-        route: RouteLabel,
-        request: Request<UpstreamBody>,
-        client: ClientInfo,
-    ) -> Served {
-        self.forward_to(0, route, request, client).await
-    }
-
-    /// [`forward_as`](Self::forward_as), to pool member `member`.
+    /// Forwards the request untouched (but for hop-by-hop and forwarding headers) to member
+    /// `member` of `pool`, streaming both ways; the upstream call counted under `route`.
     pub(super) async fn forward_to(
         &self,
+        pool: &Pool,
         member: MemberId,
         route: RouteLabel,
         request: Request<UpstreamBody>,
         client: ClientInfo,
     ) -> Served {
         let fingerprint = self.fetcher.fingerprinter().fingerprint(request.headers());
-        match self
-            .fetcher
-            .pool()
+        match pool
             .member(member)
             .upstream
             .forward(route, &fingerprint, request, client)
@@ -118,6 +104,7 @@ impl Gateway {
             }
             Err(UpstreamError::ClientBody(fault)) => self.client_fault(fault),
             Err(e) => {
+                let e = pool.blame(member, e);
                 e.log();
                 Served::error(e)
             }

@@ -31,7 +31,7 @@ use crate::metrics::{ClientError, RouteLabel};
 use crate::push::hooks::{HookTask, credential_only};
 use crate::request::body::HeldBody;
 use crate::task::TaskId;
-use crate::upstream::pool::{MemberId, NoMember};
+use crate::upstream::pool::{MemberId, NoMember, Pool};
 use crate::upstream::{ClientInfo, UpstreamError};
 use crate::webhook::guard::{HookError, HookUrl};
 use crate::webhook::{Hooks, Slot, submit};
@@ -81,9 +81,10 @@ impl Gateway {
             }
             // With a pool, the gateway places every submit (and learns the task's owner from its
             // answer), so it is read whole like the others.
-            if field.is_none() && !self.fetcher.pool().places_submits() {
+            let pool = self.fetcher.pool_of(route.family);
+            if field.is_none() && !pool.places_submits() {
                 return self
-                    .passthrough_as(RouteLabel::Submit, request, client)
+                    .passthrough_as(RouteLabel::Submit, pool, request, client)
                     .await;
             }
         }
@@ -249,7 +250,7 @@ impl Gateway {
             client,
         } = work;
         let fingerprint = self.fetcher.fingerprinter().fingerprint(request.headers());
-        let pool = self.fetcher.pool();
+        let pool = self.fetcher.pool_of(route.family);
         let (parts, body) = request.into_parts();
         // An action or a modal acts on a task that exists only on its owner.
         let parent = pool
@@ -279,7 +280,7 @@ impl Gateway {
                     Ok(place) => Some(place),
                     Err(no_member) => {
                         drop(held);
-                        return self.no_member(no_member, &tried, hook, ticket).await;
+                        return self.no_member(pool, no_member, &tried, hook, ticket).await;
                     }
                 }
             } else {
@@ -299,6 +300,10 @@ impl Gateway {
             let answer = match forwarded {
                 Ok(response) => self.read_answer(response).await,
                 Err(e) => Err(e),
+            };
+            let answer = match &place {
+                Some(place) => answer.map_err(|e| pool.blame(place.member(), e)),
+                None => answer,
             };
             if let Some(place) = &place {
                 let outcome = match &answer {
@@ -363,6 +368,7 @@ impl Gateway {
     /// could be reached. Nothing was sent, so its key (if any) is given back and its hook forgotten.
     async fn no_member(
         &self,
+        pool: &Pool,
         no_member: NoMember,
         tried: &[MemberId],
         hook: Option<(Arc<Hooks>, HookTask, Slot)>,
@@ -376,7 +382,6 @@ impl Gateway {
         if let Some(ticket) = ticket {
             ticket.release().await;
         }
-        let pool = self.fetcher.pool();
         let (reason, error) = match no_member {
             NoMember::AllBusy => ("busy", RequestError::PoolBusy),
             NoMember::AllDown => {

@@ -23,18 +23,48 @@ impl SharedCache {
     /// Records that member `member` owns task `id` of `family` (best effort: a replica that misses
     /// it finds the owner by asking every member).
     pub async fn set_owner(&self, family: FamilyId, id: &str, member: &str) {
-        if !self.is_up() {
+        self.set_owners(family, &[(id, member)]).await;
+    }
+
+    /// [`set_owner`](Self::set_owner) for several `(id, member)` pairs, in one round trip.
+    pub async fn set_owners(&self, family: FamilyId, owners: &[(&str, &str)]) {
+        if !self.is_up() || owners.is_empty() {
             return;
         }
-        let key = self.owner_key(family, id);
+        let mut pipe = redis::pipe();
+        for (id, member) in owners {
+            pipe.cmd("SET")
+                .arg(self.owner_key(family, id))
+                .arg(*member)
+                .arg("PX")
+                .arg(millis(self.inner.freshness.terminal))
+                .ignore();
+        }
         let mut connection = self.inner.connection.clone();
-        let mut command = redis::cmd("SET");
-        command
-            .arg(&key)
-            .arg(member)
-            .arg("PX")
-            .arg(millis(self.inner.freshness.terminal));
-        let _: Option<()> = self.run(command.query_async(&mut connection)).await;
+        let _: Option<()> = self.run(pipe.query_async(&mut connection)).await;
+    }
+
+    /// The member names recorded for tasks `ids` of `family`, in order (`None` where none is, and
+    /// for all when Redis did not answer).
+    pub async fn owners(&self, family: FamilyId, ids: &[&str]) -> Vec<Option<String>> {
+        let nothing = || vec![None; ids.len()];
+        if !self.is_up() || ids.is_empty() {
+            return nothing();
+        }
+        let mut command = redis::cmd("MGET");
+        for id in ids {
+            command.arg(self.owner_key(family, id));
+        }
+        let mut connection = self.inner.connection.clone();
+        let names: Option<Vec<Option<Vec<u8>>>> =
+            self.run(command.query_async(&mut connection)).await;
+        match names {
+            Some(names) if names.len() == ids.len() => names
+                .into_iter()
+                .map(|name| name.and_then(member_name))
+                .collect(),
+            _ => nothing(),
+        }
     }
 
     /// The member name recorded as owning task `id` of `family`, if any (and Redis answered).
@@ -47,8 +77,13 @@ impl SharedCache {
         let mut command = redis::cmd("GET");
         command.arg(&key);
         let name: Option<Vec<u8>> = self.run(command.query_async(&mut connection)).await?;
-        // A member name is at most 64 bytes; anything else is not a value mjgate wrote.
-        name.filter(|n| n.len() <= 64)
-            .and_then(|n| String::from_utf8(n).ok())
+        name.and_then(member_name)
     }
+}
+
+/// A member name is at most 64 bytes of UTF-8; anything else is not a value mjgate wrote.
+fn member_name(value: Vec<u8>) -> Option<String> {
+    (value.len() <= 64)
+        .then(|| String::from_utf8(value).ok())
+        .flatten()
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::Upstream;
-use crate::config::{MemberConfig, Policy, UpstreamConfig};
+use super::{Upstream, UpstreamError};
+use crate::config::{Config, MemberConfig, Policy, UpstreamConfig};
 use crate::family::FamilyId;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
@@ -91,6 +91,87 @@ pub enum NoMember {
     AllDown,
 }
 
+/// Every pool: the default one (`[upstream]`: passthrough, and every family that names no other)
+/// and the named ones (`[upstreams.<name>]`), each a [`Pool`] of its own members, policy and owners.
+pub struct Pools {
+    default: Arc<Pool>,
+    named: Vec<(String, Arc<Pool>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pools {
+    /// Every pool's members' clients; fails only when TLS roots cannot be loaded.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
+        let pool = |upstream: &UpstreamConfig| {
+            Pool::new(
+                upstream,
+                config.server.max_request_body,
+                Arc::clone(&metrics),
+            )
+            .map(Arc::new)
+        };
+        Ok(Pools {
+            default: pool(&config.upstream)?,
+            named: config
+                .upstreams
+                .iter()
+                .map(|(name, upstream)| Ok((name.clone(), pool(upstream)?)))
+                .collect::<Result<_, TlsError>>()?,
+            metrics,
+        })
+    }
+
+    /// The default pool (`[upstream]`).
+    pub fn default_pool(&self) -> &Arc<Pool> {
+        &self.default
+    }
+
+    /// The pool named `name`; `None` (a family that names none) is the default pool. A name no
+    /// pool has is the default too: the config was checked, so only a family a reload added could
+    /// name one, and the reload refuses it.
+    pub fn get(&self, name: Option<&str>) -> &Arc<Pool> {
+        name.and_then(|name| self.named.iter().find(|(n, _)| n == name))
+            .map_or(&self.default, |(_, pool)| pool)
+    }
+
+    /// Every pool with its name, the default (`default`) first.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &Arc<Pool>)> {
+        std::iter::once(("default", &self.default))
+            .chain(self.named.iter().map(|(name, pool)| (name.as_str(), pool)))
+    }
+
+    /// More than one member in all: an upstream's health is then the gateway's readiness.
+    pub fn is_many(&self) -> bool {
+        self.all()
+            .map(|(_, pool)| pool.members().len())
+            .sum::<usize>()
+            > 1
+    }
+
+    /// The member named `name`, in whichever pool (names are unique across pools).
+    pub fn upstream_named(&self, name: &str) -> Option<Upstream> {
+        self.all().find_map(|(_, pool)| {
+            let member = pool.named(name)?;
+            Some(pool.member(member).upstream.clone())
+        })
+    }
+
+    /// Whether every member of every pool has its breaker open: no submit can go anywhere.
+    pub fn all_down(&self) -> bool {
+        self.all().all(|(_, pool)| pool.all_down())
+    }
+
+    /// Sets the per-member gauges (at scrape time), and the overall circuit gauge: open only when
+    /// every member's is.
+    pub fn export(&self) {
+        let mut all_open = true;
+        for (_, pool) in self.all() {
+            all_open &= pool.export();
+        }
+        self.metrics.set_circuit_open(all_open);
+    }
+}
+
 /// The members, the submit policy, and the task owners.
 pub struct Pool {
     members: Box<[Member]>,
@@ -106,6 +187,7 @@ pub struct Pool {
     /// Woken when a place frees (a task seen finished, a submit that made nothing).
     freed: tokio::sync::Notify,
     owners: moka::sync::Cache<TaskKey, MemberId>,
+    probe: Option<crate::config::ProbeConfig>,
     metrics: Arc<Metrics>,
 }
 
@@ -185,6 +267,7 @@ impl Pool {
             owners: moka::sync::Cache::builder()
                 .max_capacity(OWNERS_REMEMBERED)
                 .build(),
+            probe: config.probe.clone(),
             metrics,
         })
     }
@@ -192,6 +275,20 @@ impl Pool {
     /// The first member: passthrough requests go to it.
     pub fn default_member(&self) -> &Upstream {
         &self.members[0].upstream
+    }
+
+    /// `error`, from member `member`: with more than one member, said of it by name (the client
+    /// learns which member failed; a pool of one stays as it always was).
+    pub fn blame(&self, member: MemberId, error: UpstreamError) -> UpstreamError {
+        match self.is_pool() {
+            true => error.at_member(&self.members[member].upstream.name),
+            false => error,
+        }
+    }
+
+    /// Its active health check, if it has one.
+    pub fn probe(&self) -> Option<&crate::config::ProbeConfig> {
+        self.probe.as_ref()
     }
 
     pub fn members(&self) -> &[Member] {
@@ -285,9 +382,8 @@ impl Pool {
             .all(|m| m.upstream.protection().breaker().is_open())
     }
 
-    /// Sets the per-member gauges (at scrape time), and the pool's circuit gauge: open only when
-    /// every member's is.
-    pub fn export(&self) {
+    /// Sets the per-member gauges (at scrape time); whether every member's circuit is open.
+    fn export(&self) -> bool {
         let mut all_open = true;
         for (id, member) in self.members.iter().enumerate() {
             let open = member.upstream.protection().breaker().is_open();
@@ -304,7 +400,7 @@ impl Pool {
                 .with_label_values(&label)
                 .set(i64::from(open));
         }
-        self.metrics.set_circuit_open(all_open);
+        all_open
     }
 
     /// A place for a submit: [`Pool::pick`], waiting up to `upstream.queue_wait` for one to free

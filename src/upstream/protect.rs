@@ -223,6 +223,32 @@ impl Breaker {
         }
     }
 
+    /// What an active health check found: an answer closes the circuit (the member is back
+    /// without a client's request as the trial); no answer counts as a connection failure, and
+    /// keeps an open circuit open for another cooldown.
+    pub(super) fn probed(&self, up: bool, now: Instant) {
+        let mut state = self.state();
+        match (&mut *state, up) {
+            (BreakerState::Closed { failures }, true) => *failures = 0,
+            (_, true) => {
+                tracing::info!("upstream answered the health check: circuit closed");
+                *state = BreakerState::Closed { failures: 0 };
+            }
+            (BreakerState::Closed { failures }, false) => {
+                *failures += 1;
+                if *failures >= self.threshold {
+                    tracing::warn!(cooldown = ?self.cooldown, "upstream failed its health checks: circuit open");
+                    *state = BreakerState::Open {
+                        until: now + self.cooldown,
+                    };
+                }
+            }
+            // A half-open circuit's trial call is out: it reports for itself.
+            (BreakerState::HalfOpen, false) => {}
+            (BreakerState::Open { until }, false) => *until = (*until).max(now + self.cooldown),
+        }
+    }
+
     fn probe_abandoned(&self) {
         let mut state = self.state();
         if matches!(*state, BreakerState::HalfOpen) {

@@ -422,3 +422,225 @@ async fn two_replicas_on_redis_route_one_task_to_the_same_member() {
     assert_eq!(action.json()["code"], 1, "{:?}", action.body);
     assert_eq!(submits(&sims), [1, 2, 0]);
 }
+
+#[tokio::test]
+async fn a_batch_on_another_replica_asks_each_owner_redis_recorded_for_its_own_tasks() {
+    let redis = RedisServer::start();
+    let sims = members(3).await;
+    let shared = format!(
+        "[shared_cache]\nredis_url = \"{}\"\nfingerprint_secret = \"fp-secret-0123456789abcdef0123456789\"\nkey_prefix = \"pools-batch:\"\n",
+        redis.url()
+    );
+    let a = start_gateway(pool_config(&sims, "round-robin", 0, &shared)).await;
+    let b = start_gateway(pool_config(&sims, "round-robin", 0, &shared)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(imagined(&a).await); // m0, m1, m2
+    }
+    let batch = submit(
+        &b,
+        "/mj/task/list-by-condition",
+        KEY_A,
+        json!({ "ids": ids }),
+    )
+    .await;
+    assert_eq!(batch.status, 200, "{:?}", batch.body);
+    let answered: Vec<String> = batch
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(answered, ids);
+    for (m, sim) in sims.iter().enumerate() {
+        assert_eq!(
+            sim.list_calls(),
+            vec![vec![ids[m].clone()]],
+            "m{m} was asked for its own task only"
+        );
+    }
+    assert_eq!(
+        scrape(&b)
+            .await
+            .value("mjgate_owner_lookups_total", &[("result", "found")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_down_members_task_with_nothing_stale_gets_a_502_naming_the_member() {
+    let mut sims = members(2).await;
+    let mut config = pool_config(&sims, "round-robin", 0, "");
+    config.upstream.breaker_failures = 1;
+    config.upstream.breaker_cooldown = std::time::Duration::from_secs(3600);
+    let gw = start_gateway(config).await;
+    let on_m0 = imagined(&gw).await;
+    let on_m1 = imagined(&gw).await;
+    drop(sims.pop());
+    for _ in 0..2 {
+        // Not a connection refused once, then a circuit: both say which member.
+        let reply = fetch(&gw, &on_m1, KEY_A).await;
+        assert_eq!(reply.status, 502, "{:?}", reply.body);
+        let said = reply.json()["description"].as_str().unwrap().to_owned();
+        assert!(said.contains("pool member m1"), "{said}");
+        assert!(!said.contains("127.0.0.1"), "no address told: {said}");
+    }
+    assert_eq!(
+        fetch(&gw, &on_m0, KEY_A).await.status,
+        200,
+        "m0's tasks untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_probed_member_that_dies_leaves_the_rotation_before_a_submit_finds_it_and_returns_by_itself()
+ {
+    let mut sims = members(2).await;
+    let m1_addr = sims[1].addr();
+    let extra = "";
+    let mut config = pool_config(&sims, "round-robin", 0, extra);
+    config.upstream.breaker_failures = 2;
+    config.upstream.breaker_cooldown = std::time::Duration::from_secs(3600);
+    config.upstream.probe = Some(mjgate::config::ProbeConfig {
+        path: "/healthz".into(),
+        interval: std::time::Duration::from_millis(50),
+        timeout: std::time::Duration::from_millis(500),
+    });
+    let gw = start_gateway(config).await;
+    poll_until("both members probed up", || async {
+        let m = scrape(&gw).await;
+        ["m0", "m1"].iter().all(|member| {
+            m.value(
+                "mjgate_member_probes_total",
+                &[("member", member), ("result", "up")],
+            ) >= 1.0
+        })
+    })
+    .await;
+
+    drop(sims.pop()); // m1 stops
+    poll_until("m1's circuit opened by its probes", || async {
+        scrape(&gw)
+            .await
+            .value("mjgate_member_circuit_open", &[("member", "m1")])
+            == 1.0
+    })
+    .await;
+    for _ in 0..4 {
+        imagined(&gw).await;
+    }
+    assert_eq!(sims[0].submits(), 4);
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metrics.value(
+            "mjgate_member_submits_total",
+            &[("member", "m1"), ("outcome", "skipped")]
+        ),
+        0.0,
+        "no submit was spent finding m1 dead"
+    );
+    assert!(
+        metrics.value(
+            "mjgate_member_probes_total",
+            &[("member", "m1"), ("result", "down")]
+        ) >= 2.0
+    );
+
+    // m1 back on its port: the probe closes its circuit (the cooldown is an hour), and round-robin
+    // reaches it again.
+    let listener = std::net::TcpListener::bind(m1_addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let back = Simulator::start_on(tokio::net::TcpListener::from_std(listener).unwrap()).unwrap();
+    poll_until("m1's circuit closed by a probe", || async {
+        scrape(&gw)
+            .await
+            .value("mjgate_member_circuit_open", &[("member", "m1")])
+            == 0.0
+    })
+    .await;
+    for _ in 0..2 {
+        imagined(&gw).await;
+    }
+    assert_eq!(back.submits(), 1, "m1 takes submits again");
+}
+
+#[tokio::test]
+async fn families_go_to_their_own_pool_and_passthrough_follows_their_prefix() {
+    let mj = Simulator::start().await.unwrap();
+    let relay = Simulator::start().await.unwrap();
+    let text = format!(
+        "[upstream]\nurl = \"{}\"\n[upstreams.relay]\nurl = \"{}\"\n[families.suno]\nupstream = \"relay\"\n\
+         [artifacts]\nenabled = false\n",
+        mj.url(),
+        relay.url()
+    );
+    let gw = start_gateway(mjgate::Config::from_toml(&text, &Default::default()).unwrap()).await;
+    relay.create_task_in(Api::Suno, KEY_A, "song-1", "SUCCESS");
+
+    let song = send(request(
+        Method::GET,
+        &gw.url("/suno/fetch/song-1"),
+        Some(KEY_A),
+        "",
+    ))
+    .await;
+    assert_eq!(song.status, 200, "{:?}", song.body);
+    assert_eq!(relay.fetch_calls_in(Api::Suno, "song-1"), 1);
+    let imagine = imagined(&gw).await;
+    assert_eq!((mj.submits(), relay.submits()), (1, 0));
+    assert_eq!(fetch(&gw, &imagine, KEY_A).await.status, 200);
+    assert_eq!(relay.fetch_calls(&imagine), 0);
+
+    // Passthrough: under suno's prefix to the relay, anything else to the default pool.
+    let before = (mj.requests().len(), relay.requests().len());
+    send(request(
+        Method::GET,
+        &gw.url("/suno/lyrics/abc"),
+        Some(KEY_A),
+        "",
+    ))
+    .await;
+    send(request(Method::GET, &gw.url("/v1/models"), Some(KEY_A), "")).await;
+    let relay_paths: Vec<String> = relay.requests()[before.1..]
+        .iter()
+        .map(|r| r.uri.clone())
+        .collect();
+    let mj_paths: Vec<String> = mj.requests()[before.0..]
+        .iter()
+        .map(|r| r.uri.clone())
+        .collect();
+    assert_eq!(relay_paths, ["/suno/lyrics/abc"]);
+    assert_eq!(mj_paths, ["/v1/models"]);
+
+    let metrics = scrape(&gw).await;
+    assert!(metrics.value("mjgate_member_calls_total", &[("member", "relay")]) >= 2.0);
+    let state = send(request(Method::GET, &gw.url("/upstreamz"), None, "")).await;
+    let pools: Vec<String> = state.json()["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pools, ["default", "relay"]);
+}
+
+#[test]
+fn check_config_lists_each_pool_and_the_families_that_go_to_it() {
+    let file = crate::config_cli::write_config(
+        "[upstream]\nurl = \"http://127.0.0.1:9101\"\n\
+         [upstreams.relay]\nurl = \"http://127.0.0.1:9102\"\n[upstreams.relay.probe]\npath = \"/status\"\n\
+         [families.suno]\nupstream = \"relay\"\n[families.kling]\nupstream = \"relay\"\n",
+    );
+    let out = crate::config_cli::mjgate()
+        .args(["--config", file.0.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("pool relay (for suno, kling): http://127.0.0.1:9102"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("probe GET /status every 10s"), "{stdout}");
+}
