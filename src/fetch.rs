@@ -528,7 +528,7 @@ impl Fetcher {
                 self.metrics
                     .members
                     .owner_lookups
-                    .with_label_values(&["found"])
+                    .with_label_values(&[pool.member(member).name.as_str(), "found"])
                     .inc();
                 self.note_finished(answer, family, id);
                 return reply;
@@ -541,7 +541,7 @@ impl Fetcher {
         self.metrics
             .members
             .owner_lookups
-            .with_label_values(&["nowhere"])
+            .with_label_values(&["none", "nowhere"])
             .inc();
         first.map_or_else(
             || {

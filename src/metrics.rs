@@ -1451,7 +1451,7 @@ pub struct MemberMetrics {
     /// Submits no member could take, by reason: `busy` (all at their running limit: 429),
     /// `down` (none reachable: 503).
     pub submits_refused: IntCounterVec,
-    /// Owners looked up on every member, by result: `found`, `nowhere`.
+    /// Owners looked up on every member, by the member found (`none`) and result: `found`, `nowhere`.
     pub owner_lookups: IntCounterVec,
     /// Active health checks (`[upstream.probe]`), by member and result: `up`, `down`.
     pub probes: IntCounterVec,
@@ -1487,8 +1487,8 @@ impl MemberMetrics {
             ),
             owner_lookups: r.counters(
                 "mjgate_owner_lookups_total",
-                "Tasks whose owner was unknown, looked for on every member at once, by result: found, nowhere.",
-                &["result"],
+                "Tasks whose owner was unknown, looked for on every member at once, by the member that had it (none when nowhere) and result: found, nowhere.",
+                &["member", "result"],
             ),
             probes: r.counters(
                 "mjgate_member_probes_total",

@@ -564,6 +564,7 @@ impl Fetcher {
         let mut assigned: Vec<Vec<(String, Flight<Landed>)>> =
             replies.iter().map(|_| Vec::new()).collect();
         let mut found_owners = Vec::new();
+        let mut nowhere = 0;
         for (id, flight) in chunk {
             let finder = found
                 .iter()
@@ -571,14 +572,21 @@ impl Fetcher {
             if let Some(member) = finder {
                 pool.remember(family.id(), &id, member);
                 found_owners.push((id.clone(), member));
+                self.metrics
+                    .members
+                    .owner_lookups
+                    .with_label_values(&[pool.member(member).name.as_str(), "found"])
+                    .inc();
+            } else {
+                nowhere += 1;
             }
             assigned[finder.unwrap_or(0)].push((id, flight));
         }
         self.metrics
             .members
             .owner_lookups
-            .with_label_values(&["found"])
-            .inc_by(found_owners.len() as u64);
+            .with_label_values(&["none", "nowhere"])
+            .inc_by(nowhere);
         if let Some(shared) = self.shared.as_ref().filter(|_| !found_owners.is_empty()) {
             let named: Vec<(&str, &str)> = found_owners
                 .iter()

@@ -265,9 +265,12 @@ async fn a_task_made_elsewhere_is_found_on_every_member_at_once_then_routed_dire
     assert_eq!(submits(&sims), [0, 0, 2]);
     let metrics = scrape(&gw).await;
     assert_eq!(
-        metrics.value("mjgate_owner_lookups_total", &[("result", "found")]),
+        metrics.value(
+            "mjgate_owner_lookups_total",
+            &[("member", "m2"), ("result", "found")]
+        ),
         1.0,
-        "the owner is remembered: no second lookup"
+        "found on m2, and remembered: no second lookup"
     );
     assert_eq!(
         fetch(&gw, "1700000000000000001", KEY_A).await.json()["status"],
