@@ -63,10 +63,7 @@ pub enum ConfigError {
 
 /// An `[upstream]` key's error, said of the named pool's table (`upstreams.<name>.max_body`).
 fn pool_error(error: &ConfigError) -> String {
-    let text = error.to_string();
-    text.strip_prefix("invalid config: ")
-        .unwrap_or(&text)
-        .replace("`upstream.", "`")
+    reason_of(error).replace("`upstream.", "`")
 }
 
 fn key_prefix(key: &str) -> String {
@@ -849,6 +846,14 @@ fn family_pools(
     Ok(())
 }
 
+/// What an error says, without its `invalid config:` lead (to nest it in another's reason).
+fn reason_of(error: &ConfigError) -> String {
+    let text = error.to_string();
+    text.strip_prefix("invalid config: ")
+        .unwrap_or(&text)
+        .to_owned()
+}
+
 /// A member's or a pool's name: what metrics, logs and the shared tier call it.
 fn is_name(name: &str) -> bool {
     !name.is_empty()
@@ -996,11 +1001,11 @@ fn members(
                     .map_err(|e| invalid(format!("member `{name}`: url: {e}")))?;
                 let weight = keys::UPSTREAM_MEMBER_WEIGHT
                     .number(member.weight.map(u64::from))
-                    .map_err(|e| invalid(format!("member `{name}`: {e}")))?
+                    .map_err(|e| invalid(format!("member `{name}`: {}", reason_of(&e))))?
                     as u32;
                 let max_running = keys::UPSTREAM_MEMBER_MAX_RUNNING
                     .count(member.max_running)
-                    .map_err(|e| invalid(format!("member `{name}`: {e}")))?;
+                    .map_err(|e| invalid(format!("member `{name}`: {}", reason_of(&e))))?;
                 members.push(MemberConfig {
                     name,
                     url,
@@ -1190,8 +1195,8 @@ fn shared_cache(
     overrides: &Overrides,
     in_progress_ttl: Duration,
 ) -> Result<Option<SharedCacheConfig>, ConfigError> {
-    let raw = raw.unwrap_or_default();
-    let Some(redis_url) = overrides.redis_url.clone().or(raw.redis_url) else {
+    let mut raw = raw.unwrap_or_default();
+    let Some(redis_url) = overrides.redis_url.clone().or(raw.redis_url.take()) else {
         return Ok(None);
     };
     if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
@@ -1206,7 +1211,7 @@ fn shared_cache(
     let fingerprint_secret = overrides
         .fingerprint_secret
         .clone()
-        .or(raw.fingerprint_secret)
+        .or(raw.fingerprint_secret.take())
         .ok_or(ConfigError::Invalid {
             key: "shared_cache.fingerprint_secret",
             reason:

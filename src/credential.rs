@@ -45,7 +45,7 @@ impl CredentialFingerprint {
     }
 
     /// A fingerprint kept elsewhere (a sealed record in Redis), read back.
-    pub fn from_bytes(bytes: [u8; FINGERPRINT_LEN]) -> Self {
+    pub const fn from_bytes(bytes: [u8; FINGERPRINT_LEN]) -> Self {
         CredentialFingerprint(bytes)
     }
 

@@ -234,12 +234,13 @@ impl Fetcher {
     }
 
     /// The pool a passthrough request for `path` goes to: the one of the family that claims the
-    /// longest prefix of it, else the default pool.
+    /// longest prefix of it (nested prefixes: the innermost), else the default pool.
     pub fn pool_for_path(&self, path: &str) -> &Arc<Pool> {
         let families = self.families.load();
+        // Every family competes, those on the default pool too: `/v1/video/generations/...` is
+        // video-generations' even when video-query (`/v1/video/`) goes elsewhere.
         let claimed = families
             .live()
-            .filter(|family| family.upstream().is_some())
             .filter_map(|family| Some((family.claims(path)?, family.upstream())))
             .max_by_key(|(len, _)| *len);
         self.pools.get(claimed.and_then(|(_, pool)| pool))
@@ -491,6 +492,7 @@ impl Fetcher {
     ) -> Result<BufferedReply, UpstreamError> {
         if let Some(owner) = self.known_owner(family, id).await {
             let pool = self.pool_of(family);
+            let credential = *call.credential;
             let reply = pool
                 .member(owner)
                 .upstream
@@ -499,6 +501,14 @@ impl Fetcher {
                 .map_err(|e| pool.blame(owner, e));
             if let Ok(reply) = &reply {
                 self.note_finished(reply, family, id);
+                if self
+                    .families
+                    .load()
+                    .get(family)
+                    .is_not_found(reply.status.as_u16(), &reply.body)
+                {
+                    pool.gone(family, id, &credential);
+                }
             }
             return reply;
         }
@@ -587,7 +597,13 @@ impl Fetcher {
     }
 
     /// A submit placed on a member made task `id` of `family`: that member owns it from now on.
-    pub(crate) async fn owned(&self, family: FamilyId, id: &str, place: Place<'_>) {
+    pub(crate) async fn owned(
+        &self,
+        family: FamilyId,
+        id: &str,
+        place: Place<'_>,
+        submitter: CredentialFingerprint,
+    ) {
         if let Some(shared) = self
             .shared
             .as_ref()
@@ -595,7 +611,7 @@ impl Fetcher {
         {
             shared.set_owner(family, id, place.name()).await;
         }
-        place.made(family, id);
+        place.made(family, id, submitter);
     }
 
     /// The owner of task `id`: remembered here, else as another replica recorded it in Redis.

@@ -1021,6 +1021,21 @@ fn config_summary(config: &Config) -> String {
 /// The default pool, then each named pool and the families that go to it.
 fn pools_summary(config: &config::Config) -> String {
     let mut text = upstream_summary(&config.upstream);
+    if !config.upstreams.is_empty() {
+        let families: Vec<&str> = config
+            .families
+            .live()
+            .filter(|family| family.upstream().is_none())
+            .map(|family| family.name())
+            .collect();
+        text.push_str(&format!(
+            "\n  (the default pool: passthrough, and {})",
+            match families.as_slice() {
+                [] => "no family".to_owned(),
+                names => names.join(", "),
+            }
+        ));
+    }
     for (name, pool) in &config.upstreams {
         let families: Vec<&str> = config
             .families

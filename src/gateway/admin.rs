@@ -47,11 +47,10 @@ impl Gateway {
                 .iter()
                 .enumerate()
                 .map(|(id, member)| {
-                    let open = member.upstream.protection().breaker().is_open();
                     serde_json::json!({
                         "name": member.name,
                         "upstream": member.upstream.authority(),
-                        "circuit": if open { "open" } else { "closed" },
+                        "circuit": member.upstream.protection().breaker().label(),
                         "running": pool.running(id),
                         "max_running": member.max_running(),
                     })

@@ -348,7 +348,9 @@ impl Gateway {
                 .submit()
                 .and_then(|submit| submit.task_id_in(&answer.body))
         {
-            self.fetcher.owned(route.family, &id, place).await;
+            self.fetcher
+                .owned(route.family, &id, place, fingerprint)
+                .await;
         }
         if let Some((hooks, task, slot)) = hook {
             self.follow(&hooks, &route, task, slot, &answer).await;

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 
 use super::{Upstream, UpstreamError};
 use crate::config::{Config, MemberConfig, Policy, UpstreamConfig};
+use crate::credential::CredentialFingerprint;
 use crate::family::FamilyId;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
@@ -46,7 +47,8 @@ pub struct Member {
 
 #[derive(Default)]
 struct Running {
-    tasks: HashMap<TaskKey, Instant>,
+    /// Each with when it was submitted, and by whom (only its submitter's not-found frees it).
+    tasks: HashMap<TaskKey, (Instant, CredentialFingerprint)>,
     /// When tasks past the TTL were last dropped (at most once a second: a sweep is a full pass).
     swept: Option<Instant>,
 }
@@ -61,7 +63,7 @@ impl Member {
             .swept
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
-            running.tasks.retain(|_, since| since.elapsed() < ttl);
+            running.tasks.retain(|_, (since, _)| since.elapsed() < ttl);
             running.swept = Some(Instant::now());
         }
         running.tasks.len() + self.pending.load(Ordering::Relaxed)
@@ -212,8 +214,8 @@ impl Place<'_> {
     }
 
     /// The submit made task `id` of `family`: owned by this member and running there.
-    pub fn made(self, family: FamilyId, id: &str) {
-        self.pool.submitted(family, id, self.member);
+    pub fn made(self, family: FamilyId, id: &str, submitter: CredentialFingerprint) {
+        self.pool.submitted(family, id, self.member, submitter);
     }
 }
 
@@ -333,14 +335,20 @@ impl Pool {
     }
 
     /// A submit `member` accepted made task `id`: owned by it, and running there until seen finished.
-    pub fn submitted(&self, family: FamilyId, id: &str, member: MemberId) {
+    pub fn submitted(
+        &self,
+        family: FamilyId,
+        id: &str,
+        member: MemberId,
+        submitter: CredentialFingerprint,
+    ) {
         let key: TaskKey = (family, Box::from(id));
         if self.places_submits {
             self.members[member]
                 .running
                 .lock()
                 .tasks
-                .insert(key.clone(), Instant::now());
+                .insert(key.clone(), (Instant::now(), submitter));
         }
         if self.is_pool() {
             self.owners.insert(key, member);
@@ -349,6 +357,17 @@ impl Pool {
 
     /// Task `id` was seen finished: its place under its member's running limit is free.
     pub fn finished(&self, family: FamilyId, id: &str) {
+        self.free(family, id, None);
+    }
+
+    /// Its owner answered not-found for task `id` to `credential`: a member that restarted and lost
+    /// its tasks frees their places at their submitter's next poll. Another credential's not-found
+    /// (tasks are private to the key that made them) frees nothing.
+    pub fn gone(&self, family: FamilyId, id: &str, credential: &CredentialFingerprint) {
+        self.free(family, id, Some(credential));
+    }
+
+    fn free(&self, family: FamilyId, id: &str, asked_by: Option<&CredentialFingerprint>) {
         if !self.places_submits {
             return;
         }
@@ -358,14 +377,16 @@ impl Pool {
         } else {
             Some(0)
         };
-        if let Some(owner) = owner
-            && self.members[owner]
-                .running
-                .lock()
+        let Some(owner) = owner else { return };
+        let removed = {
+            let mut running = self.members[owner].running.lock();
+            let theirs = running
                 .tasks
-                .remove(&key)
-                .is_some()
-        {
+                .get(&key)
+                .is_some_and(|(_, submitter)| asked_by.is_none_or(|asker| asker == submitter));
+            theirs && running.tasks.remove(&key).is_some()
+        };
+        if removed {
             self.freed.notify_waiters();
         }
     }
@@ -375,11 +396,15 @@ impl Pool {
         self.members[member].load(self.running_ttl)
     }
 
-    /// Whether every member's breaker is open: nothing can be sent anywhere (readiness, with a pool).
+    /// Whether every member is down (readiness, with a pool): its circuit open; or, with a probe,
+    /// not closed (a cooled-down member is up only once a check answers). Without a probe a
+    /// cooled-down member counts as up: the next submit is its trial, and a gateway that called
+    /// itself unready until then would get no submit to try with.
     pub fn all_down(&self) -> bool {
-        self.members
-            .iter()
-            .all(|m| m.upstream.protection().breaker().is_open())
+        self.members.iter().all(|m| {
+            let breaker = m.upstream.protection().breaker();
+            breaker.is_open() || (self.probe.is_some() && !breaker.is_closed())
+        })
     }
 
     /// Sets the per-member gauges (at scrape time); whether every member's circuit is open.
@@ -508,6 +533,8 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SUBMITTER: CredentialFingerprint = CredentialFingerprint::from_bytes([7; 16]);
     use crate::config::{Config, Overrides};
 
     fn pool(policy: &str, members: &[(&str, u32, usize)]) -> Pool {
@@ -538,7 +565,7 @@ mod tests {
         for n in 0..6 {
             let place = pool.pick(&[], None).unwrap();
             counts[place.member()] += 1;
-            place.made(F, &format!("t{n}"));
+            place.made(F, &format!("t{n}"), SUBMITTER);
         }
         assert_eq!(counts, [2, 2, 2]);
         assert_eq!(pool.pick(&[], None).err(), Some(NoMember::AllBusy));
@@ -593,7 +620,7 @@ mod tests {
             member,
             "a submit that made nothing gives its place back"
         );
-        again.made(F, "t");
+        again.made(F, "t", SUBMITTER);
         assert_eq!(pool.running(member), 1);
         assert_eq!(pool.pick(&[], None).err(), Some(NoMember::AllBusy));
         let other = 1 - member;
@@ -608,7 +635,7 @@ mod tests {
     #[tokio::test]
     async fn a_submit_waits_for_a_place_up_to_queue_wait() {
         let pool = Arc::new(pool_waiting("least-busy", "1m", &[("a", 1, 1)]));
-        pool.pick(&[], None).unwrap().made(F, "t");
+        pool.pick(&[], None).unwrap().made(F, "t", SUBMITTER);
         let waiting = {
             let pool = Arc::clone(&pool);
             tokio::spawn(async move { pool.place(&[], None).await.map(|p| p.member()).ok() })
@@ -619,7 +646,7 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Some(0));
 
         let impatient = pool_waiting("least-busy", "0s", &[("a", 1, 1)]);
-        impatient.pick(&[], None).unwrap().made(F, "t");
+        impatient.pick(&[], None).unwrap().made(F, "t", SUBMITTER);
         assert_eq!(
             impatient.place(&[], None).await.err(),
             Some(NoMember::AllBusy)
@@ -629,7 +656,7 @@ mod tests {
     #[test]
     fn owners_are_remembered_per_family_and_one_member_owns_everything() {
         let many = pool("least-busy", &[("a", 1, 0), ("b", 1, 0)]);
-        many.submitted(F, "x", 1);
+        many.submitted(F, "x", 1, SUBMITTER);
         assert_eq!(many.named("b"), Some(1));
         assert_eq!(many.owner(F, "x"), Some(1));
         assert_eq!(many.owner(FamilyId(1), "x"), None, "another family's x");

@@ -265,6 +265,21 @@ impl Breaker {
             _ => false,
         }
     }
+
+    /// Closed: the last calls (or health checks) got answers. An open circuit whose cooldown has
+    /// passed is not closed: it lets one trial through, but nothing has answered yet.
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.state(), BreakerState::Closed { .. })
+    }
+
+    /// `closed`, `open`, or `half-open` (cooled down or trying, and not yet answered).
+    pub fn label(&self) -> &'static str {
+        match *self.state() {
+            BreakerState::Closed { .. } => "closed",
+            BreakerState::Open { until } if Instant::now() < until => "open",
+            _ => "half-open",
+        }
+    }
 }
 
 /// Upstream protection, shared by every call.

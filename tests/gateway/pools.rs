@@ -647,3 +647,62 @@ fn check_config_lists_each_pool_and_the_families_that_go_to_it() {
     );
     assert!(stdout.contains("probe GET /status every 10s"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_member_that_restarted_and_lost_its_tasks_frees_their_places_at_their_submitters_poll() {
+    let mut sims = members(2).await;
+    let gw = start_gateway(pool_config(&sims, "round-robin", 1, "")).await;
+    let on_m0 = imagined(&gw).await;
+    let on_m1 = imagined(&gw).await;
+    assert_eq!(imagine(&gw, KEY_A).await.status, 429, "both members full");
+
+    // Another key's not-found (tasks are private to the key that made them) frees nothing.
+    assert_eq!(fetch(&gw, &on_m1, KEY_B).await.status, 404);
+    assert_eq!(imagine(&gw, KEY_A).await.status, 429, "still full");
+
+    // m1 restarts on its port with no tasks: its submitter's next poll is not-found, and frees it.
+    let addr = sims[1].addr();
+    drop(sims.pop());
+    // The old server lets go of its port as its tasks wind down.
+    let mut listener = None;
+    for _ in 0..250 {
+        match std::net::TcpListener::bind(addr) {
+            Ok(bound) => {
+                listener = Some(bound);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let listener = listener.expect("m1's port free again");
+    listener.set_nonblocking(true).unwrap();
+    let back = Simulator::start_on(tokio::net::TcpListener::from_std(listener).unwrap()).unwrap();
+    assert_eq!(fetch(&gw, &on_m1, KEY_A).await.status, 404);
+    let next = imagine(&gw, KEY_A).await;
+    assert_eq!(next.status, 200, "{:?}", next.body);
+    assert_eq!(back.submits(), 1, "the freed place took it");
+    assert_eq!(sims[0].submits(), 1);
+    assert_eq!(fetch(&gw, &on_m0, KEY_A).await.status, 200);
+}
+
+#[tokio::test]
+async fn passthrough_under_nested_prefixes_goes_to_the_innermost_familys_pool() {
+    let default = Simulator::start().await.unwrap();
+    let relay = Simulator::start().await.unwrap();
+    // video-query (`/v1/video/`) goes to the relay; video-generations (`/v1/video/generations/`)
+    // stays on the default pool.
+    let text = format!(
+        "[upstream]\nurl = \"{}\"\n[upstreams.relay]\nurl = \"{}\"\n\
+         [families.video-query]\nupstream = \"relay\"\n[artifacts]\nenabled = false\n",
+        default.url(),
+        relay.url()
+    );
+    let gw = start_gateway(mjgate::Config::from_toml(&text, &Default::default()).unwrap()).await;
+    for path in ["/v1/video/generations/abc/extra", "/v1/video/other"] {
+        send(request(Method::GET, &gw.url(path), Some(KEY_A), "")).await;
+    }
+    let uris =
+        |sim: &Simulator| -> Vec<String> { sim.requests().iter().map(|r| r.uri.clone()).collect() };
+    assert_eq!(uris(&default), ["/v1/video/generations/abc/extra"]);
+    assert_eq!(uris(&relay), ["/v1/video/other"]);
+}
