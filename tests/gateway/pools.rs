@@ -64,6 +64,20 @@ async fn imagined(gw: &Gateway) -> String {
     reply.json()["result"].as_str().unwrap().to_owned()
 }
 
+/// A fresh simulator (no tasks) on the port a stopped one had, as a member that restarted: the
+/// old server lets go of its port as its tasks wind down (5 s at most).
+async fn restart_on(addr: std::net::SocketAddr) -> Simulator {
+    for _ in 0..250 {
+        if let Ok(listener) = std::net::TcpListener::bind(addr) {
+            listener.set_nonblocking(true).unwrap();
+            return Simulator::start_on(tokio::net::TcpListener::from_std(listener).unwrap())
+                .unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{addr} never came free");
+}
+
 fn submits(sims: &[Simulator]) -> Vec<u64> {
     sims.iter().map(Simulator::submits).collect()
 }
@@ -552,9 +566,7 @@ async fn a_probed_member_that_dies_leaves_the_rotation_before_a_submit_finds_it_
 
     // m1 back on its port: the probe closes its circuit (the cooldown is an hour), and round-robin
     // reaches it again.
-    let listener = std::net::TcpListener::bind(m1_addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let back = Simulator::start_on(tokio::net::TcpListener::from_std(listener).unwrap()).unwrap();
+    let back = restart_on(m1_addr).await;
     poll_until("m1's circuit closed by a probe", || async {
         scrape(&gw)
             .await
@@ -663,20 +675,7 @@ async fn a_member_that_restarted_and_lost_its_tasks_frees_their_places_at_their_
     // m1 restarts on its port with no tasks: its submitter's next poll is not-found, and frees it.
     let addr = sims[1].addr();
     drop(sims.pop());
-    // The old server lets go of its port as its tasks wind down.
-    let mut listener = None;
-    for _ in 0..250 {
-        match std::net::TcpListener::bind(addr) {
-            Ok(bound) => {
-                listener = Some(bound);
-                break;
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    }
-    let listener = listener.expect("m1's port free again");
-    listener.set_nonblocking(true).unwrap();
-    let back = Simulator::start_on(tokio::net::TcpListener::from_std(listener).unwrap()).unwrap();
+    let back = restart_on(addr).await;
     assert_eq!(fetch(&gw, &on_m1, KEY_A).await.status, 404);
     let next = imagine(&gw, KEY_A).await;
     assert_eq!(next.status, 200, "{:?}", next.body);
