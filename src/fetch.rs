@@ -499,7 +499,11 @@ impl Fetcher {
                 .call_buffered(call)
                 .await
                 .map_err(|e| pool.blame(owner, e));
-            if let Ok(reply) = &reply {
+            // Only a pool that counts running tasks reads the answer for them: a lone upstream's
+            // fetch pays no second parse.
+            if let Ok(reply) = &reply
+                && pool.places_submits()
+            {
                 self.note_finished(reply, family, id);
                 if self
                     .families
