@@ -5,12 +5,14 @@
 
 mod artifacts;
 pub mod keys;
+mod redis;
 mod trace;
 mod url;
 mod webhooks;
 
 pub use crate::trace::{OtlpProtocol, TraceConfig};
 pub use artifacts::{ArtifactStore, ArtifactsConfig};
+pub use redis::{RedisTls, RedisTopology, SentinelConfig};
 pub use webhooks::WebhooksConfig;
 
 pub use url::{UpstreamUrl, UrlError};
@@ -303,8 +305,8 @@ pub struct ServerConfig {
 /// `[shared_cache]`: the Redis tier. Its `Debug` leaves out the URL's password and the secret.
 #[derive(Clone)]
 pub struct SharedCacheConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
-    pub redis_url: String,
+    /// One server, a cluster, or a master named by sentinels.
+    pub topology: RedisTopology,
     /// Prepended to every key and channel name, so several deployments can share one Redis.
     pub key_prefix: String,
     /// The secret every replica keys credential fingerprints with, so they agree on key names.
@@ -319,15 +321,21 @@ pub struct SharedCacheConfig {
     pub poll_interval: Duration,
     /// While Redis is unreachable, how often it is probed.
     pub retry_interval: Duration,
+    /// `MJGATE_REDIS_PASSWORD`: the password (of the URL's user, or `default`), kept out of the
+    /// file; it beats one in the URL.
+    pub password: Option<String>,
+    /// TLS (`rediss://`): a PEM bundle of the CA that signed the server's certificate, trusted
+    /// instead of the system roots; and a client certificate and key for servers that require one.
+    pub tls: RedisTls,
 }
 
 impl std::fmt::Debug for SharedCacheConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedCacheConfig")
-            .field("redis_url", &redact_url(&self.redis_url))
+            .field("topology", &self.topology)
             .field(
                 "redis_credentials",
-                &crate::redact::redacted(userinfo(&self.redis_url).as_bytes()),
+                &crate::redact::redacted(self.topology.userinfo().as_bytes()),
             )
             .field("key_prefix", &self.key_prefix)
             .field(
@@ -339,6 +347,14 @@ impl std::fmt::Debug for SharedCacheConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("poll_interval", &self.poll_interval)
             .field("retry_interval", &self.retry_interval)
+            .field(
+                "redis_password",
+                &self
+                    .password
+                    .as_ref()
+                    .map(|p| crate::redact::redacted(p.as_bytes())),
+            )
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -634,6 +650,11 @@ struct RawSharedCache {
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     retry_interval: Option<Duration>,
+    cluster: Option<Vec<String>>,
+    sentinel: Option<redis::RawSentinel>,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
 }
 
 /// Overrides from the command line or the environment; they beat the file.
@@ -648,6 +669,8 @@ pub struct Overrides {
     pub artifacts_dir: Option<PathBuf>,
     /// `MJGATE_FINGERPRINT_SECRET`: kept out of files and process lists.
     pub fingerprint_secret: Option<String>,
+    /// `MJGATE_REDIS_PASSWORD`: the shared tier's password, kept out of files and process lists.
+    pub redis_password: Option<String>,
     /// `MJGATE_WEBHOOK_SECRET`: the webhook signing secret, likewise.
     pub webhook_secret: Option<String>,
     /// `MJGATE_ADMIN_TOKEN`: the admin routes' token, likewise.
@@ -1196,18 +1219,15 @@ fn shared_cache(
     in_progress_ttl: Duration,
 ) -> Result<Option<SharedCacheConfig>, ConfigError> {
     let mut raw = raw.unwrap_or_default();
-    let Some(redis_url) = overrides.redis_url.clone().or(raw.redis_url.take()) else {
+    let Some(topology) = redis::topology(
+        overrides.redis_url.clone(),
+        raw.redis_url.take(),
+        raw.cluster.take(),
+        raw.sentinel.take(),
+    )?
+    else {
         return Ok(None);
     };
-    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-        return Err(ConfigError::Invalid {
-            key: "shared_cache.redis_url",
-            reason: format!(
-                "`{}` is not a redis:// or rediss:// URL",
-                redact_url(&redis_url)
-            ),
-        });
-    }
     let fingerprint_secret = overrides
         .fingerprint_secret
         .clone()
@@ -1215,7 +1235,7 @@ fn shared_cache(
         .ok_or(ConfigError::Invalid {
             key: "shared_cache.fingerprint_secret",
             reason:
-                "is required with a redis_url, the same on every replica, so they agree on key \
+                "is required with the shared tier, the same on every replica, so they agree on key \
                      names (set it in the file or MJGATE_FINGERPRINT_SECRET)"
                     .into(),
         })?;
@@ -1223,6 +1243,21 @@ fn shared_cache(
         return Err(ConfigError::Invalid {
             key: "shared_cache.fingerprint_secret",
             reason: "must be at least 16 characters".into(),
+        });
+    }
+    let tls = redis::tls_files(
+        &topology,
+        raw.ca_file.take(),
+        raw.client_cert_file.take(),
+        raw.client_key_file.take(),
+    )?;
+    let key_prefix = keys::SHARED_CACHE_KEY_PREFIX.word(raw.key_prefix);
+    if key_prefix.contains(['{', '}']) {
+        // Key names carry a hash tag (`{...}`) so a task's keys share a cluster slot; a brace in
+        // the prefix would become the tag and put every key in one slot.
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.key_prefix",
+            reason: "must not contain `{` or `}` (key names carry their own hash tags)".into(),
         });
     }
     // At least 100ms: it is renewed at a third of its length.
@@ -1235,14 +1270,16 @@ fn shared_cache(
         });
     }
     Ok(Some(SharedCacheConfig {
-        redis_url,
-        key_prefix: keys::SHARED_CACHE_KEY_PREFIX.word(raw.key_prefix),
+        topology,
+        key_prefix,
         fingerprint_secret,
         terminal_ttl,
         timeout: keys::SHARED_CACHE_TIMEOUT.duration(raw.timeout)?,
         lease_ttl,
         poll_interval: keys::SHARED_CACHE_POLL_INTERVAL.duration(raw.poll_interval)?,
         retry_interval: keys::SHARED_CACHE_RETRY_INTERVAL.duration(raw.retry_interval)?,
+        password: overrides.redis_password.clone().filter(|p| !p.is_empty()),
+        tls,
     }))
 }
 

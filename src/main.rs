@@ -272,6 +272,7 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
         redis_url: args.redis_url.clone(),
         artifacts_dir: args.artifacts_dir.clone(),
         fingerprint_secret: std::env::var("MJGATE_FINGERPRINT_SECRET").ok(),
+        redis_password: std::env::var("MJGATE_REDIS_PASSWORD").ok(),
         webhook_secret: std::env::var("MJGATE_WEBHOOK_SECRET").ok(),
         admin_token: std::env::var("MJGATE_ADMIN_TOKEN").ok(),
     };
@@ -897,10 +898,10 @@ fn simulator(
 
 /// What `mjgate check-config` prints: the settings an operator most often gets wrong, secrets left out.
 fn config_summary(config: &Config) -> String {
-    let shared = config.shared_cache.as_ref().map_or_else(
-        || "off".to_owned(),
-        |shared| config::redact_url(&shared.redis_url),
-    );
+    let shared = config
+        .shared_cache
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |shared| shared.topology.describe());
     let families: Vec<&str> = config.families.all().iter().map(|f| f.name()).collect();
     let families = families.join(", ");
     let webhooks = match &config.webhooks {

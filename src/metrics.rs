@@ -714,13 +714,15 @@ pub enum SharedError {
     Timeout = 1,
     /// A stored value this version cannot read.
     Corrupt = 2,
+    /// Redis's TLS certificate was refused (unknown issuer, expired, another name).
+    Certificate = 3,
 }
 
 /// Counters and the state gauge of the shared tier.
 pub struct SharedMetrics {
     lookups: [IntCounter; 3],
     leases: [IntCounter; 4],
-    errors: [IntCounter; 3],
+    errors: [IntCounter; 4],
     writes: IntCounter,
     up: IntGauge,
     state_changes: IntCounter,
@@ -759,7 +761,8 @@ impl SharedMetrics {
             lookups: ["hit", "miss", "skipped"].map(|r| lookups.with_label_values(&[r])),
             leases: ["won", "waited", "taken_over", "gave_up"]
                 .map(|r| leases.with_label_values(&[r])),
-            errors: ["error", "timeout", "corrupt"].map(|k| errors.with_label_values(&[k])),
+            errors: ["error", "timeout", "corrupt", "tls_certificate"]
+                .map(|k| errors.with_label_values(&[k])),
             writes,
             up,
             state_changes,

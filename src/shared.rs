@@ -23,12 +23,11 @@ use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::watch;
 
 use crate::cache::{CacheKey, CachedTask};
-use crate::config::{SharedCacheConfig, redact_url};
+use crate::config::SharedCacheConfig;
 use crate::credential::FINGERPRINT_LEN;
 use crate::family::LiveFamilies;
 use crate::hex::push_hex;
@@ -40,10 +39,12 @@ pub mod codec;
 pub mod hooks;
 mod idempotency;
 mod lease;
+mod link;
 mod owners;
 
 pub use codec::{ValueKey, decode, encode};
 pub use lease::{Lease, under_lease};
+use link::{Link, Pipes};
 
 use codec::millis;
 
@@ -115,8 +116,8 @@ pub struct SharedCache {
 }
 
 struct Inner {
-    /// One multiplexed connection, re-established by the manager when it breaks.
-    connection: ConnectionManager,
+    /// The connection to Redis, whatever its layout (see [`link`]).
+    connection: Link,
     prefix: Vec<u8>,
     /// `{prefix}landed`: every replica publishes the task key it wrote, and listens.
     channel: Vec<u8>,
@@ -148,7 +149,7 @@ struct Inner {
     /// `upstream.max_body`: a value's body is never larger.
     max_body: u64,
     metrics: Arc<Metrics>,
-    /// The Redis URL without its password, for log lines.
+    /// Where Redis is, without a password, for log lines.
     redis: String,
     /// Family names, for Redis key names that mean the same on replicas whose family numbers differ.
     families: LiveFamilies,
@@ -170,13 +171,7 @@ impl SharedCache {
         metrics: Arc<Metrics>,
         families: LiveFamilies,
     ) -> Result<Self, RedisError> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(config.retry_interval);
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let connection = Link::new(config)?;
         let prefix = config.key_prefix.as_bytes().to_vec();
         let mut channel = prefix.clone();
         channel.extend_from_slice(b"landed");
@@ -205,7 +200,7 @@ impl SharedCache {
             max_value: codec::max_value_len(max_body),
             max_body,
             metrics,
-            redis: redact_url(&config.redis_url),
+            redis: config.topology.describe(),
             families,
             sealer: hooks::Sealer::new(config.fingerprint_secret.as_bytes()),
             _stop: stop,
@@ -214,7 +209,6 @@ impl SharedCache {
         tracing::info!(redis = %inner.redis, "shared cache enabled");
         tokio::spawn(listen(
             Arc::downgrade(&inner),
-            client,
             [channel, purge_channel],
             stopped.clone(),
             config.retry_interval,
@@ -259,22 +253,9 @@ impl SharedCache {
         }
         let names: Vec<Names> = keys.iter().map(|key| self.inner.names(key)).collect();
         let task_keys: Vec<&[u8]> = names.iter().map(|n| n.task.as_slice()).collect();
-        let mut connection = self.inner.connection.clone();
-        let mut mget = self.inner.mget_capped.prepare_invoke();
-        for key in &task_keys {
-            mget.key(*key);
-        }
-        mget.arg(self.inner.max_value);
-        let Some(values) = self
-            .run(mget.invoke_async::<Vec<Option<Vec<u8>>>>(&mut connection))
-            .await
-        else {
+        let Some(values) = self.mget_capped(&task_keys).await else {
             return lead_all();
         };
-        if values.len() != names.len() {
-            self.inner.metrics.shared.error(SharedError::Corrupt);
-            return lead_all();
-        }
         let claims = names.iter().zip(values).map(|(names, value)| async move {
             match value.and_then(|value| self.inner.decode_fresh(&names.task, &value)) {
                 Some(task) => {
@@ -297,11 +278,7 @@ impl SharedCache {
         if !self.is_up() || answers.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        // A pipeline's scripts must be loaded in it (a fresh or flushed Redis knows none).
-        if answers.iter().any(|(_, task)| !task.is_finished()) {
-            pipe.load_script(&self.inner.set_unless_finished).ignore();
-        }
+        let mut pipes = Pipes::new(&self.inner.connection);
         let mut written = 0;
         for (key, task) in answers {
             let age = task.stored_at.elapsed();
@@ -316,7 +293,9 @@ impl SharedCache {
             let names = self.inner.names(key);
             let value = encode(task, &names.task, &self.inner.seal);
             if task.is_finished() {
-                pipe.cmd("SET")
+                pipes
+                    .on(&names.task)
+                    .cmd("SET")
                     .arg(&names.task)
                     .arg(value)
                     .arg("PX")
@@ -327,27 +306,56 @@ impl SharedCache {
                     .arg(&names.task)
                     .ignore();
             } else {
-                pipe.invoke_script(
-                    self.inner
-                        .set_unless_finished
-                        .key(&names.task)
-                        .arg(value)
-                        .arg(millis(left))
-                        .arg(&self.inner.channel),
-                )
-                .ignore();
+                let script = &self.inner.set_unless_finished;
+                pipes
+                    .on_with_script(&names.task, script)
+                    .invoke_script(
+                        script
+                            .key(&names.task)
+                            .arg(value)
+                            .arg(millis(left))
+                            .arg(&self.inner.channel),
+                    )
+                    .ignore();
             }
             written += 1;
         }
-        let mut connection = self.inner.connection.clone();
-        if written > 0
-            && self
-                .run(pipe.query_async::<()>(&mut connection))
-                .await
-                .is_some()
-        {
+        if written > 0 && self.run(pipes.run(&self.inner.connection)).await.is_some() {
             self.inner.metrics.shared.write(written);
         }
+    }
+
+    /// [`GET_CAPPED`] of every key, in one script per hash slot (one for a server): `None` when
+    /// Redis failed or answered out of shape.
+    async fn mget_capped(&self, keys: &[&[u8]]) -> Option<Vec<Option<Vec<u8>>>> {
+        let groups = link::slot_groups(&self.inner.connection, keys);
+        let reads = groups.iter().map(|group| {
+            let mut connection = self.inner.connection.clone();
+            let mut mget = self.inner.mget_capped.prepare_invoke();
+            for &i in group {
+                mget.key(keys[i]);
+            }
+            mget.arg(self.inner.max_value);
+            async move {
+                mget.invoke_async::<Vec<Option<Vec<u8>>>>(&mut connection)
+                    .await
+            }
+        });
+        let read = futures_util::future::join_all(reads);
+        let answers = self
+            .run(async { read.await.into_iter().collect::<Result<Vec<_>, _>>() })
+            .await?;
+        let mut values = vec![None; keys.len()];
+        for (group, answer) in groups.iter().zip(answers) {
+            if answer.len() != group.len() {
+                self.inner.metrics.shared.error(SharedError::Corrupt);
+                return None;
+            }
+            for (&i, value) in group.iter().zip(answer) {
+                values[i] = value;
+            }
+        }
+        Some(values)
     }
 
     /// `GET` of one task key: `None` when Redis failed, `Some(None)` for no fresh answer.
@@ -490,6 +498,12 @@ impl Inner {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
+                // A refused certificate said as the upstream's are, not as a bare I/O error.
+                if let Some(fault) = crate::tls::CertificateFault::find(&e) {
+                    self.metrics.shared.error(SharedError::Certificate);
+                    self.mark_down(&format!("{} ({e})", fault.redis_reason()));
+                    return None;
+                }
                 // The connection's own response deadline (the same `timeout`) may fire first.
                 let kind = if e.is_timeout() {
                     SharedError::Timeout
@@ -526,8 +540,9 @@ impl Inner {
         }
     }
 
-    /// The Redis names of `key`: `{prefix}task:{fingerprint hex}:{family}:{id}` and
-    /// `{prefix}lease:...`.
+    /// The Redis names of `key`: `{prefix}task:{<fingerprint hex>:<family>:<id>}` and
+    /// `{prefix}lease:{...}`. The braces are a hash tag: a task's value and lease share a cluster
+    /// slot, so one script or pipeline may touch both.
     fn names(&self, key: &CacheKey) -> Names {
         let bytes: &[u8] = key.borrow();
         let (fingerprint, rest) = bytes.split_at(FINGERPRINT_LEN.min(bytes.len()));
@@ -539,14 +554,16 @@ impl Inner {
             .map_or("", |f| f.name());
         let name = |kind: &[u8]| {
             let mut name =
-                Vec::with_capacity(self.prefix.len() + 6 + 33 + family.len() + 1 + id.len());
+                Vec::with_capacity(self.prefix.len() + 8 + 33 + family.len() + 1 + id.len());
             name.extend_from_slice(&self.prefix);
             name.extend_from_slice(kind);
+            name.push(b'{');
             push_hex(&mut name, fingerprint);
             name.push(b':');
             name.extend_from_slice(family.as_bytes());
             name.push(b':');
             name.extend_from_slice(id);
+            name.push(b'}');
             name
         };
         Names {
@@ -585,6 +602,18 @@ impl Inner {
                 task_key: task_key.to_vec(),
                 sender,
             },
+        }
+    }
+
+    /// A message on one of the tier's channels: a purge another replica announced, or a landing.
+    fn heard(&self, channel: &[u8], payload: &[u8]) {
+        if channel == self.purge_channel.as_slice() {
+            let handler = self.on_purge.read().clone();
+            if let Some(handler) = handler {
+                handler(payload);
+            }
+        } else if channel == self.channel.as_slice() {
+            self.announced(payload);
         }
     }
 
@@ -639,40 +668,15 @@ impl Drop for Registration {
 /// Listens for landing announcements, reconnecting after failures; ends with the tier.
 async fn listen(
     inner: Weak<Inner>,
-    client: redis::Client,
-    [channel, purge_channel]: [Vec<u8>; 2],
+    channels: [Vec<u8>; 2],
     mut stop: watch::Receiver<()>,
     retry: Duration,
     connect_timeout: Duration,
 ) {
     loop {
-        let session = async {
-            // A blackholed Redis must not park the listener for the OS's connect timeout.
-            let connect = tokio::time::timeout(connect_timeout, client.get_async_pubsub());
-            let mut pubsub = connect.await.map_err(|_| {
-                RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
-            })??;
-            pubsub.subscribe(&channel).await?;
-            pubsub.subscribe(&purge_channel).await?;
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                let Some(inner) = inner.upgrade() else {
-                    return Ok(());
-                };
-                if message.get_channel_name().as_bytes() == purge_channel.as_slice() {
-                    let handler = inner.on_purge.read().clone();
-                    if let Some(handler) = handler {
-                        handler(message.get_payload_bytes());
-                    }
-                } else {
-                    inner.announced(message.get_payload_bytes());
-                }
-            }
-            Ok::<(), RedisError>(())
-        };
         tokio::select! {
             _ = stop.changed() => return,
-            ended = session => {
+            ended = subscription(&inner, &channels, connect_timeout) => {
                 // Polling covers the gap; the probe, not this, decides whether Redis is up.
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "shared cache subscription lost");
@@ -686,6 +690,88 @@ async fn listen(
     }
 }
 
+/// One subscription to both channels, until it breaks (or the tier is gone). A cluster's comes
+/// from its own connection; a server's (or the master Sentinel names now) from a pub/sub one.
+async fn subscription(
+    inner: &Weak<Inner>,
+    [channel, purge_channel]: &[Vec<u8>; 2],
+    connect_timeout: Duration,
+) -> Result<(), RedisError> {
+    let Some(link) = inner.upgrade().map(|inner| inner.connection.clone()) else {
+        return Ok(());
+    };
+    // A blackholed Redis must not park the listener for the OS's connect timeout.
+    let timed_out = |_| RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"));
+    if let Some(builder) = link.cluster_listener() {
+        return cluster_subscription(inner, builder, [channel, purge_channel], connect_timeout)
+            .await;
+    }
+    let client = tokio::time::timeout(connect_timeout, link.pubsub_client())
+        .await
+        .map_err(timed_out)??
+        .ok_or_else(|| RedisError::from((redis::ErrorKind::Io, "no pub/sub client")))?;
+    let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
+        .await
+        .map_err(timed_out)??;
+    pubsub.subscribe(channel).await?;
+    pubsub.subscribe(purge_channel).await?;
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let Some(inner) = inner.upgrade() else {
+            return Ok(());
+        };
+        inner.heard(
+            message.get_channel_name().as_bytes(),
+            message.get_payload_bytes(),
+        );
+    }
+    Ok(())
+}
+
+/// A cluster's subscription: announcements are published cluster-wide (classic `PUBLISH` reaches
+/// every node over the cluster bus), so one connection subscribed on any node hears them all. It
+/// speaks RESP3 so messages arrive as pushes and the crate renews the subscription when it
+/// reconnects; a ping every `connect_timeout` finds a connection that died for good.
+async fn cluster_subscription(
+    inner: &Weak<Inner>,
+    builder: redis::cluster::ClusterClientBuilder,
+    [channel, purge_channel]: [&Vec<u8>; 2],
+    connect_timeout: Duration,
+) -> Result<(), RedisError> {
+    let weak = inner.clone();
+    let builder = builder.push_sender(move |push: redis::PushInfo| {
+        if matches!(
+            push.kind,
+            redis::PushKind::Message | redis::PushKind::SMessage
+        ) && let Some(inner) = weak.upgrade()
+            && let [
+                redis::Value::BulkString(channel),
+                redis::Value::BulkString(payload),
+                ..,
+            ] = push.data.as_slice()
+        {
+            inner.heard(channel, payload);
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let client = builder.build()?;
+    let mut connection = tokio::time::timeout(connect_timeout, client.get_async_connection())
+        .await
+        .map_err(|_| RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))??;
+    connection.subscribe(channel).await?;
+    connection.subscribe(purge_channel).await?;
+    loop {
+        tokio::time::sleep(connect_timeout).await;
+        if inner.strong_count() == 0 {
+            return Ok(());
+        }
+        let ping = redis::cmd("PING");
+        tokio::time::timeout(connect_timeout, ping.query_async::<()>(&mut connection))
+            .await
+            .map_err(|_| RedisError::from((redis::ErrorKind::Io, "pub/sub ping timed out")))??;
+    }
+}
+
 /// While Redis is marked down, pings it every `retry`; the first answer marks it up.
 async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duration) {
     loop {
@@ -695,6 +781,11 @@ async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duratio
         }
         let Some(inner) = inner.upgrade() else { return };
         if inner.up.load(Ordering::Relaxed) {
+            continue;
+        }
+        // Sentinel: ask which server is the master now (a failover moves it).
+        if let Err(e) = inner.connection.refresh().await {
+            tracing::debug!(error = %e, "shared cache: the sentinels named no master");
             continue;
         }
         let mut connection = inner.connection.clone();

@@ -343,6 +343,21 @@ impl CertificateFault {
         }
     }
 
+    /// What the log says when Redis's certificate is refused (the shared tier's TLS).
+    pub fn redis_reason(self) -> &'static str {
+        match self {
+            CertificateFault::UnknownIssuer => {
+                "Redis's TLS certificate is not signed by a trusted authority (a private CA belongs in shared_cache.ca_file)"
+            }
+            CertificateFault::Expired => "Redis's TLS certificate has expired",
+            CertificateFault::NotYetValid => "Redis's TLS certificate is not valid yet",
+            CertificateFault::WrongName => {
+                "Redis's TLS certificate is for another name than the one connected to"
+            }
+            CertificateFault::Other => "Redis's TLS certificate was refused",
+        }
+    }
+
     /// The `cause` label of `mjgate_upstream_tls_errors_total`.
     pub fn label(self) -> &'static str {
         match self {

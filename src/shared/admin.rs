@@ -61,7 +61,7 @@ impl PurgeScope {
     /// The `SCAN MATCH` pattern of the task keys in scope under `prefix`.
     fn pattern(&self, prefix: &[u8]) -> Vec<u8> {
         let mut pattern = glob_escaped(prefix);
-        pattern.extend_from_slice(b"task:");
+        pattern.extend_from_slice(b"task:{");
         if let Some(credential) = &self.credential {
             pattern.extend(glob_escaped(credential.to_ascii_lowercase().as_bytes()));
         }
@@ -71,7 +71,10 @@ impl PurgeScope {
             pattern.extend(glob_escaped(family.as_bytes()));
             pattern.push(b':');
             match &self.id {
-                Some(id) => pattern.extend(glob_escaped(id.as_bytes())),
+                Some(id) => {
+                    pattern.extend(glob_escaped(id.as_bytes()));
+                    pattern.push(b'}');
+                }
                 None => pattern.push(b'*'),
             }
         }
@@ -143,19 +146,22 @@ impl SharedCache {
     /// how many were deleted, `None` when Redis failed.
     pub async fn purge(&self, scope: &PurgeScope) -> Option<u64> {
         // Deleted round by round, so a purge of everything holds one round's keys, never the whole
-        // keyspace's.
+        // keyspace's; on a cluster, master by master.
         let pattern = scope.pattern(&self.inner.prefix);
         let mut connection = self.inner.connection.clone();
-        let (mut cursor, mut deleted) = (0u64, 0u64);
-        for _ in 0..MAX_ROUNDS {
-            let (next, found) = self.scan_round(&pattern, cursor).await?;
-            if !found.is_empty() {
-                let n: u64 = self.run(connection.del(&found)).await?;
-                deleted += n;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+        let mut deleted = 0u64;
+        for target in self.scan_targets().await? {
+            let mut cursor = 0u64;
+            for _ in 0..MAX_ROUNDS {
+                let (next, found) = self.scan_round(&target, &pattern, cursor).await?;
+                if !found.is_empty() {
+                    let n: u64 = self.run(connection.del(&found)).await?;
+                    deleted += n;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         let _: i64 = self
@@ -172,40 +178,53 @@ impl SharedCache {
     /// The task keys `scope` names (one task's, for an inspection: a handful).
     async fn scan(&self, scope: &PurgeScope) -> Option<Vec<Vec<u8>>> {
         let pattern = scope.pattern(&self.inner.prefix);
-        let mut cursor = 0u64;
         let mut keys = Vec::new();
-        for _ in 0..MAX_ROUNDS {
-            let (next, found) = self.scan_round(&pattern, cursor).await?;
-            keys.extend(found);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        for target in self.scan_targets().await? {
+            let mut cursor = 0u64;
+            for _ in 0..MAX_ROUNDS {
+                let (next, found) = self.scan_round(&target, &pattern, cursor).await?;
+                keys.extend(found);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         Some(keys)
     }
 
-    /// One `SCAN cursor MATCH pattern COUNT 1000`: the next cursor (0 at the end) and its keys.
-    async fn scan_round(&self, pattern: &[u8], cursor: u64) -> Option<(u64, Vec<Vec<u8>>)> {
+    /// Where a `SCAN` must look: the server, or every master of a cluster.
+    async fn scan_targets(&self) -> Option<Vec<Option<(String, u16)>>> {
         let mut connection = self.inner.connection.clone();
-        self.run(
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection),
-        )
-        .await
+        self.run(async move { connection.scan_targets().await })
+            .await
+    }
+
+    /// One `SCAN cursor MATCH pattern COUNT 1000` on `target`: the next cursor (0 at the end) and
+    /// its keys.
+    async fn scan_round(
+        &self,
+        target: &Option<(String, u16)>,
+        pattern: &[u8],
+        cursor: u64,
+    ) -> Option<(u64, Vec<Vec<u8>>)> {
+        let mut connection = self.inner.connection.clone();
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        self.run(async move { connection.query_on(target, &scan).await })
+            .await
     }
 }
 
-/// The fingerprint's first 8 hex digits in a task key `{prefix}task:{hex}:...`.
+/// The fingerprint's first 8 hex digits in a task key `{prefix}task:{<hex>:...}`.
 fn fingerprint_of(key: &[u8], prefix: &[u8]) -> String {
     let rest = key
         .strip_prefix(prefix)
-        .and_then(|k| k.strip_prefix(b"task:"))
+        .and_then(|k| k.strip_prefix(b"task:{"))
         .unwrap_or_default();
     String::from_utf8_lossy(&rest[..rest.len().min(8)]).into_owned()
 }
@@ -240,13 +259,13 @@ mod tests {
         );
         assert_eq!(
             scope.pattern(b"mjgate:"),
-            b"mjgate:task:ab12*:midjourney:t\\*1"
+            b"mjgate:task:{ab12*:midjourney:t\\*1}"
         );
-        assert_eq!(PurgeScope::default().pattern(b"mj:"), b"mj:task:*");
+        assert_eq!(PurgeScope::default().pattern(b"mj:"), b"mj:task:{*");
         let family = PurgeScope {
             family: Some("suno".into()),
             ..PurgeScope::default()
         };
-        assert_eq!(family.pattern(b"mj:"), b"mj:task:*:suno:*");
+        assert_eq!(family.pattern(b"mj:"), b"mj:task:{*:suno:*");
     }
 }

@@ -1,7 +1,8 @@
 //! Webhook deliveries kept in the shared tier, so they survive a restart and move to another replica.
 //!
-//! Each watched hook is a record (`{prefix}hook:{id}`), an entry in the index `{prefix}hooks`, and a
-//! lease (`{prefix}hook-lease:{id}`). The
+//! Each watched hook is a record (`{prefix}hook:{<id>}`), an entry in the index `{prefix}hooks`, and
+//! a lease (`{prefix}hook-lease:{<id>}`): the braces are a hash tag, so a record and its lease share
+//! a cluster slot. The
 //! replica delivering it holds the lease and renews it; a replica that stops (shut down, killed)
 //! stops renewing, and another one's sweep takes the lease and goes on from the last delivered
 //! state. Only the lease holder delivers, so one replica delivers a given event. The record holds the
@@ -106,15 +107,17 @@ impl Sealer {
 impl SharedCache {
     fn hook_key(&self, id: &str) -> Vec<u8> {
         let mut key = self.inner.prefix.clone();
-        key.extend_from_slice(b"hook:");
+        key.extend_from_slice(b"hook:{");
         key.extend_from_slice(id.as_bytes());
+        key.push(b'}');
         key
     }
 
     fn hook_lease_key(&self, id: &str) -> Vec<u8> {
         let mut key = self.inner.prefix.clone();
-        key.extend_from_slice(b"hook-lease:");
+        key.extend_from_slice(b"hook-lease:{");
         key.extend_from_slice(id.as_bytes());
+        key.push(b'}');
         key
     }
 
@@ -195,33 +198,33 @@ impl SharedCache {
         };
         let key = self.hook_key(&record.id);
         let value = self.inner.sealer.seal(&key, &plain);
-        let mut connection = self.inner.connection.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        // The index has a slot of its own on a cluster: two pipelines there, one here.
+        let index = self.hook_index();
+        let mut pipes = super::Pipes::new(&self.inner.connection);
+        pipes
+            .on(&key)
+            .cmd("SET")
             .arg(&key)
             .arg(value)
             .arg("PX")
             .arg(millis(ttl))
-            .ignore()
+            .ignore();
+        pipes
+            .on(&index)
             .cmd("SADD")
-            .arg(self.hook_index())
+            .arg(&index)
             .arg(&record.id)
             .ignore();
-        let _: Option<()> = self.run(pipe.query_async(&mut connection)).await;
+        let _: Option<()> = self.run(pipes.run(&self.inner.connection)).await;
     }
 
     /// Forgets hook `id`: its deliveries are over (or its record expired).
     pub async fn delete_hook(&self, id: &str) {
-        let mut connection = self.inner.connection.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(self.hook_key(id))
-            .ignore()
-            .cmd("SREM")
-            .arg(self.hook_index())
-            .arg(id)
-            .ignore();
-        let _: Option<()> = self.run(pipe.query_async(&mut connection)).await;
+        let (key, index) = (self.hook_key(id), self.hook_index());
+        let mut pipes = super::Pipes::new(&self.inner.connection);
+        pipes.on(&key).cmd("DEL").arg(&key).ignore();
+        pipes.on(&index).cmd("SREM").arg(&index).arg(id).ignore();
+        let _: Option<()> = self.run(pipes.run(&self.inner.connection)).await;
     }
 
     /// Hooks no replica is delivering (their lease lapsed), each with its lease now held by this

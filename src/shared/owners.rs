@@ -31,17 +31,19 @@ impl SharedCache {
         if !self.is_up() || owners.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
+        let mut pipes = super::Pipes::new(&self.inner.connection);
         for (id, member) in owners {
-            pipe.cmd("SET")
-                .arg(self.owner_key(family, id))
+            let key = self.owner_key(family, id);
+            pipes
+                .on(&key)
+                .cmd("SET")
+                .arg(&key)
                 .arg(*member)
                 .arg("PX")
                 .arg(millis(self.inner.freshness.terminal))
                 .ignore();
         }
-        let mut connection = self.inner.connection.clone();
-        let _: Option<()> = self.run(pipe.query_async(&mut connection)).await;
+        let _: Option<()> = self.run(pipes.run(&self.inner.connection)).await;
     }
 
     /// The member names recorded for tasks `ids` of `family`, in order (`None` where none is, and

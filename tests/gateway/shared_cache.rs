@@ -46,7 +46,7 @@ fn redis_key(kind: &str, credential: &str, id: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("test:{kind}:{hex}:midjourney:{id}")
+    format!("test:{kind}:{{{hex}:midjourney:{id}}}")
 }
 
 /// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).

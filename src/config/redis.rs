@@ -1,0 +1,359 @@
+//! Where the shared tier's Redis is (`[shared_cache]`): one server by URL, a Redis Cluster by its
+//! seed nodes, or a master that Sentinel names; and how connections to it are secured (TLS files,
+//! a password kept out of the file).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ConfigError, redact_url};
+
+/// Most seed nodes (`shared_cache.cluster`) or sentinels (`shared_cache.sentinel.nodes`).
+pub const MAX_NODES: usize = 64;
+
+/// How the shared tier's Redis is laid out.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// `shared_cache.redis_url`: one server, or one endpoint that looks like one.
+    Server(String),
+    /// `shared_cache.cluster`: seed nodes of a Redis Cluster (the client learns the rest).
+    Cluster(Vec<String>),
+    /// `shared_cache.sentinel`: the master that a set of sentinels names, followed through
+    /// failovers.
+    Sentinel(SentinelConfig),
+}
+
+/// `[shared_cache.sentinel]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// The sentinels, as `redis://host:port` URLs (written `host:port` or as URLs with the
+    /// sentinels' own credentials; `rediss://` for TLS to them).
+    pub nodes: Vec<String>,
+    /// The master's ACL user, if not `default`.
+    pub username: Option<String>,
+    /// TLS to the master and its replicas (the sentinels' own TLS is their URLs' scheme).
+    pub tls: bool,
+}
+
+impl RedisTopology {
+    /// What the tier uses, without a password: for log lines, `/admin/config` and `check-config`.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisTopology::Server(url) => redact_url(url),
+            RedisTopology::Cluster(seeds) => format!(
+                "cluster of {} seed node(s): {}",
+                seeds.len(),
+                seeds
+                    .iter()
+                    .map(|s| redact_url(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            RedisTopology::Sentinel(s) => format!(
+                "master `{}` named by {} sentinel(s): {}{}",
+                s.master,
+                s.nodes.len(),
+                s.nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if s.tls { " (TLS to the master)" } else { "" }
+            ),
+        }
+    }
+
+    /// Whether connections to the data nodes are TLS.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            RedisTopology::Server(url) => url.starts_with("rediss://"),
+            RedisTopology::Cluster(seeds) => seeds.iter().all(|s| s.starts_with("rediss://")),
+            RedisTopology::Sentinel(s) => s.tls,
+        }
+    }
+
+    /// The `user:password` parts of every URL, for redacted `Debug` output.
+    pub fn userinfo(&self) -> String {
+        let urls: Vec<&String> = match self {
+            RedisTopology::Server(url) => vec![url],
+            RedisTopology::Cluster(seeds) => seeds.iter().collect(),
+            RedisTopology::Sentinel(s) => s.nodes.iter().collect(),
+        };
+        urls.iter()
+            .map(|url| super::userinfo(url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::fmt::Debug for RedisTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// How a `rediss://` connection is checked and presented (`shared_cache.ca_file`,
+/// `client_cert_file`, `client_key_file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    pub fn is_set(&self) -> bool {
+        *self != RedisTls::default()
+    }
+}
+
+/// `[shared_cache.sentinel]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    master: Option<String>,
+    #[serde(default)]
+    nodes: Vec<String>,
+    username: Option<String>,
+    #[serde(default)]
+    tls: bool,
+}
+
+/// The topology the keys name: exactly one of `redis_url` (or its override), `cluster` and
+/// `sentinel`; `None` when none is set (no shared tier).
+pub(super) fn topology(
+    url_override: Option<String>,
+    redis_url: Option<String>,
+    cluster: Option<Vec<String>>,
+    sentinel: Option<RawSentinel>,
+) -> Result<Option<RedisTopology>, ConfigError> {
+    // The command line's URL beats the file's layout whole: it points the tier elsewhere.
+    if let Some(url) = url_override {
+        return server(url).map(Some);
+    }
+    let set = [redis_url.is_some(), cluster.is_some(), sentinel.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache",
+            reason: "takes one of redis_url, cluster and sentinel".into(),
+        });
+    }
+    if let Some(url) = redis_url {
+        return server(url).map(Some);
+    }
+    if let Some(seeds) = cluster {
+        return cluster_seeds(seeds).map(Some);
+    }
+    match sentinel {
+        Some(raw) => sentinel_config(raw).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn is_redis_url(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+fn server(url: String) -> Result<RedisTopology, ConfigError> {
+    if !is_redis_url(&url) {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.redis_url",
+            reason: format!("`{}` is not a redis:// or rediss:// URL", redact_url(&url)),
+        });
+    }
+    Ok(RedisTopology::Server(url))
+}
+
+fn cluster_seeds(seeds: Vec<String>) -> Result<RedisTopology, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "shared_cache.cluster",
+        reason,
+    };
+    if seeds.is_empty() || seeds.len() > MAX_NODES {
+        return Err(invalid(format!("lists 1 to {MAX_NODES} seed nodes")));
+    }
+    if let Some(bad) = seeds.iter().find(|s| !is_redis_url(s)) {
+        return Err(invalid(format!(
+            "`{}` is not a redis:// or rediss:// URL",
+            redact_url(bad)
+        )));
+    }
+    let tls = seeds[0].starts_with("rediss://");
+    if seeds.iter().any(|s| s.starts_with("rediss://") != tls) {
+        return Err(invalid(
+            "mixes redis:// and rediss:// seeds: a cluster is all TLS or none".into(),
+        ));
+    }
+    Ok(RedisTopology::Cluster(seeds))
+}
+
+fn sentinel_config(raw: RawSentinel) -> Result<RedisTopology, ConfigError> {
+    let master = raw
+        .master
+        .filter(|m| !m.trim().is_empty())
+        .ok_or(ConfigError::Invalid {
+            key: "shared_cache.sentinel.master",
+            reason: "names the master the sentinels monitor (`sentinel monitor <name> ...`)".into(),
+        })?;
+    if raw.nodes.is_empty() || raw.nodes.len() > MAX_NODES {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.sentinel.nodes",
+            reason: format!("lists 1 to {MAX_NODES} sentinels (host:port)"),
+        });
+    }
+    let nodes = raw
+        .nodes
+        .into_iter()
+        .map(|node| {
+            let url = if is_redis_url(&node) {
+                node
+            } else {
+                format!("redis://{node}")
+            };
+            // host:port, nothing after it but an optional slash: a sentinel has no database.
+            let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+            let host_port = rest.rsplit('@').next().unwrap_or("").trim_end_matches('/');
+            let port_ok = host_port.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if port_ok {
+                Ok(url)
+            } else {
+                Err(ConfigError::Invalid {
+                    key: "shared_cache.sentinel.nodes",
+                    reason: format!("`{}` is not host:port", redact_url(&url)),
+                })
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RedisTopology::Sentinel(SentinelConfig {
+        master,
+        nodes,
+        username: raw.username.filter(|u| !u.is_empty()),
+        tls: raw.tls,
+    }))
+}
+
+/// The TLS files, checked: only with TLS connections, a certificate with its key, and every file
+/// readable PEM (a bad file is a bad config, not a tier that never comes up).
+pub(super) fn tls_files(
+    topology: &RedisTopology,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+) -> Result<RedisTls, ConfigError> {
+    let tls = RedisTls {
+        ca_file,
+        client_cert_file,
+        client_key_file,
+    };
+    if !tls.is_set() {
+        return Ok(tls);
+    }
+    if !topology.is_tls() {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.ca_file",
+            reason: "and the client certificate settings need TLS: rediss:// URLs (or \
+                     sentinel.tls = true)"
+                .into(),
+        });
+    }
+    if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+        return Err(ConfigError::Invalid {
+            key: "shared_cache.client_cert_file",
+            reason: "and shared_cache.client_key_file go together".into(),
+        });
+    }
+    let pem = |key: &'static str, path: &Option<PathBuf>, marker: &str| {
+        let Some(path) = path else { return Ok(()) };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+            key,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        if !text.contains(marker) {
+            return Err(ConfigError::Invalid {
+                key,
+                reason: format!("{} holds no PEM {marker}", path.display()),
+            });
+        }
+        Ok(())
+    };
+    pem("shared_cache.ca_file", &tls.ca_file, "CERTIFICATE")?;
+    pem(
+        "shared_cache.client_cert_file",
+        &tls.client_cert_file,
+        "CERTIFICATE",
+    )?;
+    pem(
+        "shared_cache.client_key_file",
+        &tls.client_key_file,
+        "PRIVATE KEY",
+    )?;
+    Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentinel(nodes: &[&str]) -> RawSentinel {
+        RawSentinel {
+            master: Some("mymaster".into()),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..RawSentinel::default()
+        }
+    }
+
+    #[test]
+    fn one_layout_at_a_time_and_the_command_line_url_beats_the_file() {
+        let both = topology(
+            None,
+            Some("redis://a:1".into()),
+            Some(vec!["redis://b:2".into()]),
+            None,
+        );
+        assert!(both.is_err());
+        let over = topology(
+            Some("redis://c:3".into()),
+            None,
+            Some(vec!["redis://b:2".into()]),
+            None,
+        );
+        assert_eq!(
+            over.unwrap(),
+            Some(RedisTopology::Server("redis://c:3".into()))
+        );
+        assert_eq!(topology(None, None, None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn cluster_seeds_are_urls_all_tls_or_none() {
+        assert!(cluster_seeds(vec![]).is_err());
+        assert!(cluster_seeds(vec!["127.0.0.1:7000".into()]).is_err());
+        assert!(cluster_seeds(vec!["redis://a:1".into(), "rediss://b:2".into()]).is_err());
+        let ok = cluster_seeds(vec!["rediss://u:p@a:1".into(), "rediss://b:2".into()]).unwrap();
+        assert!(ok.is_tls());
+        assert!(!ok.describe().contains("u:p"), "{}", ok.describe());
+    }
+
+    #[test]
+    fn sentinels_are_host_port_or_urls() {
+        let RedisTopology::Sentinel(s) =
+            sentinel_config(sentinel(&["127.0.0.1:26379", "redis://:pw@h:26380"])).unwrap()
+        else {
+            panic!("a sentinel layout");
+        };
+        assert_eq!(s.nodes, ["redis://127.0.0.1:26379", "redis://:pw@h:26380"]);
+        for bad in ["127.0.0.1", "h:0", ":26379", "h:port"] {
+            assert!(sentinel_config(sentinel(&[bad])).is_err(), "{bad}");
+        }
+        assert!(sentinel_config(sentinel(&[])).is_err());
+        let nameless = RawSentinel {
+            master: Some(" ".into()),
+            ..sentinel(&["h:1"])
+        };
+        assert!(sentinel_config(nameless).is_err());
+    }
+}
