@@ -82,6 +82,12 @@ redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('publish', ARGV[3], KEYS[1])
 return 1";
 
+/// Writes a finished state (`ARGV[1]`, for `ARGV[2]` ms) and announces it on `ARGV[3]`.
+const SET_AND_ANNOUNCE: &str = r"
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('publish', ARGV[3], KEYS[1])
+return 1";
+
 /// How long each kind of answer may be served, which is also its Redis expiry.
 #[derive(Debug, Clone, Copy)]
 pub struct Freshness {
@@ -142,6 +148,7 @@ struct Inner {
     get_capped: Script,
     mget_capped: Script,
     set_unless_finished: Script,
+    set_and_announce: Script,
     /// Tags every value with the key it is written under (see [`codec`]).
     seal: ValueKey,
     /// The most of a value read back: `upstream.max_body` and the value's header.
@@ -196,6 +203,7 @@ impl SharedCache {
             get_capped: Script::new(GET_CAPPED),
             mget_capped: Script::new(MGET_CAPPED),
             set_unless_finished: Script::new(SET_UNLESS_FINISHED),
+            set_and_announce: Script::new(SET_AND_ANNOUNCE),
             seal: ValueKey::new(config.fingerprint_secret.as_bytes()),
             max_value: codec::max_value_len(max_body),
             max_body,
@@ -206,6 +214,13 @@ impl SharedCache {
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
+        // A cluster's first connection (or the sentinels' first answer) is made now, not by the
+        // first request under its deadline.
+        let warm = inner.connection.clone();
+        let connect_timeout = config.timeout.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(connect_timeout, warm.refresh()).await;
+        });
         tracing::info!(redis = %inner.redis, "shared cache enabled");
         tokio::spawn(listen(
             Arc::downgrade(&inner),
@@ -292,32 +307,24 @@ impl SharedCache {
             }
             let names = self.inner.names(key);
             let value = encode(task, &names.task, &self.inner.seal);
-            if task.is_finished() {
-                pipes
-                    .on(&names.task)
-                    .cmd("SET")
-                    .arg(&names.task)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(millis(left))
-                    .ignore()
-                    .cmd("PUBLISH")
-                    .arg(&self.inner.channel)
-                    .arg(&names.task)
-                    .ignore();
+            // A script, not `SET` then `PUBLISH`: a cluster routes `PUBLISH` by its channel's
+            // slot, so the two could not share a pipeline there, and the value must be written
+            // before anyone hears of it.
+            let script = if task.is_finished() {
+                &self.inner.set_and_announce
             } else {
-                let script = &self.inner.set_unless_finished;
-                pipes
-                    .on_with_script(&names.task, script)
-                    .invoke_script(
-                        script
-                            .key(&names.task)
-                            .arg(value)
-                            .arg(millis(left))
-                            .arg(&self.inner.channel),
-                    )
-                    .ignore();
-            }
+                &self.inner.set_unless_finished
+            };
+            pipes
+                .on_with_script(&names.task, script)
+                .invoke_script(
+                    script
+                        .key(&names.task)
+                        .arg(value)
+                        .arg(millis(left))
+                        .arg(&self.inner.channel),
+                )
+                .ignore();
             written += 1;
         }
         if written > 0 && self.run(pipes.run(&self.inner.connection)).await.is_some() {
@@ -783,10 +790,15 @@ async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duratio
         if inner.up.load(Ordering::Relaxed) {
             continue;
         }
-        // Sentinel: ask which server is the master now (a failover moves it).
-        if let Err(e) = inner.connection.refresh().await {
-            tracing::debug!(error = %e, "shared cache: the sentinels named no master");
-            continue;
+        // Sentinel: ask which server is the master now (a failover moves it); cluster: connect.
+        let connect_timeout = inner.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(connect_timeout, inner.connection.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "shared cache: no connection to Redis yet");
+                continue;
+            }
+            Err(_) => continue,
         }
         let mut connection = inner.connection.clone();
         let ping = redis::cmd("PING");

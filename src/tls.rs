@@ -299,6 +299,12 @@ impl CertificateFault {
             if let Some(rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>() {
                 return Some(Self::of(c));
             }
+            // The redis crate keeps its cause as an `Arc<dyn Error>`, whose `source` skips the
+            // error inside: step into it.
+            if let Some(inner) = e.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+                source = Some(inner.as_ref() as &(dyn std::error::Error + 'static));
+                continue;
+            }
             // `io::Error::source` skips the error it wraps, and hyper-rustls wraps rustls's error in
             // an I/O error inside another: step into each.
             source = match e

@@ -106,11 +106,19 @@ impl Link {
         matches!(self, Link::Cluster(_))
     }
 
-    /// Asks the sentinels again which server is the master (the probe's first step while the
-    /// tier is down); nothing for the other layouts, whose clients follow changes themselves.
+    /// Asks the sentinels again which server is the master, or makes a cluster's first connection
+    /// (the probe's first step while the tier is down, and a warm-up at start); nothing for one
+    /// server, whose manager connects by itself. Cluster clients follow changes themselves.
     pub(super) async fn refresh(&self) -> RedisResult<()> {
-        if let Link::Sentinel(sentinel) = self {
-            sentinel.resolve().await?;
+        match self {
+            Link::Server(..) => {}
+            // Connects if not yet connected: the first command need not pay for the topology.
+            Link::Cluster(cluster) => {
+                cluster.connection().await?;
+            }
+            Link::Sentinel(sentinel) => {
+                sentinel.resolve().await?;
+            }
         }
         Ok(())
     }
@@ -279,7 +287,7 @@ impl ConnectionLike for Link {
 /// pipeline's keys must share a slot there. Run them with [`Pipes::run`].
 pub(super) struct Pipes {
     cluster: bool,
-    pipes: Vec<(Vec<u8>, Pipeline, bool)>,
+    pipes: Vec<(Vec<u8>, Pipeline, Vec<String>)>,
 }
 
 impl Pipes {
@@ -299,19 +307,19 @@ impl Pipes {
     /// none, and a pipeline's `EVALSHA` is not retried as a lone one is).
     pub(super) fn on_with_script(&mut self, key: &[u8], script: &redis::Script) -> &mut Pipeline {
         let entry = self.entry(key);
-        if !entry.2 {
+        if !entry.2.iter().any(|loaded| loaded == script.get_hash()) {
             entry.1.load_script(script).ignore();
-            entry.2 = true;
+            entry.2.push(script.get_hash().to_owned());
         }
         &mut entry.1
     }
 
-    fn entry(&mut self, key: &[u8]) -> &mut (Vec<u8>, Pipeline, bool) {
+    fn entry(&mut self, key: &[u8]) -> &mut (Vec<u8>, Pipeline, Vec<String>) {
         let tag: &[u8] = if self.cluster { hash_tag(key) } else { b"" };
         let index = match self.pipes.iter().position(|(t, _, _)| t.as_slice() == tag) {
             Some(index) => index,
             None => {
-                self.pipes.push((tag.to_vec(), redis::pipe(), false));
+                self.pipes.push((tag.to_vec(), redis::pipe(), Vec::new()));
                 self.pipes.len() - 1
             }
         };

@@ -26,6 +26,7 @@ mod passthrough;
 mod pools;
 mod purge;
 mod push;
+mod redis_topologies;
 mod resilience;
 mod shared_cache;
 mod shutdown;

@@ -18,11 +18,15 @@ use tokio::task::JoinHandle;
 pub use mjgate::tools::simulator::{Fault, NotFound, Simulator};
 pub use pki::{Leaf, Pki, toml_path};
 pub use receiver::{Delivery, Receiver, SECRET};
-pub use redis_server::RedisServer;
+pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::{MASTER_NAME, RedisSentinel};
+pub use redis_server::{RedisOptions, RedisServer, RedisTlsFiles};
 pub use s3_server::S3Server;
 
 mod pki;
 mod receiver;
+mod redis_cluster;
+mod redis_sentinel;
 mod redis_server;
 mod s3_server;
 

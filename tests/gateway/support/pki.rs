@@ -88,6 +88,31 @@ impl Pki {
         path
     }
 
+    /// Files for a `redis-server` on 127.0.0.1 signed by this CA (written to the directory), and
+    /// whether it requires client certificates.
+    pub fn redis_files(&self, clients_need_certificates: bool) -> super::RedisTlsFiles {
+        let leaf = self.leaf_with(|params| {
+            params.subject_alt_names.push(rcgen::SanType::IpAddress(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            ));
+        });
+        super::RedisTlsFiles {
+            cert: self.write("redis.pem", &leaf.cert_pem),
+            key: self.write("redis.key", &leaf.key_pem),
+            ca: self.ca_file(),
+            clients_need_certificates,
+        }
+    }
+
+    /// A client certificate and key signed by this CA, as files: `(cert, key)`.
+    pub fn client_files(&self) -> (PathBuf, PathBuf) {
+        let leaf = self.leaf();
+        (
+            self.write("client.pem", &leaf.cert_pem),
+            self.write("client.key", &leaf.key_pem),
+        )
+    }
+
     /// The CA certificate's PEM file.
     pub fn ca_file(&self) -> PathBuf {
         self.write("ca.pem", &self.ca_pem)

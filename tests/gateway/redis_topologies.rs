@@ -1,0 +1,374 @@
+//! The shared tier on the Redis operators run: TLS (a private CA, client certificates), ACL users
+//! and passwords kept out of the file, a three-master Redis Cluster, and a master under Sentinel.
+//! In each, replicas collapse across each other and share finished tasks, and losing a node
+//! (a cluster master, a sentinel's master) fails no client request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::support::*;
+
+const SECRET: &str = "topology-fingerprint-secret-0123456789";
+
+/// A gateway config sharing its cache through `[shared_cache]` `layout` (its layout keys, TLS
+/// files), with quick probes so tests do not wait long on a returning Redis.
+fn shared(sim: &Simulator, layout: &str, password: Option<&str>) -> mjgate::Config {
+    let mut config = config(
+        &sim.url(),
+        &format!(
+            "[shared_cache]\n{layout}\nfingerprint_secret = \"{SECRET}\"\nkey_prefix = \"test:\"\nretry_interval = \"100ms\"\n"
+        ),
+    );
+    // What `MJGATE_REDIS_PASSWORD` sets.
+    config.shared_cache.as_mut().unwrap().password = password.map(str::to_owned);
+    config
+}
+
+async fn replicas(configs: impl IntoIterator<Item = mjgate::Config>) -> Vec<Arc<Gateway>> {
+    let mut gateways = Vec::new();
+    for config in configs {
+        gateways.push(Arc::new(start_gateway(config).await));
+    }
+    gateways
+}
+
+/// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
+async fn wait_for_shared_state(gateway: &Gateway, up: bool) {
+    for _ in 0..400 {
+        if (scrape(gateway).await.value("mjgate_shared_cache_up", &[]) == 1.0) == up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mjgate_shared_cache_up never became {}", u8::from(up));
+}
+
+/// 40 concurrent fetches of a fresh slow task spread over `gateways` cost one upstream call, and a
+/// finished task fetched through the first is served by the second from Redis.
+async fn assert_replicas_share(sim: &Simulator, gateways: &[Arc<Gateway>], tag: &str) {
+    let hot = format!("hot-{tag}");
+    sim.create_task(KEY_A, &hot, "IN_PROGRESS");
+    sim.set_latency(Duration::from_millis(300));
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            let gateway = Arc::clone(&gateways[i % gateways.len()]);
+            let hot = hot.clone();
+            tokio::spawn(async move { fetch(&gateway, &hot, KEY_A).await })
+        })
+        .collect();
+    for reply in join_all(clients).await {
+        assert_eq!(reply.unwrap().status, 200);
+    }
+    sim.set_latency(Duration::ZERO);
+    assert_eq!(
+        sim.fetch_calls(&hot),
+        1,
+        "one upstream call across replicas"
+    );
+
+    let done = format!("done-{tag}");
+    sim.create_task(KEY_A, &done, "SUCCESS");
+    assert_eq!(fetch(&gateways[0], &done, KEY_A).await.status, 200);
+    assert_eq!(
+        fetch(&gateways[1], &done, KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
+    assert_eq!(sim.fetch_calls(&done), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_private_ca_replicas_share_one_cache() {
+    let pki = Pki::new("redis-tls");
+    let redis = RedisServer::start_with(RedisOptions {
+        tls: Some(pki.redis_files(false)),
+        ..RedisOptions::default()
+    });
+    let sim = Simulator::start().await.unwrap();
+    let layout = format!(
+        "redis_url = \"{}\"\nca_file = {}",
+        redis.tls_url(),
+        toml_path(&pki.ca_file())
+    );
+    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
+    assert_replicas_share(&sim, &gateways, "tls").await;
+    let connected = redis.cli(&["INFO", "clients"]);
+    assert!(connected.contains("connected_clients:"), "{connected}");
+    assert_eq!(
+        scrape(&gateways[0])
+            .await
+            .value("mjgate_shared_cache_errors_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_requires_client_certificates_gets_the_configured_one() {
+    let pki = Pki::new("redis-mtls");
+    let redis = RedisServer::start_with(RedisOptions {
+        tls: Some(pki.redis_files(true)),
+        ..RedisOptions::default()
+    });
+    let (cert, key) = pki.client_files();
+    let sim = Simulator::start().await.unwrap();
+    let base = format!(
+        "redis_url = \"{}\"\nca_file = {}",
+        redis.tls_url(),
+        toml_path(&pki.ca_file())
+    );
+    let with_certificate = format!(
+        "{base}\nclient_cert_file = {}\nclient_key_file = {}",
+        toml_path(&cert),
+        toml_path(&key)
+    );
+    let gateways = replicas((0..2).map(|_| shared(&sim, &with_certificate, None))).await;
+    assert_replicas_share(&sim, &gateways, "mtls").await;
+
+    // Without one, the server hangs up: requests are answered local-only, and it is counted.
+    let bare = start_gateway(shared(&sim, &base, None)).await;
+    sim.create_task(KEY_A, "bare", "SUCCESS");
+    assert_eq!(fetch(&bare, "bare", KEY_A).await.status, 200);
+    wait_for_shared_state(&bare, false).await;
+    assert!(
+        scrape(&bare)
+            .await
+            .value("mjgate_shared_cache_errors_total", &[])
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_redis_certificate_from_another_ca_is_refused_in_plain_words_and_counted() {
+    let logs = crate::observability::captured_logs();
+    let pki = Pki::new("redis-ca");
+    let other = Pki::new("redis-other-ca");
+    let redis = RedisServer::start_with(RedisOptions {
+        tls: Some(pki.redis_files(false)),
+        ..RedisOptions::default()
+    });
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t1", "SUCCESS");
+    let layout = format!(
+        "redis_url = \"{}\"\nca_file = {}",
+        redis.tls_url(),
+        toml_path(&other.ca_file())
+    );
+    let gateway = start_gateway(shared(&sim, &layout, None)).await;
+    assert_eq!(fetch(&gateway, "t1", KEY_A).await.status, 200);
+    wait_for_shared_state(&gateway, false).await;
+    let metrics = scrape(&gateway).await;
+    assert!(
+        metrics.value(
+            "mjgate_shared_cache_errors_total",
+            &[("kind", "tls_certificate")]
+        ) >= 1.0,
+        "{}",
+        logs.text()
+    );
+    assert!(
+        logs.text()
+            .contains("Redis's TLS certificate is not signed by a trusted authority"),
+        "{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn an_acl_user_with_its_password_from_the_environment_shares_within_its_keys() {
+    // `mjgate` may touch only `test:` keys and channels; `default` is the test's own.
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some("admin-pass".into()),
+        args: [
+            "--user",
+            "mjgate",
+            "on",
+            ">acl-pass-5d1c",
+            "~test:*",
+            "&test:*",
+            "+@all",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..RedisOptions::default()
+    });
+    let sim = Simulator::start().await.unwrap();
+    let layout = format!("redis_url = \"redis://mjgate@127.0.0.1:{}\"", redis.port());
+    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, Some("acl-pass-5d1c")))).await;
+    assert_replicas_share(&sim, &gateways, "acl").await;
+    let metrics = scrape(&gateways[0]).await;
+    assert_eq!(metrics.value("mjgate_shared_cache_errors_total", &[]), 0.0);
+    assert!(!metrics.text.contains("acl-pass"), "no password in metrics");
+
+    // A wrong password: refused by Redis, every request still answered.
+    let wrong = start_gateway(shared(&sim, &layout, Some("not-the-password"))).await;
+    sim.create_task(KEY_A, "wrong", "SUCCESS");
+    assert_eq!(fetch(&wrong, "wrong", KEY_A).await.status, 200);
+    wait_for_shared_state(&wrong, false).await;
+}
+
+/// The Redis names of task `id` of `KEY_A` (its value and lease), as `SECRET` replicas write them.
+fn task_names(id: &str) -> [String; 2] {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", KEY_A.parse().unwrap());
+    let fingerprint =
+        mjgate::credential::Fingerprinter::from_secret(SECRET.as_bytes()).fingerprint(&headers);
+    let hex: String = fingerprint
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    ["task", "lease"].map(|kind| format!("test:{kind}:{{{hex}:midjourney:{id}}}"))
+}
+
+/// Fetches fresh finished tasks through `gateway` until one lands in Redis (`written` of its task
+/// key): the replica is writing to the Redis that now serves. Bounded.
+async fn until_written(
+    sim: &Simulator,
+    gateway: &Gateway,
+    tag: &str,
+    written: impl Fn(&str) -> bool,
+) {
+    for i in 0..200 {
+        let id = format!("{tag}-{i}");
+        sim.create_task(KEY_A, &id, "SUCCESS");
+        assert_eq!(fetch(gateway, &id, KEY_A).await.status, 200);
+        if written(&task_names(&id)[0]) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{tag}: the replica never wrote to Redis again");
+}
+
+/// Fetches of `ids` through every gateway, round after round, until `stop`: how many were
+/// answered, and how many were not 200.
+fn keep_fetching(
+    gateways: &[Arc<Gateway>],
+    ids: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let gateways = gateways.to_vec();
+    tokio::spawn(async move {
+        let (mut answered, mut failed) = (0, 0);
+        for _round in 0..10_000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let fetches = ids.iter().enumerate().map(|(i, id)| {
+                let gateway = Arc::clone(&gateways[i % gateways.len()]);
+                async move { fetch(&gateway, id, KEY_A).await.status }
+            });
+            for status in join_all(fetches).await {
+                answered += 1;
+                if status != 200 {
+                    failed += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (answered, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_password_cluster_shares_like_one_server_and_survives_losing_a_master() {
+    let pki = Pki::new("redis-cluster");
+    let mut cluster = RedisCluster::start(Some(pki.redis_files(false)), Some("cluster-pass"));
+    let sim = Simulator::start().await.unwrap();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("{s:?}")).collect();
+    let layout = format!(
+        "cluster = [{}]\nca_file = {}",
+        seeds.join(", "),
+        toml_path(&pki.ca_file())
+    );
+    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, Some("cluster-pass")))).await;
+    assert_replicas_share(&sim, &gateways, "cluster").await;
+
+    // Each task's value and lease sit in one slot; the tasks spread over the masters.
+    let [task, lease] = task_names("done-cluster");
+    assert_eq!(cluster.keyslot(&task), cluster.keyslot(&lease));
+    assert!(
+        cluster.keys("test:task:*").contains(&task),
+        "{:?}",
+        cluster.keys("test:*")
+    );
+    let ids: Vec<String> = (0..30).map(|i| format!("load-{i}")).collect();
+    for id in &ids {
+        sim.create_task(KEY_A, id, "IN_PROGRESS");
+    }
+    let slots: std::collections::BTreeSet<u16> = ids
+        .iter()
+        .map(|id| cluster.keyslot(&task_names(id)[0]))
+        .collect();
+    assert!(slots.len() > 20, "ids hash apart: {} slots", slots.len());
+
+    // Under load, the master holding a finished task dies; its replica takes over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keep_fetching(&gateways, ids.clone(), Arc::clone(&stop));
+    let victim = cluster.keyslot(&task);
+    cluster.kill_master_of(victim);
+    for (i, gateway) in gateways.iter().enumerate() {
+        until_written(&sim, gateway, &format!("moved-{i}"), |key| {
+            !cluster.get(key).is_empty()
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = load.await.unwrap();
+    assert!(answered >= ids.len(), "the load ran: {answered}");
+    assert_eq!(failed, 0, "every request answered through the failover");
+
+    // Sharing goes on, on the promoted replica too.
+    sim.create_task(KEY_A, "after", "SUCCESS");
+    let [after, _] = task_names("after");
+    assert_eq!(fetch(&gateways[0], "after", KEY_A).await.status, 200);
+    assert_eq!(
+        fetch(&gateways[1], "after", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
+    assert_eq!(sim.fetch_calls("after"), 1);
+    assert!(!cluster.get(&after).is_empty(), "written to the cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart() {
+    let mut sentinel = RedisSentinel::start();
+    let sim = Simulator::start().await.unwrap();
+    let nodes: Vec<String> = sentinel.nodes().iter().map(|n| format!("{n:?}")).collect();
+    let layout = format!(
+        "sentinel = {{ master = \"{MASTER_NAME}\", nodes = [{}] }}",
+        nodes.join(", ")
+    );
+    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
+    assert_replicas_share(&sim, &gateways, "sentinel").await;
+    let [done, _] = task_names("done-sentinel");
+    assert!(!sentinel.master.cli(&["GET", &done]).is_empty());
+
+    let ids: Vec<String> = (0..20).map(|i| format!("load-{i}")).collect();
+    for id in &ids {
+        sim.create_task(KEY_A, id, "IN_PROGRESS");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keep_fetching(&gateways, ids.clone(), Arc::clone(&stop));
+    sentinel.fail_over();
+    // Both replicas find the new master by themselves, and write there again.
+    for (i, gateway) in gateways.iter().enumerate() {
+        until_written(&sim, gateway, &format!("moved-{i}"), |key| {
+            !sentinel.replica.cli(&["GET", key]).is_empty()
+        })
+        .await;
+    }
+    sim.create_task(KEY_A, "after", "SUCCESS");
+    assert_eq!(fetch(&gateways[0], "after", KEY_A).await.status, 200);
+    assert_eq!(
+        fetch(&gateways[1], "after", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
+    assert_eq!(sim.fetch_calls("after"), 1);
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = load.await.unwrap();
+    assert!(answered >= ids.len(), "the load ran: {answered}");
+    assert_eq!(failed, 0, "every request answered through the failover");
+}
