@@ -163,6 +163,8 @@ struct Inner {
     /// Seals the webhook records kept here (they hold a client's credential), keyed by the
     /// fingerprint secret every replica shares.
     sealer: hooks::Sealer,
+    /// When a refused Redis certificate was last logged.
+    certificate_logged: Mutex<Option<Instant>>,
     /// Dropped with the tier: the listener and the probe see it and stop.
     _stop: watch::Sender<()>,
 }
@@ -211,6 +213,7 @@ impl SharedCache {
             redis: config.topology.describe(),
             families,
             sealer: hooks::Sealer::new(config.fingerprint_secret.as_bytes()),
+            certificate_logged: Mutex::new(None),
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
@@ -505,10 +508,8 @@ impl Inner {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
-                // A refused certificate said as the upstream's are, not as a bare I/O error.
-                if let Some(fault) = crate::tls::CertificateFault::find(&e) {
-                    self.metrics.shared.error(SharedError::Certificate);
-                    self.mark_down(&format!("{} ({e})", fault.redis_reason()));
+                if self.certificate_refused(&e) {
+                    self.mark_down(&e.to_string());
                     return None;
                 }
                 // The connection's own response deadline (the same `timeout`) may fire first.
@@ -527,6 +528,30 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Whether `e` is Redis's certificate refused: then it is counted and said in plain words, as
+    /// the upstream's are, at most once a minute. The connection's handshake may fail in the probe
+    /// or the listener rather than in a request (a request's command often just times out while
+    /// the connection is retried), so each of them reports here.
+    fn certificate_refused(&self, e: &RedisError) -> bool {
+        let Some(fault) = crate::tls::CertificateFault::find(e) else {
+            return false;
+        };
+        self.metrics.shared.error(SharedError::Certificate);
+        let now = Instant::now();
+        let mut last = self.certificate_logged.lock();
+        if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+            *last = Some(now);
+            tracing::warn!(
+                redis = %self.redis,
+                cause = fault.label(),
+                error = %e,
+                "{} (logged once a minute; counted in mjgate_shared_cache_errors_total{{kind=\"tls_certificate\"}})",
+                fault.redis_reason()
+            );
+        }
+        true
     }
 
     fn mark_down(&self, reason: &str) {
@@ -686,7 +711,10 @@ async fn listen(
             ended = subscription(&inner, &channels, connect_timeout) => {
                 // Polling covers the gap; the probe, not this, decides whether Redis is up.
                 if let Err(e) = ended {
-                    tracing::debug!(error = %e, "shared cache subscription lost");
+                    let refused = inner.upgrade().is_some_and(|inner| inner.certificate_refused(&e));
+                    if !refused {
+                        tracing::debug!(error = %e, "shared cache subscription lost");
+                    }
                 }
             }
         }
@@ -804,8 +832,12 @@ async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duratio
         let ping = redis::cmd("PING");
         let answer =
             tokio::time::timeout(inner.timeout, ping.query_async::<String>(&mut connection));
-        if let Ok(Ok(_)) = answer.await {
-            inner.mark_up();
+        match answer.await {
+            Ok(Ok(_)) => inner.mark_up(),
+            Ok(Err(e)) => {
+                inner.certificate_refused(&e);
+            }
+            Err(_) => {}
         }
     }
 }

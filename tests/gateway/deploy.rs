@@ -422,3 +422,85 @@ fn kubectl_renders_the_base_as_one_replica_and_the_overlay_as_three_on_redis() {
     deployment_named(&docs, "mjgate-redis");
     assert!(docs.iter().any(|d| d["kind"] == "Ingress"));
 }
+
+/// The compose files of the production Redis layouts: their services, the files they mount, and a
+/// gateway config that loads as the layout it is for.
+#[test]
+fn the_redis_cluster_and_sentinel_kits_run_their_layouts_with_configs_that_load() {
+    let overrides = mjgate::config::Overrides {
+        fingerprint_secret: Some("0123456789abcdef0123456789abcdef".into()),
+        ..Default::default()
+    };
+    for (kit, nodes) in [
+        (
+            "redis-cluster",
+            &[
+                "redis-1", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
+            ][..],
+        ),
+        (
+            "redis-sentinel",
+            &[
+                "redis-master",
+                "redis-replica",
+                "sentinel-1",
+                "sentinel-2",
+                "sentinel-3",
+            ][..],
+        ),
+    ] {
+        let mut compose = yaml(&format!("{kit}/docker-compose.yml"));
+        compose.apply_merge().expect("merge keys resolve");
+        let services = compose["services"].as_mapping().expect("services");
+        for name in nodes.iter().chain(&["mjgate-1", "mjgate-2"]) {
+            assert!(services.contains_key(*name), "{kit}: no {name}");
+        }
+        for name in ["mjgate-1", "mjgate-2"] {
+            let env = &compose["services"][name]["environment"];
+            assert!(
+                env["MJGATE_REDIS_PASSWORD"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("${MJGATE_REDIS_PASSWORD:?")),
+                "{kit}/{name}: the password comes from the environment and is required"
+            );
+        }
+        for service in services.values() {
+            for volume in service["volumes"].as_sequence().into_iter().flatten() {
+                let host = volume.as_str().unwrap().split(':').next().unwrap();
+                if host.starts_with('.') {
+                    assert!(
+                        deploy(&format!("{kit}/{host}")).exists(),
+                        "{kit} mounts {host}"
+                    );
+                }
+            }
+        }
+        // The CA the kit makes at first start, here a stand-in at a path of the test's own.
+        let ca = std::env::temp_dir().join(format!("mjgate-kit-ca-{}.pem", std::process::id()));
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text =
+            read(&format!("{kit}/mjgate.toml")).replace("/certs/ca.pem", &ca.display().to_string());
+        let config = mjgate::Config::from_toml(&text, &overrides)
+            .unwrap_or_else(|e| panic!("{kit}/mjgate.toml: {e}"));
+        let topology = &config
+            .shared_cache
+            .as_ref()
+            .expect("the shared tier")
+            .topology;
+        match (kit, topology) {
+            ("redis-cluster", mjgate::config::RedisTopology::Cluster(seeds)) => {
+                assert_eq!(seeds.len(), 3);
+                assert!(topology.is_tls());
+            }
+            ("redis-sentinel", mjgate::config::RedisTopology::Sentinel(s)) => {
+                assert_eq!(s.master, "mymaster");
+                assert_eq!(s.nodes.len(), 3);
+            }
+            _ => panic!("{kit}: {topology:?}"),
+        }
+    }
+}

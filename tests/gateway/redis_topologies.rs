@@ -14,12 +14,13 @@ use crate::support::*;
 const SECRET: &str = "topology-fingerprint-secret-0123456789";
 
 /// A gateway config sharing its cache through `[shared_cache]` `layout` (its layout keys, TLS
-/// files), with quick probes so tests do not wait long on a returning Redis.
+/// files), with quick probes so tests do not wait long on a returning Redis, and a deadline of 1 s
+/// rather than 250 ms: a debug build's TLS handshakes on a busy test machine are not what is tested.
 fn shared(sim: &Simulator, layout: &str, password: Option<&str>) -> mjgate::Config {
     let mut config = config(
         &sim.url(),
         &format!(
-            "[shared_cache]\n{layout}\nfingerprint_secret = \"{SECRET}\"\nkey_prefix = \"test:\"\nretry_interval = \"100ms\"\n"
+            "[shared_cache]\n{layout}\nfingerprint_secret = \"{SECRET}\"\nkey_prefix = \"test:\"\nretry_interval = \"100ms\"\ntimeout = \"1s\"\n"
         ),
     );
     // What `MJGATE_REDIS_PASSWORD` sets.
@@ -158,15 +159,19 @@ async fn a_redis_certificate_from_another_ca_is_refused_in_plain_words_and_count
     let gateway = start_gateway(shared(&sim, &layout, None)).await;
     assert_eq!(fetch(&gateway, "t1", KEY_A).await.status, 200);
     wait_for_shared_state(&gateway, false).await;
-    let metrics = scrape(&gateway).await;
-    assert!(
-        metrics.value(
+    // The handshake fails in whichever connects first (a request, the probe, the listener).
+    let mut counted = 0.0;
+    for _ in 0..200 {
+        counted = scrape(&gateway).await.value(
             "mjgate_shared_cache_errors_total",
-            &[("kind", "tls_certificate")]
-        ) >= 1.0,
-        "{}",
-        logs.text()
-    );
+            &[("kind", "tls_certificate")],
+        );
+        if counted >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted >= 1.0, "{}", logs.text());
     assert!(
         logs.text()
             .contains("Redis's TLS certificate is not signed by a trusted authority"),
@@ -284,6 +289,14 @@ async fn a_tls_password_cluster_shares_like_one_server_and_survives_losing_a_mas
         toml_path(&pki.ca_file())
     );
     let gateways = replicas((0..2).map(|_| shared(&sim, &layout, Some("cluster-pass")))).await;
+    // Connected (the first connection learns six nodes over TLS: on a busy machine it may take
+    // longer than one command's deadline, which only sends that request local-only).
+    for (i, gateway) in gateways.iter().enumerate() {
+        until_written(&sim, gateway, &format!("ready-{i}"), |key| {
+            !cluster.get(key).is_empty()
+        })
+        .await;
+    }
     assert_replicas_share(&sim, &gateways, "cluster").await;
 
     // Each task's value and lease sit in one slot; the tasks spread over the masters.
@@ -342,6 +355,12 @@ async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart()
         nodes.join(", ")
     );
     let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
+    for (i, gateway) in gateways.iter().enumerate() {
+        until_written(&sim, gateway, &format!("ready-{i}"), |key| {
+            !sentinel.master.cli(&["GET", key]).is_empty()
+        })
+        .await;
+    }
     assert_replicas_share(&sim, &gateways, "sentinel").await;
     let [done, _] = task_names("done-sentinel");
     assert!(!sentinel.master.cli(&["GET", &done]).is_empty());
