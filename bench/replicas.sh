@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Upstream calls with 1 and with 3 mjgate replicas, on 127.0.0.1 only: the same client load through an
-# nginx balancer, with and without consistent hashing, with and without the shared Redis tier.
+# nginx balancer, with and without consistent hashing, with and without the shared Redis tier (one
+# server, or a three-master Redis Cluster with a replica each); then cache-hit throughput of one replica
+# with no Redis, one server and the cluster (hits never touch Redis).
 #
 #   bench/replicas.sh                 # about 5 minutes
 #   POLL_SECS=15 bench/replicas.sh    # a quick look
@@ -17,7 +19,7 @@ TASK_SECS=${TASK_SECS:-$((POLL_SECS * 2 / 3))}
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-ensure nginx:nginx-light redis-server:redis-server
+ensure nginx:nginx-light redis-server:redis-server redis-cli:redis-tools wrk:wrk
 cargo build --release --quiet
 BIN=$PWD/target/release/mjgate
 ulimit -n 65536 2>/dev/null || true
@@ -30,10 +32,11 @@ LB=127.0.0.1:19600
 REPLICAS=(127.0.0.1:19601 127.0.0.1:19602 127.0.0.1:19603)
 KEY="Bearer sk-bench"
 SECRET=bench-fingerprint-secret-0123456789
-sim_pid="" redis_pid="" replica_pids=()
+CLUSTER_PORTS=(19510 19511 19512 19513 19514 19515)
+sim_pid="" redis_pid="" replica_pids=() cluster_pids=()
 
 cleanup() {
-    for pid in $sim_pid $redis_pid "${replica_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in $sim_pid $redis_pid "${replica_pids[@]}" "${cluster_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
     sleep 0.5
     rm -rf "$WORK"
@@ -45,14 +48,38 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
 redis_pid=$!
 wait_port "127.0.0.1:$REDIS_PORT"
 
-start_sim() {
+# Six cluster nodes (bus ports +20), joined as three masters with a replica each.
+for port in "${CLUSTER_PORTS[@]}"; do
+    mkdir -p "$WORK/node-$port"
+    (cd "$WORK/node-$port" && exec redis-server --port "$port" --cluster-port $((port + 20)) \
+        --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+        --save "" --appendonly no --maxmemory 256mb --maxmemory-policy allkeys-lru >/dev/null) &
+    cluster_pids+=($!)
+    wait_port "127.0.0.1:$port"
+done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 1 \
+    --cluster-yes >/dev/null
+for _ in $(seq 100); do
+    redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q cluster_state:ok && break
+    sleep 0.1
+done
+SEEDS=$(printf '"redis://127.0.0.1:%s", ' "${CLUSTER_PORTS[@]:0:3}")
+
+flush_redis() {
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    for port in "${CLUSTER_PORTS[@]}"; do
+        redis-cli -p "$port" flushall >/dev/null 2>&1 || true # replicas refuse it: their master's counts
+    done
+}
+
+start_sim() { # start_sim [TASK_DURATION]
     [ -n "$sim_pid" ] && { kill "$sim_pid"; wait "$sim_pid" 2>/dev/null || true; }
-    "$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" --task-duration "${TASK_SECS}s" 2>/dev/null &
+    "$BIN" simulator --listen "$SIM" --tasks 50 --credential "$KEY" --task-duration "${1:-${TASK_SECS}s}" 2>/dev/null &
     sim_pid=$!
     wait_port "$SIM"
 }
 
-# start_replicas COUNT SHARED(yes|no)
+# start_replicas COUNT SHARED(no|redis|cluster)
 start_replicas() {
     local count=$1 shared=$2
     for ((i = 0; i < count; i++)); do
@@ -66,10 +93,12 @@ in_progress_ttl = "3s"
 [log]
 filter = "warn"
 EOF
-        if [ "$shared" = yes ]; then
-            printf '[shared_cache]\nredis_url = "redis://127.0.0.1:%s"\nfingerprint_secret = "%s"\n' \
-                "$REDIS_PORT" "$SECRET" >>"$conf"
-        fi
+        case $shared in
+        redis) printf '[shared_cache]\nredis_url = "redis://127.0.0.1:%s"\nfingerprint_secret = "%s"\n' \
+            "$REDIS_PORT" "$SECRET" >>"$conf" ;;
+        cluster) printf '[shared_cache]\ncluster = [%s]\nfingerprint_secret = "%s"\n' \
+            "${SEEDS%, }" "$SECRET" >>"$conf" ;;
+        esac
         "$BIN" --config "$conf" 2>>"$WORK/mjgate.log" &
         replica_pids+=($!)
         wait_port "${REPLICAS[$i]}"
@@ -120,7 +149,7 @@ poll() { # poll SECONDS OUT
 setup() {
     local name=$1
     echo "== $name: ${POLL_SECS}s polling, then a restart of every replica" >&2
-    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    flush_redis
     start_sim
     start_replicas "$2" "$4"
     start_balancer "$2" "$3"
@@ -134,15 +163,32 @@ setup() {
 setup one 1 hash no
 setup three-round-robin 3 round-robin no
 setup three-hash 3 hash no
-setup three-round-robin-redis 3 round-robin yes
-setup three-hash-redis 3 hash yes
+setup three-round-robin-redis 3 round-robin redis
+setup three-hash-redis 3 hash redis
+setup three-round-robin-cluster 3 round-robin cluster
+setup three-hash-cluster 3 hash cluster
+
+# Hits: one replica, one finished task fetched once, then wrk on it for HIT_SECS.
+HIT_SECS=${HIT_SECS:-10}
+for shared in no redis cluster; do
+    echo "== hits with shared tier: $shared" >&2
+    flush_redis
+    start_sim 0s
+    start_replicas 1 "$shared"
+    curl -sf -H "Authorization: $KEY" "http://${REPLICAS[0]}/mj/task/task-1/fetch" >/dev/null || true
+    wrk -t2 -c50 -d"${HIT_SECS}s" -H "Authorization: $KEY" "http://${REPLICAS[0]}/mj/task/task-1/fetch" \
+        | awk '/Requests\/sec/ {print $2}' >"$WORK/hits-$shared.txt"
+    stop_replicas
+done
 
 python3 - "$WORK" "$POLL_SECS" "$TASK_SECS" <<'EOF'
 import json, sys
 work, poll_secs, task_secs = sys.argv[1:]
 rows = [("one", "1 replica"), ("three-round-robin", "3 replicas, round robin"),
         ("three-hash", "3 replicas, consistent hash"), ("three-round-robin-redis", "3 replicas, round robin + Redis"),
-        ("three-hash-redis", "3 replicas, consistent hash + Redis")]
+        ("three-hash-redis", "3 replicas, consistent hash + Redis"),
+        ("three-round-robin-cluster", "3 replicas, round robin + Redis Cluster (3 masters)"),
+        ("three-hash-cluster", "3 replicas, consistent hash + Redis Cluster (3 masters)")]
 print(f"\n200 clients polling 50 tasks every 250 ms for {poll_secs}s (tasks finish after {task_secs}s), in_progress_ttl 3s;")
 print("then every replica restarted and the finished tasks polled for 5 s\n")
 print("| setup | client requests | upstream calls | calls per task | after restart: upstream calls | errors |")
@@ -152,4 +198,9 @@ for name, label in rows:
     errors = p["load"]["errors"] + r["load"]["errors"]
     calls = p["upstream"]["fetches"]
     print(f"| {label} | {p['load']['requests']:,} | {calls:,} | {calls / 50:.1f} | {r['upstream']['fetches']} | {errors} |")
+print("\nCache hits of one finished task, one replica, wrk -t2 -c50 (requests per second)\n")
+print("| shared tier | hits/s |")
+print("| --- | ---: |")
+for shared, label in (("no", "none"), ("redis", "one Redis server"), ("cluster", "Redis Cluster")):
+    print(f"| {label} | {float(open(f'{work}/hits-{shared}.txt').read() or 0):,.0f} |")
 EOF

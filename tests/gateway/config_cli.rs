@@ -509,3 +509,81 @@ async fn healthcheck_probes_the_listener_its_config_names() {
         String::from_utf8_lossy(&dead.stderr)
     );
 }
+
+#[test]
+fn check_config_names_the_redis_layout_without_its_passwords_and_refuses_bad_ones() {
+    let seed_a = format!("redis://mjgate:url-pass-41@127.0.0.1:{}", free_port());
+    let seed_b = format!("redis://127.0.0.1:{}", free_port());
+    let good = write_config(&format!(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[shared_cache]\ncluster = [\"{seed_a}\", \"{seed_b}\"]\nfingerprint_secret = \"0123456789abcdef0123456789\"\n"
+    ));
+    // Nothing listens on the seeds: check-config connects to nothing, so it passes all the same.
+    let out = mjgate()
+        .env("MJGATE_REDIS_PASSWORD", "env-pass-97")
+        .arg("--config")
+        .arg(&good.0)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("cluster of 2 seed node(s)"), "{text}");
+    assert!(
+        !text.contains("url-pass-41") && !text.contains("env-pass-97"),
+        "{text}"
+    );
+
+    for (bad, key) in [
+        (
+            "redis_url = \"redis://a:1\"\ncluster = [\"redis://b:2\"]",
+            "`shared_cache`",
+        ),
+        (
+            "cluster = [\"redis://a:1\", \"rediss://b:2\"]",
+            "`shared_cache.cluster`",
+        ),
+        ("cluster = []", "`shared_cache.cluster`"),
+        (
+            "sentinel = { nodes = [\"h:1\"] }",
+            "`shared_cache.sentinel.master`",
+        ),
+        (
+            "sentinel = { master = \"m\", nodes = [\"h:0\"] }",
+            "`shared_cache.sentinel.nodes`",
+        ),
+        (
+            "redis_url = \"redis://a:1\"\nca_file = \"/etc/hostname\"",
+            "`shared_cache.ca_file`",
+        ),
+        (
+            "redis_url = \"redis://a:1\"\nkey_prefix = \"{x}\"",
+            "`shared_cache.key_prefix`",
+        ),
+        (
+            "redis_url = \"rediss://:pw-66@a:1\"\nclient_cert_file = \"/etc/hostname\"",
+            "`shared_cache.client_cert_file`",
+        ),
+        (
+            "redis_url = \"rediss://a:1\"\nca_file = \"/etc/hostname\"",
+            "`shared_cache.ca_file`",
+        ),
+    ] {
+        let file = write_config(&format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[shared_cache]\n{bad}\nfingerprint_secret = \"0123456789abcdef0123456789\"\n"
+        ));
+        let out = mjgate()
+            .arg("--config")
+            .arg(&file.0)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(key), "{bad}: {stderr}");
+        assert!(!stderr.contains("pw-66"), "{stderr}");
+    }
+}

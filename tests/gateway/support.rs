@@ -20,7 +20,7 @@ pub use pki::{Leaf, Pki, toml_path};
 pub use receiver::{Delivery, Receiver, SECRET};
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{MASTER_NAME, RedisSentinel};
-pub use redis_server::{RedisOptions, RedisServer, RedisTlsFiles};
+pub use redis_server::{RedisOptions, RedisServer, RedisTlsFiles, free_port};
 pub use s3_server::S3Server;
 
 mod pki;
