@@ -20,7 +20,7 @@ fn shared(sim: &Simulator, layout: &str, password: Option<&str>) -> mjgate::Conf
     let mut config = config(
         &sim.url(),
         &format!(
-            "[shared_cache]\n{layout}\nfingerprint_secret = \"{SECRET}\"\nkey_prefix = \"test:\"\nretry_interval = \"100ms\"\ntimeout = \"1s\"\n"
+            "[shared_cache]\nfingerprint_secret = \"{SECRET}\"\nkey_prefix = \"test:\"\nretry_interval = \"100ms\"\ntimeout = \"1s\"\n{layout}\n"
         ),
     );
     // What `MJGATE_REDIS_PASSWORD` sets.
@@ -390,4 +390,74 @@ async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart()
     let (answered, failed) = load.await.unwrap();
     assert!(answered >= ids.len(), "the load ran: {answered}");
     assert_eq!(failed, 0, "every request answered through the failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_batches_read_every_slot_and_a_purge_reaches_every_master_and_replica() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let cluster = RedisCluster::start(None, None);
+    let sim = Simulator::start().await.unwrap();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("{s:?}")).collect();
+    let layout = format!(
+        "cluster = [{}]\n[admin]\ntoken = \"{TOKEN}\"",
+        seeds.join(", ")
+    );
+    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
+    for (i, gateway) in gateways.iter().enumerate() {
+        until_written(&sim, gateway, &format!("ready-{i}"), |key| {
+            !cluster.get(key).is_empty()
+        })
+        .await;
+    }
+
+    // Twenty finished tasks in twenty-odd slots: written by one batch, read back by another.
+    let ids: Vec<String> = (0..20).map(|i| format!("batch-{i}")).collect();
+    for id in &ids {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let first = batch(&gateways[0], KEY_A, &ids).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json().as_array().unwrap().len(), 20);
+    let second = batch(&gateways[1], KEY_A, &ids).await;
+    assert_eq!(second.json().as_array().unwrap().len(), 20);
+    for id in &ids {
+        assert_eq!(
+            sim.lookups(id),
+            1,
+            "{id}: read from the cluster by the second"
+        );
+    }
+    let found: f64 = scrape(&gateways[1])
+        .await
+        .value("mjgate_shared_cache_lookups_total", &[("result", "hit")]);
+    assert!(found >= 20.0, "{found}");
+
+    // A purge of everything on one replica deletes on every master and is heard by the other.
+    let bearer = format!("Bearer {TOKEN}");
+    let purge = |gw: &Gateway| {
+        request(
+            http::Method::DELETE,
+            &gw.url("/admin/tasks/midjourney"),
+            Some(&bearer),
+            "",
+        )
+    };
+    let purged = send(purge(&gateways[0])).await;
+    assert_eq!(purged.status, 200, "{}", purged.json());
+    assert!(
+        purged.json()["purged"]["shared"].as_u64().unwrap() >= 20,
+        "{}",
+        purged.json()
+    );
+    assert!(
+        cluster.keys("test:task:*").is_empty(),
+        "{:?}",
+        cluster.keys("test:task:*")
+    );
+    poll_until("the other replica dropped its copies", || async {
+        batch(&gateways[1], KEY_A, &ids[..1]).await;
+        sim.lookups(ids[0]) == 2
+    })
+    .await;
 }

@@ -41,12 +41,23 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-/// A free loopback port (free when asked: the server binds it right after).
+/// A free loopback port (free when asked: the server binds it right after), never one this test
+/// process handed out before: the OS may offer a just-closed port again, and a cluster asks for
+/// eighteen at once.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..1000 {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh free port");
 }
 
 impl RedisServer {
