@@ -49,17 +49,6 @@ fn redis_key(kind: &str, credential: &str, id: &str) -> String {
     format!("test:{kind}:{{{hex}:midjourney:{id}}}")
 }
 
-/// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
-async fn wait_for_shared_state(gateway: &Gateway, up: bool) {
-    for _ in 0..200 {
-        if (scrape(gateway).await.value("mjgate_shared_cache_up", &[]) == 1.0) == up {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("mjgate_shared_cache_up never became {}", u8::from(up));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_fetches_spread_over_three_replicas_cost_one_upstream_call() {
     let redis = RedisServer::start();

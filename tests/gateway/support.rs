@@ -379,3 +379,14 @@ fn complete(answer: &[u8]) -> bool {
         })
         .is_some_and(|length| body.len() >= length)
 }
+
+/// Polls `/metrics` until `mjgate_shared_cache_up` is `up` (bounded).
+pub async fn wait_for_shared_state(gateway: &Gateway, up: bool) {
+    for _ in 0..400 {
+        if (scrape(gateway).await.value("mjgate_shared_cache_up", &[]) == 1.0) == up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mjgate_shared_cache_up never became {}", u8::from(up));
+}

@@ -1,6 +1,6 @@
 //! A real Redis Cluster on loopback: three masters, each with one replica, made by
-//! `redis-cli --cluster create`, with a short `cluster-node-timeout` so a killed master's replica is
-//! promoted within seconds. With TLS, clients and the cluster bus and replication are all TLS.
+//! `redis-cli --cluster create`, with a short `cluster-node-timeout` (2 s: shorter, a busy test
+//! machine makes healthy nodes look failed) so a killed master's replica is promoted within seconds. With TLS, clients and the cluster bus and replication are all TLS.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,7 +36,12 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "1000",
+                    "2000",
+                    // A replica's first sync starts at once, not after the default 5 s.
+                    "--repl-diskless-sync",
+                    "yes",
+                    "--repl-diskless-sync-delay",
+                    "0",
                     "--cluster-port",
                 ]
                 .map(String::from)
@@ -165,9 +170,17 @@ impl RedisCluster {
         keys
     }
 
-    /// `GET key`, asked of the master serving it (`-c` follows the redirection).
+    /// `GET key`, asked of every master until one serves it (on plaintext ports: a redirection
+    /// names the client port of the connection's kind, which after a failover may be another one).
     pub fn get(&self, key: &str) -> String {
-        self.any_node().cli(&["-c", "GET", key])
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running() && n.cli(&["ROLE"]).starts_with("master"))
+            .map(|n| n.cli(&["GET", key]))
+            .find(|value| {
+                !value.is_empty() && !value.starts_with("MOVED") && !value.starts_with("ERR")
+            })
+            .unwrap_or_default()
     }
 
     /// Kills the master serving `slot` and waits until its replica has taken the slot over.
@@ -182,25 +195,41 @@ impl RedisCluster {
                     && owns_slot(&n.cli(&["CLUSTER", "NODES"]), slot)
             })
             .expect("a master serves the slot");
+        // What it holds has reached its replica (WAIT 1 replica, at most 5 s): the test is of the
+        // gateways through a failover, not of asynchronous replication's window.
+        let acked = self.nodes[index].cli(&["WAIT", "1", "5000"]);
+        assert_eq!(acked, "1", "the replica acknowledged the master's writes");
+        let id = self.nodes[index].cli(&["CLUSTER", "MYID"]);
         self.nodes[index].stop();
-        self.wait_until("the replica promoted, every slot served again", |nodes| {
-            nodes
+        // Until the others agree it failed (`fail`, not the suspicion `fail?`) and three healthy
+        // masters serve every slot: right after the kill they still list it as a master.
+        self.wait_until("the master failed, its replica promoted", |nodes| {
+            let failed = nodes.lines().any(|l| {
+                l.starts_with(&id)
+                    && l.split(' ')
+                        .nth(2)
+                        .is_some_and(|flags| flags.split(',').any(|f| f == "fail"))
+            });
+            let masters = nodes
                 .lines()
                 .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
-                .count()
-                == 3
+                .count();
+            failed && masters == 3
         });
         index
     }
 
-    /// Waits (bounded) until the `CLUSTER NODES` of a running node satisfies `done`, and
-    /// `cluster_state` is ok.
+    /// Waits (bounded) until the `CLUSTER NODES` of every running node satisfies `done`, and
+    /// each says `cluster_state:ok`.
     fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let node = self.any_node();
-            let nodes = node.cli(&["CLUSTER", "NODES"]);
-            if done(&nodes) && node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            let mut nodes = String::new();
+            let agreed = self.nodes.iter().filter(|n| n.is_running()).all(|node| {
+                nodes = node.cli(&["CLUSTER", "NODES"]);
+                done(&nodes) && node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+            if agreed {
                 return;
             }
             assert!(
