@@ -1129,8 +1129,17 @@ fn init_logging(
 }
 
 /// `RUST_LOG` when it is set (it wins over the file, at start and on reload), else `log.filter`.
+/// The redis crate's own lines are kept to errors unless the filter names it: its cluster client
+/// warns at every reconnection attempt to every node, twice a second through an outage, which the
+/// shared tier already says once (and counts).
 fn filter_of(configured: &str) -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        if configured.contains("redis") {
+            EnvFilter::new(configured)
+        } else {
+            EnvFilter::new(format!("{configured},redis=error"))
+        }
+    })
 }
 
 /// The OTLP span layer, when `[trace]` configures one.

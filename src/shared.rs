@@ -217,13 +217,6 @@ impl SharedCache {
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
-        // A cluster's first connection (or the sentinels' first answer) is made now, not by the
-        // first request under its deadline.
-        let warm = inner.connection.clone();
-        let connect_timeout = config.timeout.max(Duration::from_secs(1));
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(connect_timeout, warm.refresh()).await;
-        });
         tracing::info!(redis = %inner.redis, "shared cache enabled");
         tokio::spawn(listen(
             Arc::downgrade(&inner),
@@ -535,8 +528,17 @@ impl Inner {
     /// or the listener rather than in a request (a request's command often just times out while
     /// the connection is retried), so each of them reports here.
     fn certificate_refused(&self, e: &RedisError) -> bool {
-        let Some(fault) = crate::tls::CertificateFault::find(e) else {
-            return false;
+        use crate::tls::CertificateFault;
+        let text = e.to_string();
+        let reason = match CertificateFault::find(e)
+            .or_else(|| CertificateFault::from_message(&text))
+        {
+            Some(fault) => fault.redis_reason(),
+            // Redis's alert when it wants a certificate from us and got none.
+            None if text.contains("CertificateRequired") => {
+                "Redis asks for a client certificate (set shared_cache.client_cert_file and client_key_file)"
+            }
+            None => return false,
         };
         self.metrics.shared.error(SharedError::Certificate);
         let now = Instant::now();
@@ -545,13 +547,32 @@ impl Inner {
             *last = Some(now);
             tracing::warn!(
                 redis = %self.redis,
-                cause = fault.label(),
                 error = %e,
-                "{} (logged once a minute; counted in mjgate_shared_cache_errors_total{{kind=\"tls_certificate\"}})",
-                fault.redis_reason()
+                "{reason} (logged once a minute; counted in mjgate_shared_cache_errors_total{{kind=\"tls_certificate\"}})"
             );
         }
         true
+    }
+
+    /// One check that Redis serves: the connection (the sentinels asked which server is the
+    /// master; a cluster's first connection made), then a keyed read, which a cluster that lost
+    /// a slot's master refuses (`CLUSTERDOWN`) where a `PING` to a live node would not.
+    /// `deadline` bounds the read (a connection's first handshake may take longer than `timeout`).
+    async fn check(&self, deadline: Duration) -> Result<(), RedisError> {
+        let timed_out = |_| RedisError::from((redis::ErrorKind::Io, "timed out"));
+        let connect_timeout = self.timeout.max(Duration::from_secs(1));
+        tokio::time::timeout(connect_timeout, self.connection.refresh())
+            .await
+            .map_err(timed_out)??;
+        let mut probe_key = self.prefix.clone();
+        probe_key.extend_from_slice(b"probe");
+        let mut connection = self.connection.clone();
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(probe_key);
+        tokio::time::timeout(deadline, exists.query_async::<i64>(&mut connection))
+            .await
+            .map_err(timed_out)??;
+        Ok(())
     }
 
     fn mark_down(&self, reason: &str) {
@@ -807,8 +828,24 @@ async fn cluster_subscription(
     }
 }
 
-/// While Redis is marked down, pings it every `retry`; the first answer marks it up.
+/// Checks Redis at start (so a tier that cannot connect reads down at once, not at its first
+/// request), then every `retry`: while it is marked down, the first answer marks it up; while up on
+/// Sentinel, the sentinels are asked whether the master moved (a failover they run leaves the old
+/// master answering for a while, so no command would fail to tell).
 async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duration) {
+    if let Some(inner) = inner.upgrade()
+        && let Err(e) = inner.check(inner.timeout.max(Duration::from_secs(1))).await
+    {
+        if !inner.certificate_refused(&e) {
+            let timed_out = e.is_timeout() || e.to_string().contains("timed out");
+            inner.metrics.shared.error(if timed_out {
+                SharedError::Timeout
+            } else {
+                SharedError::Error
+            });
+        }
+        inner.mark_down(&e.to_string());
+    }
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -816,28 +853,19 @@ async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duratio
         }
         let Some(inner) = inner.upgrade() else { return };
         if inner.up.load(Ordering::Relaxed) {
+            if inner.connection.follows_master() {
+                let connect_timeout = inner.timeout.max(Duration::from_secs(1));
+                let _ = tokio::time::timeout(connect_timeout, inner.connection.refresh()).await;
+            }
             continue;
         }
-        // Sentinel: ask which server is the master now (a failover moves it); cluster: connect.
-        let connect_timeout = inner.timeout.max(Duration::from_secs(1));
-        match tokio::time::timeout(connect_timeout, inner.connection.refresh()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "shared cache: no connection to Redis yet");
-                continue;
+        match inner.check(inner.timeout).await {
+            Ok(()) => inner.mark_up(),
+            Err(e) => {
+                if !inner.certificate_refused(&e) {
+                    tracing::debug!(error = %e, "shared cache: Redis does not answer yet");
+                }
             }
-            Err(_) => continue,
-        }
-        let mut connection = inner.connection.clone();
-        let ping = redis::cmd("PING");
-        let answer =
-            tokio::time::timeout(inner.timeout, ping.query_async::<String>(&mut connection));
-        match answer.await {
-            Ok(Ok(_)) => inner.mark_up(),
-            Ok(Err(e)) => {
-                inner.certificate_refused(&e);
-            }
-            Err(_) => {}
         }
     }
 }

@@ -318,6 +318,23 @@ impl CertificateFault {
         None
     }
 
+    /// The fault a message names, for errors that kept only rustls's words (the redis crate's
+    /// cluster client wraps its connection errors in text): `invalid peer certificate: <cause>`.
+    pub fn from_message(message: &str) -> Option<Self> {
+        let (_, cause) = message.split_once("invalid peer certificate: ")?;
+        Some(if cause.starts_with("UnknownIssuer") {
+            CertificateFault::UnknownIssuer
+        } else if cause.starts_with("Expired") {
+            CertificateFault::Expired
+        } else if cause.starts_with("NotValidYet") {
+            CertificateFault::NotYetValid
+        } else if cause.starts_with("NotValidForName") {
+            CertificateFault::WrongName
+        } else {
+            CertificateFault::Other
+        })
+    }
+
     fn of(error: &CertificateError) -> Self {
         match error {
             CertificateError::UnknownIssuer => CertificateFault::UnknownIssuer,
@@ -403,6 +420,21 @@ impl FaultLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_kept_only_as_rustls_words_is_still_named() {
+        let said =
+            "Failed to create initial connections - Io: invalid peer certificate: UnknownIssuer";
+        assert_eq!(
+            CertificateFault::from_message(said),
+            Some(CertificateFault::UnknownIssuer)
+        );
+        assert_eq!(
+            CertificateFault::from_message("invalid peer certificate: Expired"),
+            Some(CertificateFault::Expired)
+        );
+        assert_eq!(CertificateFault::from_message("connection refused"), None);
+    }
 
     #[test]
     fn a_certificate_fault_is_found_however_deep_the_io_errors_wrap_it() {

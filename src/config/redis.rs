@@ -157,13 +157,44 @@ fn is_redis_url(url: &str) -> bool {
 }
 
 fn server(url: String) -> Result<RedisTopology, ConfigError> {
-    if !is_redis_url(&url) {
-        return Err(ConfigError::Invalid {
-            key: "shared_cache.redis_url",
-            reason: format!("`{}` is not a redis:// or rediss:// URL", redact_url(&url)),
-        });
-    }
+    parsed("shared_cache.redis_url", &url, false)?;
     Ok(RedisTopology::Server(url))
+}
+
+/// Checks `url` with the parser the client itself uses, so a URL `check-config` passes is one the
+/// gateway starts with: a `#` or `/` in a password must be percent-encoded, a port must be 1 to
+/// 65535, and a cluster node has no database number.
+fn parsed(key: &'static str, url: &str, cluster: bool) -> Result<(), ConfigError> {
+    use ::redis::IntoConnectionInfo;
+    let invalid = |why: String| ConfigError::Invalid {
+        key,
+        reason: format!("`{}` {why}", redact_url(url)),
+    };
+    if !is_redis_url(url) {
+        return Err(invalid("is not a redis:// or rediss:// URL".into()));
+    }
+    // The parser's own words may quote the URL: say what is wrong without it.
+    let info = url.into_connection_info().map_err(|e| {
+        invalid(format!(
+            "does not parse ({}): percent-encode `#`, `/`, `?` and `@` in a user or password",
+            e.category()
+        ))
+    })?;
+    let port = match info.addr() {
+        ::redis::ConnectionAddr::Tcp(_, port) | ::redis::ConnectionAddr::TcpTls { port, .. } => {
+            *port
+        }
+        _ => return Err(invalid("is not a TCP address".into())),
+    };
+    if port == 0 {
+        return Err(invalid("has port 0".into()));
+    }
+    if cluster && info.redis_settings().db() != 0 {
+        return Err(invalid(
+            "names a database: a cluster has only database 0".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn cluster_seeds(seeds: Vec<String>) -> Result<RedisTopology, ConfigError> {
@@ -174,11 +205,8 @@ fn cluster_seeds(seeds: Vec<String>) -> Result<RedisTopology, ConfigError> {
     if seeds.is_empty() || seeds.len() > MAX_NODES {
         return Err(invalid(format!("lists 1 to {MAX_NODES} seed nodes")));
     }
-    if let Some(bad) = seeds.iter().find(|s| !is_redis_url(s)) {
-        return Err(invalid(format!(
-            "`{}` is not a redis:// or rediss:// URL",
-            redact_url(bad)
-        )));
+    for seed in &seeds {
+        parsed("shared_cache.cluster", seed, true)?;
     }
     let tls = seeds[0].starts_with("rediss://");
     if seeds.iter().any(|s| s.starts_with("rediss://") != tls) {
@@ -209,6 +237,11 @@ fn sentinel_config(raw: RawSentinel) -> Result<RedisTopology, ConfigError> {
         .map(|node| {
             let url = if is_redis_url(&node) {
                 node
+            } else if node.contains("://") {
+                return Err(ConfigError::Invalid {
+                    key: "shared_cache.sentinel.nodes",
+                    reason: format!("`{}` is not host:port or a redis:// URL", redact_url(&node)),
+                });
             } else {
                 format!("redis://{node}")
             };
@@ -219,6 +252,7 @@ fn sentinel_config(raw: RawSentinel) -> Result<RedisTopology, ConfigError> {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
             });
             if port_ok {
+                parsed("shared_cache.sentinel.nodes", &url, true)?;
                 Ok(url)
             } else {
                 Err(ConfigError::Invalid {
@@ -291,6 +325,14 @@ pub(super) fn tls_files(
         &tls.client_key_file,
         "PRIVATE KEY",
     )?;
+    if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+        // The pair must go together, as the listener's must: a mismatch is found here, not at the
+        // first handshake.
+        crate::tls::load_certified_key(cert, key).map_err(|e| ConfigError::Invalid {
+            key: "shared_cache.client_key_file",
+            reason: e.to_string(),
+        })?;
+    }
     Ok(tls)
 }
 
@@ -329,10 +371,34 @@ mod tests {
     }
 
     #[test]
+    fn a_url_the_client_would_refuse_is_refused_here_without_its_password() {
+        for bad in [
+            "redis://mjgate:Hunt#er2Secret@127.0.0.1:6379",
+            "redis://u:p/q@127.0.0.1:6379",
+            "redis://127.0.0.1:99999",
+            "redis://127.0.0.1:abc",
+            "http://127.0.0.1:6379",
+        ] {
+            let error = server(bad.into()).unwrap_err().to_string();
+            assert!(error.contains("shared_cache.redis_url"), "{bad}: {error}");
+            assert!(!error.contains("er2Secret"), "{error}");
+        }
+        assert!(server("redis://mjgate:Hunt%23er2@127.0.0.1:6379/2".into()).is_ok());
+    }
+
+    #[test]
     fn cluster_seeds_are_urls_all_tls_or_none() {
         assert!(cluster_seeds(vec![]).is_err());
         assert!(cluster_seeds(vec!["127.0.0.1:7000".into()]).is_err());
         assert!(cluster_seeds(vec!["redis://a:1".into(), "rediss://b:2".into()]).is_err());
+        for bad in [
+            "redis://a:0",
+            "redis://a:1/3",
+            "redis://u:p@",
+            "redis://a:abc",
+        ] {
+            assert!(cluster_seeds(vec![bad.into()]).is_err(), "{bad}");
+        }
         let ok = cluster_seeds(vec!["rediss://u:p@a:1".into(), "rediss://b:2".into()]).unwrap();
         assert!(ok.is_tls());
         assert!(!ok.describe().contains("u:p"), "{}", ok.describe());
@@ -346,7 +412,7 @@ mod tests {
             panic!("a sentinel layout");
         };
         assert_eq!(s.nodes, ["redis://127.0.0.1:26379", "redis://:pw@h:26380"]);
-        for bad in ["127.0.0.1", "h:0", ":26379", "h:port"] {
+        for bad in ["127.0.0.1", "h:0", ":26379", "h:port", "http://u:p@h:1"] {
             assert!(sentinel_config(sentinel(&[bad])).is_err(), "{bad}");
         }
         assert!(sentinel_config(sentinel(&[])).is_err());

@@ -101,6 +101,11 @@ impl Link {
         })
     }
 
+    /// Whether the server to use can change under the same configuration (Sentinel's master).
+    pub(super) fn follows_master(&self) -> bool {
+        matches!(self, Link::Sentinel(_))
+    }
+
     /// Whether keys of different hash slots must go in separate commands.
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Link::Cluster(_))

@@ -548,6 +548,14 @@ fn check_config_names_the_redis_layout_without_its_passwords_and_refuses_bad_one
         ),
         ("cluster = []", "`shared_cache.cluster`"),
         (
+            "redis_url = \"redis://mjgate:pw-66#x@127.0.0.1:1\"",
+            "`shared_cache.redis_url`",
+        ),
+        (
+            "cluster = [\"redis://127.0.0.1:1/3\"]",
+            "`shared_cache.cluster`",
+        ),
+        (
             "sentinel = { nodes = [\"h:1\"] }",
             "`shared_cache.sentinel.master`",
         ),

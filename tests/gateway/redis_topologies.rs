@@ -398,6 +398,12 @@ async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart()
         !sentinel.replica.cli(&["GET", key]).is_empty()
     })
     .await;
+    // They moved because the sentinels said so, not because the old master turned them away: it
+    // is demoted seconds later (sentinels reconfigure it after the new master is announced).
+    assert!(
+        sentinel.master.cli(&["ROLE"]).starts_with("master"),
+        "the old master was still a master when both replicas had moved"
+    );
     sim.create_task(KEY_A, "after", "SUCCESS");
     assert_eq!(fetch(&gateways[0], "after", KEY_A).await.status, 200);
     assert_eq!(
@@ -475,4 +481,39 @@ async fn on_a_cluster_batches_read_every_slot_and_a_purge_reaches_every_master_a
         sim.lookups(ids[0]) == 2
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_the_sentinels_run_while_the_old_master_still_answers_is_followed() {
+    let _serial = one_at_a_time().await;
+    let sentinel = RedisSentinel::start();
+    let sim = Simulator::start().await.unwrap();
+    let nodes: Vec<String> = sentinel.nodes().iter().map(|n| format!("{n:?}")).collect();
+    let layout = format!(
+        "sentinel = {{ master = \"{MASTER_NAME}\", nodes = [{}] }}",
+        nodes.join(", ")
+    );
+    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
+    until_written(&sim, &gateways, "ready", |key| {
+        !sentinel.master.cli(&["GET", key]).is_empty()
+    })
+    .await;
+    // No command fails: the old master answers until the sentinels demote it.
+    sentinel.switch_over();
+    until_written(&sim, &gateways, "moved", |key| {
+        !sentinel.replica.cli(&["GET", key]).is_empty()
+    })
+    .await;
+    // They moved because the sentinels said so, not because the old master turned them away: it
+    // is demoted seconds later (sentinels reconfigure it after the new master is announced).
+    assert!(
+        sentinel.master.cli(&["ROLE"]).starts_with("master"),
+        "the old master was still a master when both replicas had moved"
+    );
+    sim.create_task(KEY_A, "after", "SUCCESS");
+    assert_eq!(fetch(&gateways[0], "after", KEY_A).await.status, 200);
+    assert_eq!(
+        fetch(&gateways[1], "after", KEY_A).await.cache_status(),
+        "mjgate; hit; detail=shared"
+    );
 }

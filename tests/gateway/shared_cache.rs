@@ -565,3 +565,16 @@ async fn a_lease_no_replica_wrote_is_not_waited_on() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_redis_that_cannot_be_reached_reads_down_from_the_start_without_a_request() {
+    let sim = Simulator::start().await.unwrap();
+    // Nothing listens there.
+    let text = format!(
+        "[shared_cache]\nredis_url = \"redis://127.0.0.1:{}\"\nfingerprint_secret = \"{SECRET}\"\n",
+        free_port()
+    );
+    let gateway = start_gateway(config(&sim.url(), &text)).await;
+    wait_for_shared_state(&gateway, false).await;
+    assert_eq!(sim.total_calls(), 0, "no request needed to find out");
+}

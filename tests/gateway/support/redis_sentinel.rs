@@ -118,6 +118,18 @@ impl RedisSentinel {
         }
     }
 
+    /// `SENTINEL FAILOVER`: the sentinels promote the replica with the master still running, and
+    /// this waits until they name it.
+    pub fn switch_over(&self) {
+        let (port, _) = &self.sentinels[0];
+        let answer = self.ask(*port, &["SENTINEL", "FAILOVER", MASTER_NAME]);
+        assert_eq!(answer, "OK", "SENTINEL FAILOVER");
+        let replica = self.replica.port();
+        self.wait_until("the sentinels promoted the replica", |port| {
+            self.master_port_named_by(port) == Some(replica)
+        });
+    }
+
     fn ask(&self, port: u16, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
