@@ -4,8 +4,9 @@
 # server, or a three-master Redis Cluster with a replica each); then cache-hit throughput of one replica
 # with no Redis, one server and the cluster (hits never touch Redis).
 #
-#   bench/replicas.sh                 # about 5 minutes
+#   bench/replicas.sh                 # about 10 minutes
 #   POLL_SECS=15 bench/replicas.sh    # a quick look
+#   HITS_ONLY=1 bench/replicas.sh     # only the hit rounds (HIT_ROUNDS of HIT_SECS per layout)
 #
 # For each setup, from a fresh simulator (50 tasks finishing TASK_SECS after it starts) and empty caches:
 #   poll:    200 clients poll the 50 tasks every 250 ms for POLL_SECS (the tasks finish midway)
@@ -160,47 +161,74 @@ setup() {
     stop_replicas
 }
 
-setup one 1 hash no
-setup three-round-robin 3 round-robin no
-setup three-hash 3 hash no
-setup three-round-robin-redis 3 round-robin redis
-setup three-hash-redis 3 hash redis
-setup three-round-robin-cluster 3 round-robin cluster
-setup three-hash-cluster 3 hash cluster
+if [ -z "${HITS_ONLY:-}" ]; then
+    setup one 1 hash no
+    setup three-round-robin 3 round-robin no
+    setup three-hash 3 hash no
+    setup three-round-robin-redis 3 round-robin redis
+    setup three-hash-redis 3 hash redis
+    setup three-round-robin-cluster 3 round-robin cluster
+    setup three-hash-cluster 3 hash cluster
+fi
 
-# Hits: one replica, one finished task fetched once, then wrk on it for HIT_SECS.
+# Commands the Redis of a layout has processed (every node of the cluster; 0 with none).
+redis_commands() {
+    local ports=()
+    case $1 in
+    redis) ports=("$REDIS_PORT") ;;
+    cluster) ports=("${CLUSTER_PORTS[@]}") ;;
+    esac
+    local total=0
+    for port in "${ports[@]}"; do
+        total=$((total + $(redis-cli -p "$port" info stats | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}')))
+    done
+    echo "$total"
+}
+
+# Hits: one replica, one finished task fetched once, then wrk on it for HIT_SECS; the layouts take
+# turns for HIT_ROUNDS rounds (a single run on two cores varies by more than any difference).
 HIT_SECS=${HIT_SECS:-10}
-for shared in no redis cluster; do
-    echo "== hits with shared tier: $shared" >&2
-    flush_redis
-    start_sim 0s
-    start_replicas 1 "$shared"
-    curl -sf -H "Authorization: $KEY" "http://${REPLICAS[0]}/mj/task/task-1/fetch" >/dev/null || true
-    wrk -t2 -c50 -d"${HIT_SECS}s" -H "Authorization: $KEY" "http://${REPLICAS[0]}/mj/task/task-1/fetch" \
-        | awk '/Requests\/sec/ {print $2}' >"$WORK/hits-$shared.txt"
-    stop_replicas
+HIT_ROUNDS=${HIT_ROUNDS:-3}
+for round in $(seq "$HIT_ROUNDS"); do
+    for shared in no redis cluster; do
+        echo "== hits with shared tier: $shared (round $round)" >&2
+        flush_redis
+        start_sim 0s
+        start_replicas 1 "$shared"
+        curl -sf -H "Authorization: $KEY" "http://${REPLICAS[0]}/mj/task/task-1/fetch" >/dev/null || true
+        before=$(redis_commands "$shared")
+        wrk -t2 -c50 -d"${HIT_SECS}s" -H "Authorization: $KEY" "http://${REPLICAS[0]}/mj/task/task-1/fetch" \
+            | awk '/Requests\/sec/ {print $2}' >>"$WORK/hits-$shared.txt"
+        echo $(($(redis_commands "$shared") - before)) >>"$WORK/hits-$shared-commands.txt"
+        stop_replicas
+    done
 done
 
-python3 - "$WORK" "$POLL_SECS" "$TASK_SECS" <<'EOF'
-import json, sys
-work, poll_secs, task_secs = sys.argv[1:]
+python3 - "$WORK" "$POLL_SECS" "$TASK_SECS" "${HITS_ONLY:-}" <<'EOF'
+import json, statistics, sys
+work, poll_secs, task_secs, hits_only = sys.argv[1:]
 rows = [("one", "1 replica"), ("three-round-robin", "3 replicas, round robin"),
         ("three-hash", "3 replicas, consistent hash"), ("three-round-robin-redis", "3 replicas, round robin + Redis"),
         ("three-hash-redis", "3 replicas, consistent hash + Redis"),
         ("three-round-robin-cluster", "3 replicas, round robin + Redis Cluster (3 masters)"),
         ("three-hash-cluster", "3 replicas, consistent hash + Redis Cluster (3 masters)")]
-print(f"\n200 clients polling 50 tasks every 250 ms for {poll_secs}s (tasks finish after {task_secs}s), in_progress_ttl 3s;")
-print("then every replica restarted and the finished tasks polled for 5 s\n")
-print("| setup | client requests | upstream calls | calls per task | after restart: upstream calls | errors |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+rows = [] if hits_only else rows
+if rows:
+    print(f"\n200 clients polling 50 tasks every 250 ms for {poll_secs}s (tasks finish after {task_secs}s), in_progress_ttl 3s;")
+    print("then every replica restarted and the finished tasks polled for 5 s\n")
+    print("| setup | client requests | upstream calls | calls per task | after restart: upstream calls | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for name, label in rows:
     p, r = (json.load(open(f"{work}/{name}-{x}.json")) for x in ("poll", "restart"))
     errors = p["load"]["errors"] + r["load"]["errors"]
     calls = p["upstream"]["fetches"]
     print(f"| {label} | {p['load']['requests']:,} | {calls:,} | {calls / 50:.1f} | {r['upstream']['fetches']} | {errors} |")
-print("\nCache hits of one finished task, one replica, wrk -t2 -c50 (requests per second)\n")
-print("| shared tier | hits/s |")
-print("| --- | ---: |")
+print("\nCache hits of one finished task, one replica, wrk -t2 -c50 (requests per second, each round and the median)\n")
+print("| shared tier | rounds | median hits/s | Redis commands per round (all nodes) |")
+print("| --- | --- | ---: | --- |")
 for shared, label in (("no", "none"), ("redis", "one Redis server"), ("cluster", "Redis Cluster")):
-    print(f"| {label} | {float(open(f'{work}/hits-{shared}.txt').read() or 0):,.0f} |")
+    runs = [float(line) for line in open(f"{work}/hits-{shared}.txt") if line.strip()]
+    commands = [line.strip() for line in open(f"{work}/hits-{shared}-commands.txt") if line.strip()]
+    rounds = ", ".join(f"{r:,.0f}" for r in runs)
+    print(f"| {label} | {rounds} | {statistics.median(runs) if runs else 0:,.0f} | {', '.join(commands)} |")
 EOF

@@ -61,20 +61,34 @@ async fn assert_replicas_share(sim: &Simulator, gateways: &[Arc<Gateway>], tag: 
         assert_eq!(reply.unwrap().status, 200);
     }
     sim.set_latency(Duration::ZERO);
-    assert_eq!(
-        sim.fetch_calls(&hot),
-        1,
-        "one upstream call across replicas"
-    );
+    let calls = sim.fetch_calls(&hot);
+    if calls != 1 {
+        // Say why: each replica's view of the tier (leases won, waited, given up; errors).
+        let mut tier = String::new();
+        for (g, gateway) in gateways.iter().enumerate() {
+            let scrape = scrape(gateway).await;
+            for line in scrape.text.lines() {
+                if line.starts_with("mjgate_shared_cache_") {
+                    tier.push_str(&format!("replica {g}: {line}\n"));
+                }
+            }
+        }
+        panic!("{calls} upstream calls across replicas, not 1:\n{tier}");
+    }
 
-    let done = format!("done-{tag}");
-    sim.create_task(KEY_A, &done, "SUCCESS");
-    assert_eq!(fetch(&gateways[0], &done, KEY_A).await.status, 200);
+    assert_finished_shared(sim, gateways, &format!("done-{tag}")).await;
+}
+
+/// A task finished upstream, fetched through the first replica, is served by the second from
+/// Redis: one upstream call.
+async fn assert_finished_shared(sim: &Simulator, gateways: &[Arc<Gateway>], id: &str) {
+    sim.create_task(KEY_A, id, "SUCCESS");
+    assert_eq!(fetch(&gateways[0], id, KEY_A).await.status, 200);
     assert_eq!(
-        fetch(&gateways[1], &done, KEY_A).await.cache_status(),
+        fetch(&gateways[1], id, KEY_A).await.cache_status(),
         "mjgate; hit; detail=shared"
     );
-    assert_eq!(sim.fetch_calls(&done), 1);
+    assert_eq!(sim.fetch_calls(id), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,21 +381,27 @@ async fn a_tls_password_cluster_shares_like_one_server_and_survives_losing_a_mas
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart() {
-    let _serial = one_at_a_time().await;
-    let mut sentinel = RedisSentinel::start();
-    let sim = Simulator::start().await.unwrap();
+/// Two replicas on `sentinel`'s master, each seen writing there.
+async fn sentinel_replicas(sentinel: &RedisSentinel, sim: &Simulator) -> Vec<Arc<Gateway>> {
     let nodes: Vec<String> = sentinel.nodes().iter().map(|n| format!("{n:?}")).collect();
     let layout = format!(
         "sentinel = {{ master = \"{MASTER_NAME}\", nodes = [{}] }}",
         nodes.join(", ")
     );
-    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
-    until_written(&sim, &gateways, "ready", |key| {
+    let gateways = replicas((0..2).map(|_| shared(sim, &layout, None))).await;
+    until_written(sim, &gateways, "ready", |key| {
         !sentinel.master.cli(&["GET", key]).is_empty()
     })
     .await;
+    gateways
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart() {
+    let _serial = one_at_a_time().await;
+    let mut sentinel = RedisSentinel::start();
+    let sim = Simulator::start().await.unwrap();
+    let gateways = sentinel_replicas(&sentinel, &sim).await;
     assert_replicas_share(&sim, &gateways, "sentinel").await;
     let [done, _] = task_names("done-sentinel");
     assert!(!sentinel.master.cli(&["GET", &done]).is_empty());
@@ -398,17 +418,61 @@ async fn under_sentinel_replicas_share_and_follow_a_failover_without_a_restart()
         !sentinel.replica.cli(&["GET", key]).is_empty()
     })
     .await;
-    sim.create_task(KEY_A, "after", "SUCCESS");
-    assert_eq!(fetch(&gateways[0], "after", KEY_A).await.status, 200);
-    assert_eq!(
-        fetch(&gateways[1], "after", KEY_A).await.cache_status(),
-        "mjgate; hit; detail=shared"
-    );
-    assert_eq!(sim.fetch_calls("after"), 1);
+    assert_finished_shared(&sim, &gateways, "after").await;
     stop.store(true, Ordering::Relaxed);
     let (answered, failed) = load.await.unwrap();
     assert!(answered >= ids.len(), "the load ran: {answered}");
     assert_eq!(failed, 0, "every request answered through the failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cluster_costs_one_deadline_then_is_skipped_until_it_answers() {
+    let _serial = one_at_a_time().await;
+    let cluster = RedisCluster::start(None, None);
+    let sim = Simulator::start().await.unwrap();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("{s:?}")).collect();
+    let layout = format!("cluster = [{}]", seeds.join(", "));
+    let gateways = replicas((0..2).map(|_| {
+        let mut config = shared(&sim, &layout, None);
+        // Short enough that the frozen cluster is thawed well within its node timeout.
+        config.shared_cache.as_mut().unwrap().timeout = Duration::from_millis(300);
+        config
+    }))
+    .await;
+    until_written(&sim, &gateways, "ready", |key| !cluster.get(key).is_empty()).await;
+    for id in ["hung-1", "hung-2"] {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+
+    cluster.pause();
+    let first = fetch(&gateways[0], "hung-1", KEY_A).await;
+    let after_deadline = scrape(&gateways[0]).await;
+    let second = fetch(&gateways[0], "hung-2", KEY_A).await;
+    let skipping = scrape(&gateways[0]).await;
+    cluster.resume();
+
+    assert_eq!(
+        first.status, 200,
+        "answered from the upstream after the deadline"
+    );
+    assert!(
+        after_deadline.value("mjgate_shared_cache_errors_total", &[("kind", "timeout")]) >= 1.0
+    );
+    assert_eq!(after_deadline.value("mjgate_shared_cache_up", &[]), 0.0);
+    assert_eq!(second.status, 200);
+    assert!(
+        skipping.value(
+            "mjgate_shared_cache_lookups_total",
+            &[("result", "skipped")]
+        ) >= 1.0,
+        "once marked down, the cluster is not asked"
+    );
+
+    // Thawed, the cluster is picked up again and shared through.
+    for gateway in &gateways {
+        wait_for_shared_state(gateway, true).await;
+    }
+    assert_finished_shared(&sim, &gateways, "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,16 +546,7 @@ async fn a_failover_the_sentinels_run_while_the_old_master_still_answers_is_foll
     let _serial = one_at_a_time().await;
     let sentinel = RedisSentinel::start();
     let sim = Simulator::start().await.unwrap();
-    let nodes: Vec<String> = sentinel.nodes().iter().map(|n| format!("{n:?}")).collect();
-    let layout = format!(
-        "sentinel = {{ master = \"{MASTER_NAME}\", nodes = [{}] }}",
-        nodes.join(", ")
-    );
-    let gateways = replicas((0..2).map(|_| shared(&sim, &layout, None))).await;
-    until_written(&sim, &gateways, "ready", |key| {
-        !sentinel.master.cli(&["GET", key]).is_empty()
-    })
-    .await;
+    let gateways = sentinel_replicas(&sentinel, &sim).await;
     // No command fails: the old master answers until the sentinels demote it.
     sentinel.switch_over();
     until_written(&sim, &gateways, "moved", |key| {
@@ -504,10 +559,5 @@ async fn a_failover_the_sentinels_run_while_the_old_master_still_answers_is_foll
         sentinel.master.cli(&["ROLE"]).starts_with("master"),
         "the old master was still a master when both replicas had moved"
     );
-    sim.create_task(KEY_A, "after", "SUCCESS");
-    assert_eq!(fetch(&gateways[0], "after", KEY_A).await.status, 200);
-    assert_eq!(
-        fetch(&gateways[1], "after", KEY_A).await.cache_status(),
-        "mjgate; hit; detail=shared"
-    );
+    assert_finished_shared(&sim, &gateways, "after").await;
 }

@@ -219,6 +219,21 @@ impl RedisCluster {
         index
     }
 
+    /// Freezes every node (SIGSTOP), as a hung cluster: connections stay open, nothing answers.
+    /// Thaw within `cluster-node-timeout` (2 s), or the nodes find each other failed.
+    pub fn pause(&self) {
+        for node in &self.nodes {
+            node.pause();
+        }
+    }
+
+    /// Thaws every node (SIGCONT).
+    pub fn resume(&self) {
+        for node in &self.nodes {
+            node.resume();
+        }
+    }
+
     /// Waits (bounded) until the `CLUSTER NODES` of every running node satisfies `done`, and
     /// each says `cluster_state:ok`.
     fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) {
