@@ -1,8 +1,9 @@
 //! The shared tier: task answers kept in Redis for every replica, and leases so that one replica at a
 //! time calls the upstream for a key.
 //!
-//! Lookup order is in-process cache → Redis → upstream. A replica that misses locally and in Redis
-//! takes a lease on the key (`SET lease NX PX`) before calling the upstream, renews it while the call
+//! Lookup order is in-process cache → Redis → upstream. A replica that misses locally looks the key
+//! up in Redis and, finding no answer, takes a lease on it (`SET lease NX PX`) in the same script, so
+//! no answer lands in between; it calls the upstream holding the lease, renews it while the call
 //! runs, writes the answer (`SET value PX`), announces it on one pub/sub channel, and releases the lease
 //! with a compare-and-delete script, so only its owner can. Replicas that lose the race wait for the
 //! announcement (or look every `poll_interval`, should it be missed) and take the lease over if it
@@ -53,15 +54,23 @@ pub use admin::{PurgeScope, SharedEntry};
 /// What a replica does with a purge another announced: its scope, encoded.
 pub type PurgeHandler = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// `GET`, unless the value is larger than `ARGV[1]` bytes: then an empty string, which no value
-/// this version writes is, so it is counted corrupt. A value cannot make a replica read 60 MiB.
-const GET_CAPPED: &str = r"
+/// A task's value (`KEYS[1]`; an empty string when larger than `ARGV[1]` bytes, which no value
+/// this version writes is, so it is counted corrupt: a value cannot make a replica read 60 MiB)
+/// or, when it has none, its lease (`KEYS[2]`, `SET NX PX`): `{value, 0}`, `{false, -3}` when the
+/// lease was taken, or `{false, PTTL}` of the lease another holds. One script, so no answer can land between the look and the
+/// lease: a holder that writes its answer and releases its lease in between would otherwise leave
+/// the looker an empty key and a free lease, and a second upstream call. The hash tag puts both
+/// keys in one cluster slot.
+const LOOK_OR_LEASE: &str = r"
 local n = redis.call('strlen', KEYS[1])
-if n == 0 then return false end
-if n > tonumber(ARGV[1]) then return '' end
-return redis.call('get', KEYS[1])";
+if n > 0 then
+  if n > tonumber(ARGV[1]) then return {'', 0} end
+  return {redis.call('get', KEYS[1]), 0}
+end
+if redis.call('set', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {false, -3} end
+return {false, redis.call('pttl', KEYS[2])}";
 
-/// [`GET_CAPPED`] for every key of `KEYS`, as `MGET` would answer.
+/// For every key of `KEYS`, as `MGET` would answer, each value capped as in [`LOOK_OR_LEASE`].
 const MGET_CAPPED: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -145,7 +154,7 @@ struct Inner {
     landings: Mutex<HashMap<Vec<u8>, Weak<watch::Sender<u64>>>>,
     release: Script,
     renew: Script,
-    get_capped: Script,
+    look_or_lease: Script,
     mget_capped: Script,
     set_unless_finished: Script,
     set_and_announce: Script,
@@ -202,7 +211,7 @@ impl SharedCache {
             landings: Mutex::new(HashMap::new()),
             release: Script::new(lease::RELEASE),
             renew: Script::new(lease::RENEW),
-            get_capped: Script::new(GET_CAPPED),
+            look_or_lease: Script::new(LOOK_OR_LEASE),
             mget_capped: Script::new(MGET_CAPPED),
             set_unless_finished: Script::new(SET_UNLESS_FINISHED),
             set_and_announce: Script::new(SET_AND_ANNOUNCE),
@@ -245,10 +254,13 @@ impl SharedCache {
             return Claim::Lead(None);
         }
         let names = self.inner.names(key);
-        match self.get(&names).await {
-            Some(Some(task)) => Claim::Found(task),
-            Some(None) => self.lead_or_wait(&names).await,
+        // Watch before looking, so an announcement between the look and the wait is not missed.
+        let watch = self.inner.watch(&names.task);
+        match self.look_or_lease(&names).await {
             None => Claim::Lead(None),
+            Some(Look::Found(task)) => Claim::Found(task),
+            Some(Look::Stale) => self.lead_or_wait(&names, watch).await,
+            Some(Look::Lease(tried)) => self.follow(tried, &names, watch).await,
         }
     }
 
@@ -274,8 +286,15 @@ impl SharedCache {
                     Claim::Found(task)
                 }
                 None => {
-                    self.inner.metrics.shared.lookups(SharedLookup::Miss, 1);
-                    self.lead_or_wait(names).await
+                    // Looked again with the lease (and counted then): an answer may have landed
+                    // since the `MGET`.
+                    let watch = self.inner.watch(&names.task);
+                    match self.look_or_lease(names).await {
+                        None => Claim::Lead(None),
+                        Some(Look::Found(task)) => Claim::Found(task),
+                        Some(Look::Stale) => self.lead_or_wait(names, watch).await,
+                        Some(Look::Lease(tried)) => self.follow(tried, names, watch).await,
+                    }
                 }
             }
         });
@@ -328,7 +347,7 @@ impl SharedCache {
         }
     }
 
-    /// [`GET_CAPPED`] of every key, in one script per hash slot (one for a server): `None` when
+    /// [`MGET_CAPPED`] of every key, in one script per hash slot (one for a server): `None` when
     /// Redis failed or answered out of shape.
     async fn mget_capped(&self, keys: &[&[u8]]) -> Option<Vec<Option<Vec<u8>>>> {
         let groups = link::slot_groups(&self.inner.connection, keys);
@@ -361,39 +380,62 @@ impl SharedCache {
         Some(values)
     }
 
-    /// `GET` of one task key: `None` when Redis failed, `Some(None)` for no fresh answer.
-    async fn get(&self, names: &Names) -> Option<Option<Arc<CachedTask>>> {
+    /// [`LOOK_OR_LEASE`] of one task: its fresh answer, or the lease tried; `None` when Redis
+    /// failed. Counts the lookup (a lease tried is a miss).
+    async fn look_or_lease(&self, names: &Names) -> Option<Look> {
+        let token = lease::token();
         let mut connection = self.inner.connection.clone();
-        let value = self
+        let (value, left): (Option<Vec<u8>>, i64) = self
             .run(
                 self.inner
-                    .get_capped
+                    .look_or_lease
                     .key(&names.task)
+                    .key(&names.lease)
                     .arg(self.inner.max_value)
-                    .invoke_async::<Option<Vec<u8>>>(&mut connection),
+                    .arg(&token)
+                    .arg(millis(self.inner.lease_ttl))
+                    .invoke_async(&mut connection),
             )
             .await?;
-        let task = value.and_then(|value| self.inner.decode_fresh(&names.task, &value));
-        let result = if task.is_some() {
+        let look = match value {
+            Some(value) => match self.inner.decode_fresh(&names.task, &value) {
+                Some(task) => Look::Found(task),
+                None => Look::Stale,
+            },
+            None if left == -3 => Look::Lease(LeaseTry::Taken(Lease {
+                inner: Arc::clone(&self.inner),
+                key: names.lease.clone(),
+                token,
+                released: false,
+            })),
+            None => Look::Lease(self.inner.held(left)),
+        };
+        let result = if matches!(look, Look::Found(_)) {
             SharedLookup::Hit
         } else {
             SharedLookup::Miss
         };
         self.inner.metrics.shared.lookups(result, 1);
-        Some(task)
+        Some(look)
     }
 
-    /// Takes the lease, or waits on whoever holds it.
-    async fn lead_or_wait(&self, names: &Names) -> Claim {
-        // Watch before trying, so an announcement between a lost race and the wait is not missed.
-        let watch = self.inner.watch(&names.task);
+    /// Takes the lease, or waits on whoever holds it (after a value found stale).
+    async fn lead_or_wait(&self, names: &Names, watch: AnnouncementWatch) -> Claim {
         match self.try_lease(names).await {
-            None | Some(LeaseTry::Foreign) => Claim::Lead(None),
-            Some(LeaseTry::Taken(lease)) => {
+            None => Claim::Lead(None),
+            Some(tried) => self.follow(tried, names, watch).await,
+        }
+    }
+
+    /// Acts on a lease tried: leads with it, or waits on its holder.
+    async fn follow(&self, tried: LeaseTry, names: &Names, watch: AnnouncementWatch) -> Claim {
+        match tried {
+            LeaseTry::Foreign => Claim::Lead(None),
+            LeaseTry::Taken(lease) => {
                 self.inner.metrics.shared.lease(LeaseOutcome::Won);
                 Claim::Lead(Some(lease))
             }
-            Some(LeaseTry::Held) => self.wait(names, watch).await,
+            LeaseTry::Held => self.wait(names, watch).await,
         }
     }
 
@@ -411,21 +453,26 @@ impl SharedCache {
                 _ = announced.changed() => {}
                 () = tokio::time::sleep(self.inner.poll_interval) => {}
             }
-            match self.get(names).await {
-                Some(Some(task)) => {
+            let tried = match self.look_or_lease(names).await {
+                None => return gave_up(),
+                Some(Look::Found(task)) => {
                     self.inner.metrics.shared.lease(LeaseOutcome::Waited);
                     return Claim::Found(task);
                 }
-                Some(None) => {}
-                None => return gave_up(),
-            }
-            match self.try_lease(names).await {
-                Some(LeaseTry::Taken(lease)) => {
+                // Not an answer to wait for: the lease decides.
+                Some(Look::Stale) => match self.try_lease(names).await {
+                    None => return gave_up(),
+                    Some(tried) => tried,
+                },
+                Some(Look::Lease(tried)) => tried,
+            };
+            match tried {
+                LeaseTry::Taken(lease) => {
                     self.inner.metrics.shared.lease(LeaseOutcome::TakenOver);
                     return Claim::Lead(Some(lease));
                 }
-                Some(LeaseTry::Held) => {}
-                None | Some(LeaseTry::Foreign) => return gave_up(),
+                LeaseTry::Held => {}
+                LeaseTry::Foreign => return gave_up(),
             }
             if Instant::now() >= deadline {
                 return gave_up();
@@ -459,7 +506,7 @@ impl SharedCache {
     /// written (no expiry, or longer than `lease_ttl`: every replica writes and renews to exactly
     /// that) is [`LeaseTry::Foreign`]: nobody waits on it, however long it would last.
     async fn try_lease_named(&self, lease: &[u8]) -> Option<LeaseTry> {
-        let token = format!("{:032x}", rand::random::<u128>());
+        let token = lease::token();
         let mut connection = self.inner.connection.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -480,14 +527,7 @@ impl SharedCache {
                 released: false,
             }));
         }
-        // -2: it expired between the two commands; the next try takes it.
-        let ours = left == -2 || (0..=millis(self.inner.lease_ttl) as i64).contains(&left);
-        if ours {
-            Some(LeaseTry::Held)
-        } else {
-            self.inner.metrics.shared.error(SharedError::Corrupt);
-            Some(LeaseTry::Foreign)
-        }
+        Some(self.inner.held(left))
     }
 
     /// Runs one Redis command under the deadline; a failure marks Redis down and yields `None`.
@@ -573,6 +613,19 @@ impl Inner {
             .await
             .map_err(timed_out)??;
         Ok(())
+    }
+
+    /// A lease another holds, by its time left (`PTTL`): [`LeaseTry::Held`] if a replica could
+    /// have written it, else [`LeaseTry::Foreign`] (counted as corrupt).
+    fn held(&self, left: i64) -> LeaseTry {
+        // -2: it expired between the two commands; the next try takes it.
+        let ours = left == -2 || (0..=millis(self.lease_ttl) as i64).contains(&left);
+        if ours {
+            LeaseTry::Held
+        } else {
+            self.metrics.shared.error(SharedError::Corrupt);
+            LeaseTry::Foreign
+        }
     }
 
     fn mark_down(&self, reason: &str) {
@@ -677,6 +730,14 @@ impl Inner {
             sender.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
+}
+
+/// What looking a task up with its lease found.
+enum Look {
+    Found(Arc<CachedTask>),
+    /// A value, not fresh (or unreadable) here: the lease was not tried.
+    Stale,
+    Lease(LeaseTry),
 }
 
 /// What trying to take a lease found.

@@ -8,6 +8,11 @@ use std::sync::Arc;
 use super::Inner;
 use super::codec::millis;
 
+/// A new lease's token: random, so only its holder can renew or release it.
+pub(super) fn token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// Releases a lease only if the caller still owns it (its token is the value).
 pub(super) const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 /// Extends a lease only if the caller still owns it.

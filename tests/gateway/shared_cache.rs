@@ -85,6 +85,39 @@ async fn a_hundred_fetches_spread_over_three_replicas_cost_one_upstream_call() {
     );
 }
 
+/// A waiter that looks for the answer just before the holder writes it and releases its lease
+/// must not then find the lease free and call again: the look and the lease are one step. Waiters
+/// polling Redis every millisecond make that moment likely; across 60 tasks, one step or not shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_answering_between_a_waiters_look_and_its_lease_try_costs_no_second_call() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.set_latency(Duration::from_millis(20));
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let config = shared_config(&sim, &redis, "poll_interval = \"1ms\"\n");
+        gateways.push(Arc::new(start_gateway(config).await));
+    }
+    let ids: Vec<String> = (0..60).map(|i| format!("raced-{i}")).collect();
+    for id in &ids {
+        sim.create_task(KEY_A, id, "SUCCESS");
+    }
+    for round in ids.chunks(10) {
+        let fetches = round.iter().flat_map(|id| {
+            gateways.iter().map(move |gateway| async move {
+                assert_eq!(fetch(gateway, id, KEY_A).await.status, 200);
+            })
+        });
+        join_all(fetches).await;
+    }
+    let extra: Vec<(&String, u64)> = ids
+        .iter()
+        .map(|id| (id, sim.fetch_calls(id)))
+        .filter(|(_, calls)| *calls != 1)
+        .collect();
+    assert!(extra.is_empty(), "tasks called more than once: {extra:?}");
+}
+
 #[tokio::test]
 async fn a_finished_task_fetched_through_one_replica_is_served_by_another_without_an_upstream_call()
 {
