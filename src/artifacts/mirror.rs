@@ -171,7 +171,15 @@ impl Mirror {
         let deadline = tokio::time::Instant::now() + self.downloader.bounds().0;
         loop {
             match shared.file_lease(url).await? {
-                Some(lease) => return Some(Ok(lease)),
+                Some(lease) => {
+                    // Noted by a holder that released its lease just before it was taken: the
+                    // lease is no news, the note is.
+                    if let Some(kept) = self.store.recall(url).await {
+                        lease.release().await;
+                        return Some(Err(kept));
+                    }
+                    return Some(Ok(lease));
+                }
                 None => {
                     tokio::time::sleep(NOTE_POLL).await;
                     if let Some(kept) = self.store.recall(url).await {
