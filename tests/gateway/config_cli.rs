@@ -100,6 +100,16 @@ pub(crate) fn spawn_logging(
     (child, addr, stderr)
 }
 
+/// `mjgate --config path check-config`, run to its end.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    mjgate()
+        .arg("--config")
+        .arg(path)
+        .arg("check-config")
+        .output()
+        .unwrap()
+}
+
 fn read_listening_addr(stderr: &mut impl BufRead) -> String {
     let mut line = String::new();
     loop {
@@ -347,12 +357,7 @@ fn a_bad_family_stops_check_config_with_exit_2_naming_the_key() {
         "[upstream]\nurl = \"http://127.0.0.1:9\"\n[families.acme]\nstatus_routes = [\"/acme/{id}/x{id}\"]\nstatus_at = [\"/s\"]\n",
     )
     .unwrap();
-    let out = mjgate()
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`families.acme.status_routes`"), "{stderr}");
@@ -378,12 +383,7 @@ fn check_config_answers_by_its_exit_code_even_when_its_reader_is_gone() {
 fn check_config_fails_on_a_bad_file_naming_the_key() {
     let file =
         write_config("[upstream]\nurl = \"http://127.0.0.1:1\"\n[batch]\nmax_ids = \"many\"\n");
-    let out = mjgate()
-        .arg("--config")
-        .arg(&file.0)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&file.0);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -583,12 +583,7 @@ fn check_config_names_the_redis_layout_without_its_passwords_and_refuses_bad_one
         let file = write_config(&format!(
             "[upstream]\nurl = \"http://127.0.0.1:9\"\n[shared_cache]\n{bad}\nfingerprint_secret = \"0123456789abcdef0123456789\"\n"
         ));
-        let out = mjgate()
-            .arg("--config")
-            .arg(&file.0)
-            .arg("check-config")
-            .output()
-            .unwrap();
+        let out = check_config(&file.0);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert!(stderr.contains(key), "{bad}: {stderr}");
