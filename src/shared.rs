@@ -54,17 +54,18 @@ pub use admin::{PurgeScope, SharedEntry};
 /// What a replica does with a purge another announced: its scope, encoded.
 pub type PurgeHandler = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// A task's value (`KEYS[1]`; an empty string when larger than `ARGV[1]` bytes, which no value
-/// this version writes is, so it is counted corrupt: a value cannot make a replica read 60 MiB)
+/// A task's value (`KEYS[1]`; an empty string when larger than `ARGV[1]` bytes or not a string,
+/// which no value this version writes is, so it is counted corrupt: a value cannot make a replica
+/// read 60 MiB, and a key of another type is one bad answer, not a failing Redis)
 /// or, when it has none, its lease (`KEYS[2]`, `SET NX PX`): `{value, 0}`, `{false, -3}` when the
 /// lease was taken, or `{false, PTTL}` of the lease another holds. One script, so no answer can land between the look and the
 /// lease: a holder that writes its answer and releases its lease in between would otherwise leave
 /// the looker an empty key and a free lease, and a second upstream call. The hash tag puts both
 /// keys in one cluster slot.
 const LOOK_OR_LEASE: &str = r"
-local n = redis.call('strlen', KEYS[1])
-if n > 0 then
-  if n > tonumber(ARGV[1]) then return {'', 0} end
+local kind = redis.call('type', KEYS[1]).ok
+if kind ~= 'none' then
+  if kind ~= 'string' or redis.call('strlen', KEYS[1]) > tonumber(ARGV[1]) then return {'', 0} end
   return {redis.call('get', KEYS[1]), 0}
 end
 if redis.call('set', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {false, -3} end
@@ -74,9 +75,9 @@ return {false, redis.call('pttl', KEYS[2])}";
 const MGET_CAPPED: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local n = redis.call('strlen', key)
-  if n == 0 then out[i] = false
-  elseif n > tonumber(ARGV[1]) then out[i] = ''
+  local kind = redis.call('type', key).ok
+  if kind == 'none' then out[i] = false
+  elseif kind ~= 'string' or redis.call('strlen', key) > tonumber(ARGV[1]) then out[i] = ''
   else out[i] = redis.call('get', key) end
 end
 return out";
@@ -85,7 +86,7 @@ return out";
 /// holds a finished one (class byte 0 of an `MJG3` value): a finished state is final across
 /// replicas too, whoever writes late. 1 when written.
 const SET_UNLESS_FINISHED: &str = r"
-local held = redis.call('get', KEYS[1])
+local held = redis.call('type', KEYS[1]).ok == 'string' and redis.call('get', KEYS[1])
 if held and string.sub(held, 1, 4) == 'MJG3' and string.byte(held, 5) == 0 then return 0 end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('publish', ARGV[3], KEYS[1])
@@ -545,6 +546,12 @@ impl Inner {
                     self.mark_down(&e.to_string());
                     return None;
                 }
+                if is_wrong_type(&e) {
+                    // A key someone else wrote with another type: this one command failed,
+                    // Redis did not.
+                    self.metrics.shared.error(SharedError::Corrupt);
+                    return None;
+                }
                 // The connection's own response deadline (the same `timeout`) may fire first.
                 let kind = if e.is_timeout() {
                     SharedError::Timeout
@@ -730,6 +737,12 @@ impl Inner {
             sender.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
+}
+
+/// Whether `e` is Redis refusing a command on a key of another type (`WRONGTYPE`, also when a
+/// script's call raised it).
+fn is_wrong_type(e: &RedisError) -> bool {
+    e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE")
 }
 
 /// What looking a task up with its lease found.

@@ -575,6 +575,55 @@ async fn values_redis_could_hold_but_no_replica_wrote_are_refetched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_another_type_are_one_bad_answer_each_not_a_failing_redis() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    let gateways = replicas(&sim, &redis, 2).await;
+    let mut connection = redis.connection().await;
+    // Hashes where a task's value (running and finished) and a lease go.
+    for (key, id, status) in [
+        (
+            redis_key("task", KEY_A, "running"),
+            "running",
+            "IN_PROGRESS",
+        ),
+        (redis_key("task", KEY_A, "done"), "done", "SUCCESS"),
+        (lease_key(KEY_A, "leased"), "leased", "SUCCESS"),
+    ] {
+        sim.create_task(KEY_A, id, status);
+        let _: () = redis::cmd("HSET")
+            .arg(key)
+            .arg("field")
+            .arg("value")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    for id in ["running", "done", "leased"] {
+        let reply = fetch(&gateways[0], id, KEY_A).await;
+        assert_eq!(reply.status, 200, "{id}");
+        assert_eq!(sim.fetch_calls(id), 1, "{id}");
+    }
+    let m = scrape(&gateways[0]).await;
+    assert_eq!(m.value("mjgate_shared_cache_up", &[]), 1.0, "still up");
+    assert_eq!(m.value("mjgate_shared_cache_state_changes_total", &[]), 0.0);
+    assert_eq!(
+        m.value("mjgate_shared_cache_errors_total", &[("kind", "error")]),
+        0.0
+    );
+    assert!(m.value("mjgate_shared_cache_errors_total", &[("kind", "corrupt")]) >= 3.0);
+    // The answers written over the planted values are the other replica's to share.
+    for id in ["running", "done"] {
+        assert_eq!(
+            fetch(&gateways[1], id, KEY_A).await.cache_status(),
+            "mjgate; hit; detail=shared",
+            "{id}"
+        );
+        assert_eq!(sim.fetch_calls(id), 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_no_replica_wrote_is_not_waited_on() {
     let redis = RedisServer::start();
     let sim = Simulator::start().await.unwrap();
