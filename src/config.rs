@@ -369,11 +369,21 @@ fn userinfo(url: &str) -> &str {
 
 /// `url` with any `user:password@` replaced, safe to log.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let shown = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}***{}", &url[..scheme_end + 3], &url[at..])
         }
         _ => url.to_owned(),
+    };
+    // A query or fragment may carry a secret too (`?password=`): shown by its presence only.
+    let host_start = shown.find("://").map_or(0, |i| i + 3);
+    match shown[host_start..].find(['?', '#']) {
+        Some(i) => format!(
+            "{}{}***",
+            &shown[..host_start + i],
+            &shown[host_start + i..][..1]
+        ),
+        None => shown,
     }
 }
 

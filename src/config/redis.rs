@@ -173,6 +173,46 @@ fn parsed(key: &'static str, url: &str, cluster: bool) -> Result<(), ConfigError
     if !is_redis_url(url) {
         return Err(invalid("is not a redis:// or rediss:// URL".into()));
     }
+    // The client's own URL parser: it reads `?protocol=` and `#insecure` (certificates unchecked)
+    // and ignores everything else, so a `?password=` would sit in the open and never be sent.
+    let syntax = ::url::Url::parse(url).map_err(|e| {
+        let hint = if url.contains('@') {
+            "; percent-encode `#`, `/`, `?` and `@` in a user or password"
+        } else {
+            ""
+        };
+        invalid(format!("does not parse: {e}{hint}"))
+    })?;
+    if syntax.fragment().is_some() {
+        return Err(invalid(
+            "has a `#` part: certificates are always checked (`#insecure` is refused); a private \
+             CA goes in shared_cache.ca_file, and a `#` in a password is written %23"
+                .into(),
+        ));
+    }
+    let ignored: Vec<String> = syntax
+        .query_pairs()
+        .map(|(name, _)| name.into_owned())
+        .filter(|name| name != "protocol")
+        .collect();
+    if !ignored.is_empty() {
+        return Err(invalid(format!(
+            "has query parameters the client ignores ({}): a user and password go before the host \
+             (`redis://user:password@host`) or the password in MJGATE_REDIS_PASSWORD",
+            ignored
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if !matches!(syntax.path().trim_matches('/'), "" | "0")
+        && syntax.path().trim_matches('/').parse::<u16>().is_err()
+    {
+        return Err(invalid(
+            "has a path that is not a database number (`redis://host:6379/0`)".into(),
+        ));
+    }
     // The parser's own words may quote the URL: say what is wrong without it.
     let info = url.into_connection_info().map_err(|e| {
         invalid(format!(

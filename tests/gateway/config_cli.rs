@@ -590,3 +590,31 @@ fn check_config_names_the_redis_layout_without_its_passwords_and_refuses_bad_one
         assert!(!stderr.contains("pw-66"), "{stderr}");
     }
 }
+
+#[test]
+fn a_redis_url_the_client_would_misread_is_refused_in_words_that_say_why() {
+    for (url, words) in [
+        (
+            "redis://127.0.0.1:1/?password=secret-77",
+            "query parameters the client ignores (`password`)",
+        ),
+        ("rediss://127.0.0.1:1#insecure", "`#insecure` is refused"),
+        ("redis://127.0.0.1:99999", "invalid port number"),
+        ("redis://127.0.0.1:1/abc", "not a database number"),
+        ("redis://[::1", "invalid IPv6 address"),
+    ] {
+        let file = write_config(&format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[shared_cache]\nredis_url = \"{url}\"\nfingerprint_secret = \"0123456789abcdef0123456789\"\n"
+        ));
+        let out = check_config(&file.0);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("`shared_cache.redis_url`"),
+            "{url}: {stderr}"
+        );
+        assert!(stderr.contains(words), "{url}: {stderr}");
+        assert!(!stderr.contains("percent-encode"), "{url}: {stderr}");
+        assert!(!stderr.contains("secret-77"), "{url}: {stderr}");
+    }
+}
