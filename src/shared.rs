@@ -175,6 +175,10 @@ struct Inner {
     sealer: hooks::Sealer,
     /// When a refused Redis certificate was last logged.
     certificate_logged: Mutex<Option<Instant>>,
+    /// Leases whose release failed (Redis went away mid-call): released when it answers again,
+    /// so nobody waits out `lease_ttl` on a call that ended long ago. Bounded; an entry older than
+    /// `lease_ttl` has expired by itself.
+    unreleased: Mutex<Vec<(Vec<u8>, String, Instant)>>,
     /// Dropped with the tier: the listener and the probe see it and stop.
     _stop: watch::Sender<()>,
 }
@@ -224,6 +228,7 @@ impl SharedCache {
             families,
             sealer: hooks::Sealer::new(config.fingerprint_secret.as_bytes()),
             certificate_logged: Mutex::new(None),
+            unreleased: Mutex::new(Vec::new()),
             _stop: stop,
         });
         inner.metrics.shared.set_up(true, false);
@@ -934,7 +939,11 @@ async fn probe(inner: Weak<Inner>, mut stop: watch::Receiver<()>, retry: Duratio
             continue;
         }
         match inner.check(inner.timeout).await {
-            Ok(()) => inner.mark_up(),
+            Ok(()) => {
+                // Before requests look again, so none finds a lease of a call long finished.
+                lease::release_unreleased(&inner).await;
+                inner.mark_up();
+            }
             Err(e) => {
                 if !inner.certificate_refused(&e) {
                     tracing::debug!(error = %e, "shared cache: Redis does not answer yet");

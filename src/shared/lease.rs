@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Inner;
 use super::codec::millis;
@@ -95,9 +96,12 @@ impl Drop for Lease {
     }
 }
 
+/// The most leases kept for releasing when Redis is back.
+const MAX_UNRELEASED: usize = 4096;
+
 async fn release(inner: Arc<Inner>, key: Vec<u8>, token: String) {
     let mut connection = inner.connection.clone();
-    let _: Option<i64> = inner
+    let released: Option<i64> = inner
         .run(
             inner
                 .release
@@ -106,4 +110,21 @@ async fn release(inner: Arc<Inner>, key: Vec<u8>, token: String) {
                 .invoke_async(&mut connection),
         )
         .await;
+    if released.is_none() {
+        let mut unreleased = inner.unreleased.lock();
+        if unreleased.len() < MAX_UNRELEASED {
+            unreleased.push((key, token, Instant::now()));
+        }
+    }
+}
+
+/// Releases the leases whose release failed, those not yet expired by themselves; one that fails
+/// again is kept for the next time.
+pub(super) async fn release_unreleased(inner: &Arc<Inner>) {
+    let pending = std::mem::take(&mut *inner.unreleased.lock());
+    let live = pending
+        .into_iter()
+        .filter(|(_, _, at)| at.elapsed() < inner.lease_ttl)
+        .map(|(key, token, _)| release(Arc::clone(inner), key, token));
+    futures_util::future::join_all(live).await;
 }

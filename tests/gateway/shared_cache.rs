@@ -366,6 +366,48 @@ async fn a_hung_redis_costs_one_timeout_then_requests_skip_it_until_it_answers()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_release_failed_is_released_when_redis_answers_again() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start().await.unwrap();
+    sim.create_task(KEY_A, "t", "SUCCESS");
+    sim.set_latency(Duration::from_millis(800));
+    let gateway = Arc::new(start_gateway(shared_config(&sim, &redis, "")).await);
+    let mut connection = redis.connection().await;
+    let lease = lease_key(KEY_A, "t");
+    let call = {
+        let gateway = Arc::clone(&gateway);
+        tokio::spawn(async move { fetch(&gateway, "t", KEY_A).await })
+    };
+    poll_until("the gateway holds the lease", || {
+        let mut connection = connection.clone();
+        let lease = lease.clone();
+        async move {
+            let held: Option<String> = redis::cmd("GET")
+                .arg(lease)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            held.is_some()
+        }
+    })
+    .await;
+    // Redis hangs while the upstream call runs: the answer's write and the release fail.
+    redis.pause();
+    assert_eq!(call.await.unwrap().status, 200);
+    redis.resume();
+    wait_for_shared_state(&gateway, true).await;
+    let held: Option<String> = redis::cmd("GET")
+        .arg(&lease)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        held, None,
+        "released on the way back up, not left to expire after lease_ttl"
+    );
+}
+
 #[tokio::test]
 async fn a_lease_left_by_a_dead_replica_expires_and_is_taken_over() {
     let redis = RedisServer::start();
