@@ -221,7 +221,17 @@ impl SentinelLink {
             client,
             connection,
         };
-        let previous = self.current.write().replace(master.clone());
+        let previous = {
+            let mut current = self.current.write();
+            // Two asks at once (the probe's and a first command's) name the same master: the
+            // first to get here moved, the second keeps what it found.
+            if let Some(known) = current.as_ref()
+                && known.address == master.address
+            {
+                return Ok(known.clone());
+            }
+            current.replace(master.clone())
+        };
         match previous {
             Some(previous) => tracing::warn!(
                 from = %previous.address,
