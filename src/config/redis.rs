@@ -327,11 +327,17 @@ pub(super) fn tls_files(
         return Ok(tls);
     }
     if !topology.is_tls() {
+        // Named by the first TLS key set, the one the operator wrote.
+        let key = if tls.ca_file.is_some() {
+            "shared_cache.ca_file"
+        } else if tls.client_cert_file.is_some() {
+            "shared_cache.client_cert_file"
+        } else {
+            "shared_cache.client_key_file"
+        };
         return Err(ConfigError::Invalid {
-            key: "shared_cache.ca_file",
-            reason: "and the client certificate settings need TLS: rediss:// URLs (or \
-                     sentinel.tls = true)"
-                .into(),
+            key,
+            reason: "is a TLS setting: it needs rediss:// URLs (or sentinel.tls = true)".into(),
         });
     }
     if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {

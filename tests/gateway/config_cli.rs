@@ -568,6 +568,10 @@ fn check_config_names_the_redis_layout_without_its_passwords_and_refuses_bad_one
             "`shared_cache.ca_file`",
         ),
         (
+            "redis_url = \"redis://a:1\"\nclient_cert_file = \"/etc/hostname\"\nclient_key_file = \"/etc/hostname\"",
+            "`shared_cache.client_cert_file`",
+        ),
+        (
             "redis_url = \"redis://a:1\"\nkey_prefix = \"{x}\"",
             "`shared_cache.key_prefix`",
         ),
