@@ -58,8 +58,8 @@ pub type PurgeHandler = Arc<dyn Fn(&[u8]) + Send + Sync>;
 /// which no value this version writes is, so it is counted corrupt: a value cannot make a replica
 /// read 60 MiB, and a key of another type is one bad answer, not a failing Redis)
 /// or, when it has none, its lease (`KEYS[2]`, `SET NX PX`): `{value, 0}`, `{false, -3}` when the
-/// lease was taken, or `{false, PTTL}` of the lease another holds. One script, so no answer can land between the look and the
-/// lease: a holder that writes its answer and releases its lease in between would otherwise leave
+/// lease was taken, or `{false, PTTL}` of the lease another holds. One script, so no answer can
+/// land between the look and the lease: a holder that writes its answer and releases its lease in between would otherwise leave
 /// the looker an empty key and a free lease, and a second upstream call. The hash tag puts both
 /// keys in one cluster slot.
 const LOOK_OR_LEASE: &str = r"
@@ -259,15 +259,7 @@ impl SharedCache {
             self.inner.metrics.shared.lookups(SharedLookup::Skipped, 1);
             return Claim::Lead(None);
         }
-        let names = self.inner.names(key);
-        // Watch before looking, so an announcement between the look and the wait is not missed.
-        let watch = self.inner.watch(&names.task);
-        match self.look_or_lease(&names).await {
-            None => Claim::Lead(None),
-            Some(Look::Found(task)) => Claim::Found(task),
-            Some(Look::Stale) => self.lead_or_wait(&names, watch).await,
-            Some(Look::Lease(tried)) => self.follow(tried, &names, watch).await,
-        }
+        self.look_then_lead_or_wait(&self.inner.names(key)).await
     }
 
     /// [`claim`](Self::claim) for many keys at once, with one `MGET` for the lookups.
@@ -294,13 +286,7 @@ impl SharedCache {
                 None => {
                     // Looked again with the lease (and counted then): an answer may have landed
                     // since the `MGET`.
-                    let watch = self.inner.watch(&names.task);
-                    match self.look_or_lease(names).await {
-                        None => Claim::Lead(None),
-                        Some(Look::Found(task)) => Claim::Found(task),
-                        Some(Look::Stale) => self.lead_or_wait(names, watch).await,
-                        Some(Look::Lease(tried)) => self.follow(tried, names, watch).await,
-                    }
+                    self.look_then_lead_or_wait(names).await
                 }
             }
         });
@@ -423,6 +409,18 @@ impl SharedCache {
         };
         self.inner.metrics.shared.lookups(result, 1);
         Some(look)
+    }
+
+    /// The fresh answer in Redis, else the lease taken, else the wait on whoever holds it.
+    async fn look_then_lead_or_wait(&self, names: &Names) -> Claim {
+        // Watch before looking, so an announcement between the look and the wait is not missed.
+        let watch = self.inner.watch(&names.task);
+        match self.look_or_lease(names).await {
+            None => Claim::Lead(None),
+            Some(Look::Found(task)) => Claim::Found(task),
+            Some(Look::Stale) => self.lead_or_wait(names, watch).await,
+            Some(Look::Lease(tried)) => self.follow(tried, names, watch).await,
+        }
     }
 
     /// Takes the lease, or waits on whoever holds it (after a value found stale).

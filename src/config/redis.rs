@@ -206,9 +206,8 @@ fn parsed(key: &'static str, url: &str, cluster: bool) -> Result<(), ConfigError
                 .join(", ")
         )));
     }
-    if !matches!(syntax.path().trim_matches('/'), "" | "0")
-        && syntax.path().trim_matches('/').parse::<u16>().is_err()
-    {
+    let db = syntax.path().trim_matches('/');
+    if !db.is_empty() && db.parse::<u16>().is_err() {
         return Err(invalid(
             "has a path that is not a database number (`redis://host:6379/0`)".into(),
         ));
