@@ -24,9 +24,21 @@ fn shared_config(sim: &Simulator, redis: &RedisServer, extra: &str) -> mjgate::C
 
 /// `n` gateways in front of `sim`, sharing `redis`.
 async fn replicas(sim: &Simulator, redis: &RedisServer, n: usize) -> Vec<Arc<Gateway>> {
+    replicas_with(sim, redis, n, "").await
+}
+
+/// [`replicas`] with `extra` in their `[shared_cache]`.
+async fn replicas_with(
+    sim: &Simulator,
+    redis: &RedisServer,
+    n: usize,
+    extra: &str,
+) -> Vec<Arc<Gateway>> {
     let mut gateways = Vec::new();
     for _ in 0..n {
-        gateways.push(Arc::new(start_gateway(shared_config(sim, redis, "")).await));
+        gateways.push(Arc::new(
+            start_gateway(shared_config(sim, redis, extra)).await,
+        ));
     }
     gateways
 }
@@ -93,11 +105,7 @@ async fn a_holder_answering_between_a_waiters_look_and_its_lease_try_costs_no_se
     let redis = RedisServer::start();
     let sim = Simulator::start().await.unwrap();
     sim.set_latency(Duration::from_millis(20));
-    let mut gateways = Vec::new();
-    for _ in 0..3 {
-        let config = shared_config(&sim, &redis, "poll_interval = \"1ms\"\n");
-        gateways.push(Arc::new(start_gateway(config).await));
-    }
+    let gateways = replicas_with(&sim, &redis, 3, "poll_interval = \"1ms\"\n").await;
     let ids: Vec<String> = (0..60).map(|i| format!("raced-{i}")).collect();
     for id in &ids {
         sim.create_task(KEY_A, id, "SUCCESS");
